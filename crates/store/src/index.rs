@@ -1,0 +1,160 @@
+//! The in-memory index of committed objects: sizes, LRU order, pins.
+
+use crate::{Kind, StoreError};
+use pollen_oci::Digest;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub kind: Kind,
+    pub digest: Digest,
+}
+
+struct Entry {
+    size: u64,
+    last_used: u64,
+    pins: usize,
+    media_type: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct Index {
+    entries: HashMap<Key, Entry>,
+    total: u64,
+    clock: u64,
+}
+
+/// Manifests keep their media type in a sidecar file written before the content is renamed
+/// into place, so a committed manifest always has one.
+pub(crate) fn media_type_path(content: &Path) -> PathBuf {
+    content.with_extension("mediatype")
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+    pub fn contains(&self, key: &Key) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    pub fn insert(&mut self, key: Key, size: u64, media_type: Option<String>) {
+        let last_used = self.tick();
+        if let Some(old) = self.entries.insert(
+            key,
+            Entry {
+                size,
+                last_used,
+                pins: 0,
+                media_type,
+            },
+        ) {
+            self.total -= old.size;
+        }
+        self.total += size;
+    }
+
+    /// Inserts an entry found on disk at startup; `age` orders it among the others.
+    fn insert_scanned(&mut self, key: Key, size: u64, age: u64, media_type: Option<String>) {
+        self.entries.insert(
+            key,
+            Entry {
+                size,
+                last_used: age,
+                pins: 0,
+                media_type,
+            },
+        );
+        self.total += size;
+        self.clock = self.clock.max(age);
+    }
+
+    pub fn remove(&mut self, key: &Key) {
+        if let Some(old) = self.entries.remove(key) {
+            self.total -= old.size;
+        }
+    }
+
+    pub fn touch_and_pin(&mut self, key: &Key) -> Option<(u64, Option<String>)> {
+        let now = self.tick();
+        let e = self.entries.get_mut(key)?;
+        e.last_used = now;
+        e.pins += 1;
+        Some((e.size, e.media_type.clone()))
+    }
+
+    pub fn unpin(&mut self, key: &Key) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.pins = e.pins.saturating_sub(1);
+        }
+    }
+
+    /// Removes and returns the least recently used entry that nobody is reading.
+    pub fn pop_lru_unpinned(&mut self) -> Option<(Key, u64)> {
+        let key = *self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.pins == 0)
+            .min_by_key(|(_, e)| e.last_used)?
+            .0;
+        let e = self.entries.remove(&key)?;
+        self.total -= e.size;
+        Some((key, e.size))
+    }
+}
+
+/// Indexes the committed files of one kind. Files that are not named by a valid digest are
+/// not Pollen's and are left alone; sidecars whose content is gone are removed.
+pub(crate) fn scan(dir: &Path, kind: Kind, index: &mut Index) -> Result<(), StoreError> {
+    let entries = fs::read_dir(dir).map_err(|e| StoreError::io("reading", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("reading", dir, e))?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(stem) = name.strip_suffix(".mediatype") {
+            if !dir.join(stem).exists() {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
+        let Ok(digest) = Digest::from_hex(name) else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let media_type = match kind {
+            Kind::Blob => None,
+            Kind::Manifest => match fs::read_to_string(media_type_path(&path)) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(_) => {
+                    // Content without its sidecar cannot be served correctly; drop it.
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+            },
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        index.insert_scanned(Key { kind, digest }, meta.len(), age, media_type);
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Crash-safe, content-addressed storage of blobs and manifests on local disk.
+//!
+//! Bytes enter only through a [`Writer`], which hashes them as they are written to a temp file
+//! and, on [`Writer::commit`], checks the digest, fsyncs and renames the file into place. An
+//! interrupted download therefore never leaves a file that looks complete, and nothing in the
+//! store was ever unverified. A size quota is kept by evicting the least recently used entries;
+//! entries being read are pinned by the [`Blob`] handle and are never evicted.
+
+mod index;
+mod writer;
+
+use index::{Index, Key};
+use pollen_oci::Digest;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tracing::{info, warn};
+
+pub use writer::Writer;
+
+/// What a stored object is; manifests carry a media type, blobs do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Blob,
+    Manifest,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Blob => "blobs/sha256",
+            Kind::Manifest => "manifests/sha256",
+        }
+    }
+}
+
+/// Failures of the store, worded for the operator who has to act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("content does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("content is larger than announced ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("content ended after {got} of {expected} bytes")]
+    Incomplete { expected: u64, got: u64 },
+    #[error("disk full while writing under {0}: free space or lower --cache-size")]
+    DiskFull(PathBuf),
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    fn io(context: &'static str, path: &Path, source: io::Error) -> StoreError {
+        // ENOSPC and EDQUOT: the operator's fix is the same.
+        if matches!(source.raw_os_error(), Some(28) | Some(122)) {
+            return StoreError::DiskFull(path.to_path_buf());
+        }
+        StoreError::Io {
+            context,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    quota: u64,
+    index: Mutex<Index>,
+    tmp_seq: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// Sizes and counters for metrics and status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub entries: u64,
+    pub quota: u64,
+    pub evictions: u64,
+}
+
+/// A committed object, open for reading and pinned against eviction while this handle lives.
+pub struct Blob {
+    file: Arc<File>,
+    size: u64,
+    media_type: Option<String>,
+    _pin: Pin,
+}
+
+impl Blob {
+    /// The open file; read it with positional reads so handles never share an offset.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn media_type(&self) -> Option<&str> {
+        self.media_type.as_deref()
+    }
+}
+
+/// Keeps one entry from eviction; released on drop.
+struct Pin {
+    inner: Arc<Inner>,
+    key: Key,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut index = self.inner.lock();
+        index.unpin(&self.key);
+        self.inner.evict_over_quota(&mut index, 0);
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) a store under `root`, dropping leftovers of interrupted
+    /// downloads and indexing what was committed before.
+    pub fn open(root: impl Into<PathBuf>, quota: u64) -> Result<Store, StoreError> {
+        let root = root.into();
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| StoreError::io("clearing", &tmp, e))?;
+        }
+        for dir in [tmp.clone(), root.join(Kind::Blob.dir()), root.join(Kind::Manifest.dir())] {
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
+        }
+        let mut index = Index::default();
+        for kind in [Kind::Blob, Kind::Manifest] {
+            index::scan(&root.join(kind.dir()), kind, &mut index)?;
+        }
+        info!(
+            root = %root.display(),
+            entries = index.len(),
+            bytes = index.total(),
+            quota,
+            "content store opened"
+        );
+        let inner = Arc::new(Inner {
+            root,
+            quota,
+            index: Mutex::new(index),
+            tmp_seq: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        });
+        {
+            let mut index = inner.lock();
+            inner.evict_over_quota(&mut index, 0);
+        }
+        Ok(Store { inner })
+    }
+
+    /// Opens a committed object, or `None` when it is not (or no longer) stored.
+    pub fn get(&self, kind: Kind, digest: &Digest) -> Option<Blob> {
+        let key = Key { kind, digest: *digest };
+        let mut index = self.inner.lock();
+        let (size, media_type) = index.touch_and_pin(&key)?;
+        let path = self.path(kind, digest);
+        // Opening under the lock keeps eviction from racing between the lookup and the open.
+        match File::open(&path) {
+            Ok(file) => {
+                drop(index);
+                let _ = file.set_modified(std::time::SystemTime::now());
+                Some(Blob {
+                    file: Arc::new(file),
+                    size,
+                    media_type,
+                    _pin: Pin {
+                        inner: self.inner.clone(),
+                        key,
+                    },
+                })
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "indexed file vanished; forgetting it");
+                index.unpin(&key);
+                index.remove(&key);
+                None
+            }
+        }
+    }
+
+    /// Whether an object is stored, without pinning it.
+    pub fn contains(&self, kind: Kind, digest: &Digest) -> bool {
+        self.inner.lock().contains(&Key { kind, digest: *digest })
+    }
+
+    /// Starts writing an object that must hash to `digest`. When the size is known up front,
+    /// room is made for it now so the quota holds while it downloads.
+    pub fn writer(
+        &self,
+        kind: Kind,
+        digest: Digest,
+        expected_size: Option<u64>,
+        media_type: Option<String>,
+    ) -> Result<Writer, StoreError> {
+        if let Some(size) = expected_size {
+            let mut index = self.inner.lock();
+            self.inner.evict_over_quota(&mut index, size);
+        }
+        let seq = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .inner
+            .root
+            .join("tmp")
+            .join(format!("{}-{}.part", digest.hex(), seq));
+        Writer::create(self.clone(), kind, digest, expected_size, media_type, tmp)
+    }
+
+    pub fn usage(&self) -> Usage {
+        let index = self.inner.lock();
+        Usage {
+            bytes: index.total(),
+            entries: index.len() as u64,
+            quota: self.inner.quota,
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn path(&self, kind: Kind, digest: &Digest) -> PathBuf {
+        self.inner.root.join(kind.dir()).join(digest.hex())
+    }
+
+    /// Records a committed file, pinned for the caller, and enforces the quota. Pinning
+    /// before evicting keeps an object larger than the quota alive while it is being served.
+    fn insert_pinned(
+        &self,
+        kind: Kind,
+        digest: Digest,
+        size: u64,
+        media_type: Option<String>,
+        file: Arc<File>,
+    ) -> Blob {
+        let key = Key { kind, digest };
+        let mut index = self.inner.lock();
+        index.insert(key, size, media_type.clone());
+        index.touch_and_pin(&key);
+        self.inner.evict_over_quota(&mut index, 0);
+        Blob {
+            file,
+            size,
+            media_type,
+            _pin: Pin {
+                inner: self.inner.clone(),
+                key,
+            },
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evicts least recently used, unpinned entries until `reserve` more bytes fit the quota.
+    fn evict_over_quota(&self, index: &mut Index, reserve: u64) {
+        while index.total().saturating_add(reserve) > self.quota {
+            let Some((key, size)) = index.pop_lru_unpinned() else {
+                if reserve == 0 {
+                    warn!(
+                        bytes = index.total(),
+                        quota = self.quota,
+                        "cache over quota but every entry is in use"
+                    );
+                }
+                return;
+            };
+            let path = self.root.join(key.kind.dir()).join(key.digest.hex());
+            if let Err(e) = fs::remove_file(&path) {
+                warn!(path = %path.display(), error = %e, "evicting: could not remove file");
+            }
+            let _ = fs::remove_file(index::media_type_path(&path));
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            info!(digest = %key.digest, size, "evicted from cache");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

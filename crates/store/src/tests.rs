@@ -1,0 +1,132 @@
+use super::*;
+use std::os::unix::fs::FileExt;
+
+fn put(store: &Store, data: &[u8]) -> Digest {
+    let d = Digest::of(data);
+    let mut w = store
+        .writer(Kind::Blob, d, Some(data.len() as u64), None)
+        .unwrap();
+    w.write(data).unwrap();
+    w.commit().unwrap();
+    d
+}
+
+fn read_all(b: &Blob) -> Vec<u8> {
+    let mut buf = vec![0; b.size() as usize];
+    b.file().read_exact_at(&mut buf, 0).unwrap();
+    buf
+}
+
+#[test]
+fn commit_then_read_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let d = put(&store, b"layer bytes");
+    assert_eq!(read_all(&store.get(Kind::Blob, &d).unwrap()), b"layer bytes");
+    drop(store);
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(read_all(&store.get(Kind::Blob, &d).unwrap()), b"layer bytes");
+    assert_eq!(store.usage().bytes, 11);
+}
+
+#[test]
+fn mismatch_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let d = Digest::of(b"good");
+    let mut w = store.writer(Kind::Blob, d, Some(4), None).unwrap();
+    w.write(b"evil").unwrap();
+    assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));
+    assert!(store.get(Kind::Blob, &d).is_none());
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+}
+
+#[test]
+fn size_limits_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let d = Digest::of(b"abc");
+    let mut w = store.writer(Kind::Blob, d, Some(3), None).unwrap();
+    assert!(matches!(w.write(b"abcd"), Err(StoreError::TooLarge { .. })));
+    let mut w = store.writer(Kind::Blob, d, Some(3), None).unwrap();
+    w.write(b"ab").unwrap();
+    assert!(matches!(w.commit(), Err(StoreError::Incomplete { .. })));
+}
+
+#[test]
+fn interrupted_write_leaves_nothing_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let d = Digest::of(b"partial");
+    let mut w = store.writer(Kind::Blob, d, None, None).unwrap();
+    w.write(b"part").unwrap();
+    std::mem::forget(w); // a crash: no Drop, no commit
+    drop(store);
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    assert!(store.get(Kind::Blob, &d).is_none());
+    assert_eq!(store.usage().entries, 0);
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn lru_eviction_skips_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 30).unwrap();
+    let a = put(&store, &[1u8; 10]);
+    let b = put(&store, &[2u8; 10]);
+    let pinned_a = store.get(Kind::Blob, &a).unwrap(); // a is in use, and now most recent
+    let _ = store.get(Kind::Blob, &b); // b used after a; the handle is dropped at once
+    let c = put(&store, &[3u8; 10]);
+    let d = put(&store, &[4u8; 10]); // over quota: the LRU unpinned entry must go
+    assert!(store.contains(Kind::Blob, &a), "pinned entry was evicted");
+    assert!(!store.contains(Kind::Blob, &b), "LRU entry kept");
+    assert!(store.contains(Kind::Blob, &c) && store.contains(Kind::Blob, &d));
+    assert_eq!(read_all(&pinned_a), vec![1u8; 10]);
+    assert_eq!(store.usage().evictions, 1);
+    assert!(store.usage().bytes <= 30);
+}
+
+#[test]
+fn manifests_keep_media_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let body = br#"{"schemaVersion":2}"#;
+    let d = Digest::of(body);
+    let mt = "application/vnd.oci.image.manifest.v1+json".to_string();
+    let mut w = store
+        .writer(Kind::Manifest, d, None, Some(mt.clone()))
+        .unwrap();
+    w.write(body).unwrap();
+    w.commit().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let m = store.get(Kind::Manifest, &d).unwrap();
+    assert_eq!(m.media_type(), Some(mt.as_str()));
+    assert!(store.get(Kind::Blob, &d).is_none());
+}
+
+#[test]
+fn foreign_files_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+    fs::write(dir.path().join("blobs/sha256/README"), b"not ours").unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    assert_eq!(store.usage().entries, 0);
+    assert!(dir.path().join("blobs/sha256/README").exists());
+}
+
+#[test]
+fn object_over_quota_is_served_then_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 5).unwrap();
+    let data = [7u8; 10];
+    let d = Digest::of(&data);
+    let mut w = store.writer(Kind::Blob, d, Some(10), None).unwrap();
+    w.write(&data).unwrap();
+    let blob = w.commit().unwrap();
+    assert_eq!(read_all(&blob), data);
+    drop(blob);
+    assert!(!store.contains(Kind::Blob, &d));
+    assert_eq!(store.usage().bytes, 0);
+}

@@ -1,0 +1,330 @@
+//! One request to an upstream: mirror failover, authentication, redirects, deadlines.
+
+use crate::auth::{self, Challenge, Credentials, TokenCache};
+use crate::health::Health;
+use crate::{Route, UpstreamConfig, UpstreamError};
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, USER_AGENT, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::{Duration, Instant};
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+/// Redirects followed per request; registries redirect blobs once, to their storage.
+const MAX_REDIRECTS: usize = 5;
+
+/// What to fetch; the caller has already validated every part.
+pub struct FetchRequest<'a> {
+    pub route: &'a Route,
+    pub method: Method,
+    /// `manifests/<reference>` or `blobs/<digest>`.
+    pub path: String,
+    pub accept: Option<&'static str>,
+    /// Resume a transfer from this offset (`Range: bytes=N-`); 0 means the whole object.
+    pub range_start: u64,
+    /// The client's own credentials, passed through instead of the agent's.
+    pub client_auth: Option<HeaderValue>,
+}
+
+/// An upstream's answer, headers received, body still streaming.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Incoming,
+    /// Which mirror answered.
+    pub mirror: String,
+}
+
+/// The shared upstream client: one connection pool, health table and token cache per agent.
+pub struct Upstream {
+    cfg: UpstreamConfig,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    health: Health,
+    tokens: TokenCache,
+}
+
+impl Upstream {
+    pub fn new(cfg: UpstreamConfig) -> Result<Upstream, rustls::Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Ok(Upstream {
+            cfg,
+            client,
+            health: Health::default(),
+            tokens: TokenCache::default(),
+        })
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    /// Tries the route's mirrors in order, healthy first. A success wins at once; a 4xx from
+    /// a mirror that is not the last moves on (a mirror may lack what the origin has); a 5xx,
+    /// 429, refused connection or deadline marks the mirror down for a backoff.
+    pub async fn fetch(&self, req: &FetchRequest<'_>) -> Result<UpstreamResponse, UpstreamError> {
+        let order = self.health.order(&req.route.mirrors, Instant::now());
+        let count = order.len();
+        let mut failures = Vec::new();
+        let mut last_answer = None;
+        for (i, mirror) in order.into_iter().enumerate() {
+            let outcome = self.fetch_from(mirror, req).await;
+            match outcome {
+                Ok(resp) if resp.status.is_success() || resp.status == StatusCode::NOT_MODIFIED => {
+                    self.health.success(mirror);
+                    return Ok(resp);
+                }
+                Ok(resp)
+                    if !(resp.status.is_server_error()
+                        || resp.status == StatusCode::TOO_MANY_REQUESTS) =>
+                {
+                    self.health.success(mirror);
+                    if i + 1 == count {
+                        return Ok(resp);
+                    }
+                    failures.push(format!("{mirror}: HTTP {}", resp.status));
+                    last_answer = Some(resp);
+                }
+                other => {
+                    let why = match other {
+                        Ok(r) => format!("HTTP {}", r.status),
+                        Err(e) => e,
+                    };
+                    let backoff = self.health.failure(mirror, self.cfg.failure_backoff, Instant::now());
+                    warn!(
+                        mirror = %mirror,
+                        registry = %req.route.registry,
+                        error = %why,
+                        skip_for = ?backoff,
+                        "upstream mirror failed; trying the next one"
+                    );
+                    failures.push(format!("{mirror}: {why}"));
+                }
+            }
+        }
+        match last_answer {
+            Some(resp) => Ok(resp),
+            None => Err(UpstreamError::Unavailable(failures.join("; "))),
+        }
+    }
+
+    async fn fetch_from(&self, mirror: &str, req: &FetchRequest<'_>) -> Result<UpstreamResponse, String> {
+        let url = format!(
+            "{}/v2/{}/{}",
+            mirror.trim_end_matches('/'),
+            req.route.name,
+            req.path
+        );
+        let key = format!("{mirror}|{}", req.route.name);
+        let auth = match &req.client_auth {
+            Some(a) => Some(a.clone()),
+            None => self.tokens.fresh(&key),
+        };
+        let resp = self.send(&url, auth.clone(), req).await?;
+        if resp.status != StatusCode::UNAUTHORIZED || req.client_auth.is_some() {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::parse_challenge);
+        let Some(challenge) = challenge else {
+            return Ok(resp);
+        };
+        match self.authorize(&key, mirror, &challenge, auth.as_ref()).await {
+            Ok(Some(header)) => self.send(&url, Some(header), req).await,
+            Ok(None) => Ok(resp),
+            Err(e) => {
+                warn!(mirror, error = %e, "upstream authentication failed; passing the 401 on");
+                Ok(resp)
+            }
+        }
+    }
+
+    /// Gets credentials for a challenge. The slot lock makes concurrent requests share one
+    /// token request; a token refreshed by another request meanwhile is used as is.
+    async fn authorize(
+        &self,
+        key: &str,
+        mirror: &str,
+        challenge: &Challenge,
+        rejected: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>, String> {
+        let slot = self.tokens.slot(key);
+        let mut guard = slot.lock().await;
+        if let Some(t) = guard.as_ref() {
+            if t.expires > Instant::now() && Some(&t.header) != rejected {
+                return Ok(Some(t.header.clone()));
+            }
+        }
+        let token = match challenge {
+            Challenge::Basic => match self.credentials_for(mirror) {
+                Some(c) => c.basic_header().map(|header| auth::Token {
+                    header,
+                    expires: Instant::now() + Duration::from_secs(24 * 3600),
+                }),
+                None => None,
+            },
+            Challenge::Bearer { realm, service, scope } => {
+                Some(self.request_token(mirror, realm, service.as_deref(), scope.as_deref()).await?)
+            }
+        };
+        let header = token.as_ref().map(|t| t.header.clone());
+        *guard = token;
+        Ok(header)
+    }
+
+    async fn request_token(
+        &self,
+        mirror: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<auth::Token, String> {
+        use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+        let mut url = realm.to_string();
+        let mut sep = if realm.contains('?') { '&' } else { '?' };
+        for (k, v) in [("service", service), ("scope", scope)] {
+            if let Some(v) = v {
+                url.push(sep);
+                url.push_str(k);
+                url.push('=');
+                url.extend(utf8_percent_encode(v, NON_ALPHANUMERIC));
+                sep = '&';
+            }
+        }
+        let realm_host = url.parse::<Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string()));
+        let creds = realm_host
+            .as_deref()
+            .and_then(|h| self.cfg.credentials.get(h))
+            .or_else(|| self.credentials_for(mirror));
+        let mut builder = Request::get(url.as_str()).header(USER_AGENT, &self.cfg.user_agent);
+        if let Some(h) = creds.and_then(Credentials::basic_header) {
+            builder = builder.header(AUTHORIZATION, h);
+        }
+        let request = builder.body(Empty::new()).map_err(|e| format!("token URL {url}: {e}"))?;
+        let resp = timeout(self.cfg.response_timeout, self.client.request(request))
+            .await
+            .map_err(|_| format!("token request to {realm} timed out"))?
+            .map_err(|e| format!("token request to {realm}: {e}"))?;
+        let status = resp.status();
+        let body = collect_limited(resp.into_body(), auth::MAX_TOKEN_BODY, self.cfg.idle_timeout).await?;
+        if !status.is_success() {
+            return Err(format!("token endpoint {realm} answered HTTP {status}"));
+        }
+        debug!(realm, scope, "got upstream token");
+        auth::parse_token(&body, Instant::now()).ok_or_else(|| format!("token endpoint {realm} sent no usable token"))
+    }
+
+    fn credentials_for(&self, mirror: &str) -> Option<&Credentials> {
+        let host = mirror.parse::<Uri>().ok()?.authority()?.to_string();
+        self.cfg.credentials.get(&host)
+    }
+
+    /// One HTTP exchange, following redirects; credentials never follow to another host.
+    async fn send(
+        &self,
+        url: &str,
+        mut auth: Option<HeaderValue>,
+        req: &FetchRequest<'_>,
+    ) -> Result<UpstreamResponse, String> {
+        let mut uri: Uri = url.parse().map_err(|e| format!("bad upstream URL {url}: {e}"))?;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut b = Request::builder()
+                .method(req.method.clone())
+                .uri(uri.clone())
+                .header(USER_AGENT, &self.cfg.user_agent);
+            if let Some(a) = &auth {
+                b = b.header(AUTHORIZATION, a.clone());
+            }
+            if let Some(accept) = req.accept {
+                b = b.header(ACCEPT, accept);
+            }
+            if req.range_start > 0 {
+                b = b.header(RANGE, format!("bytes={}-", req.range_start));
+            }
+            let request = b.body(Empty::new()).map_err(|e| e.to_string())?;
+            let resp = timeout(self.cfg.response_timeout, self.client.request(request))
+                .await
+                .map_err(|_| format!("no response within {:?}", self.cfg.response_timeout))?
+                .map_err(|e| format!("{}", error_chain(&e)))?;
+            if resp.status().is_redirection() {
+                if let Some(next) = resp.headers().get(LOCATION).and_then(|l| redirect_target(&uri, l)) {
+                    if next.authority() != uri.authority() {
+                        auth = None;
+                    }
+                    uri = next;
+                    continue;
+                }
+            }
+            let (parts, body) = resp.into_parts();
+            return Ok(UpstreamResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+                mirror: url.to_string(),
+            });
+        }
+        Err(format!("more than {MAX_REDIRECTS} redirects"))
+    }
+}
+
+fn redirect_target(base: &Uri, location: &HeaderValue) -> Option<Uri> {
+    let loc = location.to_str().ok()?;
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.parse().ok();
+    }
+    if loc.starts_with('/') && !loc.starts_with("//") {
+        let scheme = base.scheme_str()?;
+        let authority = base.authority()?;
+        return format!("{scheme}://{authority}{loc}").parse().ok();
+    }
+    None
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Reads a small body (manifest, token) with a size cap and a deadline per chunk.
+pub async fn collect_limited(mut body: Incoming, limit: usize, idle: Duration) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match timeout(idle, body.frame()).await {
+            Err(_) => return Err(format!("upstream body stalled for {idle:?}")),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => return Err(format!("upstream body: {e}")),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(format!("upstream body larger than {limit} bytes"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The agent's HTTP client to upstream registries.
+//!
+//! It picks the ordered mirror list for a registry, tries the mirrors in turn with health
+//! tracking (first healthy mirror wins, the origin last), authenticates (bearer tokens shared
+//! between requests, Basic credentials, or the client's own `Authorization` passed through),
+//! follows blob redirects and puts a deadline on every step.
+
+mod auth;
+mod client;
+mod health;
+mod route;
+
+pub use auth::Credentials;
+pub use client::{collect_limited, FetchRequest, Upstream, UpstreamResponse};
+pub use route::{Route, RouteError, DOCKER_HUB, DOCKER_HUB_URL};
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Everything the upstream client is configured with.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Mirrors for requests without `ns` (Docker Engine's requests, meaning Docker Hub).
+    pub default_mirrors: Vec<String>,
+    /// Registry host (as containerd sends it in `ns`) to its ordered mirror list.
+    pub registries: HashMap<String, Vec<String>>,
+    /// Credentials by upstream host (`host[:port]` of a mirror URL or of a token realm).
+    pub credentials: HashMap<String, Credentials>,
+    /// Whether an `ns` host with no configured mirrors may be fetched from `https://<host>`.
+    pub allow_unlisted_registries: bool,
+    pub connect_timeout: Duration,
+    /// Deadline for an upstream to answer with response headers.
+    pub response_timeout: Duration,
+    /// Longest pause between two body chunks before the transfer counts as stalled.
+    pub idle_timeout: Duration,
+    /// First backoff after a mirror fails; doubles per consecutive failure.
+    pub failure_backoff: Duration,
+    pub user_agent: String,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            default_mirrors: vec![DOCKER_HUB_URL.to_string()],
+            registries: HashMap::new(),
+            credentials: HashMap::new(),
+            allow_unlisted_registries: true,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            failure_backoff: Duration::from_secs(5),
+            user_agent: concat!("pollen/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// Why no upstream could give an answer at all (an HTTP error status is an answer, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no upstream reachable: {0}")]
+    Unavailable(String),
+}
