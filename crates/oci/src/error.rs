@@ -86,7 +86,11 @@ mod tests {
     use super::*;
     #[test]
     fn body_shape() {
-        let e = OciError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUnknown, "no \"such\" blob");
+        let e = OciError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BlobUnknown,
+            "no \"such\" blob",
+        );
         let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(v["errors"][0]["code"], "BLOB_UNKNOWN");
         assert_eq!(v["errors"][0]["message"], "no \"such\" blob");

@@ -108,8 +108,7 @@ impl Reference {
         let ok = !b.is_empty()
             && b.len() <= MAX_TAG_LEN
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b
-                .iter()
+            && b.iter()
                 .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
         if ok {
             Ok(Reference::Tag(s.to_string()))
@@ -134,7 +133,15 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "library/busybox", "a/b/c", "my-org/my_app", "x.y__z", "a--b", "0"] {
+        for ok in [
+            "a",
+            "library/busybox",
+            "a/b/c",
+            "my-org/my_app",
+            "x.y__z",
+            "a--b",
+            "0",
+        ] {
             assert!(Name::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -145,20 +152,38 @@ mod tests {
         }
         assert!(Name::parse(&"a".repeat(256)).is_err());
         assert_eq!(
-            Name::parse("busybox").unwrap().with_library_prefix().as_str(),
+            Name::parse("busybox")
+                .unwrap()
+                .with_library_prefix()
+                .as_str(),
             "library/busybox"
         );
-        assert_eq!(Name::parse("x/y").unwrap().with_library_prefix().as_str(), "x/y");
+        assert_eq!(
+            Name::parse("x/y").unwrap().with_library_prefix().as_str(),
+            "x/y"
+        );
     }
 
     #[test]
     fn references() {
-        assert_eq!(Reference::parse("v1.0_rc-1").unwrap(), Reference::Tag("v1.0_rc-1".into()));
+        assert_eq!(
+            Reference::parse("v1.0_rc-1").unwrap(),
+            Reference::Tag("v1.0_rc-1".into())
+        );
         assert!(matches!(
             Reference::parse(&Digest::of(b"").to_string()).unwrap(),
             Reference::Digest(_)
         ));
-        for bad in ["", ".x", "-x", "a/b", "..", &"t".repeat(129), "sha256:zz", "x y"] {
+        for bad in [
+            "",
+            ".x",
+            "-x",
+            "a/b",
+            "..",
+            &"t".repeat(129),
+            "sha256:zz",
+            "x y",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
         assert!(matches!(

@@ -136,7 +136,11 @@ impl Store {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| StoreError::io("clearing", &tmp, e))?;
         }
-        for dir in [tmp.clone(), root.join(Kind::Blob.dir()), root.join(Kind::Manifest.dir())] {
+        for dir in [
+            tmp.clone(),
+            root.join(Kind::Blob.dir()),
+            root.join(Kind::Manifest.dir()),
+        ] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
         }
         let mut index = Index::default();
@@ -166,7 +170,10 @@ impl Store {
 
     /// Opens a committed object, or `None` when it is not (or no longer) stored.
     pub fn get(&self, kind: Kind, digest: &Digest) -> Option<Blob> {
-        let key = Key { kind, digest: *digest };
+        let key = Key {
+            kind,
+            digest: *digest,
+        };
         let mut index = self.inner.lock();
         let (size, media_type) = index.touch_and_pin(&key)?;
         let path = self.path(kind, digest);
@@ -196,7 +203,10 @@ impl Store {
 
     /// Whether an object is stored, without pinning it.
     pub fn contains(&self, kind: Kind, digest: &Digest) -> bool {
-        self.inner.lock().contains(&Key { kind, digest: *digest })
+        self.inner.lock().contains(&Key {
+            kind,
+            digest: *digest,
+        })
     }
 
     /// Starts writing an object that must hash to `digest`. When the size is known up front,

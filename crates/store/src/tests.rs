@@ -22,10 +22,16 @@ fn commit_then_read_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1 << 20).unwrap();
     let d = put(&store, b"layer bytes");
-    assert_eq!(read_all(&store.get(Kind::Blob, &d).unwrap()), b"layer bytes");
+    assert_eq!(
+        read_all(&store.get(Kind::Blob, &d).unwrap()),
+        b"layer bytes"
+    );
     drop(store);
     let store = Store::open(dir.path(), 1 << 20).unwrap();
-    assert_eq!(read_all(&store.get(Kind::Blob, &d).unwrap()), b"layer bytes");
+    assert_eq!(
+        read_all(&store.get(Kind::Blob, &d).unwrap()),
+        b"layer bytes"
+    );
     assert_eq!(store.usage().bytes, 11);
 }
 
@@ -39,7 +45,12 @@ fn mismatch_stores_nothing() {
     assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));
     assert!(store.get(Kind::Blob, &d).is_none());
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-    assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]

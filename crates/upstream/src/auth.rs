@@ -150,7 +150,10 @@ pub(crate) fn parse_token(body: &[u8], now: Instant) -> Option<Token> {
     header.set_sensitive(true);
     Some(Token {
         header,
-        expires: now + ttl.saturating_sub(EXPIRY_MARGIN).max(Duration::from_secs(1)),
+        expires: now
+            + ttl
+                .saturating_sub(EXPIRY_MARGIN)
+                .max(Duration::from_secs(1)),
     })
 }
 
@@ -160,7 +163,9 @@ mod tests {
 
     #[test]
     fn docker_hub_challenge() {
-        let c = parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull,push""#);
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull,push""#,
+        );
         assert_eq!(
             c,
             Some(Challenge::Bearer {
@@ -169,9 +174,15 @@ mod tests {
                 scope: Some("repository:library/busybox:pull,push".into()),
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
-        assert_eq!(parse_challenge(r#"Bearer realm="file:///etc/passwd""#), None);
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="file:///etc/passwd""#),
+            None
+        );
         assert_eq!(parse_challenge(r#"Bearer service="x""#), None);
         assert_eq!(parse_challenge(&"Bearer ".repeat(2000)), None);
     }

@@ -37,7 +37,7 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Incoming,
-    /// Which mirror answered.
+    /// Which mirror answered (its base URL as configured).
     pub mirror: String,
 }
 
@@ -106,7 +106,9 @@ impl Upstream {
                         Ok(r) => format!("HTTP {}", r.status),
                         Err(e) => e,
                     };
-                    let backoff = self.health.failure(mirror, self.cfg.failure_backoff, Instant::now());
+                    let backoff =
+                        self.health
+                            .failure(mirror, self.cfg.failure_backoff, Instant::now());
                     warn!(
                         mirror = %mirror,
                         registry = %req.route.registry,
@@ -124,7 +126,28 @@ impl Upstream {
         }
     }
 
-    async fn fetch_from(&self, mirror: &str, req: &FetchRequest<'_>) -> Result<UpstreamResponse, String> {
+    async fn fetch_from(
+        &self,
+        mirror: &str,
+        req: &FetchRequest<'_>,
+    ) -> Result<UpstreamResponse, String> {
+        let mut resp = self.fetch_from_inner(mirror, req).await?;
+        resp.mirror = mirror.to_string();
+        Ok(resp)
+    }
+
+    /// Records that a transfer from `mirror` broke after its headers, so a retry prefers the
+    /// next mirror for a while.
+    pub fn report_failure(&self, mirror: &str) {
+        self.health
+            .failure(mirror, self.cfg.failure_backoff, Instant::now());
+    }
+
+    async fn fetch_from_inner(
+        &self,
+        mirror: &str,
+        req: &FetchRequest<'_>,
+    ) -> Result<UpstreamResponse, String> {
         let url = format!(
             "{}/v2/{}/{}",
             mirror.trim_end_matches('/'),
@@ -148,7 +171,10 @@ impl Upstream {
         let Some(challenge) = challenge else {
             return Ok(resp);
         };
-        match self.authorize(&key, mirror, &challenge, auth.as_ref()).await {
+        match self
+            .authorize(&key, mirror, &challenge, auth.as_ref())
+            .await
+        {
             Ok(Some(header)) => self.send(&url, Some(header), req).await,
             Ok(None) => Ok(resp),
             Err(e) => {
@@ -182,9 +208,14 @@ impl Upstream {
                 }),
                 None => None,
             },
-            Challenge::Bearer { realm, service, scope } => {
-                Some(self.request_token(mirror, realm, service.as_deref(), scope.as_deref()).await?)
-            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => Some(
+                self.request_token(mirror, realm, service.as_deref(), scope.as_deref())
+                    .await?,
+            ),
         };
         let header = token.as_ref().map(|t| t.header.clone());
         *guard = token;
@@ -210,7 +241,10 @@ impl Upstream {
                 sep = '&';
             }
         }
-        let realm_host = url.parse::<Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string()));
+        let realm_host = url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()));
         let creds = realm_host
             .as_deref()
             .and_then(|h| self.cfg.credentials.get(h))
@@ -219,18 +253,26 @@ impl Upstream {
         if let Some(h) = creds.and_then(Credentials::basic_header) {
             builder = builder.header(AUTHORIZATION, h);
         }
-        let request = builder.body(Empty::new()).map_err(|e| format!("token URL {url}: {e}"))?;
+        let request = builder
+            .body(Empty::new())
+            .map_err(|e| format!("token URL {url}: {e}"))?;
         let resp = timeout(self.cfg.response_timeout, self.client.request(request))
             .await
             .map_err(|_| format!("token request to {realm} timed out"))?
             .map_err(|e| format!("token request to {realm}: {e}"))?;
         let status = resp.status();
-        let body = collect_limited(resp.into_body(), auth::MAX_TOKEN_BODY, self.cfg.idle_timeout).await?;
+        let body = collect_limited(
+            resp.into_body(),
+            auth::MAX_TOKEN_BODY,
+            self.cfg.idle_timeout,
+        )
+        .await?;
         if !status.is_success() {
             return Err(format!("token endpoint {realm} answered HTTP {status}"));
         }
         debug!(realm, scope, "got upstream token");
-        auth::parse_token(&body, Instant::now()).ok_or_else(|| format!("token endpoint {realm} sent no usable token"))
+        auth::parse_token(&body, Instant::now())
+            .ok_or_else(|| format!("token endpoint {realm} sent no usable token"))
     }
 
     fn credentials_for(&self, mirror: &str) -> Option<&Credentials> {
@@ -245,7 +287,9 @@ impl Upstream {
         mut auth: Option<HeaderValue>,
         req: &FetchRequest<'_>,
     ) -> Result<UpstreamResponse, String> {
-        let mut uri: Uri = url.parse().map_err(|e| format!("bad upstream URL {url}: {e}"))?;
+        let mut uri: Uri = url
+            .parse()
+            .map_err(|e| format!("bad upstream URL {url}: {e}"))?;
         for _ in 0..=MAX_REDIRECTS {
             let mut b = Request::builder()
                 .method(req.method.clone())
@@ -264,9 +308,13 @@ impl Upstream {
             let resp = timeout(self.cfg.response_timeout, self.client.request(request))
                 .await
                 .map_err(|_| format!("no response within {:?}", self.cfg.response_timeout))?
-                .map_err(|e| format!("{}", error_chain(&e)))?;
+                .map_err(|e| error_chain(&e))?;
             if resp.status().is_redirection() {
-                if let Some(next) = resp.headers().get(LOCATION).and_then(|l| redirect_target(&uri, l)) {
+                if let Some(next) = resp
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| redirect_target(&uri, l))
+                {
                     if next.authority() != uri.authority() {
                         auth = None;
                     }
@@ -311,7 +359,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Reads a small body (manifest, token) with a size cap and a deadline per chunk.
-pub async fn collect_limited(mut body: Incoming, limit: usize, idle: Duration) -> Result<Bytes, String> {
+pub async fn collect_limited(
+    mut body: Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, String> {
     let mut buf = BytesMut::new();
     loop {
         let frame = match timeout(idle, body.frame()).await {

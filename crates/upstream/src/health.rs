@@ -62,7 +62,10 @@ mod tests {
         let b2 = h.failure("a", Duration::from_secs(1), t0);
         assert_eq!((b1, b2), (Duration::from_secs(1), Duration::from_secs(2)));
         assert_eq!(h.order(&mirrors, t0), vec!["b", "c", "a"]);
-        assert_eq!(h.order(&mirrors, t0 + Duration::from_secs(3)), vec!["a", "b", "c"]);
+        assert_eq!(
+            h.order(&mirrors, t0 + Duration::from_secs(3)),
+            vec!["a", "b", "c"]
+        );
         h.failure("b", Duration::from_secs(1), t0);
         h.success("a");
         assert_eq!(h.order(&mirrors, t0), vec!["a", "c", "b"]);

@@ -26,14 +26,22 @@ pub enum RouteError {
 }
 
 impl Route {
-    pub fn resolve(cfg: &UpstreamConfig, ns: Option<&str>, name: &Name) -> Result<Route, RouteError> {
+    pub fn resolve(
+        cfg: &UpstreamConfig,
+        ns: Option<&str>,
+        name: &Name,
+    ) -> Result<Route, RouteError> {
         let registry = match ns {
             None => None,
             Some(ns) if !valid_host(ns) => return Err(RouteError::InvalidNs(ns.to_string())),
             Some(ns) => Some(normalise(ns)),
         };
         let is_hub = registry.as_deref().is_none_or(|r| r == DOCKER_HUB);
-        let name = if is_hub { name.with_library_prefix() } else { name.clone() };
+        let name = if is_hub {
+            name.with_library_prefix()
+        } else {
+            name.clone()
+        };
         let mirrors = match &registry {
             None => cfg.default_mirrors.clone(),
             Some(r) => match cfg.registries.get(r) {
@@ -70,7 +78,9 @@ fn valid_host(s: &str) -> bool {
     let (host_ok, port) = match s.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((h, p)) => (
-                !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
                 p.strip_prefix(':').or(p.is_empty().then_some("")),
             ),
             None => return false,
@@ -83,16 +93,18 @@ fn valid_host(s: &str) -> bool {
             (valid_dns(h), p)
         }
     };
-    let port_ok = port.is_some_and(|p| {
-        p.is_empty() || (p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
-    }) && !s.ends_with(':');
+    let port_ok = port
+        .is_some_and(|p| p.is_empty() || (p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())))
+        && !s.ends_with(':');
     host_ok && port_ok
 }
 
 fn valid_dns(h: &str) -> bool {
     !h.is_empty()
         && h.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -105,8 +117,10 @@ mod tests {
             default_mirrors: vec!["http://default".into()],
             ..Default::default()
         };
-        c.registries
-            .insert("r.example:5000".into(), vec!["http://m1".into(), "https://r.example:5000".into()]);
+        c.registries.insert(
+            "r.example:5000".into(),
+            vec!["http://m1".into(), "https://r.example:5000".into()],
+        );
         c
     }
 
@@ -115,9 +129,15 @@ mod tests {
         let c = cfg();
         let n = Name::parse("busybox").unwrap();
         let r = Route::resolve(&c, None, &n).unwrap();
-        assert_eq!((r.mirrors, r.name.as_str()), (vec!["http://default".to_string()], "library/busybox"));
+        assert_eq!(
+            (r.mirrors, r.name.as_str()),
+            (vec!["http://default".to_string()], "library/busybox")
+        );
         let r = Route::resolve(&c, Some("docker.io"), &n).unwrap();
-        assert_eq!((r.mirrors, r.name.as_str()), (vec![DOCKER_HUB_URL.to_string()], "library/busybox"));
+        assert_eq!(
+            (r.mirrors, r.name.as_str()),
+            (vec![DOCKER_HUB_URL.to_string()], "library/busybox")
+        );
         let r = Route::resolve(&c, Some("r.example:5000"), &n).unwrap();
         assert_eq!(r.mirrors.len(), 2);
         assert_eq!(r.name.as_str(), "busybox");
@@ -130,7 +150,9 @@ mod tests {
     fn hostile_ns() {
         let c = cfg();
         let n = Name::parse("a").unwrap();
-        for bad in ["", "a/b", "u@h", "h:", "h:99999x", "h?x=1", "a..b", "h#", "[zz]", "h:1/2", " h"] {
+        for bad in [
+            "", "a/b", "u@h", "h:", "h:99999x", "h?x=1", "a..b", "h#", "[zz]", "h:1/2", " h",
+        ] {
             assert!(Route::resolve(&c, Some(bad), &n).is_err(), "{bad}");
         }
         let strict = UpstreamConfig {

@@ -1,0 +1,278 @@
+//! Blobs: one upstream fetch per digest however many clients ask, streamed to all of them.
+//!
+//! The first request for a missing blob starts a download task and registers an [`Inflight`]
+//! under the digest; later requests join it. The task writes the bytes once into the store's
+//! temp file (hashing them on the way) and publishes its progress on a watch channel;
+//! clients read the file behind it ([`crate::follow`]). A transfer that breaks is resumed
+//! with a `Range` request. The task runs on its own, so a client that hangs up does not
+//! cancel the fetch for the others (or for the cache).
+
+use crate::error::FetchError;
+use crate::Ctx;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use pollen_oci::Digest;
+use pollen_store::{Blob, Kind, StoreError, Writer};
+use pollen_upstream::{FetchRequest, Route, UpstreamResponse};
+use std::fs::File;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+/// Times a broken transfer is resumed before the fetch fails.
+const MAX_RESUMES: u32 = 3;
+/// Chunks queued between the network and the disk writer (each at most a socket read).
+const WRITE_QUEUE: usize = 64;
+
+/// Where a blob's bytes are, as seen by the clients reading it.
+#[derive(Clone)]
+pub(crate) enum Progress {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Bytes `0..written` of `size` are in `file`; none of them verified yet.
+    Streaming {
+        size: Option<u64>,
+        written: u64,
+        file: Arc<File>,
+    },
+    /// Verified and committed; the handle pins it in the store.
+    Done(Arc<Blob>),
+    Failed(FetchError),
+}
+
+/// A blob being fetched, shared by every client that asked for it meanwhile.
+pub(crate) struct Inflight {
+    progress: watch::Sender<Progress>,
+}
+
+impl Inflight {
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+}
+
+/// A receiver for a blob: already complete when cached, else following its one fetch.
+pub(crate) fn open(
+    ctx: &Arc<Ctx>,
+    route: Route,
+    digest: Digest,
+    client_auth: Option<http::HeaderValue>,
+) -> (watch::Receiver<Progress>, bool) {
+    if let Some(blob) = ctx.store.get(Kind::Blob, &digest) {
+        return (watch::channel(Progress::Done(Arc::new(blob))).1, true);
+    }
+    let entry = ctx.blobs.entry(digest);
+    if let dashmap::Entry::Occupied(e) = &entry {
+        return (e.get().subscribe(), false);
+    }
+    let (tx, rx) = watch::channel(Progress::Connecting);
+    entry.insert(Arc::new(Inflight {
+        progress: tx.clone(),
+    }));
+    // The fetch that registered just before us may have committed between our store lookup
+    // and the insert: look again now that we own the slot.
+    if let Some(blob) = ctx.store.get(Kind::Blob, &digest) {
+        tx.send_replace(Progress::Done(Arc::new(blob)));
+        ctx.blobs.remove(&digest);
+        return (rx, true);
+    }
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let outcome = download(&ctx, &route, digest, client_auth, &tx).await;
+        match outcome {
+            Ok(blob) => {
+                tx.send_replace(Progress::Done(Arc::new(blob)));
+            }
+            Err(e) => {
+                if matches!(e, FetchError::Corrupt(_)) {
+                    ctx.metrics.digest_mismatch.inc();
+                }
+                warn!(%digest, registry = %route.registry, error = ?e, "blob fetch failed");
+                tx.send_replace(Progress::Failed(e));
+            }
+        }
+        ctx.blobs.remove(&digest);
+    });
+    (rx, false)
+}
+
+/// Fetches one blob into the store, resuming broken transfers.
+async fn download(
+    ctx: &Ctx,
+    route: &Route,
+    digest: Digest,
+    client_auth: Option<http::HeaderValue>,
+    progress: &watch::Sender<Progress>,
+) -> Result<Blob, FetchError> {
+    let started = std::time::Instant::now();
+    let mut sink: Option<Sink> = None;
+    let mut resumes = 0;
+    loop {
+        let offset = sink.as_ref().map_or(0, |s| s.sent);
+        let req = FetchRequest {
+            route,
+            method: Method::GET,
+            path: format!("blobs/{digest}"),
+            accept: None,
+            range_start: offset,
+            client_auth: client_auth.clone(),
+        };
+        ctx.metrics.upstream_requests.inc();
+        let resp = ctx.upstream.fetch(&req).await?;
+        let skip = match (resp.status, offset) {
+            (StatusCode::OK, _) => offset,
+            (StatusCode::PARTIAL_CONTENT, o) if o > 0 && range_start(&resp) == Some(o) => 0,
+            (status, _) if !status.is_success() => {
+                return Err(FetchError::from_status(status, &resp.headers))
+            }
+            (status, _) => {
+                return Err(FetchError::Upstream(format!(
+                    "unexpected upstream answer HTTP {status}"
+                )))
+            }
+        };
+        let sink = match &mut sink {
+            Some(s) => s,
+            None => {
+                let size = content_length(&resp);
+                let writer = ctx.store.writer(Kind::Blob, digest, size, None)?;
+                progress.send_replace(Progress::Streaming {
+                    size,
+                    written: 0,
+                    file: writer.file().clone(),
+                });
+                sink.insert(Sink::start(writer, progress.clone()))
+            }
+        };
+        let mirror = resp.mirror.clone();
+        match pump(ctx, resp, skip, sink).await {
+            Ok(()) => break,
+            Err(PumpError::Store) => break, // the writer's own error is reported by finish()
+            Err(PumpError::Upstream(why)) if resumes < MAX_RESUMES => {
+                resumes += 1;
+                ctx.upstream.report_failure(&mirror);
+                warn!(%digest, offset = sink.sent, error = %why, "upstream transfer broke; resuming with a range request");
+            }
+            Err(PumpError::Upstream(why)) => {
+                return Err(FetchError::Upstream(format!(
+                    "transfer failed {} times, last: {why}",
+                    resumes + 1
+                )))
+            }
+        }
+    }
+    let sink = sink.ok_or_else(|| FetchError::Upstream("no transfer".into()))?;
+    let blob = sink.finish().await?;
+    info!(
+        %digest,
+        registry = %route.registry,
+        bytes = blob.size(),
+        secs = started.elapsed().as_secs_f64(),
+        "blob fetched and verified"
+    );
+    Ok(blob)
+}
+
+enum PumpError {
+    Upstream(String),
+    Store,
+}
+
+/// Moves one response body into the sink, skipping `skip` bytes a 200 resends on resume.
+async fn pump(
+    ctx: &Ctx,
+    resp: UpstreamResponse,
+    mut skip: u64,
+    sink: &mut Sink,
+) -> Result<(), PumpError> {
+    let idle = ctx.cfg.upstream.idle_timeout;
+    let mut body = resp.body;
+    loop {
+        let frame = match timeout(idle, body.frame()).await {
+            Err(_) => return Err(PumpError::Upstream(format!("no bytes for {idle:?}"))),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(PumpError::Upstream(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        if skip > 0 {
+            let n = skip.min(data.len() as u64);
+            skip -= n;
+            data = data.slice(n as usize..);
+            if data.is_empty() {
+                continue;
+            }
+        }
+        ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
+        sink.sent += data.len() as u64;
+        if sink.tx.send(data).await.is_err() {
+            return Err(PumpError::Store);
+        }
+    }
+}
+
+/// The disk side of a download: a blocking thread that writes and hashes, so the network
+/// side never waits on the disk or the hash.
+struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    sent: u64,
+    writer: tokio::task::JoinHandle<Result<Writer, StoreError>>,
+}
+
+impl Sink {
+    fn start(mut writer: Writer, progress: watch::Sender<Progress>) -> Sink {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let handle = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write(&chunk)?;
+                let written = writer.written();
+                progress.send_modify(|p| {
+                    if let Progress::Streaming { written: w, .. } = p {
+                        *w = written;
+                    }
+                });
+            }
+            Ok(writer)
+        });
+        Sink {
+            tx,
+            sent: 0,
+            writer: handle,
+        }
+    }
+
+    async fn finish(self) -> Result<Blob, FetchError> {
+        drop(self.tx);
+        let writer = self
+            .writer
+            .await
+            .map_err(|e| FetchError::Store(format!("writer task: {e}")))??;
+        tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .map_err(|e| FetchError::Store(format!("commit task: {e}")))?
+            .map_err(FetchError::from)
+    }
+}
+
+fn content_length(resp: &UpstreamResponse) -> Option<u64> {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The first byte of a 206's `Content-Range: bytes a-b/n`.
+fn range_start(resp: &UpstreamResponse) -> Option<u64> {
+    let v = resp
+        .headers
+        .get(http::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    v.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
+}

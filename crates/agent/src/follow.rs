@@ -1,0 +1,131 @@
+//! Reading a blob while it is being written: the one body path for cached and in-flight blobs.
+
+use crate::blobs::Progress;
+use crate::error::FetchError;
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+/// Largest chunk read from disk per step.
+const CHUNK: usize = 512 << 10;
+
+/// A client's position in a blob's bytes `start..end`.
+pub(crate) struct Follower {
+    rx: watch::Receiver<Progress>,
+    pos: u64,
+    end: Option<u64>,
+    /// Longest wait for the fetch to make progress before the response is abandoned.
+    stall: Duration,
+}
+
+impl Follower {
+    pub fn new(
+        rx: watch::Receiver<Progress>,
+        start: u64,
+        end: Option<u64>,
+        stall: Duration,
+    ) -> Follower {
+        Follower {
+            rx,
+            pos: start,
+            end,
+            stall,
+        }
+    }
+
+    /// The next chunk, `None` at the end. While the blob is unverified, its last byte is held
+    /// back: a client never receives all of a blob whose digest turns out wrong.
+    pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            if self.end.is_some_and(|end| self.pos >= end) {
+                return None;
+            }
+            let (file, readable, complete) = match &*self.rx.borrow_and_update() {
+                Progress::Connecting => (None, 0, false),
+                Progress::Streaming {
+                    size,
+                    written,
+                    file,
+                } => {
+                    let limit = size.map_or(written.saturating_sub(1), |s| {
+                        (*written).min(s.saturating_sub(1))
+                    });
+                    (Some(file.clone()), limit, false)
+                }
+                Progress::Done(blob) => (Some(blob.file().clone()), blob.size(), true),
+                Progress::Failed(e) => return Some(Err(abort(e))),
+            };
+            let readable = self.end.map_or(readable, |end| readable.min(end));
+            if let Some(file) = file.filter(|_| readable > self.pos) {
+                let len = (readable - self.pos).min(CHUNK as u64) as usize;
+                let pos = self.pos;
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = BytesMut::zeroed(len);
+                    file.read_exact_at(&mut buf, pos).map(|_| buf.freeze())
+                })
+                .await;
+                return Some(match read {
+                    Ok(Ok(bytes)) => {
+                        self.pos += bytes.len() as u64;
+                        Ok(bytes)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(io::Error::other(e)),
+                });
+            }
+            if complete {
+                return None;
+            }
+            match timeout(self.stall, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Some(Err(io::Error::other("blob fetch ended without a result")))
+                }
+                Err(_) => {
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("blob fetch made no progress for {:?}", self.stall),
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Waits until the fetch has response headers (or failed), for status and headers.
+    pub async fn wait_started(&mut self) -> Result<(Option<u64>, bool), FetchError> {
+        loop {
+            match &*self.rx.borrow_and_update() {
+                Progress::Connecting => {}
+                Progress::Streaming { size, .. } => return Ok((*size, false)),
+                Progress::Done(blob) => return Ok((Some(blob.size()), true)),
+                Progress::Failed(e) => return Err(e.clone()),
+            }
+            match timeout(self.stall, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(FetchError::Upstream(
+                        "blob fetch ended without a result".into(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(FetchError::Upstream(format!(
+                        "upstream did not answer within {:?}",
+                        self.stall
+                    )))
+                }
+            }
+        }
+    }
+
+    pub fn set_range(&mut self, start: u64, end: Option<u64>) {
+        self.pos = start;
+        self.end = end;
+    }
+}
+
+fn abort(e: &FetchError) -> io::Error {
+    io::Error::other(format!("blob fetch failed, response aborted: {e:?}"))
+}

@@ -1,0 +1,244 @@
+//! The mirror's HTTP front: connections, routing, response headers.
+
+use crate::blobs;
+use crate::follow::Follower;
+use crate::range::{self, RangeOutcome};
+use crate::request::{self, ApiRequest, Parsed};
+use crate::{manifests, Ctx};
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pollen_oci::{Digest, ErrorCode, OciError, Reference};
+use pollen_upstream::Route;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tracing::{debug, warn};
+
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+
+pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the open connections.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let header_timeout = ctx.cfg.header_read_timeout;
+        let max_head = ctx.cfg.max_header_bytes;
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_header_size(max_head)
+                .max_buf_size(max_head.max(64 << 10));
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+    let parsed = match request::parse(req.method(), req.uri()) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.metrics.request("invalid", "rejected");
+            return error(&e, None);
+        }
+    };
+    let client_auth = req.headers().get(header::AUTHORIZATION).cloned();
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Parsed { api, ns, head } = parsed;
+    match api {
+        ApiRequest::Ping => {
+            ctx.metrics.request("ping", "ok");
+            let mut r = Response::new(full(Bytes::from_static(b"{}")));
+            set(&mut r, header::CONTENT_TYPE, "application/json");
+            set(&mut r, "Docker-Distribution-API-Version", "registry/2.0");
+            r
+        }
+        ApiRequest::Manifest { name, reference } => {
+            let route = match Route::resolve(&ctx.cfg.upstream, ns.as_deref(), &name) {
+                Ok(r) => r,
+                Err(e) => return route_error(ctx, "manifest", e),
+            };
+            manifest(ctx, &route, &reference, client_auth, head).await
+        }
+        ApiRequest::Blob { name, digest } => {
+            let route = match Route::resolve(&ctx.cfg.upstream, ns.as_deref(), &name) {
+                Ok(r) => r,
+                Err(e) => return route_error(ctx, "blob", e),
+            };
+            blob(ctx, route, digest, client_auth, head, range.as_deref()).await
+        }
+    }
+}
+
+async fn manifest(
+    ctx: &Ctx,
+    route: &Route,
+    reference: &Reference,
+    client_auth: Option<HeaderValue>,
+    head: bool,
+) -> Response<Body> {
+    match manifests::get(ctx, route, reference, client_auth).await {
+        Ok(m) => {
+            ctx.metrics.request("manifest", "ok");
+            let len = m.body.len();
+            let mut r = Response::new(if head { empty() } else { full(m.body) });
+            set(&mut r, header::CONTENT_TYPE, &m.media_type);
+            set(&mut r, header::CONTENT_LENGTH, &len.to_string());
+            content_headers(&mut r, &m.digest);
+            r
+        }
+        Err(e) => {
+            ctx.metrics.request("manifest", "error");
+            let (oci, challenge) = e.to_oci(ErrorCode::ManifestUnknown);
+            error(&oci, challenge)
+        }
+    }
+}
+
+async fn blob(
+    ctx: &Arc<Ctx>,
+    route: Route,
+    digest: Digest,
+    client_auth: Option<HeaderValue>,
+    head: bool,
+    range_header: Option<&str>,
+) -> Response<Body> {
+    let cfg = &ctx.cfg.upstream;
+    let stall = (cfg.response_timeout + cfg.idle_timeout) * (route.mirrors.len() as u32 + 1);
+    let (rx, cached) = blobs::open(ctx, route, digest, client_auth);
+    let mut follower = Follower::new(rx, 0, None, stall);
+    let size = match follower.wait_started().await {
+        Ok((size, _)) => size,
+        Err(e) => {
+            ctx.metrics.request("blob", "error");
+            let (oci, challenge) = e.to_oci(ErrorCode::BlobUnknown);
+            return error(&oci, challenge);
+        }
+    };
+    let source = if cached { "cache" } else { "upstream" };
+    ctx.metrics
+        .request("blob", if cached { "hit" } else { "miss" });
+    let mut status = StatusCode::OK;
+    let mut length = size;
+    let mut content_range = None;
+    if let Some(size) = size {
+        match range::parse(range_header, size) {
+            RangeOutcome::Full => {}
+            RangeOutcome::Partial { start, end } => {
+                follower.set_range(start, Some(end + 1));
+                status = StatusCode::PARTIAL_CONTENT;
+                length = Some(end + 1 - start);
+                content_range = Some(format!("bytes {start}-{end}/{size}"));
+            }
+            RangeOutcome::Unsatisfiable => {
+                let e = OciError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    ErrorCode::RangeInvalid,
+                    format!("range not satisfiable for a blob of {size} bytes"),
+                );
+                let mut r = error(&e, None);
+                set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
+                return r;
+            }
+        }
+    }
+    let body = if head {
+        empty()
+    } else {
+        let metrics = ctx.metrics.clone();
+        let s = stream::unfold(follower, move |mut f| {
+            let metrics = metrics.clone();
+            async move {
+                let chunk = f.next_chunk().await?;
+                if let Ok(b) = &chunk {
+                    metrics.served(source, b.len() as u64);
+                }
+                Some((chunk.map(Frame::data), f))
+            }
+        });
+        BodyExt::boxed(StreamBody::new(s))
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    set(&mut r, header::CONTENT_TYPE, "application/octet-stream");
+    set(&mut r, header::ACCEPT_RANGES, "bytes");
+    if let Some(len) = length {
+        set(&mut r, header::CONTENT_LENGTH, &len.to_string());
+    }
+    if let Some(cr) = content_range {
+        set(&mut r, header::CONTENT_RANGE, &cr);
+    }
+    content_headers(&mut r, &digest);
+    r
+}
+
+fn route_error(ctx: &Ctx, kind: &'static str, e: pollen_upstream::RouteError) -> Response<Body> {
+    ctx.metrics.request(kind, "rejected");
+    error(
+        &OciError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::NameInvalid,
+            e.to_string(),
+        ),
+        None,
+    )
+}
+
+/// An OCI error response; a 401 carries the upstream's challenge so the client can answer it.
+fn error(e: &OciError, challenge: Option<HeaderValue>) -> Response<Body> {
+    let body = Bytes::from(e.body());
+    let len = body.len();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = e.status;
+    set(&mut r, header::CONTENT_TYPE, "application/json");
+    set(&mut r, header::CONTENT_LENGTH, &len.to_string());
+    set(&mut r, "Docker-Distribution-API-Version", "registry/2.0");
+    if let Some(c) = challenge {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+    }
+    r
+}
+
+fn content_headers(r: &mut Response<Body>, digest: &Digest) {
+    let d = digest.to_string();
+    set(r, "Docker-Content-Digest", &d);
+    set(r, header::ETAG, &format!("\"{d}\""));
+    set(r, "Docker-Distribution-API-Version", "registry/2.0");
+}
+
+fn set<K: header::IntoHeaderName>(r: &mut Response<Body>, k: K, v: &str) {
+    if let Ok(v) = HeaderValue::from_str(v) {
+        r.headers_mut().insert(k, v);
+    }
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}

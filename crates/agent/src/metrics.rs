@@ -1,0 +1,126 @@
+//! The agent's Prometheus metrics (`pollen_` prefix).
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+/// Counters shared by all handlers; cheap to update from any task.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub bytes_served: Family<SourceLabels, Counter>,
+    pub upstream_requests: Counter,
+    pub upstream_bytes: Counter,
+    pub digest_mismatch: Counter,
+    pub stale_manifests: Counter,
+    pub cache_bytes: Gauge,
+    pub cache_entries: Gauge,
+    pub cache_evictions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("pollen");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            requests: Family::default(),
+            bytes_served: Family::default(),
+            upstream_requests: Counter::default(),
+            upstream_bytes: Counter::default(),
+            digest_mismatch: Counter::default(),
+            stale_manifests: Counter::default(),
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
+            cache_evictions: Gauge::default(),
+        };
+        r.register(
+            "requests",
+            "Client requests by kind and result",
+            m.requests.clone(),
+        );
+        r.register(
+            "served_bytes",
+            "Body bytes sent to clients, by where they came from (cache or upstream)",
+            m.bytes_served.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests made to upstream registries",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_bytes",
+            "Body bytes received from upstream registries",
+            m.upstream_bytes.clone(),
+        );
+        r.register(
+            "digest_mismatch",
+            "Fetches whose bytes did not match their digest (nothing was stored)",
+            m.digest_mismatch.clone(),
+        );
+        r.register(
+            "stale_manifests",
+            "Tag requests answered with the last known manifest because every upstream failed",
+            m.stale_manifests.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes held in the content store",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Objects held in the content store",
+            m.cache_entries.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Objects evicted from the content store since start",
+            m.cache_evictions.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    pub fn request(&self, kind: &'static str, result: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { kind, result })
+            .inc();
+    }
+
+    pub fn served(&self, source: &'static str, bytes: u64) {
+        self.bytes_served
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,369 @@
+//! Agent settings: flags over environment (`POLLEN_...`) over the TOML file over defaults.
+
+use clap::Args;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the runtime reaches the mirror. Outside Linux's ephemeral port range, so it never
+/// collides with an outgoing connection's port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:65001";
+/// Prometheus metrics, `/healthz`, `/readyz`.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:65002";
+/// The data dir when running as root; other users get `~/.local/share/pollen`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/pollen";
+/// Docker Hub, which Docker Engine means when it sends no `ns`.
+pub const DEFAULT_UPSTREAM: &str = pollen_upstream::DOCKER_HUB_URL;
+pub const DEFAULT_CACHE_SIZE: &str = "20GiB";
+pub const DEFAULT_TAG_TTL: &str = "10s";
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
+pub const DEFAULT_RESPONSE_TIMEOUT: &str = "30s";
+pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
+
+/// `pollen agent` flags. Each is optional here so that "not given" can fall through to the
+/// environment, then the config file, then the default.
+#[derive(Args, Debug, Default)]
+pub struct AgentArgs {
+    /// TOML config file; its keys are the flag names with '_' for '-'.
+    #[arg(long, env = "POLLEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address the registry mirror listens on [default: 127.0.0.1:65001]
+    #[arg(long, env = "POLLEN_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Where the cache lives; it survives restarts [default: /var/lib/pollen, or ~/.local/share/pollen when not root]
+    #[arg(long, env = "POLLEN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Upstream for requests without `ns` (Docker Engine, meaning Docker Hub); repeat for an ordered mirror list [default: https://registry-1.docker.io]
+    #[arg(
+        long,
+        env = "POLLEN_UPSTREAM",
+        value_name = "URL",
+        value_delimiter = ';'
+    )]
+    pub upstream: Vec<String>,
+    /// Ordered upstream list for requests whose `ns` is HOST, tried in turn (repeatable; `;` separates entries in the environment variable)
+    #[arg(
+        long = "registry",
+        env = "POLLEN_REGISTRY",
+        value_name = "HOST=URL[,URL...]",
+        value_delimiter = ';'
+    )]
+    pub registries: Vec<String>,
+    /// Disk space the cache may use, e.g. 20GiB [default: 20GiB]
+    #[arg(long, env = "POLLEN_CACHE_SIZE", value_name = "BYTES")]
+    pub cache_size: Option<String>,
+    /// Address for /metrics, /healthz and /readyz [default: 127.0.0.1:65002]
+    #[arg(long, env = "POLLEN_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format [default: text]
+    #[arg(long, env = "POLLEN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// How long a tag's resolution is reused before asking the upstream again [default: 10s]
+    #[arg(long, env = "POLLEN_TAG_TTL", value_name = "DURATION")]
+    pub tag_ttl: Option<String>,
+    /// Deadline for connecting to an upstream [default: 5s]
+    #[arg(long, env = "POLLEN_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Deadline for an upstream's response headers [default: 30s]
+    #[arg(long, env = "POLLEN_RESPONSE_TIMEOUT", value_name = "DURATION")]
+    pub response_timeout: Option<String>,
+    /// Longest silence in an upstream transfer before it is retried elsewhere [default: 30s]
+    #[arg(long, env = "POLLEN_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The config file. Unknown keys are an error: a typo must not be silently ignored.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    upstream: Option<OneOrMany>,
+    /// `[registries]` table: host = ["url", ...]
+    #[serde(default)]
+    registries: HashMap<String, OneOrMany>,
+    cache_size: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    tag_ttl: Option<String>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    /// Refuse `ns` hosts that have no `[registries]` entry (default: allowed, fetched over https).
+    allow_unlisted_registries: Option<bool>,
+    #[serde(default)]
+    credentials: Vec<FileCredentials>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `[[credentials]]`: Basic credentials for one registry host (or token realm host).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileCredentials {
+    host: String,
+    username: String,
+    password: Option<String>,
+    /// Read the password from a file (a mounted Secret), so it is not in the config.
+    password_file: Option<PathBuf>,
+}
+
+/// The resolved settings the agent runs with.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub cache_size: u64,
+    pub log_format: LogFormat,
+    pub agent: pollen_agent::AgentConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("config file {0}: {1}")]
+    Parse(PathBuf, String),
+    #[error("{key}: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        msg: msg.into(),
+    }
+}
+
+impl Settings {
+    pub fn resolve(args: AgentArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read(path.clone(), e))?;
+                if text.len() > 1 << 20 {
+                    return Err(ConfigError::Parse(path.clone(), "larger than 1 MiB".into()));
+                }
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?
+            }
+            None => FileConfig::default(),
+        };
+        let pick = |flag: Option<String>, file: Option<String>, default: &str| {
+            flag.or(file).unwrap_or_else(|| default.to_string())
+        };
+        let cache_size = parse_size(
+            "cache-size",
+            &pick(args.cache_size, file.cache_size, DEFAULT_CACHE_SIZE),
+        )?;
+        let duration = |key, flag: Option<String>, file: Option<String>, default| {
+            parse_duration(key, &pick(flag, file, default))
+        };
+        let tag_ttl = duration("tag-ttl", args.tag_ttl, file.tag_ttl, DEFAULT_TAG_TTL)?;
+        let connect_timeout = duration(
+            "connect-timeout",
+            args.connect_timeout,
+            file.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        let response_timeout = duration(
+            "response-timeout",
+            args.response_timeout,
+            file.response_timeout,
+            DEFAULT_RESPONSE_TIMEOUT,
+        )?;
+        let idle_timeout = duration(
+            "idle-timeout",
+            args.idle_timeout,
+            file.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
+
+        let default_mirrors = if !args.upstream.is_empty() {
+            args.upstream
+        } else {
+            file.upstream
+                .map(OneOrMany::into_vec)
+                .unwrap_or_else(|| vec![DEFAULT_UPSTREAM.to_string()])
+        };
+        for url in &default_mirrors {
+            check_url("upstream", url)?;
+        }
+        let mut registries: HashMap<String, Vec<String>> = file
+            .registries
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.into_vec()))
+            .collect();
+        for entry in &args.registries {
+            let (host, urls) = parse_registry_flag(entry)?;
+            registries.insert(host, urls);
+        }
+        for (host, urls) in &registries {
+            if urls.is_empty() {
+                return Err(invalid(
+                    "registry",
+                    format!("{host} has an empty upstream list"),
+                ));
+            }
+            for url in urls {
+                check_url("registry", url)?;
+            }
+        }
+        let mut credentials = HashMap::new();
+        for c in file.credentials {
+            let password = match (c.password, c.password_file) {
+                (Some(p), None) => p,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .map_err(|e| ConfigError::Read(f.clone(), e))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                _ => {
+                    return Err(invalid(
+                        "credentials",
+                        format!("{}: give exactly one of password and password_file", c.host),
+                    ))
+                }
+            };
+            credentials.insert(
+                c.host.to_ascii_lowercase(),
+                pollen_upstream::Credentials {
+                    username: c.username,
+                    password,
+                },
+            );
+        }
+        let upstream = pollen_upstream::UpstreamConfig {
+            default_mirrors,
+            registries,
+            credentials,
+            allow_unlisted_registries: file.allow_unlisted_registries.unwrap_or(true),
+            connect_timeout,
+            response_timeout,
+            idle_timeout,
+            ..Default::default()
+        };
+        Ok(Settings {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| parse_addr(DEFAULT_LISTEN)),
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| parse_addr(DEFAULT_METRICS_LISTEN)),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
+            cache_size,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            agent: pollen_agent::AgentConfig {
+                upstream,
+                tag_ttl,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+fn parse_addr(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// `HOST=URL[,URL...]`
+fn parse_registry_flag(s: &str) -> Result<(String, Vec<String>), ConfigError> {
+    let (host, urls) = s.split_once('=').ok_or_else(|| {
+        invalid(
+            "registry",
+            format!("{s:?} should look like HOST=URL[,URL...]"),
+        )
+    })?;
+    let host = host.trim().to_ascii_lowercase();
+    if host.is_empty() || host.contains('/') {
+        return Err(invalid(
+            "registry",
+            format!("{s:?}: HOST is a registry host[:port], without scheme or path"),
+        ));
+    }
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    Ok((host, urls))
+}
+
+fn check_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.authority().is_some()
+            && u.query().is_none()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{url:?} is not an http:// or https:// URL"),
+        ))
+    }
+}
+
+pub fn parse_size(key: &'static str, s: &str) -> Result<u64, ConfigError> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| invalid(key, format!("{s:?} is not a size like 20GiB or 500MB: {e}")))
+}
+
+pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| invalid(key, format!("{s:?} is not a duration like 30s or 5m: {e}")))
+}
+
+/// Where the cache goes when no data dir is given: the system path for root, the user's data
+/// dir otherwise, so `pollen agent` with no flags starts for anyone.
+pub fn default_data_dir() -> PathBuf {
+    let is_root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if is_root {
+        return PathBuf::from(DEFAULT_DATA_DIR);
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("pollen"))
+        .unwrap_or_else(|| PathBuf::from("pollen-data"))
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;
