@@ -24,22 +24,50 @@ use tracing::{info, warn};
 /// Times a broken transfer is resumed before the fetch fails.
 const MAX_RESUMES: u32 = 3;
 /// Chunks queued between the network and the disk writer (each at most a socket read).
-const WRITE_QUEUE: usize = 64;
+const WRITE_QUEUE: usize = 16;
+/// Most bytes written before readers are told about them.
+const PUBLISH_BATCH: usize = 1 << 20;
 
 /// Where a blob's bytes are, as seen by the clients reading it.
 #[derive(Clone)]
 pub(crate) enum Progress {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// Bytes `0..written` of `size` are in `file`; none of them verified yet.
+    /// Bytes `0..written` of `size` are in `file`; none of them verified yet. The latest
+    /// batch is also kept in memory, so readers at the live edge take it without a disk read.
     Streaming {
         size: Option<u64>,
         written: u64,
         file: Arc<File>,
+        recent: Recent,
     },
     /// Verified and committed; the handle pins it in the store.
     Done(Arc<Blob>),
     Failed(FetchError),
+}
+
+/// The chunks of the last written batch, starting at byte `start` of the blob.
+#[derive(Clone, Default)]
+pub(crate) struct Recent {
+    pub start: u64,
+    pub chunks: Arc<[Bytes]>,
+}
+
+impl Recent {
+    /// Bytes from `pos` (inclusive) up to `limit` (exclusive) out of one in-memory chunk.
+    pub fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let mut offset = self.start;
+        for chunk in self.chunks.iter() {
+            let end = offset + chunk.len() as u64;
+            if pos >= offset && pos < end && pos < limit {
+                let from = (pos - offset) as usize;
+                let to = (end.min(limit) - offset) as usize;
+                return Some(chunk.slice(from..to));
+            }
+            offset = end;
+        }
+        None
+    }
 }
 
 /// A blob being fetched, shared by every client that asked for it meanwhile.
@@ -142,6 +170,7 @@ async fn download(
                     size,
                     written: 0,
                     file: writer.file().clone(),
+                    recent: Recent::default(),
                 });
                 sink.insert(Sink::start(writer, progress.clone()))
             }
@@ -164,11 +193,13 @@ async fn download(
         }
     }
     let sink = sink.ok_or_else(|| FetchError::Upstream("no transfer".into()))?;
+    let chunks = sink.chunks;
     let blob = sink.finish().await?;
     info!(
         %digest,
         registry = %route.registry,
         bytes = blob.size(),
+        chunks,
         secs = started.elapsed().as_secs_f64(),
         "blob fetched and verified"
     );
@@ -209,6 +240,7 @@ async fn pump(
         }
         ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
         sink.sent += data.len() as u64;
+        sink.chunks += 1;
         if sink.tx.send(data).await.is_err() {
             return Err(PumpError::Store);
         }
@@ -220,6 +252,7 @@ async fn pump(
 struct Sink {
     tx: mpsc::Sender<Bytes>,
     sent: u64,
+    chunks: u64,
     writer: tokio::task::JoinHandle<Result<Writer, StoreError>>,
 }
 
@@ -228,11 +261,32 @@ impl Sink {
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let handle = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = rx.blocking_recv() {
+                let start = writer.written();
                 writer.write(&chunk)?;
+                // Drain what else has arrived before telling the readers: one wake-up per
+                // batch instead of per socket read.
+                let mut batched = chunk.len();
+                let mut chunks = vec![chunk];
+                while batched < PUBLISH_BATCH {
+                    let Ok(more) = rx.try_recv() else { break };
+                    writer.write(&more)?;
+                    batched += more.len();
+                    chunks.push(more);
+                }
                 let written = writer.written();
+                let recent = Recent {
+                    start,
+                    chunks: chunks.into(),
+                };
                 progress.send_modify(|p| {
-                    if let Progress::Streaming { written: w, .. } = p {
+                    if let Progress::Streaming {
+                        written: w,
+                        recent: r,
+                        ..
+                    } = p
+                    {
                         *w = written;
+                        *r = recent;
                     }
                 });
             }
@@ -241,6 +295,7 @@ impl Sink {
         Sink {
             tx,
             sent: 0,
+            chunks: 0,
             writer: handle,
         }
     }
@@ -275,4 +330,25 @@ fn range_start(resp: &UpstreamResponse) -> Option<u64> {
         .to_str()
         .ok()?;
     v.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_slices_stay_inside_chunks_and_limits() {
+        let recent = Recent {
+            start: 100,
+            chunks: vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")].into(),
+        };
+        assert_eq!(recent.slice(100, 200).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(recent.slice(102, 200).as_deref(), Some(&b"cd"[..]));
+        assert_eq!(recent.slice(104, 200).as_deref(), Some(&b"efgh"[..]));
+        assert_eq!(recent.slice(105, 107).as_deref(), Some(&b"fg"[..]), "limit holds back");
+        assert_eq!(recent.slice(107, 107), None, "nothing readable at the limit");
+        assert_eq!(recent.slice(99, 200), None, "before the batch: read the file");
+        assert_eq!(recent.slice(108, 200), None, "past the batch");
+        assert_eq!(Recent::default().slice(0, 10), None);
+    }
 }

@@ -49,10 +49,16 @@ impl Follower {
                     size,
                     written,
                     file,
+                    recent,
                 } => {
                     let limit = size.map_or(written.saturating_sub(1), |s| {
                         (*written).min(s.saturating_sub(1))
                     });
+                    let limit = self.end.map_or(limit, |end| limit.min(end));
+                    if let Some(bytes) = recent.slice(self.pos, limit) {
+                        self.pos += bytes.len() as u64;
+                        return Some(Ok(bytes));
+                    }
                     (Some(file.clone()), limit, false)
                 }
                 Progress::Done(blob) => (Some(blob.file().clone()), blob.size(), true),

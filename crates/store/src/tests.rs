@@ -1,4 +1,5 @@
 use super::*;
+use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 
 fn put(store: &Store, data: &[u8]) -> Digest {
@@ -6,7 +7,7 @@ fn put(store: &Store, data: &[u8]) -> Digest {
     let mut w = store
         .writer(Kind::Blob, d, Some(data.len() as u64), None)
         .unwrap();
-    w.write(data).unwrap();
+    w.write(&Bytes::copy_from_slice(data)).unwrap();
     w.commit().unwrap();
     d
 }
@@ -41,7 +42,7 @@ fn mismatch_stores_nothing() {
     let store = Store::open(dir.path(), 1 << 20).unwrap();
     let d = Digest::of(b"good");
     let mut w = store.writer(Kind::Blob, d, Some(4), None).unwrap();
-    w.write(b"evil").unwrap();
+    w.write(&Bytes::copy_from_slice(b"evil")).unwrap();
     assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));
     assert!(store.get(Kind::Blob, &d).is_none());
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -59,9 +60,12 @@ fn size_limits_enforced() {
     let store = Store::open(dir.path(), 1 << 20).unwrap();
     let d = Digest::of(b"abc");
     let mut w = store.writer(Kind::Blob, d, Some(3), None).unwrap();
-    assert!(matches!(w.write(b"abcd"), Err(StoreError::TooLarge { .. })));
+    assert!(matches!(
+        w.write(&Bytes::copy_from_slice(b"abcd")),
+        Err(StoreError::TooLarge { .. })
+    ));
     let mut w = store.writer(Kind::Blob, d, Some(3), None).unwrap();
-    w.write(b"ab").unwrap();
+    w.write(&Bytes::copy_from_slice(b"ab")).unwrap();
     assert!(matches!(w.commit(), Err(StoreError::Incomplete { .. })));
 }
 
@@ -71,7 +75,7 @@ fn interrupted_write_leaves_nothing_after_restart() {
     let store = Store::open(dir.path(), 1 << 20).unwrap();
     let d = Digest::of(b"partial");
     let mut w = store.writer(Kind::Blob, d, None, None).unwrap();
-    w.write(b"part").unwrap();
+    w.write(&Bytes::copy_from_slice(b"part")).unwrap();
     std::mem::forget(w); // a crash: no Drop, no commit
     drop(store);
     let store = Store::open(dir.path(), 1 << 20).unwrap();
@@ -108,7 +112,7 @@ fn manifests_keep_media_type() {
     let mut w = store
         .writer(Kind::Manifest, d, None, Some(mt.clone()))
         .unwrap();
-    w.write(body).unwrap();
+    w.write(&Bytes::copy_from_slice(body)).unwrap();
     w.commit().unwrap();
     drop(store);
     let store = Store::open(dir.path(), 1 << 20).unwrap();
@@ -134,10 +138,35 @@ fn object_over_quota_is_served_then_dropped() {
     let data = [7u8; 10];
     let d = Digest::of(&data);
     let mut w = store.writer(Kind::Blob, d, Some(10), None).unwrap();
-    w.write(&data).unwrap();
+    w.write(&Bytes::copy_from_slice(&data)).unwrap();
     let blob = w.commit().unwrap();
     assert_eq!(read_all(&blob), data);
     drop(blob);
     assert!(!store.contains(Kind::Blob, &d));
     assert_eq!(store.usage().bytes, 0);
+}
+
+#[test]
+fn large_objects_hash_on_a_thread_with_the_same_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    let d = Digest::of(&data);
+    let mut w = store
+        .writer(Kind::Blob, d, Some(data.len() as u64), None)
+        .unwrap();
+    for chunk in data.chunks(100_000) {
+        w.write(&Bytes::copy_from_slice(chunk)).unwrap();
+    }
+    assert_eq!(read_all(&w.commit().unwrap()), data);
+
+    let mut bad = data.clone();
+    bad[5 << 20] ^= 1;
+    let d2 = Digest::of(&data[1..]);
+    let mut w = store
+        .writer(Kind::Blob, d2, Some(bad.len() as u64), None)
+        .unwrap();
+    w.write(&Bytes::from(bad)).unwrap();
+    assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));
+    assert!(!store.contains(Kind::Blob, &d2));
 }

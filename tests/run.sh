@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The project's one test command:
+#
+#   tests/run.sh
+#
+# 1. cargo fmt --all -- --check
+# 2. cargo clippy --workspace --all-targets -j2 -- -D warnings
+# 3. cargo test --workspace -j2
+# 4. shellcheck of the test/bench/CI scripts (only if shellcheck is installed)
+# 5. tests/e2e/run.sh (real registry, containerd, Docker, skopeo), as root only
+#
+# Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
+# Environment: SKIP_E2E=1 skips step 5; SKIP_FMT=1 / SKIP_CLIPPY=1 / SKIP_SHELLCHECK=1 skip those steps.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+
+declare -a RESULTS=()
+STATUS=0
+
+run_step() {
+    local name=$1 start rc
+    shift
+    printf '\n######## %s: %s\n' "$name" "$*"
+    start=$SECONDS
+    "$@"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        RESULTS+=("$name: ok ($((SECONDS - start)) s)")
+    else
+        RESULTS+=("$name: FAILED (exit $rc, $((SECONDS - start)) s)")
+        STATUS=1
+    fi
+}
+
+skip_step() {
+    printf '\n######## %s: skipped (%s)\n' "$1" "$2"
+    RESULTS+=("$1: skipped ($2)")
+}
+
+if [ -n "${SKIP_FMT:-}" ]; then
+    skip_step fmt "SKIP_FMT is set"
+else
+    run_step fmt cargo fmt --all -- --check
+fi
+
+if [ -n "${SKIP_CLIPPY:-}" ]; then
+    skip_step clippy "SKIP_CLIPPY is set"
+else
+    run_step clippy cargo clippy --workspace --all-targets -j2 -- -D warnings
+fi
+
+run_step test cargo test --workspace -j2
+
+SCRIPTS=(tests/run.sh tests/e2e/run.sh tests/e2e/lib.sh benches/pull-1gib.sh .ci/run)
+if [ -n "${SKIP_SHELLCHECK:-}" ]; then
+    skip_step shellcheck "SKIP_SHELLCHECK is set"
+elif ! command -v shellcheck >/dev/null 2>&1; then
+    skip_step shellcheck "shellcheck is not installed"
+else
+    run_step shellcheck shellcheck -x "${SCRIPTS[@]}"
+fi
+
+if [ -n "${SKIP_E2E:-}" ]; then
+    skip_step e2e "SKIP_E2E is set"
+elif [ "$(id -u)" -ne 0 ]; then
+    skip_step e2e "not root: tests/e2e/run.sh starts containerd and dockerd, which need root; run it with sudo"
+else
+    run_step e2e tests/e2e/run.sh
+fi
+
+printf '\n######## summary\n'
+printf '  %s\n' "${RESULTS[@]}"
+if [ "$STATUS" -eq 0 ]; then
+    echo "tests/run.sh: all steps succeeded"
+else
+    echo "tests/run.sh: some steps FAILED"
+fi
+exit "$STATUS"
