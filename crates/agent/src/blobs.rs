@@ -345,9 +345,21 @@ mod tests {
         assert_eq!(recent.slice(100, 200).as_deref(), Some(&b"abcd"[..]));
         assert_eq!(recent.slice(102, 200).as_deref(), Some(&b"cd"[..]));
         assert_eq!(recent.slice(104, 200).as_deref(), Some(&b"efgh"[..]));
-        assert_eq!(recent.slice(105, 107).as_deref(), Some(&b"fg"[..]), "limit holds back");
-        assert_eq!(recent.slice(107, 107), None, "nothing readable at the limit");
-        assert_eq!(recent.slice(99, 200), None, "before the batch: read the file");
+        assert_eq!(
+            recent.slice(105, 107).as_deref(),
+            Some(&b"fg"[..]),
+            "limit holds back"
+        );
+        assert_eq!(
+            recent.slice(107, 107),
+            None,
+            "nothing readable at the limit"
+        );
+        assert_eq!(
+            recent.slice(99, 200),
+            None,
+            "before the batch: read the file"
+        );
         assert_eq!(recent.slice(108, 200), None, "past the batch");
         assert_eq!(Recent::default().slice(0, 10), None);
     }

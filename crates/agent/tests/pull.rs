@@ -309,3 +309,45 @@ async fn cache_survives_restart_with_upstream_gone() {
     assert_eq!(sha256(b.bytes()), img.layer_digests[0]);
     assert_eq!(h.get(&manifest_path).await.bytes(), &img.manifest);
 }
+
+#[tokio::test]
+async fn concurrent_manifest_requests_make_one_upstream_request() {
+    let h = std::sync::Arc::new(Harness::start().await);
+    let img = h.reg.push_image("app", "v1", vec![random_bytes(100, 8)]);
+    // A slow registry, so the requests overlap for certain.
+    h.reg.set_response_delay(Duration::from_millis(300));
+    let ns = h.ns();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let h = h.clone();
+        let reference = if i < 6 {
+            "v1".to_string()
+        } else {
+            img.manifest_digest.clone()
+        };
+        let path = format!("/v2/app/manifests/{reference}{ns}");
+        tasks.push(tokio::spawn(async move {
+            let method = if i % 2 == 0 {
+                Method::HEAD
+            } else {
+                Method::GET
+            };
+            h.send(method, &path, &[]).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+    }
+    let stats = h.reg.stats();
+    assert_eq!(
+        stats.manifest_get_count("v1"),
+        1,
+        "tag requests were not merged"
+    );
+    assert!(
+        stats.manifest_get_count(&img.manifest_digest) <= 1,
+        "digest requests were not merged"
+    );
+}

@@ -81,9 +81,10 @@ async fn agent(s: Settings) -> Result<(), String> {
     };
     let listener = bind(s.listen, "listen").await?;
     let admin = bind(s.metrics_listen, "metrics-listen").await?;
+    let local = |l: &tokio::net::TcpListener, fallback| l.local_addr().unwrap_or(fallback);
     info!(
-        listen = %s.listen,
-        metrics = %s.metrics_listen,
+        listen = %local(&listener, s.listen),
+        metrics = %local(&admin, s.metrics_listen),
         data_dir = %s.data_dir.display(),
         cache_size = s.cache_size,
         version = env!("CARGO_PKG_VERSION"),

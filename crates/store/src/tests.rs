@@ -170,3 +170,28 @@ fn large_objects_hash_on_a_thread_with_the_same_verdicts() {
     assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));
     assert!(!store.contains(Kind::Blob, &d2));
 }
+
+#[test]
+fn concurrent_commits_of_one_manifest_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let body = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
+    let d = Digest::of(&body);
+    let mt = Some("application/vnd.oci.image.manifest.v1+json".to_string());
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut w = store.writer(Kind::Manifest, d, None, mt.clone()).unwrap();
+            w.write(&body).unwrap();
+            w
+        })
+        .collect();
+    let handles: Vec<_> = writers
+        .into_iter()
+        .map(|w| std::thread::spawn(move || w.commit().map(|b| b.size())))
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().unwrap(), body.len() as u64);
+    }
+    assert_eq!(store.usage().entries, 1);
+    assert_eq!(store.usage().bytes, body.len() as u64);
+}

@@ -168,7 +168,10 @@ impl Writer {
             .map_err(|e| StoreError::io("syncing", &self.tmp, e))?;
         let dest = self.store.path(self.kind, &self.digest);
         if let Some(media_type) = &self.media_type {
-            write_durably(&media_type_path(&dest), media_type.as_bytes())?;
+            // The sidecar's temp name is this writer's own, so two writers committing the
+            // same manifest at once (a tag and a digest request) cannot trip over each other.
+            let tmp = self.tmp.with_extension("mediatype");
+            write_durably(&tmp, &media_type_path(&dest), media_type.as_bytes())?;
         }
         fs::rename(&self.tmp, &dest).map_err(|e| StoreError::io("renaming into", &dest, e))?;
         self.committed = true;
@@ -188,13 +191,16 @@ impl Writer {
     }
 }
 
-fn write_durably(path: &std::path::Path, data: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("mediatype.tmp");
-    let mut f = File::create(&tmp).map_err(|e| StoreError::io("creating", &tmp, e))?;
+fn write_durably(
+    tmp: &std::path::Path,
+    path: &std::path::Path,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let mut f = File::create(tmp).map_err(|e| StoreError::io("creating", tmp, e))?;
     f.write_all(data)
         .and_then(|_| f.sync_data())
-        .map_err(|e| StoreError::io("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| StoreError::io("renaming into", path, e))
+        .map_err(|e| StoreError::io("writing", tmp, e))?;
+    fs::rename(tmp, path).map_err(|e| StoreError::io("renaming into", path, e))
 }
 
 impl Drop for Writer {

@@ -287,6 +287,12 @@ impl TestRegistry {
         self.inner.shared.set_fault(fault);
     }
 
+    /// Delays every content response (not the `/v2/` ping or `/token`) by `delay` before
+    /// its headers, like a slow registry; lets tests overlap concurrent requests.
+    pub fn set_response_delay(&self, delay: Duration) {
+        self.inner.shared.set_response_delay(delay);
+    }
+
     /// Switches the authentication mode for subsequent requests. Tokens
     /// issued earlier stay valid.
     pub fn set_auth(&self, auth: Auth) {
@@ -367,8 +373,15 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let kill = KillSwitch::default();
     let io = TokioIo::new(ConnStream::new(stream, kill.clone()));
-    let service = service_fn(move |req| {
-        std::future::ready(Ok::<_, Infallible>(handler::handle(&shared, &kill, &req)))
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (shared, kill) = (shared.clone(), kill.clone());
+        async move {
+            let delay = shared.response_delay();
+            if !delay.is_zero() && req.uri().path().len() > "/v2/".len() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, Infallible>(handler::handle(&shared, &kill, &req))
+        }
     });
     // Connection errors are client hang-ups or our own injected truncation;
     // neither is worth reporting.

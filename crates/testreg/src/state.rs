@@ -44,6 +44,7 @@ pub(crate) struct Shared {
     repos: Mutex<HashMap<String, Repo>>,
     auth: Mutex<Auth>,
     fault: Mutex<Fault>,
+    response_delay: Mutex<std::time::Duration>,
     tokens: Mutex<HashSet<String>>,
     token_seq: AtomicU64,
     /// Per-instance secret so two registries in one process never accept
@@ -83,6 +84,7 @@ impl Shared {
             repos: Mutex::default(),
             auth: Mutex::new(Auth::None),
             fault: Mutex::new(Fault::None),
+            response_delay: Mutex::new(std::time::Duration::ZERO),
             tokens: Mutex::default(),
             token_seq: AtomicU64::new(0),
             secret: h.finish(),
@@ -179,6 +181,14 @@ impl Shared {
 
     pub fn set_fault(&self, fault: Fault) {
         *lock(&self.fault) = fault;
+    }
+
+    pub fn set_response_delay(&self, delay: std::time::Duration) {
+        *lock(&self.response_delay) = delay;
+    }
+
+    pub fn response_delay(&self) -> std::time::Duration {
+        *lock(&self.response_delay)
     }
 
     /// If a `Fault::Status` is armed, consumes one use of it and returns the
