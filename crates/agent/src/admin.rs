@@ -12,6 +12,8 @@ use tracing::debug;
 pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let agent = agent.clone();

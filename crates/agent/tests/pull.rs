@@ -351,3 +351,18 @@ async fn concurrent_manifest_requests_make_one_upstream_request() {
         "digest requests were not merged"
     );
 }
+
+#[tokio::test]
+async fn empty_and_tiny_blobs() {
+    let h = Harness::start().await;
+    let ns = h.ns();
+    for data in [bytes::Bytes::new(), bytes::Bytes::from_static(b"x")] {
+        let digest = h.reg.add_blob("app", data.clone());
+        for _ in 0..2 {
+            let r = h.get(&format!("/v2/app/blobs/{digest}{ns}")).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.header("content-length"), data.len().to_string());
+            assert_eq!(r.bytes(), &data);
+        }
+    }
+}
