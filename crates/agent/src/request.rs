@@ -193,3 +193,41 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Random paths and queries built from the characters that matter: never a panic, and
+    /// anything accepted is a request whose parts re-validate.
+    #[test]
+    fn random_request_lines_never_panic() {
+        let alphabet = b"/v2abcAZ09._-:%?&=@sha256manifestsblobs";
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut parsed = 0;
+        for _ in 0..50_000 {
+            let len = (x % 80) as usize;
+            let mut path = String::from("/");
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                path.push(alphabet[(x % alphabet.len() as u64) as usize] as char);
+            }
+            let Ok(uri) = path.parse::<Uri>() else {
+                continue;
+            };
+            parsed += 1;
+            if let Ok(p) = parse(&Method::GET, &uri) {
+                match p.api {
+                    ApiRequest::Ping => {}
+                    ApiRequest::Manifest { name, .. } | ApiRequest::Blob { name, .. } => {
+                        assert!(Name::parse(name.as_str()).is_ok());
+                        assert!(!name.as_str().contains(".."));
+                    }
+                }
+            }
+        }
+        assert!(parsed > 40_000, "only {parsed} inputs reached the parser");
+    }
+}

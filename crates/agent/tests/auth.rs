@@ -117,3 +117,27 @@ async fn wrong_credentials_are_a_401_not_a_hang() {
     let r = h.get(&format!("/v2/app/manifests/v1{}", h.ns())).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_token_revoked_before_expiry_is_replaced() {
+    let h = Harness::start().await;
+    h.reg.set_auth(Auth::Token {
+        username_password: None,
+    });
+    let img = h.reg.push_image(
+        "app",
+        "v1",
+        vec![random_bytes(10, 35), random_bytes(20, 36)],
+    );
+    let ns = h.ns();
+    let first = h
+        .get(&format!("/v2/app/blobs/{}{ns}", img.layer_digests[0]))
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    h.reg.revoke_tokens();
+    let second = h
+        .get(&format!("/v2/app/blobs/{}{ns}", img.layer_digests[1]))
+        .await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(h.reg.stats().token_requests, 2);
+}
