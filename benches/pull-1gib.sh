@@ -2,7 +2,13 @@
 # Benchmark: pull one 1 GiB blob (random, incompressible) with curl
 #   1. directly from docker-registry,
 #   2. through the Pollen agent, cold (agent restarted with an empty data dir before every run),
-#   3. through the Pollen agent, warm (blob already in the agent's cache).
+#   3. through the Pollen agent, warm (blob already in the agent's cache),
+#   4. through a second docker-registry in proxy mode (pull-through cache, the classic
+#      alternative: Distribution/Harbor proxy cache), cold (restarted with an empty data dir
+#      before every run) and warm (blob already in its storage).
+# Also measures, once, a "floor": writing a new MIB-sized file on the filesystem of the
+# data dirs (dd without and with fsync, curl from the registry into a new file, dd
+# overwriting an existing cached file), i.e. what any disk-caching mirror pays here.
 #
 #   benches/pull-1gib.sh [REPORT.md]
 #
@@ -13,6 +19,7 @@
 #   POLLEN_BIN   agent binary (default: target/release/pollen, built with `cargo build --release -j2 -p pollen`)
 #   BENCH_RUNS   measured runs per scenario (default 5; the median is reported)
 #   BENCH_MIB    blob size in MiB (default 1024)
+#   BENCH_FLOOR_RUNS  repetitions of each floor measurement (default BENCH_RUNS; the median is reported)
 #   BENCH_KEEP=1 keep the temp dir
 set -Eeuo pipefail
 
@@ -24,6 +31,7 @@ source "$REPO/tests/e2e/lib.sh"
 OUT=${1:-}
 RUNS=${BENCH_RUNS:-5}
 MIB=${BENCH_MIB:-1024}
+FLOOR_RUNS=${BENCH_FLOOR_RUNS:-$RUNS}
 T=""
 
 cleanup() {
@@ -34,6 +42,10 @@ cleanup() {
         if [ "$rc" -ne 0 ] && [ -f "$T/agent.log" ]; then
             echo "---- last 40 lines of the agent log ----" >&2
             tail -n 40 "$T/agent.log" >&2
+        fi
+        if [ "$rc" -ne 0 ] && [ -f "$T/proxy/registry.log" ]; then
+            echo "---- last 20 lines of the proxy registry log ----" >&2
+            tail -n 20 "$T/proxy/registry.log" >&2
         fi
         if [ "${BENCH_KEEP:-0}" = "1" ]; then lib_log "BENCH_KEEP=1: leaving $T"; else rm -rf "$T"; fi
     fi
@@ -58,11 +70,14 @@ T=$(mktemp -d /tmp/pollen-bench.XXXXXX)
 lib_pick_port 5000 REG_PORT
 lib_pick_port 5300 AGENT_PORT
 lib_pick_port 5400 METRICS_PORT
+lib_pick_port 5100 PROXY_PORT
 REG="127.0.0.1:$REG_PORT"
 AGENT="127.0.0.1:$AGENT_PORT"
+PROXY="127.0.0.1:$PROXY_PORT"
 
 lib_write_registry_config "$T/registry" "$REG_PORT"
 lib_start_registry "$T/registry" "$REG_PORT" >&2 || die "docker-registry did not start"
+UPSTREAM_PID=$REGISTRY_PID
 
 lib_log "generating a ${MIB} MiB random blob"
 head -c "${MIB}M" /dev/urandom >"$T/blob.bin"
@@ -93,8 +108,13 @@ curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
     --data-binary "@$T/manifest.json" "http://$REG/v2/$NAME/manifests/v1" -o /dev/null || die "manifest push failed"
 rm -f "$T/blob.bin"
 
+HEX=${DIGEST#sha256:}
 DIRECT_URL="http://$REG/v2/$NAME/blobs/$DIGEST"
 AGENT_URL="http://$AGENT/v2/$NAME/blobs/$DIGEST?ns=127.0.0.1%3A$REG_PORT"
+PROXY_URL="http://$PROXY/v2/$NAME/blobs/$DIGEST"
+# Where each cache keeps its committed copy of the blob.
+AGENT_FILE="$T/agent-data/blobs/sha256/$HEX"
+PROXY_FILE="$T/proxy/data/docker/registry/v2/blobs/sha256/${HEX:0:2}/$HEX/data"
 
 # fetch URL LABEL: one timed GET; appends "time_total ttfb" to $T/LABEL.times.
 fetch() {
@@ -108,18 +128,74 @@ fetch() {
     lib_log "  $label: ${total}s (first byte after ${ttfb}s)"
 }
 
-# agent_stats PID: prints "VmHWM_kB cpu_s user_s sys_s" of a running process.
-agent_stats() {
+# proc_stats PID: prints "VmHWM_kB cpu_s user_s sys_s" of a running process.
+proc_stats() {
     local pid=$1 hwm
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
     # Fields 14 and 15 of /proc/PID/stat: utime, stime (the comm field has no spaces here).
     awk -v h="$hwm" -v hz="$(getconf CLK_TCK)" '{ printf "%s %.2f %.2f %.2f\n", h, ($14 + $15) / hz, $14 / hz, $15 / hz }' "/proc/$pid/stat"
 }
 
+# wait_file FILE: waits (up to 60 s, polling every 0.05 s) until a cache has committed
+# its copy of the blob (both rename a finished temp file into place), so the stats below
+# include the whole fill, not just the part that happened before the response ended.
+wait_file() {
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        [ -f "$1" ] && return 0
+        sleep 0.05
+    done
+    die "no committed copy at $1 60 s after the response"
+}
+
+# since T0: seconds from the EPOCHREALTIME value T0 until now.
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f\n", b - a }'; }
+
+# check_copy FILE: the cached copy hashes to the digest.
+check_copy() {
+    if ! [ -f "$1" ] || [ "sha256:$(lib_sha256_file "$1")" != "$DIGEST" ]; then die "no correct copy at $1"; fi
+    lib_log "  the cached copy $1 hashes to $DIGEST"
+}
+
+# Every start begins from an empty data dir; `sync` (outside the timed part) so that
+# writeback left over from an earlier step does not land in the next run.
 start_agent() {
     rm -rf "$T/agent-data"
+    sync
     lib_start_agent "$POLLEN_BIN" "$T/agent-data" "$AGENT_PORT" "$METRICS_PORT" "$T/agent.log" \
         "http://$REG" "$REG=http://$REG" >&2 || die "the agent did not become ready"
+}
+
+# start_proxy: a second docker-registry, in proxy (pull-through cache) mode for the first
+# one, with its own empty data dir and port; sets PROXY_PID.
+start_proxy() {
+    rm -rf "$T/proxy"
+    lib_write_registry_config "$T/proxy" "$PROXY_PORT"
+    printf 'proxy:\n  remoteurl: http://%s\n' "$REG" >>"$T/proxy/config.yml"
+    sync
+    lib_start_registry "$T/proxy" "$PROXY_PORT" >&2 || die "the proxy docker-registry did not start"
+    PROXY_PID=$REGISTRY_PID
+    REGISTRY_PID=$UPSTREAM_PID
+}
+
+# upstream_gets SINCE_LINE: GET requests for the blob that the upstream registry answered
+# with 200 after line SINCE_LINE of its access log.
+upstream_gets() {
+    tail -n "+$(($1 + 1))" "$T/registry/registry.log" | grep -c "\"GET /v2/$NAME/blobs/$DIGEST HTTP/1.1\" 200 " || true
+}
+reg_log_lines() { wc -l <"$T/registry/registry.log"; }
+
+# timed CMD [ARG...]: runs CMD, prints its wall-clock time in seconds.
+timed() {
+    local t0=$EPOCHREALTIME t1
+    "$@" || die "floor: $* failed"
+    t1=$EPOCHREALTIME
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
+}
+curl_to_file() {
+    local code
+    code=$(curl -sS -o "$1" -w '%{http_code}' "$DIRECT_URL") && [ "$code" = 200 ] &&
+        [ "$(stat -c %s "$1")" = "$SIZE" ]
 }
 
 # ---------------------------------------------------------------- runs
@@ -127,30 +203,71 @@ lib_log "direct from docker-registry: 1 warm-up + $RUNS runs"
 fetch "$DIRECT_URL" warmup
 for ((i = 1; i <= RUNS; i++)); do fetch "$DIRECT_URL" direct; done
 
+lib_log "floor: writing a new ${MIB} MiB file next to the data dirs, $FLOOR_RUNS times each"
+mkdir -p "$T/floor"
+F="$T/floor/file"
+for ((i = 1; i <= FLOOR_RUNS; i++)); do
+    rm -f "$F"; sync
+    timed dd if=/dev/zero of="$F" bs=1M count="$MIB" status=none >>"$T/floor-dd.times"
+    # The same file again, now in the page cache: overwrite in place (no new pages).
+    timed dd if=/dev/zero of="$F" bs=1M count="$MIB" conv=notrunc status=none >>"$T/floor-overwrite.times"
+    rm -f "$F"; sync
+    timed dd if=/dev/zero of="$F" bs=1M count="$MIB" conv=fsync status=none >>"$T/floor-fsync.times"
+    rm -f "$F"; sync
+    timed curl_to_file "$F" >>"$T/floor-curl.times"
+    rm -f "$F"
+done
+sync
+lib_log "  dd new: $(paste -sd' ' "$T/floor-dd.times"); dd overwrite: $(paste -sd' ' "$T/floor-overwrite.times")"
+lib_log "  dd new + fsync: $(paste -sd' ' "$T/floor-fsync.times"); curl to new file: $(paste -sd' ' "$T/floor-curl.times")"
+
 lib_log "through the agent, cold (fresh agent, empty data dir): $RUNS runs"
+mark=$(reg_log_lines)
 for ((i = 1; i <= RUNS; i++)); do
     start_agent
+    t0=$EPOCHREALTIME
     fetch "$AGENT_URL" cold
-    agent_stats "$AGENT_PID" >>"$T/cold.stats"
+    wait_file "$AGENT_FILE"
+    since "$t0" >>"$T/cold.fill"
+    proc_stats "$AGENT_PID" >>"$T/cold.stats"
     lib_stop_pid "$AGENT_PID"
-    if [ "$i" -eq 1 ]; then
-        f="$T/agent-data/blobs/sha256/${DIGEST#sha256:}"
-        if [ -f "$f" ] && [ "sha256:$(lib_sha256_file "$f")" = "$DIGEST" ]; then
-            lib_log "  the agent's cached copy hashes to $DIGEST"
-        else
-            die "the agent's data dir has no correct copy at $f"
-        fi
-    fi
+    if [ "$i" -eq 1 ]; then check_copy "$AGENT_FILE"; fi
 done
+AGENT_UP=$(upstream_gets "$mark")
 
 lib_log "through the agent, warm: 1 filling run + $RUNS runs"
 start_agent
 fetch "$AGENT_URL" fill
+wait_file "$AGENT_FILE"
 got=$(curl -fsS "$AGENT_URL" | sha256sum | cut -d' ' -f1)
 [ "sha256:$got" = "$DIGEST" ] || die "warm response hashes to sha256:$got, expected $DIGEST"
 for ((i = 1; i <= RUNS; i++)); do fetch "$AGENT_URL" warm; done
-agent_stats "$AGENT_PID" >"$T/warm.stats"
+proc_stats "$AGENT_PID" >"$T/warm.stats"
 lib_stop_pid "$AGENT_PID"
+
+lib_log "through the docker-registry proxy, cold (fresh proxy, empty data dir): $RUNS runs"
+mark=$(reg_log_lines)
+for ((i = 1; i <= RUNS; i++)); do
+    start_proxy
+    t0=$EPOCHREALTIME
+    fetch "$PROXY_URL" pcold
+    wait_file "$PROXY_FILE"
+    since "$t0" >>"$T/pcold.fill"
+    proc_stats "$PROXY_PID" >>"$T/pcold.stats"
+    lib_stop_pid "$PROXY_PID"
+    if [ "$i" -eq 1 ]; then check_copy "$PROXY_FILE"; fi
+done
+PROXY_UP=$(upstream_gets "$mark")
+
+lib_log "through the docker-registry proxy, warm: 1 filling run + $RUNS runs"
+start_proxy
+fetch "$PROXY_URL" pfill
+wait_file "$PROXY_FILE"
+got=$(curl -fsS "$PROXY_URL" | sha256sum | cut -d' ' -f1)
+[ "sha256:$got" = "$DIGEST" ] || die "warm proxy response hashes to sha256:$got, expected $DIGEST"
+for ((i = 1; i <= RUNS; i++)); do fetch "$PROXY_URL" pwarm; done
+proc_stats "$PROXY_PID" >"$T/pwarm.stats"
+lib_stop_pid "$PROXY_PID"
 
 # ---------------------------------------------------------------- report
 # median FILE COLUMN
@@ -161,36 +278,65 @@ median() {
 minmax() { awk -v c="$2" '{ print $c }' "$1" | sort -g | sed -n '1p;$p' | paste -sd' '; }
 
 D_T=$(median "$T/direct.times" 1)
+P_T=$(median "$T/pcold.times" 1)
+# row LABEL FILE COLD: COLD=1 also fills the "vs proxy cold" column.
 row() {
-    local label=$1 file=$2 t ttfb mm
+    local label=$1 file=$2 cold=$3 t ttfb mm
     t=$(median "$file" 1)
     ttfb=$(median "$file" 2)
     mm=$(minmax "$file" 1)
-    awk -v l="$label" -v t="$t" -v f="$ttfb" -v s="$SIZE" -v d="$D_T" -v mm="$mm" 'BEGIN {
+    awk -v l="$label" -v t="$t" -v f="$ttfb" -v s="$SIZE" -v d="$D_T" -v p="$P_T" -v c="$cold" -v mm="$mm" 'BEGIN {
         split(mm, m, " ")
-        printf "| %s | %.3f (%.3f–%.3f) | %.0f | %.2f | %.1f | %.2f× |\n", l, t, m[1], m[2], s / t / 1e6, s / t / 1e9, f * 1000, t / d }'
+        vp = c ? sprintf("%.2f×", p / t) : "—"
+        printf "| %s | %.3f (%.3f–%.3f) | %.0f | %.2f | %.1f | %.2f× | %.2f× | %s |\n", l, t, m[1], m[2], s / t / 1e6, s / t / 1e9, f * 1000, t / d, d / t, vp }'
 }
-HWM_MED=$(median "$T/cold.stats" 1)
-HWM_MAX=$(awk '{ print $1 }' "$T/cold.stats" | sort -g | tail -n 1)
-CPU_MED=$(median "$T/cold.stats" 2)
-USR_MED=$(median "$T/cold.stats" 3)
-SYS_MED=$(median "$T/cold.stats" 4)
-read -r WARM_HWM WARM_CPU _ _ <"$T/warm.stats"
+# stats_line WHO COLDFILE WARMFILE
+stats_line() {
+    local who=$1 hm hx c u s wh wc
+    hm=$(median "$2" 1)
+    hx=$(awk '{ print $1 }' "$2" | sort -g | tail -n 1)
+    c=$(median "$2" 2)
+    u=$(median "$2" 3)
+    s=$(median "$2" 4)
+    read -r wh wc _ _ <"$3"
+    awk -v w="$who" -v m="$hm" -v x="$hx" -v c="$c" -v u="$u" -v s="$s" -v wm="$wh" -v wc="$wc" -v runs="$RUNS" 'BEGIN {
+        printf "%s peak RSS (VmHWM), cold runs: median %.1f MiB, max %.1f MiB; %s CPU per cold run: median %.2f s (user %.2f s, sys %.2f s).\n", w, m / 1024, x / 1024, tolower(w), c, u, s
+        printf "Warm %s after 1 filling + %d warm runs: VmHWM %.1f MiB, CPU %.2f s in total.\n", tolower(w), runs, wm / 1024, wc }'
+}
+# floor_item LABEL FILE
+floor_item() {
+    local t mm
+    t=$(median "$2" 1)
+    mm=$(minmax "$2" 1)
+    awk -v l="$1" -v t="$t" -v mm="$mm" -v s="$SIZE" 'BEGIN {
+        split(mm, m, " "); printf "%s %.3f s (%.3f–%.3f, %.2f GB/s)", l, t, m[1], m[2], s / t / 1e9 }'
+}
 
 report() {
     echo "## pull-1gib: one ${MIB} MiB blob over loopback"
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), $(docker-registry --version 2>/dev/null | awk '{ print $1, $3 }'), agent \`$POLLEN_BIN\`."
     echo "Blob: $SIZE bytes of /dev/urandom, $DIGEST. Client: curl, body discarded. Median of $RUNS runs (min–max in brackets)."
+    echo "\"vs direct\" and \"vs proxy cold\" are throughput ratios (> 1 = faster)."
     echo
-    echo "| scenario | time s | MB/s | GB/s | first byte ms | time vs direct |"
-    echo "| --- | --- | --- | --- | --- | --- |"
-    row "direct from docker-registry" "$T/direct.times"
-    row "agent, cold (empty cache)" "$T/cold.times"
-    row "agent, warm (cached)" "$T/warm.times"
+    echo "| scenario | time s | MB/s | GB/s | first byte ms | time vs direct | throughput vs direct | throughput vs proxy cold |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    row "direct from docker-registry" "$T/direct.times" 0
+    row "agent, cold (empty cache)" "$T/cold.times" 1
+    row "agent, warm (cached)" "$T/warm.times" 0
+    row "docker-registry proxy (pull-through cache), cold" "$T/pcold.times" 1
+    row "docker-registry proxy (pull-through cache), warm" "$T/pwarm.times" 0
     echo
-    awk -v m="$HWM_MED" -v x="$HWM_MAX" -v c="$CPU_MED" -v u="$USR_MED" -v s="$SYS_MED" -v wm="$WARM_HWM" -v wc="$WARM_CPU" -v runs="$RUNS" 'BEGIN {
-        printf "Agent peak RSS (VmHWM), cold runs: median %.1f MiB, max %.1f MiB; agent CPU per cold run: median %.2f s (user %.2f s, sys %.2f s).\n", m / 1024, x / 1024, c, u, s
-        printf "Warm agent after 1 filling + %d warm runs: VmHWM %.1f MiB, CPU %.2f s in total.\n", runs, wm / 1024, wc }'
+    stats_line "Agent" "$T/cold.stats" "$T/warm.stats"
+    stats_line "Proxy" "$T/pcold.stats" "$T/pwarm.stats"
+    echo "Cold runs, from the request to the cache's copy being committed (renamed into place; 0.05 s polling after the response):" \
+        "$(floor_item "agent" "$T/cold.fill"), $(floor_item "proxy" "$T/pcold.fill")." \
+        "Cold stats above are read at that point. Upstream GETs of the blob during the $RUNS cold runs (200s in the registry's access log): agent $AGENT_UP, proxy $PROXY_UP."
+    echo
+    echo "Floor: writing a new ${MIB} MiB file on the data dirs' filesystem ($(findmnt -n -o FSTYPE,SOURCE --target "$T" | tr -s ' ')), median of $FLOOR_RUNS:" \
+        "$(floor_item "\`dd bs=1M\`" "$T/floor-dd.times");" \
+        "$(floor_item "\`dd bs=1M conv=fsync\`" "$T/floor-fsync.times");" \
+        "$(floor_item "\`curl -o FILE\` from the registry" "$T/floor-curl.times");" \
+        "for comparison, $(floor_item "overwriting the same, already cached file (\`dd conv=notrunc\`)" "$T/floor-overwrite.times")."
 }
 report | tee "${OUT:-/dev/null}"

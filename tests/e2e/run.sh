@@ -8,11 +8,15 @@
 #   dockerd (registry-mirrors) and skopeo (registries.conf mirror).
 # Builds test images with umoci (one layer of E2E_BIG_MIB MiB of random data),
 # pushes them, pulls them through the agent with each client and checks every
-# digest; then stops the registry and pulls again from the agent's cache alone.
+# digest; then stops the registry and pulls again from the agent's cache alone;
+# finally restarts the registry and runs a second agent whose data dir is a small
+# tmpfs, to check what a disk-full error does to a pull of the big layer.
 #
 # Environment:
 #   POLLEN_BIN    agent binary (default: target/debug/pollen, built with cargo)
 #   E2E_BIG_MIB   size of the big random layer in MiB (default 256)
+#   E2E_FULL_MIB  size of the tmpfs for the disk-full step in MiB (default 64; must be
+#                 smaller than the big layer and larger than the config blob)
 #   E2E_KEEP=1    keep the temp dir (and everything in it) after the run
 #   E2E_NO_BUILD=1  do not run `cargo build` even if POLLEN_BIN is unset
 #
@@ -25,6 +29,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 source "$HERE/lib.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
+FULL_MIB=${E2E_FULL_MIB:-64}
 CLIENT_TIMEOUT=${E2E_CLIENT_TIMEOUT:-300}
 
 PASSED=0
@@ -420,3 +425,65 @@ if curl -fsS "http://$METRICS/metrics" >"$T/logs/metrics-final.txt"; then
     echo "  agent metrics at the end:"
     grep -v '^#' "$T/logs/metrics-final.txt" | head -n 30 | sed 's/^/    /'
 fi
+
+# ---------------------------------------------------------------- f. disk full
+lib_step "f. disk full: a second agent whose data dir is a ${FULL_MIB} MiB tmpfs pulls the big layer"
+# The registry was stopped in e: start it again on the same port and data dir (keep the old log).
+mv "$REG_LOG" "$T/registry/registry-1.log"
+lib_start_registry "$T/registry" "$REG_PORT" || die "docker-registry did not restart"
+check "docker-registry answers GET /v2/ again" curl -fsS -o /dev/null "http://$REG/v2/" || true
+AGENT1_PID=$AGENT_PID
+lib_pick_port 5300 FULL_PORT
+lib_pick_port 5400 FULL_METRICS_PORT
+FULL="127.0.0.1:$FULL_PORT"
+FULL_DATA="$T/full-data"
+FULL_LOG="$T/logs/agent-full.log"
+mkdir -p "$FULL_DATA"
+# Unmounted by the EXIT trap (lib_umount_under "$T") if anything below fails.
+mount -t tmpfs -o "size=${FULL_MIB}m" tmpfs "$FULL_DATA" || die "mount tmpfs on $FULL_DATA failed"
+# --cache-size far above the tmpfs, so that the quota does not evict first.
+AGENT_CACHE_SIZE=10GiB lib_start_agent "$POLLEN_BIN" "$FULL_DATA" "$FULL_PORT" "$FULL_METRICS_PORT" "$FULL_LOG" \
+    "http://$REG" "$REG=http://$REG" ||
+    die "the disk-full agent did not become ready"
+FULL_PID=$AGENT_PID
+AGENT_PID=$AGENT1_PID
+pass "disk-full agent on $FULL (data dir: ${FULL_MIB} MiB tmpfs, --cache-size 10GiB) is ready"
+
+BIG_HEX=${BIG_LAYER#sha256:}
+full_rc=0
+: >"$T/full.headers"
+full_out=$(curl -sS -o /dev/null -D "$T/full.headers" --max-time 120 -w '%{http_code} %{size_download}' \
+    "http://$FULL/v2/test/big/blobs/$BIG_LAYER?ns=$REG" 2>"$T/full.curl-err") || full_rc=$?
+read -r full_code full_size <<<"$full_out"
+full_len=$(tr -d '\r' <"$T/full.headers" | awk -F': ' 'tolower($1) == "content-length" { print $2 }' | tail -n 1)
+echo "  GET big layer ($BIG_SIZE bytes) through the disk-full agent: curl exit $full_rc, HTTP ${full_code:-none}," \
+    "Content-Length ${full_len:-none}, $full_size bytes received; curl: $(tr '\n' ' ' <"$T/full.curl-err")"
+not_complete() { ! { [ "$full_rc" -eq 0 ] && [ "$full_code" = 200 ] && [ "$full_size" = "$BIG_SIZE" ]; }; }
+check "disk full: the big layer is not delivered complete (error status, or aborted body)" not_complete || true
+check "disk full: the response ended (curl did not time out after 120 s)" [ "$full_rc" -ne 28 ] || true
+# The agent may clear its temp file just after the response ends: allow it up to 5 s.
+tmp_empty() { [ -z "$(find "$FULL_DATA/tmp" -mindepth 1 -print -quit 2>/dev/null)" ]; }
+lib_wait_cmd 25 tmp_empty || true
+no_big_blob() { [ ! -e "$FULL_DATA/blobs/sha256/$BIG_HEX" ]; }
+check "disk full: no blobs/sha256/<hex> file for the big layer" no_big_blob || true
+check "disk full: the data dir's tmp/ is empty (no partial file left)" tmp_empty || true
+echo "  files on the tmpfs now ($(df -k --output=used "$FULL_DATA" | tail -n 1 | tr -d ' ') KiB used):"
+find "$FULL_DATA" -type f -printf '    %P %s bytes\n'
+check "disk full: the agent process is still running" lib_alive "$FULL_PID" || true
+SMALL_BLOB=${CONFIG_DIGEST[big]}
+small_ok() {
+    local code sum
+    code=$(curl -sS -o "$T/full.small" --max-time 30 -w '%{http_code}' \
+        "http://$FULL/v2/test/big/blobs/$SMALL_BLOB?ns=$REG") || { echo "    curl failed"; return 1; }
+    sum=$(lib_sha256_file "$T/full.small")
+    if [ "$code" != 200 ] || [ "sha256:$sum" != "$SMALL_BLOB" ]; then
+        echo "    HTTP $code, $(stat -c %s "$T/full.small") bytes hashing to sha256:$sum"
+        return 1
+    fi
+}
+check "disk full: afterwards the config blob $SMALL_BLOB is served with the right sha256" small_ok || true
+check "disk full: the agent process is still running after that" lib_alive "$FULL_PID" || true
+echo "  last lines of the disk-full agent's log:"
+tail -n 8 "$FULL_LOG" | sed 's/\x1b\[[0-9;]*m//g; s/^/    /'
+lib_stop_pid "$FULL_PID"
+lib_umount_under "$FULL_DATA"
