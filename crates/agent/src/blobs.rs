@@ -33,20 +33,23 @@ const PUBLISH_BATCH: usize = 1 << 20;
 pub(crate) enum Progress {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// Bytes `0..written` of `size` are in `file`; none of them verified yet. The latest
-    /// batch is also kept in memory, so readers at the live edge take it without a disk read.
+    /// Bytes `0..written` of `size` are in `file`; none of them verified yet. The chunk
+    /// received last is also kept in memory (it may not be on disk yet), so readers at the
+    /// live edge take it without waiting for the disk or reading it back.
     Streaming {
         size: Option<u64>,
         written: u64,
         file: Arc<File>,
         recent: Recent,
+        /// The digest has been checked: the last byte may go out (the fsync is pending).
+        verified: bool,
     },
     /// Verified and committed; the handle pins it in the store.
     Done(Arc<Blob>),
     Failed(FetchError),
 }
 
-/// The chunks of the last written batch, starting at byte `start` of the blob.
+/// The chunks received last, starting at byte `start` of the blob.
 #[derive(Clone, Default)]
 pub(crate) struct Recent {
     pub start: u64,
@@ -54,6 +57,10 @@ pub(crate) struct Recent {
 }
 
 impl Recent {
+    pub fn end(&self) -> u64 {
+        self.start + self.chunks.iter().map(|c| c.len() as u64).sum::<u64>()
+    }
+
     /// Bytes from `pos` (inclusive) up to `limit` (exclusive) out of one in-memory chunk.
     pub fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
         let mut offset = self.start;
@@ -171,12 +178,13 @@ async fn download(
                     written: 0,
                     file: writer.file().clone(),
                     recent: Recent::default(),
+                    verified: false,
                 });
                 sink.insert(Sink::start(writer, progress.clone()))
             }
         };
         let mirror = resp.mirror.clone();
-        match pump(ctx, resp, skip, sink).await {
+        match pump(ctx, resp, skip, sink, progress).await {
             Ok(()) => break,
             Err(PumpError::Store) => break, // the writer's own error is reported by finish()
             Err(PumpError::Upstream(why)) if resumes < MAX_RESUMES => {
@@ -193,13 +201,11 @@ async fn download(
         }
     }
     let sink = sink.ok_or_else(|| FetchError::Upstream("no transfer".into()))?;
-    let chunks = sink.chunks;
     let blob = sink.finish().await?;
     info!(
         %digest,
         registry = %route.registry,
         bytes = blob.size(),
-        chunks,
         secs = started.elapsed().as_secs_f64(),
         "blob fetched and verified"
     );
@@ -217,6 +223,7 @@ async fn pump(
     resp: UpstreamResponse,
     mut skip: u64,
     sink: &mut Sink,
+    progress: &watch::Sender<Progress>,
 ) -> Result<(), PumpError> {
     let idle = ctx.cfg.upstream.idle_timeout;
     let mut body = resp.body;
@@ -239,11 +246,21 @@ async fn pump(
             }
         }
         ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
+        let start = sink.sent;
         sink.sent += data.len() as u64;
-        sink.chunks += 1;
-        if sink.tx.send(data).await.is_err() {
+        if sink.tx.send(data.clone()).await.is_err() {
             return Err(PumpError::Store);
         }
+        // Readers at the live edge take the chunk from memory now, while the disk write
+        // and the hash proceed on their own threads.
+        progress.send_modify(|p| {
+            if let Progress::Streaming { recent, .. } = p {
+                *recent = Recent {
+                    start,
+                    chunks: vec![data].into(),
+                };
+            }
+        });
     }
 }
 
@@ -252,41 +269,29 @@ async fn pump(
 struct Sink {
     tx: mpsc::Sender<Bytes>,
     sent: u64,
-    chunks: u64,
+    progress: watch::Sender<Progress>,
     writer: tokio::task::JoinHandle<Result<Writer, StoreError>>,
 }
 
 impl Sink {
     fn start(mut writer: Writer, progress: watch::Sender<Progress>) -> Sink {
+        let publish = progress.clone();
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let handle = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = rx.blocking_recv() {
-                let start = writer.written();
                 writer.write(&chunk)?;
                 // Drain what else has arrived before telling the readers: one wake-up per
-                // batch instead of per socket read.
+                // batch instead of per chunk.
                 let mut batched = chunk.len();
-                let mut chunks = vec![chunk];
                 while batched < PUBLISH_BATCH {
                     let Ok(more) = rx.try_recv() else { break };
                     writer.write(&more)?;
                     batched += more.len();
-                    chunks.push(more);
                 }
                 let written = writer.written();
-                let recent = Recent {
-                    start,
-                    chunks: chunks.into(),
-                };
                 progress.send_modify(|p| {
-                    if let Progress::Streaming {
-                        written: w,
-                        recent: r,
-                        ..
-                    } = p
-                    {
+                    if let Progress::Streaming { written: w, .. } = p {
                         *w = written;
-                        *r = recent;
                     }
                 });
             }
@@ -295,17 +300,27 @@ impl Sink {
         Sink {
             tx,
             sent: 0,
-            chunks: 0,
+            progress: publish,
             writer: handle,
         }
     }
 
     async fn finish(self) -> Result<Blob, FetchError> {
         drop(self.tx);
-        let writer = self
+        let mut writer = self
             .writer
             .await
             .map_err(|e| FetchError::Store(format!("writer task: {e}")))??;
+        // Verify first and let readers have the last byte at once; the fsync and rename
+        // that make the blob durable need not delay them.
+        let writer = tokio::task::spawn_blocking(move || writer.verify().map(|()| writer))
+            .await
+            .map_err(|e| FetchError::Store(format!("verify task: {e}")))??;
+        self.progress.send_modify(|p| {
+            if let Progress::Streaming { verified, .. } = p {
+                *verified = true;
+            }
+        });
         tokio::task::spawn_blocking(move || writer.commit())
             .await
             .map_err(|e| FetchError::Store(format!("commit task: {e}")))?

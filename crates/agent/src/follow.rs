@@ -50,16 +50,20 @@ impl Follower {
                     written,
                     file,
                     recent,
+                    verified,
                 } => {
-                    let limit = size.map_or(written.saturating_sub(1), |s| {
-                        (*written).min(s.saturating_sub(1))
-                    });
-                    let limit = self.end.map_or(limit, |end| limit.min(end));
-                    if let Some(bytes) = recent.slice(self.pos, limit) {
+                    // Everything but the last byte may go out before the digest is verified.
+                    let hold = |n: u64| match (verified, size) {
+                        (true, _) => n,
+                        (false, None) => n.saturating_sub(1),
+                        (false, Some(s)) => n.min(s.saturating_sub(1)),
+                    };
+                    let cap = |n: u64| self.end.map_or(n, |end| n.min(end));
+                    if let Some(bytes) = recent.slice(self.pos, cap(hold(recent.end()))) {
                         self.pos += bytes.len() as u64;
                         return Some(Ok(bytes));
                     }
-                    (Some(file.clone()), limit, false)
+                    (Some(file.clone()), cap(hold(*written)), false)
                 }
                 Progress::Done(blob) => (Some(blob.file().clone()), blob.size(), true),
                 Progress::Failed(e) => return Some(Err(abort(e))),

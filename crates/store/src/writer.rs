@@ -78,6 +78,7 @@ pub struct Writer {
     file: Arc<File>,
     hasher: HashSink,
     written: u64,
+    verified: bool,
     committed: bool,
 }
 
@@ -106,6 +107,7 @@ impl Writer {
             file: Arc::new(file),
             hasher: HashSink::new(expected_size),
             written: 0,
+            verified: false,
             committed: false,
         })
     }
@@ -140,9 +142,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Verifies the digest, makes the bytes durable and moves them into place. On any
-    /// failure nothing is stored.
-    pub fn commit(mut self) -> Result<Blob, StoreError> {
+    /// Checks size and digest once everything is written. Callers that stream to clients
+    /// call this first, release the last byte, and only then pay for [`Writer::commit`]'s
+    /// fsync; `commit` verifies by itself when this was not called.
+    pub fn verify(&mut self) -> Result<(), StoreError> {
+        if self.verified {
+            return Ok(());
+        }
         if let Some(expected) = self.expected_size {
             if self.written != expected {
                 return Err(StoreError::Incomplete {
@@ -163,6 +169,14 @@ impl Writer {
                 actual,
             });
         }
+        self.verified = true;
+        Ok(())
+    }
+
+    /// Verifies the digest, makes the bytes durable and moves them into place. On any
+    /// failure nothing is stored.
+    pub fn commit(mut self) -> Result<Blob, StoreError> {
+        self.verify()?;
         self.file
             .sync_data()
             .map_err(|e| StoreError::io("syncing", &self.tmp, e))?;
