@@ -1,0 +1,335 @@
+//! Piece maps: the sha256 of every piece of a blob, so each piece can be checked on arrival.
+
+use crate::error::{ProtoError, Violation};
+use crate::geometry::PieceGeometry;
+use crate::serde_util::{bounded_vec, digest_bytes};
+use crate::MAX_PIECES;
+use pollen_oci::Digest;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+
+/// Domain separation for [`PieceMap::id`], so a map id can never equal some other sha256 that
+/// happens to hash the same bytes.
+const MAP_ID_DOMAIN: &[u8] = b"pollen piece map v1\0";
+
+/// sha256 of one piece's bytes.
+fn hash_piece(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// True when `bytes` is piece `index` of `geometry` with sha256 `expected`: the length must be
+/// exactly the geometry's, so a truncated or padded piece fails even before hashing.
+fn verify(geometry: &PieceGeometry, index: u32, expected: Option<&[u8; 32]>, bytes: &[u8]) -> bool {
+    match (geometry.len_of(index), expected) {
+        (Some(len), Some(expected)) => {
+            u64::try_from(bytes.len()).is_ok_and(|n| n == u64::from(len))
+                && hash_piece(bytes) == *expected
+        }
+        _ => false,
+    }
+}
+
+/// Identity of a piece map: sha256 over its canonical encoding (see [`PieceMap::id`]). Peers
+/// advertise it in `Have`, so maps can be compared without transferring them and pieces are
+/// only ever taken from peers whose map is the same as ours.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PieceMapId(pub [u8; 32]);
+
+impl fmt::Display for PieceMapId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for PieceMapId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PieceMapId({self})")
+    }
+}
+
+/// The sha256 of every piece of the blob `digest`, cut by `geometry`.
+///
+/// A map is a claim by the peer that sent it, not a fact: pieces verified against it are only
+/// as good as the map, and the blob's OCI digest is the final check (see `PROTOCOL.md`).
+/// Invariant (checked by every constructor and on decode): one hash per piece of the geometry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PieceMapWire")]
+pub struct PieceMap {
+    #[serde(with = "digest_bytes")]
+    digest: Digest,
+    geometry: PieceGeometry,
+    hashes: Vec<[u8; 32]>,
+}
+
+/// The unvalidated wire form, checked by `TryFrom` on decode.
+#[derive(Deserialize)]
+struct PieceMapWire {
+    #[serde(with = "digest_bytes")]
+    digest: Digest,
+    geometry: PieceGeometry,
+    #[serde(deserialize_with = "piece_hashes")]
+    hashes: Vec<[u8; 32]>,
+}
+
+/// At most one hash per possible piece.
+pub(crate) fn piece_hashes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<[u8; 32]>, D::Error> {
+    bounded_vec(d, MAX_PIECES as usize)
+}
+
+impl TryFrom<PieceMapWire> for PieceMap {
+    type Error = Violation;
+    fn try_from(w: PieceMapWire) -> Result<Self, Violation> {
+        Ok(PieceMap::new(w.digest, w.geometry, w.hashes)?)
+    }
+}
+
+impl fmt::Debug for PieceMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Up to 65536 hashes: print the identity, not the contents.
+        f.debug_struct("PieceMap")
+            .field("digest", &self.digest)
+            .field("geometry", &self.geometry)
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+impl PieceMap {
+    /// A map from its parts, refused unless there is exactly one hash per piece.
+    pub fn new(
+        digest: Digest,
+        geometry: PieceGeometry,
+        hashes: Vec<[u8; 32]>,
+    ) -> Result<PieceMap, ProtoError> {
+        let count = geometry.count();
+        if u32::try_from(hashes.len()).ok() != Some(count) {
+            return Err(ProtoError::invalid(format_args!(
+                "piece map has {} hashes for {count} pieces",
+                hashes.len()
+            )));
+        }
+        Ok(PieceMap {
+            digest,
+            geometry,
+            hashes,
+        })
+    }
+
+    /// The map of a blob held whole in memory (tests, small blobs); streaming producers use
+    /// [`crate::PieceMapBuilder`].
+    pub fn of(
+        digest: Digest,
+        geometry: PieceGeometry,
+        blob: &[u8],
+    ) -> Result<PieceMap, ProtoError> {
+        if u64::try_from(blob.len()).ok() != Some(geometry.size()) {
+            return Err(ProtoError::invalid(format_args!(
+                "blob has {} bytes, geometry says {}",
+                blob.len(),
+                geometry.size()
+            )));
+        }
+        let piece_size = usize::try_from(geometry.piece_size())
+            .map_err(|_| ProtoError::invalid("piece size does not fit in memory"))?;
+        let hashes = blob.chunks(piece_size).map(hash_piece).collect();
+        PieceMap::new(digest, geometry, hashes)
+    }
+
+    /// The blob this map is about.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// How the blob is cut.
+    pub fn geometry(&self) -> &PieceGeometry {
+        &self.geometry
+    }
+
+    /// All piece hashes, in piece order.
+    pub fn hashes(&self) -> &[[u8; 32]] {
+        &self.hashes
+    }
+
+    /// True when `bytes` is exactly piece `index` (right length and hash). Run this on every
+    /// piece received, before it is stored or forwarded.
+    pub fn verify_piece(&self, index: u32, bytes: &[u8]) -> bool {
+        verify(
+            &self.geometry,
+            index,
+            self.hashes.get(index as usize),
+            bytes,
+        )
+    }
+
+    /// sha256 over the canonical encoding, independent of the wire codec:
+    /// `"pollen piece map v1\0" || digest (32) || size (u64 LE) || piece_size (u32 LE) ||
+    /// count (u32 LE) || hash_0 || ... || hash_{count-1}`.
+    pub fn id(&self) -> PieceMapId {
+        let mut h = Sha256::new();
+        h.update(MAP_ID_DOMAIN);
+        h.update(self.digest.as_bytes());
+        h.update(self.geometry.size().to_le_bytes());
+        h.update(self.geometry.piece_size().to_le_bytes());
+        h.update(self.geometry.count().to_le_bytes());
+        for hash in &self.hashes {
+            h.update(hash);
+        }
+        PieceMapId(h.finalize().into())
+    }
+}
+
+/// A piece map still arriving in order (`PieceHashes` replies from the peer that is fetching
+/// the blob from the upstream and hashes pieces as they arrive). Pieces whose hash is known can
+/// be verified already; once every hash is in, [`Self::finish`] yields the complete map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialPieceMap {
+    digest: Digest,
+    geometry: PieceGeometry,
+    hashes: Vec<[u8; 32]>,
+}
+
+impl PartialPieceMap {
+    /// A map of the blob with no hash known yet.
+    pub fn new(digest: Digest, geometry: PieceGeometry) -> PartialPieceMap {
+        PartialPieceMap {
+            digest,
+            geometry,
+            hashes: Vec::new(),
+        }
+    }
+
+    /// How many leading pieces have a known hash.
+    pub fn known(&self) -> u32 {
+        // At most count() <= MAX_PIECES: extend() checks.
+        u32::try_from(self.hashes.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Appends the hashes of pieces `first..first + hashes.len()`, as sent in `PieceHashes`.
+    /// They must continue exactly where the known prefix ends and stay within the geometry;
+    /// anything else is the sender's [`ProtoError::Invalid`].
+    pub fn extend(&mut self, first: u32, hashes: &[[u8; 32]]) -> Result<(), ProtoError> {
+        if first != self.known() {
+            return Err(ProtoError::invalid(format_args!(
+                "piece hashes start at {first}, expected {}",
+                self.known()
+            )));
+        }
+        let end = u64::from(first) + hashes.len() as u64;
+        if end > u64::from(self.geometry.count()) {
+            return Err(ProtoError::invalid(format_args!(
+                "piece hashes run to {end}, past {} pieces",
+                self.geometry.count()
+            )));
+        }
+        self.hashes.extend_from_slice(hashes);
+        Ok(())
+    }
+
+    /// True when piece `index`'s hash is known and `bytes` matches it and the geometry.
+    pub fn verify_piece(&self, index: u32, bytes: &[u8]) -> bool {
+        verify(
+            &self.geometry,
+            index,
+            self.hashes.get(index as usize),
+            bytes,
+        )
+    }
+
+    /// The complete map once every hash is known; otherwise `self` back, unchanged.
+    pub fn finish(self) -> Result<PieceMap, PartialPieceMap> {
+        if self.known() != self.geometry.count() {
+            return Err(self);
+        }
+        Ok(PieceMap {
+            digest: self.digest,
+            geometry: self.geometry,
+            hashes: self.hashes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MIN_PIECE_SIZE;
+
+    fn blob(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    fn map_of(data: &[u8]) -> PieceMap {
+        let g = PieceGeometry::new(data.len() as u64, MIN_PIECE_SIZE).unwrap();
+        PieceMap::of(Digest::of(data), g, data).unwrap()
+    }
+
+    #[test]
+    fn verify_right_and_wrong_bytes() {
+        let data = blob(3 * MIN_PIECE_SIZE as usize + 100);
+        let map = map_of(&data);
+        assert_eq!(map.geometry().count(), 4);
+        let ps = MIN_PIECE_SIZE as usize;
+        for (i, piece) in data.chunks(ps).enumerate() {
+            assert!(map.verify_piece(i as u32, piece));
+        }
+        let mut bad = data[..ps].to_vec();
+        bad[17] ^= 1;
+        assert!(!map.verify_piece(0, &bad));
+        // Right bytes under the wrong index, truncated, padded, past the end.
+        assert!(!map.verify_piece(1, &data[..ps]));
+        assert!(!map.verify_piece(0, &data[..ps - 1]));
+        assert!(!map.verify_piece(3, &data[3 * ps - 1..]));
+        assert!(!map.verify_piece(4, &[]));
+        assert!(!map.verify_piece(u32::MAX, &data[..ps]));
+    }
+
+    #[test]
+    fn hash_count_must_match_geometry() {
+        let data = blob(2 * MIN_PIECE_SIZE as usize);
+        let map = map_of(&data);
+        let g = *map.geometry();
+        let mut hashes = map.hashes().to_vec();
+        hashes.push([0; 32]);
+        assert!(PieceMap::new(Digest::of(&data), g, hashes.clone()).is_err());
+        hashes.truncate(1);
+        assert!(PieceMap::new(Digest::of(&data), g, hashes).is_err());
+        assert!(PieceMap::of(Digest::of(&data), g, &data[1..]).is_err());
+    }
+
+    #[test]
+    fn id_is_stable_and_sensitive() {
+        let data = blob(2 * MIN_PIECE_SIZE as usize + 1);
+        let a = map_of(&data);
+        assert_eq!(a.id(), map_of(&data).id());
+        let mut other = data.clone();
+        other[5] ^= 0xff;
+        let g = *a.geometry();
+        let b = PieceMap::of(*a.digest(), g, &other).unwrap();
+        assert_ne!(a.id(), b.id());
+        let c = PieceMap::new(Digest::of(b"x"), g, a.hashes().to_vec()).unwrap();
+        assert_ne!(a.id(), c.id());
+        assert_eq!(a.id().to_string().len(), 64);
+    }
+
+    #[test]
+    fn partial_map_grows_in_order() {
+        let data = blob(3 * MIN_PIECE_SIZE as usize);
+        let full = map_of(&data);
+        let mut p = PartialPieceMap::new(*full.digest(), *full.geometry());
+        let ps = MIN_PIECE_SIZE as usize;
+        assert!(!p.verify_piece(0, &data[..ps]));
+        p.extend(0, &full.hashes()[..1]).unwrap();
+        assert!(p.verify_piece(0, &data[..ps]));
+        assert!(!p.verify_piece(1, &data[ps..2 * ps]));
+        assert!(p.extend(0, &full.hashes()[..1]).is_err(), "overlap");
+        assert!(p.extend(2, &full.hashes()[2..]).is_err(), "gap");
+        assert!(p.extend(1, &[[0; 32]; 3]).is_err(), "past the end");
+        p.extend(1, &[]).unwrap();
+        let p = p.finish().unwrap_err();
+        let mut p = p;
+        p.extend(1, &full.hashes()[1..]).unwrap();
+        assert_eq!(p.finish().unwrap(), full);
+    }
+}
