@@ -201,6 +201,19 @@ impl PartialPieceMap {
         }
     }
 
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn geometry(&self) -> &PieceGeometry {
+        &self.geometry
+    }
+
+    /// The hashes known so far, in piece order (for persisting a partial download).
+    pub fn hashes(&self) -> &[[u8; 32]] {
+        &self.hashes
+    }
+
     /// How many leading pieces have a known hash.
     pub fn known(&self) -> u32 {
         // At most count() <= MAX_PIECES: extend() checks.

@@ -7,6 +7,7 @@
 //! entries being read are pinned by the [`Blob`] handle and are never evicted.
 
 mod index;
+mod partial;
 mod writer;
 
 use index::{Index, Key};
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{info, warn};
 
+pub use partial::Partial;
 pub use writer::Writer;
 
 /// What a stored object is; manifests carry a media type, blobs do not.
@@ -45,6 +47,10 @@ pub enum StoreError {
     TooLarge { limit: u64 },
     #[error("content ended after {got} of {expected} bytes")]
     Incomplete { expected: u64, got: u64 },
+    #[error("piece {index} does not match its hash in the piece map")]
+    PieceMismatch { index: u32 },
+    #[error("piece map conflict: {0}")]
+    MapConflict(String),
     #[error("disk full while writing under {0}: free space or lower --cache-size")]
     DiskFull(PathBuf),
     #[error("{context} {path}: {source}")]

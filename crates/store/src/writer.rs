@@ -205,7 +205,7 @@ impl Writer {
     }
 }
 
-fn write_durably(
+pub(crate) fn write_durably(
     tmp: &std::path::Path,
     path: &std::path::Path,
     data: &[u8],

@@ -1,0 +1,381 @@
+//! Blobs assembled piece by piece, kept across restarts.
+//!
+//! A partial blob lives in `partial/<hex>/`: `data` (sparse, the blob's full size) and
+//! `state.json` (geometry, the piece hashes known so far, which pieces are present). Pieces
+//! arrive two ways: in order from the upstream ([`Partial::append`], which hashes each piece as
+//! it completes and so grows the piece map) or one at a time from peers
+//! ([`Partial::write_piece`], verified against the map before a byte touches the disk). A
+//! piece counts as present in the state file only after its bytes were synced, so a crash loses
+//! at most the progress since the last checkpoint and never marks unwritten data as present.
+//! Reopening re-verifies every present piece against the map (a corrupted disk is caught).
+//! [`Partial::complete`] checks the whole-blob digest before the blob enters the store.
+
+use crate::{Blob, Kind, Store, StoreError};
+use pollen_oci::{Digest, Hasher};
+use pollen_proto::{Bitfield, PartialPieceMap, PieceGeometry};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes written between two checkpoints at most (what a crash can cost).
+const CHECKPOINT_BYTES: u64 = 256 << 20;
+/// Longest time between two checkpoints while pieces arrive.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// Largest state file read back: a full map of 65,536 hex hashes is about 4.3 MiB.
+const MAX_STATE_BYTES: u64 = 8 << 20;
+const STATE_VERSION: u32 = 1;
+
+/// A blob being assembled. One owner writes it (the blob's download task); readers use
+/// [`Partial::file`] with positional reads of pieces they know are present.
+pub struct Partial {
+    store: Store,
+    digest: Digest,
+    dir: PathBuf,
+    file: Arc<File>,
+    have: Bitfield,
+    map: PartialPieceMap,
+    /// Where the next [`Partial::append`] byte goes, and the hash of the piece it is in.
+    cursor: u64,
+    piece_hasher: Hasher,
+    /// The whole-blob hash, while every byte so far came through `append` in order from 0.
+    whole: Option<Hasher>,
+    unsynced: u64,
+    last_checkpoint: Instant,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    version: u32,
+    digest: String,
+    geometry: PieceGeometry,
+    hashes: Vec<String>,
+    have: Bitfield,
+}
+
+impl Store {
+    /// Opens the partial download of `digest`, resuming what an earlier run left if its
+    /// geometry matches, or starts a new one.
+    pub fn partial(&self, digest: Digest, geometry: PieceGeometry) -> Result<Partial, StoreError> {
+        let dir = self.root().join("partial").join(digest.hex());
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
+        {
+            let mut index = self.inner.lock();
+            self.inner.evict_over_quota(&mut index, geometry.size());
+        }
+        let data = dir.join("data");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data)
+            .map_err(|e| StoreError::io("opening", &data, e))?;
+        let file = Arc::new(file);
+        let (map, have) = match load_state(&dir, digest, geometry) {
+            Some((map, claimed)) => {
+                let have = reverify(&file, &map, &claimed);
+                (map, have)
+            }
+            None => (
+                PartialPieceMap::new(digest, geometry),
+                Bitfield::new(&geometry),
+            ),
+        };
+        file.set_len(geometry.size())
+            .map_err(|e| StoreError::io("sizing", &data, e))?;
+        let cursor = have
+            .iter_missing()
+            .next()
+            .and_then(|i| geometry.offset_of(i))
+            .unwrap_or(geometry.size());
+        Ok(Partial {
+            store: self.clone(),
+            digest,
+            dir,
+            file,
+            have,
+            map,
+            cursor,
+            piece_hasher: Hasher::new(),
+            whole: (cursor == 0).then(Hasher::new),
+            unsynced: 0,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// Digests with a partial download on disk, for resuming after a restart.
+    pub fn partials(&self) -> Vec<Digest> {
+        let Ok(entries) = fs::read_dir(self.root().join("partial")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Digest::from_hex(e.file_name().to_str()?).ok())
+            .collect()
+    }
+}
+
+impl Partial {
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    pub fn geometry(&self) -> &PieceGeometry {
+        self.map.geometry()
+    }
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+    pub fn map(&self) -> &PartialPieceMap {
+        &self.map
+    }
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Bytes from the start that are present: what a client reading in order may have.
+    pub fn contiguous(&self) -> u64 {
+        let geometry = self.geometry();
+        match self.have.iter_missing().next() {
+            Some(i) => geometry.offset_of(i).unwrap_or(0),
+            None => geometry.size(),
+        }
+    }
+
+    /// Where [`Partial::append`] continues: a resumed upstream transfer asks for this offset.
+    pub fn append_offset(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Takes piece hashes from a peer's map. Hashes that overlap what is known must agree;
+    /// a conflict means one of the two maps is wrong and is the caller's to settle.
+    pub fn adopt_hashes(&mut self, first: u32, hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+        let known = self.map.known();
+        let skip = known.saturating_sub(first) as usize;
+        for (i, h) in hashes.iter().take(skip).enumerate() {
+            if self.map.hashes().get(first as usize + i) != Some(h) {
+                return Err(StoreError::MapConflict(format!(
+                    "piece {} hash differs from the known map",
+                    first as usize + i
+                )));
+            }
+        }
+        if skip < hashes.len() {
+            self.map
+                .extend(first.max(known), &hashes[skip..])
+                .map_err(|e| StoreError::MapConflict(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Stores one piece from a peer after checking it against the map. `Ok(false)` when the
+    /// piece was already present.
+    pub fn write_piece(&mut self, index: u32, data: &[u8]) -> Result<bool, StoreError> {
+        if self.have.get(index) {
+            return Ok(false);
+        }
+        if !self.map.verify_piece(index, data) {
+            return Err(StoreError::PieceMismatch { index });
+        }
+        let offset = self
+            .geometry()
+            .offset_of(index)
+            .ok_or(StoreError::PieceMismatch { index })?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| StoreError::io("writing", &self.dir, e))?;
+        self.mark(index, data.len() as u64)?;
+        Ok(true)
+    }
+
+    /// Appends bytes of the blob in order (the upstream transfer), from
+    /// [`Partial::append_offset`]. Each piece is hashed as it completes: checked against the
+    /// map where its hash is known, otherwise its hash extends the map.
+    pub fn append(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        let geometry = *self.geometry();
+        while !data.is_empty() {
+            let index = geometry.index_at(self.cursor).ok_or(StoreError::TooLarge {
+                limit: geometry.size(),
+            })?;
+            let range = geometry.range_of(index).ok_or(StoreError::TooLarge {
+                limit: geometry.size(),
+            })?;
+            let n = ((range.end - self.cursor) as usize).min(data.len());
+            let (now, rest) = data.split_at(n);
+            self.file
+                .write_all_at(now, self.cursor)
+                .map_err(|e| StoreError::io("writing", &self.dir, e))?;
+            self.piece_hasher.update(now);
+            if let Some(w) = &mut self.whole {
+                w.update(now);
+            }
+            self.cursor += n as u64;
+            data = rest;
+            if self.cursor == range.end {
+                let hash = *std::mem::take(&mut self.piece_hasher).finish().as_bytes();
+                match self.map.hashes().get(index as usize) {
+                    Some(known) if *known != hash => {
+                        return Err(StoreError::PieceMismatch { index })
+                    }
+                    Some(_) => {}
+                    None => self
+                        .map
+                        .extend(index, &[hash])
+                        .map_err(|e| StoreError::MapConflict(e.to_string()))?,
+                }
+                if !self.have.get(index) {
+                    self.mark(index, range.end - range.start)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, index: u32, len: u64) -> Result<(), StoreError> {
+        let _ = self.have.set(index);
+        self.unsynced += len;
+        if self.unsynced >= CHECKPOINT_BYTES
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the present pieces durable and records them, so a restart resumes from here.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("syncing", &self.dir, e))?;
+        let state = State {
+            version: STATE_VERSION,
+            digest: self.digest.to_string(),
+            geometry: *self.geometry(),
+            hashes: self.map.hashes().iter().map(hex::encode).collect(),
+            have: self.have.clone(),
+        };
+        let json =
+            serde_json::to_vec(&state).map_err(|e| StoreError::MapConflict(e.to_string()))?;
+        crate::writer::write_durably(
+            &self.dir.join("state.tmp"),
+            &self.dir.join("state.json"),
+            &json,
+        )?;
+        self.unsynced = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Checks the whole-blob digest and moves the blob into the store. On a mismatch nothing
+    /// is stored and the partial download is removed: the pieces matched a map that was wrong.
+    pub fn complete(mut self) -> Result<Blob, StoreError> {
+        let size = self.geometry().size();
+        if !self.have.is_complete() {
+            return Err(StoreError::Incomplete {
+                expected: size,
+                got: self.contiguous(),
+            });
+        }
+        let actual = match self.whole.take().filter(|_| self.cursor == size) {
+            Some(h) => h.finish(),
+            None => hash_file(&self.file, &self.dir)?,
+        };
+        if actual != self.digest {
+            let _ = fs::remove_dir_all(&self.dir);
+            return Err(StoreError::DigestMismatch {
+                expected: self.digest,
+                actual,
+            });
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("syncing", &self.dir, e))?;
+        let dest = self.store.path(Kind::Blob, &self.digest);
+        fs::rename(self.dir.join("data"), &dest)
+            .map_err(|e| StoreError::io("renaming into", &dest, e))?;
+        if let Some(parent) = dest.parent() {
+            if let Ok(d) = File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        Ok(self
+            .store
+            .insert_pinned(Kind::Blob, self.digest, size, None, self.file.clone()))
+    }
+
+    /// Gives up on this blob and removes what was downloaded.
+    pub fn abandon(self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn load_state(
+    dir: &Path,
+    digest: Digest,
+    geometry: PieceGeometry,
+) -> Option<(PartialPieceMap, Bitfield)> {
+    let mut text = Vec::new();
+    File::open(dir.join("state.json"))
+        .ok()?
+        .take(MAX_STATE_BYTES)
+        .read_to_end(&mut text)
+        .ok()?;
+    let state: State = serde_json::from_slice(&text).ok()?;
+    if state.version != STATE_VERSION
+        || state.digest != digest.to_string()
+        || state.geometry != geometry
+        || state.have.count() != geometry.count()
+    {
+        return None;
+    }
+    let mut hashes = Vec::with_capacity(state.hashes.len().min(geometry.count() as usize));
+    for h in &state.hashes {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(h, &mut out).ok()?;
+        hashes.push(out);
+    }
+    let mut map = PartialPieceMap::new(digest, geometry);
+    map.extend(0, &hashes).ok()?;
+    Some((map, state.have))
+}
+
+/// Keeps only the pieces whose bytes on disk still match the map.
+fn reverify(file: &File, map: &PartialPieceMap, claimed: &Bitfield) -> Bitfield {
+    let geometry = map.geometry();
+    let mut have = Bitfield::new(geometry);
+    let mut buf = Vec::new();
+    for index in claimed.iter_ones() {
+        let (Some(offset), Some(len)) = (geometry.offset_of(index), geometry.len_of(index)) else {
+            continue;
+        };
+        buf.resize(len as usize, 0);
+        if file.read_exact_at(&mut buf, offset).is_ok() && map.verify_piece(index, &buf) {
+            let _ = have.set(index);
+        }
+    }
+    have
+}
+
+fn hash_file(file: &File, dir: &Path) -> Result<Digest, StoreError> {
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file
+            .read_at(&mut buf, offset)
+            .map_err(|e| StoreError::io("reading", dir, e))?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+        offset += n as u64;
+    }
+}
+
+#[cfg(test)]
+#[path = "partial_tests.rs"]
+mod tests;

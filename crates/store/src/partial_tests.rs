@@ -1,0 +1,189 @@
+use super::*;
+use pollen_proto::{PieceMap, MIN_PIECE_SIZE};
+use std::os::unix::fs::FileExt;
+
+fn blob(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 131 + seed as usize) % 251) as u8)
+        .collect()
+}
+
+fn setup(len: usize) -> (tempfile::TempDir, Store, Vec<u8>, PieceGeometry, Digest) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let data = blob(len, 1);
+    let geometry = PieceGeometry::new(len as u64, MIN_PIECE_SIZE).unwrap();
+    let digest = Digest::of(&data);
+    (dir, store, data, geometry, digest)
+}
+
+fn read_all(b: &Blob) -> Vec<u8> {
+    let mut buf = vec![0; b.size() as usize];
+    b.file().read_exact_at(&mut buf, 0).unwrap();
+    buf
+}
+
+#[test]
+fn sequential_append_builds_the_map_and_completes() {
+    let len = 5 * MIN_PIECE_SIZE as usize + 123;
+    let (_d, store, data, geometry, digest) = setup(len);
+    let mut p = store.partial(digest, geometry).unwrap();
+    let mut off = 0;
+    for (i, step) in [1usize, 70_000, 3, 200_000, 65_536]
+        .iter()
+        .cycle()
+        .enumerate()
+    {
+        if off >= len {
+            break;
+        }
+        let end = (off + step + i).min(len);
+        p.append(&data[off..end]).unwrap();
+        off = end;
+    }
+    let expected = PieceMap::of(digest, geometry, &data).unwrap();
+    assert_eq!(p.map().hashes(), expected.hashes());
+    assert!(p.have().is_complete());
+    let b = p.complete().unwrap();
+    assert_eq!(read_all(&b), data);
+    assert!(store.contains(Kind::Blob, &digest));
+    assert!(store.partials().is_empty());
+}
+
+#[test]
+fn resumes_after_a_crash_without_refetching_checkpointed_pieces() {
+    let len = 6 * MIN_PIECE_SIZE as usize;
+    let (dir, store, data, geometry, digest) = setup(len);
+    let mut p = store.partial(digest, geometry).unwrap();
+    let half = 3 * MIN_PIECE_SIZE as usize + 1000;
+    p.append(&data[..half]).unwrap();
+    p.checkpoint().unwrap();
+    drop(p); // a crash after the checkpoint
+    drop(store);
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(store.partials(), vec![digest]);
+    let mut p = store.partial(digest, geometry).unwrap();
+    assert_eq!(p.have().count_ones(), 3);
+    let resume = p.append_offset() as usize;
+    assert_eq!(
+        resume,
+        3 * MIN_PIECE_SIZE as usize,
+        "resume at the first missing piece"
+    );
+    p.append(&data[resume..]).unwrap();
+    assert_eq!(read_all(&p.complete().unwrap()), data);
+}
+
+#[test]
+fn peer_pieces_are_verified_against_the_map() {
+    let len = 4 * MIN_PIECE_SIZE as usize + 10;
+    let (_d, store, data, geometry, digest) = setup(len);
+    let map = PieceMap::of(digest, geometry, &data).unwrap();
+    let mut p = store.partial(digest, geometry).unwrap();
+    let piece = |i: u32| {
+        let r = geometry.range_of(i).unwrap();
+        &data[r.start as usize..r.end as usize]
+    };
+    // No hash known yet: nothing can be accepted.
+    assert!(matches!(
+        p.write_piece(2, piece(2)),
+        Err(StoreError::PieceMismatch { index: 2 })
+    ));
+    p.adopt_hashes(0, &map.hashes()[..2]).unwrap();
+    p.adopt_hashes(1, &map.hashes()[1..]).unwrap(); // overlapping, agreeing
+    let mut bad = piece(3).to_vec();
+    bad[7] ^= 0xff;
+    assert!(matches!(
+        p.write_piece(3, &bad),
+        Err(StoreError::PieceMismatch { index: 3 })
+    ));
+    assert!(!p.have().get(3));
+    for i in [4, 0, 3, 1, 2] {
+        assert!(p.write_piece(i, piece(i)).unwrap());
+    }
+    assert!(!p.write_piece(1, piece(1)).unwrap(), "already present");
+    assert_eq!(p.contiguous(), len as u64);
+    assert_eq!(read_all(&p.complete().unwrap()), data);
+}
+
+#[test]
+fn conflicting_hashes_are_refused() {
+    let len = 2 * MIN_PIECE_SIZE as usize;
+    let (_d, store, data, geometry, digest) = setup(len);
+    let map = PieceMap::of(digest, geometry, &data).unwrap();
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.adopt_hashes(0, map.hashes()).unwrap();
+    assert!(matches!(
+        p.adopt_hashes(0, &[[9u8; 32]]),
+        Err(StoreError::MapConflict(_))
+    ));
+    assert!(matches!(
+        p.adopt_hashes(5, &[[9u8; 32]]),
+        Err(StoreError::MapConflict(_))
+    ));
+}
+
+#[test]
+fn a_forged_map_never_completes_and_leaves_nothing() {
+    let len = 3 * MIN_PIECE_SIZE as usize;
+    let (_d, store, _data, geometry, digest) = setup(len);
+    // A malicious peer's map and pieces: consistent with each other, not with the digest.
+    let forged = blob(len, 99);
+    let forged_map = PieceMap::of(Digest::of(&forged), geometry, &forged).unwrap();
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.adopt_hashes(0, forged_map.hashes()).unwrap();
+    for i in 0..geometry.count() {
+        let r = geometry.range_of(i).unwrap();
+        p.write_piece(i, &forged[r.start as usize..r.end as usize])
+            .unwrap();
+    }
+    assert!(matches!(
+        p.complete(),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(!store.contains(Kind::Blob, &digest));
+    assert!(store.partials().is_empty());
+}
+
+#[test]
+fn corrupted_pieces_on_disk_are_dropped_on_reopen() {
+    let len = 3 * MIN_PIECE_SIZE as usize;
+    let (dir, store, data, geometry, digest) = setup(len);
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.append(&data[..2 * MIN_PIECE_SIZE as usize]).unwrap();
+    p.checkpoint().unwrap();
+    drop(p);
+    let path = dir.path().join("partial").join(digest.hex()).join("data");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(b"rot", MIN_PIECE_SIZE as u64 + 5).unwrap();
+    let p = store.partial(digest, geometry).unwrap();
+    assert!(p.have().get(0));
+    assert!(
+        !p.have().get(1),
+        "a piece that no longer matches must be fetched again"
+    );
+    assert_eq!(p.append_offset(), MIN_PIECE_SIZE as u64);
+}
+
+#[test]
+fn bad_or_foreign_state_starts_over() {
+    let len = 2 * MIN_PIECE_SIZE as usize;
+    let (dir, store, data, geometry, digest) = setup(len);
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.append(&data[..MIN_PIECE_SIZE as usize]).unwrap();
+    p.checkpoint().unwrap();
+    drop(p);
+    // Another geometry for the same digest: the old state does not apply.
+    let other = PieceGeometry::new(len as u64, 2 * MIN_PIECE_SIZE).unwrap();
+    assert_eq!(store.partial(digest, other).unwrap().have().count_ones(), 0);
+    let state = dir
+        .path()
+        .join("partial")
+        .join(digest.hex())
+        .join("state.json");
+    std::fs::write(&state, b"{\"version\":1,\"garbage\":").unwrap();
+    assert_eq!(
+        store.partial(digest, geometry).unwrap().have().count_ones(),
+        0
+    );
+}
