@@ -3,7 +3,6 @@
 use crate::geometry::PieceGeometry;
 use crate::piecemap::PieceMap;
 use pollen_oci::Digest;
-use sha2::{Digest as _, Sha256};
 
 /// Why a builder could not produce a map: the bytes fed did not add up to the geometry's size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +26,7 @@ pub enum BuildError {
 pub struct PieceMapBuilder {
     digest: Digest,
     geometry: PieceGeometry,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     /// Bytes of the current (unfinished) piece hashed so far.
     in_piece: u64,
     /// Bytes fed in total.
@@ -41,7 +40,7 @@ impl PieceMapBuilder {
         PieceMapBuilder {
             digest,
             geometry,
-            hasher: Sha256::new(),
+            hasher: blake3::Hasher::new(),
             in_piece: 0,
             fed: 0,
             // count() <= MAX_PIECES: at most 2 MiB.
@@ -71,8 +70,8 @@ impl PieceMapBuilder {
             self.fed += now.len() as u64;
             rest = later;
             if self.in_piece == u64::from(piece_len) {
-                let done = std::mem::take(&mut self.hasher).finalize();
-                self.hashes.push(done.into());
+                let done = *std::mem::take(&mut self.hasher).finalize().as_bytes();
+                self.hashes.push(done);
                 self.in_piece = 0;
             }
         }

@@ -77,7 +77,7 @@ pub enum Reply {
     PieceHashes {
         /// Index of the first piece hashed; equals the count of hashes sent before.
         first: u32,
-        /// sha256 of each piece, in order.
+        /// BLAKE3 hash of each piece, in order.
         #[serde(deserialize_with = "piece_hashes")]
         hashes: Vec<[u8; 32]>,
     },

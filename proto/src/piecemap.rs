@@ -1,4 +1,4 @@
-//! Piece maps: the sha256 of every piece of a blob, so each piece can be checked on arrival.
+//! Piece maps: the BLAKE3 hash of every piece of a blob, so each piece can be checked on arrival.
 
 use crate::error::{ProtoError, Violation};
 use crate::geometry::PieceGeometry;
@@ -13,12 +13,15 @@ use std::fmt;
 /// happens to hash the same bytes.
 const MAP_ID_DOMAIN: &[u8] = b"pollen piece map v1\0";
 
-/// sha256 of one piece's bytes.
+/// BLAKE3 of one piece's bytes: about three times faster than SHA-256 on the CPUs we run on,
+/// so the upstream fetcher's extra pass over every byte (the blob digest is SHA-256 anyway)
+/// stays cheap. The piece map is trusted only through the blob's SHA-256 digest, not through
+/// the choice of piece hash.
 fn hash_piece(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+    *blake3::hash(bytes).as_bytes()
 }
 
-/// True when `bytes` is piece `index` of `geometry` with sha256 `expected`: the length must be
+/// True when `bytes` is piece `index` of `geometry` with hash `expected`: the length must be
 /// exactly the geometry's, so a truncated or padded piece fails even before hashing.
 fn verify(geometry: &PieceGeometry, index: u32, expected: Option<&[u8; 32]>, bytes: &[u8]) -> bool {
     match (geometry.len_of(index), expected) {
@@ -48,7 +51,7 @@ impl fmt::Debug for PieceMapId {
     }
 }
 
-/// The sha256 of every piece of the blob `digest`, cut by `geometry`.
+/// The BLAKE3 hash of every piece of the blob `digest`, cut by `geometry`.
 ///
 /// A map is a claim by the peer that sent it, not a fact: pieces verified against it are only
 /// as good as the map, and the blob's OCI digest is the final check (see `PROTOCOL.md`).
