@@ -1,7 +1,7 @@
 //! Building a piece map from a blob's bytes as they stream in from the upstream.
 
 use crate::geometry::PieceGeometry;
-use crate::piecemap::PieceMap;
+use crate::piecemap::{PieceHasher, PieceMap};
 use pollen_oci::Digest;
 
 /// Why a builder could not produce a map: the bytes fed did not add up to the geometry's size.
@@ -26,7 +26,7 @@ pub enum BuildError {
 pub struct PieceMapBuilder {
     digest: Digest,
     geometry: PieceGeometry,
-    hasher: blake3::Hasher,
+    hasher: PieceHasher,
     /// Bytes of the current (unfinished) piece hashed so far.
     in_piece: u64,
     /// Bytes fed in total.
@@ -40,7 +40,7 @@ impl PieceMapBuilder {
         PieceMapBuilder {
             digest,
             geometry,
-            hasher: blake3::Hasher::new(),
+            hasher: PieceHasher::new(),
             in_piece: 0,
             fed: 0,
             // count() <= MAX_PIECES: at most 2 MiB.
@@ -70,7 +70,7 @@ impl PieceMapBuilder {
             self.fed += now.len() as u64;
             rest = later;
             if self.in_piece == u64::from(piece_len) {
-                let done = *std::mem::take(&mut self.hasher).finalize().as_bytes();
+                let done = std::mem::take(&mut self.hasher).finish();
                 self.hashes.push(done);
                 self.in_piece = 0;
             }

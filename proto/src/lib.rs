@@ -53,7 +53,7 @@ pub use io::{
     write_request,
 };
 pub use message::{ErrorCode, Reply, Request};
-pub use piecemap::{PartialPieceMap, PieceMap, PieceMapId};
+pub use piecemap::{PartialPieceMap, PieceHasher, PieceMap, PieceMapId};
 
 /// The libp2p protocol id. The version is part of the id: an incompatible change to anything in
 /// this crate's wire format gets a new id (`/pollen/pieces/2`), and libp2p's multistream-select

@@ -21,6 +21,23 @@ fn hash_piece(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
 }
 
+/// Incremental piece hash, for code that sees a piece's bytes in several chunks (the
+/// upstream stream). The one definition of "the hash of a piece" besides [`PieceMap`]'s own.
+#[derive(Default, Clone)]
+pub struct PieceHasher(blake3::Hasher);
+
+impl PieceHasher {
+    pub fn new() -> PieceHasher {
+        PieceHasher::default()
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    pub fn finish(&self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
 /// True when `bytes` is piece `index` of `geometry` with hash `expected`: the length must be
 /// exactly the geometry's, so a truncated or padded piece fails even before hashing.
 fn verify(geometry: &PieceGeometry, index: u32, expected: Option<&[u8; 32]>, bytes: &[u8]) -> bool {

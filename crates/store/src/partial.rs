@@ -12,7 +12,7 @@
 
 use crate::{Blob, Kind, Store, StoreError};
 use pollen_oci::{Digest, Hasher};
-use pollen_proto::{Bitfield, PartialPieceMap, PieceGeometry};
+use pollen_proto::{Bitfield, PartialPieceMap, PieceGeometry, PieceHasher};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -40,7 +40,7 @@ pub struct Partial {
     map: PartialPieceMap,
     /// Where the next [`Partial::append`] byte goes, and the hash of the piece it is in.
     cursor: u64,
-    piece_hasher: Hasher,
+    piece_hasher: PieceHasher,
     /// The whole-blob hash, while every byte so far came through `append` in order from 0.
     whole: Option<Hasher>,
     unsynced: u64,
@@ -100,7 +100,7 @@ impl Store {
             have,
             map,
             cursor,
-            piece_hasher: Hasher::new(),
+            piece_hasher: PieceHasher::new(),
             whole: (cursor == 0).then(Hasher::new),
             unsynced: 0,
             last_checkpoint: Instant::now(),
@@ -215,7 +215,7 @@ impl Partial {
             self.cursor += n as u64;
             data = rest;
             if self.cursor == range.end {
-                let hash = *std::mem::take(&mut self.piece_hasher).finish().as_bytes();
+                let hash = std::mem::take(&mut self.piece_hasher).finish();
                 match self.map.hashes().get(index as usize) {
                     Some(known) if *known != hash => {
                         return Err(StoreError::PieceMismatch { index })
