@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use pollen_oci::Digest;
-use pollen_store::{Blob, Kind, StoreError, Writer};
+use pollen_proto::PieceGeometry;
+use pollen_store::{Blob, Kind, Partial, StoreError};
 use pollen_upstream::{FetchRequest, Route, UpstreamResponse};
 use std::fs::File;
 use std::sync::Arc;
@@ -115,7 +116,14 @@ pub(crate) fn open(
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {
-        let outcome = download(&ctx, &route, digest, client_auth, &tx).await;
+        let fetch = BlobFetch {
+            ctx: &ctx,
+            route: &route,
+            digest,
+            client_auth,
+            progress: &tx,
+        };
+        let outcome = fetch.run().await;
         match outcome {
             Ok(blob) => {
                 tx.send_replace(Progress::Done(Arc::new(blob)));
@@ -133,83 +141,172 @@ pub(crate) fn open(
     (rx, false)
 }
 
-/// Fetches one blob into the store, resuming broken transfers.
-async fn download(
-    ctx: &Ctx,
-    route: &Route,
+/// One blob fetch and everything it works with.
+struct BlobFetch<'a> {
+    ctx: &'a Ctx,
+    route: &'a Route,
     digest: Digest,
     client_auth: Option<http::HeaderValue>,
-    progress: &watch::Sender<Progress>,
-) -> Result<Blob, FetchError> {
-    let started = std::time::Instant::now();
-    let mut sink: Option<Sink> = None;
-    let mut resumes = 0;
-    loop {
-        let offset = sink.as_ref().map_or(0, |s| s.sent);
-        let req = FetchRequest {
-            route,
-            method: Method::GET,
-            path: format!("blobs/{digest}"),
-            accept: None,
-            range_start: offset,
-            client_auth: client_auth.clone(),
+    progress: &'a watch::Sender<Progress>,
+}
+
+impl BlobFetch<'_> {
+    /// Fetches the blob into the store, resuming broken transfers. On failure what was
+    /// fetched is kept as a partial blob, so the next attempt continues from there.
+    async fn run(&self) -> Result<Blob, FetchError> {
+        let started = std::time::Instant::now();
+        // A partial download left by an earlier run (or an earlier failed fetch) resumes
+        // where it stopped: only the missing bytes are asked for.
+        let mut sink = match self.ctx.store.partial_geometry(&self.digest) {
+            Some(geometry) => Some(Sink::start(
+                self.open_partial(geometry).await?,
+                self.progress,
+            )),
+            None => None,
         };
-        ctx.metrics.upstream_requests.inc();
-        let resp = ctx.upstream.fetch(&req).await?;
-        let skip = match (resp.status, offset) {
-            (StatusCode::OK, _) => offset,
-            (StatusCode::PARTIAL_CONTENT, o) if o > 0 && range_start(&resp) == Some(o) => 0,
-            (status, _) if !status.is_success() => {
-                return Err(FetchError::from_status(status, &resp.headers))
+        if let Some(s) = sink.as_ref().filter(|s| s.sent > 0) {
+            info!(digest = %self.digest, offset = s.sent, "resuming a partial download");
+        }
+        if let Err(e) = self.transfer(&mut sink).await {
+            if let Some(s) = sink.take() {
+                s.suspend().await;
             }
-            (status, _) => {
+            return Err(e);
+        }
+        let sink = sink.ok_or_else(|| FetchError::Upstream("no transfer".into()))?;
+        let blob = sink.finish().await?;
+        info!(
+            digest = %self.digest,
+            registry = %self.route.registry,
+            bytes = blob.size(),
+            secs = started.elapsed().as_secs_f64(),
+            "blob fetched and verified"
+        );
+        Ok(blob)
+    }
+
+    /// Requests the blob (from the resume offset) until the whole body is in the sink.
+    async fn transfer(&self, sink: &mut Option<Sink>) -> Result<(), FetchError> {
+        let mut resumes = 0;
+        loop {
+            let offset = sink.as_ref().map_or(0, |s| s.sent);
+            let req = FetchRequest {
+                route: self.route,
+                method: Method::GET,
+                path: format!("blobs/{}", self.digest),
+                accept: None,
+                range_start: offset,
+                client_auth: self.client_auth.clone(),
+            };
+            self.ctx.metrics.upstream_requests.inc();
+            let resp = self.ctx.upstream.fetch(&req).await?;
+            let skip = match (resp.status, offset) {
+                (StatusCode::OK, _) => offset,
+                (StatusCode::PARTIAL_CONTENT, o) if o > 0 && range_start(&resp) == Some(o) => 0,
+                (status, _) if !status.is_success() => {
+                    return Err(FetchError::from_status(status, &resp.headers))
+                }
+                (status, _) => {
+                    return Err(FetchError::Upstream(format!(
+                        "unexpected upstream answer HTTP {status}"
+                    )))
+                }
+            };
+            let s = match sink {
+                Some(s) => s,
+                None => {
+                    let size = content_length(&resp).ok_or_else(|| {
+                        FetchError::Upstream("upstream sent a blob without Content-Length".into())
+                    })?;
+                    let geometry = PieceGeometry::choose(size, None)
+                        .map_err(|e| FetchError::Upstream(format!("blob of {size} bytes: {e}")))?;
+                    sink.insert(Sink::start(
+                        self.open_partial(geometry).await?,
+                        self.progress,
+                    ))
+                }
+            };
+            if resp.status == StatusCode::OK && content_length(&resp) != Some(s.size) {
                 return Err(FetchError::Upstream(format!(
-                    "unexpected upstream answer HTTP {status}"
-                )))
+                    "upstream size changed: {:?} bytes, expected {}",
+                    content_length(&resp),
+                    s.size
+                )));
             }
-        };
-        let sink = match &mut sink {
-            Some(s) => s,
-            None => {
-                let size = content_length(&resp);
-                let writer = ctx.store.writer(Kind::Blob, digest, size, None)?;
-                progress.send_replace(Progress::Streaming {
-                    size,
-                    written: 0,
-                    file: writer.file().clone(),
-                    recent: Recent::default(),
-                    verified: false,
-                });
-                sink.insert(Sink::start(writer, progress.clone()))
-            }
-        };
-        let mirror = resp.mirror.clone();
-        match pump(ctx, resp, skip, sink, progress).await {
-            Ok(()) => break,
-            Err(PumpError::Store) => break, // the writer's own error is reported by finish()
-            Err(PumpError::Upstream(why)) if resumes < MAX_RESUMES => {
-                resumes += 1;
-                ctx.upstream.report_failure(&mirror);
-                warn!(%digest, offset = sink.sent, error = %why, "upstream transfer broke; resuming with a range request");
-            }
-            Err(PumpError::Upstream(why)) => {
-                return Err(FetchError::Upstream(format!(
-                    "transfer failed {} times, last: {why}",
-                    resumes + 1
-                )))
+            let mirror = resp.mirror.clone();
+            match self.pump(resp, skip, s).await {
+                Ok(()) => return Ok(()),
+                Err(PumpError::Store) => return Ok(()), // the writer's own error is reported by finish()
+                Err(PumpError::Upstream(why)) if resumes < MAX_RESUMES => {
+                    resumes += 1;
+                    self.ctx.upstream.report_failure(&mirror);
+                    warn!(digest = %self.digest, offset = s.sent, error = %why, "upstream transfer broke; resuming with a range request");
+                }
+                Err(PumpError::Upstream(why)) => {
+                    return Err(FetchError::Upstream(format!(
+                        "transfer failed {} times, last: {why}",
+                        resumes + 1
+                    )));
+                }
             }
         }
     }
-    let sink = sink.ok_or_else(|| FetchError::Upstream("no transfer".into()))?;
-    let blob = sink.finish().await?;
-    info!(
-        %digest,
-        registry = %route.registry,
-        bytes = blob.size(),
-        secs = started.elapsed().as_secs_f64(),
-        "blob fetched and verified"
-    );
-    Ok(blob)
+
+    async fn open_partial(&self, geometry: PieceGeometry) -> Result<Partial, FetchError> {
+        let store = self.ctx.store.clone();
+        let digest = self.digest;
+        // Reopening re-verifies pieces already on disk: blocking work.
+        tokio::task::spawn_blocking(move || store.partial(digest, geometry))
+            .await
+            .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))?
+            .map_err(FetchError::from)
+    }
+
+    /// Moves one response body into the sink, skipping `skip` bytes a 200 resends on resume.
+    async fn pump(
+        &self,
+        resp: UpstreamResponse,
+        mut skip: u64,
+        sink: &mut Sink,
+    ) -> Result<(), PumpError> {
+        let idle = self.ctx.cfg.upstream.idle_timeout;
+        let mut body = resp.body;
+        loop {
+            let frame = match timeout(idle, body.frame()).await {
+                Err(_) => return Err(PumpError::Upstream(format!("no bytes for {idle:?}"))),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(PumpError::Upstream(e.to_string())),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            if skip > 0 {
+                let n = skip.min(data.len() as u64);
+                skip -= n;
+                data = data.slice(n as usize..);
+                if data.is_empty() {
+                    continue;
+                }
+            }
+            self.ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
+            let start = sink.sent;
+            sink.sent += data.len() as u64;
+            if sink.tx.send(data.clone()).await.is_err() {
+                return Err(PumpError::Store);
+            }
+            // Readers at the live edge take the chunk from memory now, while the disk write
+            // and the hash proceed on their own threads.
+            self.progress.send_modify(|p| {
+                if let Progress::Streaming { recent, .. } = p {
+                    *recent = Recent {
+                        start,
+                        chunks: vec![data].into(),
+                    };
+                }
+            });
+        }
+    }
 }
 
 enum PumpError {
@@ -217,111 +314,95 @@ enum PumpError {
     Store,
 }
 
-/// Moves one response body into the sink, skipping `skip` bytes a 200 resends on resume.
-async fn pump(
-    ctx: &Ctx,
-    resp: UpstreamResponse,
-    mut skip: u64,
-    sink: &mut Sink,
-    progress: &watch::Sender<Progress>,
-) -> Result<(), PumpError> {
-    let idle = ctx.cfg.upstream.idle_timeout;
-    let mut body = resp.body;
-    loop {
-        let frame = match timeout(idle, body.frame()).await {
-            Err(_) => return Err(PumpError::Upstream(format!("no bytes for {idle:?}"))),
-            Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return Err(PumpError::Upstream(e.to_string())),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(mut data) = frame.into_data() else {
-            continue;
-        };
-        if skip > 0 {
-            let n = skip.min(data.len() as u64);
-            skip -= n;
-            data = data.slice(n as usize..);
-            if data.is_empty() {
-                continue;
-            }
-        }
-        ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
-        let start = sink.sent;
-        sink.sent += data.len() as u64;
-        if sink.tx.send(data.clone()).await.is_err() {
-            return Err(PumpError::Store);
-        }
-        // Readers at the live edge take the chunk from memory now, while the disk write
-        // and the hash proceed on their own threads.
-        progress.send_modify(|p| {
-            if let Progress::Streaming { recent, .. } = p {
-                *recent = Recent {
-                    start,
-                    chunks: vec![data].into(),
-                };
-            }
-        });
-    }
-}
-
-/// The disk side of a download: a blocking thread that writes and hashes, so the network
-/// side never waits on the disk or the hash.
+/// The disk side of a download: a blocking thread that writes the partial blob (hashing
+/// pieces as they complete, the whole-blob hash beside it), so the network side never waits
+/// on the disk or a hash.
 struct Sink {
     tx: mpsc::Sender<Bytes>,
+    /// Bytes of the blob sent to the writer so far (from the resume offset on).
     sent: u64,
+    size: u64,
     progress: watch::Sender<Progress>,
-    writer: tokio::task::JoinHandle<Result<Writer, StoreError>>,
+    writer: tokio::task::JoinHandle<Result<Partial, StoreError>>,
 }
 
 impl Sink {
-    fn start(mut writer: Writer, progress: watch::Sender<Progress>) -> Sink {
+    fn start(mut partial: Partial, progress: &watch::Sender<Progress>) -> Sink {
+        let sent = partial.append_offset();
+        let size = partial.geometry().size();
+        progress.send_replace(Progress::Streaming {
+            size: Some(size),
+            written: sent,
+            file: partial.file().clone(),
+            recent: Recent::default(),
+            verified: false,
+        });
         let publish = progress.clone();
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let handle = tokio::task::spawn_blocking(move || {
+        let writer = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = rx.blocking_recv() {
-                writer.write(&chunk)?;
+                let mut result = partial.append(&chunk);
                 // Drain what else has arrived before telling the readers: one wake-up per
                 // batch instead of per chunk.
                 let mut batched = chunk.len();
-                while batched < PUBLISH_BATCH {
+                while result.is_ok() && batched < PUBLISH_BATCH {
                     let Ok(more) = rx.try_recv() else { break };
-                    writer.write(&more)?;
+                    result = partial.append(&more);
                     batched += more.len();
                 }
-                let written = writer.written();
-                progress.send_modify(|p| {
+                if let Err(e) = result {
+                    // Disk full, or bytes that contradict a known piece hash: start afresh
+                    // next time rather than keep what cannot be completed.
+                    partial.abandon();
+                    return Err(e);
+                }
+                let written = partial.append_offset();
+                publish.send_modify(|p| {
                     if let Progress::Streaming { written: w, .. } = p {
                         *w = written;
                     }
                 });
             }
-            Ok(writer)
+            Ok(partial)
         });
         Sink {
             tx,
-            sent: 0,
-            progress: publish,
-            writer: handle,
+            sent,
+            size,
+            progress: progress.clone(),
+            writer,
+        }
+    }
+
+    async fn join(self) -> Result<(Partial, watch::Sender<Progress>), FetchError> {
+        drop(self.tx);
+        let partial = self
+            .writer
+            .await
+            .map_err(|e| FetchError::Store(format!("writer task: {e}")))??;
+        Ok((partial, self.progress))
+    }
+
+    /// Keeps what was fetched for a later attempt: a checkpoint instead of a commit.
+    async fn suspend(self) {
+        if let Ok((mut partial, _)) = self.join().await {
+            let _ = tokio::task::spawn_blocking(move || partial.checkpoint()).await;
         }
     }
 
     async fn finish(self) -> Result<Blob, FetchError> {
-        drop(self.tx);
-        let mut writer = self
-            .writer
-            .await
-            .map_err(|e| FetchError::Store(format!("writer task: {e}")))??;
+        let (mut partial, progress) = self.join().await?;
         // Verify first and let readers have the last byte at once; the fsync and rename
         // that make the blob durable need not delay them.
-        let writer = tokio::task::spawn_blocking(move || writer.verify().map(|()| writer))
+        let partial = tokio::task::spawn_blocking(move || partial.verify().map(|()| partial))
             .await
             .map_err(|e| FetchError::Store(format!("verify task: {e}")))??;
-        self.progress.send_modify(|p| {
+        progress.send_modify(|p| {
             if let Progress::Streaming { verified, .. } = p {
                 *verified = true;
             }
         });
-        tokio::task::spawn_blocking(move || writer.commit())
+        tokio::task::spawn_blocking(move || partial.commit())
             .await
             .map_err(|e| FetchError::Store(format!("commit task: {e}")))?
             .map_err(FetchError::from)

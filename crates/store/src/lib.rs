@@ -6,6 +6,7 @@
 //! store was ever unverified. A size quota is kept by evicting the least recently used entries;
 //! entries being read are pinned by the [`Blob`] handle and are never evicted.
 
+mod hash;
 mod index;
 mod partial;
 mod writer;

@@ -10,7 +10,9 @@
 //! Reopening re-verifies every present piece against the map (a corrupted disk is caught).
 //! [`Partial::complete`] checks the whole-blob digest before the blob enters the store.
 
+use crate::hash::HashSink;
 use crate::{Blob, Kind, Store, StoreError};
+use bytes::Bytes;
 use pollen_oci::{Digest, Hasher};
 use pollen_proto::{Bitfield, PartialPieceMap, PieceGeometry, PieceHasher};
 use serde::{Deserialize, Serialize};
@@ -41,8 +43,11 @@ pub struct Partial {
     /// Where the next [`Partial::append`] byte goes, and the hash of the piece it is in.
     cursor: u64,
     piece_hasher: PieceHasher,
-    /// The whole-blob hash, while every byte so far came through `append` in order from 0.
-    whole: Option<Hasher>,
+    /// The whole-blob hash (on its own thread for large blobs), while every byte so far came
+    /// through `append` in order from 0.
+    whole: Option<HashSink>,
+    /// Set by [`Partial::verify`].
+    verified: bool,
     unsynced: u64,
     last_checkpoint: Instant,
 }
@@ -101,10 +106,20 @@ impl Store {
             map,
             cursor,
             piece_hasher: PieceHasher::new(),
-            whole: (cursor == 0).then(Hasher::new),
+            whole: (cursor == 0).then(|| HashSink::new(Some(geometry.size()))),
+            verified: false,
             unsynced: 0,
             last_checkpoint: Instant::now(),
         })
+    }
+
+    /// The geometry of a partial download left on disk, so a fetch can reopen it and ask the
+    /// upstream only for what is missing.
+    pub fn partial_geometry(&self, digest: &Digest) -> Option<PieceGeometry> {
+        let dir = self.root().join("partial").join(digest.hex());
+        read_state(&dir)
+            .filter(|s| s.version == STATE_VERSION && s.digest == digest.to_string())
+            .map(|s| s.geometry)
     }
 
     /// Digests with a partial download on disk, for resuming after a restart.
@@ -194,7 +209,11 @@ impl Partial {
     /// Appends bytes of the blob in order (the upstream transfer), from
     /// [`Partial::append_offset`]. Each piece is hashed as it completes: checked against the
     /// map where its hash is known, otherwise its hash extends the map.
-    pub fn append(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+    pub fn append(&mut self, chunk: &Bytes) -> Result<(), StoreError> {
+        if let Some(w) = &mut self.whole {
+            w.update(chunk);
+        }
+        let mut data = &chunk[..];
         let geometry = *self.geometry();
         while !data.is_empty() {
             let index = geometry.index_at(self.cursor).ok_or(StoreError::TooLarge {
@@ -209,9 +228,6 @@ impl Partial {
                 .write_all_at(now, self.cursor)
                 .map_err(|e| StoreError::io("writing", &self.dir, e))?;
             self.piece_hasher.update(now);
-            if let Some(w) = &mut self.whole {
-                w.update(now);
-            }
             self.cursor += n as u64;
             data = rest;
             if self.cursor == range.end {
@@ -269,9 +285,13 @@ impl Partial {
         Ok(())
     }
 
-    /// Checks the whole-blob digest and moves the blob into the store. On a mismatch nothing
-    /// is stored and the partial download is removed: the pieces matched a map that was wrong.
-    pub fn complete(mut self) -> Result<Blob, StoreError> {
+    /// Checks the whole-blob digest once every piece is present. Streaming callers call this,
+    /// release the last byte to their clients, then pay for [`Partial::commit`]'s fsync. On a
+    /// mismatch the partial download is removed: its pieces matched a map that was wrong.
+    pub fn verify(&mut self) -> Result<(), StoreError> {
+        if self.verified {
+            return Ok(());
+        }
         let size = self.geometry().size();
         if !self.have.is_complete() {
             return Err(StoreError::Incomplete {
@@ -279,8 +299,9 @@ impl Partial {
                 got: self.contiguous(),
             });
         }
-        let actual = match self.whole.take().filter(|_| self.cursor == size) {
-            Some(h) => h.finish(),
+        let streamed = self.whole.take().filter(|_| self.cursor == size);
+        let actual = match streamed.and_then(HashSink::finish) {
+            Some(d) => d,
             None => hash_file(&self.file, &self.dir)?,
         };
         if actual != self.digest {
@@ -290,6 +311,14 @@ impl Partial {
                 actual,
             });
         }
+        self.verified = true;
+        Ok(())
+    }
+
+    /// Verifies (unless done), makes the blob durable and moves it into the store.
+    pub fn commit(mut self) -> Result<Blob, StoreError> {
+        self.verify()?;
+        let size = self.geometry().size();
         self.file
             .sync_data()
             .map_err(|e| StoreError::io("syncing", &self.dir, e))?;
@@ -313,18 +342,22 @@ impl Partial {
     }
 }
 
-fn load_state(
-    dir: &Path,
-    digest: Digest,
-    geometry: PieceGeometry,
-) -> Option<(PartialPieceMap, Bitfield)> {
+fn read_state(dir: &Path) -> Option<State> {
     let mut text = Vec::new();
     File::open(dir.join("state.json"))
         .ok()?
         .take(MAX_STATE_BYTES)
         .read_to_end(&mut text)
         .ok()?;
-    let state: State = serde_json::from_slice(&text).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn load_state(
+    dir: &Path,
+    digest: Digest,
+    geometry: PieceGeometry,
+) -> Option<(PartialPieceMap, Bitfield)> {
+    let state = read_state(dir)?;
     if state.version != STATE_VERSION
         || state.digest != digest.to_string()
         || state.geometry != geometry

@@ -1,4 +1,5 @@
 use super::*;
+use bytes::Bytes;
 use pollen_proto::{PieceMap, MIN_PIECE_SIZE};
 use std::os::unix::fs::FileExt;
 
@@ -38,13 +39,13 @@ fn sequential_append_builds_the_map_and_completes() {
             break;
         }
         let end = (off + step + i).min(len);
-        p.append(&data[off..end]).unwrap();
+        p.append(&Bytes::copy_from_slice(&data[off..end])).unwrap();
         off = end;
     }
     let expected = PieceMap::of(digest, geometry, &data).unwrap();
     assert_eq!(p.map().hashes(), expected.hashes());
     assert!(p.have().is_complete());
-    let b = p.complete().unwrap();
+    let b = p.commit().unwrap();
     assert_eq!(read_all(&b), data);
     assert!(store.contains(Kind::Blob, &digest));
     assert!(store.partials().is_empty());
@@ -56,12 +57,13 @@ fn resumes_after_a_crash_without_refetching_checkpointed_pieces() {
     let (dir, store, data, geometry, digest) = setup(len);
     let mut p = store.partial(digest, geometry).unwrap();
     let half = 3 * MIN_PIECE_SIZE as usize + 1000;
-    p.append(&data[..half]).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[..half])).unwrap();
     p.checkpoint().unwrap();
     drop(p); // a crash after the checkpoint
     drop(store);
     let store = Store::open(dir.path(), 1 << 30).unwrap();
     assert_eq!(store.partials(), vec![digest]);
+    assert_eq!(store.partial_geometry(&digest), Some(geometry));
     let mut p = store.partial(digest, geometry).unwrap();
     assert_eq!(p.have().count_ones(), 3);
     let resume = p.append_offset() as usize;
@@ -70,8 +72,8 @@ fn resumes_after_a_crash_without_refetching_checkpointed_pieces() {
         3 * MIN_PIECE_SIZE as usize,
         "resume at the first missing piece"
     );
-    p.append(&data[resume..]).unwrap();
-    assert_eq!(read_all(&p.complete().unwrap()), data);
+    p.append(&Bytes::copy_from_slice(&data[resume..])).unwrap();
+    assert_eq!(read_all(&p.commit().unwrap()), data);
 }
 
 #[test]
@@ -103,7 +105,7 @@ fn peer_pieces_are_verified_against_the_map() {
     }
     assert!(!p.write_piece(1, piece(1)).unwrap(), "already present");
     assert_eq!(p.contiguous(), len as u64);
-    assert_eq!(read_all(&p.complete().unwrap()), data);
+    assert_eq!(read_all(&p.commit().unwrap()), data);
 }
 
 #[test]
@@ -137,10 +139,7 @@ fn a_forged_map_never_completes_and_leaves_nothing() {
         p.write_piece(i, &forged[r.start as usize..r.end as usize])
             .unwrap();
     }
-    assert!(matches!(
-        p.complete(),
-        Err(StoreError::DigestMismatch { .. })
-    ));
+    assert!(matches!(p.commit(), Err(StoreError::DigestMismatch { .. })));
     assert!(!store.contains(Kind::Blob, &digest));
     assert!(store.partials().is_empty());
 }
@@ -150,7 +149,10 @@ fn corrupted_pieces_on_disk_are_dropped_on_reopen() {
     let len = 3 * MIN_PIECE_SIZE as usize;
     let (dir, store, data, geometry, digest) = setup(len);
     let mut p = store.partial(digest, geometry).unwrap();
-    p.append(&data[..2 * MIN_PIECE_SIZE as usize]).unwrap();
+    p.append(&Bytes::copy_from_slice(
+        &data[..2 * MIN_PIECE_SIZE as usize],
+    ))
+    .unwrap();
     p.checkpoint().unwrap();
     drop(p);
     let path = dir.path().join("partial").join(digest.hex()).join("data");
@@ -170,7 +172,8 @@ fn bad_or_foreign_state_starts_over() {
     let len = 2 * MIN_PIECE_SIZE as usize;
     let (dir, store, data, geometry, digest) = setup(len);
     let mut p = store.partial(digest, geometry).unwrap();
-    p.append(&data[..MIN_PIECE_SIZE as usize]).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[..MIN_PIECE_SIZE as usize]))
+        .unwrap();
     p.checkpoint().unwrap();
     drop(p);
     // Another geometry for the same digest: the old state does not apply.
