@@ -20,7 +20,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Bytes written between two checkpoints at most (what a crash can cost).
@@ -50,6 +52,7 @@ pub struct Partial {
     verified: bool,
     unsynced: u64,
     last_checkpoint: Instant,
+    checkpointer: Checkpointer,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,6 +95,7 @@ impl Store {
         };
         file.set_len(geometry.size())
             .map_err(|e| StoreError::io("sizing", &data, e))?;
+        let (file_for_checkpoints, dir_for_checkpoints) = (file.clone(), dir.clone());
         let cursor = have
             .iter_missing()
             .next()
@@ -110,6 +114,7 @@ impl Store {
             verified: false,
             unsynced: 0,
             last_checkpoint: Instant::now(),
+            checkpointer: Checkpointer::new(file_for_checkpoints, dir_for_checkpoints),
         })
     }
 
@@ -256,16 +261,19 @@ impl Partial {
         if self.unsynced >= CHECKPOINT_BYTES
             || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         {
-            self.checkpoint()?;
+            // In the background: the fsync must not stall the transfer. If the previous
+            // checkpoint is still running, this one is skipped and the next piece retries.
+            let snapshot = self.snapshot()?;
+            if self.checkpointer.try_send(snapshot) {
+                self.unsynced = 0;
+                self.last_checkpoint = Instant::now();
+            }
         }
         Ok(())
     }
 
-    /// Makes the present pieces durable and records them, so a restart resumes from here.
-    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.file
-            .sync_data()
-            .map_err(|e| StoreError::io("syncing", &self.dir, e))?;
+    /// What a checkpoint records: the pieces present now and the map.
+    fn snapshot(&self) -> Result<Vec<u8>, StoreError> {
         let state = State {
             version: STATE_VERSION,
             digest: self.digest.to_string(),
@@ -273,13 +281,18 @@ impl Partial {
             hashes: self.map.hashes().iter().map(hex::encode).collect(),
             have: self.have.clone(),
         };
-        let json =
-            serde_json::to_vec(&state).map_err(|e| StoreError::MapConflict(e.to_string()))?;
-        crate::writer::write_durably(
-            &self.dir.join("state.tmp"),
-            &self.dir.join("state.json"),
-            &json,
-        )?;
+        serde_json::to_vec(&state).map_err(|e| StoreError::MapConflict(e.to_string()))
+    }
+
+    /// Makes the present pieces durable and records them, now, so a restart resumes from
+    /// here.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let snapshot = self.snapshot()?;
+        // Let a queued background checkpoint land first, so it cannot overwrite this newer
+        // one; then carry on with a fresh checkpointer.
+        self.checkpointer.stop();
+        self.checkpointer = Checkpointer::new(self.file.clone(), self.dir.clone());
+        record(&self.file, &self.dir, &snapshot)?;
         self.unsynced = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -305,6 +318,7 @@ impl Partial {
             None => hash_file(&self.file, &self.dir)?,
         };
         if actual != self.digest {
+            self.checkpointer.stop();
             let _ = fs::remove_dir_all(&self.dir);
             return Err(StoreError::DigestMismatch {
                 expected: self.digest,
@@ -318,6 +332,7 @@ impl Partial {
     /// Verifies (unless done), makes the blob durable and moves it into the store.
     pub fn commit(mut self) -> Result<Blob, StoreError> {
         self.verify()?;
+        self.checkpointer.stop();
         let size = self.geometry().size();
         self.file
             .sync_data()
@@ -337,8 +352,64 @@ impl Partial {
     }
 
     /// Gives up on this blob and removes what was downloaded.
-    pub fn abandon(self) {
+    pub fn abandon(mut self) {
+        self.checkpointer.stop();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Syncs the data, then records the snapshot: a piece is in the state file only once its
+/// bytes are durable.
+fn record(file: &File, dir: &Path, snapshot: &[u8]) -> Result<(), StoreError> {
+    file.sync_data()
+        .map_err(|e| StoreError::io("syncing", dir, e))?;
+    crate::writer::write_durably(&dir.join("state.tmp"), &dir.join("state.json"), snapshot)
+}
+
+/// A thread that takes checkpoints off the writer's path.
+struct Checkpointer {
+    tx: Option<SyncSender<Vec<u8>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn new(file: Arc<File>, dir: PathBuf) -> Checkpointer {
+        let (tx, rx) = sync_channel::<Vec<u8>>(1);
+        let handle = std::thread::Builder::new()
+            .name("pollen-checkpoint".into())
+            .spawn(move || {
+                for snapshot in rx {
+                    if let Err(e) = record(&file, &dir, &snapshot) {
+                        tracing::warn!(error = %e, "checkpoint of a partial blob failed");
+                    }
+                }
+            })
+            .ok();
+        Checkpointer {
+            tx: handle.is_some().then_some(tx),
+            handle,
+        }
+    }
+
+    /// Queues a snapshot; false when the thread is still busy with the previous one.
+    fn try_send(&self, snapshot: Vec<u8>) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(snapshot).is_ok())
+    }
+
+    /// Finishes the queued checkpoint, if any, and ends the thread.
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -1,1 +1,31 @@
-pub fn x() {}
+//! Pollen's libp2p layer: how agents on different nodes find each other and open
+//! authenticated, encrypted streams of the pieces protocol (`pollen-proto`) to one another.
+//!
+//! - **Identity** ([`identity`]): an Ed25519 key in `<data_dir>/p2p/key`, so a node keeps its
+//!   PeerId across restarts (provider records and bans name PeerIds).
+//! - **Transport**: TCP + TLS 1.3 or noise + yamux; the default and the numbers behind it are
+//!   in `docs/transport.md`.
+//! - **Discovery**: bootstrap addresses or DNS names (a Kubernetes headless Service) dialled
+//!   at start and re-dialled while unreachable, optional mDNS, identify to learn each peer's
+//!   listen addresses, and a Kademlia DHT of Pollen nodes only.
+//! - **Content routing**: Kademlia provider records keyed by the blob's digest, with a short
+//!   TTL so a node that died or dropped a blob stops being named within about a minute.
+//! - **Streams**: [`Node::open_stream`] / [`Node::incoming_streams`] on
+//!   [`pollen_proto::PROTOCOL`]; what flows in them is `pollen-proto`'s business.
+//!
+//! Everything runs in one tokio task per node; the [`Node`] handle talks to it with bounded
+//! waits only.
+
+mod behaviour;
+mod bootstrap;
+pub mod config;
+mod event_loop;
+pub mod identity;
+mod node;
+mod store;
+mod transport;
+
+pub use config::{Bootstrap, Security, SwarmConfig};
+pub use identity::IdentityError;
+pub use libp2p::{Multiaddr, PeerId, Stream};
+pub use node::{Error, IncomingStreams, Node, Stats};

@@ -1,0 +1,280 @@
+//! The handle the agent holds: cheap to clone, every call bounded by a deadline.
+//!
+//! The libp2p `Swarm` is not `Sync` and must be polled continuously, so it lives in one tokio
+//! task ([`crate::event_loop`]) and the handle talks to it over a channel, each request
+//! carrying a oneshot for its answer (the shape of rust-libp2p's file-sharing example).
+//! Streams do not go through that task: libp2p-stream's `Control` opens and accepts them
+//! directly, so a busy event loop never delays piece traffic.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::kad::RecordKey;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use pollen_oci::Digest;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::behaviour::Behaviour;
+use crate::config::SwarmConfig;
+use crate::event_loop::{Command, EventLoop};
+use crate::identity::{self, IdentityError};
+use crate::transport;
+
+/// The bound on a request to the event loop that needs no network round trip.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bound on opening a stream: dialling (if not connected), the handshake and protocol
+/// negotiation.
+pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bound on binding the listen addresses at start.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Commands waiting for the event loop; a full queue makes callers wait (bounded by their
+/// deadlines), not the loop.
+const COMMAND_QUEUE: usize = 256;
+
+/// The pieces protocol, as libp2p-stream wants it.
+pub(crate) const PIECES: StreamProtocol = StreamProtocol::new(pollen_proto::PROTOCOL);
+
+/// Why a swarm call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("building the transport: {0}")]
+    Transport(String),
+    #[error("setting up the swarm: {0}")]
+    Setup(#[source] std::io::Error),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("the swarm has stopped")]
+    Stopped,
+    #[error("{what} took longer than {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("cannot announce the blob: {0}")]
+    Provide(String),
+    #[error("opening a pieces stream to {peer}: {source}")]
+    OpenStream {
+        peer: PeerId,
+        #[source]
+        source: libp2p_stream::OpenStreamError,
+    },
+    #[error("incoming pieces streams are already being accepted by another caller")]
+    AlreadyAccepting,
+}
+
+/// Counters for `pollen status` and metrics, read without asking the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Peers we have at least one connection to.
+    pub connected_peers: usize,
+    /// Peers in the Kademlia routing table (known and recently reachable).
+    pub routing_table_peers: usize,
+    /// Blobs this node announces as provider.
+    pub provided_blobs: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub connected_peers: AtomicUsize,
+    pub routing_table_peers: AtomicUsize,
+    pub provided_blobs: AtomicUsize,
+}
+
+/// Streams of the pieces protocol opened by other nodes.
+pub struct IncomingStreams(libp2p_stream::IncomingStreams);
+
+impl IncomingStreams {
+    /// The next stream and the (authenticated) peer that opened it; `None` once the swarm
+    /// has stopped. Streams that arrive while nobody calls this are dropped by libp2p-stream,
+    /// so the accepting task should hand each stream off and come straight back.
+    pub async fn next(&mut self) -> Option<(PeerId, Stream)> {
+        use libp2p::futures::StreamExt;
+        self.0.next().await
+    }
+}
+
+/// A running swarm. Clones share it; it stops on [`Node::shutdown`] or when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    peer_id: PeerId,
+    counters: Arc<Counters>,
+    lookup_deadline: Duration,
+}
+
+impl Node {
+    /// Loads (or creates) the node key under `data_dir`, starts listening and dials the
+    /// bootstrap peers. Returns once every listen address is bound.
+    pub async fn start(data_dir: &Path, config: SwarmConfig) -> Result<Node, Error> {
+        let key = identity::load_or_create(data_dir)?;
+        let peer_id = key.public().to_peer_id();
+        let transport = transport::build(&key, config.security).map_err(Error::Transport)?;
+        let behaviour = Behaviour::new(&key, &config).map_err(Error::Setup)?;
+        let swarm_config = libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(config.idle_connection_timeout);
+        let mut swarm = libp2p::Swarm::new(transport, behaviour, peer_id, swarm_config);
+        let control = swarm.behaviour().stream.new_control();
+
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+            listeners.push((id, addr.clone()));
+        }
+
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let lookup_deadline = config.lookup_timeout + COMMAND_TIMEOUT;
+        let mut event_loop = EventLoop::new(swarm, rx, config, counters.clone());
+        tokio::time::timeout(LISTEN_TIMEOUT, event_loop.wait_listening(listeners))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "binding the listen addresses",
+                after: LISTEN_TIMEOUT,
+            })??;
+        tokio::spawn(event_loop.run());
+        tracing::info!(%peer_id, "swarm started");
+        Ok(Node {
+            commands: tx,
+            control,
+            peer_id,
+            counters,
+            lookup_deadline,
+        })
+    }
+
+    /// This node's identity, derived from its key.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses we are listening on (a `0.0.0.0` listener shows up once per interface).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        self.ask("listen_addrs", COMMAND_TIMEOUT, |reply| Command::ListenAddrs { reply })
+            .await
+    }
+
+    /// Announces that this node holds the blob. The record is stored at once and sent to the
+    /// closest nodes in the background, then re-sent every half `provider_ttl` until
+    /// [`Node::unprovide`].
+    pub async fn provide(&self, digest: &Digest) -> Result<(), Error> {
+        let key = record_key(digest);
+        self.ask("provide", COMMAND_TIMEOUT, |reply| Command::Provide { key, reply })
+            .await?
+    }
+
+    /// Stops announcing the blob. Kademlia cannot recall records already held by other
+    /// nodes: they expire within `provider_ttl`, and until then a downloader asking us gets
+    /// `UnknownBlob`.
+    pub async fn unprovide(&self, digest: &Digest) -> Result<(), Error> {
+        let key = record_key(digest);
+        self.ask("unprovide", COMMAND_TIMEOUT, |reply| Command::Unprovide { key, reply })
+            .await
+    }
+
+    /// The other nodes currently announcing the blob (never this node), after one Kademlia
+    /// lookup bounded by `lookup_timeout`. Providers we are not connected to are dialled in
+    /// the background, so the `open_stream` that usually follows finds a connection.
+    pub async fn find_providers(&self, digest: &Digest) -> Result<Vec<PeerId>, Error> {
+        let key = record_key(digest);
+        self.ask("find_providers", self.lookup_deadline, |reply| {
+            Command::FindProviders { key, reply }
+        })
+        .await
+    }
+
+    /// Peers we have a connection to right now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, Error> {
+        self.ask("connected_peers", COMMAND_TIMEOUT, |reply| {
+            Command::ConnectedPeers { reply }
+        })
+        .await
+    }
+
+    /// Tells the routing table where `peer` can be reached (for peers learnt outside libp2p).
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), Error> {
+        self.ask("add_address", COMMAND_TIMEOUT, |reply| Command::AddAddress {
+            peer,
+            addr,
+            reply,
+        })
+        .await
+    }
+
+    /// Opens a stream of the pieces protocol to `peer`, dialling it if needed. The stream is
+    /// a `futures` `AsyncRead + AsyncWrite`; `pollen-proto` reads it through
+    /// `tokio_util::compat`.
+    pub async fn open_stream(&self, peer: PeerId) -> Result<Stream, Error> {
+        let mut control = self.control.clone();
+        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, control.open_stream(peer, PIECES)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(source)) => Err(Error::OpenStream { peer, source }),
+            Err(_) => Err(Error::Timeout {
+                what: "opening a pieces stream",
+                after: OPEN_STREAM_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Starts accepting pieces streams from other nodes. Only one caller may accept at a
+    /// time; dropping the returned value stops accepting (peers then fail to negotiate the
+    /// protocol).
+    pub fn incoming_streams(&self) -> Result<IncomingStreams, Error> {
+        self.control
+            .clone()
+            .accept(PIECES)
+            .map(IncomingStreams)
+            .map_err(|_| Error::AlreadyAccepting)
+    }
+
+    /// Counters for status and metrics.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connected_peers: self.counters.connected_peers.load(Ordering::Relaxed),
+            routing_table_peers: self.counters.routing_table_peers.load(Ordering::Relaxed),
+            provided_blobs: self.counters.provided_blobs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the swarm and closes every connection; returns once it has. Other clones of
+    /// this handle then get [`Error::Stopped`].
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.ask("shutdown", COMMAND_TIMEOUT, |reply| Command::Shutdown { reply })
+            .await
+    }
+
+    async fn ask<T>(
+        &self,
+        what: &'static str,
+        deadline: Duration,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.commands
+                .send(command(reply))
+                .await
+                .map_err(|_| Error::Stopped)?;
+            answer.await.map_err(|_| Error::Stopped)
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .map_err(|_| Error::Timeout {
+                what,
+                after: deadline,
+            })?
+    }
+}
+
+/// Provider records are keyed by the 32 bytes of the blob's sha256 digest.
+fn record_key(digest: &Digest) -> RecordKey {
+    RecordKey::new(digest.as_bytes())
+}
