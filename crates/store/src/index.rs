@@ -33,6 +33,15 @@ pub(crate) fn media_type_path(content: &Path) -> PathBuf {
     content.with_extension("mediatype")
 }
 
+/// A blob's piece map, kept beside it (as the wire frame peers are sent) once the blob is
+/// complete, so serving pieces never needs a second pass over the bytes.
+pub(crate) fn piece_map_path(content: &Path) -> PathBuf {
+    content.with_extension("pieces")
+}
+
+/// Sidecars that belong to a content file, removed with it.
+pub(crate) const SIDECARS: [&str; 2] = ["mediatype", "pieces"];
+
 impl Index {
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -124,8 +133,8 @@ pub(crate) fn scan(dir: &Path, kind: Kind, index: &mut Index) -> Result<(), Stor
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if let Some(stem) = name.strip_suffix(".mediatype") {
-            if !dir.join(stem).exists() {
+        if let Some((stem, ext)) = name.split_once('.') {
+            if SIDECARS.contains(&ext) && !dir.join(stem).exists() {
                 let _ = fs::remove_file(&path);
             }
             continue;

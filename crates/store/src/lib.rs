@@ -238,6 +238,23 @@ impl Store {
         Writer::create(self.clone(), kind, digest, expected_size, media_type, tmp)
     }
 
+    /// The piece map of a complete blob, if one was kept. Read back through the wire
+    /// decoder, so a damaged file is refused like a peer's garbage would be.
+    pub fn piece_map(&self, digest: &Digest) -> Option<pollen_proto::PieceMap> {
+        use std::io::Read;
+        let path = index::piece_map_path(&self.path(Kind::Blob, digest));
+        let mut frame = Vec::new();
+        File::open(path)
+            .ok()?
+            .take(pollen_proto::MAX_REPLY_FRAME as u64 + 4)
+            .read_to_end(&mut frame)
+            .ok()?;
+        match pollen_proto::decode_reply(frame.get(4..)?).ok()? {
+            pollen_proto::Reply::PieceMap(map) if map.digest() == digest => Some(map),
+            _ => None,
+        }
+    }
+
     pub fn usage(&self) -> Usage {
         let index = self.inner.lock();
         Usage {
@@ -305,7 +322,9 @@ impl Inner {
             if let Err(e) = fs::remove_file(&path) {
                 warn!(path = %path.display(), error = %e, "evicting: could not remove file");
             }
-            let _ = fs::remove_file(index::media_type_path(&path));
+            for ext in index::SIDECARS {
+                let _ = fs::remove_file(path.with_extension(ext));
+            }
             self.evictions.fetch_add(1, Ordering::Relaxed);
             info!(digest = %key.digest, size, "evicted from cache");
         }

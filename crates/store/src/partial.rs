@@ -338,6 +338,17 @@ impl Partial {
             .sync_data()
             .map_err(|e| StoreError::io("syncing", &self.dir, e))?;
         let dest = self.store.path(Kind::Blob, &self.digest);
+        if let Ok(map) = self.map.clone().finish() {
+            // Best effort: without it the map is computed again when a peer asks.
+            if let Ok(frame) = pollen_proto::encode_reply(&pollen_proto::Reply::PieceMap(map)) {
+                let tmp = self.dir.join("pieces.tmp");
+                let _ = crate::writer::write_durably(
+                    &tmp,
+                    &crate::index::piece_map_path(&dest),
+                    &frame,
+                );
+            }
+        }
         fs::rename(self.dir.join("data"), &dest)
             .map_err(|e| StoreError::io("renaming into", &dest, e))?;
         if let Some(parent) = dest.parent() {

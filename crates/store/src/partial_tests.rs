@@ -47,6 +47,11 @@ fn sequential_append_builds_the_map_and_completes() {
     assert!(p.have().is_complete());
     let b = p.commit().unwrap();
     assert_eq!(read_all(&b), data);
+    assert_eq!(
+        store.piece_map(&digest),
+        Some(expected),
+        "the map is kept with the blob"
+    );
     assert!(store.contains(Kind::Blob, &digest));
     assert!(store.partials().is_empty());
 }
@@ -189,4 +194,33 @@ fn bad_or_foreign_state_starts_over() {
         store.partial(digest, geometry).unwrap().have().count_ones(),
         0
     );
+}
+
+#[test]
+fn evicting_a_blob_removes_its_piece_map() {
+    let len = MIN_PIECE_SIZE as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), len as u64 + 10).unwrap();
+    let data = blob(len, 3);
+    let geometry = PieceGeometry::new(len as u64, MIN_PIECE_SIZE).unwrap();
+    let digest = Digest::of(&data);
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.append(&Bytes::from(data)).unwrap();
+    drop(p.commit().unwrap());
+    let sidecar = dir
+        .path()
+        .join("blobs/sha256")
+        .join(format!("{}.pieces", digest.hex()));
+    assert!(sidecar.exists());
+    let other = vec![5u8; 20];
+    let d2 = Digest::of(&other);
+    let mut w = store.writer(Kind::Blob, d2, Some(20), None).unwrap();
+    w.write(&Bytes::from(other)).unwrap();
+    drop(w.commit().unwrap());
+    assert!(!store.contains(Kind::Blob, &digest));
+    assert!(
+        !sidecar.exists(),
+        "an evicted blob's piece map must go with it"
+    );
+    assert_eq!(store.piece_map(&digest), None);
 }

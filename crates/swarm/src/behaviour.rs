@@ -59,7 +59,10 @@ impl Behaviour {
         kad.set_mode(Some(kad::Mode::Server));
 
         let mdns = if config.mdns {
-            Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                peer_id,
+            )?)
         } else {
             None
         };

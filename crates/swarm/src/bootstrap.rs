@@ -30,7 +30,9 @@ pub async fn resolve(entries: &[Bootstrap]) -> Vec<Multiaddr> {
                             }
                         }
                     }
-                    Ok(Err(e)) => tracing::warn!(%entry, error = %e, "bootstrap name does not resolve"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%entry, error = %e, "bootstrap name does not resolve")
+                    }
                     Err(_) => tracing::warn!(%entry, "bootstrap name resolution timed out"),
                 }
             }

@@ -172,14 +172,24 @@ mod tests {
             })
         );
         let addr = "/ip4/10.0.0.7/tcp/65003".parse::<Bootstrap>().unwrap();
-        assert_eq!(addr, Bootstrap::Addr("/ip4/10.0.0.7/tcp/65003".parse().unwrap()));
+        assert_eq!(
+            addr,
+            Bootstrap::Addr("/ip4/10.0.0.7/tcp/65003".parse().unwrap())
+        );
         assert_eq!(addr.to_string(), "/ip4/10.0.0.7/tcp/65003");
         assert_eq!(
             "dns:localhost:7".parse::<Bootstrap>().unwrap().to_string(),
             "dns:localhost:7"
         );
-        for bad in ["dns:", "dns:host", "dns::1", "dns:host:0", "dns:host:x", "dns:a/b:1", "host:1"]
-        {
+        for bad in [
+            "dns:",
+            "dns:host",
+            "dns::1",
+            "dns:host:0",
+            "dns:host:x",
+            "dns:a/b:1",
+            "host:1",
+        ] {
             assert!(bad.parse::<Bootstrap>().is_err(), "{bad}");
         }
     }

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use libp2p::core::transport::ListenerId;
 use libp2p::futures::StreamExt;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError, ListenerId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
@@ -111,7 +112,10 @@ impl EventLoop {
 
     /// Drives the swarm until every listener has an address (or one fails), so that the
     /// node's addresses are known when `Node::start` returns.
-    pub async fn wait_listening(&mut self, listeners: Vec<(ListenerId, Multiaddr)>) -> Result<(), Error> {
+    pub async fn wait_listening(
+        &mut self,
+        listeners: Vec<(ListenerId, Multiaddr)>,
+    ) -> Result<(), Error> {
         let mut pending: HashMap<ListenerId, Multiaddr> = listeners.into_iter().collect();
         while !pending.is_empty() {
             let event = self.swarm.select_next_some().await;
@@ -129,7 +133,9 @@ impl EventLoop {
                         reason: format!("listener closed: {reason:?}"),
                     });
                 }
-                SwarmEvent::ListenerError { listener_id, error } if pending.contains_key(listener_id) => {
+                SwarmEvent::ListenerError { listener_id, error }
+                    if pending.contains_key(listener_id) =>
+                {
                     return Err(Error::Listen {
                         addr: pending.remove(listener_id).expect("checked"),
                         reason: error.to_string(),
@@ -145,7 +151,10 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut bootstrap_tick = tokio::time::interval(self.config.bootstrap_interval);
         bootstrap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let sweep_every = self.config.provider_ttl.max(std::time::Duration::from_secs(1));
+        let sweep_every = self
+            .config
+            .provider_ttl
+            .max(std::time::Duration::from_secs(1));
         let mut sweep_tick = tokio::time::interval(sweep_every);
         sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -309,7 +318,9 @@ impl EventLoop {
                                 if peer == local || !lookup.providers.insert(peer) {
                                     continue;
                                 }
-                                if lookup.dialled < MAX_PROVIDER_DIALS && !self.swarm.is_connected(&peer) {
+                                if lookup.dialled < MAX_PROVIDER_DIALS
+                                    && !self.swarm.is_connected(&peer)
+                                {
                                     lookup.dialled += 1;
                                     // Kademlia supplies the addresses it learnt in this query.
                                     let opts = DialOpts::peer_id(peer)
@@ -341,7 +352,10 @@ impl EventLoop {
         if let mdns::Event::Discovered(found) = event {
             for (peer, addr) in found {
                 tracing::debug!(%peer, %addr, "found by mDNS");
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
                 let opts = DialOpts::peer_id(peer)
                     .addresses(vec![addr])
                     .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -383,7 +397,10 @@ impl EventLoop {
             }
             let opts = match peer {
                 Some(peer) => {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
                     DialOpts::peer_id(peer)
                         .addresses(vec![addr.clone()])
                         .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -422,7 +439,9 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     match addr.iter().next() {
         Some(Protocol::Ip4(ip)) => ip.is_loopback(),
         Some(Protocol::Ip6(ip)) => ip.is_loopback(),
-        Some(Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name)) => name == "localhost",
+        Some(Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name)) => {
+            name == "localhost"
+        }
         _ => false,
     }
 }

@@ -158,8 +158,10 @@ impl Node {
 
     /// The addresses we are listening on (a `0.0.0.0` listener shows up once per interface).
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
-        self.ask("listen_addrs", COMMAND_TIMEOUT, |reply| Command::ListenAddrs { reply })
-            .await
+        self.ask("listen_addrs", COMMAND_TIMEOUT, |reply| {
+            Command::ListenAddrs { reply }
+        })
+        .await
     }
 
     /// Announces that this node holds the blob. The record is stored at once and sent to the
@@ -167,8 +169,11 @@ impl Node {
     /// [`Node::unprovide`].
     pub async fn provide(&self, digest: &Digest) -> Result<(), Error> {
         let key = record_key(digest);
-        self.ask("provide", COMMAND_TIMEOUT, |reply| Command::Provide { key, reply })
-            .await?
+        self.ask("provide", COMMAND_TIMEOUT, |reply| Command::Provide {
+            key,
+            reply,
+        })
+        .await?
     }
 
     /// Stops announcing the blob. Kademlia cannot recall records already held by other
@@ -176,8 +181,11 @@ impl Node {
     /// `UnknownBlob`.
     pub async fn unprovide(&self, digest: &Digest) -> Result<(), Error> {
         let key = record_key(digest);
-        self.ask("unprovide", COMMAND_TIMEOUT, |reply| Command::Unprovide { key, reply })
-            .await
+        self.ask("unprovide", COMMAND_TIMEOUT, |reply| Command::Unprovide {
+            key,
+            reply,
+        })
+        .await
     }
 
     /// The other nodes currently announcing the blob (never this node), after one Kademlia
@@ -201,10 +209,8 @@ impl Node {
 
     /// Tells the routing table where `peer` can be reached (for peers learnt outside libp2p).
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), Error> {
-        self.ask("add_address", COMMAND_TIMEOUT, |reply| Command::AddAddress {
-            peer,
-            addr,
-            reply,
+        self.ask("add_address", COMMAND_TIMEOUT, |reply| {
+            Command::AddAddress { peer, addr, reply }
         })
         .await
     }
@@ -247,8 +253,10 @@ impl Node {
     /// Stops the swarm and closes every connection; returns once it has. Other clones of
     /// this handle then get [`Error::Stopped`].
     pub async fn shutdown(&self) -> Result<(), Error> {
-        self.ask("shutdown", COMMAND_TIMEOUT, |reply| Command::Shutdown { reply })
-            .await
+        self.ask("shutdown", COMMAND_TIMEOUT, |reply| Command::Shutdown {
+            reply,
+        })
+        .await
     }
 
     async fn ask<T>(
