@@ -461,12 +461,15 @@ echo "  GET big layer ($BIG_SIZE bytes) through the disk-full agent: curl exit $
 not_complete() { ! { [ "$full_rc" -eq 0 ] && [ "$full_code" = 200 ] && [ "$full_size" = "$BIG_SIZE" ]; }; }
 check "disk full: the big layer is not delivered complete (error status, or aborted body)" not_complete || true
 check "disk full: the response ended (curl did not time out after 120 s)" [ "$full_rc" -ne 28 ] || true
-# The agent may clear its temp file just after the response ends: allow it up to 5 s.
-tmp_empty() { [ -z "$(find "$FULL_DATA/tmp" -mindepth 1 -print -quit 2>/dev/null)" ]; }
+# The agent may clear its partial blob just after the response ends: allow it up to 5 s.
+# (Downloads go to partial/<hex>/; tmp/ is for manifests.)
+tmp_empty() {
+    [ -z "$(find "$FULL_DATA/tmp" "$FULL_DATA/partial" -mindepth 1 -print -quit 2>/dev/null)" ]
+}
 lib_wait_cmd 25 tmp_empty || true
 no_big_blob() { [ ! -e "$FULL_DATA/blobs/sha256/$BIG_HEX" ]; }
 check "disk full: no blobs/sha256/<hex> file for the big layer" no_big_blob || true
-check "disk full: the data dir's tmp/ is empty (no partial file left)" tmp_empty || true
+check "disk full: the data dir's tmp/ and partial/ are empty (no partial file left)" tmp_empty || true
 echo "  files on the tmpfs now ($(df -k --output=used "$FULL_DATA" | tail -n 1 | tr -d ' ') KiB used):"
 find "$FULL_DATA" -type f -printf '    %P %s bytes\n'
 check "disk full: the agent process is still running" lib_alive "$FULL_PID" || true
