@@ -66,7 +66,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
 /// Temp file (0600 from the start, so the secret is never readable by others) + fsync +
 /// rename + directory fsync: after a crash the key is either absent or complete.
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    let tmp = dir.join(format!(".key.{}.tmp", std::process::id()));
+    // A fixed name: a temp file left by a crash is simply overwritten next time.
+    let tmp = dir.join("key.tmp");
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

@@ -3,7 +3,8 @@
 //!
 //! - **Identity** ([`identity`]): an Ed25519 key in `<data_dir>/p2p/key`, so a node keeps its
 //!   PeerId across restarts (provider records and bans name PeerIds).
-//! - **Transport**: TCP + TLS 1.3 or noise + yamux; the default and the numbers behind it are
+//! - **Transport**: TCP + TLS 1.3 (AES-GCM first) or noise + yamux with 1 MiB frames; the
+//!   default, the two adapters that differ from stock libp2p, and the numbers behind them are
 //!   in `docs/transport.md`.
 //! - **Discovery**: bootstrap addresses or DNS names (a Kubernetes headless Service) dialled
 //!   at start and re-dialled while unreachable, optional mDNS, identify to learn each peer's
@@ -13,16 +14,18 @@
 //! - **Streams**: [`Node::open_stream`] / [`Node::incoming_streams`] on
 //!   [`pollen_proto::PROTOCOL`]; what flows in them is `pollen-proto`'s business.
 //!
-//! Everything runs in one tokio task per node; the [`Node`] handle talks to it with bounded
-//! waits only.
+//! The swarm of a node runs in one tokio task (libp2p gives each connection a task of its
+//! own); the [`Node`] handle talks to it with bounded waits only.
 
 mod behaviour;
 mod bootstrap;
 pub mod config;
 mod event_loop;
 pub mod identity;
+mod muxer;
 mod node;
 mod store;
+mod tls;
 mod transport;
 
 pub use config::{Bootstrap, Security, SwarmConfig};

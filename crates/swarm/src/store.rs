@@ -117,3 +117,56 @@ impl RecordStore for ProviderStore {
         self.inner.remove_provider(k, p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn record(key: &RecordKey, provider: PeerId, expires: Option<Instant>) -> ProviderRecord {
+        let mut r = ProviderRecord::new(key.clone(), provider, Vec::new());
+        r.expires = expires;
+        r
+    }
+
+    #[test]
+    fn sweep_drops_expired_foreign_records_only() {
+        let local = PeerId::random();
+        let mut store = ProviderStore::new(local);
+        let now = Instant::now();
+        let (gone, kept, ours) = (
+            RecordKey::new(b"gone"),
+            RecordKey::new(b"kept"),
+            RecordKey::new(b"ours"),
+        );
+        let (p1, p2) = (PeerId::random(), PeerId::random());
+        store.add_provider(record(&gone, p1, Some(now))).unwrap();
+        store.add_provider(record(&kept, p1, Some(now))).unwrap();
+        store
+            .add_provider(record(&kept, p2, Some(now + Duration::from_secs(60))))
+            .unwrap();
+        store.add_provider(record(&ours, local, None)).unwrap();
+
+        assert_eq!(store.sweep(now + Duration::from_millis(1)), 2);
+        assert!(store.providers(&gone).is_empty());
+        let kept_providers: Vec<_> = store.providers(&kept).iter().map(|r| r.provider).collect();
+        assert_eq!(kept_providers, vec![p2]);
+        assert_eq!(store.providers(&ours).len(), 1);
+        assert_eq!(store.provided_count(), 1);
+        // Only `kept` is still tracked as holding foreign records.
+        assert_eq!(store.foreign.len(), 1);
+    }
+
+    #[test]
+    fn holds_more_providers_than_kademlias_default() {
+        let mut store = ProviderStore::new(PeerId::random());
+        let key = RecordKey::new(b"popular");
+        let later = Instant::now() + Duration::from_secs(60);
+        for _ in 0..100 {
+            store
+                .add_provider(record(&key, PeerId::random(), Some(later)))
+                .unwrap();
+        }
+        assert_eq!(store.providers(&key).len(), 100);
+    }
+}

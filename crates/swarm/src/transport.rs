@@ -1,4 +1,4 @@
-//! TCP + the configured security upgrade + yamux.
+//! TCP + the configured security upgrade + yamux (tuned for bulk transfer: [`crate::muxer`]).
 //!
 //! Only TCP: every node of a cluster reaches every other directly, so QUIC, relays and
 //! websockets would add build time and attack surface for nothing. A DNS layer lets bootstrap
@@ -11,18 +11,13 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::{dns, noise, tcp, tls, yamux, PeerId, Transport};
+use libp2p::{dns, noise, tcp, PeerId, Transport};
 
 use crate::config::Security;
+use crate::{muxer, tls};
 
 /// The bound on the TCP connect + security handshake + muxer negotiation of one connection.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Streams one connection may carry at once. A downloader uses one stream per blob and peer
-/// (the pieces protocol pipelines requests inside it), plus Kademlia and identify streams, so
-/// this is generous. yamux gives every stream a share of a 1 GiB connection receive window;
-/// fewer streams leave more room for each stream's window to grow under load.
-pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
 pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
@@ -30,8 +25,7 @@ pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 /// own fully typed stack.
 pub fn build(key: &Keypair, security: Security) -> Result<BoxedTransport, String> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true));
-    let mut muxer = yamux::Config::default();
-    muxer.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    let muxer = muxer::Config::new();
     // Without a readable /etc/resolv.conf we still run; only `/dns*` multiaddrs fail.
     let base = match dns::tokio::Transport::system(tcp) {
         Ok(t) => t.boxed(),
@@ -45,7 +39,7 @@ pub fn build(key: &Keypair, security: Security) -> Result<BoxedTransport, String
             let tls = tls::Config::new(key).map_err(|e| format!("TLS configuration: {e}"))?;
             base.upgrade(Version::V1Lazy)
                 .authenticate(tls)
-                .multiplex(muxer)
+                .multiplex(muxer.clone())
                 .timeout(UPGRADE_TIMEOUT)
                 .boxed()
         }
