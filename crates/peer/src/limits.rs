@@ -1,0 +1,246 @@
+//! Node-wide upload limits, shared by every uploader session: a cap on sessions being served
+//! (upload slots) and a byte rate.
+//!
+//! **Slots.** A session that gets a slot is unchoked and keeps the slot until it ends (an idle
+//! downloader is ended by the idle deadline, which returns the slot). A session over the cap
+//! stays choked (it is told so with an explicit `Choked` after `Have`), still answers map
+//! requests and pushes `HaveMore`, and waits in FIFO order for a slot; if none frees up within
+//! the slot deadline it gets `Error Busy`. At most `max_waiting` sessions wait; beyond that an
+//! `Interest` is answered `Error Busy` at once, so a crowd of downloaders cannot pile up
+//! streams here.
+//!
+//! **Rate.** A token bucket in virtual-scheduling form: `free_at` is the instant at which every
+//! byte granted so far has drained at the configured rate; a grant waits until at most `burst`
+//! bytes are "in debt". Grants are reserved in arrival order, so concurrent sessions share the
+//! rate fairly chunk by chunk, and it uses `tokio::time` so tests run it on a paused clock.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Default cap on sessions being served at once (see [`UploadLimits::default`]).
+pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = 8;
+
+/// Piece bodies are written (and charged to the rate limit) in chunks of this size, so one
+/// 64 MiB piece does not hold the whole node's rate for seconds and sessions interleave.
+pub(crate) const UPLOAD_CHUNK: usize = 64 * 1024;
+
+/// Burst of the rate limiter, as time at the configured rate: large enough that timer
+/// granularity (about 1 ms) does not cap a fast rate, small enough that the limit holds over
+/// any tenth of a second.
+const BURST: Duration = Duration::from_millis(50);
+
+/// Limits and counters shared by all uploader sessions of a node (hold it in an `Arc`).
+pub struct UploadLimits {
+    slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    rate: RateLimiter,
+    bytes_sent: AtomicU64,
+    pieces_sent: AtomicU64,
+}
+
+impl UploadLimits {
+    /// At most `max_sessions` sessions unchoked at once (0 refuses every session with `Busy`),
+    /// at most `max_sessions` more waiting for a slot, and piece bodies sent at no more than
+    /// `bytes_per_sec` in total (0: unlimited).
+    pub fn new(max_sessions: usize, bytes_per_sec: u64) -> UploadLimits {
+        UploadLimits {
+            slots: Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS))),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: max_sessions,
+            rate: RateLimiter::new(bytes_per_sec),
+            bytes_sent: AtomicU64::new(0),
+            pieces_sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets how many sessions may wait (choked) for a slot before new ones get `Busy`.
+    pub fn with_max_waiting(mut self, max_waiting: usize) -> UploadLimits {
+        self.max_waiting = max_waiting;
+        self
+    }
+
+    /// Piece bytes sent by all sessions so far (for metrics; counted as written, so a session
+    /// that fails midway still counts what it sent).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Whole pieces sent by all sessions so far.
+    pub fn pieces_sent(&self) -> u64 {
+        self.pieces_sent.load(Ordering::Relaxed)
+    }
+
+    /// A free slot, now, or `None`.
+    pub(crate) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits (FIFO) for a slot; `None` if the limits were torn down.
+    pub(crate) async fn wait_slot(slots: Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        slots.acquire_owned().await.ok()
+    }
+
+    pub(crate) fn slots(&self) -> Arc<Semaphore> {
+        self.slots.clone()
+    }
+
+    /// A place in the queue of sessions waiting for a slot, if the queue is not full.
+    pub(crate) fn enter_queue(&self) -> Option<QueuePlace> {
+        let max = self.max_waiting;
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| QueuePlace(self.waiting.clone()))
+    }
+
+    /// Waits until `bytes` more may be sent under the node's rate.
+    pub(crate) async fn throttle(&self, bytes: usize) {
+        self.rate.acquire(bytes as u64).await;
+    }
+
+    pub(crate) fn count_sent(&self, bytes: u64, pieces: u64) {
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        self.pieces_sent.fetch_add(pieces, Ordering::Relaxed);
+    }
+}
+
+impl Default for UploadLimits {
+    /// [`DEFAULT_MAX_UPLOAD_SESSIONS`] slots, no rate limit.
+    fn default() -> UploadLimits {
+        UploadLimits::new(DEFAULT_MAX_UPLOAD_SESSIONS, 0)
+    }
+}
+
+/// Held while a session waits for a slot; leaving the queue (a slot, or the end) frees it.
+pub(crate) struct QueuePlace(Arc<AtomicUsize>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Token bucket over `tokio::time`; see the module docs.
+struct RateLimiter {
+    /// Bytes per second; 0 is unlimited.
+    rate: u64,
+    /// The debt allowed before a grant waits, as time at `rate`.
+    burst: Duration,
+    /// When every byte granted so far will have drained.
+    free_at: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(rate: u64) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst: BURST,
+            free_at: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` may go: reserves them at once (so later callers queue behind),
+    /// then sleeps until the debt left at the reservation's end is within the burst.
+    async fn acquire(&self, bytes: u64) {
+        if self.rate == 0 || bytes == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let go_at = {
+            // A poisoned lock only means another session panicked mid-update of an Instant.
+            let mut free_at = self.free_at.lock().unwrap_or_else(|e| e.into_inner());
+            let end = (*free_at).max(now) + time_for(bytes, self.rate);
+            *free_at = end;
+            end.checked_sub(self.burst).unwrap_or(now)
+        };
+        if go_at > now {
+            tokio::time::sleep_until(go_at).await;
+        }
+    }
+}
+
+/// How long `bytes` take at `rate` bytes/s (saturating; `rate` > 0 or zero time).
+fn time_for(bytes: u64, rate: u64) -> Duration {
+    if rate == 0 {
+        return Duration::ZERO;
+    }
+    let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(rate);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_holds_over_many_grants() {
+        let rate = 1_000_000;
+        let limiter = RateLimiter::new(rate);
+        let start = Instant::now();
+        for _ in 0..100 {
+            limiter.acquire(50_000).await; // 5 MB in total
+        }
+        let took = start.elapsed();
+        // 5 s at 1 MB/s, less the burst granted up front.
+        let expect = Duration::from_secs(5) - limiter.burst;
+        assert!(took + Duration::from_millis(1) >= expect, "{took:?}");
+        assert!(took <= Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unlimited_never_waits_and_idle_time_is_not_banked() {
+        let free = RateLimiter::new(0);
+        let start = Instant::now();
+        free.acquire(u64::MAX).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        let limiter = RateLimiter::new(1_000_000);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        // After a long idle spell only the burst is free, not 100 s worth.
+        let start = Instant::now();
+        limiter.acquire(1_000_000).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(1) - limiter.burst, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_grants_share_the_rate() {
+        let limiter = Arc::new(RateLimiter::new(100_000));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let l = limiter.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        l.acquire(10_000).await;
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        for t in tasks {
+            let took = t.await.unwrap();
+            // 400 kB at 100 kB/s: every task finishes near the end, none early.
+            assert!(took >= Duration::from_millis(3_500), "{took:?}");
+            assert!(took <= Duration::from_secs(4), "{took:?}");
+        }
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let limits = UploadLimits::new(1, 0).with_max_waiting(2);
+        let a = limits.enter_queue();
+        let b = limits.enter_queue();
+        assert!(a.is_some() && b.is_some());
+        assert!(limits.enter_queue().is_none());
+        drop(a);
+        assert!(limits.enter_queue().is_some());
+        assert!(limits.try_slot().is_some());
+    }
+}

@@ -1,0 +1,268 @@
+//! What the uploader has told the downloader, and the frames that bring it up to date.
+//!
+//! The uploader does not forward every change of the source's [`PieceState`] as it happens:
+//! while a piece is being written nothing else can go on the stream anyway. When the writer is
+//! next free it compares the latest state with what the peer was told and sends the
+//! difference, in the order the protocol requires: new hashes (if the peer asked for the map)
+//! before the `HaveMore` that announces their pieces, and a full `Have` instead of `HaveMore`
+//! when the blob became complete or its map id changed (that `Have` goes first, so a map sent
+//! in the same batch matches an id the peer already knows).
+
+use crate::source::PieceState;
+use pollen_oci::Digest;
+use pollen_proto::{Bitfield, PieceGeometry, PieceMap, PieceMapId, Reply, MAX_HAVE_MORE};
+
+pub(super) struct Announcer {
+    digest: Digest,
+    geometry: PieceGeometry,
+    /// The pieces the peer was told about (`Have` and `HaveMore`): the only ones it may ask for.
+    announced: Bitfield,
+    /// Whether a `Have` went out, and what it said.
+    told: Option<(bool, Option<PieceMapId>)>,
+    map_asked: bool,
+    map_answered: bool,
+    /// How many hashes of the map the peer has (`PieceHashes` or the whole `PieceMap`).
+    hashes_sent: usize,
+    /// The complete map and its id, built once the source is complete (it answers
+    /// `GetPieceMap`; the id goes in `Have`).
+    full_map: Option<(PieceMap, PieceMapId)>,
+}
+
+impl Announcer {
+    pub(super) fn new(digest: Digest, geometry: PieceGeometry) -> Announcer {
+        Announcer {
+            digest,
+            announced: Bitfield::new(&geometry),
+            geometry,
+            told: None,
+            map_asked: false,
+            map_answered: false,
+            hashes_sent: 0,
+            full_map: None,
+        }
+    }
+
+    /// The peer asked for the map (answered once; later asks are redundant because the
+    /// uploader keeps pushing new hashes to a peer that asked).
+    pub(super) fn ask_map(&mut self) {
+        self.map_asked = true;
+    }
+
+    /// Whether the peer may ask for piece `index`.
+    pub(super) fn is_announced(&self, index: u32) -> bool {
+        self.announced.get(index)
+    }
+
+    /// Appends the frames that bring the peer from what it was told to `state`. An error is a
+    /// source that broke its contract.
+    pub(super) fn update(
+        &mut self,
+        state: &PieceState,
+        frames: &mut Vec<Reply>,
+    ) -> Result<(), String> {
+        state.check(&self.geometry)?;
+        if state.complete && self.full_map.is_none() {
+            let map = PieceMap::new(self.digest, self.geometry, state.hashes.to_vec())
+                .map_err(|e| format!("the source's complete map: {e}"))?;
+            let id = map.id();
+            self.full_map = Some((map, id));
+        }
+        let full_map = self.full_map.as_ref().filter(|_| state.complete);
+        let map_id = match full_map {
+            Some((_, id)) => Some(*id),
+            None => state.map_id,
+        };
+
+        // A full Have first when the session starts or the blob's standing changed: a map the
+        // peer receives must match an id it was already told.
+        let standing = (state.complete, map_id);
+        let have_sent = self.told != Some(standing);
+        if have_sent {
+            frames.push(Reply::Have {
+                geometry: self.geometry,
+                bitfield: state.have.clone(),
+                complete: state.complete,
+                map_id,
+            });
+            self.announced = state.have.clone();
+            self.told = Some(standing);
+        }
+
+        // Then the map: its hashes reach the peer before any `HaveMore` of their pieces (and
+        // before any piece, which only follows this batch).
+        if self.map_asked && !self.map_answered {
+            self.map_answered = true;
+            match full_map {
+                Some((map, _)) => {
+                    frames.push(Reply::PieceMap(map.clone()));
+                    self.hashes_sent = map.hashes().len();
+                }
+                None => {
+                    frames.push(Reply::PieceHashes {
+                        first: 0,
+                        hashes: state.hashes.to_vec(),
+                    });
+                    self.hashes_sent = state.hashes.len();
+                }
+            }
+        } else if self.map_answered {
+            if let Some(new) = state
+                .hashes
+                .get(self.hashes_sent..)
+                .filter(|h| !h.is_empty())
+            {
+                let first = u32::try_from(self.hashes_sent).map_err(|e| e.to_string())?;
+                frames.push(Reply::PieceHashes {
+                    first,
+                    hashes: new.to_vec(),
+                });
+                self.hashes_sent = state.hashes.len();
+            }
+        }
+        if have_sent {
+            return Ok(());
+        }
+        let new = newly_set(&self.announced, &state.have);
+        for &index in &new {
+            self.announced.set(index).map_err(|e| e.to_string())?;
+        }
+        for batch in new.chunks(MAX_HAVE_MORE) {
+            frames.push(Reply::HaveMore {
+                indices: batch.to_vec(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Indices set in `new` but not in `old` (same geometry), ascending. Compares whole bytes, so
+/// a state update costs at most 8 KiB of comparisons however many pieces the blob has.
+fn newly_set(old: &Bitfield, new: &Bitfield) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (byte, (o, n)) in (0u32..).zip(old.as_bytes().iter().zip(new.as_bytes())) {
+        let fresh = n & !o;
+        for bit in 0..8u32 {
+            if fresh & (0x80 >> bit) != 0 {
+                out.push(byte * 8 + bit);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pollen_proto::MIN_PIECE_SIZE;
+    use std::sync::Arc;
+
+    fn setup(pieces: u32) -> (Announcer, PieceState, Vec<[u8; 32]>) {
+        let g = PieceGeometry::new(
+            u64::from(pieces) * u64::from(MIN_PIECE_SIZE),
+            MIN_PIECE_SIZE,
+        )
+        .unwrap();
+        let hashes: Vec<[u8; 32]> = (0..pieces).map(|i| [i as u8; 32]).collect();
+        (
+            Announcer::new(Digest::of(b"x"), g),
+            PieceState::empty(&g),
+            hashes,
+        )
+    }
+
+    #[test]
+    fn a_growing_blob_is_announced_in_protocol_order() {
+        let (mut ann, mut state, hashes) = setup(20);
+        let mut frames = Vec::new();
+        ann.update(&state, &mut frames).unwrap();
+        assert!(matches!(
+            &frames[..],
+            [Reply::Have {
+                complete: false,
+                map_id: None,
+                ..
+            }]
+        ));
+
+        ann.ask_map();
+        state.hashes = Arc::from(&hashes[..2]);
+        state.have.set(0).unwrap();
+        state.have.set(1).unwrap();
+        frames.clear();
+        ann.update(&state, &mut frames).unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                Reply::PieceHashes {
+                    first: 0,
+                    hashes: hashes[..2].to_vec()
+                },
+                Reply::HaveMore {
+                    indices: vec![0, 1]
+                },
+            ]
+        );
+        assert!(ann.is_announced(1) && !ann.is_announced(2));
+
+        // Nothing new, nothing sent.
+        frames.clear();
+        ann.update(&state, &mut frames).unwrap();
+        assert!(frames.is_empty());
+
+        // Complete: a full Have with the map id, then the rest of the hashes.
+        let complete = PieceState::complete(ann.announced_geometry(), Arc::from(&hashes[..]));
+        ann.update(&complete, &mut frames).unwrap();
+        let id = PieceMap::new(Digest::of(b"x"), *ann.announced_geometry(), hashes.clone())
+            .unwrap()
+            .id();
+        assert!(
+            matches!(&frames[0], Reply::Have { complete: true, map_id: Some(m), .. } if *m == id)
+        );
+        assert!(
+            matches!(&frames[1], Reply::PieceHashes { first: 2, hashes } if hashes.len() == 18)
+        );
+        assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
+    fn a_seed_answers_the_whole_map_and_a_bad_state_is_refused() {
+        let (mut ann, _, hashes) = setup(3);
+        let g = *ann.announced_geometry();
+        let mut frames = Vec::new();
+        ann.ask_map();
+        ann.update(
+            &PieceState::complete(&g, Arc::from(&hashes[..])),
+            &mut frames,
+        )
+        .unwrap();
+        assert!(matches!(&frames[0], Reply::Have { complete: true, .. }));
+        assert!(matches!(&frames[1], Reply::PieceMap(m) if m.hashes() == &hashes[..]));
+
+        let mut bad = PieceState::complete(&g, Arc::from(&hashes[..2]));
+        assert!(ann.update(&bad, &mut frames).is_err());
+        bad.complete = false;
+        bad.have = Bitfield::new(&PieceGeometry::new(1, MIN_PIECE_SIZE).unwrap());
+        assert!(ann.update(&bad, &mut frames).is_err());
+    }
+
+    #[test]
+    fn newly_set_finds_every_new_bit() {
+        let g = PieceGeometry::new(70 * u64::from(MIN_PIECE_SIZE), MIN_PIECE_SIZE).unwrap();
+        let mut old = Bitfield::new(&g);
+        let mut new = Bitfield::new(&g);
+        for i in [0, 7, 8, 33, 69] {
+            new.set(i).unwrap();
+        }
+        old.set(7).unwrap();
+        old.set(12).unwrap();
+        assert_eq!(newly_set(&old, &new), vec![0, 8, 33, 69]);
+        let many: Vec<u32> = (0..70).collect();
+        assert_eq!(newly_set(&Bitfield::new(&g), &Bitfield::full(&g)), many);
+    }
+
+    impl Announcer {
+        fn announced_geometry(&self) -> &PieceGeometry {
+            &self.geometry
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The uploader's session loop (see the parent module for the design): one task, a
+//! persistent read of the next request, a writer job, the source's watch, the slot wait and
+//! the deadlines in one `select!`.
+
+use super::announce::Announcer;
+use super::job::{self, JobError, PieceJob, Sent};
+use super::{ServeEnd, ServeSummary};
+use crate::config::{after, SessionConfig};
+use crate::error::SessionError;
+use crate::limits::{QueuePlace, UploadLimits};
+use crate::source::{BlobView, PieceReader, PieceState};
+use pollen_proto::{
+    read_request, ErrorCode, PieceGeometry, ProtoError, Reply, Request, MAX_OUTSTANDING_REQUESTS,
+};
+use std::collections::VecDeque;
+use std::future::{pending, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::debug;
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A running writer job: gives the write half back with what it sent.
+type Job<S> = BoxFut<(WriteHalf<S>, Result<Sent, JobError>)>;
+
+/// The pending read of the next request: gives the read half back with the request.
+type NextRequest<S> = BoxFut<(ReadHalf<S>, Result<Option<Request>, ProtoError>)>;
+
+/// The session's upload slot. The permit and the queue place are held only to be released
+/// when the slot changes or the session ends.
+pub(super) enum Slot {
+    Held {
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Waiting for a slot until `until`.
+    Waiting {
+        _place: QueuePlace,
+        until: Instant,
+    },
+}
+
+/// How the session will end: a last frame to send (or nothing), then the result.
+struct Ending {
+    last: Last,
+    result: Result<ServeEnd, SessionError>,
+}
+
+enum Last {
+    /// An `Error` to send once the writer is free.
+    Frame(Reply),
+    /// The final job is writing it.
+    Writing,
+    /// Nothing to send: end now.
+    Nothing,
+}
+
+pub(super) struct Uploader {
+    summary: ServeSummary,
+    geometry: PieceGeometry,
+    ann: Announcer,
+    state: watch::Receiver<PieceState>,
+    reader: Arc<dyn PieceReader>,
+    limits: Arc<UploadLimits>,
+    cfg: SessionConfig,
+    /// `GetPiece`s accepted and not yet taken by a job, in arrival order.
+    queue: VecDeque<u32>,
+    slot: Slot,
+    unchoked: bool,
+    /// `Unchoked` or `Choked`, to send with the next job.
+    choke_news: Option<Reply>,
+    /// False once the source dropped its watch sender (the last state stays valid).
+    watching: bool,
+    state_dirty: bool,
+    last_request: Instant,
+    ending: Option<Ending>,
+}
+
+impl Uploader {
+    pub(super) fn new(
+        summary: ServeSummary,
+        view: BlobView,
+        limits: Arc<UploadLimits>,
+        cfg: &SessionConfig,
+        slot: Slot,
+    ) -> Uploader {
+        let held = matches!(slot, Slot::Held { .. });
+        Uploader {
+            geometry: view.geometry,
+            ann: Announcer::new(summary.digest, view.geometry),
+            summary,
+            state: view.state,
+            reader: view.reader,
+            limits,
+            cfg: cfg.clone(),
+            queue: VecDeque::new(),
+            unchoked: held,
+            // Sessions start choked; an explicit `Choked` tells a waiting peer why nothing comes.
+            choke_news: Some(if held { Reply::Unchoked } else { Reply::Choked }),
+            slot,
+            watching: true,
+            state_dirty: true,
+            last_request: Instant::now(),
+            ending: None,
+        }
+    }
+
+    pub(super) async fn run<S>(
+        mut self,
+        reader: ReadHalf<S>,
+        writer: WriteHalf<S>,
+    ) -> Result<ServeSummary, SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let mut writer = Some(writer);
+        let mut job: Option<Job<S>> = None;
+        let mut read = Some(read_next(reader));
+        let mut slot_wait: Option<BoxFut<Option<OwnedSemaphorePermit>>> = match self.slot {
+            Slot::Waiting { .. } => Some(Box::pin(UploadLimits::wait_slot(self.limits.slots()))),
+            Slot::Held { .. } => None,
+        };
+        loop {
+            if let Some(w) = writer.take() {
+                match self.next_job(w) {
+                    Ok(started) => job = Some(started),
+                    Err(idle) => writer = Some(idle),
+                }
+            }
+            match self.ending.as_ref().map(|e| &e.last) {
+                None => {}
+                Some(Last::Nothing) => {
+                    if let Some(w) = writer.as_mut() {
+                        let _ = timeout(self.cfg.stall_timeout, w.shutdown()).await;
+                    }
+                    let result = self
+                        .ending
+                        .take()
+                        .map_or(Ok(ServeEnd::Closed), |e| e.result);
+                    return self.finish(result);
+                }
+                // Waiting for the writer to take the last frame, or to finish writing it: stop
+                // everything else.
+                Some(Last::Frame(_) | Last::Writing) => {
+                    read = None;
+                    slot_wait = None;
+                    self.watching = false;
+                    self.queue.clear();
+                }
+            }
+            let deadline = self.deadline(job.is_some());
+            tokio::select! {
+                biased;
+                done = poll_opt(&mut job) => {
+                    job = None;
+                    let (w, res) = done;
+                    writer = Some(w);
+                    if let Some(end) = self.on_job_done(res) {
+                        return self.finish(end);
+                    }
+                }
+                got = poll_opt(&mut read) => {
+                    let (r, res) = got;
+                    read = None;
+                    match res {
+                        Ok(Some(req)) => {
+                            read = Some(read_next(r));
+                            self.on_request(req);
+                        }
+                        Ok(None) => self.end_quietly(Ok(ServeEnd::Closed)),
+                        Err(e) => match SessionError::from(e) {
+                            e @ SessionError::PeerFault(_) => {
+                                let msg = e.to_string();
+                                self.end_with(ErrorCode::BadRequest, msg, Err(e));
+                            }
+                            e => self.end_quietly(Err(e)),
+                        },
+                    }
+                }
+                changed = self.state.changed(), if self.watching => match changed {
+                    Ok(()) => self.state_dirty = true,
+                    Err(_) => self.watching = false,
+                },
+                permit = poll_opt(&mut slot_wait) => {
+                    slot_wait = None;
+                    match permit {
+                        Some(permit) => self.grant(permit),
+                        None => self.end_with(ErrorCode::Busy, "uploads are shut down", Ok(ServeEnd::Busy)),
+                    }
+                }
+                () = sleep_opt(deadline) => self.on_deadline(job.is_some()),
+            }
+        }
+    }
+
+    /// The next job for a free writer, or the writer back if there is nothing to write.
+    fn next_job<S>(&mut self, mut w: WriteHalf<S>) -> Result<Job<S>, WriteHalf<S>>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let mut frames = Vec::new();
+        if self.state_dirty && self.ending.is_none() {
+            self.state_dirty = false;
+            // Clone out of the watch: its guard must not be held across an await.
+            let state = self.state.borrow_and_update().clone();
+            if let Err(msg) = self.ann.update(&state, &mut frames) {
+                frames.clear();
+                let msg = format!("the piece source broke its contract: {msg}");
+                self.end_with(
+                    ErrorCode::Internal,
+                    msg.clone(),
+                    Err(SessionError::Internal(msg)),
+                );
+            }
+        }
+        let mut close = false;
+        let mut piece = None;
+        if let Some(ending) = self.ending.as_mut() {
+            match std::mem::replace(&mut ending.last, Last::Writing) {
+                Last::Frame(frame) => frames = vec![frame],
+                other => {
+                    ending.last = other;
+                    return Err(w);
+                }
+            }
+            close = true;
+        } else {
+            frames.extend(self.choke_news.take());
+            if self.unchoked {
+                piece = self.queue.pop_front().map(|index| PieceJob {
+                    index,
+                    // Only announced (so in-range) pieces are queued.
+                    len: self.geometry.len_of(index).unwrap_or(0),
+                    reader: self.reader.clone(),
+                });
+            }
+        }
+        if frames.is_empty() && piece.is_none() {
+            return Err(w);
+        }
+        let limits = self.limits.clone();
+        let stall = self.cfg.stall_timeout;
+        Ok(Box::pin(async move {
+            let res = job::run(&mut w, frames, piece, close, &limits, stall).await;
+            (w, res)
+        }))
+    }
+
+    fn on_request(&mut self, req: Request) {
+        self.last_request = Instant::now();
+        match req {
+            Request::Interest { .. } => self.bad_request("a second Interest".into()),
+            Request::GetPieceMap => {
+                self.ann.ask_map();
+                self.state_dirty = true;
+            }
+            Request::GetPiece { index } => {
+                let count = self.geometry.count();
+                if index >= count {
+                    self.bad_request(format!("piece {index} is past the blob's {count} pieces"));
+                } else if !self.unchoked {
+                    debug!(index, "GetPiece while choked: dropped");
+                } else if !self.ann.is_announced(index) {
+                    self.bad_request(format!("piece {index} was never announced"));
+                } else if self.queue.contains(&index) {
+                    debug!(index, "GetPiece for a piece already queued: ignored");
+                } else if self.queue.len() >= MAX_OUTSTANDING_REQUESTS {
+                    self.bad_request(format!(
+                        "more than {MAX_OUTSTANDING_REQUESTS} outstanding requests"
+                    ));
+                } else {
+                    self.queue.push_back(index);
+                }
+            }
+            Request::Cancel { index } => self.queue.retain(|&i| i != index),
+            Request::NotInterested => self.end_quietly(Ok(ServeEnd::NotInterested)),
+        }
+    }
+
+    /// A finished job: counts what it sent; `Some` ends the session with that result.
+    fn on_job_done(
+        &mut self,
+        res: Result<Sent, JobError>,
+    ) -> Option<Result<ServeEnd, SessionError>> {
+        match res {
+            Ok(sent) => {
+                self.summary.bytes_sent += sent.bytes;
+                self.summary.pieces_sent += sent.pieces;
+                // Time spent writing is not idle time.
+                self.last_request = self.last_request.max(Instant::now());
+                // The last frame went out: done.
+                match &self.ending {
+                    Some(Ending {
+                        last: Last::Writing,
+                        ..
+                    }) => self.ending.take().map(|e| e.result),
+                    _ => None,
+                }
+            }
+            // The stream is gone; a fault found earlier is the better explanation.
+            Err(JobError::Stream(e)) => Some(self.ending.take().map_or(Err(e), |end| end.result)),
+            Err(JobError::Source(msg)) => {
+                if self.ending.is_none() {
+                    self.end_with(
+                        ErrorCode::Internal,
+                        msg.clone(),
+                        Err(SessionError::Internal(msg)),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn grant(&mut self, permit: OwnedSemaphorePermit) {
+        self.slot = Slot::Held { _permit: permit };
+        self.unchoked = true;
+        self.choke_news = Some(Reply::Unchoked);
+    }
+
+    /// The earliest of the idle deadline (nothing queued or being written) and the deadline
+    /// for getting a slot; `None` when neither applies.
+    fn deadline(&self, writing: bool) -> Option<Instant> {
+        if self.ending.is_some() {
+            // Only the last frame is left to write, bounded by the stall deadline.
+            return None;
+        }
+        let idle = (self.queue.is_empty() && !writing)
+            .then(|| after(self.last_request, self.cfg.idle_timeout));
+        let slot = match self.slot {
+            Slot::Waiting { until, .. } => Some(until),
+            Slot::Held { .. } => None,
+        };
+        idle.into_iter().chain(slot).min()
+    }
+
+    fn on_deadline(&mut self, writing: bool) {
+        let now = Instant::now();
+        if matches!(self.slot, Slot::Waiting { until, .. } if until <= now) {
+            self.end_with(
+                ErrorCode::Busy,
+                "no upload slot came free",
+                Ok(ServeEnd::Busy),
+            );
+        } else if self.queue.is_empty()
+            && !writing
+            && after(self.last_request, self.cfg.idle_timeout) <= now
+        {
+            self.end_quietly(Ok(ServeEnd::Idle));
+        }
+    }
+
+    fn bad_request(&mut self, msg: String) {
+        self.end_with(
+            ErrorCode::BadRequest,
+            msg.clone(),
+            Err(SessionError::PeerFault(msg)),
+        );
+    }
+
+    fn end_with(
+        &mut self,
+        code: ErrorCode,
+        msg: impl Into<String>,
+        result: Result<ServeEnd, SessionError>,
+    ) {
+        if self.ending.is_none() {
+            self.ending = Some(Ending {
+                last: Last::Frame(Reply::error(code, msg)),
+                result,
+            });
+        }
+    }
+
+    fn end_quietly(&mut self, result: Result<ServeEnd, SessionError>) {
+        if self.ending.is_none() {
+            self.ending = Some(Ending {
+                last: Last::Nothing,
+                result,
+            });
+        }
+    }
+
+    fn finish(self, result: Result<ServeEnd, SessionError>) -> Result<ServeSummary, SessionError> {
+        debug!(digest = %self.summary.digest, ?result, bytes = self.summary.bytes_sent, "upload session ended");
+        result.map(|end| ServeSummary {
+            end,
+            ..self.summary
+        })
+    }
+}
+
+fn read_next<S>(mut r: ReadHalf<S>) -> NextRequest<S>
+where
+    S: AsyncRead + Send + 'static,
+{
+    Box::pin(async move {
+        let res = read_request(&mut r).await;
+        (r, res)
+    })
+}
+
+/// Awaits the future if there is one, else never completes (a disabled `select!` branch).
+async fn poll_opt<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => pending().await,
+    }
+}
+
+async fn sleep_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => pending().await,
+    }
+}

@@ -1,0 +1,155 @@
+//! What the downloader checks in each reply beyond its decoding: everything that needs the
+//! session's context (PROTOCOL.md, "What a receiver must verify", point 1).
+
+use super::{Event, Have, Session};
+use crate::config::SessionConfig;
+use crate::error::SessionError;
+use pollen_oci::Digest;
+use pollen_proto::{PieceGeometry, Reply};
+use tracing::debug;
+
+impl Session {
+    /// Applies one reply to the session; `None` when it is no news to the caller.
+    pub(super) fn on_reply(&mut self, reply: Reply) -> Result<Option<Event>, SessionError> {
+        let count = self.geometry.count();
+        let event = match reply {
+            Reply::Have {
+                geometry,
+                bitfield,
+                complete,
+                map_id,
+            } => {
+                if geometry != self.geometry {
+                    return Err(SessionError::fault("a new Have with another geometry"));
+                }
+                self.have = bitfield.clone();
+                self.complete = complete;
+                self.map_id = map_id;
+                Event::Have(Have {
+                    geometry,
+                    bitfield,
+                    complete,
+                    map_id,
+                })
+            }
+            Reply::HaveMore { indices } => {
+                let mut new = Vec::new();
+                for index in indices {
+                    let added = self
+                        .have
+                        .set(index)
+                        .map_err(|e| SessionError::fault(format!("HaveMore: {e}")))?;
+                    if added {
+                        new.push(index);
+                    }
+                }
+                if new.is_empty() {
+                    return Ok(None);
+                }
+                Event::HaveMore(new)
+            }
+            Reply::PieceMap(map) => {
+                if !self.map_asked {
+                    return Err(SessionError::fault("a piece map nobody asked for"));
+                }
+                if map.digest() != &self.digest || map.geometry() != &self.geometry {
+                    return Err(SessionError::fault(
+                        "a piece map of another blob or geometry",
+                    ));
+                }
+                let id = map.id();
+                if self.map_id != Some(id) {
+                    return Err(SessionError::fault(format!(
+                        "piece map {id} is not the advertised {:?}",
+                        self.map_id
+                    )));
+                }
+                self.hashes_known = count;
+                self.map_pending = false;
+                Event::Map(map)
+            }
+            Reply::PieceHashes { first, hashes } => {
+                if !self.map_asked {
+                    return Err(SessionError::fault("piece hashes nobody asked for"));
+                }
+                if first != self.hashes_known {
+                    return Err(SessionError::fault(format!(
+                        "piece hashes start at {first}, expected {}",
+                        self.hashes_known
+                    )));
+                }
+                let end = u64::from(first) + hashes.len() as u64;
+                self.hashes_known = u32::try_from(end)
+                    .ok()
+                    .filter(|&end| end <= count)
+                    .ok_or_else(|| {
+                        SessionError::fault(format!("piece hashes run to {end}, past {count}"))
+                    })?;
+                self.map_pending = false;
+                Event::Hashes { first, hashes }
+            }
+            Reply::Choked => {
+                self.choked = true;
+                let mut pending = self.shared.pending();
+                let dropped: Vec<u32> =
+                    std::mem::take(&mut pending.requested).into_iter().collect();
+                pending.stale.extend(&dropped);
+                Event::Choked { dropped }
+            }
+            Reply::Unchoked => {
+                self.choked = false;
+                Event::Unchoked
+            }
+            Reply::Error { code, message } => {
+                debug!(digest = %self.digest, ?code, %message, "peer ended the session");
+                return Err(SessionError::Refused(code));
+            }
+            // The reader turns every piece header into `Incoming::Piece` or an error.
+            Reply::Piece { index, .. } => {
+                return Err(SessionError::Internal(format!(
+                    "piece {index} header reached the session"
+                )))
+            }
+        };
+        Ok(Some(event))
+    }
+}
+
+/// Checks the first `Have` against what this node knows before any piece moves: the geometry
+/// must be the one this node would choose for that size (an agent mixing pieces of two
+/// geometries could not use them), and an empty blob is exactly the blob of the empty digest.
+pub(super) fn check_have(
+    digest: &Digest,
+    have: &Have,
+    cfg: &SessionConfig,
+) -> Result<(), SessionError> {
+    let size = have.geometry.size();
+    let ours = PieceGeometry::choose(size, cfg.piece_size)
+        .map_err(|e| SessionError::fault(format!("the peer's blob size {size}: {e}")))?;
+    if have.geometry != ours {
+        return Err(SessionError::fault(format!(
+            "geometry {:?} differs from this node's {ours:?}",
+            have.geometry
+        )));
+    }
+    if (size == 0) != (*digest == Digest::of(b"")) {
+        return Err(SessionError::fault(format!(
+            "a blob of {size} bytes cannot have digest {digest}"
+        )));
+    }
+    Ok(())
+}
+
+/// A reply's name for messages (never its contents: a map is 2 MiB).
+pub(super) fn kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Have { .. } => "Have",
+        Reply::HaveMore { .. } => "HaveMore",
+        Reply::PieceMap(_) => "PieceMap",
+        Reply::PieceHashes { .. } => "PieceHashes",
+        Reply::Piece { .. } => "Piece",
+        Reply::Choked => "Choked",
+        Reply::Unchoked => "Unchoked",
+        Reply::Error { .. } => "Error",
+    }
+}

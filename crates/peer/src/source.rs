@@ -1,0 +1,122 @@
+//! What an uploader can serve: the seam between a session and the agent's store.
+//!
+//! The session never touches files or the store's index. The agent implements
+//! [`PieceSource`] (by digest: is the blob here, complete or partial?) and [`PieceReader`]
+//! (the bytes of one present piece), and publishes the blob's progress on a
+//! `tokio::sync::watch` channel of [`PieceState`]. A watch (not a stream of events) because
+//! an uploader that is busy writing a piece only needs the *latest* state when it is next free:
+//! several new pieces become one `HaveMore`.
+
+use bytes::Bytes;
+use pollen_oci::Digest;
+use pollen_proto::{Bitfield, PieceGeometry, PieceMapId};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The future returned by [`PieceReader::read_piece`].
+pub type PieceFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send + 'a>>;
+
+/// What this node can serve, by digest.
+pub trait PieceSource: Send + Sync + 'static {
+    /// The blob `digest` if this node holds any of it (or is fetching it from the upstream and
+    /// may hold pieces soon), else `None` (the peer gets `Error UnknownBlob`). The returned
+    /// view is kept for the whole session and dropped at its end, so it is the place to pin
+    /// the blob against eviction: the protocol promises every announced piece stays servable.
+    fn blob(&self, digest: &Digest) -> Option<BlobView>;
+}
+
+/// Reads the bytes of one piece the source said it has (its bit is set in [`PieceState`]).
+pub trait PieceReader: Send + Sync + 'static {
+    /// The whole piece `index`: exactly `geometry.len_of(index)` bytes. Reads from disk belong
+    /// in `spawn_blocking` (or positional reads on a blocking pool); the session bounds the
+    /// wait with its stall deadline and answers `Error Internal` on failure.
+    fn read_piece(&self, index: u32) -> PieceFuture<'_>;
+}
+
+/// One blob as a session sees it: its geometry, its progress and its bytes.
+pub struct BlobView {
+    pub(crate) geometry: PieceGeometry,
+    pub(crate) state: watch::Receiver<PieceState>,
+    pub(crate) reader: Arc<dyn PieceReader>,
+}
+
+impl BlobView {
+    /// A view of a blob cut by `geometry`; `state` must describe the same geometry (a
+    /// mismatch is a source bug, answered `Error Internal`).
+    pub fn new(
+        geometry: PieceGeometry,
+        state: watch::Receiver<PieceState>,
+        reader: Arc<dyn PieceReader>,
+    ) -> BlobView {
+        BlobView {
+            geometry,
+            state,
+            reader,
+        }
+    }
+}
+
+/// What the node holds of one blob right now. Grows only: pieces and hashes are added, never
+/// taken away while a session may have announced them.
+#[derive(Clone, Debug)]
+pub struct PieceState {
+    /// The pieces present and verified, servable now.
+    pub have: Bitfield,
+    /// The prefix of the piece map this node vouches for, in order: all of it once
+    /// `complete`; while the node is fetching the blob from the upstream, the hashes it has
+    /// computed so far; otherwise (it is downloading from peers) empty, because a map is
+    /// passed on only once it proved right (trust model).
+    pub hashes: Arc<[[u8; 32]]>,
+    /// The whole blob is present and passed its digest check: this node is a seed.
+    pub complete: bool,
+    /// While not `complete`: the id of the complete map this node's pieces were verified
+    /// against, if it has one (it downloads from peers). Ignored once `complete`: the id is
+    /// then computed from `hashes`.
+    pub map_id: Option<PieceMapId>,
+}
+
+impl PieceState {
+    /// Nothing yet (e.g. the upstream fetch just started).
+    pub fn empty(geometry: &PieceGeometry) -> PieceState {
+        PieceState {
+            have: Bitfield::new(geometry),
+            hashes: Arc::from(Vec::new()),
+            complete: false,
+            map_id: None,
+        }
+    }
+
+    /// A seed: every piece, the full map.
+    pub fn complete(geometry: &PieceGeometry, hashes: Arc<[[u8; 32]]>) -> PieceState {
+        PieceState {
+            have: Bitfield::full(geometry),
+            hashes,
+            complete: true,
+            map_id: None,
+        }
+    }
+
+    /// Checks the contract against the blob's geometry; a violation is a source bug.
+    pub(crate) fn check(&self, geometry: &PieceGeometry) -> Result<(), String> {
+        let count = geometry.count();
+        if self.have.count() != count {
+            return Err(format!(
+                "state has a bitfield of {} pieces for a geometry of {count}",
+                self.have.count()
+            ));
+        }
+        if self.hashes.len() > count as usize {
+            return Err(format!(
+                "state has {} hashes for {count} pieces",
+                self.hashes.len()
+            ));
+        }
+        if self.complete && (!self.have.is_complete() || self.hashes.len() != count as usize) {
+            return Err("state is complete without every piece and hash".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Node-wide upload limits through real sessions: the session cap (choke, wait, Busy) and the
+//! byte rate, on tokio's paused clock where time matters.
+
+mod common;
+
+use common::*;
+use pollen_peer::testing::MemorySource;
+use pollen_peer::{Event, RequestError, ServeEnd, Session, SessionError, UploadLimits};
+use pollen_proto::{read_reply, write_request, ErrorCode, Reply, Request};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn the_second_session_is_choked_while_the_first_runs() {
+    let data = blob(6 * PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data.clone(), geometry(data.len()));
+    let limits = Arc::new(UploadLimits::new(1, 0));
+
+    let (stream_a, server_a) = serve_one(&source, &limits);
+    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+
+    let (stream_b, server_b) = serve_one(&source, &limits);
+    let (mut b, have_b) = within(Session::open(stream_b, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { dropped: vec![] }
+    );
+    assert!(b.is_choked());
+    assert_eq!(b.request(0), Err(RequestError::Choked));
+    // Choked, B still gets the map.
+    b.request_map().unwrap();
+    let Event::Map(map) = within(b.next_event()).await.unwrap() else {
+        panic!("expected the map")
+    };
+
+    // A is served meanwhile, then leaves, and its slot goes to B.
+    a.request(3).unwrap();
+    assert!(matches!(
+        within(a.next_event()).await.unwrap(),
+        Event::Piece { index: 3, .. }
+    ));
+    within(a.close()).await;
+    assert_eq!(within(server_a).await.unwrap().unwrap().pieces_sent, 1);
+    assert_eq!(within(b.next_event()).await.unwrap(), Event::Unchoked);
+    let (got, _) = within(download(&mut b, &have_b, Some(map), None))
+        .await
+        .unwrap();
+    assert_eq!(got, data);
+    within(b.close()).await;
+    let summary = within(server_b).await.unwrap().unwrap();
+    assert_eq!(
+        (summary.end, summary.pieces_sent),
+        (ServeEnd::NotInterested, 6)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_choked_session_gets_busy_when_no_slot_frees_up() {
+    let data = blob(2 * PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data, geometry(2 * PS as usize));
+    let limits = Arc::new(UploadLimits::new(1, 0));
+
+    let (stream_a, _server_a) = serve_one(&source, &limits);
+    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+
+    let (stream_b, server_b) = serve_one(&source, &limits);
+    let (mut b, _) = within(Session::open(stream_b, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    let start = Instant::now();
+    let err = within(b.next_event()).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::Refused(ErrorCode::Busy)),
+        "{err}"
+    );
+    let slot = cfg().slot_timeout;
+    assert!(start.elapsed() >= slot && start.elapsed() <= slot + Duration::from_millis(100));
+    assert_eq!(within(server_b).await.unwrap().unwrap().end, ServeEnd::Busy);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_interest_with_busy() {
+    let data = blob(PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data, geometry(PS as usize));
+    let limits = Arc::new(UploadLimits::new(1, 0).with_max_waiting(0));
+
+    let (stream_a, _server_a) = serve_one(&source, &limits);
+    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+
+    let (mut stream_b, server_b) = serve_one(&source, &limits);
+    write_request(
+        &mut stream_b,
+        &Request::Interest {
+            digest: seed.digest(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        within(read_reply(&mut stream_b)).await.unwrap(),
+        Some(Reply::Error {
+            code: ErrorCode::Busy,
+            ..
+        })
+    ));
+    assert_eq!(within(server_b).await.unwrap().unwrap().end, ServeEnd::Busy);
+
+    // No slots at all: every session is refused.
+    let none = Arc::new(UploadLimits::new(0, 0));
+    let (stream, _server) = serve_one(&source, &none);
+    let err = within(Session::open(stream, seed.digest(), &cfg()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, SessionError::Refused(ErrorCode::Busy)),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_paces_piece_bytes() {
+    let data = blob(32 * PS as usize); // 2 MiB
+    let rate = 1_000_000u64;
+    let source = MemorySource::new();
+    let seed = source.add_complete(data.clone(), geometry(data.len()));
+    let limits = Arc::new(UploadLimits::new(4, rate));
+
+    let (stream, server) = serve_one(&source, &limits);
+    let (mut session, have) = within(Session::open(stream, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (got, _) = within(download(&mut session, &have, None, None))
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(got, data);
+    let ideal = Duration::from_secs_f64(data.len() as f64 / rate as f64); // 2.097 s
+    let tolerance = Duration::from_millis(100);
+    assert!(
+        took + tolerance >= ideal && took <= ideal + tolerance,
+        "{took:?} for {ideal:?}"
+    );
+
+    // Two sessions share the rate: twice the bytes take twice the time.
+    within(session.close()).await;
+    within(server).await.unwrap().unwrap();
+    let start = Instant::now();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (stream, _server) = serve_one(&source, &limits);
+            let digest = seed.digest();
+            tokio::spawn(async move {
+                let (mut s, have) = Session::open(stream, digest, &cfg()).await.unwrap();
+                download(&mut s, &have, None, None).await.unwrap();
+            })
+        })
+        .collect();
+    for run in runs {
+        within(run).await.unwrap();
+    }
+    let took = start.elapsed();
+    assert!(
+        took + tolerance >= 2 * ideal && took <= 2 * ideal + tolerance,
+        "{took:?}"
+    );
+    assert_eq!(limits.bytes_sent(), 3 * data.len() as u64);
+    assert_eq!(limits.pieces_sent(), 3 * 32);
+}
