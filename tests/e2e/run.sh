@@ -267,7 +267,9 @@ content_ok() {
 # agent_blob_ok DIGEST: the agent's data dir holds the blob and its bytes hash to its name.
 agent_blob_ok() {
     local d=$1 f="$AGENT_DATA/blobs/sha256/${1#sha256:}" sum
-    [ -f "$f" ] || { echo "    missing $f"; return 1; }
+    # A client has its last byte once the digest verifies; the agent's fsync and rename into
+    # blobs/ follow a moment later: give them up to 10 s.
+    lib_wait_cmd 50 test -f "$f" || { echo "    missing $f"; return 1; }
     sum=$(lib_sha256_file "$f")
     [ "sha256:$sum" = "$d" ] || { echo "    $f hashes to sha256:$sum"; return 1; }
 }

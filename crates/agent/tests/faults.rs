@@ -183,6 +183,7 @@ async fn quota_evicts_old_blobs_but_keeps_serving() {
         let d = h.reg.add_blob("app", random_bytes(1 << 20, 20 + i));
         let r = h.get(&format!("/v2/app/blobs/{d}{ns}")).await;
         assert_eq!(sha256(r.bytes()), d);
+        h.wait_stored(&d).await;
         digests.push(d);
     }
     let usage = h.agent.store().usage();

@@ -70,6 +70,7 @@ async fn pulls_an_image_with_exact_headers_and_caches_it() {
         "{:?}",
         stats.user_agents
     );
+    h.wait_stored(&img.layer_digests[0]).await;
     let stored = h
         .dir
         .path()
@@ -300,6 +301,7 @@ async fn cache_survives_restart_with_upstream_gone() {
     let manifest_path = format!("/v2/app/manifests/{}{ns}", img.manifest_digest);
     assert_eq!(h.get(&blob_path).await.status, StatusCode::OK);
     assert_eq!(h.get(&manifest_path).await.status, StatusCode::OK);
+    h.wait_stored(&img.layer_digests[0]).await;
     let (reg, dir) = h.stop();
     let cfg = config_for(&reg);
     reg.shutdown().await;

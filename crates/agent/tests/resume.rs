@@ -56,6 +56,7 @@ async fn a_restarted_agent_resumes_without_refetching_verified_pieces() {
     let r = h.get(&path).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.bytes(), &layer);
+    h.wait_stored(&digest).await;
     let stats = h.reg.stats();
     assert_eq!(stats.blob_get_count(&digest), 1);
     assert_eq!(

@@ -130,6 +130,21 @@ impl Harness {
         self.send(Method::GET, path, &[]).await
     }
 
+    /// Waits, with a deadline, until the agent has committed `digest` to its store. A client
+    /// gets its last byte as soon as the digest verifies, a moment before the blob is durable
+    /// and indexed, so tests that look at the store right after a response wait for this.
+    pub async fn wait_stored(&self, digest: &str) {
+        let d: pollen_oci::Digest = digest.parse().expect("test digest");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.agent.store().contains(pollen_store::Kind::Blob, &d) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{digest} was never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
         metric(&self.agent.metrics().encode(), name)
     }
