@@ -9,6 +9,7 @@
 mod hash;
 mod index;
 mod partial;
+mod piece_hash;
 mod writer;
 
 use index::{Index, Key};

@@ -43,6 +43,7 @@ fn sequential_append_builds_the_map_and_completes() {
         off = end;
     }
     let expected = PieceMap::of(digest, geometry, &data).unwrap();
+    p.settle().unwrap();
     assert_eq!(p.map().hashes(), expected.hashes());
     assert!(p.have().is_complete());
     let b = p.commit().unwrap();
