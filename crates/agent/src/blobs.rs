@@ -38,7 +38,7 @@ pub(crate) enum Progress {
     /// received last is also kept in memory (it may not be on disk yet), so readers at the
     /// live edge take it without waiting for the disk or reading it back.
     Streaming {
-        size: Option<u64>,
+        size: u64,
         written: u64,
         file: Arc<File>,
         recent: Recent,
@@ -331,7 +331,7 @@ impl Sink {
         let sent = partial.append_offset();
         let size = partial.geometry().size();
         progress.send_replace(Progress::Streaming {
-            size: Some(size),
+            size,
             written: sent,
             file: partial.file().clone(),
             recent: Recent::default(),

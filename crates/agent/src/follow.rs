@@ -53,10 +53,9 @@ impl Follower {
                     verified,
                 } => {
                     // Everything but the last byte may go out before the digest is verified.
-                    let hold = |n: u64| match (verified, size) {
-                        (true, _) => n,
-                        (false, None) => n.saturating_sub(1),
-                        (false, Some(s)) => n.min(s.saturating_sub(1)),
+                    let hold = |n: u64| match verified {
+                        true => n,
+                        false => n.min(size.saturating_sub(1)),
                     };
                     let cap = |n: u64| self.end.map_or(n, |end| n.min(end));
                     if let Some(bytes) = recent.slice(self.pos, cap(hold(recent.end()))) {
@@ -104,13 +103,13 @@ impl Follower {
         }
     }
 
-    /// Waits until the fetch has response headers (or failed), for status and headers.
-    pub async fn wait_started(&mut self) -> Result<(Option<u64>, bool), FetchError> {
+    /// Waits until the fetch has response headers (or failed) and returns the blob's size.
+    pub async fn wait_started(&mut self) -> Result<u64, FetchError> {
         loop {
             match &*self.rx.borrow_and_update() {
                 Progress::Connecting => {}
-                Progress::Streaming { size, .. } => return Ok((*size, false)),
-                Progress::Done(blob) => return Ok((Some(blob.size()), true)),
+                Progress::Streaming { size, .. } => return Ok(*size),
+                Progress::Done(blob) => return Ok(blob.size()),
                 Progress::Failed(e) => return Err(e.clone()),
             }
             match timeout(self.stall, self.rx.changed()).await {

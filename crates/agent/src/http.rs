@@ -131,7 +131,7 @@ async fn blob(
     let (rx, cached) = blobs::open(ctx, route, digest, client_auth);
     let mut follower = Follower::new(rx, 0, None, stall);
     let size = match follower.wait_started().await {
-        Ok((size, _)) => size,
+        Ok(size) => size,
         Err(e) => {
             ctx.metrics.request("blob", "error");
             let (oci, challenge) = e.to_oci(ErrorCode::BlobUnknown);
@@ -144,25 +144,23 @@ async fn blob(
     let mut status = StatusCode::OK;
     let mut length = size;
     let mut content_range = None;
-    if let Some(size) = size {
-        match range::parse(range_header, size) {
-            RangeOutcome::Full => {}
-            RangeOutcome::Partial { start, end } => {
-                follower.set_range(start, Some(end + 1));
-                status = StatusCode::PARTIAL_CONTENT;
-                length = Some(end + 1 - start);
-                content_range = Some(format!("bytes {start}-{end}/{size}"));
-            }
-            RangeOutcome::Unsatisfiable => {
-                let e = OciError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    ErrorCode::RangeInvalid,
-                    format!("range not satisfiable for a blob of {size} bytes"),
-                );
-                let mut r = error(&e, None);
-                set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
-                return r;
-            }
+    match range::parse(range_header, size) {
+        RangeOutcome::Full => {}
+        RangeOutcome::Partial { start, end } => {
+            follower.set_range(start, Some(end + 1));
+            status = StatusCode::PARTIAL_CONTENT;
+            length = end + 1 - start;
+            content_range = Some(format!("bytes {start}-{end}/{size}"));
+        }
+        RangeOutcome::Unsatisfiable => {
+            let e = OciError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::RangeInvalid,
+                format!("range not satisfiable for a blob of {size} bytes"),
+            );
+            let mut r = error(&e, None);
+            set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            return r;
         }
     }
     let body = if head {
@@ -185,9 +183,7 @@ async fn blob(
     *r.status_mut() = status;
     set(&mut r, header::CONTENT_TYPE, "application/octet-stream");
     set(&mut r, header::ACCEPT_RANGES, "bytes");
-    if let Some(len) = length {
-        set(&mut r, header::CONTENT_LENGTH, &len.to_string());
-    }
+    set(&mut r, header::CONTENT_LENGTH, &length.to_string());
     if let Some(cr) = content_range {
         set(&mut r, header::CONTENT_RANGE, &cr);
     }
