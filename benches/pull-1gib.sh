@@ -174,6 +174,7 @@ start_proxy() {
     printf 'proxy:\n  remoteurl: http://%s\n' "$REG" >>"$T/proxy/config.yml"
     sync
     lib_start_registry "$T/proxy" "$PROXY_PORT" >&2 || die "the proxy docker-registry did not start"
+    # shellcheck disable=SC2034 # read through ${!pidvar} in measure
     PROXY_PID=$REGISTRY_PID
     REGISTRY_PID=$UPSTREAM_PID
 }
@@ -221,53 +222,40 @@ sync
 lib_log "  dd new: $(paste -sd' ' "$T/floor-dd.times"); dd overwrite: $(paste -sd' ' "$T/floor-overwrite.times")"
 lib_log "  dd new + fsync: $(paste -sd' ' "$T/floor-fsync.times"); curl to new file: $(paste -sd' ' "$T/floor-curl.times")"
 
-lib_log "through the agent, cold (fresh agent, empty data dir): $RUNS runs"
-mark=$(reg_log_lines)
-for ((i = 1; i <= RUNS; i++)); do
-    start_agent
-    t0=$EPOCHREALTIME
-    fetch "$AGENT_URL" cold
-    wait_file "$AGENT_FILE"
-    since "$t0" >>"$T/cold.fill"
-    proc_stats "$AGENT_PID" >>"$T/cold.stats"
-    lib_stop_pid "$AGENT_PID"
-    if [ "$i" -eq 1 ]; then check_copy "$AGENT_FILE"; fi
-done
-AGENT_UP=$(upstream_gets "$mark")
+# measure NAME PREFIX START_FN PID_VAR URL FILE: cold runs (a fresh instance with an empty data dir
+# each), then one filling run and the warm runs. Timings go to $T/PREFIX{cold,warm}.times, process
+# figures to $T/PREFIX{cold,warm}.stats; the upstream GETs of the cold runs are left in UPSTREAM_GETS.
+measure() {
+    local name=$1 p=$2 start=$3 pidvar=$4 url=$5 file=$6 mark t0 got i
+    lib_log "through $name, cold (fresh instance, empty data dir): $RUNS runs"
+    mark=$(reg_log_lines)
+    for ((i = 1; i <= RUNS; i++)); do
+        "$start"
+        t0=$EPOCHREALTIME
+        fetch "$url" "${p}cold"
+        wait_file "$file"
+        since "$t0" >>"$T/${p}cold.fill"
+        proc_stats "${!pidvar}" >>"$T/${p}cold.stats"
+        lib_stop_pid "${!pidvar}"
+        if [ "$i" -eq 1 ]; then check_copy "$file"; fi
+    done
+    UPSTREAM_GETS=$(upstream_gets "$mark")
 
-lib_log "through the agent, warm: 1 filling run + $RUNS runs"
-start_agent
-fetch "$AGENT_URL" fill
-wait_file "$AGENT_FILE"
-got=$(curl -fsS "$AGENT_URL" | sha256sum | cut -d' ' -f1)
-[ "sha256:$got" = "$DIGEST" ] || die "warm response hashes to sha256:$got, expected $DIGEST"
-for ((i = 1; i <= RUNS; i++)); do fetch "$AGENT_URL" warm; done
-proc_stats "$AGENT_PID" >"$T/warm.stats"
-lib_stop_pid "$AGENT_PID"
+    lib_log "through $name, warm: 1 filling run + $RUNS runs"
+    "$start"
+    fetch "$url" "${p}fill"
+    wait_file "$file"
+    got=$(curl -fsS "$url" | sha256sum | cut -d' ' -f1)
+    [ "sha256:$got" = "$DIGEST" ] || die "warm response from $name hashes to sha256:$got, expected $DIGEST"
+    for ((i = 1; i <= RUNS; i++)); do fetch "$url" "${p}warm"; done
+    proc_stats "${!pidvar}" >"$T/${p}warm.stats"
+    lib_stop_pid "${!pidvar}"
+}
 
-lib_log "through the docker-registry proxy, cold (fresh proxy, empty data dir): $RUNS runs"
-mark=$(reg_log_lines)
-for ((i = 1; i <= RUNS; i++)); do
-    start_proxy
-    t0=$EPOCHREALTIME
-    fetch "$PROXY_URL" pcold
-    wait_file "$PROXY_FILE"
-    since "$t0" >>"$T/pcold.fill"
-    proc_stats "$PROXY_PID" >>"$T/pcold.stats"
-    lib_stop_pid "$PROXY_PID"
-    if [ "$i" -eq 1 ]; then check_copy "$PROXY_FILE"; fi
-done
-PROXY_UP=$(upstream_gets "$mark")
-
-lib_log "through the docker-registry proxy, warm: 1 filling run + $RUNS runs"
-start_proxy
-fetch "$PROXY_URL" pfill
-wait_file "$PROXY_FILE"
-got=$(curl -fsS "$PROXY_URL" | sha256sum | cut -d' ' -f1)
-[ "sha256:$got" = "$DIGEST" ] || die "warm proxy response hashes to sha256:$got, expected $DIGEST"
-for ((i = 1; i <= RUNS; i++)); do fetch "$PROXY_URL" pwarm; done
-proc_stats "$PROXY_PID" >"$T/pwarm.stats"
-lib_stop_pid "$PROXY_PID"
+measure "the agent" "" start_agent AGENT_PID "$AGENT_URL" "$AGENT_FILE"
+AGENT_UP=$UPSTREAM_GETS
+measure "the docker-registry proxy" p start_proxy PROXY_PID "$PROXY_URL" "$PROXY_FILE"
+PROXY_UP=$UPSTREAM_GETS
 
 # ---------------------------------------------------------------- report
 # median FILE COLUMN
