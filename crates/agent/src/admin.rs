@@ -1,4 +1,4 @@
-//! The operator's endpoint: Prometheus metrics, liveness and readiness.
+//! The operator's endpoint: Prometheus metrics, status (JSON), liveness and readiness.
 
 use crate::Agent;
 use bytes::Bytes;
@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use tracing::debug;
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+/// Serves `/metrics`, `/status`, `/healthz` and `/readyz` until the task is dropped.
 pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -21,7 +21,7 @@ pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let agent = agent.clone();
-                    async move { Ok::<_, Infallible>(route(&agent, req.uri().path())) }
+                    async move { Ok::<_, Infallible>(route(&agent, req.uri().path()).await) }
                 });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -33,7 +33,7 @@ pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
     }
 }
 
-fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
+async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
         "/metrics" => {
             let usage = agent.store().usage();
@@ -41,12 +41,18 @@ fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
             m.cache_bytes.set(usage.bytes as i64);
             m.cache_entries.set(usage.entries as i64);
             m.cache_evictions.set(usage.evictions as i64);
+            agent.refresh_peer_metrics();
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 m.encode(),
             )
         }
+        "/status" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&agent.status().await).unwrap_or_default(),
+        ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if agent.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/readyz" => (
@@ -57,7 +63,7 @@ fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".to_string(),
+            "not found: try /metrics, /status, /healthz or /readyz\n".to_string(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

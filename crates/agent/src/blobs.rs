@@ -1,33 +1,35 @@
 //! Blobs: one upstream fetch per digest however many clients ask, streamed to all of them.
 //!
 //! The first request for a missing blob starts a download task and registers an [`Inflight`]
-//! under the digest; later requests join it. The task writes the bytes once into the store's
-//! temp file (hashing them on the way) and publishes its progress on a watch channel;
+//! under the digest; later requests join it. The task gets the pieces from peers first
+//! ([`crate::p2p`]) and the rest from the upstream, one range request per run of missing
+//! pieces; the blob's writer ([`crate::sink`]) publishes the progress on a watch channel and
 //! clients read the file behind it ([`crate::follow`]). A transfer that breaks is resumed
 //! with a `Range` request. The task runs on its own, so a client that hangs up does not
 //! cancel the fetch for the others (or for the cache).
 
 use crate::error::FetchError;
+use crate::p2p::{PeerOutcome, PeerPhase, PieceShare};
+use crate::sink::{Op, Sink};
 use crate::Ctx;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use pollen_oci::Digest;
 use pollen_proto::PieceGeometry;
-use pollen_store::{Blob, Kind, Partial, StoreError};
+use pollen_store::{Blob, Kind};
+use pollen_swarm::PeerId;
 use pollen_upstream::{FetchRequest, Route, UpstreamResponse};
+use std::collections::HashSet;
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
 /// Times a broken transfer is resumed before the fetch fails.
 const MAX_RESUMES: u32 = 3;
-/// Chunks queued between the network and the disk writer (each at most a socket read).
-const WRITE_QUEUE: usize = 16;
-/// Most bytes written before readers are told about them.
-const PUBLISH_BATCH: usize = 1 << 20;
 
 /// Where a blob's bytes are, as seen by the clients reading it.
 #[derive(Clone)]
@@ -81,11 +83,37 @@ impl Recent {
 /// A blob being fetched, shared by every client that asked for it meanwhile.
 pub(crate) struct Inflight {
     progress: watch::Sender<Progress>,
+    /// The blob as peers see it, once its geometry is known.
+    share: std::sync::Mutex<Option<Arc<PieceShare>>>,
+    /// Bytes that came from peers and from the upstream (for status).
+    pub from_peers: AtomicU64,
+    pub from_upstream: AtomicU64,
 }
 
 impl Inflight {
+    fn new(progress: watch::Sender<Progress>) -> Inflight {
+        Inflight {
+            progress,
+            share: std::sync::Mutex::new(None),
+            from_peers: AtomicU64::new(0),
+            from_upstream: AtomicU64::new(0),
+        }
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
+    }
+
+    pub fn progress(&self) -> &watch::Sender<Progress> {
+        &self.progress
+    }
+
+    pub fn share(&self) -> Option<Arc<PieceShare>> {
+        self.share.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_share(&self, share: Arc<PieceShare>) {
+        *self.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(share);
     }
 }
 
@@ -104,9 +132,8 @@ pub(crate) fn open(
         return (e.get().subscribe(), false);
     }
     let (tx, rx) = watch::channel(Progress::Connecting);
-    entry.insert(Arc::new(Inflight {
-        progress: tx.clone(),
-    }));
+    let inflight = Arc::new(Inflight::new(tx.clone()));
+    entry.insert(inflight.clone());
     // The fetch that registered just before us may have committed between our store lookup
     // and the insert: look again now that we own the slot.
     if let Some(blob) = ctx.store.get(Kind::Blob, &digest) {
@@ -121,7 +148,7 @@ pub(crate) fn open(
             route: &route,
             digest,
             client_auth,
-            progress: &tx,
+            inflight: &inflight,
         };
         let outcome = fetch.run().await;
         match outcome {
@@ -134,6 +161,9 @@ pub(crate) fn open(
                 }
                 warn!(%digest, registry = %route.registry, error = ?e, "blob fetch failed");
                 tx.send_replace(Progress::Failed(e));
+                if let Some(p2p) = &ctx.p2p {
+                    p2p.unprovide(digest);
+                }
             }
         }
         ctx.blobs.remove(&digest);
@@ -142,71 +172,148 @@ pub(crate) fn open(
 }
 
 /// One blob fetch and everything it works with.
-struct BlobFetch<'a> {
-    ctx: &'a Ctx,
+pub(crate) struct BlobFetch<'a> {
+    pub ctx: &'a Arc<Ctx>,
     route: &'a Route,
-    digest: Digest,
+    pub digest: Digest,
     client_auth: Option<http::HeaderValue>,
-    progress: &'a watch::Sender<Progress>,
+    inflight: &'a Inflight,
 }
 
 impl BlobFetch<'_> {
-    /// Fetches the blob into the store, resuming broken transfers. On failure what was
-    /// fetched is kept as a partial blob, so the next attempt continues from there.
+    /// Fetches the blob into the store: pieces from peers first, the rest from the upstream.
+    /// A digest mismatch after peers supplied the piece map bans those peers and fetches the
+    /// blob again from the upstream alone. On failure what was fetched is kept as a partial
+    /// blob, so the next attempt continues from there.
     async fn run(&self) -> Result<Blob, FetchError> {
+        match self.attempt(true).await {
+            Err((FetchError::Corrupt(why), sources)) if !sources.is_empty() => {
+                if let Some(p2p) = &self.ctx.p2p {
+                    for peer in sources {
+                        self.ctx.metrics.peer_bans.inc();
+                        p2p.bans
+                            .ban(self.digest, peer, "its piece map failed the blob's digest");
+                    }
+                }
+                warn!(digest = %self.digest, error = %why, "blob from peers failed its digest; fetching it from the upstream");
+                self.attempt(false).await.map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    async fn attempt(&self, use_peers: bool) -> Result<Blob, (FetchError, HashSet<PeerId>)> {
         let started = std::time::Instant::now();
         // A partial download left by an earlier run (or an earlier failed fetch) resumes
-        // where it stopped: only the missing bytes are asked for.
+        // where it stopped: only the missing pieces are asked for.
         let mut sink = match self.ctx.store.partial_geometry(&self.digest) {
-            Some(geometry) => Some(Sink::start(
-                self.open_partial(geometry).await?,
-                self.progress,
-            )),
+            Some(geometry) => Some(
+                self.start_sink(geometry)
+                    .await
+                    .map_err(|e| (e, HashSet::new()))?,
+            ),
             None => None,
         };
-        if let Some(s) = sink.as_ref().filter(|s| s.sent > 0) {
-            info!(digest = %self.digest, offset = s.sent, "resuming a partial download");
+        if let Some(s) = sink.as_ref().filter(|s| s.have.count_ones() > 0) {
+            info!(digest = %self.digest, pieces = s.have.count_ones(), "resuming a partial download");
         }
-        if let Err(e) = self.transfer(&mut sink).await {
+        let mut sources = HashSet::new();
+        let outcome = match self.ctx.p2p.as_ref().filter(|_| use_peers) {
+            Some(p2p) => {
+                let mut phase = PeerPhase::new(self, p2p);
+                let outcome = phase.run(&mut sink).await;
+                sources = std::mem::take(&mut phase.map_sources);
+                outcome
+            }
+            None => Ok(PeerOutcome::Fallback("peer-to-peer is off".into())),
+        };
+        let result = match outcome {
+            Ok(PeerOutcome::Complete) => Ok(()),
+            Ok(PeerOutcome::Fallback(why)) => {
+                let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
+                info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
+                self.transfer(&mut sink).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             if let Some(s) = sink.take() {
                 s.suspend().await;
             }
-            return Err(e);
+            return Err((e, sources));
         }
-        let sink = sink.ok_or_else(|| FetchError::Upstream("no transfer".into()))?;
-        let blob = sink.finish().await?;
+        let sink =
+            sink.ok_or_else(|| (FetchError::Upstream("no transfer".into()), HashSet::new()))?;
+        let blob = sink.finish().await.map_err(|e| (e, sources))?;
         info!(
             digest = %self.digest,
             registry = %self.route.registry,
             bytes = blob.size(),
+            from_peers = self.inflight.from_peers.load(Ordering::Relaxed),
             secs = started.elapsed().as_secs_f64(),
             "blob fetched and verified"
         );
         Ok(blob)
     }
 
-    /// Requests the blob (from the resume offset) until the whole body is in the sink.
+    pub fn ctx_arc(&self) -> Arc<Ctx> {
+        self.ctx.clone()
+    }
+
+    pub fn count_from_peers(&self, bytes: u64) {
+        self.inflight.from_peers.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Opens (or resumes) the partial blob and starts its writer; from here on peers can be
+    /// served its pieces, so the blob is announced.
+    pub async fn start_sink(&self, geometry: PieceGeometry) -> Result<Sink, FetchError> {
+        let store = self.ctx.store.clone();
+        let digest = self.digest;
+        // Reopening re-verifies pieces already on disk: blocking work.
+        let partial = tokio::task::spawn_blocking(move || store.partial(digest, geometry))
+            .await
+            .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
+        let sink = Sink::start(partial, self.inflight);
+        if let Some(p2p) = &self.ctx.p2p {
+            p2p.provide(digest);
+        }
+        Ok(sink)
+    }
+
+    /// Fetches every piece still missing from the upstream, one range request per run of
+    /// missing pieces, resuming broken transfers.
     async fn transfer(&self, sink: &mut Option<Sink>) -> Result<(), FetchError> {
         let mut resumes = 0;
         loop {
-            let offset = sink.as_ref().map_or(0, |s| s.sent);
+            let (start, end) = match sink.as_ref() {
+                None => (0, None),
+                Some(s) => match s.next_range() {
+                    None => return Ok(()),
+                    Some((start, end)) => (start, (end < s.geometry.size()).then_some(end)),
+                },
+            };
+            if let Some(s) = sink.as_mut() {
+                s.seek_to(start).await?;
+            }
             let req = FetchRequest {
                 route: self.route,
                 method: Method::GET,
                 path: format!("blobs/{}", self.digest),
                 accept: None,
-                range_start: offset,
+                range_start: start,
+                range_end: end,
                 client_auth: self.client_auth.clone(),
             };
             self.ctx.metrics.upstream_requests.inc();
             let resp = self.ctx.upstream.fetch(&req).await?;
-            let skip = match (resp.status, offset) {
-                (StatusCode::OK, _) => offset,
-                (StatusCode::PARTIAL_CONTENT, o) if o > 0 && range_start(&resp) == Some(o) => 0,
-                (status, _) if !status.is_success() => {
+            let ranged = start > 0 || end.is_some();
+            let skip = match resp.status {
+                StatusCode::OK => start,
+                StatusCode::PARTIAL_CONTENT if ranged && range_start(&resp) == Some(start) => 0,
+                status if !status.is_success() => {
                     return Err(FetchError::from_status(status, &resp.headers))
                 }
-                (status, _) => {
+                status => {
                     return Err(FetchError::Upstream(format!(
                         "unexpected upstream answer HTTP {status}"
                     )))
@@ -218,24 +325,22 @@ impl BlobFetch<'_> {
                     let size = content_length(&resp).ok_or_else(|| {
                         FetchError::Upstream("upstream sent a blob without Content-Length".into())
                     })?;
-                    let geometry = PieceGeometry::choose(size, None)
+                    let geometry = PieceGeometry::choose(size, self.piece_size())
                         .map_err(|e| FetchError::Upstream(format!("blob of {size} bytes: {e}")))?;
-                    sink.insert(Sink::start(
-                        self.open_partial(geometry).await?,
-                        self.progress,
-                    ))
+                    sink.insert(self.start_sink(geometry).await?)
                 }
             };
-            if resp.status == StatusCode::OK && content_length(&resp) != Some(s.size) {
+            let size = s.geometry.size();
+            if resp.status == StatusCode::OK && content_length(&resp) != Some(size) {
                 return Err(FetchError::Upstream(format!(
-                    "upstream size changed: {:?} bytes, expected {}",
+                    "upstream size changed: {:?} bytes, expected {size}",
                     content_length(&resp),
-                    s.size
                 )));
             }
+            let limit = end.unwrap_or(size);
             let mirror = resp.mirror.clone();
-            match self.pump(resp, skip, s).await {
-                Ok(()) => return Ok(()),
+            match self.pump(resp, skip, limit, s).await {
+                Ok(()) => s.appended_through(limit),
                 Err(PumpError::Store) => return Ok(()), // the writer's own error is reported by finish()
                 Err(PumpError::Upstream(why)) if resumes < MAX_RESUMES => {
                     resumes += 1;
@@ -252,29 +357,30 @@ impl BlobFetch<'_> {
         }
     }
 
-    async fn open_partial(&self, geometry: PieceGeometry) -> Result<Partial, FetchError> {
-        let store = self.ctx.store.clone();
-        let digest = self.digest;
-        // Reopening re-verifies pieces already on disk: blocking work.
-        tokio::task::spawn_blocking(move || store.partial(digest, geometry))
-            .await
-            .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))?
-            .map_err(FetchError::from)
+    fn piece_size(&self) -> Option<u32> {
+        self.ctx.p2p.as_ref().and_then(|p| p.cfg.session.piece_size)
     }
 
-    /// Moves one response body into the sink, skipping `skip` bytes a 200 resends on resume.
+    /// Moves one response body into the sink up to `limit`, skipping `skip` bytes a 200
+    /// resends on resume.
     async fn pump(
         &self,
         resp: UpstreamResponse,
         mut skip: u64,
+        limit: u64,
         sink: &mut Sink,
     ) -> Result<(), PumpError> {
         let idle = self.ctx.cfg.upstream.idle_timeout;
         let mut body = resp.body;
-        loop {
+        while sink.sent < limit {
             let frame = match timeout(idle, body.frame()).await {
                 Err(_) => return Err(PumpError::Upstream(format!("no bytes for {idle:?}"))),
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    return Err(PumpError::Upstream(format!(
+                        "body ended at byte {} of {limit}",
+                        sink.sent
+                    )))
+                }
                 Ok(Some(Err(e))) => return Err(PumpError::Upstream(e.to_string())),
                 Ok(Some(Ok(frame))) => frame,
             };
@@ -285,19 +391,26 @@ impl BlobFetch<'_> {
                 let n = skip.min(data.len() as u64);
                 skip -= n;
                 data = data.slice(n as usize..);
-                if data.is_empty() {
-                    continue;
-                }
+            }
+            let room = limit - sink.sent;
+            if data.len() as u64 > room {
+                data.truncate(room as usize);
+            }
+            if data.is_empty() {
+                continue;
             }
             self.ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
+            self.inflight
+                .from_upstream
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             let start = sink.sent;
             sink.sent += data.len() as u64;
-            if sink.tx.send(data.clone()).await.is_err() {
+            if !sink.send(Op::Append(data.clone())).await {
                 return Err(PumpError::Store);
             }
             // Readers at the live edge take the chunk from memory now, while the disk write
             // and the hash proceed on their own threads.
-            self.progress.send_modify(|p| {
+            self.inflight.progress.send_modify(|p| {
                 if let Progress::Streaming { recent, .. } = p {
                     *recent = Recent {
                         start,
@@ -306,107 +419,13 @@ impl BlobFetch<'_> {
                 }
             });
         }
+        Ok(())
     }
 }
 
 enum PumpError {
     Upstream(String),
     Store,
-}
-
-/// The disk side of a download: a blocking thread that writes the partial blob (hashing
-/// pieces as they complete, the whole-blob hash beside it), so the network side never waits
-/// on the disk or a hash.
-struct Sink {
-    tx: mpsc::Sender<Bytes>,
-    /// Bytes of the blob sent to the writer so far (from the resume offset on).
-    sent: u64,
-    size: u64,
-    progress: watch::Sender<Progress>,
-    writer: tokio::task::JoinHandle<Result<Partial, StoreError>>,
-}
-
-impl Sink {
-    fn start(mut partial: Partial, progress: &watch::Sender<Progress>) -> Sink {
-        let sent = partial.append_offset();
-        let size = partial.geometry().size();
-        progress.send_replace(Progress::Streaming {
-            size,
-            written: sent,
-            file: partial.file().clone(),
-            recent: Recent::default(),
-            verified: false,
-        });
-        let publish = progress.clone();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = rx.blocking_recv() {
-                let mut result = partial.append(&chunk);
-                // Drain what else has arrived before telling the readers: one wake-up per
-                // batch instead of per chunk.
-                let mut batched = chunk.len();
-                while result.is_ok() && batched < PUBLISH_BATCH {
-                    let Ok(more) = rx.try_recv() else { break };
-                    result = partial.append(&more);
-                    batched += more.len();
-                }
-                if let Err(e) = result {
-                    // Disk full, or bytes that contradict a known piece hash: start afresh
-                    // next time rather than keep what cannot be completed.
-                    partial.abandon();
-                    return Err(e);
-                }
-                let written = partial.append_offset();
-                publish.send_modify(|p| {
-                    if let Progress::Streaming { written: w, .. } = p {
-                        *w = written;
-                    }
-                });
-            }
-            Ok(partial)
-        });
-        Sink {
-            tx,
-            sent,
-            size,
-            progress: progress.clone(),
-            writer,
-        }
-    }
-
-    async fn join(self) -> Result<(Partial, watch::Sender<Progress>), FetchError> {
-        drop(self.tx);
-        let partial = self
-            .writer
-            .await
-            .map_err(|e| FetchError::Store(format!("writer task: {e}")))??;
-        Ok((partial, self.progress))
-    }
-
-    /// Keeps what was fetched for a later attempt: a checkpoint instead of a commit.
-    async fn suspend(self) {
-        if let Ok((mut partial, _)) = self.join().await {
-            let _ = tokio::task::spawn_blocking(move || partial.checkpoint()).await;
-        }
-    }
-
-    async fn finish(self) -> Result<Blob, FetchError> {
-        let (mut partial, progress) = self.join().await?;
-        // Verify first and let readers have the last byte at once; the fsync and rename
-        // that make the blob durable need not delay them.
-        let partial = tokio::task::spawn_blocking(move || partial.verify().map(|()| partial))
-            .await
-            .map_err(|e| FetchError::Store(format!("verify task: {e}")))??;
-        progress.send_modify(|p| {
-            if let Progress::Streaming { verified, .. } = p {
-                *verified = true;
-            }
-        });
-        tokio::task::spawn_blocking(move || partial.commit())
-            .await
-            .map_err(|e| FetchError::Store(format!("commit task: {e}")))?
-            .map_err(FetchError::from)
-    }
 }
 
 fn content_length(resp: &UpstreamResponse) -> Option<u64> {

@@ -14,11 +14,20 @@ mod follow;
 mod http;
 mod manifests;
 mod metrics;
+mod p2p;
 mod range;
 mod request;
+mod sink;
+mod status;
 
 pub use admin::serve_admin;
 pub use metrics::Metrics;
+pub use p2p::{
+    P2pConfig, DEFAULT_BAN_DURATION, DEFAULT_MAX_PEERS_PER_BLOB, DEFAULT_PEER_STALL,
+    DEFAULT_REQUEST_TIMEOUT,
+};
+pub use pollen_swarm::Node;
+pub use status::{BlobStatus, Status};
 
 use dashmap::DashMap;
 use pollen_oci::Digest;
@@ -38,6 +47,8 @@ pub struct AgentConfig {
     pub max_header_bytes: usize,
     /// Deadline for a client to send its request head.
     pub header_read_timeout: Duration,
+    /// Sharing and downloading pieces (used when the agent runs with a swarm).
+    pub p2p: P2pConfig,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +58,7 @@ impl Default for AgentConfig {
             tag_ttl: Duration::from_secs(10),
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
+            p2p: P2pConfig::default(),
         }
     }
 }
@@ -60,6 +72,8 @@ pub(crate) struct Ctx {
     manifests: manifests::Manifests,
     metrics: Metrics,
     ready: AtomicBool,
+    /// The swarm, when peer-to-peer is on.
+    p2p: Option<p2p::P2p>,
 }
 
 /// A running agent's handle; cheap to clone.
@@ -76,13 +90,16 @@ pub enum AgentError {
 }
 
 impl Agent {
-    pub fn new(cfg: AgentConfig, store: Store) -> Result<Agent, AgentError> {
+    /// An agent over `store`; with a `swarm` it shares pieces with other agents and
+    /// downloads from them first, without one it is a single-node mirror.
+    pub fn new(cfg: AgentConfig, store: Store, swarm: Option<Node>) -> Result<Agent, AgentError> {
         let upstream =
             Upstream::new(cfg.upstream.clone()).map_err(|e| AgentError::Tls(e.to_string()))?;
         let metrics = Metrics::new();
         Ok(Agent {
             ctx: Arc::new(Ctx {
                 manifests: manifests::Manifests::default(),
+                p2p: swarm.map(|node| p2p::P2p::new(node, cfg.p2p.clone())),
                 cfg,
                 store,
                 upstream,
@@ -93,10 +110,40 @@ impl Agent {
         })
     }
 
-    /// Serves the mirror API on `listener` until the task is dropped.
+    /// Serves the mirror API on `listener`, and pieces to peers, until the task is dropped.
     pub async fn serve(&self, listener: tokio::net::TcpListener) {
+        let peers = (self.ctx.p2p.is_some()).then(|| {
+            let accept = tokio::spawn(p2p::accept_loop(self.ctx.clone()));
+            let reconcile = tokio::spawn(p2p::reconcile_loop(self.ctx.clone()));
+            AbortOnDrop(vec![accept, reconcile])
+        });
         self.ctx.ready.store(true, Ordering::SeqCst);
-        http::serve(self.ctx.clone(), listener).await
+        http::serve(self.ctx.clone(), listener).await;
+        drop(peers);
+    }
+
+    /// What this node is doing, for `pollen status`.
+    pub async fn status(&self) -> Status {
+        status::collect(&self.ctx).await
+    }
+
+    /// Brings the gauges and counters kept elsewhere (upload limits, bans, the swarm) into
+    /// the metrics before a scrape.
+    pub fn refresh_peer_metrics(&self) {
+        let (Some(p2p), m) = (&self.ctx.p2p, &self.ctx.metrics) else {
+            return;
+        };
+        let sent = p2p.uploads.bytes_sent();
+        m.peer_bytes_sent
+            .inc_by(sent.saturating_sub(m.peer_bytes_sent.get()));
+        m.banned_peers.set(p2p.bans.active() as i64);
+        m.connected_peers
+            .set(p2p.node.stats().connected_peers as i64);
+    }
+
+    /// The swarm node, when peer-to-peer is on.
+    pub fn node(&self) -> Option<&Node> {
+        self.ctx.p2p.as_ref().map(|p| &p.node)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -109,5 +156,16 @@ impl Agent {
 
     pub fn store(&self) -> &Store {
         &self.ctx.store
+    }
+}
+
+/// Background tasks that end with the agent's serve call.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }

@@ -137,6 +137,7 @@ async fn fetch(
         path: format!("manifests/{reference}"),
         accept: Some(MANIFEST_ACCEPT),
         range_start: 0,
+        range_end: None,
         client_auth,
     };
     ctx.metrics.upstream_requests.inc();

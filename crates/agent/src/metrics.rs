@@ -31,6 +31,12 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     pub cache_entries: Gauge,
     pub cache_evictions: Gauge,
+    pub peer_bytes_received: Counter,
+    pub peer_bytes_sent: Counter,
+    pub piece_verification_failures: Counter,
+    pub peer_bans: Counter,
+    pub banned_peers: Gauge,
+    pub connected_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +59,12 @@ impl Metrics {
             cache_bytes: Gauge::default(),
             cache_entries: Gauge::default(),
             cache_evictions: Gauge::default(),
+            peer_bytes_received: Counter::default(),
+            peer_bytes_sent: Counter::default(),
+            piece_verification_failures: Counter::default(),
+            peer_bans: Counter::default(),
+            banned_peers: Gauge::default(),
+            connected_peers: Gauge::default(),
         };
         r.register(
             "requests",
@@ -98,6 +110,36 @@ impl Metrics {
             "cache_evictions",
             "Objects evicted from the content store since start",
             m.cache_evictions.clone(),
+        );
+        r.register(
+            "peer_bytes_received",
+            "Piece bytes received from peers (before verification)",
+            m.peer_bytes_received.clone(),
+        );
+        r.register(
+            "peer_bytes_sent",
+            "Piece bytes sent to peers",
+            m.peer_bytes_sent.clone(),
+        );
+        r.register(
+            "piece_verification_failures",
+            "Pieces from peers that did not match their hash (dropped, sender banned)",
+            m.piece_verification_failures.clone(),
+        );
+        r.register(
+            "peer_bans",
+            "Peers banned for a blob (bad piece, wrong map, protocol violation)",
+            m.peer_bans.clone(),
+        );
+        r.register(
+            "banned_peers",
+            "Peer and blob bans in force now",
+            m.banned_peers.clone(),
+        );
+        r.register(
+            "connected_peers",
+            "Peers with a libp2p connection now",
+            m.connected_peers.clone(),
         );
         Metrics {
             registry: Arc::new(r),

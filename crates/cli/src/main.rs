@@ -73,7 +73,7 @@ async fn agent(s: Settings) -> Result<(), String> {
             s.data_dir.display()
         )
     })?;
-    let agent = pollen_agent::Agent::new(s.agent, store).map_err(|e| e.to_string())?;
+    let agent = pollen_agent::Agent::new(s.agent, store, None).map_err(|e| e.to_string())?;
     let bind = |addr, what| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             format!("cannot listen on {addr} for {what}: {e} (is another agent running? choose another address with --{what})")

@@ -126,8 +126,9 @@ impl Drop for QueuePlace {
     }
 }
 
-/// Token bucket over `tokio::time`; see the module docs.
-struct RateLimiter {
+/// Token bucket over `tokio::time`; see the module docs. Public so the agent throttles its
+/// downloads (`--download-limit`) with the same rule its uploads follow.
+pub struct RateLimiter {
     /// Bytes per second; 0 is unlimited.
     rate: u64,
     /// The debt allowed before a grant waits, as time at `rate`.
@@ -137,7 +138,8 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn new(rate: u64) -> RateLimiter {
+    /// `rate` bytes per second in total over every caller; 0 is unlimited.
+    pub fn new(rate: u64) -> RateLimiter {
         RateLimiter {
             rate,
             burst: BURST,
@@ -147,7 +149,7 @@ impl RateLimiter {
 
     /// Waits until `bytes` may go: reserves them at once (so later callers queue behind),
     /// then sleeps until the debt left at the reservation's end is within the burst.
-    async fn acquire(&self, bytes: u64) {
+    pub async fn acquire(&self, bytes: u64) {
         if self.rate == 0 || bytes == 0 {
             return;
         }

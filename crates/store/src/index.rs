@@ -52,6 +52,9 @@ impl Index {
     pub fn contains(&self, key: &Key) -> bool {
         self.entries.contains_key(key)
     }
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.entries.keys()
+    }
 
     fn tick(&mut self) -> u64 {
         self.clock += 1;

@@ -48,6 +48,10 @@ pub struct Partial {
     map: PartialPieceMap,
     /// Where the next [`Partial::append`] byte goes, and the hash of the piece it is in.
     cursor: u64,
+    /// Where the current run of appended bytes began (at open, or at the last
+    /// [`Partial::seek`]): bytes `run_start..cursor` are written even before their piece is
+    /// complete.
+    run_start: u64,
     pieces: PieceHashThread,
     /// The whole-blob hash (on its own thread for large blobs), while every byte so far came
     /// through `append` in order from 0.
@@ -113,6 +117,7 @@ impl Store {
             have,
             map,
             cursor,
+            run_start: cursor,
             pieces: PieceHashThread::start()?,
             whole: (cursor == 0).then(|| HashSink::new(Some(geometry.size()))),
             verified: false,
@@ -172,6 +177,35 @@ impl Partial {
     /// Where [`Partial::append`] continues: a resumed upstream transfer asks for this offset.
     pub fn append_offset(&self) -> u64 {
         self.cursor
+    }
+
+    /// Bytes from the start that a client reading in order may have now: the complete pieces
+    /// from the start, extended by appended bytes whose piece is not hashed yet when the
+    /// current append run joins that prefix.
+    pub fn readable(&self) -> u64 {
+        let prefix = self.contiguous();
+        if self.run_start <= prefix && self.cursor > prefix {
+            self.cursor
+        } else {
+            prefix
+        }
+    }
+
+    /// Continues appending at the first byte of piece `index` (the upstream range for pieces
+    /// no peer supplied). The bytes of a piece left unfinished are hashed again when it is
+    /// fetched again; the whole-blob digest is then computed from the file at the end.
+    pub fn seek(&mut self, index: u32) -> Result<(), StoreError> {
+        let offset = self
+            .geometry()
+            .offset_of(index)
+            .ok_or(StoreError::PieceMismatch { index })?;
+        if offset != self.cursor {
+            self.pieces.reset()?;
+            self.whole = None;
+            self.cursor = offset;
+        }
+        self.run_start = offset;
+        Ok(())
     }
 
     /// Takes piece hashes from a peer's map. Hashes that overlap what is known must agree;

@@ -13,6 +13,7 @@ const QUEUE: usize = 32;
 enum Job {
     Data(Bytes),
     End(u32),
+    Reset,
 }
 
 pub(crate) struct PieceHashThread {
@@ -34,6 +35,7 @@ impl PieceHashThread {
                 for job in rx {
                     match job {
                         Job::Data(b) => h.update(&b),
+                        Job::Reset => h = PieceHasher::new(),
                         Job::End(index) => {
                             let hash = std::mem::take(&mut h).finish();
                             if done_tx.send((index, hash)).is_err() {
@@ -73,6 +75,11 @@ impl PieceHashThread {
         self.send(Job::End(index))?;
         self.pending += 1;
         Ok(())
+    }
+
+    /// Forgets the bytes of the current (unfinished) piece: the stream continues elsewhere.
+    pub fn reset(&self) -> Result<(), StoreError> {
+        self.send(Job::Reset)
     }
 
     /// Hashes finished so far, in piece order, without waiting.

@@ -28,6 +28,9 @@ pub struct FetchRequest<'a> {
     pub accept: Option<&'static str>,
     /// Resume a transfer from this offset (`Range: bytes=N-`); 0 means the whole object.
     pub range_start: u64,
+    /// Stop before this offset (`Range: bytes=N-M` with `M = end - 1`): the pieces of a blob
+    /// that no peer could supply. `None`: to the end.
+    pub range_end: Option<u64>,
     /// The client's own credentials, passed through instead of the agent's.
     pub client_auth: Option<HeaderValue>,
 }
@@ -301,8 +304,14 @@ impl Upstream {
             if let Some(accept) = req.accept {
                 b = b.header(ACCEPT, accept);
             }
-            if req.range_start > 0 {
-                b = b.header(RANGE, format!("bytes={}-", req.range_start));
+            match req.range_end {
+                Some(end) if end > req.range_start => {
+                    b = b.header(RANGE, format!("bytes={}-{}", req.range_start, end - 1));
+                }
+                _ if req.range_start > 0 => {
+                    b = b.header(RANGE, format!("bytes={}-", req.range_start));
+                }
+                _ => {}
             }
             let request = b.body(Empty::new()).map_err(|e| e.to_string())?;
             let resp = timeout(self.cfg.response_timeout, self.client.request(request))

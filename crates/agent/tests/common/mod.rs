@@ -72,7 +72,7 @@ impl Harness {
         quota: u64,
     ) -> Harness {
         let store = Store::open(dir.path(), quota).unwrap();
-        let agent = Agent::new(cfg, store).unwrap();
+        let agent = Agent::new(cfg, store, None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let a = agent.clone();

@@ -1,0 +1,471 @@
+//! One blob's download from peers: a single-writer event loop (no locks) over the events of
+//! its peer tasks and the writer's verdicts, which keeps every peer busy with requests picked
+//! by [`super::picker`] and hands verified pieces to the blob's writer.
+//!
+//! It ends when every piece is present, or hands over to the upstream (the caller fetches the
+//! pieces still missing with range requests) when no peer has the blob, no peer is left, or no
+//! piece arrived for `peer_stall`.
+
+use super::peer_task::{FromPeer, PeerTask, ToPeer};
+use super::picker::{pick, PickState};
+use super::P2p;
+use crate::blobs::BlobFetch;
+use crate::error::FetchError;
+use crate::sink::{Op, PieceResult, Sink, Written};
+use pollen_peer::{Event, Have};
+use pollen_proto::Bitfield;
+use pollen_swarm::PeerId;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tracing::debug;
+
+/// Piece requests kept outstanding per peer: enough to keep a fast link busy while each piece
+/// is verified and written, few enough that a slow peer does not hold many pieces hostage.
+const REQUESTS_PER_PEER: usize = 4;
+/// How often providers are looked up again while the download has room for more peers.
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
+/// A peer that ended its session is not dialled again for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Events waiting for the loop (each can hold a piece).
+const EVENT_QUEUE: usize = 4;
+
+/// How the peer phase ended.
+pub(crate) enum PeerOutcome {
+    /// Every piece is present; the blob only needs its digest check.
+    Complete,
+    /// The upstream must supply what is missing, because of this.
+    Fallback(String),
+}
+
+struct Slot {
+    task: PeerTask,
+    has: Option<Bitfield>,
+    unchoked: bool,
+    outstanding: usize,
+}
+
+/// The state of one blob's peer download.
+pub(crate) struct PeerPhase<'a> {
+    fetch: &'a BlobFetch<'a>,
+    p2p: &'a P2p,
+    slots: HashMap<usize, Slot>,
+    next_slot: usize,
+    events_tx: mpsc::Sender<(usize, FromPeer)>,
+    events: mpsc::Receiver<(usize, FromPeer)>,
+    written: Option<mpsc::UnboundedReceiver<Written>>,
+    /// Outstanding requests by piece.
+    requests: HashMap<u32, Vec<(usize, Instant)>>,
+    /// Pieces received and queued for the writer.
+    writing: HashSet<u32>,
+    availability: Vec<u16>,
+    known: u32,
+    /// Peers whose hashes were taken into the map: to blame if the blob fails its digest.
+    pub map_sources: HashSet<PeerId>,
+    retired: HashMap<PeerId, Instant>,
+    last_progress: Instant,
+}
+
+impl<'a> PeerPhase<'a> {
+    pub fn new(fetch: &'a BlobFetch<'a>, p2p: &'a P2p) -> PeerPhase<'a> {
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        PeerPhase {
+            fetch,
+            p2p,
+            slots: HashMap::new(),
+            next_slot: 0,
+            events_tx,
+            events,
+            written: None,
+            requests: HashMap::new(),
+            writing: HashSet::new(),
+            availability: Vec::new(),
+            known: 0,
+            map_sources: HashSet::new(),
+            retired: HashMap::new(),
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Downloads from peers into `sink` (opening it at the first peer's geometry).
+    pub async fn run(&mut self, sink: &mut Option<Sink>) -> Result<PeerOutcome, FetchError> {
+        if let Some(s) = sink.as_mut() {
+            self.adopt_sink(s);
+        }
+        if !self.connect_providers().await {
+            return Ok(PeerOutcome::Fallback("no peer has announced it".into()));
+        }
+        let stall = self.p2p.cfg.peer_stall;
+        let mut next_lookup = Instant::now() + LOOKUP_INTERVAL;
+        loop {
+            if sink.as_ref().is_some_and(|s| s.have.is_complete()) {
+                return Ok(PeerOutcome::Complete);
+            }
+            if self.slots.is_empty() && self.writing.is_empty() {
+                return Ok(PeerOutcome::Fallback("no peer left to ask".into()));
+            }
+            if self.last_progress.elapsed() >= stall {
+                return Ok(PeerOutcome::Fallback(format!(
+                    "no piece from peers for {stall:?}"
+                )));
+            }
+            let written = async {
+                match self.written.as_mut() {
+                    Some(w) => w.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((slot, msg)) = self.events.recv() => self.on_peer(slot, msg, sink).await?,
+                Some(w) = written => self.on_written(w, sink)?,
+                () = sleep_until(next_lookup) => {
+                    next_lookup = Instant::now() + LOOKUP_INTERVAL;
+                    if self.slots.len() < self.p2p.cfg.max_peers_per_blob {
+                        self.connect_providers().await;
+                    }
+                }
+                () = sleep_until(self.last_progress + stall) => {}
+            }
+            if let Some(s) = sink.as_ref() {
+                self.fill_requests(s);
+            }
+        }
+    }
+
+    /// Looks the blob's providers up and starts sessions with new ones; false if there are
+    /// none at all.
+    async fn connect_providers(&mut self) -> bool {
+        let digest = self.fetch.digest;
+        let providers = match self.p2p.node.find_providers(&digest).await {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(%digest, error = %e, "provider lookup failed");
+                Vec::new()
+            }
+        };
+        let now = Instant::now();
+        self.retired
+            .retain(|_, t| now.duration_since(*t) < RETRY_AFTER);
+        let connected: HashSet<PeerId> = self.slots.values().map(|s| s.task.peer).collect();
+        let fresh = providers.iter().filter(|p| {
+            !connected.contains(p)
+                && !self.retired.contains_key(p)
+                && !self.p2p.bans.is_banned(&digest, p)
+        });
+        let room = self
+            .p2p
+            .cfg
+            .max_peers_per_blob
+            .saturating_sub(self.slots.len());
+        for peer in fresh.take(room).copied().collect::<Vec<_>>() {
+            let slot = self.next_slot;
+            self.next_slot += 1;
+            let task = PeerTask::spawn(
+                self.fetch.ctx_arc(),
+                peer,
+                digest,
+                slot,
+                self.events_tx.clone(),
+            );
+            self.slots.insert(
+                slot,
+                Slot {
+                    task,
+                    has: None,
+                    unchoked: false,
+                    outstanding: 0,
+                },
+            );
+        }
+        !providers.is_empty() || !self.slots.is_empty()
+    }
+
+    fn adopt_sink(&mut self, sink: &mut Sink) {
+        self.written = sink.written.take();
+        self.known = sink.initial_known;
+        self.availability = vec![0; sink.geometry.count() as usize];
+        for slot in self.slots.values() {
+            if let Some(has) = &slot.has {
+                count(&mut self.availability, has, 1);
+            }
+        }
+    }
+
+    async fn on_peer(
+        &mut self,
+        slot: usize,
+        msg: FromPeer,
+        sink: &mut Option<Sink>,
+    ) -> Result<(), FetchError> {
+        match msg {
+            FromPeer::Opened(have) => self.on_opened(slot, have, sink).await?,
+            FromPeer::Event(event) => self.on_event(slot, event, sink).await?,
+            FromPeer::NotRequested(index) => self.forget_request(index, slot),
+            FromPeer::Ended(e) => {
+                if e.is_peer_fault() {
+                    self.ban(slot, &format!("broke the protocol: {e}"));
+                } else {
+                    debug!(slot, error = %e, "peer session ended");
+                }
+                self.drop_slot(slot);
+            }
+            FromPeer::Unreachable(why) => {
+                debug!(slot, error = %why, "peer unreachable");
+                self.drop_slot(slot);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_opened(
+        &mut self,
+        slot: usize,
+        have: Have,
+        sink: &mut Option<Sink>,
+    ) -> Result<(), FetchError> {
+        let s = match sink {
+            Some(s) => s,
+            None => {
+                let s = sink.insert(self.fetch.start_sink(have.geometry).await?);
+                self.adopt_sink(s);
+                s
+            }
+        };
+        if have.geometry != s.geometry {
+            // Another piece size (a node with a different override): its pieces do not fit.
+            debug!(slot, "peer cuts the blob differently; not using it");
+            self.drop_slot(slot);
+            return Ok(());
+        }
+        count(&mut self.availability, &have.bitfield, 1);
+        if let Some(entry) = self.slots.get_mut(&slot) {
+            entry.has = Some(have.bitfield);
+        }
+        Ok(())
+    }
+
+    async fn on_event(
+        &mut self,
+        slot: usize,
+        event: Event,
+        sink: &mut Option<Sink>,
+    ) -> Result<(), FetchError> {
+        let Some(s) = sink.as_mut() else {
+            return Ok(());
+        };
+        match event {
+            Event::Piece { index, bytes } => {
+                self.forget_request(index, slot);
+                for (other, _) in self.requests.remove(&index).unwrap_or_default() {
+                    if let Some(o) = self.slots.get_mut(&other) {
+                        o.task.send(ToPeer::Cancel(index));
+                        o.outstanding = o.outstanding.saturating_sub(1);
+                    }
+                }
+                if s.have.get(index) || !self.writing.insert(index) {
+                    return Ok(());
+                }
+                let len = bytes.len() as u64;
+                self.fetch.ctx.metrics.peer_bytes_received.inc_by(len);
+                self.fetch.count_from_peers(len);
+                if !s.send(Op::Piece { index, bytes, slot }).await {
+                    return Err(FetchError::Store("the blob's writer stopped".into()));
+                }
+            }
+            Event::Map(map) => {
+                self.add_hashes(s, slot, 0, map.hashes().to_vec()).await?;
+            }
+            Event::Hashes { first, hashes } => {
+                self.add_hashes(s, slot, first, hashes).await?;
+            }
+            Event::HaveMore(pieces) => {
+                if let Some(has) = self.slots.get_mut(&slot).and_then(|e| e.has.as_mut()) {
+                    for i in pieces {
+                        if has.set(i).unwrap_or(false) {
+                            if let Some(a) = self.availability.get_mut(i as usize) {
+                                *a = a.saturating_add(1);
+                            }
+                        }
+                    }
+                }
+            }
+            Event::Have(have) => {
+                if let Some(old) = self.slots.get_mut(&slot).and_then(|e| e.has.take()) {
+                    count(&mut self.availability, &old, -1);
+                }
+                if have.geometry == s.geometry {
+                    count(&mut self.availability, &have.bitfield, 1);
+                    if let Some(entry) = self.slots.get_mut(&slot) {
+                        entry.has = Some(have.bitfield);
+                    }
+                }
+            }
+            Event::Choked { dropped } => {
+                for index in dropped {
+                    self.forget_request(index, slot);
+                }
+                if let Some(entry) = self.slots.get_mut(&slot) {
+                    entry.unchoked = false;
+                }
+            }
+            Event::Unchoked => {
+                if let Some(entry) = self.slots.get_mut(&slot) {
+                    entry.unchoked = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_hashes(
+        &mut self,
+        sink: &Sink,
+        slot: usize,
+        first: u32,
+        hashes: Vec<[u8; 32]>,
+    ) -> Result<(), FetchError> {
+        if hashes.is_empty() || first.saturating_add(hashes.len() as u32) <= self.known {
+            return Ok(());
+        }
+        if let Some(entry) = self.slots.get(&slot) {
+            self.map_sources.insert(entry.task.peer);
+        }
+        if !sink
+            .send(Op::Hashes {
+                first,
+                hashes,
+                slot,
+            })
+            .await
+        {
+            return Err(FetchError::Store("the blob's writer stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn on_written(&mut self, w: Written, sink: &mut Option<Sink>) -> Result<(), FetchError> {
+        let Some(s) = sink.as_mut() else {
+            return Ok(());
+        };
+        match w {
+            Written::Piece {
+                index,
+                slot,
+                result,
+            } => {
+                self.writing.remove(&index);
+                match result {
+                    PieceResult::Stored | PieceResult::Duplicate => {
+                        let _ = s.have.set(index);
+                        self.last_progress = Instant::now();
+                    }
+                    PieceResult::Mismatch => {
+                        self.fetch.ctx.metrics.piece_verification_failures.inc();
+                        self.ban(slot, &format!("piece {index} does not match its hash"));
+                        self.drop_slot(slot);
+                    }
+                    PieceResult::Failed => {
+                        return Err(FetchError::Store("writing a piece failed".into()));
+                    }
+                }
+            }
+            Written::Hashes { slot, result } => match result {
+                Ok(known) => self.known = known,
+                Err(e) => {
+                    self.ban(slot, &format!("piece hashes contradict the map: {e}"));
+                    self.drop_slot(slot);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Keeps every unchoked peer's pipeline full.
+    fn fill_requests(&mut self, sink: &Sink) {
+        let mut done = sink.have.clone();
+        for i in &self.writing {
+            let _ = done.set(*i);
+        }
+        let now = Instant::now();
+        let mut slots: Vec<usize> = self.slots.keys().copied().collect();
+        slots.sort_unstable();
+        for slot in slots {
+            while let Some(entry) = self.slots.get(&slot) {
+                let Some(has) = entry.has.as_ref().filter(|_| entry.unchoked) else {
+                    break;
+                };
+                if entry.outstanding >= REQUESTS_PER_PEER {
+                    break;
+                }
+                let state = PickState {
+                    done: &done,
+                    known: self.known,
+                    requests: &self.requests,
+                    availability: &self.availability,
+                    request_timeout: self.p2p.cfg.request_timeout,
+                    now,
+                };
+                let Some(index) = pick(&state, slot, has) else {
+                    break;
+                };
+                if !entry.task.send(ToPeer::Request(index)) {
+                    break;
+                }
+                self.requests.entry(index).or_default().push((slot, now));
+                if let Some(entry) = self.slots.get_mut(&slot) {
+                    entry.outstanding += 1;
+                }
+            }
+        }
+    }
+
+    fn forget_request(&mut self, index: u32, slot: usize) {
+        if let Some(reqs) = self.requests.get_mut(&index) {
+            let before = reqs.len();
+            reqs.retain(|(s, _)| *s != slot);
+            if reqs.len() < before {
+                if let Some(entry) = self.slots.get_mut(&slot) {
+                    entry.outstanding = entry.outstanding.saturating_sub(1);
+                }
+            }
+            if reqs.is_empty() {
+                self.requests.remove(&index);
+            }
+        }
+    }
+
+    fn drop_slot(&mut self, slot: usize) {
+        let Some(entry) = self.slots.remove(&slot) else {
+            return;
+        };
+        if let Some(has) = &entry.has {
+            count(&mut self.availability, has, -1);
+        }
+        self.requests.retain(|_, reqs| {
+            reqs.retain(|(s, _)| *s != slot);
+            !reqs.is_empty()
+        });
+        self.retired.insert(entry.task.peer, Instant::now());
+    }
+
+    fn ban(&mut self, slot: usize, why: &str) {
+        if let Some(entry) = self.slots.get(&slot) {
+            self.fetch.ctx.metrics.peer_bans.inc();
+            self.p2p.bans.ban(self.fetch.digest, entry.task.peer, why);
+        }
+    }
+}
+
+/// Adds (`delta` 1) or removes (-1) a peer's pieces from the availability counts.
+fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
+    for i in has.iter_ones() {
+        if let Some(a) = availability.get_mut(i as usize) {
+            *a = if delta > 0 {
+                a.saturating_add(1)
+            } else {
+                a.saturating_sub(1)
+            };
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The agent's side of the swarm: what it serves to peers, how it downloads from them, and
+//! the node-wide state both share (limits, bans, counters).
+//!
+//! - [`source`]: the store and the blobs in flight as a [`pollen_peer::PieceSource`], so a
+//!   piece is served as soon as it is verified, long before its blob is complete.
+//! - [`download`]: one blob's download from peers, a single-writer event loop.
+//! - [`picker`]: which piece to ask which peer for next (pure, unit-tested).
+//! - [`peer_task`]: one session with one uploader, as a task that forwards its events.
+
+mod download;
+mod peer_task;
+mod picker;
+mod source;
+
+pub(crate) use download::{PeerOutcome, PeerPhase};
+pub(crate) use source::{PieceShare, StoreSource};
+
+use dashmap::DashMap;
+use pollen_oci::Digest;
+use pollen_peer::{RateLimiter, SessionConfig, UploadLimits, DEFAULT_MAX_UPLOAD_SESSIONS};
+use pollen_swarm::{Node, PeerId};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Default [`P2pConfig::max_peers_per_blob`].
+pub const DEFAULT_MAX_PEERS_PER_BLOB: usize = 8;
+/// Default [`P2pConfig::peer_stall`].
+pub const DEFAULT_PEER_STALL: Duration = Duration::from_secs(10);
+/// Default [`P2pConfig::ban_duration`].
+pub const DEFAULT_BAN_DURATION: Duration = Duration::from_secs(600);
+/// Default [`P2pConfig::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often the provider records of the store's blobs are reconciled with what it holds
+/// (new blobs announced, evicted ones withdrawn).
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How the agent shares and downloads pieces. Every field has a named default.
+#[derive(Clone, Debug)]
+pub struct P2pConfig {
+    /// Deadlines of every session, both directions, and the piece size override (which must
+    /// be the same on every agent of a cluster).
+    pub session: SessionConfig,
+    /// Piece bytes sent to peers per second, all sessions together; 0 is unlimited.
+    pub upload_limit: u64,
+    /// Piece bytes received from peers per second, all downloads together; 0 is unlimited.
+    pub download_limit: u64,
+    /// Peers served at once; more wait (choked) for a slot, then get `Busy`.
+    pub max_upload_sessions: usize,
+    /// Peers one blob is downloaded from at once.
+    pub max_peers_per_blob: usize,
+    /// How long a download may go without a new piece from any peer before the agent fetches
+    /// the pieces still missing from the upstream itself.
+    pub peer_stall: Duration,
+    /// How long a piece request may stay unanswered before the piece is also asked of another
+    /// peer (the first answer wins, the other request is cancelled).
+    pub request_timeout: Duration,
+    /// How long a peer that sent a bad piece (or a map that proved wrong) is not asked for
+    /// that blob again.
+    pub ban_duration: Duration,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            session: SessionConfig::default(),
+            upload_limit: 0,
+            download_limit: 0,
+            max_upload_sessions: DEFAULT_MAX_UPLOAD_SESSIONS,
+            max_peers_per_blob: DEFAULT_MAX_PEERS_PER_BLOB,
+            peer_stall: DEFAULT_PEER_STALL,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ban_duration: DEFAULT_BAN_DURATION,
+        }
+    }
+}
+
+/// Node-wide swarm state, shared by every download and upload.
+pub(crate) struct P2p {
+    pub node: Node,
+    pub cfg: P2pConfig,
+    pub uploads: Arc<UploadLimits>,
+    pub downloads: RateLimiter,
+    pub bans: Bans,
+}
+
+impl P2p {
+    pub fn new(node: Node, cfg: P2pConfig) -> P2p {
+        P2p {
+            uploads: Arc::new(UploadLimits::new(cfg.max_upload_sessions, cfg.upload_limit)),
+            downloads: RateLimiter::new(cfg.download_limit),
+            bans: Bans::new(cfg.ban_duration),
+            node,
+            cfg,
+        }
+    }
+
+    /// Announces the blob in the background: a failed announcement only means fewer peers
+    /// find us, and the periodic reconcile retries it.
+    pub fn provide(&self, digest: Digest) {
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.provide(&digest).await {
+                debug!(%digest, error = %e, "announcing a blob failed");
+            }
+        });
+    }
+
+    pub fn unprovide(&self, digest: Digest) {
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.unprovide(&digest).await {
+                debug!(%digest, error = %e, "withdrawing a blob failed");
+            }
+        });
+    }
+}
+
+/// Peers not to ask for a blob for a while, because they sent a bad piece or a wrong map.
+pub(crate) struct Bans {
+    until: DashMap<(Digest, PeerId), Instant>,
+    duration: Duration,
+}
+
+impl Bans {
+    fn new(duration: Duration) -> Bans {
+        Bans {
+            until: DashMap::new(),
+            duration,
+        }
+    }
+
+    pub fn ban(&self, digest: Digest, peer: PeerId, why: &str) {
+        warn!(%digest, %peer, reason = why, for_secs = self.duration.as_secs(), "banning peer for this blob");
+        self.until
+            .insert((digest, peer), Instant::now() + self.duration);
+    }
+
+    pub fn is_banned(&self, digest: &Digest, peer: &PeerId) -> bool {
+        self.until
+            .get(&(*digest, *peer))
+            .is_some_and(|t| *t > Instant::now())
+    }
+
+    /// Bans in force now (expired ones are dropped on the way).
+    pub fn active(&self) -> usize {
+        let now = Instant::now();
+        self.until.retain(|_, t| *t > now);
+        self.until.len()
+    }
+}
+
+/// Accepts pieces streams from other nodes and serves each in a task of its own, until the
+/// swarm stops.
+pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
+    let Some(p2p) = ctx.p2p.as_ref() else { return };
+    let mut incoming = match p2p.node.incoming_streams() {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(error = %e, "cannot accept peer streams; this node will not upload");
+            return;
+        }
+    };
+    let source: Arc<dyn pollen_peer::PieceSource> = Arc::new(StoreSource::new(&ctx));
+    while let Some((peer, stream)) = incoming.next().await {
+        let (source, limits, cfg) = (source.clone(), p2p.uploads.clone(), p2p.cfg.session.clone());
+        tokio::spawn(async move {
+            use tokio_util::compat::FuturesAsyncReadCompatExt;
+            match pollen_peer::serve(stream.compat(), source, limits, &cfg).await {
+                Ok(s) => {
+                    debug!(%peer, digest = %s.digest, bytes = s.bytes_sent, end = ?s.end, "upload session ended")
+                }
+                Err(e) => debug!(%peer, error = %e, "upload session failed"),
+            }
+        });
+    }
+}
+
+/// Keeps the provider records in step with the store: announces every complete blob at start
+/// and each new one, withdraws evicted ones.
+pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
+    let Some(p2p) = ctx.p2p.as_ref() else { return };
+    let mut announced = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let store = ctx.store.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || store.blob_digests()).await else {
+            continue;
+        };
+        let now: std::collections::HashSet<Digest> = now.into_iter().collect();
+        let fresh: Vec<_> = now.difference(&announced).copied().collect();
+        for d in &fresh {
+            p2p.provide(*d);
+        }
+        for d in announced.difference(&now) {
+            if !ctx.blobs.contains_key(d) {
+                p2p.unprovide(*d);
+            }
+        }
+        if !fresh.is_empty() {
+            info!(blobs = fresh.len(), "announced blobs to peers");
+        }
+        announced = now;
+    }
+}

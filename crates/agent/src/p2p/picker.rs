@@ -1,0 +1,184 @@
+//! Which piece to ask a peer for next. Pure: the download loop passes its state in, so the
+//! policy is tested without sessions, sockets or clocks.
+//!
+//! The order serves the client reading the blob front to back while keeping the swarm
+//! healthy:
+//! 1. **Streaming window**: the first `window` pieces from the first one still missing (where
+//!    the client is waiting), in order.
+//! 2. **Rarest first** beyond the window: the piece fewest known peers have (ties: lowest
+//!    index), so rare pieces spread before their only holder leaves.
+//! 3. **Duplicates** when nothing is left unrequested: a piece requested from another peer
+//!    longer than the request timeout ago, or, in end-game (every missing piece requested),
+//!    the piece with the fewest copies requested, at most [`MAX_COPIES`]. The first copy to
+//!    arrive wins; the download cancels the others.
+
+use pollen_proto::Bitfield;
+use std::collections::HashMap;
+use tokio::time::{Duration, Instant};
+
+/// Copies of one piece requested at once in end-game.
+pub(crate) const MAX_COPIES: usize = 2;
+
+/// Pieces of the streaming window.
+pub(crate) const WINDOW: u32 = 8;
+
+/// What the download knows when it picks, borrowed from its state.
+pub(crate) struct PickState<'a> {
+    /// Pieces stored, or received and being written.
+    pub done: &'a Bitfield,
+    /// Hashes known for pieces `0..known`: a piece is only requested once it can be checked.
+    pub known: u32,
+    /// Outstanding requests by piece: which peer slot, since when.
+    pub requests: &'a HashMap<u32, Vec<(usize, Instant)>>,
+    /// How many connected peers have each piece.
+    pub availability: &'a [u16],
+    pub request_timeout: Duration,
+    pub now: Instant,
+}
+
+/// The next piece to ask peer `slot` (which has `peer_has`) for, if any.
+pub(crate) fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Option<u32> {
+    let count = s.done.count().min(s.known);
+    let wanted = |i: &u32| {
+        !s.done.get(*i)
+            && peer_has.get(*i)
+            && !s
+                .requests
+                .get(i)
+                .is_some_and(|r| r.iter().any(|(p, _)| *p == slot))
+    };
+    let unrequested = |i: &u32| s.requests.get(i).is_none_or(|r| r.is_empty());
+    let first_missing = s.done.iter_missing().next()?;
+    let window_end = first_missing.saturating_add(WINDOW).min(count);
+    if let Some(i) = (first_missing..window_end).find(|i| wanted(i) && unrequested(i)) {
+        return Some(i);
+    }
+    let rarest = (window_end..count)
+        .filter(|i| wanted(i) && unrequested(i))
+        .min_by_key(|i| (s.availability.get(*i as usize).copied().unwrap_or(0), *i));
+    if rarest.is_some() {
+        return rarest;
+    }
+    // Nothing unrequested that this peer has: duplicate a stale or (end-game) scarce request.
+    let end_game = (0..s.done.count()).all(|i| s.done.get(i) || !unrequested(&i));
+    (first_missing..count)
+        .filter(wanted)
+        .filter_map(|i| {
+            let reqs = s.requests.get(&i)?;
+            let oldest = reqs.iter().map(|(_, t)| *t).min()?;
+            let stale = s.now.saturating_duration_since(oldest) >= s.request_timeout;
+            (stale || (end_game && reqs.len() < MAX_COPIES)).then_some((reqs.len(), oldest, i))
+        })
+        .min()
+        .map(|(_, _, i)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pollen_proto::PieceGeometry;
+
+    fn field(count: u32, ones: &[u32]) -> Bitfield {
+        let g = PieceGeometry::new(u64::from(count) * 65536, 65536).unwrap();
+        let mut b = Bitfield::new(&g);
+        for i in ones {
+            b.set(*i).unwrap();
+        }
+        b
+    }
+
+    struct Fixture {
+        done: Bitfield,
+        requests: HashMap<u32, Vec<(usize, Instant)>>,
+        availability: Vec<u16>,
+        known: u32,
+        now: Instant,
+    }
+
+    impl Fixture {
+        fn new(count: u32) -> Fixture {
+            Fixture {
+                done: field(count, &[]),
+                requests: HashMap::new(),
+                availability: vec![1; count as usize],
+                known: count,
+                now: Instant::now(),
+            }
+        }
+        fn pick(&self, slot: usize, has: &Bitfield) -> Option<u32> {
+            pick(
+                &PickState {
+                    done: &self.done,
+                    known: self.known,
+                    requests: &self.requests,
+                    availability: &self.availability,
+                    request_timeout: Duration::from_secs(10),
+                    now: self.now,
+                },
+                slot,
+                has,
+            )
+        }
+    }
+
+    #[test]
+    fn window_first_in_order_then_rarest() {
+        let mut f = Fixture::new(40);
+        let all = field(40, &(0..40).collect::<Vec<_>>());
+        f.done = field(40, &[0, 1]);
+        assert_eq!(f.pick(0, &all), Some(2), "first missing piece");
+        for i in 2..10 {
+            f.requests.insert(i, vec![(1, f.now)]);
+        }
+        f.availability[30] = 0;
+        f.availability[25] = 0;
+        assert_eq!(
+            f.pick(0, &all),
+            Some(25),
+            "beyond the window: rarest, lowest index"
+        );
+        let only_12 = field(40, &[12]);
+        assert_eq!(f.pick(0, &only_12), Some(12), "only what the peer has");
+    }
+
+    #[test]
+    fn only_pieces_whose_hash_is_known() {
+        let mut f = Fixture::new(10);
+        f.known = 3;
+        let all = field(10, &(0..10).collect::<Vec<_>>());
+        f.done = field(10, &[0, 1, 2]);
+        assert_eq!(f.pick(0, &all), None);
+    }
+
+    #[test]
+    fn stale_and_end_game_duplicates() {
+        let mut f = Fixture::new(4);
+        let all = field(4, &[0, 1, 2, 3]);
+        f.done = field(4, &[0, 1]);
+        let old = f.now - Duration::from_secs(11);
+        f.requests.insert(2, vec![(1, f.now)]);
+        f.requests.insert(3, vec![(1, old)]);
+        // Every missing piece is requested (end-game): the oldest single copy goes first.
+        assert_eq!(f.pick(0, &all), Some(3));
+        f.requests.get_mut(&3).unwrap().push((0, f.now));
+        assert_eq!(f.pick(0, &all), Some(2), "never twice to the same peer");
+        f.requests.get_mut(&2).unwrap().push((0, f.now));
+        assert_eq!(f.pick(2, &all), Some(3), "stale piece may get a third copy");
+        f.requests.get_mut(&3).unwrap()[0].1 = f.now;
+        assert_eq!(f.pick(2, &all), None, "max copies and nothing stale");
+        f.done = field(4, &[0, 1, 2, 3]);
+        assert_eq!(f.pick(2, &all), None, "complete");
+    }
+
+    #[test]
+    fn no_duplicates_before_end_game() {
+        let mut f = Fixture::new(4);
+        let peer = field(4, &[0]);
+        f.requests.insert(0, vec![(1, f.now)]);
+        assert_eq!(
+            f.pick(0, &peer),
+            None,
+            "piece 1..3 still unrequested elsewhere"
+        );
+    }
+}

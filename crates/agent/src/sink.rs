@@ -1,0 +1,337 @@
+//! The disk side of a blob download: one blocking thread owns the partial blob and applies
+//! everything that changes it, in order (Kraken's single writer): bytes appended from the
+//! upstream, pieces and piece hashes from peers. After each batch it tells the clients how far
+//! they may read ([`Progress`]) and the peers which pieces it can serve ([`PieceState`]).
+//! The network side never waits on the disk or a hash.
+
+use crate::blobs::{Inflight, Progress, Recent};
+use crate::error::FetchError;
+use crate::p2p::PieceShare;
+use bytes::Bytes;
+use pollen_peer::PieceState;
+use pollen_proto::{Bitfield, PieceGeometry, PieceMap};
+use pollen_store::{Blob, Partial, StoreError};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// Operations queued between the network and the disk writer (each at most a socket read or
+/// one piece).
+const WRITE_QUEUE: usize = 16;
+/// Most bytes written before readers are told about them.
+const PUBLISH_BATCH: usize = 1 << 20;
+
+/// A change to the partial blob.
+pub(crate) enum Op {
+    /// The next bytes from the upstream, at the append cursor.
+    Append(Bytes),
+    /// Continue appending at piece `index` (a range of pieces no peer had).
+    Seek(u32),
+    /// Piece hashes a peer sent (`slot` names the peer in the download).
+    Hashes {
+        first: u32,
+        hashes: Vec<[u8; 32]>,
+        slot: usize,
+    },
+    /// A piece a peer sent; checked against the map before it touches the disk.
+    Piece {
+        index: u32,
+        bytes: Bytes,
+        slot: usize,
+    },
+}
+
+/// What became of a piece from a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PieceResult {
+    Stored,
+    /// Already present (another peer's copy was first).
+    Duplicate,
+    /// Does not match its hash: the sender's fault.
+    Mismatch,
+    /// The disk failed; the writer stops with the error.
+    Failed,
+}
+
+/// What became of a peer's contribution.
+pub(crate) enum Written {
+    Piece {
+        index: u32,
+        slot: usize,
+        result: PieceResult,
+    },
+    /// `Ok(known)`: hashes known now; `Err(MapConflict)`: they contradict the map.
+    Hashes {
+        slot: usize,
+        result: Result<u32, StoreError>,
+    },
+}
+
+pub(crate) struct Sink {
+    tx: mpsc::Sender<Op>,
+    /// Where the upstream bytes go next (the append cursor, as sent to the writer).
+    pub sent: u64,
+    pub geometry: PieceGeometry,
+    /// Pieces present or on their way to the disk: resumed from disk, stored from peers (as
+    /// the writer confirms), or appended from the upstream. Owned by the download task.
+    pub have: Bitfield,
+    /// Hashes known when the sink started.
+    pub initial_known: u32,
+    /// The writer's verdicts on pieces and hashes from peers (taken by the peer download).
+    pub written: Option<mpsc::UnboundedReceiver<Written>>,
+    progress: watch::Sender<Progress>,
+    share: Arc<PieceShare>,
+    writer: tokio::task::JoinHandle<Result<Partial, StoreError>>,
+}
+
+impl Sink {
+    pub fn start(partial: Partial, inflight: &Inflight) -> Sink {
+        let sent = partial.append_offset();
+        let geometry = *partial.geometry();
+        let share = Arc::new(PieceShare {
+            geometry,
+            state: watch::channel(PieceState::empty(&geometry)).0,
+            file: partial.file().clone(),
+        });
+        let progress = inflight.progress().clone();
+        progress.send_replace(Progress::Streaming {
+            size: geometry.size(),
+            written: partial.readable(),
+            file: partial.file().clone(),
+            recent: Recent::default(),
+            verified: false,
+        });
+        let have = partial.have().clone();
+        let initial_known = partial.map().known();
+        let mut w = WriterThread {
+            partial,
+            adopted: false,
+            published: (u32::MAX, u32::MAX),
+            progress: progress.clone(),
+            share: share.clone(),
+        };
+        w.publish();
+        inflight.set_share(share.clone());
+        let (tx, mut rx) = mpsc::channel::<Op>(WRITE_QUEUE);
+        let (done_tx, written) = mpsc::unbounded_channel();
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some(op) = rx.blocking_recv() {
+                let mut result = w.apply(op, &done_tx);
+                // Drain what else has arrived before telling readers and peers: one wake-up
+                // per batch instead of per chunk.
+                let mut batched = 0;
+                while let Ok(n) = &result {
+                    batched += n;
+                    if batched >= PUBLISH_BATCH {
+                        break;
+                    }
+                    let Ok(more) = rx.try_recv() else { break };
+                    result = w.apply(more, &done_tx);
+                }
+                if let Err(e) = result {
+                    // Disk full, or upstream bytes that contradict a known piece hash: start
+                    // afresh next time rather than keep what cannot be completed.
+                    w.partial.abandon();
+                    return Err(e);
+                }
+                w.publish();
+            }
+            Ok(w.partial)
+        });
+        Sink {
+            tx,
+            sent,
+            geometry,
+            have,
+            initial_known,
+            written: Some(written),
+            progress,
+            share,
+            writer,
+        }
+    }
+
+    /// Queues an operation; `false` when the writer has stopped (its error comes from
+    /// [`Sink::finish`] or [`Sink::suspend`]).
+    pub async fn send(&self, op: Op) -> bool {
+        self.tx.send(op).await.is_ok()
+    }
+
+    async fn join(self) -> Result<(Partial, watch::Sender<Progress>, Arc<PieceShare>), FetchError> {
+        drop(self.tx);
+        let partial = self
+            .writer
+            .await
+            .map_err(|e| FetchError::Store(format!("writer task: {e}")))??;
+        Ok((partial, self.progress, self.share))
+    }
+
+    /// The next upstream range: the first run of missing pieces, from the append cursor when
+    /// it is inside that run (a transfer that broke there). `None` when nothing is missing.
+    pub fn next_range(&self) -> Option<(u64, u64)> {
+        let g = &self.geometry;
+        let first = self.have.iter_missing().next()?;
+        let end_piece = (first..g.count())
+            .find(|i| self.have.get(*i))
+            .unwrap_or(g.count());
+        let start = g.offset_of(first)?;
+        let end = g.offset_of(end_piece).unwrap_or(g.size());
+        Some(match self.sent > start && self.sent < end {
+            true => (self.sent, end),
+            false => (start, end),
+        })
+    }
+
+    /// Moves the append cursor to `offset` (the first byte of a piece) unless it is there.
+    pub async fn seek_to(&mut self, offset: u64) -> Result<(), FetchError> {
+        if offset == self.sent {
+            return Ok(());
+        }
+        let index = self
+            .geometry
+            .index_at(offset)
+            .filter(|i| self.geometry.offset_of(*i) == Some(offset))
+            .ok_or_else(|| FetchError::Store(format!("seek to {offset}: not a piece start")))?;
+        if !self.send(Op::Seek(index)).await {
+            return Err(FetchError::Store("the blob's writer stopped".into()));
+        }
+        self.sent = offset;
+        Ok(())
+    }
+
+    /// Records that the upstream supplied every byte up to `limit`: the run of missing pieces
+    /// that ends there is now appended.
+    pub fn appended_through(&mut self, limit: u64) {
+        let Some(mut i) = limit.checked_sub(1).and_then(|b| self.geometry.index_at(b)) else {
+            return;
+        };
+        while !self.have.get(i) {
+            let _ = self.have.set(i);
+            match i.checked_sub(1) {
+                Some(prev) => i = prev,
+                None => break,
+            }
+        }
+    }
+
+    /// Keeps what was fetched for a later attempt: a checkpoint instead of a commit.
+    pub async fn suspend(self) {
+        if let Ok((mut partial, _, _)) = self.join().await {
+            let _ = tokio::task::spawn_blocking(move || partial.checkpoint()).await;
+        }
+    }
+
+    /// Verifies the whole blob, releases the last byte to clients, then commits it.
+    pub async fn finish(self) -> Result<Blob, FetchError> {
+        let (mut partial, progress, share) = self.join().await?;
+        // Verify first and let readers have the last byte at once; the fsync and rename
+        // that make the blob durable need not delay them.
+        let partial = tokio::task::spawn_blocking(move || partial.verify().map(|()| partial))
+            .await
+            .map_err(|e| FetchError::Store(format!("verify task: {e}")))??;
+        progress.send_modify(|p| {
+            if let Progress::Streaming { verified, .. } = p {
+                *verified = true;
+            }
+        });
+        // Verified: the map is now trusted, and this node is a seed for the blob.
+        let hashes: Arc<[[u8; 32]]> = partial.map().hashes().into();
+        share
+            .state
+            .send_replace(PieceState::complete(&share.geometry, hashes));
+        tokio::task::spawn_blocking(move || partial.commit())
+            .await
+            .map_err(|e| FetchError::Store(format!("commit task: {e}")))?
+            .map_err(FetchError::from)
+    }
+}
+
+/// The state of the writer thread.
+struct WriterThread {
+    partial: Partial,
+    /// Some hashes came from peers: the map is not this node's to vouch for until the blob
+    /// verifies (trust model).
+    adopted: bool,
+    /// Pieces and hashes last published to peers.
+    published: (u32, u32),
+    progress: watch::Sender<Progress>,
+    share: Arc<PieceShare>,
+}
+
+impl WriterThread {
+    /// Applies one operation; returns the bytes it wrote, or the error that ends the download.
+    fn apply(
+        &mut self,
+        op: Op,
+        done: &mpsc::UnboundedSender<Written>,
+    ) -> Result<usize, StoreError> {
+        match op {
+            Op::Append(chunk) => {
+                self.partial.append(&chunk)?;
+                Ok(chunk.len())
+            }
+            Op::Seek(index) => self.partial.seek(index).map(|()| 0),
+            Op::Hashes {
+                first,
+                hashes,
+                slot,
+            } => {
+                self.adopted |= !hashes.is_empty();
+                let result = self
+                    .partial
+                    .adopt_hashes(first, &hashes)
+                    .map(|()| self.partial.map().known());
+                let _ = done.send(Written::Hashes { slot, result });
+                Ok(0)
+            }
+            Op::Piece { index, bytes, slot } => {
+                let (result, error) = match self.partial.write_piece(index, &bytes) {
+                    Ok(true) => (PieceResult::Stored, None),
+                    Ok(false) => (PieceResult::Duplicate, None),
+                    Err(StoreError::PieceMismatch { .. }) => (PieceResult::Mismatch, None),
+                    Err(e) => (PieceResult::Failed, Some(e)),
+                };
+                let _ = done.send(Written::Piece {
+                    index,
+                    slot,
+                    result,
+                });
+                match error {
+                    Some(e) => Err(e),
+                    None => Ok(bytes.len()),
+                }
+            }
+        }
+    }
+
+    /// Tells clients how far they may read, and peers what this node can serve.
+    fn publish(&mut self) {
+        let readable = self.partial.readable();
+        self.progress.send_modify(|p| {
+            if let Progress::Streaming { written, .. } = p {
+                *written = readable;
+            }
+        });
+        let now = (self.partial.have().count_ones(), self.partial.map().known());
+        if now == self.published {
+            return;
+        }
+        self.published = now;
+        let map = self.partial.map();
+        let complete_map = (map.known() == map.geometry().count())
+            .then(|| PieceMap::new(*map.digest(), *map.geometry(), map.hashes().to_vec()).ok())
+            .flatten();
+        let state = PieceState {
+            have: self.partial.have().clone(),
+            // Our own hashes (from the upstream's bytes) we vouch for; a peer's only once the
+            // blob verified.
+            hashes: if self.adopted {
+                Arc::from(Vec::new())
+            } else {
+                map.hashes().into()
+            },
+            complete: false,
+            map_id: complete_map.filter(|_| self.adopted).map(|m| m.id()),
+        };
+        self.share.state.send_replace(state);
+    }
+}
