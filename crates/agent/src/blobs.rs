@@ -218,23 +218,10 @@ impl BlobFetch<'_> {
             info!(digest = %self.digest, pieces = s.have.count_ones(), "resuming a partial download");
         }
         let mut sources = HashSet::new();
-        let outcome = match self.ctx.p2p.as_ref().filter(|_| use_peers) {
-            Some(p2p) => {
-                let mut phase = PeerPhase::new(self, p2p);
-                let outcome = phase.run(&mut sink).await;
-                sources = std::mem::take(&mut phase.map_sources);
-                outcome
-            }
-            None => Ok(PeerOutcome::Fallback("peer-to-peer is off".into())),
-        };
-        let result = match outcome {
-            Ok(PeerOutcome::Complete) => Ok(()),
-            Ok(PeerOutcome::Fallback(why)) => {
-                let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
-                info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
-                self.transfer(&mut sink).await
-            }
-            Err(e) => Err(e),
+        let mut stopping = self.ctx.stopping.subscribe();
+        let result = tokio::select! {
+            r = self.fetch_pieces(use_peers, &mut sink, &mut sources) => r,
+            _ = stopping.wait_for(|s| *s) => Err(FetchError::Upstream("the agent is shutting down".into())),
         };
         if let Err(e) = result {
             if let Some(s) = sink.take() {
@@ -254,6 +241,32 @@ impl BlobFetch<'_> {
             "blob fetched and verified"
         );
         Ok(blob)
+    }
+
+    /// Peers first, then the upstream for what they did not supply.
+    async fn fetch_pieces(
+        &self,
+        use_peers: bool,
+        sink: &mut Option<Sink>,
+        sources: &mut HashSet<PeerId>,
+    ) -> Result<(), FetchError> {
+        let outcome = match self.ctx.p2p.as_ref().filter(|_| use_peers) {
+            Some(p2p) => {
+                let mut phase = PeerPhase::new(self, p2p);
+                let outcome = phase.run(sink).await;
+                *sources = std::mem::take(&mut phase.map_sources);
+                outcome?
+            }
+            None => PeerOutcome::Fallback("peer-to-peer is off".into()),
+        };
+        match outcome {
+            PeerOutcome::Complete => Ok(()),
+            PeerOutcome::Fallback(why) => {
+                let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
+                info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
+                self.transfer(sink).await
+            }
+        }
     }
 
     pub fn ctx_arc(&self) -> Arc<Ctx> {

@@ -74,6 +74,8 @@ pub(crate) struct Ctx {
     ready: AtomicBool,
     /// The swarm, when peer-to-peer is on.
     p2p: Option<p2p::P2p>,
+    /// Set once by [`Agent::shutdown`]: downloads checkpoint what they have and stop.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running agent's handle; cheap to clone.
@@ -100,6 +102,7 @@ impl Agent {
             ctx: Arc::new(Ctx {
                 manifests: manifests::Manifests::default(),
                 p2p: swarm.map(|node| p2p::P2p::new(node, cfg.p2p.clone())),
+                stopping: tokio::sync::watch::channel(false).0,
                 cfg,
                 store,
                 upstream,
@@ -120,6 +123,21 @@ impl Agent {
         self.ctx.ready.store(true, Ordering::SeqCst);
         http::serve(self.ctx.clone(), listener).await;
         drop(peers);
+    }
+
+    /// Stops gracefully: every download in flight records its verified pieces (so a restart
+    /// resumes there) and ends; then the swarm stops. Returns when done, or after `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.ctx.ready.store(false, Ordering::SeqCst);
+        self.ctx.stopping.send_replace(true);
+        let until = tokio::time::Instant::now() + deadline;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !self.ctx.blobs.is_empty() && tokio::time::Instant::now() < until {
+            tick.tick().await;
+        }
+        if let Some(p2p) = &self.ctx.p2p {
+            let _ = p2p.node.shutdown().await;
+        }
     }
 
     /// What this node is doing, for `pollen status`.

@@ -71,8 +71,20 @@ impl Harness {
         dir: tempfile::TempDir,
         quota: u64,
     ) -> Harness {
+        Harness::with_swarm(reg, cfg, dir, quota, None).await
+    }
+
+    /// An agent with a swarm node (or none); `reg` may be shared with other agents (clones
+    /// share one registry).
+    pub async fn with_swarm(
+        reg: TestRegistry,
+        cfg: AgentConfig,
+        dir: tempfile::TempDir,
+        quota: u64,
+        node: Option<pollen_agent::Node>,
+    ) -> Harness {
         let store = Store::open(dir.path(), quota).unwrap();
-        let agent = Agent::new(cfg, store, None).unwrap();
+        let agent = Agent::new(cfg, store, node).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let a = agent.clone();
@@ -99,6 +111,50 @@ impl Harness {
         format!("?ns={}", self.reg.host().replace(':', "%3A"))
     }
 
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.client().send(method, path, headers).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.client().get(path).await
+    }
+
+    /// A client of this agent that can move into a task.
+    pub fn client(&self) -> AgentClient {
+        AgentClient {
+            client: self.client.clone(),
+            addr: self.addr,
+        }
+    }
+
+    /// Waits, with a deadline, until the agent has committed `digest` to its store. A client
+    /// gets its last byte as soon as the digest verifies, a moment before the blob is durable
+    /// and indexed, so tests that look at the store right after a response wait for this.
+    pub async fn wait_stored(&self, digest: &str) {
+        let d: pollen_oci::Digest = digest.parse().expect("test digest");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.agent.store().contains(pollen_store::Kind::Blob, &d) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{digest} was never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(&self.agent.metrics().encode(), name)
+    }
+}
+
+/// A plain HTTP client of one agent.
+#[derive(Clone)]
+pub struct AgentClient {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl AgentClient {
     pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
         let mut b = Request::builder()
             .method(method)
@@ -128,25 +184,6 @@ impl Harness {
 
     pub async fn get(&self, path: &str) -> Resp {
         self.send(Method::GET, path, &[]).await
-    }
-
-    /// Waits, with a deadline, until the agent has committed `digest` to its store. A client
-    /// gets its last byte as soon as the digest verifies, a moment before the blob is durable
-    /// and indexed, so tests that look at the store right after a response wait for this.
-    pub async fn wait_stored(&self, digest: &str) {
-        let d: pollen_oci::Digest = digest.parse().expect("test digest");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.agent.store().contains(pollen_store::Kind::Blob, &d) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{digest} was never committed"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    pub fn metric(&self, name: &str) -> f64 {
-        metric(&self.agent.metrics().encode(), name)
     }
 }
 

@@ -1,0 +1,316 @@
+//! Agents on loopback sharing pieces over libp2p, with the in-process test registry as the
+//! upstream. Every wait polls state (a node's peers, an agent's status or metrics) under a
+//! deadline; nothing sleeps to synchronise.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use pollen_agent::{AgentConfig, Node, Status};
+use pollen_swarm::{Bootstrap, SwarmConfig};
+use pollen_testreg::{Fault, TestRegistry};
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const PIECE: usize = 1 << 20;
+
+fn agent_config(reg: &TestRegistry) -> AgentConfig {
+    let mut cfg = config_for(reg);
+    cfg.upstream.failure_backoff = Duration::from_millis(1);
+    cfg.p2p.session.piece_size = Some(PIECE as u32);
+    cfg.p2p.peer_stall = Duration::from_secs(10);
+    cfg
+}
+
+/// An agent with a swarm on a free loopback port, bootstrapped to `to` if given, once it is
+/// connected to it.
+async fn member(reg: &TestRegistry, cfg: AgentConfig, to: Option<&Harness>) -> Harness {
+    member_in(reg, cfg, to, tempfile::tempdir().unwrap()).await
+}
+
+async fn member_in(
+    reg: &TestRegistry,
+    cfg: AgentConfig,
+    to: Option<&Harness>,
+    dir: tempfile::TempDir,
+) -> Harness {
+    let mut swarm = SwarmConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        provider_ttl: Duration::from_secs(4),
+        lookup_timeout: Duration::from_secs(5),
+        bootstrap_interval: Duration::from_millis(500),
+        ..SwarmConfig::default()
+    };
+    if let Some(first) = to {
+        let addr = node(first).listen_addrs().await.unwrap()[0].clone();
+        swarm.bootstrap = vec![Bootstrap::Addr(addr)];
+    }
+    let n = Node::start(dir.path(), swarm).await.expect("swarm starts");
+    let h = Harness::with_swarm(reg.clone(), cfg, dir, 1 << 30, Some(n)).await;
+    if let Some(first) = to {
+        let want = node(first).peer_id();
+        // Connected, and A in the routing table (identify has run), so lookups ask it.
+        eventually("bootstrap connection", || async {
+            node(&h).connected_peers().await.unwrap().contains(&want)
+                && node(&h).stats().routing_table_peers > 0
+        })
+        .await;
+    }
+    h
+}
+
+fn node(h: &Harness) -> &Node {
+    h.agent.node().expect("agent has a swarm")
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn blob_path(h: &Harness, digest: &str) -> String {
+    format!("/v2/app/blobs/{digest}{}", h.ns())
+}
+
+async fn status(h: &Harness) -> Status {
+    h.agent.status().await
+}
+
+/// Piece bytes this agent took from peers and from the upstream.
+fn sources(h: &Harness) -> (f64, f64) {
+    (
+        h.metric("pollen_peer_bytes_received_total"),
+        h.metric("pollen_upstream_bytes_total"),
+    )
+}
+
+/// An agent with the blob complete, and the blob.
+async fn seeded(reg: &TestRegistry, size: usize, seed: u64) -> (Harness, bytes::Bytes, String) {
+    let a = member(reg, agent_config(reg), None).await;
+    let layer = random_bytes(size, seed);
+    let digest = reg.add_blob("app", layer.clone());
+    let r = a.get(&blob_path(&a, &digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes(), &layer);
+    a.wait_stored(&digest).await;
+    (a, layer, digest)
+}
+
+fn upstream_down(reg: &TestRegistry) {
+    reg.set_fault(Fault::Status {
+        status: 503,
+        count: 1_000_000,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_supplies_a_blob_while_the_upstream_is_down() {
+    let reg = TestRegistry::start().await.unwrap();
+    let (a, layer, digest) = seeded(&reg, 5 * PIECE + 123, 1).await;
+    let b = member(&reg, agent_config(&reg), Some(&a)).await;
+    upstream_down(&reg);
+
+    let r = b.get(&blob_path(&b, &digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes(), &layer);
+    b.wait_stored(&digest).await;
+    assert_eq!(sources(&b), (layer.len() as f64, 0.0), "every byte from A");
+    assert_eq!(
+        reg.stats().blob_get_count(&digest),
+        1,
+        "only A went upstream"
+    );
+    a.agent.refresh_peer_metrics();
+    assert_eq!(a.metric("pollen_peer_bytes_sent_total"), layer.len() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn piece_size_edges_travel_between_peers() {
+    let reg = TestRegistry::start().await.unwrap();
+    let a = member(&reg, agent_config(&reg), None).await;
+    let b = member(&reg, agent_config(&reg), Some(&a)).await;
+    // Smaller than one piece, an exact multiple, one byte over, and a single byte.
+    let sizes = [100 << 10, 3 * PIECE, 3 * PIECE + 1, 1];
+    let mut blobs = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let layer = random_bytes(*size, 10 + i as u64);
+        let digest = reg.add_blob("app", layer.clone());
+        let r = a.get(&blob_path(&a, &digest)).await;
+        assert_eq!(r.bytes(), &layer);
+        a.wait_stored(&digest).await;
+        blobs.push((layer, digest));
+    }
+    upstream_down(&reg);
+    for (layer, digest) in &blobs {
+        let r = b.get(&blob_path(&b, digest)).await;
+        assert_eq!(r.status, StatusCode::OK, "{} bytes", layer.len());
+        assert_eq!(r.bytes(), layer, "{} bytes", layer.len());
+        b.wait_stored(digest).await;
+    }
+    let total: usize = sizes.iter().sum();
+    assert_eq!(sources(&b), (total as f64, 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_agents_pull_one_large_blob_at_once() {
+    let reg = TestRegistry::start().await.unwrap();
+    let a = member(&reg, agent_config(&reg), None).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(member(&reg, agent_config(&reg), Some(&a)).await);
+    }
+    let layer = random_bytes(24 * PIECE, 3);
+    let digest = reg.add_blob("app", layer.clone());
+    // A slow upstream (about 25 MB/s), so the others join while A is still fetching.
+    reg.set_fault(Fault::Slow {
+        chunk: 256 << 10,
+        delay: Duration::from_millis(10),
+    });
+    let first = {
+        let (client, path) = (a.client(), blob_path(&a, &digest));
+        tokio::spawn(async move { client.get(&path).await })
+    };
+    eventually("A to have its first piece", || async {
+        status(&a)
+            .await
+            .blobs_in_flight
+            .iter()
+            .any(|b| b.pieces_present > 0)
+    })
+    .await;
+    let pulls: Vec<_> = others
+        .iter()
+        .map(|h| {
+            let (client, path) = (h.client(), blob_path(h, &digest));
+            tokio::spawn(async move { client.get(&path).await })
+        })
+        .collect();
+    let r = first.await.unwrap();
+    assert_eq!(r.bytes(), &layer);
+    let mut from_peers = 0.0;
+    for (h, pull) in others.iter().zip(pulls) {
+        let r = pull.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.bytes(), &layer, "correct bytes on every agent");
+        h.wait_stored(&digest).await;
+        from_peers += sources(h).0;
+    }
+    let upstream = reg.stats().blob_bytes_sent as f64;
+    assert!(from_peers > 0.0, "the late agents took pieces from peers");
+    assert!(
+        upstream < 2.0 * layer.len() as f64,
+        "peers spared the upstream: {upstream} bytes sent for a {} byte blob to 4 agents",
+        layer.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_serving_bad_bytes_is_banned_and_the_pull_still_succeeds() {
+    let reg = TestRegistry::start().await.unwrap();
+    let (a, layer, digest) = seeded(&reg, 6 * PIECE, 4).await;
+    // A's disk goes bad under piece 1: A still serves it, with the right map.
+    let path = a
+        .dir
+        .path()
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(b"garbage!", PIECE as u64 + 17).unwrap();
+    drop(file);
+
+    let b = member(&reg, agent_config(&reg), Some(&a)).await;
+    let r = b.get(&blob_path(&b, &digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes(), &layer, "the client still gets the right bytes");
+    b.wait_stored(&digest).await;
+    assert!(b.metric("pollen_piece_verification_failures_total") >= 1.0);
+    assert!(b.metric("pollen_peer_bans_total") >= 1.0);
+    let st = status(&b).await;
+    assert!(st.banned_peers >= 1, "A is banned for the blob");
+    let (peers, upstream) = sources(&b);
+    assert!(
+        upstream >= PIECE as f64,
+        "the bad piece came from the upstream"
+    );
+    assert!(peers + upstream >= layer.len() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_killed_mid_transfer_leaves_the_rest_to_the_upstream() {
+    let reg = TestRegistry::start().await.unwrap();
+    let (a, layer, digest) = seeded(&reg, 16 * PIECE, 5).await;
+    let mut cfg = agent_config(&reg);
+    cfg.p2p.download_limit = 4 << 20;
+    let b = member(&reg, cfg, Some(&a)).await;
+    let pull = {
+        let (client, path) = (b.client(), blob_path(&b, &digest));
+        tokio::spawn(async move { client.get(&path).await })
+    };
+    eventually("B to get pieces from A", || async {
+        sources(&b).0 >= 2.0 * PIECE as f64
+    })
+    .await;
+    a.agent.shutdown(Duration::from_secs(5)).await;
+    let r = pull.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes(), &layer);
+    b.wait_stored(&digest).await;
+    let (peers, upstream) = sources(&b);
+    assert!(peers >= 2.0 * PIECE as f64);
+    assert!(
+        upstream > 0.0 && upstream < layer.len() as f64,
+        "{upstream}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_agent_resumes_a_peer_download_where_it_stopped() {
+    let reg = TestRegistry::start().await.unwrap();
+    let (a, layer, digest) = seeded(&reg, 16 * PIECE, 6).await;
+    let mut cfg = agent_config(&reg);
+    cfg.p2p.download_limit = 4 << 20;
+    let b = member(&reg, cfg, Some(&a)).await;
+    let pull = {
+        let (client, path) = (b.client(), blob_path(&b, &digest));
+        tokio::spawn(async move { client.get(&path).await })
+    };
+    eventually("B to store a few pieces", || async {
+        status(&b)
+            .await
+            .blobs_in_flight
+            .iter()
+            .any(|s| s.pieces_present >= 3)
+    })
+    .await;
+    b.agent.shutdown(Duration::from_secs(10)).await;
+    let cut = pull.await.unwrap();
+    assert!(
+        cut.body.is_err(),
+        "the interrupted response must not look complete"
+    );
+    let (_, dir) = b.stop();
+
+    // Same data dir (same PeerId), no download limit, the upstream down: only A can help.
+    upstream_down(&reg);
+    let b = member_in(&reg, agent_config(&reg), Some(&a), dir).await;
+    let r = b.get(&blob_path(&b, &digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes(), &layer);
+    b.wait_stored(&digest).await;
+    let (peers, upstream) = sources(&b);
+    assert_eq!(upstream, 0.0);
+    assert!(
+        peers <= (layer.len() - 3 * PIECE) as f64,
+        "verified pieces were fetched again: {peers} bytes after the restart"
+    );
+}
