@@ -3,8 +3,10 @@
 use crate::blobs::Progress;
 use crate::error::FetchError;
 use bytes::{Bytes, BytesMut};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -19,6 +21,10 @@ pub(crate) struct Follower {
     end: Option<u64>,
     /// Longest wait for the fetch to make progress before the response is abandoned.
     stall: Duration,
+    /// The file this response has read from. A fetch that starts over (its bytes from peers
+    /// failed the digest check) writes a new one, and a response that already sent bytes of
+    /// the old one must end rather than mix them.
+    source: Option<Arc<File>>,
 }
 
 impl Follower {
@@ -33,6 +39,7 @@ impl Follower {
             pos: start,
             end,
             stall,
+            source: None,
         }
     }
 
@@ -43,7 +50,24 @@ impl Follower {
             if self.end.is_some_and(|end| self.pos >= end) {
                 return None;
             }
-            let (file, readable, complete) = match &*self.rx.borrow_and_update() {
+            let state = self.rx.borrow_and_update().clone();
+            let current = match &state {
+                Progress::Streaming { file, .. } => Some(file),
+                Progress::Done(blob) => Some(blob.file()),
+                _ => None,
+            };
+            if let Some(file) = current {
+                match &self.source {
+                    Some(mine) if !Arc::ptr_eq(mine, file) => {
+                        return Some(Err(io::Error::other(
+                            "the blob's download started over after a failed digest check; response aborted",
+                        )))
+                    }
+                    Some(_) => {}
+                    None => self.source = Some(file.clone()),
+                }
+            }
+            let (file, readable, complete) = match &state {
                 Progress::Connecting => (None, 0, false),
                 Progress::Streaming {
                     size,

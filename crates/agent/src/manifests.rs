@@ -131,6 +131,12 @@ async fn fetch(
     reference: &Reference,
     client_auth: Option<HeaderValue>,
 ) -> Result<Manifest, FetchError> {
+    if let (Reference::Digest(d), Some(p2p)) = (reference, &ctx.p2p) {
+        if let Some((body, media_type)) = crate::p2p::manifest::fetch(p2p, d).await {
+            ctx.metrics.peer_bytes_received.inc_by(body.len() as u64);
+            return keep(ctx, *d, media_type, body).await;
+        }
+    }
     let req = FetchRequest {
         route,
         method: Method::GET,
@@ -169,6 +175,16 @@ async fn fetch(
             )));
         }
     }
+    keep(ctx, digest, media_type, body).await
+}
+
+/// Stores a verified manifest and hands it out.
+async fn keep(
+    ctx: &Ctx,
+    digest: Digest,
+    media_type: String,
+    body: Bytes,
+) -> Result<Manifest, FetchError> {
     let store = ctx.store.clone();
     let (b, mt) = (body.clone(), media_type.clone());
     tokio::task::spawn_blocking(move || {
@@ -178,6 +194,9 @@ async fn fetch(
     })
     .await
     .map_err(|e| FetchError::Store(e.to_string()))??;
+    if let Some(p2p) = &ctx.p2p {
+        p2p.provide(digest);
+    }
     Ok(Manifest {
         digest,
         media_type,

@@ -314,3 +314,138 @@ async fn a_restarted_agent_resumes_a_peer_download_where_it_stopped() {
         "verified pieces were fetched again: {peers} bytes after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_image_by_digest_comes_from_a_peer_while_the_upstream_is_down() {
+    let reg = TestRegistry::start().await.unwrap();
+    let a = member(&reg, agent_config(&reg), None).await;
+    let b = member(&reg, agent_config(&reg), Some(&a)).await;
+    let layers = vec![random_bytes(3 * PIECE + 5, 7), random_bytes(1000, 8)];
+    let image = reg.push_image("app", "v1", layers.clone());
+    let manifest_path =
+        |h: &Harness| format!("/v2/app/manifests/{}{}", image.manifest_digest, h.ns());
+    // A pulls the image the way a runtime does: manifest by tag, then config and layers.
+    let tag = a.get(&format!("/v2/app/manifests/v1{}", a.ns())).await;
+    assert_eq!(tag.status, StatusCode::OK);
+    let content_type = tag.header("content-type").to_string();
+    for d in image.layer_digests.iter().chain([&image.config_digest]) {
+        assert_eq!(a.get(&blob_path(&a, d)).await.status, StatusCode::OK);
+        a.wait_stored(d).await;
+    }
+    upstream_down(&reg);
+
+    let m = b.get(&manifest_path(&b)).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert_eq!(m.bytes(), &image.manifest);
+    assert_eq!(m.header("content-type"), content_type);
+    for (d, layer) in image.layer_digests.iter().zip(&layers) {
+        let r = b.get(&blob_path(&b, d)).await;
+        assert_eq!(r.bytes(), layer);
+    }
+    assert_eq!(b.metric("pollen_upstream_bytes_total"), 0.0);
+    assert_eq!(b.metric("pollen_upstream_requests_total"), 0.0);
+}
+
+/// A peer that claims a blob and serves other bytes with a piece map made to match them.
+struct Forger {
+    digest: pollen_oci::Digest,
+    data: bytes::Bytes,
+    geometry: pollen_proto::PieceGeometry,
+}
+
+impl pollen_peer::PieceSource for Forger {
+    fn blob(&self, digest: &pollen_oci::Digest) -> Option<pollen_peer::BlobView> {
+        (*digest == self.digest).then(|| {
+            let map = pollen_proto::PieceMap::of(self.digest, self.geometry, &self.data).unwrap();
+            let state = pollen_peer::PieceState::complete(&self.geometry, map.hashes().into());
+            let (tx, rx) = tokio::sync::watch::channel(state);
+            std::mem::forget(tx); // the forger never changes its story
+            pollen_peer::BlobView::new(
+                self.geometry,
+                rx,
+                std::sync::Arc::new(ForgedReader(self.data.clone(), self.geometry)),
+            )
+        })
+    }
+}
+
+struct ForgedReader(bytes::Bytes, pollen_proto::PieceGeometry);
+
+impl pollen_peer::PieceReader for ForgedReader {
+    fn read_piece(&self, index: u32) -> pollen_peer::PieceFuture<'_> {
+        let r = self.1.range_of(index).unwrap();
+        let piece = self.0.slice(r.start as usize..r.end as usize);
+        Box::pin(async move { Ok(piece) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_piece_map_fails_the_digest_and_its_peer_is_banned() {
+    let reg = TestRegistry::start().await.unwrap();
+    let b = member(&reg, agent_config(&reg), None).await;
+    let layer = random_bytes(4 * PIECE, 9);
+    let digest = reg.add_blob("app", layer.clone());
+    let d: pollen_oci::Digest = digest.parse().unwrap();
+
+    // The forger: a plain swarm node announcing the digest, serving other bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let evil = Node::start(
+        dir.path(),
+        SwarmConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![Bootstrap::Addr(
+                node(&b).listen_addrs().await.unwrap()[0].clone(),
+            )],
+            bootstrap_interval: Duration::from_millis(500),
+            ..SwarmConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let source: std::sync::Arc<dyn pollen_peer::PieceSource> = std::sync::Arc::new(Forger {
+        digest: d,
+        data: random_bytes(layer.len(), 99),
+        geometry: pollen_proto::PieceGeometry::new(layer.len() as u64, PIECE as u32).unwrap(),
+    });
+    let mut incoming = evil.incoming_streams().unwrap();
+    let serving = tokio::spawn(async move {
+        let limits = std::sync::Arc::new(pollen_peer::UploadLimits::default());
+        while let Some((_, stream)) = incoming.next().await {
+            let (source, limits) = (source.clone(), limits.clone());
+            tokio::spawn(async move {
+                use tokio_util::compat::FuturesAsyncReadCompatExt;
+                let cfg = pollen_peer::SessionConfig::default();
+                let _ = pollen_peer::serve(stream.compat(), source, limits, &cfg).await;
+            });
+        }
+    });
+    let evil_id = evil.peer_id();
+    eventually("the forger to be known", || async {
+        node(&b).stats().routing_table_peers > 0
+            && node(&b).connected_peers().await.unwrap().contains(&evil_id)
+    })
+    .await;
+    evil.provide(&d).await.unwrap();
+    eventually("the forger to be a provider", || async {
+        node(&b)
+            .find_providers(&d)
+            .await
+            .unwrap()
+            .contains(&evil_id)
+    })
+    .await;
+
+    // The first client follows the forged download; it must never get a complete body.
+    let r = b.get(&blob_path(&b, &digest)).await;
+    if let Ok(body) = &r.body {
+        assert_eq!(body, &layer, "a body that completes must be the real blob");
+    }
+    // The blob ends up right, from the upstream, and the forger is banned for it.
+    let r = b.get(&blob_path(&b, &digest)).await;
+    assert_eq!(r.bytes(), &layer);
+    b.wait_stored(&digest).await;
+    assert!(b.metric("pollen_peer_bans_total") >= 1.0);
+    assert!(b.metric("pollen_peer_bytes_received_total") >= layer.len() as f64);
+    assert_eq!(b.metric("pollen_upstream_bytes_total"), layer.len() as f64);
+    serving.abort();
+}

@@ -217,15 +217,10 @@ impl Store {
         })
     }
 
-    /// Every complete blob, for announcing them to peers (and noticing evictions by their
-    /// absence).
-    pub fn blob_digests(&self) -> Vec<Digest> {
-        self.inner
-            .lock()
-            .keys()
-            .filter(|k| k.kind == Kind::Blob)
-            .map(|k| k.digest)
-            .collect()
+    /// Every stored object (blobs and manifests), for announcing them to peers (and noticing
+    /// evictions by their absence).
+    pub fn digests(&self) -> Vec<Digest> {
+        self.inner.lock().keys().map(|k| k.digest).collect()
     }
 
     /// Starts writing an object that must hash to `digest`. When the size is known up front,

@@ -6,8 +6,10 @@
 //! - [`download`]: one blob's download from peers, a single-writer event loop.
 //! - [`picker`]: which piece to ask which peer for next (pure, unit-tested).
 //! - [`peer_task`]: one session with one uploader, as a task that forwards its events.
+//! - [`manifest`]: manifests by digest, whole, checked against their digest.
 
 mod download;
+pub(crate) mod manifest;
 mod peer_task;
 mod picker;
 mod source;
@@ -177,8 +179,8 @@ pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
     }
 }
 
-/// Keeps the provider records in step with the store: announces every complete blob at start
-/// and each new one, withdraws evicted ones.
+/// Keeps the provider records in step with the store: announces every complete blob and
+/// manifest at start and each new one, withdraws evicted ones.
 pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
     let Some(p2p) = ctx.p2p.as_ref() else { return };
     let mut announced = std::collections::HashSet::new();
@@ -186,7 +188,7 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
     loop {
         tick.tick().await;
         let store = ctx.store.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || store.blob_digests()).await else {
+        let Ok(now) = tokio::task::spawn_blocking(move || store.digests()).await else {
             continue;
         };
         let now: std::collections::HashSet<Digest> = now.into_iter().collect();

@@ -3,9 +3,9 @@
 
 use crate::Ctx;
 use bytes::BytesMut;
-use pollen_oci::Digest;
+use pollen_oci::{Digest, MAX_MANIFEST_BYTES};
 use pollen_peer::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState};
-use pollen_proto::PieceGeometry;
+use pollen_proto::{PieceGeometry, PieceMap};
 use pollen_store::{Blob, Kind};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -31,6 +31,22 @@ impl StoreSource {
     }
 }
 
+impl StoreSource {
+    /// A stored manifest as a blob of its own: small, so its map is computed here.
+    fn manifest(&self, digest: &Digest) -> Option<(Blob, PieceMap)> {
+        let blob = self.ctx.store.get(Kind::Manifest, digest)?;
+        let size = usize::try_from(blob.size())
+            .ok()
+            .filter(|s| *s <= MAX_MANIFEST_BYTES)?;
+        let mut body = vec![0u8; size];
+        blob.file().read_exact_at(&mut body, 0).ok()?;
+        let piece_size = self.ctx.p2p.as_ref().and_then(|p| p.cfg.session.piece_size);
+        let geometry = PieceGeometry::choose(blob.size(), piece_size).ok()?;
+        let map = PieceMap::of(*digest, geometry, &body).ok()?;
+        Some((blob, map))
+    }
+}
+
 impl PieceSource for StoreSource {
     fn blob(&self, digest: &Digest) -> Option<BlobView> {
         let inflight = self.ctx.blobs.get(digest).map(|e| e.value().clone());
@@ -46,10 +62,16 @@ impl PieceSource for StoreSource {
                 Arc::new(reader),
             ));
         }
-        let blob = self.ctx.store.get(Kind::Blob, digest)?;
-        // Every blob committed through a partial download has its map beside it; one without
-        // (a store from before pieces existed) is not shared rather than hashed again here.
-        let map = self.ctx.store.piece_map(digest)?;
+        let (blob, map) = match self.ctx.store.get(Kind::Blob, digest) {
+            // Every blob committed through a partial download has its map beside it; one
+            // without (a store from before pieces existed) is not shared rather than hashed
+            // again here.
+            Some(blob) => {
+                let map = self.ctx.store.piece_map(digest)?;
+                (blob, map)
+            }
+            None => self.manifest(digest)?,
+        };
         let geometry = *map.geometry();
         if geometry.size() != blob.size() {
             return None;
