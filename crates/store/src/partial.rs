@@ -53,9 +53,13 @@ pub struct Partial {
     /// complete.
     run_start: u64,
     pieces: PieceHashThread,
-    /// The whole-blob hash (on its own thread for large blobs), while every byte so far came
-    /// through `append` in order from 0.
+    /// The whole-blob hash (on its own thread for large blobs), fed in order as the present
+    /// prefix grows: appended bytes as they come, pieces from peers as they join the prefix
+    /// (read back from the page cache when they arrived out of order). The digest is thus
+    /// ready when the last piece lands, with no second pass over the blob.
     whole: Option<HashSink>,
+    /// Bytes fed to `whole`.
+    whole_pos: u64,
     /// Set by [`Partial::verify`].
     verified: bool,
     unsynced: u64,
@@ -109,7 +113,7 @@ impl Store {
             .next()
             .and_then(|i| geometry.offset_of(i))
             .unwrap_or(geometry.size());
-        Ok(Partial {
+        let mut partial = Partial {
             store: self.clone(),
             digest,
             dir,
@@ -119,12 +123,15 @@ impl Store {
             cursor,
             run_start: cursor,
             pieces: PieceHashThread::start()?,
-            whole: (cursor == 0).then(|| HashSink::new(Some(geometry.size()))),
+            whole: Some(HashSink::new(Some(geometry.size()))),
+            whole_pos: 0,
             verified: false,
             unsynced: 0,
             last_checkpoint: Instant::now(),
             checkpointer: Checkpointer::new(file_for_checkpoints, dir_for_checkpoints),
-        })
+        };
+        partial.catch_up_whole(None);
+        Ok(partial)
     }
 
     /// The geometry of a partial download left on disk, so a fetch can reopen it and ask the
@@ -193,7 +200,7 @@ impl Partial {
 
     /// Continues appending at the first byte of piece `index` (the upstream range for pieces
     /// no peer supplied). The bytes of a piece left unfinished are hashed again when it is
-    /// fetched again; the whole-blob digest is then computed from the file at the end.
+    /// fetched again.
     pub fn seek(&mut self, index: u32) -> Result<(), StoreError> {
         let offset = self
             .geometry()
@@ -201,7 +208,6 @@ impl Partial {
             .ok_or(StoreError::PieceMismatch { index })?;
         if offset != self.cursor {
             self.pieces.reset()?;
-            self.whole = None;
             self.cursor = offset;
         }
         self.run_start = offset;
@@ -231,7 +237,7 @@ impl Partial {
 
     /// Stores one piece from a peer after checking it against the map. `Ok(false)` when the
     /// piece was already present.
-    pub fn write_piece(&mut self, index: u32, data: &[u8]) -> Result<bool, StoreError> {
+    pub fn write_piece(&mut self, index: u32, data: &Bytes) -> Result<bool, StoreError> {
         if self.have.get(index) {
             return Ok(false);
         }
@@ -246,6 +252,7 @@ impl Partial {
             .write_all_at(data, offset)
             .map_err(|e| StoreError::io("writing", &self.dir, e))?;
         self.mark(index, data.len() as u64)?;
+        self.catch_up_whole(Some((offset, data)));
         Ok(true)
     }
 
@@ -253,8 +260,11 @@ impl Partial {
     /// [`Partial::append_offset`]. Each piece is hashed as it completes: checked against the
     /// map where its hash is known, otherwise its hash extends the map.
     pub fn append(&mut self, chunk: &Bytes) -> Result<(), StoreError> {
-        if let Some(w) = &mut self.whole {
-            w.update(chunk);
+        if self.whole_pos == self.cursor {
+            if let Some(w) = &mut self.whole {
+                w.update(chunk);
+                self.whole_pos += chunk.len() as u64;
+            }
         }
         let geometry = *self.geometry();
         let mut pos = 0;
@@ -298,7 +308,40 @@ impl Partial {
                 self.mark(index, u64::from(len))?;
             }
         }
+        self.catch_up_whole(None);
         Ok(())
+    }
+
+    /// Feeds the whole-blob hash with every present byte it has not seen, in order: `fresh`
+    /// (a piece just written at an offset) straight from memory, the rest from the file.
+    fn catch_up_whole(&mut self, fresh: Option<(u64, &Bytes)>) {
+        let geometry = *self.geometry();
+        let Some(w) = self.whole.as_mut() else { return };
+        while self.whole_pos < geometry.size() {
+            let Some(index) = geometry.index_at(self.whole_pos) else {
+                return;
+            };
+            let Some(range) = geometry.range_of(index) else {
+                return;
+            };
+            if !self.have.get(index) {
+                return;
+            }
+            let chunk = match fresh {
+                Some((offset, data)) if offset == self.whole_pos => data.clone(),
+                _ => {
+                    let mut buf = vec![0u8; (range.end - self.whole_pos) as usize];
+                    if self.file.read_exact_at(&mut buf, self.whole_pos).is_err() {
+                        // verify() hashes the whole file instead.
+                        self.whole = None;
+                        return;
+                    }
+                    Bytes::from(buf)
+                }
+            };
+            w.update(&chunk);
+            self.whole_pos += chunk.len() as u64;
+        }
     }
 
     /// Waits for the piece hashes still being computed: afterwards [`Partial::have`] and
@@ -367,7 +410,8 @@ impl Partial {
                 got: self.contiguous(),
             });
         }
-        let streamed = self.whole.take().filter(|_| self.cursor == size);
+        self.catch_up_whole(None);
+        let streamed = self.whole.take().filter(|_| self.whole_pos == size);
         let actual = match streamed.and_then(HashSink::finish) {
             Some(d) => d,
             None => hash_file(&self.file, &self.dir)?,

@@ -94,7 +94,7 @@ fn peer_pieces_are_verified_against_the_map() {
     };
     // No hash known yet: nothing can be accepted.
     assert!(matches!(
-        p.write_piece(2, piece(2)),
+        p.write_piece(2, &Bytes::copy_from_slice(piece(2))),
         Err(StoreError::PieceMismatch { index: 2 })
     ));
     p.adopt_hashes(0, &map.hashes()[..2]).unwrap();
@@ -102,14 +102,17 @@ fn peer_pieces_are_verified_against_the_map() {
     let mut bad = piece(3).to_vec();
     bad[7] ^= 0xff;
     assert!(matches!(
-        p.write_piece(3, &bad),
+        p.write_piece(3, &Bytes::copy_from_slice(&bad)),
         Err(StoreError::PieceMismatch { index: 3 })
     ));
     assert!(!p.have().get(3));
     for i in [4, 0, 3, 1, 2] {
-        assert!(p.write_piece(i, piece(i)).unwrap());
+        assert!(p.write_piece(i, &Bytes::copy_from_slice(piece(i))).unwrap());
     }
-    assert!(!p.write_piece(1, piece(1)).unwrap(), "already present");
+    assert!(
+        !p.write_piece(1, &Bytes::copy_from_slice(piece(1))).unwrap(),
+        "already present"
+    );
     assert_eq!(p.contiguous(), len as u64);
     assert_eq!(read_all(&p.commit().unwrap()), data);
 }
@@ -142,8 +145,11 @@ fn a_forged_map_never_completes_and_leaves_nothing() {
     p.adopt_hashes(0, forged_map.hashes()).unwrap();
     for i in 0..geometry.count() {
         let r = geometry.range_of(i).unwrap();
-        p.write_piece(i, &forged[r.start as usize..r.end as usize])
-            .unwrap();
+        p.write_piece(
+            i,
+            &Bytes::copy_from_slice(&forged[r.start as usize..r.end as usize]),
+        )
+        .unwrap();
     }
     assert!(matches!(p.commit(), Err(StoreError::DigestMismatch { .. })));
     assert!(!store.contains(Kind::Blob, &digest));
@@ -224,4 +230,42 @@ fn evicting_a_blob_removes_its_piece_map() {
         "an evicted blob's piece map must go with it"
     );
     assert_eq!(store.piece_map(&digest), None);
+}
+
+#[test]
+fn the_digest_is_computed_on_the_way_whatever_the_order() {
+    let len = 6 * MIN_PIECE_SIZE as usize + 7;
+    let (_d, store, data, geometry, digest) = setup(len);
+    let map = PieceMap::of(digest, geometry, &data).unwrap();
+    let piece = |i: u32| {
+        let r = geometry.range_of(i).unwrap();
+        Bytes::copy_from_slice(&data[r.start as usize..r.end as usize])
+    };
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.adopt_hashes(0, map.hashes()).unwrap();
+    // Peers supply pieces 5 and 2 out of order; the upstream appends 3..5 after a seek; peers
+    // then fill 0 and 1, and the upstream the last piece.
+    p.write_piece(5, &piece(5)).unwrap();
+    p.write_piece(2, &piece(2)).unwrap();
+    assert_eq!(p.whole_pos, 0, "nothing contiguous yet");
+    p.seek(3).unwrap();
+    let r =
+        geometry.range_of(3).unwrap().start as usize..geometry.range_of(4).unwrap().end as usize;
+    p.append(&Bytes::copy_from_slice(&data[r])).unwrap();
+    p.write_piece(0, &piece(0)).unwrap();
+    p.write_piece(1, &piece(1)).unwrap();
+    p.settle().unwrap();
+    assert_eq!(
+        p.whole_pos,
+        geometry.range_of(5).unwrap().end,
+        "the prefix 0..=5 is hashed"
+    );
+    p.seek(6).unwrap();
+    let r = geometry.range_of(6).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[r.start as usize..]))
+        .unwrap();
+    p.settle().unwrap();
+    assert_eq!(p.whole_pos, len as u64, "no second pass needed");
+    let b = p.commit().unwrap();
+    assert_eq!(read_all(&b), data);
 }
