@@ -449,3 +449,38 @@ async fn a_forged_piece_map_fails_the_digest_and_its_peer_is_banned() {
     assert_eq!(b.metric("pollen_upstream_bytes_total"), layer.len() as f64);
     serving.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_reads_the_blob_while_its_pieces_arrive_from_peers() {
+    use http_body_util::BodyExt;
+    let reg = TestRegistry::start().await.unwrap();
+    let (a, layer, digest) = seeded(&reg, 16 * PIECE, 11).await;
+    let mut cfg = agent_config(&reg);
+    cfg.p2p.download_limit = 8 << 20;
+    let b = member(&reg, cfg, Some(&a)).await;
+    upstream_down(&reg);
+    let (code, mut body) = b.client().open(&blob_path(&b, &digest)).await;
+    assert_eq!(code, StatusCode::OK);
+    let mut got = Vec::new();
+    let mut seen_partial = false;
+    while let Some(frame) = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect("the body keeps moving")
+    {
+        if let Ok(data) = frame.unwrap().into_data() {
+            got.extend_from_slice(&data);
+        }
+        if !seen_partial && got.len() >= PIECE {
+            // Bytes are here; the blob is not: the client is streaming behind the download.
+            let st = status(&b).await;
+            let blob = st.blobs_in_flight.iter().find(|s| s.digest == digest);
+            seen_partial = blob.is_some_and(|s| s.pieces_present < s.pieces);
+            assert!(
+                seen_partial,
+                "the first MiB came only after the whole blob: {st:?}"
+            );
+        }
+    }
+    assert!(seen_partial);
+    assert_eq!(got, layer);
+}

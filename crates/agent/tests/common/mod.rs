@@ -155,6 +155,19 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
+    /// A GET whose body the caller reads as it arrives.
+    pub async fn open(&self, path: &str) -> (StatusCode, hyper::body::Incoming) {
+        let req = Request::builder()
+            .uri(format!("http://{}{}", self.addr, path))
+            .body(Empty::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("agent did not answer within 30s")
+            .expect("request failed");
+        (resp.status(), resp.into_body())
+    }
+
     pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
         let mut b = Request::builder()
             .method(method)
