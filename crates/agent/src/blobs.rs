@@ -131,6 +131,9 @@ pub(crate) fn open(
     if let dashmap::Entry::Occupied(e) = &entry {
         return (e.get().subscribe(), false);
     }
+    if client_auth.is_some() {
+        ctx.private.mark(digest);
+    }
     let (tx, rx) = watch::channel(Progress::Connecting);
     let inflight = Arc::new(Inflight::new(tx.clone()));
     entry.insert(inflight.clone());
@@ -287,7 +290,12 @@ impl BlobFetch<'_> {
             .await
             .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
         let sink = Sink::start(partial, self.inflight);
-        if let Some(p2p) = &self.ctx.p2p {
+        if let Some(p2p) = self
+            .ctx
+            .p2p
+            .as_ref()
+            .filter(|_| !self.ctx.private.contains(&digest))
+        {
             p2p.provide(digest);
         }
         Ok(sink)

@@ -15,6 +15,7 @@ mod http;
 mod manifests;
 mod metrics;
 mod p2p;
+mod private;
 mod range;
 mod request;
 mod sink;
@@ -74,6 +75,8 @@ pub(crate) struct Ctx {
     ready: AtomicBool,
     /// The swarm, when peer-to-peer is on.
     p2p: Option<p2p::P2p>,
+    /// Content fetched with a client's own credentials: never shared with peers.
+    private: private::Private,
     /// Set once by [`Agent::shutdown`]: downloads checkpoint what they have and stop.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -103,6 +106,7 @@ impl Agent {
                 manifests: manifests::Manifests::default(),
                 p2p: swarm.map(|node| p2p::P2p::new(node, cfg.p2p.clone())),
                 stopping: tokio::sync::watch::channel(false).0,
+                private: private::Private::load(store.root()),
                 cfg,
                 store,
                 upstream,

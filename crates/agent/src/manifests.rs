@@ -131,6 +131,7 @@ async fn fetch(
     reference: &Reference,
     client_auth: Option<HeaderValue>,
 ) -> Result<Manifest, FetchError> {
+    let private = client_auth.is_some();
     if let (Reference::Digest(d), Some(p2p)) = (reference, &ctx.p2p) {
         if let Some((body, media_type)) = crate::p2p::manifest::fetch(p2p, d).await {
             ctx.metrics.peer_bytes_received.inc_by(body.len() as u64);
@@ -175,6 +176,9 @@ async fn fetch(
             )));
         }
     }
+    if private {
+        ctx.private.mark(digest);
+    }
     keep(ctx, digest, media_type, body).await
 }
 
@@ -194,7 +198,7 @@ async fn keep(
     })
     .await
     .map_err(|e| FetchError::Store(e.to_string()))??;
-    if let Some(p2p) = &ctx.p2p {
+    if let Some(p2p) = ctx.p2p.as_ref().filter(|_| !ctx.private.contains(&digest)) {
         p2p.provide(digest);
     }
     Ok(Manifest {

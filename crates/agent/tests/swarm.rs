@@ -484,3 +484,45 @@ async fn a_client_reads_the_blob_while_its_pieces_arrive_from_peers() {
     assert!(seen_partial);
     assert_eq!(got, layer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn content_fetched_with_a_clients_credentials_is_not_shared() {
+    let reg = TestRegistry::start().await.unwrap();
+    let a = member(&reg, agent_config(&reg), None).await;
+    let b = member(&reg, agent_config(&reg), Some(&a)).await;
+    let layer = random_bytes(2 * PIECE, 12);
+    let digest = reg.add_blob("app", layer.clone());
+    let r = a
+        .send(
+            http::Method::GET,
+            &blob_path(&a, &digest),
+            &[("authorization", "Bearer pod-secret")],
+        )
+        .await;
+    assert_eq!(r.bytes(), &layer);
+    a.wait_stored(&digest).await;
+    // The control: a blob A fetched without client credentials is shared.
+    let public = random_bytes(PIECE, 13);
+    let public_digest = reg.add_blob("app", public.clone());
+    assert_eq!(a.get(&blob_path(&a, &public_digest)).await.bytes(), &public);
+    a.wait_stored(&public_digest).await;
+    upstream_down(&reg);
+    assert_eq!(b.get(&blob_path(&b, &public_digest)).await.bytes(), &public);
+
+    let r = b.get(&blob_path(&b, &digest)).await;
+    assert_ne!(
+        r.status,
+        StatusCode::OK,
+        "a private blob reached another node"
+    );
+    assert_eq!(b.metric("pollen_peer_bytes_received_total"), PIECE as f64);
+    // Restarted, A still keeps it to itself.
+    let (_, dir) = a.stop();
+    let a = member_in(&reg, agent_config(&reg), Some(&b), dir).await;
+    assert!(a
+        .agent
+        .store()
+        .contains(pollen_store::Kind::Blob, &digest.parse().unwrap()));
+    let r = b.get(&blob_path(&b, &digest)).await;
+    assert_ne!(r.status, StatusCode::OK);
+}

@@ -191,7 +191,8 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
         let Ok(now) = tokio::task::spawn_blocking(move || store.digests()).await else {
             continue;
         };
-        let now: std::collections::HashSet<Digest> = now.into_iter().collect();
+        let mut now: std::collections::HashSet<Digest> = now.into_iter().collect();
+        now.retain(|d| !ctx.private.contains(d));
         let fresh: Vec<_> = now.difference(&announced).copied().collect();
         for d in &fresh {
             p2p.provide(*d);

@@ -49,6 +49,9 @@ impl StoreSource {
 
 impl PieceSource for StoreSource {
     fn blob(&self, digest: &Digest) -> Option<BlobView> {
+        if self.ctx.private.contains(digest) {
+            return None;
+        }
         let inflight = self.ctx.blobs.get(digest).map(|e| e.value().clone());
         if let Some(share) = inflight.as_ref().and_then(|i| i.share()) {
             let reader = FileReader {

@@ -1,0 +1,51 @@
+//! Content this node must not share with peers: whatever it fetched with a client's own
+//! credentials (passed through from the runtime, e.g. a pod's image pull secret). Every agent
+//! of a cluster has the same configured credentials, so content fetched with those (or
+//! anonymously) is content any node could fetch itself and is shared; content only a
+//! particular client could fetch stays on this node. Kept as marker files under
+//! `<data dir>/private/`, so the rule survives restarts.
+
+use dashmap::DashSet;
+use pollen_oci::Digest;
+use std::path::PathBuf;
+
+pub(crate) struct Private {
+    dir: PathBuf,
+    digests: DashSet<Digest>,
+}
+
+impl Private {
+    pub fn load(root: &std::path::Path) -> Private {
+        let dir = root.join("private");
+        let digests = DashSet::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if let Some(d) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| Digest::from_hex(n).ok())
+                {
+                    digests.insert(d);
+                }
+            }
+        }
+        Private { dir, digests }
+    }
+
+    /// Marks `digest` as not for peers, on disk first: a crash must not lose the mark.
+    pub fn mark(&self, digest: Digest) {
+        if self.digests.contains(&digest) {
+            return;
+        }
+        let marked = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::File::create(self.dir.join(digest.hex())));
+        if let Err(e) = marked {
+            tracing::warn!(%digest, error = %e, "cannot record that a blob is private; it stays private until restart");
+        }
+        self.digests.insert(digest);
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.digests.contains(digest)
+    }
+}
