@@ -138,7 +138,7 @@ async fn blob(
             return error(&oci, challenge);
         }
     };
-    let source = if cached { "cache" } else { "upstream" };
+    let source = if cached { "cache" } else { "fetch" };
     ctx.metrics
         .request("blob", if cached { "hit" } else { "miss" });
     let mut status = StatusCode::OK;

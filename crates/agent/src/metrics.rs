@@ -73,7 +73,7 @@ impl Metrics {
         );
         r.register(
             "served_bytes",
-            "Body bytes sent to clients, by where they came from (cache or upstream)",
+            "Body bytes sent to clients: from the cache, or from a fetch in progress (peers and upstream)",
             m.bytes_served.clone(),
         );
         r.register(
