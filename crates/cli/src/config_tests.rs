@@ -93,3 +93,255 @@ fn bad_values_are_explained() {
     .unwrap_err();
     assert!(err.to_string().contains("cache_sise"), "{err}");
 }
+
+#[test]
+fn peer_to_peer_defaults() {
+    let s = Settings::resolve(args()).unwrap();
+    let swarm = s.swarm.expect("peer-to-peer is on by default");
+    assert_eq!(
+        swarm.listen,
+        vec![DEFAULT_P2P_LISTEN
+            .parse::<pollen_swarm::Multiaddr>()
+            .unwrap()]
+    );
+    assert_eq!(DEFAULT_P2P_LISTEN, "/ip4/0.0.0.0/tcp/65003");
+    assert!(swarm.bootstrap.is_empty());
+    assert_eq!(swarm.mdns, DEFAULT_MDNS);
+    assert!(!swarm.mdns);
+    let p2p = &s.agent.p2p;
+    assert_eq!(p2p.session.piece_size, None);
+    assert_eq!((p2p.upload_limit, p2p.download_limit), (0, 0));
+    assert_eq!(p2p.max_upload_sessions, DEFAULT_MAX_UPLOAD_SESSIONS);
+    assert_eq!(DEFAULT_MAX_UPLOAD_SESSIONS, 8);
+    // The defaults not exposed as flags stay the agent's.
+    assert_eq!(p2p.peer_stall, pollen_agent::DEFAULT_PEER_STALL);
+}
+
+#[test]
+fn peer_to_peer_flags() {
+    let a = AgentArgs {
+        p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip6/::/tcp/65003".into()],
+        bootstrap: vec![
+            "dns:pollen.kube-system.svc.cluster.local:65003".into(),
+            "/ip4/10.0.0.7/tcp/65003".into(),
+        ],
+        mdns: Some(true),
+        piece_size: Some("16MiB".into()),
+        upload_limit: Some("100MiB".into()),
+        download_limit: Some("1GiB/s".into()),
+        max_upload_sessions: Some(0),
+        ..args()
+    };
+    let s = Settings::resolve(a).unwrap();
+    let swarm = s.swarm.unwrap();
+    assert_eq!(swarm.listen.len(), 2);
+    assert_eq!(swarm.listen[1].to_string(), "/ip6/::/tcp/65003");
+    assert_eq!(
+        swarm.bootstrap,
+        vec![
+            pollen_swarm::Bootstrap::Dns {
+                name: "pollen.kube-system.svc.cluster.local".into(),
+                port: 65003
+            },
+            pollen_swarm::Bootstrap::Addr("/ip4/10.0.0.7/tcp/65003".parse().unwrap()),
+        ]
+    );
+    assert!(swarm.mdns);
+    let p2p = &s.agent.p2p;
+    assert_eq!(p2p.session.piece_size, Some(16 << 20));
+    assert_eq!(p2p.upload_limit, 100 << 20);
+    assert_eq!(p2p.download_limit, 1 << 30);
+    assert_eq!(p2p.max_upload_sessions, 0);
+
+    // --p2p false: no swarm at all, whatever else is set.
+    let s = Settings::resolve(AgentArgs {
+        p2p: Some(false),
+        bootstrap: vec!["dns:x:1".into()],
+        ..args()
+    })
+    .unwrap();
+    assert!(s.swarm.is_none());
+}
+
+#[test]
+fn peer_to_peer_file_keys_and_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pollen.toml");
+    std::fs::write(
+        &path,
+        r#"
+p2p = true
+p2p_listen = ["/ip4/0.0.0.0/tcp/7003", "/ip6/::/tcp/7003"]
+bootstrap = "dns:pollen:65003"
+mdns = true
+piece_size = "8MiB"
+upload_limit = 0
+download_limit = "50MiB"
+max_upload_sessions = 4
+cache_size = 1073741824
+"#,
+    )
+    .unwrap();
+    let s = Settings::resolve(AgentArgs {
+        config: Some(path.clone()),
+        ..args()
+    })
+    .unwrap();
+    assert_eq!(s.cache_size, 1 << 30);
+    let swarm = s.swarm.unwrap();
+    assert_eq!(swarm.listen.len(), 2);
+    assert_eq!(swarm.bootstrap.len(), 1);
+    assert!(swarm.mdns);
+    assert_eq!(s.agent.p2p.session.piece_size, Some(8 << 20));
+    assert_eq!(s.agent.p2p.upload_limit, 0);
+    assert_eq!(s.agent.p2p.download_limit, 50 << 20);
+    assert_eq!(s.agent.p2p.max_upload_sessions, 4);
+
+    // Flags win over the file.
+    let s = Settings::resolve(AgentArgs {
+        config: Some(path.clone()),
+        p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        mdns: Some(false),
+        piece_size: Some("1MiB".into()),
+        max_upload_sessions: Some(16),
+        ..args()
+    })
+    .unwrap();
+    let swarm = s.swarm.unwrap();
+    assert_eq!(swarm.listen[0].to_string(), "/ip4/127.0.0.1/tcp/0");
+    assert_eq!(swarm.listen.len(), 1);
+    assert!(!swarm.mdns);
+    assert_eq!(s.agent.p2p.session.piece_size, Some(1 << 20));
+    assert_eq!(s.agent.p2p.max_upload_sessions, 16);
+    let s = Settings::resolve(AgentArgs {
+        config: Some(path),
+        p2p: Some(false),
+        ..args()
+    })
+    .unwrap();
+    assert!(s.swarm.is_none());
+
+    // An empty listen list with peer-to-peer on is refused; off, it is fine.
+    let path = dir.path().join("empty.toml");
+    std::fs::write(&path, "p2p_listen = []\n").unwrap();
+    let err = Settings::resolve(AgentArgs {
+        config: Some(path.clone()),
+        ..args()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("--p2p false"), "{err}");
+    std::fs::write(&path, "p2p_listen = []\np2p = false\n").unwrap();
+    assert!(Settings::resolve(AgentArgs {
+        config: Some(path),
+        ..args()
+    })
+    .is_ok());
+}
+
+#[test]
+fn bad_peer_to_peer_values_are_explained() {
+    let cases: Vec<(AgentArgs, &str, &str)> = vec![
+        (
+            AgentArgs {
+                p2p_listen: vec!["0.0.0.0:65003".into()],
+                ..args()
+            },
+            "p2p-listen",
+            "/ip4/ADDR/tcp/PORT",
+        ),
+        (
+            AgentArgs {
+                p2p_listen: vec!["/dns/example.com/tcp/65003".into()],
+                ..args()
+            },
+            "p2p-listen",
+            "cannot be listened on",
+        ),
+        (
+            AgentArgs {
+                p2p_listen: vec!["/ip4/0.0.0.0/udp/65003".into()],
+                ..args()
+            },
+            "p2p-listen",
+            "/ip4/ADDR/tcp/PORT",
+        ),
+        (
+            AgentArgs {
+                bootstrap: vec!["pollen:65003".into()],
+                ..args()
+            },
+            "bootstrap",
+            "dns:NAME:PORT",
+        ),
+        (
+            AgentArgs {
+                bootstrap: vec!["dns:pollen".into()],
+                ..args()
+            },
+            "bootstrap",
+            "dns:NAME:PORT",
+        ),
+        (
+            AgentArgs {
+                piece_size: Some("1KiB".into()),
+                ..args()
+            },
+            "piece-size",
+            "64KiB..=64MiB",
+        ),
+        (
+            AgentArgs {
+                piece_size: Some("128MiB".into()),
+                ..args()
+            },
+            "piece-size",
+            "64KiB..=64MiB",
+        ),
+        (
+            AgentArgs {
+                piece_size: Some("big".into()),
+                ..args()
+            },
+            "piece-size",
+            "not a size",
+        ),
+        (
+            AgentArgs {
+                upload_limit: Some("fast".into()),
+                ..args()
+            },
+            "upload-limit",
+            "0 = unlimited",
+        ),
+        (
+            AgentArgs {
+                download_limit: Some("1KiB".into()),
+                ..args()
+            },
+            "download-limit",
+            "at least 64KiB, or 0",
+        ),
+        (
+            AgentArgs {
+                max_upload_sessions: Some(100_000),
+                ..args()
+            },
+            "max-upload-sessions",
+            "more than 1024",
+        ),
+    ];
+    for (a, key, hint) in cases {
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.starts_with(key), "{err}");
+        assert!(err.contains(hint), "{err} lacks {hint:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "mdns = \"yes\"\n").unwrap();
+    let err = Settings::resolve(AgentArgs {
+        config: Some(path),
+        ..args()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("mdns"), "{err}");
+}

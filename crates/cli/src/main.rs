@@ -1,11 +1,17 @@
 //! `pollen`: the peer-to-peer distribution agent for container image layers.
 
 mod config;
+mod status;
 
 use clap::{Parser, Subcommand};
 use config::{AgentArgs, LogFormat, Settings};
 use std::process::ExitCode;
-use tracing::{error, info};
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// The bound on leaving the swarm at SIGTERM (the node has its own deadline inside; this
+/// one only makes sure a stuck swarm never keeps the process alive).
+const SWARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -25,15 +31,21 @@ struct Cli {
 enum Command {
     /// Run the node agent (the registry mirror the runtime talks to)
     #[command(
-        after_help = "Examples:\n  pollen agent\n  pollen agent --registry ghcr.io=https://ghcr.io --cache-size 50GiB\n  pollen agent --upstream http://127.0.0.1:5000 --registry 127.0.0.1:5000=http://127.0.0.1:5000\n\nEvery flag is also a config-file key (--cache-size -> cache_size) and an environment\nvariable (POLLEN_CACHE_SIZE). Flags win over the environment, which wins over the file."
+        after_help = "Examples:\n  pollen agent\n  pollen agent --registry ghcr.io=https://ghcr.io --cache-size 50GiB\n  pollen agent --bootstrap dns:pollen.kube-system.svc.cluster.local:65003 --upload-limit 100MiB\n  pollen agent --p2p false    # a single-node mirror, no peers\n  pollen agent --upstream http://127.0.0.1:5000 --registry 127.0.0.1:5000=http://127.0.0.1:5000\n\nEvery flag is also a config-file key (--cache-size -> cache_size) and an environment\nvariable (POLLEN_CACHE_SIZE). Flags win over the environment, which wins over the file."
     )]
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
+    /// Show a running agent's peers, transfers and cache (asks its admin endpoint)
+    #[command(
+        after_help = "Examples:\n  pollen status\n  pollen status --admin 10.0.0.7:65002\n  pollen status --json | jq .peers\n\nRates are measured over one second between two samples."
+    )]
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
+        Command::Status(args) => status::run(args),
     }
 }
 
@@ -73,7 +85,15 @@ async fn agent(s: Settings) -> Result<(), String> {
             s.data_dir.display()
         )
     })?;
-    let agent = pollen_agent::Agent::new(s.agent, store, None).map_err(|e| e.to_string())?;
+    let node = match s.swarm {
+        Some(swarm) => Some(start_swarm(&s.data_dir, swarm).await?),
+        None => {
+            info!("peer-to-peer is off (--p2p false): a single-node mirror");
+            None
+        }
+    };
+    let agent =
+        pollen_agent::Agent::new(s.agent, store, node.clone()).map_err(|e| e.to_string())?;
     let bind = |addr, what| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             format!("cannot listen on {addr} for {what}: {e} (is another agent running? choose another address with --{what})")
@@ -92,12 +112,82 @@ async fn agent(s: Settings) -> Result<(), String> {
     );
     tokio::spawn(pollen_agent::serve_admin(agent.clone(), admin));
     tokio::select! {
-        _ = agent.serve(listener) => Ok(()),
-        _ = shutdown_signal() => {
-            info!("shutting down");
-            Ok(())
+        _ = agent.serve(listener) => {}
+        _ = shutdown_signal() => info!("shutting down"),
+    }
+    if let Some(node) = node {
+        // Close the peers' connections now rather than leaving them to time out.
+        match tokio::time::timeout(SWARM_SHUTDOWN_TIMEOUT, node.shutdown()).await {
+            Ok(Ok(())) => info!("left the swarm"),
+            Ok(Err(e)) => warn!(error = %e, "leaving the swarm failed"),
+            Err(_) => warn!(after = ?SWARM_SHUTDOWN_TIMEOUT, "leaving the swarm timed out"),
         }
     }
+    Ok(())
+}
+
+/// Fails if something already listens on the swarm address's fixed port. libp2p binds its
+/// listeners with `SO_REUSEPORT`, so a second agent on the same port would otherwise start
+/// without an error and the kernel would hand each incoming peer to one of the two at random.
+/// This probe binds without it, which Linux refuses while any other socket listens there.
+fn probe_p2p_port(addr: &pollen_swarm::Multiaddr) -> std::io::Result<()> {
+    // Settings only accept `/ip4|ip6/ADDR/tcp/PORT`.
+    let text = addr.to_string();
+    let parts: Vec<&str> = text.split('/').collect();
+    let ["", "ip4" | "ip6", ip, "tcp", port] = parts.as_slice() else {
+        return Ok(());
+    };
+    let (Ok(ip), Ok(port)) = (ip.parse::<std::net::IpAddr>(), port.parse::<u16>()) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind((ip, port)).map(drop)
+}
+
+/// Joins the swarm: loads or creates the node key in the data dir and binds the peer port.
+async fn start_swarm(
+    data_dir: &std::path::Path,
+    cfg: pollen_swarm::SwarmConfig,
+) -> Result<pollen_agent::Node, String> {
+    let taken = |addr: &dyn std::fmt::Display, reason: &dyn std::fmt::Display| {
+        format!(
+            "cannot listen on {addr} for peers: {reason} (is another agent running? choose another address with --p2p-listen, or run without peers with --p2p false)"
+        )
+    };
+    for addr in &cfg.listen {
+        probe_p2p_port(addr).map_err(|e| taken(addr, &e))?;
+    }
+    let bootstrap: Vec<String> = cfg.bootstrap.iter().map(ToString::to_string).collect();
+    let mdns = cfg.mdns;
+    let node = pollen_swarm::Node::start(data_dir, cfg)
+        .await
+        .map_err(|e| match e {
+            pollen_swarm::Error::Listen { addr, reason } => taken(&addr, &reason),
+            pollen_swarm::Error::Identity(e) => format!(
+                "cannot load or create the node key in {}: {e} (pass --data-dir with a writable directory)",
+                data_dir.display()
+            ),
+            e => format!(
+                "cannot start the peer-to-peer node: {e} (check --p2p-listen, or run without peers with --p2p false)"
+            ),
+        })?;
+    let addrs = match node.listen_addrs().await {
+        Ok(addrs) => addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        Err(e) => {
+            warn!(error = %e, "cannot read the swarm's listen addresses");
+            Vec::new()
+        }
+    };
+    info!(
+        peer_id = %node.peer_id(),
+        listen = ?addrs,
+        bootstrap = ?bootstrap,
+        mdns,
+        "joined the swarm"
+    );
+    Ok(node)
 }
 
 async fn shutdown_signal() {

@@ -1,9 +1,16 @@
-//! The `pollen` binary's contract: help, configuration errors, start-up with defaults, SIGTERM.
+//! The `pollen` binary's contract: help, configuration errors, start-up with defaults, SIGTERM,
+//! the swarm, and `pollen status`.
+//!
+//! Every agent started here listens for peers on `/ip4/127.0.0.1/tcp/0` (or a free port): the
+//! default, port 65003 on every interface, would collide between tests and with a real agent.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// A swarm address no other test or agent holds.
+const P2P_ANY_PORT: &str = "/ip4/127.0.0.1/tcp/0";
 
 fn pollen() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pollen"));
@@ -45,7 +52,11 @@ fn help_reads_well() {
     assert!(out.status.success());
     assert!(text.contains("agent"), "{text}");
     let out = pollen().args(["agent", "--help"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // Help is wrapped to the terminal's width: compare with the line breaks taken out.
+    let text = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     for flag in [
         "--config",
         "--listen",
@@ -55,8 +66,29 @@ fn help_reads_well() {
         "--cache-size",
         "--metrics-listen",
         "--log-format",
+        "--p2p",
+        "--p2p-listen",
+        "--bootstrap",
+        "--mdns",
+        "--piece-size",
+        "--upload-limit",
+        "--download-limit",
+        "--max-upload-sessions",
+        "POLLEN_P2P_LISTEN",
+        "POLLEN_MAX_UPLOAD_SESSIONS",
+        "[default: /ip4/0.0.0.0/tcp/65003]",
+        "[default: 8]",
     ] {
         assert!(text.contains(flag), "agent --help lacks {flag}");
+    }
+    let out = pollen().args(["status", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(out.status.success());
+    for flag in ["--admin", "--json", "[default: 127.0.0.1:65002]"] {
+        assert!(text.contains(flag), "status --help lacks {flag}");
     }
 }
 
@@ -72,6 +104,38 @@ fn bad_configuration_is_refused_with_a_reason() {
 }
 
 #[test]
+fn bad_peer_to_peer_configuration_is_refused_with_a_reason() {
+    let refused = |out: Output, want: &str| {
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "stderr lacks {want:?}: {err}");
+    };
+    let agent = |args: &[&str]| pollen().arg("agent").args(args).output().unwrap();
+    refused(agent(&["--piece-size", "1KiB"]), "64KiB..=64MiB");
+    refused(agent(&["--p2p-listen", "0.0.0.0:65003"]), "p2p-listen");
+    refused(agent(&["--bootstrap", "pollen:65003"]), "dns:NAME:PORT");
+    refused(agent(&["--mdns", "maybe"]), "--mdns");
+    refused(agent(&["--p2p", "off"]), "--p2p");
+    refused(
+        agent(&["--max-upload-sessions", "many"]),
+        "--max-upload-sessions",
+    );
+    let out = pollen()
+        .arg("agent")
+        .env("POLLEN_UPLOAD_LIMIT", "fast")
+        .output()
+        .unwrap();
+    refused(out, "upload-limit");
+    refused(
+        pollen()
+            .args(["status", "--admin", "nowhere"])
+            .output()
+            .unwrap(),
+        "HOST:PORT",
+    );
+}
+
+#[test]
 fn starts_with_defaults_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (port, metrics) = (free_port(), free_port());
@@ -82,6 +146,7 @@ fn starts_with_defaults_serves_and_stops_on_sigterm() {
         .env("POLLEN_LISTEN", format!("127.0.0.1:{port}"))
         .env("POLLEN_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
         .env("POLLEN_DATA_DIR", dir.path())
+        .env("POLLEN_P2P_LISTEN", P2P_ANY_PORT)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -115,4 +180,189 @@ fn starts_with_defaults_serves_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
+}
+
+/// An agent on free ports with `extra` flags, ready (its `/readyz` answers 200).
+struct Agent {
+    child: Child,
+    metrics: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, metrics) = (free_port(), free_port());
+        let mut child = pollen()
+            .arg("agent")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if get(metrics, "/readyz").is_some_and(|s| s.contains("200")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "agent never became ready");
+            assert!(child.try_wait().unwrap().is_none(), "agent exited early");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Agent {
+            child,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    fn admin(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics)
+    }
+
+    fn status(&self, json: bool) -> Output {
+        let mut c = pollen();
+        c.args(["status", "--admin", &self.admin()]);
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    }
+
+    fn status_json(&self) -> pollen_agent::Status {
+        let out = self.status(true);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("pollen status --json is the agent's Status")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn status_reports_the_peer_id_and_json_parses() {
+    let agent = Agent::start(&["--p2p-listen", P2P_ANY_PORT]);
+    let out = agent.status(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for want in [
+        "PeerId        12D3",
+        "Listening     /ip4/127.0.0.1/tcp/",
+        "0 connected",
+        "from peers",
+        "from upstream",
+        "to peers",
+        "of 20.0 GiB",
+        "Blobs in flight: none",
+    ] {
+        assert!(text.contains(want), "status lacks {want:?}:\n{text}");
+    }
+    let status = agent.status_json();
+    let peer_id = status.peer_id.expect("a PeerId");
+    assert!(peer_id.starts_with("12D3"), "{peer_id}");
+    assert!(text.contains(&peer_id), "{text}");
+    assert!(!status.listen_addrs.is_empty());
+    assert!(status.listen_addrs[0].starts_with("/ip4/127.0.0.1/tcp/"));
+    assert_eq!(status.cache_quota, 20 << 30);
+}
+
+#[test]
+fn status_without_peer_to_peer() {
+    let agent = Agent::start(&["--p2p", "false"]);
+    let out = agent.status(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("Peer-to-peer  off"), "{text}");
+    assert!(agent.status_json().peer_id.is_none());
+}
+
+#[test]
+fn two_agents_find_each_other_through_bootstrap() {
+    let p2p_port = free_port();
+    let a = Agent::start(&["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")]);
+    let a_id = a.status_json().peer_id.unwrap();
+    let b = Agent::start(&[
+        "--p2p-listen",
+        P2P_ANY_PORT,
+        "--bootstrap",
+        &format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = b.status_json();
+        if status.peers.contains(&a_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never connected to a: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = b.status(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 connected"), "{text}");
+    assert!(text.contains(&a_id), "{text}");
+}
+
+#[test]
+fn status_explains_an_unreachable_agent() {
+    let port = free_port();
+    let out = pollen()
+        .args(["status", "--admin", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is `pollen agent` running? pass --admin ADDR"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_taken_peer_port_names_the_flag() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = pollen()
+        .arg("agent")
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--p2p-listen"), "{err}");
+    drop(taken);
+
+    // Another agent on the port: libp2p would share it (SO_REUSEPORT) without a word.
+    let port = free_port();
+    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
+    let _first = Agent::start(&["--p2p-listen", &p2p]);
+    let out = pollen()
+        .arg("agent")
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--p2p-listen", &p2p])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {p2p} for peers")) && err.contains("--p2p-listen"),
+        "{err}"
+    );
 }
