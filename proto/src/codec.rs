@@ -26,7 +26,10 @@ fn config<const N: usize>() -> Configuration<LittleEndian, Varint, Limit<N>> {
 
 /// Encodes `msg` as a complete frame, refusing a payload above `max` (a bug on this side:
 /// the peer would refuse it).
-fn encode_frame<T: Serialize, const N: usize>(msg: &T, max: u32) -> Result<Vec<u8>, ProtoError> {
+pub(crate) fn encode_frame<T: Serialize, const N: usize>(
+    msg: &T,
+    max: u32,
+) -> Result<Vec<u8>, ProtoError> {
     let mut frame = vec![0u8; PREFIX_LEN];
     bincode::serde::encode_into_std_write(msg, &mut frame, config::<N>())
         .map_err(|e| ProtoError::Encode(e.to_string()))?;
@@ -40,7 +43,9 @@ fn encode_frame<T: Serialize, const N: usize>(msg: &T, max: u32) -> Result<Vec<u
 }
 
 /// Decodes one payload, which must be exactly one message and no more than `N` bytes.
-fn decode_payload<T: DeserializeOwned, const N: usize>(payload: &[u8]) -> Result<T, ProtoError> {
+pub(crate) fn decode_payload<T: DeserializeOwned, const N: usize>(
+    payload: &[u8],
+) -> Result<T, ProtoError> {
     if payload.len() > N {
         return Err(ProtoError::FrameTooLarge {
             len: payload.len() as u64,

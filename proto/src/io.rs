@@ -124,7 +124,7 @@ where
 }
 
 /// Reads one frame's payload; `None` on a clean end of stream before the first prefix byte.
-async fn read_frame<R>(reader: &mut R, max: u32) -> Result<Option<BytesMut>, ProtoError>
+pub(crate) async fn read_frame<R>(reader: &mut R, max: u32) -> Result<Option<BytesMut>, ProtoError>
 where
     R: AsyncRead + Unpin + ?Sized,
 {

@@ -42,6 +42,7 @@ mod io;
 mod message;
 mod piecemap;
 mod serde_util;
+mod tracker;
 
 pub use bitfield::Bitfield;
 pub use builder::{BuildError, PieceMapBuilder};
@@ -54,6 +55,12 @@ pub use io::{
 };
 pub use message::{ErrorCode, Reply, Request};
 pub use piecemap::{PartialPieceMap, PieceHasher, PieceMap, PieceMapId};
+pub use tracker::{
+    decode_tracker_reply, decode_tracker_request, encode_tracker_reply, encode_tracker_request,
+    read_tracker_reply, read_tracker_request, write_tracker_reply, write_tracker_request,
+    TrackerReply, TrackerRequest, MAX_LABELS, MAX_LABEL_LEN, MAX_PEER_ID_LEN, MAX_TRACKER_FRAME,
+    MAX_TRACKER_PEERS, TRACKER_PROTOCOL,
+};
 
 /// The libp2p protocol id. The version is part of the id: an incompatible change to anything in
 /// this crate's wire format gets a new id (`/pollen/pieces/2`), and libp2p's multistream-select

@@ -36,9 +36,6 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// deadlines), not the loop.
 const COMMAND_QUEUE: usize = 256;
 
-/// The pieces protocol, as libp2p-stream wants it.
-pub(crate) const PIECES: StreamProtocol = StreamProtocol::new(pollen_proto::PROTOCOL);
-
 /// Why a swarm call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,13 +53,13 @@ pub enum Error {
     Timeout { what: &'static str, after: Duration },
     #[error("cannot announce the blob: {0}")]
     Provide(String),
-    #[error("opening a pieces stream to {peer}: {source}")]
+    #[error("opening a stream to {peer}: {source}")]
     OpenStream {
         peer: PeerId,
         #[source]
         source: libp2p_stream::OpenStreamError,
     },
-    #[error("incoming pieces streams are already being accepted by another caller")]
+    #[error("incoming streams of this protocol are already being accepted by another caller")]
     AlreadyAccepting,
 }
 
@@ -219,12 +216,22 @@ impl Node {
     /// a `futures` `AsyncRead + AsyncWrite`; `pollen-proto` reads it through
     /// `tokio_util::compat`.
     pub async fn open_stream(&self, peer: PeerId) -> Result<Stream, Error> {
+        self.open_stream_on(peer, pollen_proto::PROTOCOL).await
+    }
+
+    /// Opens a stream of another Pollen protocol (the tracker's) to `peer`.
+    pub async fn open_stream_on(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+    ) -> Result<Stream, Error> {
         let mut control = self.control.clone();
-        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, control.open_stream(peer, PIECES)).await {
+        let protocol = StreamProtocol::new(protocol);
+        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, control.open_stream(peer, protocol)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(source)) => Err(Error::OpenStream { peer, source }),
             Err(_) => Err(Error::Timeout {
-                what: "opening a pieces stream",
+                what: "opening a stream",
                 after: OPEN_STREAM_TIMEOUT,
             }),
         }
@@ -234,9 +241,14 @@ impl Node {
     /// time; dropping the returned value stops accepting (peers then fail to negotiate the
     /// protocol).
     pub fn incoming_streams(&self) -> Result<IncomingStreams, Error> {
+        self.incoming_streams_on(pollen_proto::PROTOCOL)
+    }
+
+    /// Starts accepting streams of another Pollen protocol (a tracker accepts the tracker's).
+    pub fn incoming_streams_on(&self, protocol: &'static str) -> Result<IncomingStreams, Error> {
         self.control
             .clone()
-            .accept(PIECES)
+            .accept(StreamProtocol::new(protocol))
             .map(IncomingStreams)
             .map_err(|_| Error::AlreadyAccepting)
     }

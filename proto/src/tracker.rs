@@ -1,0 +1,265 @@
+//! The tracker protocol (`/pollen/tracker/1`): how an agent downloading a blob learns from the
+//! blob's tracker whether it should fetch from the upstream itself and which peers to ask.
+//!
+//! One stream per agent and blob, open for as long as the agent works on the blob: the stream
+//! *is* the agent's membership (and, for the fetcher, its lease on the upstream fetch). When it
+//! closes without `Leave { complete: true }` — the agent failed or died — the tracker hands the
+//! fetch to another member. Framing, limits and encoding are those of the pieces protocol
+//! (bincode 2, little endian, varints, a length prefix checked before allocation).
+
+use crate::codec::{decode_payload, encode_frame};
+use crate::error::ProtoError;
+use crate::io::read_frame;
+use crate::serde_util::digest_bytes;
+use pollen_oci::Digest;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// The libp2p protocol id of the tracker.
+pub const TRACKER_PROTOCOL: &str = "/pollen/tracker/1";
+
+/// Largest tracker frame in either direction.
+pub const MAX_TRACKER_FRAME: u32 = 8192;
+
+/// Most peers in one `Assign` or `Peers`.
+pub const MAX_TRACKER_PEERS: usize = 32;
+
+/// Most labels an agent sends (zone, rack, and a few of its own).
+pub const MAX_LABELS: usize = 8;
+
+/// Longest label key or value in bytes.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// Longest encoded libp2p PeerId (an identity multihash of an Ed25519 key is 38 bytes).
+pub const MAX_PEER_ID_LEN: usize = 64;
+
+/// Agent -> tracker. The wire tag of a variant is its position: append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerRequest {
+    /// The first message: the agent wants the blob (or is already fetching it, after its
+    /// tracker changed). Answered by `Assign`.
+    Join {
+        #[serde(with = "digest_bytes")]
+        digest: Digest,
+        /// The agent is a seed (`--seed`): preferred as the upstream fetcher.
+        seed: bool,
+        /// The agent is fetching this blob from the upstream right now (it keeps the fetch).
+        fetching: bool,
+        /// Pieces the agent holds already (a resumed partial blob).
+        pieces: u32,
+        /// `zone`, `rack` and other `k=v` labels: peers with equal labels are named first.
+        labels: Vec<(String, String)>,
+    },
+    /// How many pieces the agent holds now (sent now and then while downloading).
+    Progress { pieces: u32 },
+    /// The agent is done with the blob; `complete`: it holds all of it, verified.
+    Leave { complete: bool },
+}
+
+/// Tracker -> agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerReply {
+    /// Answers `Join`: fetch from the upstream (`fetch`) or not, and the peers to ask, best
+    /// first (the fetcher and complete holders, then equal labels, then the most pieces).
+    Assign { fetch: bool, peers: Vec<Vec<u8>> },
+    /// The fetcher left without finishing: fetch what is still missing from the upstream.
+    Fetch,
+    /// More peers worth asking (new members with pieces).
+    Peers { peers: Vec<Vec<u8>> },
+}
+
+impl TrackerRequest {
+    fn validate(&self) -> Result<(), String> {
+        if let TrackerRequest::Join { labels, .. } = self {
+            if labels.len() > MAX_LABELS {
+                return Err(format!("{} labels, at most {MAX_LABELS}", labels.len()));
+            }
+            if labels
+                .iter()
+                .any(|(k, v)| k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN || k.is_empty())
+            {
+                return Err("a label key is empty or a label is too long".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrackerReply {
+    fn validate(&self) -> Result<(), String> {
+        let peers = match self {
+            TrackerReply::Assign { peers, .. } | TrackerReply::Peers { peers } => peers,
+            TrackerReply::Fetch => return Ok(()),
+        };
+        if peers.len() > MAX_TRACKER_PEERS {
+            return Err(format!(
+                "{} peers, at most {MAX_TRACKER_PEERS}",
+                peers.len()
+            ));
+        }
+        if peers
+            .iter()
+            .any(|p| p.is_empty() || p.len() > MAX_PEER_ID_LEN)
+        {
+            return Err("a peer id is empty or too long".into());
+        }
+        Ok(())
+    }
+}
+
+const N: usize = MAX_TRACKER_FRAME as usize;
+
+/// Encodes a tracker request as a complete frame.
+pub fn encode_tracker_request(req: &TrackerRequest) -> Result<Vec<u8>, ProtoError> {
+    req.validate().map_err(ProtoError::Encode)?;
+    encode_frame::<_, N>(req, MAX_TRACKER_FRAME)
+}
+
+/// Decodes one tracker request payload.
+pub fn decode_tracker_request(payload: &[u8]) -> Result<TrackerRequest, ProtoError> {
+    let req: TrackerRequest = decode_payload::<_, N>(payload)?;
+    req.validate().map_err(ProtoError::Invalid)?;
+    Ok(req)
+}
+
+/// Encodes a tracker reply as a complete frame.
+pub fn encode_tracker_reply(reply: &TrackerReply) -> Result<Vec<u8>, ProtoError> {
+    reply.validate().map_err(ProtoError::Encode)?;
+    encode_frame::<_, N>(reply, MAX_TRACKER_FRAME)
+}
+
+/// Decodes one tracker reply payload.
+pub fn decode_tracker_reply(payload: &[u8]) -> Result<TrackerReply, ProtoError> {
+    let reply: TrackerReply = decode_payload::<_, N>(payload)?;
+    reply.validate().map_err(ProtoError::Invalid)?;
+    Ok(reply)
+}
+
+/// Writes one tracker request and flushes it.
+pub async fn write_tracker_request<W>(w: &mut W, req: &TrackerRequest) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    w.write_all(&encode_tracker_request(req)?).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Writes one tracker reply and flushes it.
+pub async fn write_tracker_reply<W>(w: &mut W, reply: &TrackerReply) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    w.write_all(&encode_tracker_reply(reply)?).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads the next tracker request; `Ok(None)` on a clean close between frames.
+pub async fn read_tracker_request<R>(r: &mut R) -> Result<Option<TrackerRequest>, ProtoError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    match read_frame(r, MAX_TRACKER_FRAME).await? {
+        Some(p) => decode_tracker_request(&p).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads the next tracker reply; `Ok(None)` on a clean close between frames.
+pub async fn read_tracker_reply<R>(r: &mut R) -> Result<Option<TrackerReply>, ProtoError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    match read_frame(r, MAX_TRACKER_FRAME).await? {
+        Some(p) => decode_tracker_reply(&p).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(labels: Vec<(String, String)>) -> TrackerRequest {
+        TrackerRequest::Join {
+            digest: Digest::of(b"x"),
+            seed: true,
+            fetching: false,
+            pieces: 3,
+            labels,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let reqs = [
+            join(vec![("zone".into(), "a".into())]),
+            TrackerRequest::Progress { pieces: 9 },
+            TrackerRequest::Leave { complete: true },
+        ];
+        for r in reqs {
+            let f = encode_tracker_request(&r).unwrap();
+            assert_eq!(decode_tracker_request(&f[4..]).unwrap(), r);
+        }
+        let replies = [
+            TrackerReply::Assign {
+                fetch: true,
+                peers: vec![vec![1; 38]; 3],
+            },
+            TrackerReply::Fetch,
+            TrackerReply::Peers { peers: vec![] },
+        ];
+        for r in replies {
+            let f = encode_tracker_reply(&r).unwrap();
+            assert_eq!(decode_tracker_reply(&f[4..]).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced_both_ways() {
+        let many = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(encode_tracker_request(&join(many)).is_err());
+        assert!(encode_tracker_request(&join(vec![("k".into(), "v".repeat(65))])).is_err());
+        let too_many = TrackerReply::Peers {
+            peers: vec![vec![1; 38]; MAX_TRACKER_PEERS + 1],
+        };
+        assert!(encode_tracker_reply(&too_many).is_err());
+        // A peer that encodes too many peers itself is refused on decode.
+        let payload = bincode::serde::encode_to_vec(
+            &too_many,
+            bincode::config::standard()
+                .with_little_endian()
+                .with_variable_int_encoding(),
+        )
+        .unwrap();
+        assert!(matches!(
+            decode_tracker_reply(&payload),
+            Err(ProtoError::Invalid(_))
+        ));
+        assert!(decode_tracker_reply(&[0xff; 100]).is_err());
+        assert!(decode_tracker_request(&[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn frames_over_a_stream() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_tracker_request(&mut a, &TrackerRequest::Progress { pieces: 1 })
+            .await
+            .unwrap();
+        assert_eq!(
+            read_tracker_request(&mut b).await.unwrap(),
+            Some(TrackerRequest::Progress { pieces: 1 })
+        );
+        // A length prefix above the limit is refused before the payload is read.
+        a.write_all(&(MAX_TRACKER_FRAME + 1).to_le_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_tracker_reply(&mut b).await,
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+    }
+}
