@@ -1,0 +1,288 @@
+//! Membership and the fetch lease.
+//!
+//! - **Join**: an agent that is already fetching keeps the fetch; otherwise the first agent to
+//!   join a blob nobody holds becomes its fetcher. Everyone else is told not to fetch and gets
+//!   peers ranked: agents holding the whole blob, then the fetcher, then agents sharing its
+//!   labels (zone, rack), then those holding the most pieces.
+//! - **Leave**: an agent that leaves complete is remembered as a holder for later joiners. A
+//!   fetcher that leaves without completing (failed, killed: its stream closed) hands the fetch
+//!   to a remaining member, seeds first, then the one holding the most pieces, which then
+//!   fetches only what is still missing.
+
+use pollen_oci::Digest;
+use pollen_proto::{TrackerReply, MAX_TRACKER_PEERS};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Holders of a whole blob remembered for later joiners.
+const MAX_HOLDERS: usize = MAX_TRACKER_PEERS;
+/// Peers named in one `Assign`.
+const PEERS_PER_ASSIGN: usize = 16;
+
+/// One agent's membership in a blob's swarm.
+pub(crate) struct Member {
+    pub peer: Vec<u8>,
+    pub seed: bool,
+    pub labels: Vec<(String, String)>,
+    pub pieces: u32,
+    /// Where pushes to this agent go (its stream's writer).
+    pub tx: mpsc::UnboundedSender<TrackerReply>,
+}
+
+#[derive(Default)]
+struct BlobSwarm {
+    members: HashMap<u64, Member>,
+    fetcher: Option<u64>,
+    holders: Vec<Vec<u8>>,
+}
+
+/// What a tracker knows about one blob, for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobSummary {
+    pub digest: Digest,
+    pub members: usize,
+    pub holders: usize,
+    pub fetching: bool,
+}
+
+/// The tracker's state, shared by every agent stream it serves.
+#[derive(Default)]
+pub struct Tracker {
+    blobs: Mutex<HashMap<Digest, BlobSwarm>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Tracker {
+    pub fn new() -> Tracker {
+        Tracker::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, BlobSwarm>> {
+        self.blobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers an agent for `digest`; returns its member id and the `Assign` to send.
+    pub(crate) fn join(
+        &self,
+        digest: Digest,
+        member: Member,
+        fetching: bool,
+    ) -> (u64, TrackerReply) {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut blobs = self.lock();
+        let swarm = blobs.entry(digest).or_default();
+        let fetch = if fetching {
+            swarm.fetcher.get_or_insert(id);
+            true
+        } else if swarm.fetcher.is_none() && swarm.holders.is_empty() {
+            swarm.fetcher = Some(id);
+            true
+        } else {
+            false
+        };
+        let peers = rank(swarm, &member);
+        swarm.members.insert(id, member);
+        (id, TrackerReply::Assign { fetch, peers })
+    }
+
+    pub(crate) fn progress(&self, digest: &Digest, id: u64, pieces: u32) {
+        if let Some(m) = self
+            .lock()
+            .get_mut(digest)
+            .and_then(|s| s.members.get_mut(&id))
+        {
+            m.pieces = pieces;
+        }
+    }
+
+    /// Removes a member; a fetcher leaving unfinished hands the fetch on.
+    pub(crate) fn leave(&self, digest: &Digest, id: u64, complete: bool) {
+        let mut blobs = self.lock();
+        let Some(swarm) = blobs.get_mut(digest) else {
+            return;
+        };
+        let Some(member) = swarm.members.remove(&id) else {
+            return;
+        };
+        if complete && !swarm.holders.contains(&member.peer) {
+            if swarm.holders.len() >= MAX_HOLDERS {
+                swarm.holders.remove(0);
+            }
+            swarm.holders.push(member.peer);
+        }
+        if swarm.fetcher == Some(id) {
+            swarm.fetcher = None;
+            if !complete && swarm.holders.is_empty() {
+                let next = swarm
+                    .members
+                    .iter()
+                    .max_by_key(|(mid, m)| (m.seed, m.pieces, std::cmp::Reverse(**mid)))
+                    .map(|(mid, m)| (*mid, m.tx.clone()));
+                if let Some((next, tx)) = next {
+                    swarm.fetcher = Some(next);
+                    let _ = tx.send(TrackerReply::Fetch);
+                }
+            }
+        }
+        if swarm.members.is_empty() {
+            blobs.remove(digest);
+        }
+    }
+
+    /// The blobs being coordinated now.
+    pub fn summary(&self) -> Vec<BlobSummary> {
+        let mut out: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(d, s)| BlobSummary {
+                digest: *d,
+                members: s.members.len(),
+                holders: s.holders.len(),
+                fetching: s.fetcher.is_some(),
+            })
+            .collect();
+        out.sort_by_key(|s| s.digest);
+        out
+    }
+}
+
+/// Peers for a newcomer, best first (see the module docs), never the newcomer itself.
+fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
+    let shared = |m: &Member| {
+        m.labels
+            .iter()
+            .filter(|l| newcomer.labels.contains(l))
+            .count()
+    };
+    let mut members: Vec<(u8, usize, u32, &Vec<u8>)> = swarm
+        .members
+        .iter()
+        .filter(|(_, m)| m.peer != newcomer.peer)
+        .map(|(id, m)| {
+            let class = if swarm.fetcher == Some(*id) { 1 } else { 2 };
+            (class, usize::MAX - shared(m), u32::MAX - m.pieces, &m.peer)
+        })
+        .collect();
+    members.sort();
+    let mut out: Vec<Vec<u8>> = swarm
+        .holders
+        .iter()
+        .filter(|p| **p != newcomer.peer)
+        .cloned()
+        .collect();
+    for (_, _, _, p) in members {
+        if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out.truncate(PEERS_PER_ASSIGN);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(peer: u8, seed: bool, zone: &str) -> (Member, mpsc::UnboundedReceiver<TrackerReply>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Member {
+                peer: vec![peer],
+                seed,
+                labels: vec![("zone".into(), zone.into())],
+                pieces: 0,
+                tx,
+            },
+            rx,
+        )
+    }
+
+    fn assign(r: TrackerReply) -> (bool, Vec<Vec<u8>>) {
+        match r {
+            TrackerReply::Assign { fetch, peers } => (fetch, peers),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_joiner_fetches_and_later_ones_are_pointed_at_it() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (a, _ra) = member(1, false, "x");
+        let (id_a, r) = t.join(d, a, false);
+        assert_eq!(assign(r), (true, vec![]));
+        let (b, _rb) = member(2, false, "y");
+        let (_, r) = t.join(d, b, false);
+        assert_eq!(assign(r), (false, vec![vec![1]]));
+        let (c, _rc) = member(3, false, "y");
+        t.progress(&d, id_a, 5);
+        let (_, r) = t.join(d, c, false);
+        assert_eq!(
+            assign(r).1,
+            vec![vec![1], vec![2]],
+            "fetcher first, then same zone"
+        );
+        assert_eq!(t.summary()[0].members, 3);
+    }
+
+    #[test]
+    fn a_fetcher_that_dies_hands_the_fetch_to_a_seed_first() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (a, _ra) = member(1, false, "x");
+        let (id_a, _) = t.join(d, a, false);
+        let (b, mut rb) = member(2, false, "x");
+        let (id_b, _) = t.join(d, b, false);
+        t.progress(&d, id_b, 50);
+        let (s, mut rs) = member(3, true, "x");
+        t.join(d, s, false);
+        t.leave(&d, id_a, false);
+        assert_eq!(
+            rs.try_recv().ok(),
+            Some(TrackerReply::Fetch),
+            "the seed takes over"
+        );
+        assert!(rb.try_recv().is_err());
+        assert!(t.summary()[0].fetching);
+    }
+
+    #[test]
+    fn a_complete_fetcher_needs_no_successor_and_is_named_to_latecomers() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (a, _ra) = member(1, false, "x");
+        let (id_a, _) = t.join(d, a, false);
+        let (b, mut rb) = member(2, false, "x");
+        t.join(d, b, false);
+        t.leave(&d, id_a, true);
+        assert!(rb.try_recv().is_err(), "nobody is told to fetch");
+        let (c, _rc) = member(3, false, "x");
+        let (_, r) = t.join(d, c, false);
+        assert_eq!(assign(r), (false, vec![vec![1], vec![2]]));
+    }
+
+    #[test]
+    fn a_member_already_fetching_keeps_the_fetch_after_a_tracker_change() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (b, _rb) = member(2, false, "x");
+        let (_, r) = t.join(d, b, false);
+        assert!(assign(r).0);
+        let (a, _ra) = member(1, false, "x");
+        let (_, r) = t.join(d, a, true);
+        assert!(assign(r).0, "it is fetching already; it goes on");
+    }
+
+    #[test]
+    fn state_is_dropped_when_the_last_member_leaves() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (a, _ra) = member(1, false, "x");
+        let (id, _) = t.join(d, a, false);
+        t.leave(&d, id, false);
+        assert!(t.summary().is_empty());
+    }
+}

@@ -1,0 +1,152 @@
+//! One agent's tracker stream: `Join`, then `Progress` now and then, pushes from the tracker
+//! in between, until `Leave` or the stream ends. Every wait is bounded.
+
+use crate::policy::{Member, Tracker};
+use pollen_proto::{read_tracker_request, write_tracker_reply, ProtoError, TrackerRequest};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// How long a member may stay silent (agents send `Progress` every few seconds).
+pub const DEFAULT_MEMBER_IDLE: Duration = Duration::from_secs(60);
+
+/// Why a stream ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the agent broke the tracker protocol: {0}")]
+    Protocol(String),
+    #[error("the agent went silent")]
+    Timeout,
+    #[error(transparent)]
+    Io(#[from] ProtoError),
+}
+
+/// Serves one agent (`peer`, its encoded PeerId as authenticated by the transport).
+pub async fn serve<S>(
+    tracker: Arc<Tracker>,
+    peer: Vec<u8>,
+    stream: S,
+    idle: Duration,
+) -> Result<(), ServeError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let first = timeout(idle, read_tracker_request(&mut r))
+        .await
+        .map_err(|_| ServeError::Timeout)??;
+    let Some(TrackerRequest::Join {
+        digest,
+        seed,
+        fetching,
+        pieces,
+        labels,
+    }) = first
+    else {
+        return Err(ServeError::Protocol(
+            "the first message must be Join".into(),
+        ));
+    };
+    let (tx, mut pushes) = mpsc::unbounded_channel();
+    let member = Member {
+        peer,
+        seed,
+        labels,
+        pieces,
+        tx,
+    };
+    let (id, assign) = tracker.join(digest, member, fetching);
+    let mut complete = false;
+    let result = async {
+        timeout(idle, write_tracker_reply(&mut w, &assign))
+            .await
+            .map_err(|_| ServeError::Timeout)??;
+        loop {
+            tokio::select! {
+                req = timeout(idle, read_tracker_request(&mut r)) => {
+                    match req.map_err(|_| ServeError::Timeout)?? {
+                        Some(TrackerRequest::Progress { pieces }) => tracker.progress(&digest, id, pieces),
+                        Some(TrackerRequest::Leave { complete: c }) => {
+                            complete = c;
+                            return Ok(());
+                        }
+                        None => return Ok(()),
+                        Some(TrackerRequest::Join { .. }) => {
+                            return Err(ServeError::Protocol("a second Join".into()))
+                        }
+                    }
+                }
+                Some(push) = pushes.recv() => {
+                    timeout(idle, write_tracker_reply(&mut w, &push))
+                        .await
+                        .map_err(|_| ServeError::Timeout)??;
+                }
+            }
+        }
+    }
+    .await;
+    tracker.leave(&digest, id, complete);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pollen_oci::Digest;
+    use pollen_proto::{read_tracker_reply, write_tracker_request, TrackerReply};
+
+    fn join(fetching: bool) -> TrackerRequest {
+        TrackerRequest::Join {
+            digest: Digest::of(b"b"),
+            seed: false,
+            fetching,
+            pieces: 0,
+            labels: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetcher_whose_stream_drops_is_replaced_over_the_wire() {
+        let t = Arc::new(Tracker::new());
+        let idle = Duration::from_secs(5);
+        let (mut a, a_srv) = tokio::io::duplex(4096);
+        let (mut b, b_srv) = tokio::io::duplex(4096);
+        tokio::spawn(serve(t.clone(), vec![1], a_srv, idle));
+        tokio::spawn(serve(t.clone(), vec![2], b_srv, idle));
+        write_tracker_request(&mut a, &join(false)).await.unwrap();
+        let ra = read_tracker_reply(&mut a).await.unwrap();
+        assert!(matches!(ra, Some(TrackerReply::Assign { fetch: true, .. })));
+        write_tracker_request(&mut b, &join(false)).await.unwrap();
+        let rb = read_tracker_reply(&mut b).await.unwrap();
+        assert_eq!(
+            rb,
+            Some(TrackerReply::Assign {
+                fetch: false,
+                peers: vec![vec![1]]
+            })
+        );
+        drop(a); // the fetcher dies
+        assert_eq!(
+            read_tracker_reply(&mut b).await.unwrap(),
+            Some(TrackerReply::Fetch)
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_and_silence_end_the_stream() {
+        let t = Arc::new(Tracker::new());
+        let (mut a, a_srv) = tokio::io::duplex(4096);
+        let task = tokio::spawn(serve(t.clone(), vec![1], a_srv, Duration::from_secs(5)));
+        write_tracker_request(&mut a, &TrackerRequest::Progress { pieces: 1 })
+            .await
+            .unwrap();
+        assert!(matches!(task.await.unwrap(), Err(ServeError::Protocol(_))));
+
+        tokio::time::pause();
+        let (_silent, s_srv) = tokio::io::duplex(4096);
+        let r = serve(t, vec![2], s_srv, Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(ServeError::Timeout)));
+    }
+}
