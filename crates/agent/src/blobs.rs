@@ -9,6 +9,7 @@
 //! cancel the fetch for the others (or for the cache).
 
 use crate::error::FetchError;
+use crate::p2p::tracker::{Assignment, TrackerLink};
 use crate::p2p::{PeerOutcome, PeerPhase, PieceShare};
 use crate::sink::{Op, Sink};
 use crate::Ctx;
@@ -221,9 +222,16 @@ impl BlobFetch<'_> {
             info!(digest = %self.digest, pieces = s.have.count_ones(), "resuming a partial download");
         }
         let mut sources = HashSet::new();
+        // The blob's tracker, if there is one, says who fetches from the upstream. Content
+        // fetched with a client's own credentials is not shared, so it is not coordinated.
+        let mut coordination = None;
+        if use_peers && self.client_auth.is_none() {
+            let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
+            coordination = TrackerLink::join(self.ctx, self.digest, pieces, false).await;
+        }
         let mut stopping = self.ctx.stopping.subscribe();
         let result = tokio::select! {
-            r = self.fetch_pieces(use_peers, &mut sink, &mut sources) => r,
+            r = self.fetch_pieces(use_peers, &mut sink, &mut sources, &mut coordination) => r,
             _ = stopping.wait_for(|s| *s) => Err(FetchError::Upstream("the agent is shutting down".into())),
         };
         if let Err(e) = result {
@@ -235,6 +243,9 @@ impl BlobFetch<'_> {
         let sink =
             sink.ok_or_else(|| (FetchError::Upstream("no transfer".into()), HashSet::new()))?;
         let blob = sink.finish().await.map_err(|e| (e, sources))?;
+        if let Some((link, _)) = coordination {
+            link.leave(true).await;
+        }
         info!(
             digest = %self.digest,
             registry = %self.route.registry,
@@ -252,11 +263,12 @@ impl BlobFetch<'_> {
         use_peers: bool,
         sink: &mut Option<Sink>,
         sources: &mut HashSet<PeerId>,
+        coordination: &mut Option<(TrackerLink, Assignment)>,
     ) -> Result<(), FetchError> {
         let outcome = match self.ctx.p2p.as_ref().filter(|_| use_peers) {
             Some(p2p) => {
                 let mut phase = PeerPhase::new(self, p2p);
-                let outcome = phase.run(sink).await;
+                let outcome = phase.run(sink, coordination).await;
                 *sources = std::mem::take(&mut phase.map_sources);
                 outcome?
             }

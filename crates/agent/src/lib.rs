@@ -28,7 +28,7 @@ pub use p2p::{
     DEFAULT_REQUEST_TIMEOUT,
 };
 pub use pollen_swarm::Node;
-pub use status::{BlobStatus, Status};
+pub use status::{BlobStatus, Status, TrackedBlob};
 
 use dashmap::DashMap;
 use pollen_oci::Digest;
@@ -122,7 +122,8 @@ impl Agent {
         let peers = (self.ctx.p2p.is_some()).then(|| {
             let accept = tokio::spawn(p2p::accept_loop(self.ctx.clone()));
             let reconcile = tokio::spawn(p2p::reconcile_loop(self.ctx.clone()));
-            AbortOnDrop(vec![accept, reconcile])
+            let tracker = tokio::spawn(p2p::tracker_loop(self.ctx.clone()));
+            AbortOnDrop(vec![accept, reconcile, tracker])
         });
         self.ctx.ready.store(true, Ordering::SeqCst);
         http::serve(self.ctx.clone(), listener).await;

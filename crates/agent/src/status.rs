@@ -25,6 +25,22 @@ pub struct Status {
     pub cache_bytes: u64,
     pub cache_quota: u64,
     pub cache_entries: u64,
+    /// `tracker`, `seed`: the roles this node has besides serving.
+    pub roles: Vec<String>,
+    /// On a tracker: the blobs it coordinates now.
+    pub tracked_blobs: Vec<TrackedBlob>,
+}
+
+/// One blob a tracker coordinates.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrackedBlob {
+    pub digest: String,
+    /// Agents working on it now.
+    pub members: usize,
+    /// Agents known to hold all of it.
+    pub holders: usize,
+    /// One of the members is fetching it from the upstream.
+    pub fetching: bool,
 }
 
 /// One blob being downloaded.
@@ -75,6 +91,24 @@ pub(crate) async fn collect(ctx: &Ctx) -> Status {
         .collect();
     s.blobs_in_flight.sort_by(|a, b| a.digest.cmp(&b.digest));
     if let Some(p2p) = &ctx.p2p {
+        if p2p.cfg.tracker {
+            s.roles.push("tracker".into());
+        }
+        if p2p.cfg.seed {
+            s.roles.push("seed".into());
+        }
+        if let Some(t) = &p2p.tracker {
+            s.tracked_blobs = t
+                .summary()
+                .into_iter()
+                .map(|b| TrackedBlob {
+                    digest: b.digest.to_string(),
+                    members: b.members,
+                    holders: b.holders,
+                    fetching: b.fetching,
+                })
+                .collect();
+        }
         let stats = p2p.node.stats();
         s.peer_id = Some(p2p.node.peer_id().to_string());
         s.routing_table_peers = stats.routing_table_peers;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::cluster::*;
 use common::*;
 use http::StatusCode;
 use pollen_agent::{AgentConfig, Node, Status};
@@ -13,105 +14,6 @@ use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 use tokio::time::Instant;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-const PIECE: usize = 1 << 20;
-
-fn agent_config(reg: &TestRegistry) -> AgentConfig {
-    let mut cfg = config_for(reg);
-    cfg.upstream.failure_backoff = Duration::from_millis(1);
-    cfg.p2p.session.piece_size = Some(PIECE as u32);
-    cfg.p2p.peer_stall = Duration::from_secs(10);
-    cfg
-}
-
-/// An agent with a swarm on a free loopback port, bootstrapped to `to` if given, once it is
-/// connected to it.
-async fn member(reg: &TestRegistry, cfg: AgentConfig, to: Option<&Harness>) -> Harness {
-    member_in(reg, cfg, to, tempfile::tempdir().unwrap()).await
-}
-
-async fn member_in(
-    reg: &TestRegistry,
-    cfg: AgentConfig,
-    to: Option<&Harness>,
-    dir: tempfile::TempDir,
-) -> Harness {
-    let mut swarm = SwarmConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        provider_ttl: Duration::from_secs(4),
-        lookup_timeout: Duration::from_secs(5),
-        bootstrap_interval: Duration::from_millis(500),
-        ..SwarmConfig::default()
-    };
-    if let Some(first) = to {
-        let addr = node(first).listen_addrs().await.unwrap()[0].clone();
-        swarm.bootstrap = vec![Bootstrap::Addr(addr)];
-    }
-    let n = Node::start(dir.path(), swarm).await.expect("swarm starts");
-    let h = Harness::with_swarm(reg.clone(), cfg, dir, 1 << 30, Some(n)).await;
-    if let Some(first) = to {
-        let want = node(first).peer_id();
-        // Connected, and A in the routing table (identify has run), so lookups ask it.
-        eventually("bootstrap connection", || async {
-            node(&h).connected_peers().await.unwrap().contains(&want)
-                && node(&h).stats().routing_table_peers > 0
-        })
-        .await;
-    }
-    h
-}
-
-fn node(h: &Harness) -> &Node {
-    h.agent.node().expect("agent has a swarm")
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn blob_path(h: &Harness, digest: &str) -> String {
-    format!("/v2/app/blobs/{digest}{}", h.ns())
-}
-
-async fn status(h: &Harness) -> Status {
-    h.agent.status().await
-}
-
-/// Piece bytes this agent took from peers and from the upstream.
-fn sources(h: &Harness) -> (f64, f64) {
-    (
-        h.metric("pollen_peer_bytes_received_total"),
-        h.metric("pollen_upstream_bytes_total"),
-    )
-}
-
-/// An agent with the blob complete, and the blob.
-async fn seeded(reg: &TestRegistry, size: usize, seed: u64) -> (Harness, bytes::Bytes, String) {
-    let a = member(reg, agent_config(reg), None).await;
-    let layer = random_bytes(size, seed);
-    let digest = reg.add_blob("app", layer.clone());
-    let r = a.get(&blob_path(&a, &digest)).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.bytes(), &layer);
-    a.wait_stored(&digest).await;
-    (a, layer, digest)
-}
-
-fn upstream_down(reg: &TestRegistry) {
-    reg.set_fault(Fault::Status {
-        status: 503,
-        count: 1_000_000,
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_supplies_a_blob_while_the_upstream_is_down() {

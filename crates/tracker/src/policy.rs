@@ -13,10 +13,16 @@ use pollen_oci::Digest;
 use pollen_proto::{TrackerReply, MAX_TRACKER_PEERS};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Holders of a whole blob remembered for later joiners.
 const MAX_HOLDERS: usize = MAX_TRACKER_PEERS;
+/// How long a holder is named to joiners after it said it had the blob. Longer than a
+/// rollout; short enough that a holder that evicted the blob long ago is forgotten.
+const HOLDER_TTL: Duration = Duration::from_secs(600);
+/// Blobs remembered without members (only holders); the oldest are forgotten first.
+const MAX_IDLE_BLOBS: usize = 65_536;
 /// Peers named in one `Assign`.
 const PEERS_PER_ASSIGN: usize = 16;
 
@@ -34,7 +40,14 @@ pub(crate) struct Member {
 struct BlobSwarm {
     members: HashMap<u64, Member>,
     fetcher: Option<u64>,
-    holders: Vec<Vec<u8>>,
+    /// Agents that said they hold the whole blob, and when.
+    holders: Vec<(Vec<u8>, Instant)>,
+}
+
+impl BlobSwarm {
+    fn expire_holders(&mut self) {
+        self.holders.retain(|(_, at)| at.elapsed() < HOLDER_TTL);
+    }
 }
 
 /// What a tracker knows about one blob, for status.
@@ -74,6 +87,7 @@ impl Tracker {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut blobs = self.lock();
         let swarm = blobs.entry(digest).or_default();
+        swarm.expire_holders();
         let fetch = if fetching {
             swarm.fetcher.get_or_insert(id);
             true
@@ -107,11 +121,12 @@ impl Tracker {
         let Some(member) = swarm.members.remove(&id) else {
             return;
         };
-        if complete && !swarm.holders.contains(&member.peer) {
+        if complete {
+            swarm.holders.retain(|(p, _)| *p != member.peer);
             if swarm.holders.len() >= MAX_HOLDERS {
                 swarm.holders.remove(0);
             }
-            swarm.holders.push(member.peer);
+            swarm.holders.push((member.peer, Instant::now()));
         }
         if swarm.fetcher == Some(id) {
             swarm.fetcher = None;
@@ -127,9 +142,11 @@ impl Tracker {
                 }
             }
         }
-        if swarm.members.is_empty() {
+        swarm.expire_holders();
+        if swarm.members.is_empty() && swarm.holders.is_empty() {
             blobs.remove(digest);
         }
+        forget_idle(&mut blobs);
     }
 
     /// The blobs being coordinated now.
@@ -146,6 +163,34 @@ impl Tracker {
             .collect();
         out.sort_by_key(|s| s.digest);
         out
+    }
+}
+
+/// Keeps the blobs remembered only for their holders under [`MAX_IDLE_BLOBS`], forgetting
+/// those whose newest holder is oldest.
+fn forget_idle(blobs: &mut HashMap<Digest, BlobSwarm>) {
+    let idle = || blobs.values().filter(|s| s.members.is_empty()).count();
+    if idle() <= MAX_IDLE_BLOBS {
+        return;
+    }
+    let mut by_age: Vec<(Instant, Digest)> = blobs
+        .iter()
+        .filter(|(_, s)| s.members.is_empty())
+        .map(|(d, s)| {
+            (
+                s.holders
+                    .iter()
+                    .map(|(_, at)| *at)
+                    .max()
+                    .unwrap_or_else(Instant::now),
+                *d,
+            )
+        })
+        .collect();
+    by_age.sort();
+    let excess = by_age.len() - MAX_IDLE_BLOBS;
+    for (_, d) in by_age.into_iter().take(excess) {
+        blobs.remove(&d);
     }
 }
 
@@ -170,6 +215,8 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = swarm
         .holders
         .iter()
+        .rev()
+        .map(|(p, _)| p)
         .filter(|p| **p != newcomer.peer)
         .cloned()
         .collect();
@@ -277,12 +324,28 @@ mod tests {
     }
 
     #[test]
-    fn state_is_dropped_when_the_last_member_leaves() {
+    fn state_is_dropped_when_the_last_member_leaves_without_it() {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
         let (id, _) = t.join(d, a, false);
         t.leave(&d, id, false);
         assert!(t.summary().is_empty());
+    }
+
+    #[test]
+    fn holders_are_remembered_after_everyone_left() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (a, _ra) = member(1, false, "x");
+        let (id, _) = t.join(d, a, false);
+        t.leave(&d, id, true);
+        let (b, _rb) = member(2, false, "x");
+        let (_, r) = t.join(d, b, false);
+        assert_eq!(
+            assign(r),
+            (false, vec![vec![1]]),
+            "no second upstream fetch"
+        );
     }
 }

@@ -3,17 +3,20 @@
 //! by [`super::picker`] and hands verified pieces to the blob's writer.
 //!
 //! It ends when every piece is present, or hands over to the upstream (the caller fetches the
-//! pieces still missing with range requests) when no peer has the blob, no peer is left, or no
-//! piece arrived for `peer_stall`.
+//! pieces still missing with range requests) when no piece arrived for `peer_stall`, or when
+//! the blob's tracker hands this node the fetch. Without a tracker (or when it assigned the
+//! fetch to this node) it also hands over at once when no peer has the blob or none is left.
 
 use super::peer_task::{FromPeer, PeerTask, ToPeer};
 use super::picker::{pick, PickState};
+use super::tracker::{Assignment, TrackerLink};
 use super::P2p;
 use crate::blobs::BlobFetch;
 use crate::error::FetchError;
 use crate::sink::{Op, PieceResult, Sink, Written};
-use pollen_peer::{Event, Have};
+use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::Bitfield;
+use pollen_proto::TrackerReply;
 use pollen_swarm::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -28,6 +31,12 @@ const REQUESTS_PER_PEER: usize = 4;
 const LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
 /// A peer that ended its session is not dialled again for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// A peer that did not have the blob yet (a fetcher whose download has not started) is asked
+/// again after this long, and providers are looked up this often while no peer is connected
+/// in a coordinated download.
+const RETRY_SOON: Duration = Duration::from_millis(300);
+/// A peer whose stream could not be opened is dialled again after this long.
+const RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
 /// Events waiting for the loop (each can hold a piece).
 const EVENT_QUEUE: usize = 4;
 
@@ -63,8 +72,14 @@ pub(crate) struct PeerPhase<'a> {
     known: u32,
     /// Peers whose hashes were taken into the map: to blame if the blob fails its digest.
     pub map_sources: HashSet<PeerId>,
+    /// Peers not to dial again before the instant.
     retired: HashMap<PeerId, Instant>,
     last_progress: Instant,
+    /// Peers the tracker named, tried before Kademlia's.
+    named: Vec<PeerId>,
+    /// A tracker coordinates this blob and another node fetches it: wait for peers rather than
+    /// going to the upstream when none is ready yet.
+    coordinated: bool,
 }
 
 impl<'a> PeerPhase<'a> {
@@ -85,15 +100,25 @@ impl<'a> PeerPhase<'a> {
             map_sources: HashSet::new(),
             retired: HashMap::new(),
             last_progress: Instant::now(),
+            named: Vec::new(),
+            coordinated: false,
         }
     }
 
     /// Downloads from peers into `sink` (opening it at the first peer's geometry).
-    pub async fn run(&mut self, sink: &mut Option<Sink>) -> Result<PeerOutcome, FetchError> {
+    pub async fn run(
+        &mut self,
+        sink: &mut Option<Sink>,
+        coordination: &mut Option<(TrackerLink, Assignment)>,
+    ) -> Result<PeerOutcome, FetchError> {
+        if let Some((_, assignment)) = coordination.as_ref() {
+            self.named = assignment.peers.clone();
+            self.coordinated = !assignment.fetch;
+        }
         if let Some(s) = sink.as_mut() {
             self.adopt_sink(s);
         }
-        if !self.connect_providers().await {
+        if !self.connect_providers().await && !self.coordinated {
             return Ok(PeerOutcome::Fallback("no peer has announced it".into()));
         }
         let stall = self.p2p.cfg.peer_stall;
@@ -102,7 +127,7 @@ impl<'a> PeerPhase<'a> {
             if sink.as_ref().is_some_and(|s| s.have.is_complete()) {
                 return Ok(PeerOutcome::Complete);
             }
-            if self.slots.is_empty() && self.writing.is_empty() {
+            if self.slots.is_empty() && self.writing.is_empty() && !self.coordinated {
                 return Ok(PeerOutcome::Fallback("no peer left to ask".into()));
             }
             if self.last_progress.elapsed() >= stall {
@@ -110,15 +135,43 @@ impl<'a> PeerPhase<'a> {
                     "no piece from peers for {stall:?}"
                 )));
             }
+            if self.slots.is_empty() && self.coordinated {
+                next_lookup = next_lookup.min(Instant::now() + RETRY_SOON);
+            }
             let written = async {
                 match self.written.as_mut() {
                     Some(w) => w.recv().await,
                     None => std::future::pending().await,
                 }
             };
+            let pushed = async {
+                match coordination.as_mut() {
+                    Some((link, _)) => link.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some((slot, msg)) = self.events.recv() => self.on_peer(slot, msg, sink).await?,
-                Some(w) = written => self.on_written(w, sink)?,
+                Some(w) = written => self.on_written(w, sink, coordination)?,
+                push = pushed => match push {
+                    Some(TrackerReply::Fetch) => {
+                        return Ok(PeerOutcome::Fallback(
+                            "the tracker handed this node the fetch".into(),
+                        ));
+                    }
+                    Some(TrackerReply::Peers { peers }) => {
+                        self.named
+                            .extend(peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()));
+                        next_lookup = Instant::now();
+                    }
+                    Some(TrackerReply::Assign { .. }) => {}
+                    None => {
+                        // The tracker is gone: carry on with Kademlia alone (its blobs move
+                        // to the next tracker for the agents that join from now on).
+                        *coordination = None;
+                        self.coordinated = false;
+                    }
+                },
                 () = sleep_until(next_lookup) => {
                     next_lookup = Instant::now() + LOOKUP_INTERVAL;
                     if self.slots.len() < self.p2p.cfg.max_peers_per_blob {
@@ -145,10 +198,11 @@ impl<'a> PeerPhase<'a> {
             }
         };
         let now = Instant::now();
-        self.retired
-            .retain(|_, t| now.duration_since(*t) < RETRY_AFTER);
+        self.retired.retain(|_, until| *until > now);
         let connected: HashSet<PeerId> = self.slots.values().map(|s| s.task.peer).collect();
-        let fresh = providers.iter().filter(|p| {
+        let mut candidates = self.named.clone();
+        candidates.extend(providers.iter().filter(|p| !self.named.contains(p)));
+        let fresh = candidates.iter().filter(|p| {
             !connected.contains(p)
                 && !self.retired.contains_key(p)
                 && !self.p2p.bans.is_banned(&digest, p)
@@ -178,7 +232,7 @@ impl<'a> PeerPhase<'a> {
                 },
             );
         }
-        !providers.is_empty() || !self.slots.is_empty()
+        !candidates.is_empty() || !self.slots.is_empty()
     }
 
     fn adopt_sink(&mut self, sink: &mut Sink) {
@@ -203,16 +257,27 @@ impl<'a> PeerPhase<'a> {
             FromPeer::Event(event) => self.on_event(slot, event, sink).await?,
             FromPeer::NotRequested(index) => self.forget_request(index, slot),
             FromPeer::Ended(e) => {
-                if e.is_peer_fault() {
+                let opened = self.slots.get(&slot).is_some_and(|s| s.has.is_some());
+                let retry = if e.is_peer_fault() {
                     self.ban(slot, &format!("broke the protocol: {e}"));
+                    RETRY_AFTER
+                } else if !opened {
+                    // The stream died before the session began: libp2p-stream drops inbound
+                    // streams that arrive in a burst (docs/decisions.md). Try again soon.
+                    RETRY_UNREACHABLE
+                } else if matches!(e, SessionError::Refused(_)) {
+                    // Not there yet (or busy): a fetcher named by the tracker has it soon.
+                    RETRY_SOON
                 } else {
                     debug!(slot, error = %e, "peer session ended");
-                }
-                self.drop_slot(slot);
+                    RETRY_AFTER
+                };
+                self.drop_slot(slot, retry);
             }
             FromPeer::Unreachable(why) => {
+                // Often a connection being replaced (both sides dialled at once): soon again.
                 debug!(slot, error = %why, "peer unreachable");
-                self.drop_slot(slot);
+                self.drop_slot(slot, RETRY_UNREACHABLE);
             }
         }
         Ok(())
@@ -235,7 +300,7 @@ impl<'a> PeerPhase<'a> {
         if have.geometry != s.geometry {
             // Another piece size (a node with a different override): its pieces do not fit.
             debug!(slot, "peer cuts the blob differently; not using it");
-            self.drop_slot(slot);
+            self.drop_slot(slot, RETRY_AFTER);
             return Ok(());
         }
         count(&mut self.availability, &have.bitfield, 1);
@@ -344,7 +409,12 @@ impl<'a> PeerPhase<'a> {
         Ok(())
     }
 
-    fn on_written(&mut self, w: Written, sink: &mut Option<Sink>) -> Result<(), FetchError> {
+    fn on_written(
+        &mut self,
+        w: Written,
+        sink: &mut Option<Sink>,
+        coordination: &Option<(TrackerLink, Assignment)>,
+    ) -> Result<(), FetchError> {
         let Some(s) = sink.as_mut() else {
             return Ok(());
         };
@@ -359,11 +429,14 @@ impl<'a> PeerPhase<'a> {
                     PieceResult::Stored | PieceResult::Duplicate => {
                         let _ = s.have.set(index);
                         self.last_progress = Instant::now();
+                        if let Some((link, _)) = coordination {
+                            link.set_pieces(s.have.count_ones());
+                        }
                     }
                     PieceResult::Mismatch => {
                         self.fetch.ctx.metrics.piece_verification_failures.inc();
                         self.ban(slot, &format!("piece {index} does not match its hash"));
-                        self.drop_slot(slot);
+                        self.drop_slot(slot, RETRY_AFTER);
                     }
                     PieceResult::Failed => {
                         return Err(FetchError::Store("writing a piece failed".into()));
@@ -374,7 +447,7 @@ impl<'a> PeerPhase<'a> {
                 Ok(known) => self.known = known,
                 Err(e) => {
                     self.ban(slot, &format!("piece hashes contradict the map: {e}"));
-                    self.drop_slot(slot);
+                    self.drop_slot(slot, RETRY_AFTER);
                 }
             },
         }
@@ -435,7 +508,7 @@ impl<'a> PeerPhase<'a> {
         }
     }
 
-    fn drop_slot(&mut self, slot: usize) {
+    fn drop_slot(&mut self, slot: usize, retry_after: Duration) {
         let Some(entry) = self.slots.remove(&slot) else {
             return;
         };
@@ -446,7 +519,8 @@ impl<'a> PeerPhase<'a> {
             reqs.retain(|(s, _)| *s != slot);
             !reqs.is_empty()
         });
-        self.retired.insert(entry.task.peer, Instant::now());
+        self.retired
+            .insert(entry.task.peer, Instant::now() + retry_after);
     }
 
     fn ban(&mut self, slot: usize, why: &str) {

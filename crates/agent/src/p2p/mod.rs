@@ -7,12 +7,15 @@
 //! - [`picker`]: which piece to ask which peer for next (pure, unit-tested).
 //! - [`peer_task`]: one session with one uploader, as a task that forwards its events.
 //! - [`manifest`]: manifests by digest, whole, checked against their digest.
+//! - [`tracker`]: the blob's tracker (rendezvous over live trackers) and the membership a
+//!   download holds there.
 
 mod download;
 pub(crate) mod manifest;
 mod peer_task;
 mod picker;
 mod source;
+pub(crate) mod tracker;
 
 pub(crate) use download::{PeerOutcome, PeerPhase};
 pub(crate) use source::{PieceShare, StoreSource};
@@ -61,6 +64,13 @@ pub struct P2pConfig {
     /// How long a peer that sent a bad piece (or a map that proved wrong) is not asked for
     /// that blob again.
     pub ban_duration: Duration,
+    /// This node also coordinates blobs for others (`--tracker`).
+    pub tracker: bool,
+    /// This node is a seed (`--seed`): preferred by trackers for fetching from the upstream.
+    pub seed: bool,
+    /// `zone`, `rack` and other labels (`--zone`, `--rack`, `--label k=v`): trackers name
+    /// peers with the same labels first.
+    pub labels: Vec<(String, String)>,
 }
 
 impl Default for P2pConfig {
@@ -74,6 +84,9 @@ impl Default for P2pConfig {
             peer_stall: DEFAULT_PEER_STALL,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ban_duration: DEFAULT_BAN_DURATION,
+            tracker: false,
+            seed: false,
+            labels: Vec::new(),
         }
     }
 }
@@ -85,6 +98,9 @@ pub(crate) struct P2p {
     pub uploads: Arc<UploadLimits>,
     pub downloads: RateLimiter,
     pub bans: Bans,
+    /// The tracker role, when this node has it.
+    pub tracker: Option<Arc<pollen_tracker::Tracker>>,
+    pub directory: tracker::Directory,
 }
 
 impl P2p {
@@ -93,6 +109,10 @@ impl P2p {
             uploads: Arc::new(UploadLimits::new(cfg.max_upload_sessions, cfg.upload_limit)),
             downloads: RateLimiter::new(cfg.download_limit),
             bans: Bans::new(cfg.ban_duration),
+            tracker: cfg
+                .tracker
+                .then(|| Arc::new(pollen_tracker::Tracker::new())),
+            directory: tracker::Directory::default(),
             node,
             cfg,
         }
@@ -206,5 +226,38 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
             info!(blobs = fresh.len(), "announced blobs to peers");
         }
         announced = now;
+    }
+}
+
+/// Serves the tracker role: announces it, and serves every member stream, until the swarm
+/// stops.
+pub(crate) async fn tracker_loop(ctx: Arc<crate::Ctx>) {
+    let Some((p2p, tracker)) = ctx.p2p.as_ref().and_then(|p| Some((p, p.tracker.clone()?))) else {
+        return;
+    };
+    let mut incoming = match p2p.node.incoming_streams_on(pollen_proto::TRACKER_PROTOCOL) {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(error = %e, "cannot accept tracker streams; this node will not coordinate");
+            return;
+        }
+    };
+    p2p.provide(tracker::tracker_key());
+    info!("tracker role on: coordinating blobs for other agents");
+    while let Some((peer, stream)) = incoming.next().await {
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            use tokio_util::compat::FuturesAsyncReadCompatExt;
+            let r = pollen_tracker::serve(
+                tracker,
+                peer.to_bytes(),
+                stream.compat(),
+                tracker::MEMBER_IDLE,
+            )
+            .await;
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "tracker stream ended");
+            }
+        });
     }
 }

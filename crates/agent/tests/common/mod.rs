@@ -1,6 +1,8 @@
 //! A running agent in front of the in-process test registry, and a plain HTTP client.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
