@@ -7,13 +7,11 @@ mod common;
 use common::cluster::*;
 use common::*;
 use http::StatusCode;
-use pollen_agent::{AgentConfig, Node, Status};
+use pollen_agent::Node;
 use pollen_swarm::{Bootstrap, SwarmConfig};
 use pollen_testreg::{Fault, TestRegistry};
-use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
-use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_supplies_a_blob_while_the_upstream_is_down() {
