@@ -85,27 +85,8 @@ SIZE=$(stat -c %s "$T/blob.bin")
 DIGEST="sha256:$(lib_sha256_file "$T/blob.bin")"
 NAME=bench/big
 
-# upload_blob FILE DIGEST: monolithic upload (POST then PUT ?digest=).
-upload_blob() {
-    local file=$1 digest=$2 loc sep
-    loc=$(curl -fsS -X POST -o /dev/null -D - "http://$REG/v2/$NAME/blobs/uploads/" |
-        tr -d '\r' | awk -F': ' 'tolower($1) == "location" { print $2 }')
-    [ -n "$loc" ] || return 1
-    case "$loc" in /*) loc="http://$REG$loc" ;; esac
-    case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
-    curl -fsS -X PUT -H 'Content-Type: application/octet-stream' -T "$file" "$loc${sep}digest=$digest" -o /dev/null
-}
 lib_log "pushing the blob ($DIGEST, $SIZE bytes) and a manifest as $REG/$NAME:v1"
-upload_blob "$T/blob.bin" "$DIGEST" || die "blob upload failed"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["%s"]}}' "$DIGEST" >"$T/config.json"
-CONFIG_DIGEST="sha256:$(lib_sha256_file "$T/config.json")"
-upload_blob "$T/config.json" "$CONFIG_DIGEST" || die "config upload failed"
-jq -cn --arg c "$CONFIG_DIGEST" --argjson cs "$(stat -c %s "$T/config.json")" --arg l "$DIGEST" --argjson ls "$SIZE" '{
-    schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
-    config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $c, size: $cs},
-    layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar", digest: $l, size: $ls}]}' >"$T/manifest.json"
-curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
-    --data-binary "@$T/manifest.json" "http://$REG/v2/$NAME/manifests/v1" -o /dev/null || die "manifest push failed"
+lib_push_image "$REG" "$NAME" v1 "$T/blob.bin" >/dev/null || die "pushing the blob and its manifest failed"
 rm -f "$T/blob.bin"
 
 HEX=${DIGEST#sha256:}
@@ -128,13 +109,7 @@ fetch() {
     lib_log "  $label: ${total}s (first byte after ${ttfb}s)"
 }
 
-# proc_stats PID: prints "VmHWM_kB cpu_s user_s sys_s" of a running process.
-proc_stats() {
-    local pid=$1 hwm
-    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
-    # Fields 14 and 15 of /proc/PID/stat: utime, stime (the comm field has no spaces here).
-    awk -v h="$hwm" -v hz="$(getconf CLK_TCK)" '{ printf "%s %.2f %.2f %.2f\n", h, ($14 + $15) / hz, $14 / hz, $15 / hz }' "/proc/$pid/stat"
-}
+proc_stats() { lib_proc_stats "$@"; }
 
 # wait_file FILE: waits (up to 60 s, polling every 0.05 s) until a cache has committed
 # its copy of the blob (both rename a finished temp file into place), so the stats below
@@ -258,12 +233,8 @@ measure "the docker-registry proxy" p start_proxy PROXY_PID "$PROXY_URL" "$PROXY
 PROXY_UP=$UPSTREAM_GETS
 
 # ---------------------------------------------------------------- report
-# median FILE COLUMN
-median() {
-    awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-minmax() { awk -v c="$2" '{ print $c }' "$1" | sort -g | sed -n '1p;$p' | paste -sd' '; }
+median() { lib_median "$@"; }
+minmax() { lib_minmax "$@"; }
 
 D_T=$(median "$T/direct.times" 1)
 P_T=$(median "$T/pcold.times" 1)

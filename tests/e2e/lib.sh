@@ -208,11 +208,20 @@ lib_start_registry() {
 # lib_start_agent BIN DATA_DIR LISTEN_PORT METRICS_PORT LOGFILE UPSTREAM_URL
 #                 REGISTRY_MAP [EXTRA ARGS...]:
 # starts `pollen agent` (REGISTRY_MAP is HOST=URL), waits for /readyz on the
-# metrics port; sets AGENT_PID.
+# metrics port; sets AGENT_PID. Unless EXTRA ARGS say otherwise (--p2p, --p2p-listen),
+# the swarm listens on 127.0.0.1 on a free port (its default, 0.0.0.0:65003, would
+# reach beyond this machine and clash with a second agent).
 lib_start_agent() {
-    local bin=$1 data=$2 port=$3 mport=$4 logfile=$5 upstream=$6 regmap=$7
+    local bin=$1 data=$2 port=$3 mport=$4 logfile=$5 upstream=$6 regmap=$7 a p2p_port
     shift 7
     mkdir -p "$data"
+    for a in "$@"; do
+        case "$a" in --p2p | --p2p=* | --p2p-listen | --p2p-listen=*) p2p_port=none ;; esac
+    done
+    if [ -z "${p2p_port:-}" ]; then
+        lib_pick_port 5500 p2p_port || return 1
+        set -- --p2p-listen "/ip4/127.0.0.1/tcp/$p2p_port" "$@"
+    fi
     lib_start_bg agent "$logfile" "$bin" agent \
         --listen "127.0.0.1:$port" \
         --data-dir "$data" \
@@ -237,3 +246,52 @@ lib_target_dir() {
 
 # lib_sha256_file FILE: prints the hex sha256 of FILE.
 lib_sha256_file() { sha256sum "$1" | cut -d' ' -f1; }
+
+# lib_upload_blob REGISTRY NAME FILE DIGEST: pushes FILE as blob DIGEST of repository NAME to
+# REGISTRY (host:port) with a monolithic upload (POST, then PUT ?digest=).
+lib_upload_blob() {
+    local reg=$1 name=$2 file=$3 digest=$4 loc sep
+    loc=$(curl -fsS -X POST -o /dev/null -D - "http://$reg/v2/$name/blobs/uploads/" |
+        tr -d '\r' | awk -F': ' 'tolower($1) == "location" { print $2 }')
+    [ -n "$loc" ] || return 1
+    case "$loc" in /*) loc="http://$reg$loc" ;; esac
+    case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
+    curl -fsS -X PUT -H 'Content-Type: application/octet-stream' -T "$file" "$loc${sep}digest=$digest" -o /dev/null
+}
+
+# lib_push_image REGISTRY NAME TAG FILE: pushes FILE (one layer) with a config and an OCI
+# manifest as NAME:TAG; prints the layer's digest. FILE is left in place.
+lib_push_image() {
+    local reg=$1 name=$2 tag=$3 file=$4 dir digest cdigest
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/pollen-push.XXXXXX")
+    digest="sha256:$(lib_sha256_file "$file")"
+    lib_upload_blob "$reg" "$name" "$file" "$digest" || { rm -rf "$dir"; return 1; }
+    printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["%s"]}}' "$digest" >"$dir/config.json"
+    cdigest="sha256:$(lib_sha256_file "$dir/config.json")"
+    lib_upload_blob "$reg" "$name" "$dir/config.json" "$cdigest" || { rm -rf "$dir"; return 1; }
+    jq -cn --arg c "$cdigest" --argjson cs "$(stat -c %s "$dir/config.json")" --arg l "$digest" --argjson ls "$(stat -c %s "$file")" '{
+        schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+        config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $c, size: $cs},
+        layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar", digest: $l, size: $ls}]}' >"$dir/manifest.json"
+    curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+        --data-binary "@$dir/manifest.json" "http://$reg/v2/$name/manifests/$tag" -o /dev/null || { rm -rf "$dir"; return 1; }
+    rm -rf "$dir"
+    printf '%s\n' "$digest"
+}
+
+# lib_proc_stats PID: prints "VmHWM_kB cpu_s user_s sys_s" of a running process.
+lib_proc_stats() {
+    local pid=$1 hwm
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
+    # Fields 14 and 15 of /proc/PID/stat: utime, stime (the comm field has no spaces here).
+    awk -v h="$hwm" -v hz="$(getconf CLK_TCK)" '{ printf "%s %.2f %.2f %.2f\n", h, ($14 + $15) / hz, $14 / hz, $15 / hz }' "/proc/$pid/stat"
+}
+
+# lib_median FILE COLUMN: the median of a column of numbers.
+lib_median() {
+    awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# lib_minmax FILE COLUMN: "min max" of a column of numbers.
+lib_minmax() { awk -v c="$2" '{ print $c }' "$1" | sort -g | sed -n '1p;$p' | paste -sd' '; }

@@ -9,8 +9,10 @@
 # Builds test images with umoci (one layer of E2E_BIG_MIB MiB of random data),
 # pushes them, pulls them through the agent with each client and checks every
 # digest; then stops the registry and pulls again from the agent's cache alone;
-# finally restarts the registry and runs a second agent whose data dir is a small
-# tmpfs, to check what a disk-full error does to a pull of the big layer.
+# restarts the registry and runs a second agent whose data dir is a small tmpfs, to
+# check what a disk-full error does to a pull of the big layer; finally (step g,
+# multinode.sh) runs three agents, each in a network namespace of its own with its
+# own containerd, and checks that the second and third pulls come from peers.
 #
 # Environment:
 #   POLLEN_BIN    agent binary (default: target/debug/pollen, built with cargo)
@@ -19,6 +21,7 @@
 #                 smaller than the big layer and larger than the config blob)
 #   E2E_KEEP=1    keep the temp dir (and everything in it) after the run
 #   E2E_NO_BUILD=1  do not run `cargo build` even if POLLEN_BIN is unset
+#   E2E_SKIP_MULTINODE=1  skip step g; its own settings are described in multinode.sh
 #
 # Prints `e2e: N passed, M failed` as its last line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -27,6 +30,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 # shellcheck source=tests/e2e/lib.sh
 source "$HERE/lib.sh"
+# shellcheck source=tests/e2e/multinode.sh
+source "$HERE/multinode.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
 FULL_MIB=${E2E_FULL_MIB:-64}
@@ -59,6 +64,7 @@ cleanup() {
     trap - ERR
     lib_step "cleanup"
     lib_stop_all
+    mn_cleanup
     if [ -n "$T" ] && [ -d "$T" ]; then
         lib_umount_under "$T"
         if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
@@ -70,6 +76,7 @@ cleanup() {
             local keep
             keep=$(mktemp -d /tmp/pollen-e2e-logs.XXXXXX)
             find "$T" -maxdepth 2 -name '*.log' -exec cp {} "$keep/" \; 2>/dev/null
+            mn_keep_logs "$keep/multinode"
             echo "logs kept in $keep"
         fi
         if [ "${E2E_KEEP:-0}" = "1" ]; then
@@ -492,3 +499,10 @@ echo "  last lines of the disk-full agent's log:"
 tail -n 8 "$FULL_LOG" | sed 's/\x1b\[[0-9;]*m//g; s/^/    /'
 lib_stop_pid "$FULL_PID"
 lib_umount_under "$FULL_DATA"
+
+# ---------------------------------------------------------------- g. multi-node
+if [ "${E2E_SKIP_MULTINODE:-0}" = "1" ]; then
+    echo "E2E_SKIP_MULTINODE=1: step g (multi-node) skipped"
+else
+    multinode_main
+fi
