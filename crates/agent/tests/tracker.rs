@@ -85,3 +85,114 @@ async fn a_cluster_pulling_at_once_fetches_each_blob_from_the_upstream_once() {
     let st = status(&agents[0]).await;
     assert_eq!(st.roles, vec!["tracker".to_string()]);
 }
+
+/// A tracker that does not pull, and `n` pulling agents bootstrapped to it.
+async fn tracker_and_pullers(
+    reg: &TestRegistry,
+    n: usize,
+    piece: usize,
+) -> (Harness, Vec<Harness>) {
+    let mut cfg = agent_config(reg);
+    cfg.p2p.tracker = true;
+    let tracker = member(reg, cfg, None).await;
+    let mut pullers = Vec::new();
+    for _ in 0..n {
+        let mut cfg = agent_config(reg);
+        cfg.p2p.session.piece_size = Some(piece as u32);
+        pullers.push(member(reg, cfg, Some(&tracker)).await);
+    }
+    (tracker, pullers)
+}
+
+/// Waits until some agent fetched `at_least` bytes of the blob from the upstream; its index.
+async fn fetcher_of(agents: &[Harness], at_least: u64) -> usize {
+    let found = std::sync::Mutex::new(None);
+    eventually("the fetcher to be under way", || async {
+        for (i, h) in agents.iter().enumerate() {
+            let st = status(h).await;
+            if st
+                .blobs_in_flight
+                .iter()
+                .any(|b| b.bytes_from_upstream >= at_least)
+            {
+                *found.lock().unwrap() = Some(i);
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let i = found.lock().unwrap().take();
+    i.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tracker_killed_mid_pull_leaves_the_downloads_running() {
+    let reg = TestRegistry::start().await.unwrap();
+    let (tracker, agents) = tracker_and_pullers(&reg, 6, PIECE).await;
+    let size = 24 * PIECE;
+    let layer = random_bytes(size, 300);
+    let digest = reg.add_blob("app", layer.clone());
+    reg.set_fault(Fault::Slow {
+        chunk: 128 << 10,
+        delay: Duration::from_millis(5),
+    });
+    let pulls: Vec<_> = agents
+        .iter()
+        .map(|h| {
+            let (client, path) = (h.client(), blob_path(h, &digest));
+            tokio::spawn(async move { client.get(&path).await })
+        })
+        .collect();
+    fetcher_of(&agents, (size / 4) as u64).await;
+    tracker.agent.shutdown(Duration::from_secs(5)).await;
+    for pull in pulls {
+        let r = pull.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.bytes(), &layer);
+    }
+    assert_egress_once(&reg, &[(digest, layer)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fetcher_killed_mid_pull_is_replaced_and_the_upstream_sends_each_byte_about_once() {
+    let reg = TestRegistry::start().await.unwrap();
+    // Small pieces: a fetcher dies with at most a piece or two in flight, so what is fetched
+    // twice stays within the 2% bound.
+    let piece = 256 << 10;
+    let (tracker, agents) = tracker_and_pullers(&reg, 6, piece).await;
+    let size = 48 * PIECE;
+    let layer = random_bytes(size, 301);
+    let digest = reg.add_blob("app", layer.clone());
+    reg.set_fault(Fault::Slow {
+        chunk: 64 << 10,
+        delay: Duration::from_millis(2),
+    });
+    let pulls: Vec<_> = agents
+        .iter()
+        .map(|h| {
+            let (client, path) = (h.client(), blob_path(h, &digest));
+            tokio::spawn(async move { client.get(&path).await })
+        })
+        .collect();
+    let dead = fetcher_of(&agents, (size / 3) as u64).await;
+    agents[dead].agent.shutdown(Duration::from_secs(5)).await;
+    for (i, pull) in pulls.into_iter().enumerate() {
+        let r = pull.await.unwrap();
+        if i != dead {
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.bytes(), &layer, "agent {i}");
+        }
+    }
+    let stats = reg.stats();
+    assert!(
+        stats.blob_get_count(&digest) >= 2,
+        "another agent took over the fetch"
+    );
+    assert!(
+        stats.blob_bytes_sent as f64 <= 1.02 * size as f64,
+        "upstream sent {} bytes for a {size} byte blob",
+        stats.blob_bytes_sent
+    );
+    drop(tracker);
+}

@@ -30,8 +30,11 @@ const JOIN_BACKOFF: [Duration; 4] = [
     Duration::from_millis(150),
     Duration::from_millis(400),
 ];
-/// How often a member tells its tracker how far it is (also its keepalive).
+/// How often a member tells its tracker how far it is when nothing changed (its keepalive).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a member checks whether it has new pieces to report: the tracker hands a dead
+/// fetcher's job to the member holding the most, so the counts must be fresh.
+const PROGRESS_CHECK: Duration = Duration::from_millis(250);
 /// How long a tracker waits for a silent member.
 pub(crate) const MEMBER_IDLE: Duration = Duration::from_secs(30);
 
@@ -247,15 +250,23 @@ async fn run_link(
             }
         }
     });
-    let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
-    tick.tick().await;
+    let mut tick = tokio::time::interval(PROGRESS_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut told, mut told_at) = (pieces.load(Ordering::Relaxed), Instant::now());
     loop {
         let req = tokio::select! {
             req = out.recv() => match req {
                 Some(req) => req,
                 None => break,
             },
-            _ = tick.tick() => TrackerRequest::Progress { pieces: pieces.load(Ordering::Relaxed) },
+            _ = tick.tick() => {
+                let now = pieces.load(Ordering::Relaxed);
+                if now == told && told_at.elapsed() < PROGRESS_INTERVAL {
+                    continue;
+                }
+                (told, told_at) = (now, Instant::now());
+                TrackerRequest::Progress { pieces: now }
+            }
         };
         let leaving = matches!(req, TrackerRequest::Leave { .. });
         let sent = timeout(JOIN_TIMEOUT, write_tracker_request(&mut w, &req)).await;
