@@ -52,7 +52,7 @@ fi
 
 run_step test cargo test --workspace -j2
 
-SCRIPTS=(tests/run.sh tests/e2e/run.sh tests/e2e/lib.sh benches/pull-1gib.sh .ci/run)
+SCRIPTS=(tests/run.sh tests/e2e/*.sh benches/*.sh .ci/run)
 if [ -n "${SKIP_SHELLCHECK:-}" ]; then
     skip_step shellcheck "SKIP_SHELLCHECK is set"
 elif ! command -v shellcheck >/dev/null 2>&1; then
