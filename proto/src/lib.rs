@@ -54,7 +54,7 @@ pub use io::{
     write_request,
 };
 pub use message::{ErrorCode, Reply, Request};
-pub use piecemap::{PartialPieceMap, PieceHasher, PieceMap, PieceMapId};
+pub use piecemap::{HashedPiece, PartialPieceMap, PieceHasher, PieceMap, PieceMapId};
 pub use tracker::{
     decode_tracker_reply, decode_tracker_request, encode_tracker_reply, encode_tracker_request,
     read_tracker_reply, read_tracker_request, write_tracker_reply, write_tracker_request,

@@ -9,7 +9,7 @@ use crate::error::FetchError;
 use crate::p2p::PieceShare;
 use bytes::Bytes;
 use pollen_peer::PieceState;
-use pollen_proto::{Bitfield, PieceGeometry, PieceMap};
+use pollen_proto::{Bitfield, HashedPiece, PieceGeometry, PieceMap};
 use pollen_store::{Blob, Partial, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -32,12 +32,9 @@ pub(crate) enum Op {
         hashes: Vec<[u8; 32]>,
         slot: usize,
     },
-    /// A piece a peer sent; checked against the map before it touches the disk.
-    Piece {
-        index: u32,
-        bytes: Bytes,
-        slot: usize,
-    },
+    /// A piece a peer sent, hashed already; checked against the map before it touches the
+    /// disk.
+    Piece { piece: HashedPiece, slot: usize },
 }
 
 /// What became of a piece from a peer.
@@ -108,6 +105,7 @@ impl Sink {
             published: (u32::MAX, u32::MAX),
             progress: progress.clone(),
             share: share.clone(),
+            last_piece: None,
         };
         w.publish();
         inflight.set_share(share.clone());
@@ -255,6 +253,9 @@ struct WriterThread {
     published: (u32, u32),
     progress: watch::Sender<Progress>,
     share: Arc<PieceShare>,
+    /// The piece from a peer written last, kept so clients at the live edge read it from
+    /// memory instead of from the file.
+    last_piece: Option<(u64, Bytes)>,
 }
 
 impl WriterThread {
@@ -283,8 +284,9 @@ impl WriterThread {
                 let _ = done.send(Written::Hashes { slot, result });
                 Ok(0)
             }
-            Op::Piece { index, bytes, slot } => {
-                let (result, error) = match self.partial.write_piece(index, &bytes) {
+            Op::Piece { piece, slot } => {
+                let index = piece.index();
+                let (result, error) = match self.partial.write_piece(&piece) {
                     Ok(true) => (PieceResult::Stored, None),
                     Ok(false) => (PieceResult::Duplicate, None),
                     Err(StoreError::PieceMismatch { .. }) => (PieceResult::Mismatch, None),
@@ -295,9 +297,14 @@ impl WriterThread {
                     slot,
                     result,
                 });
+                if result == PieceResult::Stored {
+                    if let Some(offset) = self.partial.geometry().offset_of(index) {
+                        self.last_piece = Some((offset, piece.bytes().clone()));
+                    }
+                }
                 match error {
                     Some(e) => Err(e),
-                    None => Ok(bytes.len()),
+                    None => Ok(piece.bytes().len()),
                 }
             }
         }
@@ -306,9 +313,22 @@ impl WriterThread {
     /// Tells clients how far they may read, and peers what this node can serve.
     fn publish(&mut self) {
         let readable = self.partial.readable();
+        let fresh = self
+            .last_piece
+            .take()
+            .filter(|(offset, bytes)| offset + bytes.len() as u64 <= readable);
         self.progress.send_modify(|p| {
-            if let Progress::Streaming { written, .. } = p {
+            if let Progress::Streaming {
+                written, recent, ..
+            } = p
+            {
                 *written = readable;
+                if let Some((start, bytes)) = fresh {
+                    *recent = Recent {
+                        start,
+                        chunks: vec![bytes].into(),
+                    };
+                }
             }
         });
         let now = (self.partial.have().count_ones(), self.partial.map().known());

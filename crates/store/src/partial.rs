@@ -15,7 +15,7 @@ use crate::piece_hash::PieceHashThread;
 use crate::{Blob, Kind, Store, StoreError};
 use bytes::Bytes;
 use pollen_oci::{Digest, Hasher};
-use pollen_proto::{Bitfield, PartialPieceMap, PieceGeometry};
+use pollen_proto::{Bitfield, HashedPiece, PartialPieceMap, PieceGeometry};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -237,11 +237,12 @@ impl Partial {
 
     /// Stores one piece from a peer after checking it against the map. `Ok(false)` when the
     /// piece was already present.
-    pub fn write_piece(&mut self, index: u32, data: &Bytes) -> Result<bool, StoreError> {
+    pub fn write_piece(&mut self, piece: &HashedPiece) -> Result<bool, StoreError> {
+        let (index, data) = (piece.index(), piece.bytes());
         if self.have.get(index) {
             return Ok(false);
         }
-        if !self.map.verify_piece(index, data) {
+        if !self.map.verify_hashed(piece) {
             return Err(StoreError::PieceMismatch { index });
         }
         let offset = self

@@ -1,6 +1,6 @@
 use super::*;
 use bytes::Bytes;
-use pollen_proto::{PieceMap, MIN_PIECE_SIZE};
+use pollen_proto::{HashedPiece, PieceMap, MIN_PIECE_SIZE};
 use std::os::unix::fs::FileExt;
 
 fn blob(len: usize, seed: u8) -> Vec<u8> {
@@ -94,7 +94,7 @@ fn peer_pieces_are_verified_against_the_map() {
     };
     // No hash known yet: nothing can be accepted.
     assert!(matches!(
-        p.write_piece(2, &Bytes::copy_from_slice(piece(2))),
+        p.write_piece(&HashedPiece::new(2, Bytes::copy_from_slice(piece(2)))),
         Err(StoreError::PieceMismatch { index: 2 })
     ));
     p.adopt_hashes(0, &map.hashes()[..2]).unwrap();
@@ -102,15 +102,18 @@ fn peer_pieces_are_verified_against_the_map() {
     let mut bad = piece(3).to_vec();
     bad[7] ^= 0xff;
     assert!(matches!(
-        p.write_piece(3, &Bytes::copy_from_slice(&bad)),
+        p.write_piece(&HashedPiece::new(3, Bytes::copy_from_slice(&bad))),
         Err(StoreError::PieceMismatch { index: 3 })
     ));
     assert!(!p.have().get(3));
     for i in [4, 0, 3, 1, 2] {
-        assert!(p.write_piece(i, &Bytes::copy_from_slice(piece(i))).unwrap());
+        assert!(p
+            .write_piece(&HashedPiece::new(i, Bytes::copy_from_slice(piece(i))))
+            .unwrap());
     }
     assert!(
-        !p.write_piece(1, &Bytes::copy_from_slice(piece(1))).unwrap(),
+        !p.write_piece(&HashedPiece::new(1, Bytes::copy_from_slice(piece(1))))
+            .unwrap(),
         "already present"
     );
     assert_eq!(p.contiguous(), len as u64);
@@ -145,10 +148,10 @@ fn a_forged_map_never_completes_and_leaves_nothing() {
     p.adopt_hashes(0, forged_map.hashes()).unwrap();
     for i in 0..geometry.count() {
         let r = geometry.range_of(i).unwrap();
-        p.write_piece(
+        p.write_piece(&HashedPiece::new(
             i,
-            &Bytes::copy_from_slice(&forged[r.start as usize..r.end as usize]),
-        )
+            Bytes::copy_from_slice(&forged[r.start as usize..r.end as usize]),
+        ))
         .unwrap();
     }
     assert!(matches!(p.commit(), Err(StoreError::DigestMismatch { .. })));
@@ -245,15 +248,15 @@ fn the_digest_is_computed_on_the_way_whatever_the_order() {
     p.adopt_hashes(0, map.hashes()).unwrap();
     // Peers supply pieces 5 and 2 out of order; the upstream appends 3..5 after a seek; peers
     // then fill 0 and 1, and the upstream the last piece.
-    p.write_piece(5, &piece(5)).unwrap();
-    p.write_piece(2, &piece(2)).unwrap();
+    p.write_piece(&HashedPiece::new(5, piece(5))).unwrap();
+    p.write_piece(&HashedPiece::new(2, piece(2))).unwrap();
     assert_eq!(p.whole_pos, 0, "nothing contiguous yet");
     p.seek(3).unwrap();
     let r =
         geometry.range_of(3).unwrap().start as usize..geometry.range_of(4).unwrap().end as usize;
     p.append(&Bytes::copy_from_slice(&data[r])).unwrap();
-    p.write_piece(0, &piece(0)).unwrap();
-    p.write_piece(1, &piece(1)).unwrap();
+    p.write_piece(&HashedPiece::new(0, piece(0))).unwrap();
+    p.write_piece(&HashedPiece::new(1, piece(1))).unwrap();
     p.settle().unwrap();
     assert_eq!(
         p.whole_pos,

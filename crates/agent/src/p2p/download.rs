@@ -16,7 +16,7 @@ use crate::error::FetchError;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::Bitfield;
-use pollen_proto::TrackerReply;
+use pollen_proto::{HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -254,6 +254,7 @@ impl<'a> PeerPhase<'a> {
     ) -> Result<(), FetchError> {
         match msg {
             FromPeer::Opened(have) => self.on_opened(slot, have, sink).await?,
+            FromPeer::Piece(piece) => self.on_piece(slot, piece, sink).await?,
             FromPeer::Event(event) => self.on_event(slot, event, sink).await?,
             FromPeer::NotRequested(index) => self.forget_request(index, slot),
             FromPeer::Ended(e) => {
@@ -320,24 +321,7 @@ impl<'a> PeerPhase<'a> {
             return Ok(());
         };
         match event {
-            Event::Piece { index, bytes } => {
-                self.forget_request(index, slot);
-                for (other, _) in self.requests.remove(&index).unwrap_or_default() {
-                    if let Some(o) = self.slots.get_mut(&other) {
-                        o.task.send(ToPeer::Cancel(index));
-                        o.outstanding = o.outstanding.saturating_sub(1);
-                    }
-                }
-                if s.have.get(index) || !self.writing.insert(index) {
-                    return Ok(());
-                }
-                let len = bytes.len() as u64;
-                self.fetch.ctx.metrics.peer_bytes_received.inc_by(len);
-                self.fetch.count_from_peers(len);
-                if !s.send(Op::Piece { index, bytes, slot }).await {
-                    return Err(FetchError::Store("the blob's writer stopped".into()));
-                }
-            }
+            Event::Piece { .. } => {} // arrives hashed, as FromPeer::Piece
             Event::Map(map) => {
                 self.add_hashes(s, slot, 0, map.hashes().to_vec()).await?;
             }
@@ -379,6 +363,35 @@ impl<'a> PeerPhase<'a> {
                     entry.unchoked = true;
                 }
             }
+        }
+        Ok(())
+    }
+
+    async fn on_piece(
+        &mut self,
+        slot: usize,
+        piece: HashedPiece,
+        sink: &mut Option<Sink>,
+    ) -> Result<(), FetchError> {
+        let Some(s) = sink.as_mut() else {
+            return Ok(());
+        };
+        let index = piece.index();
+        self.forget_request(index, slot);
+        for (other, _) in self.requests.remove(&index).unwrap_or_default() {
+            if let Some(o) = self.slots.get_mut(&other) {
+                o.task.send(ToPeer::Cancel(index));
+                o.outstanding = o.outstanding.saturating_sub(1);
+            }
+        }
+        if s.have.get(index) || !self.writing.insert(index) {
+            return Ok(());
+        }
+        let len = piece.bytes().len() as u64;
+        self.fetch.ctx.metrics.peer_bytes_received.inc_by(len);
+        self.fetch.count_from_peers(len);
+        if !s.send(Op::Piece { piece, slot }).await {
+            return Err(FetchError::Store("the blob's writer stopped".into()));
         }
         Ok(())
     }

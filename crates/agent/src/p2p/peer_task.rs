@@ -5,6 +5,7 @@
 use crate::Ctx;
 use pollen_oci::Digest;
 use pollen_peer::{Event, Have, Session, SessionError};
+use pollen_proto::HashedPiece;
 use pollen_swarm::PeerId;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -22,6 +23,9 @@ pub(crate) enum ToPeer {
 
 pub(crate) enum FromPeer {
     Opened(Have),
+    /// A piece, hashed here (on the blocking pool, one task per peer), so pieces from several
+    /// peers are hashed in parallel and the blob's writer only compares.
+    Piece(HashedPiece),
     Event(Event),
     /// The request could not be sent (choked, not announced, too many): ask elsewhere.
     NotRequested(u32),
@@ -117,6 +121,12 @@ async fn run(
             },
             event = session.next_event() => {
                 let msg = match event {
+                    Ok(Event::Piece { index, bytes }) => {
+                        match tokio::task::spawn_blocking(move || HashedPiece::new(index, bytes)).await {
+                            Ok(piece) => FromPeer::Piece(piece),
+                            Err(_) => return,
+                        }
+                    }
                     Ok(e) => FromPeer::Event(e),
                     Err(e) => FromPeer::Ended(e),
                 };
