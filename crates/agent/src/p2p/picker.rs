@@ -8,8 +8,9 @@
 //! 2. **Rarest first** beyond the window: the piece fewest known peers have (ties: lowest
 //!    index), so rare pieces spread before their only holder leaves.
 //! 3. **Duplicates** when nothing is left unrequested: a piece requested from another peer
-//!    longer than the request timeout ago, or, in end-game (every missing piece requested),
-//!    the piece with the fewest copies requested, at most [`MAX_COPIES`]. The first copy to
+//!    longer than the request timeout ago, or, in end-game (every missing piece requested and
+//!    at most [`END_GAME_PIECES`] missing), the piece with the fewest copies requested, at most
+//!    [`MAX_COPIES`]. The first copy to
 //!    arrive wins; the download cancels the others.
 
 use pollen_proto::Bitfield;
@@ -18,6 +19,11 @@ use tokio::time::{Duration, Instant};
 
 /// Copies of one piece requested at once in end-game.
 pub(crate) const MAX_COPIES: usize = 2;
+
+/// End-game starts when every missing piece is requested and no more than this many are
+/// missing: with few pieces and deep pipelines "everything requested" is true from the start,
+/// and duplicating every request then would double the bytes sent.
+pub(crate) const END_GAME_PIECES: u32 = 4;
 
 /// Pieces of the streaming window.
 pub(crate) const WINDOW: u32 = 8;
@@ -60,7 +66,9 @@ pub(crate) fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Optio
         return rarest;
     }
     // Nothing unrequested that this peer has: duplicate a stale or (end-game) scarce request.
-    let end_game = (0..s.done.count()).all(|i| s.done.get(i) || !unrequested(&i));
+    let missing = s.done.count() - s.done.count_ones();
+    let end_game = missing <= END_GAME_PIECES
+        && (0..s.done.count()).all(|i| s.done.get(i) || !unrequested(&i));
     (first_missing..count)
         .filter(wanted)
         .filter_map(|i| {
@@ -168,6 +176,18 @@ mod tests {
         assert_eq!(f.pick(2, &all), None, "max copies and nothing stale");
         f.done = field(4, &[0, 1, 2, 3]);
         assert_eq!(f.pick(2, &all), None, "complete");
+    }
+
+    #[test]
+    fn many_missing_pieces_all_requested_is_not_end_game() {
+        let mut f = Fixture::new(10);
+        let all = field(10, &(0..10).collect::<Vec<_>>());
+        for i in 0..10 {
+            f.requests.insert(i, vec![(1, f.now)]);
+        }
+        assert_eq!(f.pick(0, &all), None, "10 missing: no duplicates yet");
+        f.done = field(10, &[0, 1, 2, 3, 4, 5]);
+        assert!(f.pick(0, &all).is_some(), "4 missing: end-game");
     }
 
     #[test]
