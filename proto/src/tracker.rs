@@ -49,6 +49,10 @@ pub enum TrackerRequest {
         pieces: u32,
         /// `zone`, `rack` and other `k=v` labels: peers with equal labels are named first.
         labels: Vec<(String, String)>,
+        /// The agent was a member at a tracker that died and joins this one, the blob's next:
+        /// the fetcher, if it is still alive, is about to rejoin too, so this agent is not
+        /// made the fetcher at once.
+        rejoin: bool,
     },
     /// How many pieces the agent holds now (sent now and then while downloading).
     Progress { pieces: u32 },
@@ -188,6 +192,7 @@ mod tests {
             fetching: false,
             pieces: 3,
             labels,
+            rejoin: false,
         }
     }
 

@@ -227,7 +227,7 @@ impl BlobFetch<'_> {
         let mut coordination = None;
         if use_peers && self.client_auth.is_none() {
             let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
-            coordination = TrackerLink::join(self.ctx, self.digest, pieces, false).await;
+            coordination = TrackerLink::join(self.ctx, self.digest, pieces).await;
         }
         let mut stopping = self.ctx.stopping.subscribe();
         let result = tokio::select! {
@@ -277,6 +277,9 @@ impl BlobFetch<'_> {
         match outcome {
             PeerOutcome::Complete => Ok(()),
             PeerOutcome::Fallback(why) => {
+                if let Some((link, _)) = coordination.as_ref() {
+                    link.set_fetching();
+                }
                 let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
                 info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
                 self.transfer(sink).await

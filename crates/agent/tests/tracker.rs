@@ -196,3 +196,66 @@ async fn a_fetcher_killed_mid_pull_is_replaced_and_the_upstream_sends_each_byte_
     );
     drop(tracker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_a_blobs_tracker_dies_its_members_rejoin_the_next_and_a_latecomer_fetches_nothing() {
+    let reg = TestRegistry::start().await.unwrap();
+    let (t1, mut agents) = tracker_and_pullers(&reg, 4, PIECE).await;
+    let mut cfg = agent_config(&reg);
+    cfg.p2p.tracker = true;
+    let t2 = member(&reg, cfg, Some(&t1)).await;
+    let late = member(&reg, agent_config(&reg), Some(&t1)).await;
+    // Everyone must see both trackers before the blob is asked for.
+    for h in agents.iter().chain([&late]) {
+        let want = [node(&t1).peer_id(), node(&t2).peer_id()];
+        eventually("both trackers to be known", || async {
+            let mut ok = true;
+            for t in want {
+                ok &= node(h).connected_peers().await.unwrap().contains(&t);
+            }
+            ok
+        })
+        .await;
+    }
+    let size = 32 * PIECE;
+    let layer = random_bytes(size, 302);
+    let digest = reg.add_blob("app", layer.clone());
+    reg.set_fault(Fault::Slow {
+        chunk: 128 << 10,
+        delay: Duration::from_millis(5),
+    });
+    let pulls: Vec<_> = agents
+        .iter()
+        .map(|h| {
+            let (client, path) = (h.client(), blob_path(h, &digest));
+            tokio::spawn(async move { client.get(&path).await })
+        })
+        .collect();
+    fetcher_of(&agents, (size / 4) as u64).await;
+    let coordinates =
+        |st: &pollen_agent::Status| st.tracked_blobs.iter().any(|b| b.digest == digest);
+    let (dying, next) = if coordinates(&status(&t1).await) {
+        (t1, t2)
+    } else {
+        (t2, t1)
+    };
+    dying.agent.shutdown(Duration::from_secs(5)).await;
+    eventually(
+        "the members to rejoin the next tracker, the fetcher among them",
+        || async {
+            status(&next)
+                .await
+                .tracked_blobs
+                .iter()
+                .any(|b| b.digest == digest && b.fetching && b.members >= 4)
+        },
+    )
+    .await;
+    let r = late.get(&blob_path(&late, &digest)).await;
+    assert_eq!(r.bytes(), &layer);
+    for pull in pulls {
+        assert_eq!(pull.await.unwrap().bytes(), &layer);
+    }
+    assert_egress_once(&reg, &[(digest, layer)]);
+    agents.clear();
+}

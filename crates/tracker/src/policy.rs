@@ -4,6 +4,10 @@
 //!   join a blob nobody holds becomes its fetcher. Everyone else is told not to fetch and gets
 //!   peers ranked: agents holding the whole blob, then the fetcher, then agents sharing its
 //!   labels (zone, rack), then those holding the most pieces.
+//! - **Rejoin**: after a tracker died, its members join the blob's next tracker. Until the
+//!   fetcher is back (it rejoins saying it is fetching), nobody is made the fetcher; if it has
+//!   not come back within [`REJOIN_GRACE`], the member holding the most pieces (seeds first)
+//!   is told to fetch.
 //! - **Leave**: an agent that leaves complete is remembered as a holder for later joiners. A
 //!   fetcher that leaves without completing (failed, killed: its stream closed) hands the fetch
 //!   to a remaining member, seeds first, then the one holding the most pieces, which then
@@ -13,14 +17,20 @@ use pollen_oci::Digest;
 use pollen_proto::{TrackerReply, MAX_TRACKER_PEERS};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so tests drive time-based rules (holder expiry, failover grace) on a paused
+// clock instead of sleeping.
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Holders of a whole blob remembered for later joiners.
 const MAX_HOLDERS: usize = MAX_TRACKER_PEERS;
 /// How long a holder is named to joiners after it said it had the blob. Longer than a
 /// rollout; short enough that a holder that evicted the blob long ago is forgotten.
 const HOLDER_TTL: Duration = Duration::from_secs(600);
+/// How long a blob whose members rejoined after a tracker failover waits for its fetcher
+/// to rejoin before another member is told to fetch.
+pub const REJOIN_GRACE: Duration = Duration::from_secs(2);
 /// Blobs remembered without members (only holders); the oldest are forgotten first.
 const MAX_IDLE_BLOBS: usize = 65_536;
 /// Peers named in one `Assign`.
@@ -42,11 +52,37 @@ struct BlobSwarm {
     fetcher: Option<u64>,
     /// Agents that said they hold the whole blob, and when.
     holders: Vec<(Vec<u8>, Instant)>,
+    /// Since when members rejoined without a fetcher (after a tracker failover).
+    orphaned: Option<Instant>,
 }
 
 impl BlobSwarm {
     fn expire_holders(&mut self) {
         self.holders.retain(|(_, at)| at.elapsed() < HOLDER_TTL);
+    }
+
+    /// Makes the best member the fetcher (seeds first, then the most pieces) and tells it.
+    fn hand_on(&mut self) {
+        self.orphaned = None;
+        let next = self
+            .members
+            .iter()
+            .max_by_key(|(mid, m)| (m.seed, m.pieces, std::cmp::Reverse(**mid)))
+            .map(|(mid, m)| (*mid, m.tx.clone()));
+        if let Some((next, tx)) = next {
+            self.fetcher = Some(next);
+            let _ = tx.send(TrackerReply::Fetch);
+        }
+    }
+
+    /// A failover's grace is over and the fetcher never came back: hand the fetch on.
+    fn check_orphan(&mut self) {
+        if self.fetcher.is_none()
+            && self.holders.is_empty()
+            && self.orphaned.is_some_and(|t| t.elapsed() >= REJOIN_GRACE)
+        {
+            self.hand_on();
+        }
     }
 }
 
@@ -81,6 +117,7 @@ impl Tracker {
         digest: Digest,
         member: Member,
         fetching: bool,
+        rejoin: bool,
     ) -> (u64, TrackerReply) {
         let id = self
             .next_id
@@ -88,10 +125,15 @@ impl Tracker {
         let mut blobs = self.lock();
         let swarm = blobs.entry(digest).or_default();
         swarm.expire_holders();
+        if rejoin && swarm.fetcher.is_none() {
+            swarm.orphaned.get_or_insert_with(Instant::now);
+        }
+        swarm.check_orphan();
         let fetch = if fetching {
             swarm.fetcher.get_or_insert(id);
+            swarm.orphaned = None;
             true
-        } else if swarm.fetcher.is_none() && swarm.holders.is_empty() {
+        } else if swarm.fetcher.is_none() && swarm.holders.is_empty() && swarm.orphaned.is_none() {
             swarm.fetcher = Some(id);
             true
         } else {
@@ -102,14 +144,17 @@ impl Tracker {
         (id, TrackerReply::Assign { fetch, peers })
     }
 
+    /// A member's piece count (sent at least every few seconds: also the tracker's clock for
+    /// a failover's grace).
     pub(crate) fn progress(&self, digest: &Digest, id: u64, pieces: u32) {
-        if let Some(m) = self
-            .lock()
-            .get_mut(digest)
-            .and_then(|s| s.members.get_mut(&id))
-        {
+        let mut blobs = self.lock();
+        let Some(swarm) = blobs.get_mut(digest) else {
+            return;
+        };
+        if let Some(m) = swarm.members.get_mut(&id) {
             m.pieces = pieces;
         }
+        swarm.check_orphan();
     }
 
     /// Removes a member; a fetcher leaving unfinished hands the fetch on.
@@ -131,15 +176,7 @@ impl Tracker {
         if swarm.fetcher == Some(id) {
             swarm.fetcher = None;
             if !complete && swarm.holders.is_empty() {
-                let next = swarm
-                    .members
-                    .iter()
-                    .max_by_key(|(mid, m)| (m.seed, m.pieces, std::cmp::Reverse(**mid)))
-                    .map(|(mid, m)| (*mid, m.tx.clone()));
-                if let Some((next, tx)) = next {
-                    swarm.fetcher = Some(next);
-                    let _ = tx.send(TrackerReply::Fetch);
-                }
+                swarm.hand_on();
             }
         }
         swarm.expire_holders();
@@ -259,14 +296,14 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id_a, r) = t.join(d, a, false);
+        let (id_a, r) = t.join(d, a, false, false);
         assert_eq!(assign(r), (true, vec![]));
         let (b, _rb) = member(2, false, "y");
-        let (_, r) = t.join(d, b, false);
+        let (_, r) = t.join(d, b, false, false);
         assert_eq!(assign(r), (false, vec![vec![1]]));
         let (c, _rc) = member(3, false, "y");
         t.progress(&d, id_a, 5);
-        let (_, r) = t.join(d, c, false);
+        let (_, r) = t.join(d, c, false, false);
         assert_eq!(
             assign(r).1,
             vec![vec![1], vec![2]],
@@ -280,12 +317,12 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id_a, _) = t.join(d, a, false);
+        let (id_a, _) = t.join(d, a, false, false);
         let (b, mut rb) = member(2, false, "x");
-        let (id_b, _) = t.join(d, b, false);
+        let (id_b, _) = t.join(d, b, false, false);
         t.progress(&d, id_b, 50);
         let (s, mut rs) = member(3, true, "x");
-        t.join(d, s, false);
+        t.join(d, s, false, false);
         t.leave(&d, id_a, false);
         assert_eq!(
             rs.try_recv().ok(),
@@ -301,13 +338,13 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id_a, _) = t.join(d, a, false);
+        let (id_a, _) = t.join(d, a, false, false);
         let (b, mut rb) = member(2, false, "x");
-        t.join(d, b, false);
+        t.join(d, b, false, false);
         t.leave(&d, id_a, true);
         assert!(rb.try_recv().is_err(), "nobody is told to fetch");
         let (c, _rc) = member(3, false, "x");
-        let (_, r) = t.join(d, c, false);
+        let (_, r) = t.join(d, c, false, false);
         assert_eq!(assign(r), (false, vec![vec![1], vec![2]]));
     }
 
@@ -316,10 +353,10 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (b, _rb) = member(2, false, "x");
-        let (_, r) = t.join(d, b, false);
+        let (_, r) = t.join(d, b, false, false);
         assert!(assign(r).0);
         let (a, _ra) = member(1, false, "x");
-        let (_, r) = t.join(d, a, true);
+        let (_, r) = t.join(d, a, true, false);
         assert!(assign(r).0, "it is fetching already; it goes on");
     }
 
@@ -328,9 +365,35 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id, _) = t.join(d, a, false);
+        let (id, _) = t.join(d, a, false, false);
         t.leave(&d, id, false);
         assert!(t.summary().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejoining_members_wait_for_the_fetcher_then_one_takes_over() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (a, mut ra) = member(1, false, "x");
+        let (_, r) = t.join(d, a, false, true);
+        assert!(!assign(r).0, "a rejoining member is not made the fetcher");
+        let (b, _rb) = member(2, false, "x");
+        let (_, r) = t.join(d, b, false, false);
+        assert!(!assign(r).0, "nor a newcomer during the grace");
+        let (f, _rf) = member(3, false, "x");
+        let (_, r) = t.join(d, f, true, true);
+        assert!(assign(r).0, "the fetcher is back and keeps its job");
+        assert!(ra.try_recv().is_err());
+
+        // Another blob whose fetcher never comes back.
+        let d2 = Digest::of(b"other");
+        let (a, mut ra) = member(1, false, "x");
+        let (id_a, _) = t.join(d2, a, false, true);
+        t.progress(&d2, id_a, 3);
+        assert!(ra.try_recv().is_err(), "still within the grace");
+        tokio::time::advance(REJOIN_GRACE).await;
+        t.progress(&d2, id_a, 3);
+        assert_eq!(ra.try_recv().ok(), Some(TrackerReply::Fetch));
     }
 
     #[test]
@@ -338,10 +401,10 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id, _) = t.join(d, a, false);
+        let (id, _) = t.join(d, a, false, false);
         t.leave(&d, id, true);
         let (b, _rb) = member(2, false, "x");
-        let (_, r) = t.join(d, b, false);
+        let (_, r) = t.join(d, b, false, false);
         assert_eq!(
             assign(r),
             (false, vec![vec![1]]),

@@ -43,6 +43,7 @@ where
         fetching,
         pieces,
         labels,
+        rejoin,
     }) = first
     else {
         return Err(ServeError::Protocol(
@@ -57,7 +58,7 @@ where
         pieces,
         tx,
     };
-    let (id, assign) = tracker.join(digest, member, fetching);
+    let (id, assign) = tracker.join(digest, member, fetching, rejoin);
     let mut complete = false;
     let result = async {
         timeout(idle, write_tracker_reply(&mut w, &assign))
@@ -104,6 +105,7 @@ mod tests {
             fetching,
             pieces: 0,
             labels: vec![],
+            rejoin: false,
         }
     }
 

@@ -10,7 +10,7 @@ use pollen_proto::{
 };
 use pollen_swarm::PeerId;
 use sha2::{Digest as _, Sha256};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -109,13 +109,24 @@ pub(crate) struct Assignment {
 
 /// A download's membership in its blob's swarm at the tracker. Dropping it without
 /// [`TrackerLink::leave`] ends its task, which closes the stream: the tracker reads that as
-/// "failed" and hands the fetch on if this node had it.
+/// "failed" and hands the fetch on if this node had it. When the tracker dies, the link joins
+/// the blob's next tracker by itself (saying whether this node is fetching), so the new tracker
+/// learns the swarm from its members.
 pub(crate) struct TrackerLink {
     out: mpsc::UnboundedSender<TrackerRequest>,
     pushes: mpsc::UnboundedReceiver<TrackerReply>,
-    pieces: Arc<AtomicU32>,
+    state: Arc<MemberState>,
     task: JoinHandle<()>,
 }
+
+/// What a member tells its tracker, shared between the download and its link task.
+#[derive(Default)]
+struct MemberState {
+    pieces: AtomicU32,
+    fetching: AtomicBool,
+}
+
+type Conn = (Box<Read>, Box<Write>);
 
 impl TrackerLink {
     /// Joins the blob's tracker (trying the next by rendezvous if one does not answer), or
@@ -124,103 +135,43 @@ impl TrackerLink {
         ctx: &Arc<Ctx>,
         digest: Digest,
         pieces: u32,
-        fetching: bool,
     ) -> Option<(TrackerLink, Assignment)> {
-        let p2p = ctx.p2p.as_ref()?;
-        let trackers = p2p.directory.trackers(p2p).await;
-        let join = TrackerRequest::Join {
-            digest,
-            seed: p2p.cfg.seed,
-            fetching,
-            pieces,
-            labels: p2p.cfg.labels.clone(),
-        };
-        // Each of the first trackers by rendezvous gets a few tries: libp2p-stream drops an
-        // inbound stream that arrives while the acceptor is busy with the previous one, so a
-        // burst of joins loses some (docs/decisions.md).
-        let order = rendezvous(&digest, &trackers);
-        let mut tries = Vec::new();
-        for t in order.iter().take(3) {
-            tries.extend(JOIN_BACKOFF.iter().map(|d| (*t, *d)));
-        }
-        for (tracker, delay) in tries {
-            tokio::time::sleep(delay).await;
-            match timeout(JOIN_TIMEOUT, Self::join_one(p2p, tracker, &join, pieces)).await {
-                Ok(Ok(joined)) => return Some(joined),
-                Ok(Err(e)) => debug!(%digest, %tracker, error = %e, "tracker unavailable"),
-                Err(_) => debug!(%digest, %tracker, "tracker did not answer"),
-            }
-            p2p.directory.invalidate();
-        }
-        None
-    }
-
-    async fn join_one(
-        p2p: &P2p,
-        tracker: PeerId,
-        join: &TrackerRequest,
-        pieces: u32,
-    ) -> Result<(TrackerLink, Assignment), String> {
-        let me = p2p.node.peer_id();
-        let (mut r, mut w): (Box<Read>, Box<Write>) = if tracker == me {
-            let local = p2p.tracker.clone().ok_or("no local tracker")?;
-            let (ours, theirs) = tokio::io::duplex(64 << 10);
-            tokio::spawn(pollen_tracker::serve(
-                local,
-                me.to_bytes(),
-                theirs,
-                MEMBER_IDLE,
-            ));
-            let (r, w) = tokio::io::split(ours);
-            (Box::new(r), Box::new(w))
-        } else {
-            let stream = p2p
-                .node
-                .open_stream_on(tracker, TRACKER_PROTOCOL)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (r, w) = tokio::io::split(stream.compat());
-            (Box::new(r), Box::new(w))
-        };
-        write_tracker_request(&mut w, join)
-            .await
-            .map_err(|e| e.to_string())?;
-        let assignment = match read_tracker_reply(&mut r)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(TrackerReply::Assign { fetch, peers }) => Assignment {
-                fetch,
-                peers: peers
-                    .iter()
-                    .filter_map(|p| PeerId::from_bytes(p).ok())
-                    .filter(|p| *p != me)
-                    .collect(),
-            },
-            other => return Err(format!("tracker answered {other:?} to Join")),
-        };
+        let state = Arc::new(MemberState::default());
+        state.pieces.store(pieces, Ordering::Relaxed);
+        let (conn, assignment, tracker) = connect(ctx.p2p.as_ref()?, digest, &state, None).await?;
         let (out, out_rx) = mpsc::unbounded_channel();
         let (push_tx, pushes) = mpsc::unbounded_channel();
-        let pieces = Arc::new(AtomicU32::new(pieces));
-        let task = tokio::spawn(run_link(r, w, out_rx, push_tx, pieces.clone()));
-        Ok((
+        let task = tokio::spawn(run_link(
+            ctx.clone(),
+            digest,
+            (conn, tracker),
+            out_rx,
+            push_tx,
+            state.clone(),
+        ));
+        Some((
             TrackerLink {
                 out,
                 pushes,
-                pieces,
+                state,
                 task,
             },
             assignment,
         ))
     }
 
-    /// The next push from the tracker; `None` once the link is gone (the tracker died).
+    /// The next push from the tracker; `None` once the link is gone (no tracker left).
     pub async fn recv(&mut self) -> Option<TrackerReply> {
         self.pushes.recv().await
     }
 
     pub fn set_pieces(&self, pieces: u32) {
-        self.pieces.store(pieces, Ordering::Relaxed);
+        self.state.pieces.store(pieces, Ordering::Relaxed);
+    }
+
+    /// This node now fetches from the upstream (said again to a new tracker after a failover).
+    pub fn set_fetching(&self) {
+        self.state.fetching.store(true, Ordering::Relaxed);
     }
 
     /// Leaves the blob's swarm: `complete` tells the tracker this node now holds all of it.
@@ -231,36 +182,179 @@ impl TrackerLink {
     }
 }
 
+/// Opens a membership at the blob's tracker: the first of the live trackers by rendezvous that
+/// answers (never `lost`, the one that just died). A tracker whose stream cannot be opened is
+/// skipped at once; one whose stream breaks gets a few more tries, because libp2p-stream drops
+/// an inbound stream that arrives while the acceptor is busy with the previous one, so a burst
+/// of joins loses some (docs/decisions.md).
+async fn connect(
+    p2p: &P2p,
+    digest: Digest,
+    state: &MemberState,
+    lost: Option<PeerId>,
+) -> Option<(Conn, Assignment, PeerId)> {
+    let trackers = p2p.directory.trackers(p2p).await;
+    let join = TrackerRequest::Join {
+        digest,
+        seed: p2p.cfg.seed,
+        fetching: state.fetching.load(Ordering::Relaxed),
+        pieces: state.pieces.load(Ordering::Relaxed),
+        labels: p2p.cfg.labels.clone(),
+        rejoin: lost.is_some(),
+    };
+    let order = rendezvous(&digest, &trackers);
+    for tracker in order.into_iter().filter(|t| Some(*t) != lost).take(3) {
+        for delay in JOIN_BACKOFF {
+            tokio::time::sleep(delay).await;
+            match timeout(JOIN_TIMEOUT, join_one(p2p, tracker, &join)).await {
+                Ok(Ok((conn, assignment))) => return Some((conn, assignment, tracker)),
+                Ok(Err(JoinError::Unreachable(e))) => {
+                    debug!(%digest, %tracker, error = %e, "tracker unreachable");
+                    p2p.directory.invalidate();
+                    break;
+                }
+                Ok(Err(JoinError::Dropped(e))) => {
+                    debug!(%digest, %tracker, error = %e, "tracker stream dropped");
+                }
+                Err(_) => {
+                    debug!(%digest, %tracker, "tracker did not answer");
+                    break;
+                }
+            }
+        }
+    }
+    None
+}
+
+enum JoinError {
+    /// No stream could be opened: the tracker is gone (or never was).
+    Unreachable(String),
+    /// The stream opened and then broke.
+    Dropped(String),
+}
+
+async fn join_one(
+    p2p: &P2p,
+    tracker: PeerId,
+    join: &TrackerRequest,
+) -> Result<(Conn, Assignment), JoinError> {
+    let me = p2p.node.peer_id();
+    let (mut r, mut w): Conn = if tracker == me {
+        let local = p2p
+            .tracker
+            .clone()
+            .ok_or_else(|| JoinError::Unreachable("no local tracker".into()))?;
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        tokio::spawn(pollen_tracker::serve(
+            local,
+            me.to_bytes(),
+            theirs,
+            MEMBER_IDLE,
+        ));
+        let (r, w) = tokio::io::split(ours);
+        (Box::new(r), Box::new(w))
+    } else {
+        let stream = p2p
+            .node
+            .open_stream_on(tracker, TRACKER_PROTOCOL)
+            .await
+            .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+        let (r, w) = tokio::io::split(stream.compat());
+        (Box::new(r), Box::new(w))
+    };
+    let dropped = |e: pollen_proto::ProtoError| JoinError::Dropped(e.to_string());
+    write_tracker_request(&mut w, join).await.map_err(dropped)?;
+    let assignment = match read_tracker_reply(&mut r).await.map_err(dropped)? {
+        Some(TrackerReply::Assign { fetch, peers }) => Assignment {
+            fetch,
+            peers: peers
+                .iter()
+                .filter_map(|p| PeerId::from_bytes(p).ok())
+                .filter(|p| *p != me)
+                .collect(),
+        },
+        other => {
+            return Err(JoinError::Dropped(format!(
+                "tracker answered {other:?} to Join"
+            )))
+        }
+    };
+    Ok(((r, w), assignment))
+}
+
 type Read = dyn tokio::io::AsyncRead + Send + Unpin;
 type Write = dyn tokio::io::AsyncWrite + Send + Unpin;
 
-/// Writes queued requests and a `Progress` every [`PROGRESS_INTERVAL`]; a task of its own
-/// reads the tracker's pushes (a read cut off by `select!` would lose part of a frame).
+/// How one connection to a tracker ended.
+enum Ended {
+    /// `Leave` was sent or the download dropped the link: the membership is over.
+    Left,
+    /// The tracker went away.
+    Lost,
+}
+
+/// Runs the membership: over one tracker connection at a time, joining the next tracker when
+/// one is lost, until the download leaves or no tracker is left.
 async fn run_link(
-    mut r: Box<Read>,
-    mut w: Box<Write>,
+    ctx: Arc<Ctx>,
+    digest: Digest,
+    (mut conn, mut tracker): (Conn, PeerId),
     mut out: mpsc::UnboundedReceiver<TrackerRequest>,
     pushes: mpsc::UnboundedSender<TrackerReply>,
-    pieces: Arc<AtomicU32>,
+    state: Arc<MemberState>,
 ) {
-    let reader = tokio::spawn(async move {
+    loop {
+        if let Ended::Left = serve_conn(conn, &mut out, &pushes, &state).await {
+            return;
+        }
+        let Some(p2p) = ctx.p2p.as_ref() else { return };
+        p2p.directory.invalidate();
+        let fetching = state.fetching.load(Ordering::Relaxed);
+        let Some((next, assignment, next_tracker)) =
+            connect(p2p, digest, &state, Some(tracker)).await
+        else {
+            return; // no tracker left: the download carries on with Kademlia alone
+        };
+        debug!(%digest, fetching, "joined the blob's next tracker");
+        if assignment.fetch && !fetching && pushes.send(TrackerReply::Fetch).is_err() {
+            return;
+        }
+        if !assignment.peers.is_empty() {
+            let peers = assignment.peers.iter().map(|p| p.to_bytes()).collect();
+            let _ = pushes.send(TrackerReply::Peers { peers });
+        }
+        (conn, tracker) = (next, next_tracker);
+    }
+}
+
+/// One tracker connection: writes queued requests and progress; a task of its own reads the
+/// tracker's pushes (a read cut off by `select!` would lose part of a frame).
+async fn serve_conn(
+    (mut r, mut w): Conn,
+    out: &mut mpsc::UnboundedReceiver<TrackerRequest>,
+    pushes: &mpsc::UnboundedSender<TrackerReply>,
+    state: &MemberState,
+) -> Ended {
+    let forward = pushes.clone();
+    let mut reader = tokio::spawn(async move {
         while let Ok(Some(reply)) = read_tracker_reply(&mut r).await {
-            if pushes.send(reply).is_err() {
+            if forward.send(reply).is_err() {
                 return;
             }
         }
     });
     let mut tick = tokio::time::interval(PROGRESS_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut told, mut told_at) = (pieces.load(Ordering::Relaxed), Instant::now());
-    loop {
+    let (mut told, mut told_at) = (state.pieces.load(Ordering::Relaxed), Instant::now());
+    let ended = loop {
         let req = tokio::select! {
             req = out.recv() => match req {
                 Some(req) => req,
-                None => break,
+                None => break Ended::Left,
             },
+            _ = &mut reader => break Ended::Lost,
             _ = tick.tick() => {
-                let now = pieces.load(Ordering::Relaxed);
+                let now = state.pieces.load(Ordering::Relaxed);
                 if now == told && told_at.elapsed() < PROGRESS_INTERVAL {
                     continue;
                 }
@@ -270,13 +364,17 @@ async fn run_link(
         };
         let leaving = matches!(req, TrackerRequest::Leave { .. });
         let sent = timeout(JOIN_TIMEOUT, write_tracker_request(&mut w, &req)).await;
-        if leaving || !matches!(sent, Ok(Ok(()))) {
-            use tokio::io::AsyncWriteExt;
-            let _ = timeout(JOIN_TIMEOUT, w.shutdown()).await;
-            break;
+        if leaving {
+            break Ended::Left;
         }
-    }
+        if !matches!(sent, Ok(Ok(()))) {
+            break Ended::Lost;
+        }
+    };
+    use tokio::io::AsyncWriteExt;
+    let _ = timeout(JOIN_TIMEOUT, w.shutdown()).await;
     reader.abort();
+    ended
 }
 
 #[cfg(test)]
