@@ -1,4 +1,9 @@
 //! Agent settings: flags over environment (`POLLEN_...`) over the TOML file over defaults.
+//! The swarm and peer settings are resolved in [`p2p`].
+
+mod p2p;
+
+pub use p2p::*;
 
 use clap::Args;
 use serde::Deserialize;
@@ -21,23 +26,6 @@ pub const DEFAULT_TAG_TTL: &str = "10s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 pub const DEFAULT_RESPONSE_TIMEOUT: &str = "30s";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
-/// Peer-to-peer on: the agent joins the swarm and shares pieces with the other agents.
-pub const DEFAULT_P2P: bool = true;
-/// Every interface, TCP port 65003 (like 65001 and 65002, above Linux's ephemeral range).
-pub const DEFAULT_P2P_LISTEN: &str = pollen_swarm::config::DEFAULT_LISTEN;
-/// mDNS is off: it is often blocked inside clusters, where `--bootstrap dns:...` is the way.
-pub const DEFAULT_MDNS: bool = false;
-/// Piece bytes per second to and from peers; 0 is unlimited.
-pub const DEFAULT_UPLOAD_LIMIT: &str = "0";
-pub const DEFAULT_DOWNLOAD_LIMIT: &str = "0";
-pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = pollen_peer::DEFAULT_MAX_UPLOAD_SESSIONS;
-/// The smallest non-zero rate limit. Piece bodies are sent in 64 KiB chunks; much below one
-/// chunk a second, a peer waiting for the next chunk times out (its stall deadline is 30s)
-/// and the limit turns into failed sessions instead of slow ones.
-pub const MIN_RATE_LIMIT: u64 = 64 * 1024;
-/// More upload sessions than this would only hold streams and buffers for peers that are
-/// better served by another node.
-pub const MAX_UPLOAD_SESSIONS: usize = 1024;
 
 /// `pollen agent` flags. Each is optional here so that "not given" can fall through to the
 /// environment, then the config file, then the default.
@@ -123,6 +111,26 @@ pub struct AgentArgs {
     /// Peers served at once; more wait for a slot, then are told to look elsewhere; 0 = serve no peers [default: 8]
     #[arg(long, env = "POLLEN_MAX_UPLOAD_SESSIONS", value_name = "N")]
     pub max_upload_sessions: Option<usize>,
+    /// Also coordinate blobs for other agents: tell each which peers to ask and which one fetches from the upstream [default: false]
+    #[arg(long, env = "POLLEN_TRACKER", value_name = "true|false")]
+    pub tracker: Option<bool>,
+    /// Preferred by trackers for fetching from the upstream; typically a node with a good uplink and a large cache [default: false]
+    #[arg(long, env = "POLLEN_SEED", value_name = "true|false")]
+    pub seed: Option<bool>,
+    /// This node's zone, the label `zone`: trackers name peers in the same zone first [default: none]
+    #[arg(long, env = "POLLEN_ZONE", value_name = "NAME")]
+    pub zone: Option<String>,
+    /// This node's rack, the label `rack`: trackers name peers in the same rack first [default: none]
+    #[arg(long, env = "POLLEN_RACK", value_name = "NAME")]
+    pub rack: Option<String>,
+    /// More labels for trackers to match peers on, letters, digits and ._- only; at most 8 with --zone and --rack (repeatable; `;` separates entries in the environment variable) [default: none]
+    #[arg(
+        long = "label",
+        env = "POLLEN_LABEL",
+        value_name = "KEY=VALUE",
+        value_delimiter = ';'
+    )]
+    pub labels: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -158,6 +166,12 @@ pub struct FileConfig {
     upload_limit: Option<Size>,
     download_limit: Option<Size>,
     max_upload_sessions: Option<usize>,
+    tracker: Option<bool>,
+    seed: Option<bool>,
+    zone: Option<String>,
+    rack: Option<String>,
+    /// `labels = { team = "storage" }`, or `"KEY=VALUE"` strings.
+    labels: Option<FileLabels>,
     /// Refuse `ns` hosts that have no `[registries]` entry (default: allowed, fetched over https).
     allow_unlisted_registries: Option<bool>,
     #[serde(default)]
@@ -178,6 +192,13 @@ impl OneOrMany {
             OneOrMany::Many(v) => v,
         }
     }
+
+    fn as_slice(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// A size in the config file: `"16MiB"`, or a plain number of bytes (`upload_limit = 0`).
@@ -189,10 +210,10 @@ enum Size {
 }
 
 impl Size {
-    fn into_string(self) -> String {
+    fn to_text(&self) -> String {
         match self {
             Size::Bytes(n) => n.to_string(),
-            Size::Text(s) => s,
+            Size::Text(s) => s.clone(),
         }
     }
 }
@@ -238,6 +259,11 @@ fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The flag (or its environment variable), else the file's value, else the default.
+fn pick(flag: Option<String>, file: Option<String>, default: &str) -> String {
+    flag.or(file).unwrap_or_else(|| default.to_string())
+}
+
 impl Settings {
     pub fn resolve(args: AgentArgs) -> Result<Settings, ConfigError> {
         let file = match &args.config {
@@ -252,14 +278,13 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
-        let pick = |flag: Option<String>, file: Option<String>, default: &str| {
-            flag.or(file).unwrap_or_else(|| default.to_string())
-        };
+        // Resolved before the fields below are moved out; its error is reported in its turn.
+        let peer_settings = p2p::resolve(&args, &file);
         let cache_size = parse_size(
             "cache-size",
             &pick(
                 args.cache_size,
-                file.cache_size.map(Size::into_string),
+                file.cache_size.as_ref().map(Size::to_text),
                 DEFAULT_CACHE_SIZE,
             ),
         )?;
@@ -286,79 +311,7 @@ impl Settings {
             DEFAULT_IDLE_TIMEOUT,
         )?;
 
-        let p2p_enabled = args.p2p.or(file.p2p).unwrap_or(DEFAULT_P2P);
-        let listen_addrs = if !args.p2p_listen.is_empty() {
-            args.p2p_listen
-        } else {
-            file.p2p_listen
-                .map(OneOrMany::into_vec)
-                .unwrap_or_else(|| vec![DEFAULT_P2P_LISTEN.to_string()])
-        };
-        let p2p_listen = listen_addrs
-            .iter()
-            .map(|a| parse_p2p_listen(a))
-            .collect::<Result<Vec<_>, _>>()?;
-        if p2p_listen.is_empty() && p2p_enabled {
-            return Err(invalid(
-                "p2p-listen",
-                "no address given: give at least one, or turn peer-to-peer off with --p2p false",
-            ));
-        }
-        let bootstrap_entries = if !args.bootstrap.is_empty() {
-            args.bootstrap
-        } else {
-            file.bootstrap.map(OneOrMany::into_vec).unwrap_or_default()
-        };
-        let bootstrap = bootstrap_entries
-            .iter()
-            .map(|b| parse_bootstrap(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        let piece_size = args
-            .piece_size
-            .or(file.piece_size.map(Size::into_string))
-            .map(|s| parse_piece_size(&s))
-            .transpose()?;
-        let upload_limit = parse_rate(
-            "upload-limit",
-            &pick(
-                args.upload_limit,
-                file.upload_limit.map(Size::into_string),
-                DEFAULT_UPLOAD_LIMIT,
-            ),
-        )?;
-        let download_limit = parse_rate(
-            "download-limit",
-            &pick(
-                args.download_limit,
-                file.download_limit.map(Size::into_string),
-                DEFAULT_DOWNLOAD_LIMIT,
-            ),
-        )?;
-        let max_upload_sessions = args
-            .max_upload_sessions
-            .or(file.max_upload_sessions)
-            .unwrap_or(DEFAULT_MAX_UPLOAD_SESSIONS);
-        if max_upload_sessions > MAX_UPLOAD_SESSIONS {
-            return Err(invalid(
-                "max-upload-sessions",
-                format!(
-                    "{max_upload_sessions} is more than {MAX_UPLOAD_SESSIONS}; peers are better served by other nodes than by a long queue here (0 serves no peers)"
-                ),
-            ));
-        }
-        let mut p2p = pollen_agent::P2pConfig {
-            upload_limit,
-            download_limit,
-            max_upload_sessions,
-            ..Default::default()
-        };
-        p2p.session.piece_size = piece_size;
-        let swarm = p2p_enabled.then(|| pollen_swarm::SwarmConfig {
-            listen: p2p_listen,
-            bootstrap,
-            mdns: args.mdns.or(file.mdns).unwrap_or(DEFAULT_MDNS),
-            ..Default::default()
-        });
+        let (p2p, swarm) = peer_settings?;
 
         let default_mirrors = if !args.upstream.is_empty() {
             args.upstream
@@ -498,74 +451,6 @@ pub fn parse_size(key: &'static str, s: &str) -> Result<u64, ConfigError> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| invalid(key, format!("{s:?} is not a size like 20GiB or 500MB: {e}")))
-}
-
-/// A rate in bytes per second: `100MiB` (or `100MiB/s`); `0` is unlimited.
-pub fn parse_rate(key: &'static str, s: &str) -> Result<u64, ConfigError> {
-    let trimmed = s.trim();
-    let bytes = trimmed.strip_suffix("/s").unwrap_or(trimmed);
-    let rate = bytes.trim().parse::<bytesize::ByteSize>().map_err(|e| {
-        invalid(
-            key,
-            format!("{s:?} is not a rate like 100MiB (bytes per second; 0 = unlimited): {e}"),
-        )
-    })?;
-    let rate = rate.as_u64();
-    if rate != 0 && rate < MIN_RATE_LIMIT {
-        return Err(invalid(
-            key,
-            format!(
-                "{s:?} is below the smallest limit, 64KiB per second (peers would time out waiting for the next chunk); give at least 64KiB, or 0 for unlimited"
-            ),
-        ));
-    }
-    Ok(rate)
-}
-
-/// The piece size override: a size from `MIN_PIECE_SIZE` to `MAX_PIECE_SIZE`.
-pub fn parse_piece_size(s: &str) -> Result<u32, ConfigError> {
-    let bytes = parse_size("piece-size", s)?;
-    let (min, max) = (pollen_proto::MIN_PIECE_SIZE, pollen_proto::MAX_PIECE_SIZE);
-    match u32::try_from(bytes) {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(invalid(
-            "piece-size",
-            format!(
-                "{s:?} is outside 64KiB..=64MiB; give a size in that range (the same on every agent), or leave it out for the automatic size"
-            ),
-        )),
-    }
-}
-
-/// A swarm listen address: `/ip4/ADDR/tcp/PORT` or `/ip6/ADDR/tcp/PORT` (port 0 picks a free
-/// one). The swarm's transport is TCP only, so anything else could never be bound.
-pub fn parse_p2p_listen(s: &str) -> Result<pollen_swarm::Multiaddr, ConfigError> {
-    let hint = "give /ip4/ADDR/tcp/PORT or /ip6/ADDR/tcp/PORT, e.g. /ip4/0.0.0.0/tcp/65003";
-    let addr: pollen_swarm::Multiaddr = s.trim().parse().map_err(|e| {
-        invalid(
-            "p2p-listen",
-            format!("{s:?} is not a multiaddr ({e}); {hint}"),
-        )
-    })?;
-    let text = addr.to_string();
-    let parts: Vec<&str> = text.split('/').collect();
-    match parts.as_slice() {
-        ["", "ip4" | "ip6", _, "tcp", _] => Ok(addr),
-        _ => Err(invalid(
-            "p2p-listen",
-            format!("{s:?} cannot be listened on; {hint}"),
-        )),
-    }
-}
-
-/// A bootstrap entry: a multiaddr or `dns:NAME:PORT`.
-pub fn parse_bootstrap(s: &str) -> Result<pollen_swarm::Bootstrap, ConfigError> {
-    s.trim().parse().map_err(|e| {
-        invalid(
-            "bootstrap",
-            format!("{e}; give a multiaddr like /ip4/10.0.0.7/tcp/65003 or dns:NAME:PORT like dns:pollen.kube-system.svc.cluster.local:65003"),
-        )
-    })
 }
 
 pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {

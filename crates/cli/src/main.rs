@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run the node agent (the registry mirror the runtime talks to)
     #[command(
-        after_help = "Examples:\n  pollen agent\n  pollen agent --registry ghcr.io=https://ghcr.io --cache-size 50GiB\n  pollen agent --bootstrap dns:pollen.kube-system.svc.cluster.local:65003 --upload-limit 100MiB\n  pollen agent --p2p false    # a single-node mirror, no peers\n  pollen agent --upstream http://127.0.0.1:5000 --registry 127.0.0.1:5000=http://127.0.0.1:5000\n\nEvery flag is also a config-file key (--cache-size -> cache_size) and an environment\nvariable (POLLEN_CACHE_SIZE). Flags win over the environment, which wins over the file."
+        after_help = "Examples:\n  pollen agent\n  pollen agent --registry ghcr.io=https://ghcr.io --cache-size 50GiB\n  pollen agent --bootstrap dns:pollen.kube-system.svc.cluster.local:65003 --upload-limit 100MiB\n  pollen agent --p2p false    # a single-node mirror, no peers\n  pollen agent --tracker true --seed true --zone eu-west-1a --label team=storage\n  pollen agent --upstream http://127.0.0.1:5000 --registry 127.0.0.1:5000=http://127.0.0.1:5000\n\nEvery flag is also a config-file key (--cache-size -> cache_size) and an environment\nvariable (POLLEN_CACHE_SIZE). Flags win over the environment, which wins over the file."
     )]
     Agent(Box<AgentArgs>),
     /// Show a running agent's peers, transfers and cache (asks its admin endpoint)
@@ -86,7 +86,7 @@ async fn agent(s: Settings) -> Result<(), String> {
         )
     })?;
     let node = match s.swarm {
-        Some(swarm) => Some(start_swarm(&s.data_dir, swarm).await?),
+        Some(swarm) => Some(start_swarm(&s.data_dir, swarm, &s.agent.p2p).await?),
         None => {
             info!("peer-to-peer is off (--p2p false): a single-node mirror");
             None
@@ -147,9 +147,11 @@ fn probe_p2p_port(addr: &pollen_swarm::Multiaddr) -> std::io::Result<()> {
 }
 
 /// Joins the swarm: loads or creates the node key in the data dir and binds the peer port.
+/// `p2p` only names the node's roles and labels in the log line.
 async fn start_swarm(
     data_dir: &std::path::Path,
     cfg: pollen_swarm::SwarmConfig,
+    p2p: &pollen_agent::P2pConfig,
 ) -> Result<pollen_agent::Node, String> {
     let taken = |addr: &dyn std::fmt::Display, reason: &dyn std::fmt::Display| {
         format!(
@@ -185,6 +187,8 @@ async fn start_swarm(
         listen = ?addrs,
         bootstrap = ?bootstrap,
         mdns,
+        roles = ?config::roles(p2p),
+        labels = ?config::label_strings(p2p),
         "joined the swarm"
     );
     Ok(node)

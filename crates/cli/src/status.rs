@@ -2,7 +2,7 @@
 //! twice, one second apart, so that the report can show rates as well as totals.
 
 use clap::Args;
-use pollen_agent::{BlobStatus, Status};
+use pollen_agent::{BlobStatus, Status, TrackedBlob};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -22,6 +22,8 @@ const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_RESPONSE: usize = 16 << 20;
 /// Peers listed by name in the report; `--json` lists them all.
 const MAX_LISTED_PEERS: usize = 20;
+/// Blobs a tracker coordinates listed in the report, most members first; `--json` lists all.
+const MAX_LISTED_TRACKED: usize = 20;
 
 /// `pollen status` flags.
 #[derive(Args, Debug, Default)]
@@ -217,6 +219,12 @@ pub fn report(addr: &str, first: &Status, now: &Status, elapsed: Duration) -> St
         }
         Some(peer_id) => {
             let _ = writeln!(out, "PeerId        {peer_id}");
+            let roles = if now.roles.is_empty() {
+                "none".to_string()
+            } else {
+                now.roles.join(", ")
+            };
+            let _ = writeln!(out, "Roles         {roles}");
             if now.listen_addrs.is_empty() {
                 let _ = writeln!(out, "Listening     (unknown)");
             }
@@ -282,17 +290,26 @@ pub fn report(addr: &str, first: &Status, now: &Status, elapsed: Duration) -> St
         count(now.cache_entries as usize, "entry")
     );
     let _ = writeln!(out);
-    if now.blobs_in_flight.is_empty() {
-        let _ = writeln!(out, "Blobs in flight: none");
-        return out;
+    blobs_in_flight(&mut out, &now.blobs_in_flight);
+    if !now.tracked_blobs.is_empty() {
+        let _ = writeln!(out);
+        tracked_blobs(&mut out, &now.tracked_blobs);
     }
-    let _ = writeln!(out, "Blobs in flight: {}", now.blobs_in_flight.len());
+    out
+}
+
+fn blobs_in_flight(out: &mut String, blobs: &[BlobStatus]) {
+    if blobs.is_empty() {
+        let _ = writeln!(out, "Blobs in flight: none");
+        return;
+    }
+    let _ = writeln!(out, "Blobs in flight: {}", blobs.len());
     let _ = writeln!(
         out,
         "  {:<20}{:>6}{:>12}{:>12}{:>15}",
         "DIGEST", "DONE", "SIZE", "FROM PEERS", "FROM UPSTREAM"
     );
-    for b in &now.blobs_in_flight {
+    for b in blobs {
         let _ = writeln!(
             out,
             "  {:<20}{:>6}{:>12}{:>12}{:>15}",
@@ -303,7 +320,35 @@ pub fn report(addr: &str, first: &Status, now: &Status, elapsed: Duration) -> St
             human(b.bytes_from_upstream)
         );
     }
-    out
+}
+
+/// On a tracker: the blobs it coordinates, the busiest first.
+fn tracked_blobs(out: &mut String, blobs: &[TrackedBlob]) {
+    let mut sorted: Vec<&TrackedBlob> = blobs.iter().collect();
+    sorted.sort_by(|a, b| b.members.cmp(&a.members).then(a.digest.cmp(&b.digest)));
+    let _ = writeln!(out, "Blobs coordinated here: {}", blobs.len());
+    let _ = writeln!(
+        out,
+        "  {:<20}{:>9}{:>9}  FETCHING",
+        "DIGEST", "MEMBERS", "HOLDERS"
+    );
+    for b in sorted.iter().take(MAX_LISTED_TRACKED) {
+        let _ = writeln!(
+            out,
+            "  {:<20}{:>9}{:>9}  {}",
+            short_digest(&b.digest),
+            b.members,
+            b.holders,
+            if b.fetching { "yes" } else { "no" }
+        );
+    }
+    if blobs.len() > MAX_LISTED_TRACKED {
+        let _ = writeln!(
+            out,
+            "  ... and {} more (--json lists them all)",
+            blobs.len() - MAX_LISTED_TRACKED
+        );
+    }
 }
 
 /// `sha256:` and the first 12 hex digits, as `docker images` shows them.

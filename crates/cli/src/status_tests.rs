@@ -33,6 +33,17 @@ fn sample() -> Status {
         cache_bytes: 5 << 30,
         cache_quota: 20 << 30,
         cache_entries: 12,
+        roles: Vec::new(),
+        tracked_blobs: Vec::new(),
+    }
+}
+
+fn tracked(hex: &str, members: usize, holders: usize, fetching: bool) -> TrackedBlob {
+    TrackedBlob {
+        digest: format!("sha256:{}", hex.repeat(32)),
+        members,
+        holders,
+        fetching,
     }
 }
 
@@ -73,6 +84,71 @@ fn report_shows_identity_peers_rates_cache_and_blobs() {
 }
 
 #[test]
+fn report_shows_roles_and_the_blobs_coordinated_here() {
+    let mut s = sample();
+    let text = report("a:1", &s, &s, Duration::from_secs(1));
+    assert!(text.contains("Roles         none"), "{text}");
+    assert!(!text.contains("coordinated"), "{text}");
+
+    s.roles = vec!["tracker".into(), "seed".into()];
+    s.tracked_blobs = vec![tracked("ef", 2, 0, true), tracked("01", 7, 3, false)];
+    let text = report("a:1", &s, &s, Duration::from_secs(1));
+    assert!(text.contains("Roles         tracker, seed"), "{text}");
+    // After the blobs in flight; the busiest first.
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Blobs coordinated here"))
+        .collect();
+    assert_eq!(table.len(), 4, "{text}");
+    assert_eq!(table[0], "Blobs coordinated here: 2");
+    for (line, want) in table[1..].iter().zip([
+        ["DIGEST", "MEMBERS", "HOLDERS", "FETCHING"],
+        ["sha256:010101010101", "7", "3", "no"],
+        ["sha256:efefefefefef", "2", "0", "yes"],
+    ]) {
+        assert_eq!(line.split_whitespace().collect::<Vec<_>>(), want, "{text}");
+    }
+    // The columns line up under their headings.
+    assert_eq!(table[1].find("FETCHING"), table[2].find("no"), "{text}");
+    assert_eq!(
+        table[1].find("HOLDERS").map(|i| i + "HOLDERS".len()),
+        table[2].find('3').map(|i| i + 1),
+        "{text}"
+    );
+    assert!(
+        text.find("Blobs in flight: 2").unwrap() < text.find("Blobs coordinated").unwrap(),
+        "{text}"
+    );
+}
+
+#[test]
+fn long_tracked_lists_are_cut() {
+    let mut s = sample();
+    s.roles = vec!["tracker".into()];
+    s.tracked_blobs = (0..30)
+        .map(|i| TrackedBlob {
+            digest: format!("sha256:{i:02}{}", "0".repeat(62)),
+            members: 100 - i,
+            ..TrackedBlob::default()
+        })
+        .collect();
+    let text = report("a:1", &s, &s, Duration::from_secs(1));
+    assert!(text.contains("Roles         tracker\n"), "{text}");
+    assert!(text.contains("Blobs coordinated here: 30"), "{text}");
+    assert!(
+        text.lines().any(|l| l
+            .split_whitespace()
+            .eq(["sha256:190000000000", "81", "0", "no"])),
+        "{text}"
+    );
+    assert!(!text.contains("sha256:20"), "{text}");
+    assert!(
+        text.contains("... and 10 more (--json lists them all)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn report_without_peer_to_peer_or_blobs() {
     let s = Status {
         version: "0.1.0".into(),
@@ -82,6 +158,8 @@ fn report_without_peer_to_peer_or_blobs() {
     let text = report("127.0.0.1:65002", &s, &s, Duration::from_secs(1));
     assert!(text.contains("Peer-to-peer  off"), "{text}");
     assert!(!text.contains("PeerId"), "{text}");
+    assert!(!text.contains("Roles"), "{text}");
+    assert!(!text.contains("coordinated"), "{text}");
     assert!(text.contains("Blobs in flight: none"), "{text}");
     assert!(text.contains("0 B of 1.0 GiB (0%), 0 entries"), "{text}");
 }

@@ -74,8 +74,19 @@ fn help_reads_well() {
         "--upload-limit",
         "--download-limit",
         "--max-upload-sessions",
+        "--tracker <true|false>",
+        "--seed <true|false>",
+        "--zone <NAME>",
+        "--rack <NAME>",
+        "--label <KEY=VALUE>",
         "POLLEN_P2P_LISTEN",
         "POLLEN_MAX_UPLOAD_SESSIONS",
+        "POLLEN_TRACKER",
+        "POLLEN_SEED",
+        "POLLEN_ZONE",
+        "POLLEN_RACK",
+        "POLLEN_LABEL",
+        "good uplink and a large cache [default: false]",
         "[default: /ip4/0.0.0.0/tcp/65003]",
         "[default: 8]",
     ] {
@@ -126,6 +137,43 @@ fn bad_peer_to_peer_configuration_is_refused_with_a_reason() {
         .output()
         .unwrap();
     refused(out, "upload-limit");
+    refused(agent(&["--tracker", "yes"]), "--tracker");
+    refused(agent(&["--seed", "maybe"]), "--seed");
+    refused(agent(&["--label", "team"]), "KEY=VALUE");
+    refused(agent(&["--zone", "eu west"]), "zone: the name");
+    refused(
+        agent(&["--p2p", "false", "--tracker", "true"]),
+        "peer-to-peer is off (--p2p false)",
+    );
+    let env_agent = |vars: &[(&str, &str)]| {
+        let mut c = pollen();
+        c.arg("agent");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    refused(
+        env_agent(&[("POLLEN_SEED", "true"), ("POLLEN_P2P", "false")]),
+        "drop --seed true",
+    );
+    refused(
+        env_agent(&[("POLLEN_LABEL", "a=1;a=2")]),
+        "\"a\" is given twice",
+    );
+    refused(
+        env_agent(&[("POLLEN_ZONE", "z1"), ("POLLEN_LABEL", "zone=z2")]),
+        "--zone sets the label zone",
+    );
+    let nine = (0..9)
+        .map(|i| format!("k{i}=v"))
+        .collect::<Vec<_>>()
+        .join(";");
+    refused(
+        env_agent(&[("POLLEN_LABEL", &nine)]),
+        "9 labels given, at most 8",
+    );
+    refused(env_agent(&[("POLLEN_TRACKER", "on")]), "--tracker");
     refused(
         pollen()
             .args(["status", "--admin", "nowhere"])
@@ -191,9 +239,17 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[&str]) -> Agent {
+        Agent::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics) = (free_port(), free_port());
-        let mut child = pollen()
+        let mut c = pollen();
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c
             .arg("agent")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
@@ -271,6 +327,42 @@ fn status_reports_the_peer_id_and_json_parses() {
     assert!(!status.listen_addrs.is_empty());
     assert!(status.listen_addrs[0].starts_with("/ip4/127.0.0.1/tcp/"));
     assert_eq!(status.cache_quota, 20 << 30);
+    assert!(status.roles.is_empty(), "{:?}", status.roles);
+    assert!(text.contains("Roles         none"), "{text}");
+}
+
+#[test]
+fn status_reports_the_roles() {
+    let agent = Agent::start(&[
+        "--tracker",
+        "true",
+        "--seed",
+        "true",
+        "--zone",
+        "z1",
+        "--p2p-listen",
+        P2P_ANY_PORT,
+    ]);
+    assert_eq!(agent.status_json().roles, ["tracker", "seed"]);
+    let out = agent.status(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("Roles         tracker, seed"), "{text}");
+    // Nothing pulled yet, so nothing coordinated.
+    assert!(!text.contains("Blobs coordinated here"), "{text}");
+}
+
+#[test]
+fn roles_and_labels_from_the_environment() {
+    let agent = Agent::start_with_env(
+        &["--p2p-listen", P2P_ANY_PORT],
+        &[
+            ("POLLEN_SEED", "true"),
+            ("POLLEN_RACK", "r7"),
+            ("POLLEN_LABEL", "team=storage;tier=hot"),
+        ],
+    );
+    assert_eq!(agent.status_json().roles, ["seed"]);
 }
 
 #[test]
