@@ -6,10 +6,14 @@
 
 mod digest;
 mod error;
+mod image;
 mod media;
 mod name;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use error::{ErrorCode, OciError};
+pub use image::{
+    manifest_content, platform_matches, ImageRef, ManifestContent, PlatformManifest, DOCKER_HUB,
+};
 pub use media::{is_manifest_media_type, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 pub use name::{Name, NameError, Reference};
