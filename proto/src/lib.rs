@@ -41,6 +41,7 @@ mod geometry;
 mod io;
 mod message;
 mod piecemap;
+mod preheat;
 mod serde_util;
 mod tracker;
 
@@ -55,6 +56,10 @@ pub use io::{
 };
 pub use message::{ErrorCode, Reply, Request};
 pub use piecemap::{HashedPiece, PartialPieceMap, PieceHasher, PieceMap, PieceMapId};
+pub use preheat::{
+    read_preheat_reply, read_preheat_request, write_preheat_reply, write_preheat_request,
+    PreheatReply, PreheatRequest, MAX_PREHEAT_NAME, PREHEAT_PROTOCOL,
+};
 pub use tracker::{
     decode_tracker_reply, decode_tracker_request, encode_tracker_reply, encode_tracker_request,
     read_tracker_reply, read_tracker_request, write_tracker_reply, write_tracker_request,

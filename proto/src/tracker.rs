@@ -113,30 +113,74 @@ impl TrackerReply {
 
 const N: usize = MAX_TRACKER_FRAME as usize;
 
+/// A message of one of the small control protocols (tracker, preheat): framed like the
+/// pieces protocol, at most [`MAX_TRACKER_FRAME`] bytes, checked by its own rules.
+pub(crate) trait Small: Serialize + serde::de::DeserializeOwned {
+    fn validate(&self) -> Result<(), String>;
+}
+
+pub(crate) fn encode_small<T: Small>(msg: &T) -> Result<Vec<u8>, ProtoError> {
+    msg.validate().map_err(ProtoError::Encode)?;
+    encode_frame::<_, N>(msg, MAX_TRACKER_FRAME)
+}
+
+pub(crate) fn decode_small<T: Small>(payload: &[u8]) -> Result<T, ProtoError> {
+    let msg: T = decode_payload::<_, N>(payload)?;
+    msg.validate().map_err(ProtoError::Invalid)?;
+    Ok(msg)
+}
+
+pub(crate) async fn write_small<W, T>(w: &mut W, msg: &T) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+    T: Small,
+{
+    w.write_all(&encode_small(msg)?).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+pub(crate) async fn read_small<R, T>(r: &mut R) -> Result<Option<T>, ProtoError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    T: Small,
+{
+    match read_frame(r, MAX_TRACKER_FRAME).await? {
+        Some(p) => decode_small(&p).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl Small for TrackerRequest {
+    fn validate(&self) -> Result<(), String> {
+        TrackerRequest::validate(self)
+    }
+}
+
+impl Small for TrackerReply {
+    fn validate(&self) -> Result<(), String> {
+        TrackerReply::validate(self)
+    }
+}
+
 /// Encodes a tracker request as a complete frame.
 pub fn encode_tracker_request(req: &TrackerRequest) -> Result<Vec<u8>, ProtoError> {
-    req.validate().map_err(ProtoError::Encode)?;
-    encode_frame::<_, N>(req, MAX_TRACKER_FRAME)
+    encode_small(req)
 }
 
 /// Decodes one tracker request payload.
 pub fn decode_tracker_request(payload: &[u8]) -> Result<TrackerRequest, ProtoError> {
-    let req: TrackerRequest = decode_payload::<_, N>(payload)?;
-    req.validate().map_err(ProtoError::Invalid)?;
-    Ok(req)
+    decode_small(payload)
 }
 
 /// Encodes a tracker reply as a complete frame.
 pub fn encode_tracker_reply(reply: &TrackerReply) -> Result<Vec<u8>, ProtoError> {
-    reply.validate().map_err(ProtoError::Encode)?;
-    encode_frame::<_, N>(reply, MAX_TRACKER_FRAME)
+    encode_small(reply)
 }
 
 /// Decodes one tracker reply payload.
 pub fn decode_tracker_reply(payload: &[u8]) -> Result<TrackerReply, ProtoError> {
-    let reply: TrackerReply = decode_payload::<_, N>(payload)?;
-    reply.validate().map_err(ProtoError::Invalid)?;
-    Ok(reply)
+    decode_small(payload)
 }
 
 /// Writes one tracker request and flushes it.
@@ -144,9 +188,7 @@ pub async fn write_tracker_request<W>(w: &mut W, req: &TrackerRequest) -> Result
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
-    w.write_all(&encode_tracker_request(req)?).await?;
-    w.flush().await?;
-    Ok(())
+    write_small(w, req).await
 }
 
 /// Writes one tracker reply and flushes it.
@@ -154,9 +196,7 @@ pub async fn write_tracker_reply<W>(w: &mut W, reply: &TrackerReply) -> Result<(
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
-    w.write_all(&encode_tracker_reply(reply)?).await?;
-    w.flush().await?;
-    Ok(())
+    write_small(w, reply).await
 }
 
 /// Reads the next tracker request; `Ok(None)` on a clean close between frames.
@@ -164,10 +204,7 @@ pub async fn read_tracker_request<R>(r: &mut R) -> Result<Option<TrackerRequest>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
-    match read_frame(r, MAX_TRACKER_FRAME).await? {
-        Some(p) => decode_tracker_request(&p).map(Some),
-        None => Ok(None),
-    }
+    read_small(r).await
 }
 
 /// Reads the next tracker reply; `Ok(None)` on a clean close between frames.
@@ -175,10 +212,7 @@ pub async fn read_tracker_reply<R>(r: &mut R) -> Result<Option<TrackerReply>, Pr
 where
     R: AsyncRead + Unpin + ?Sized,
 {
-    match read_frame(r, MAX_TRACKER_FRAME).await? {
-        Some(p) => decode_tracker_reply(&p).map(Some),
-        None => Ok(None),
-    }
+    read_small(r).await
 }
 
 #[cfg(test)]

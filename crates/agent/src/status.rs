@@ -6,8 +6,10 @@ use crate::Ctx;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 
-/// The node as a whole.
+/// The node as a whole. Missing fields read as their defaults, so a newer `pollen status`
+/// still reads an older agent.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub version: String,
     /// `None` when peer-to-peer is off.
@@ -33,6 +35,7 @@ pub struct Status {
 
 /// One blob a tracker coordinates.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrackedBlob {
     pub digest: String,
     /// Agents working on it now.
@@ -45,6 +48,7 @@ pub struct TrackedBlob {
 
 /// One blob being downloaded.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlobStatus {
     pub digest: String,
     /// `None` until the first answer says how large it is.
