@@ -1,14 +1,21 @@
-//! The operator's endpoint: Prometheus metrics, status (JSON), liveness and readiness.
+//! The operator's endpoint: Prometheus metrics, status (JSON), liveness and readiness, and
+//! `POST /preheat` (progress as JSON lines while it runs). It listens on loopback by default:
+//! whoever reaches it can make the node fetch images.
 
-use crate::Agent;
+use crate::{Agent, PreheatSpec};
 use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
+use futures_util::StreamExt;
+use http::{Method, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use tracing::debug;
 
-/// Serves `/metrics`, `/status`, `/healthz` and `/readyz` until the task is dropped.
+type AdminBody = BoxBody<Bytes, Infallible>;
+
+/// Serves `/metrics`, `/status`, `/healthz`, `/readyz` and `POST /preheat` until the task is
+/// dropped.
 pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -21,7 +28,12 @@ pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let agent = agent.clone();
-                    async move { Ok::<_, Infallible>(route(&agent, req.uri().path()).await) }
+                    async move {
+                        if req.method() == Method::POST && req.uri().path() == "/preheat" {
+                            return Ok::<_, Infallible>(preheat(&agent, req.uri().query()));
+                        }
+                        Ok(route(&agent, req.uri().path()).await.map(BodyExt::boxed))
+                    }
                 });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -72,4 +84,54 @@ async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     r
+}
+
+/// `POST /preheat?image=REF[&platform=os/arch]...[&all_nodes=true]`: runs the preheat and
+/// streams its events as JSON lines (`PreheatEvent`).
+fn preheat(agent: &Agent, query: Option<&str>) -> Response<AdminBody> {
+    let spec = match preheat_spec(query.unwrap_or("")) {
+        Ok(spec) => spec,
+        Err(why) => {
+            let mut r = Response::new(Full::new(Bytes::from(format!("{why}\n"))).boxed());
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
+    };
+    let events = tokio_stream_of(agent.preheat(spec)).map(|event| {
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    if let Ok(v) = http::HeaderValue::from_str("application/x-ndjson") {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn preheat_spec(query: &str) -> Result<PreheatSpec, String> {
+    let mut spec = PreheatSpec::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .map_err(|_| format!("{k}: not UTF-8"))?
+            .into_owned();
+        match k {
+            "image" => spec.image = v,
+            "platform" => spec.platforms.push(v),
+            "all_nodes" => spec.all_nodes = v == "true",
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    if spec.image.is_empty() {
+        return Err("missing image=NAME[:TAG|@DIGEST]".into());
+    }
+    Ok(spec)
 }

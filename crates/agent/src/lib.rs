@@ -15,6 +15,7 @@ mod http;
 mod manifests;
 mod metrics;
 mod p2p;
+mod preheat;
 mod private;
 mod range;
 mod request;
@@ -28,6 +29,7 @@ pub use p2p::{
     DEFAULT_REQUEST_TIMEOUT,
 };
 pub use pollen_swarm::Node;
+pub use preheat::{PreheatEvent, PreheatSpec};
 pub use status::{BlobStatus, Status, TrackedBlob};
 
 use dashmap::DashMap;
@@ -123,7 +125,8 @@ impl Agent {
             let accept = tokio::spawn(p2p::accept_loop(self.ctx.clone()));
             let reconcile = tokio::spawn(p2p::reconcile_loop(self.ctx.clone()));
             let tracker = tokio::spawn(p2p::tracker_loop(self.ctx.clone()));
-            AbortOnDrop(vec![accept, reconcile, tracker])
+            let preheat = tokio::spawn(preheat::serve_loop(self.ctx.clone()));
+            AbortOnDrop(vec![accept, reconcile, tracker, preheat])
         });
         self.ctx.ready.store(true, Ordering::SeqCst);
         http::serve(self.ctx.clone(), listener).await;
@@ -143,6 +146,12 @@ impl Agent {
         if let Some(p2p) = &self.ctx.p2p {
             let _ = p2p.node.shutdown().await;
         }
+    }
+
+    /// Preheats an image on the seeds (or every agent): see [`PreheatSpec`]. Progress arrives
+    /// on the channel, ending with `Finished` or `Failed`.
+    pub fn preheat(&self, spec: PreheatSpec) -> tokio::sync::mpsc::Receiver<PreheatEvent> {
+        preheat::start(self.ctx.clone(), spec)
     }
 
     /// What this node is doing, for `pollen status`.

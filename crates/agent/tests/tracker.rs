@@ -259,3 +259,65 @@ async fn when_a_blobs_tracker_dies_its_members_rejoin_the_next_and_a_latecomer_f
     assert_egress_once(&reg, &[(digest, layer)]);
     agents.clear();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preheated_image_is_pulled_from_the_seed_with_the_upstream_down() {
+    let reg = TestRegistry::start().await.unwrap();
+    let mut cfg = agent_config(&reg);
+    cfg.p2p.seed = true;
+    let seed = member(&reg, cfg, None).await;
+    let asker = member(&reg, agent_config(&reg), Some(&seed)).await;
+    let puller = member(&reg, agent_config(&reg), Some(&seed)).await;
+    let layers = vec![random_bytes(5 * PIECE + 9, 400), random_bytes(70_000, 401)];
+    let image = reg.push_image("app", "v1", layers.clone());
+
+    // The asker resolves the image; the seed (found by its role) fetches every blob.
+    let spec = pollen_agent::PreheatSpec {
+        image: format!("{}/app:v1", reg.host()),
+        ..Default::default()
+    };
+    let mut events = asker.agent.preheat(spec);
+    let mut plan = None;
+    let finished = loop {
+        let event = tokio::time::timeout(DEADLINE, events.recv())
+            .await
+            .expect("preheat makes progress")
+            .expect("preheat ends with Finished or Failed");
+        match event {
+            pollen_agent::PreheatEvent::Plan { blobs, targets } => plan = Some((blobs, targets)),
+            pollen_agent::PreheatEvent::Finished { ok, failed } => break (ok, failed),
+            pollen_agent::PreheatEvent::Failed { message } => panic!("preheat failed: {message}"),
+            _ => {}
+        }
+    };
+    let (blobs, targets) = plan.expect("a plan first");
+    assert_eq!(blobs.len(), 3, "config and two layers");
+    assert_eq!(targets, vec![node(&seed).peer_id().to_string()]);
+    assert_eq!(finished, (3, 0));
+    for d in &blobs {
+        seed.wait_stored(d).await;
+    }
+    assert_eq!(
+        sources(&asker).1,
+        image.manifest.len() as f64,
+        "the asker fetched only the manifest"
+    );
+
+    upstream_down(&reg);
+    let m = puller
+        .get(&format!(
+            "/v2/app/manifests/{}{}",
+            image.manifest_digest,
+            puller.ns()
+        ))
+        .await;
+    assert_eq!(
+        m.bytes(),
+        &image.manifest,
+        "the manifest comes from the asker"
+    );
+    for (d, layer) in image.layer_digests.iter().zip(&layers) {
+        assert_eq!(puller.get(&blob_path(&puller, d)).await.bytes(), layer);
+    }
+    assert_eq!(puller.metric("pollen_upstream_bytes_total"), 0.0);
+}

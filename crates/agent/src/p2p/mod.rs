@@ -229,9 +229,17 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
     }
 }
 
+/// The provider key under which seeds announce themselves (for preheat).
+pub(crate) fn seed_key() -> pollen_oci::Digest {
+    pollen_oci::Digest::of(b"/pollen/seed/1")
+}
+
 /// Serves the tracker role: announces it, and serves every member stream, until the swarm
 /// stops.
 pub(crate) async fn tracker_loop(ctx: Arc<crate::Ctx>) {
+    if let Some(p2p) = ctx.p2p.as_ref().filter(|p| p.cfg.seed) {
+        p2p.provide(seed_key());
+    }
     let Some((p2p, tracker)) = ctx.p2p.as_ref().and_then(|p| Some((p, p.tracker.clone()?))) else {
         return;
     };
