@@ -1,6 +1,7 @@
 //! `pollen`: the peer-to-peer distribution agent for container image layers.
 
 mod config;
+mod preheat;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,11 @@ enum Command {
         after_help = "Examples:\n  pollen status\n  pollen status --admin 10.0.0.7:65002\n  pollen status --json | jq .peers\n\nRates are measured over one second between two samples."
     )]
     Status(status::StatusArgs),
+    /// Fetch an image's blobs into the cluster before a rollout (on the seeds, or every agent)
+    #[command(
+        after_help = "Examples:\n  pollen preheat nginx:1.27\n  pollen preheat ghcr.io/org/model-server:v3 --platform linux/amd64 --platform linux/arm64\n  pollen preheat registry.local:5000/app@sha256:... --all-nodes\n\nThe local agent resolves the image (index, platform manifests, layers) and asks the agents\nthat announce the seed role (--seed true) to fetch every blob; with no seed, it fetches\nthem itself. Exits non-zero if any blob failed."
+    )]
+    Preheat(preheat::PreheatArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => run_agent(*args),
         Command::Status(args) => status::run(args),
+        Command::Preheat(args) => preheat::run(args),
     }
 }
 

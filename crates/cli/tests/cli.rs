@@ -458,3 +458,32 @@ fn a_taken_peer_port_names_the_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn preheat_reports_an_image_it_cannot_resolve_and_exits_non_zero() {
+    // The image's registry is a port nobody listens on: resolving fails, the agent says why.
+    let dead = free_port();
+    let agent = Agent::start(&[
+        "--p2p-listen",
+        P2P_ANY_PORT,
+        "--connect-timeout",
+        "1s",
+        "--registry",
+        &format!("127.0.0.1:{dead}=http://127.0.0.1:{dead}"),
+    ]);
+    let out = pollen()
+        .args(["preheat", &format!("127.0.0.1:{dead}/app:v1")])
+        .args(["--admin", &agent.admin()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("preheat failed: resolving v1"), "{err}");
+
+    let out = pollen()
+        .args(["preheat", "Not An Image", "--admin", &agent.admin()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("preheat failed: image"));
+}
