@@ -21,6 +21,25 @@ pub(crate) mod digest_bytes {
     }
 }
 
+/// serde for an optional digest as an optional 32 raw bytes.
+pub(crate) mod opt_digest_bytes {
+    use pollen_oci::Digest;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| *d.as_bytes()).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
+        match Option::<[u8; 32]>::deserialize(d)? {
+            None => Ok(None),
+            Some(bytes) => Digest::from_hex(&hex::encode(bytes))
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Deserializes a sequence of at most `max` elements, refusing a longer declared length before
 /// allocating anything for it. (serde's own `Vec` would preallocate up to 1 MiB on the
 /// strength of a length the peer wrote.)

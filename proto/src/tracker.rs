@@ -58,6 +58,16 @@ pub enum TrackerRequest {
     Progress { pieces: u32 },
     /// The agent is done with the blob; `complete`: it holds all of it, verified.
     Leave { complete: bool },
+    /// Instead of `Join`, on a stream of its own: resolve a tag once for the whole cluster.
+    /// The tracker whose rendezvous key is the tag asks the upstream (or answers from its
+    /// short-lived tag cache) and answers `Resolved`; the agent then gets the manifest by
+    /// digest from the tracker's node like any other content.
+    Resolve {
+        /// `None`: the default upstream (Docker Hub).
+        registry: Option<String>,
+        name: String,
+        tag: String,
+    },
 }
 
 /// Tracker -> agent.
@@ -70,10 +80,27 @@ pub enum TrackerReply {
     Fetch,
     /// More peers worth asking (new members with pieces).
     Peers { peers: Vec<Vec<u8>> },
+    /// Answers `Resolve`: the manifest's digest, or why the tag could not be resolved.
+    Resolved {
+        #[serde(with = "crate::serde_util::opt_digest_bytes")]
+        digest: Option<Digest>,
+        error: String,
+    },
 }
 
 impl TrackerRequest {
     fn validate(&self) -> Result<(), String> {
+        if let TrackerRequest::Resolve {
+            registry,
+            name,
+            tag,
+        } = self
+        {
+            let long = |s: &str| s.is_empty() || s.len() > MAX_LABEL_LEN * 4;
+            if long(name) || long(tag) || registry.as_deref().is_some_and(long) {
+                return Err("registry, name or tag empty or too long".into());
+            }
+        }
         if let TrackerRequest::Join { labels, .. } = self {
             if labels.len() > MAX_LABELS {
                 return Err(format!("{} labels, at most {MAX_LABELS}", labels.len()));
@@ -94,6 +121,10 @@ impl TrackerReply {
         let peers = match self {
             TrackerReply::Assign { peers, .. } | TrackerReply::Peers { peers } => peers,
             TrackerReply::Fetch => return Ok(()),
+            TrackerReply::Resolved { error, .. } if error.len() > 512 => {
+                return Err("error message too long".into())
+            }
+            TrackerReply::Resolved { .. } => return Ok(()),
         };
         if peers.len() > MAX_TRACKER_PEERS {
             return Err(format!(

@@ -103,7 +103,7 @@ impl Agent {
         let upstream =
             Upstream::new(cfg.upstream.clone()).map_err(|e| AgentError::Tls(e.to_string()))?;
         let metrics = Metrics::new();
-        Ok(Agent {
+        let agent = Agent {
             ctx: Arc::new(Ctx {
                 manifests: manifests::Manifests::default(),
                 p2p: swarm.map(|node| p2p::P2p::new(node, cfg.p2p.clone())),
@@ -116,7 +116,13 @@ impl Agent {
                 metrics,
                 ready: AtomicBool::new(false),
             }),
-        })
+        };
+        if let Some(t) = agent.ctx.p2p.as_ref().and_then(|p| p.tracker.as_ref()) {
+            t.set_resolver(Arc::new(p2p::tracker::TagResolver(Arc::downgrade(
+                &agent.ctx,
+            ))));
+        }
+        Ok(agent)
     }
 
     /// Serves the mirror API on `listener`, and pieces to peers, until the task is dropped.

@@ -36,12 +36,25 @@ pub(crate) struct Manifests {
     flights: SingleFlight<String, Result<Manifest, FetchError>>,
 }
 
-/// Serves a manifest by tag or digest.
+/// Serves a manifest by tag or digest. A tag asked for without the client's own credentials
+/// is resolved once for the cluster, by the tag's tracker, when there is one.
 pub(crate) async fn get(
     ctx: &Ctx,
     route: &Route,
     reference: &Reference,
     client_auth: Option<HeaderValue>,
+) -> Result<Manifest, FetchError> {
+    get_with(ctx, route, reference, client_auth, true).await
+}
+
+/// [`get`], resolving tags on this node only (`cluster: false`): what a tracker does when it
+/// resolves a tag for the others.
+pub(crate) async fn get_with(
+    ctx: &Ctx,
+    route: &Route,
+    reference: &Reference,
+    client_auth: Option<HeaderValue>,
+    cluster: bool,
 ) -> Result<Manifest, FetchError> {
     match reference {
         Reference::Digest(d) => {
@@ -66,7 +79,9 @@ pub(crate) async fn get(
             let fetched = ctx
                 .manifests
                 .flights
-                .run(flight_key, || fetch(ctx, route, reference, client_auth))
+                .run(flight_key, || {
+                    fetch_tag(ctx, route, tag, client_auth, cluster)
+                })
                 .await;
             match fetched {
                 Ok(m) => {
@@ -100,6 +115,26 @@ pub(crate) async fn get(
             }
         }
     }
+}
+
+/// Resolves a tag: through the tag's tracker when allowed (one upstream request per cluster;
+/// the manifest itself then comes by digest from the tracker's node), else from the upstream.
+async fn fetch_tag(
+    ctx: &Ctx,
+    route: &Route,
+    tag: &str,
+    client_auth: Option<HeaderValue>,
+    cluster: bool,
+) -> Result<Manifest, FetchError> {
+    if cluster && client_auth.is_none() {
+        if let Some(digest) = crate::p2p::tracker::resolve_tag(ctx, route, tag).await {
+            if let Some(m) = load(ctx, &digest).await {
+                return Ok(m);
+            }
+            return fetch(ctx, route, &Reference::Digest(digest), None).await;
+        }
+    }
+    fetch(ctx, route, &Reference::Tag(tag.to_string()), client_auth).await
 }
 
 /// A cached manifest, if stored.

@@ -321,3 +321,31 @@ async fn a_preheated_image_is_pulled_from_the_seed_with_the_upstream_down() {
     }
     assert_eq!(puller.metric("pollen_upstream_bytes_total"), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tag_pulled_everywhere_at_once_is_resolved_upstream_once() {
+    let reg = TestRegistry::start().await.unwrap();
+    let (tracker, agents) = tracker_and_pullers(&reg, 5, PIECE).await;
+    let image = reg.push_image("app", "v1", vec![random_bytes(1000, 500)]);
+    // Slow answers, so every agent asks while the first resolution is under way.
+    reg.set_response_delay(Duration::from_millis(300));
+    let asks: Vec<_> = agents
+        .iter()
+        .chain([&tracker])
+        .map(|h| {
+            let (client, path) = (h.client(), format!("/v2/app/manifests/v1{}", h.ns()));
+            tokio::spawn(async move { client.get(&path).await })
+        })
+        .collect();
+    for ask in asks {
+        let r = ask.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.bytes(), &image.manifest);
+        assert_eq!(r.header("docker-content-digest"), image.manifest_digest);
+    }
+    assert_eq!(
+        reg.stats().manifest_get_count("v1"),
+        1,
+        "one upstream tag request for the whole cluster"
+    );
+}

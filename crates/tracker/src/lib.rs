@@ -10,5 +10,5 @@
 mod policy;
 mod serve;
 
-pub use policy::{BlobSummary, Tracker, REJOIN_GRACE};
+pub use policy::{BlobSummary, Resolver, Tracker, REJOIN_GRACE};
 pub use serve::{serve, ServeError, DEFAULT_MEMBER_IDLE};

@@ -95,16 +95,37 @@ pub struct BlobSummary {
     pub fetching: bool,
 }
 
+/// Resolves a tag for the cluster: the tracker's own node asks its upstream (or its tag
+/// cache). The tracker crate knows nothing of registries, so its node supplies this.
+pub trait Resolver: Send + Sync + 'static {
+    fn resolve<'a>(
+        &'a self,
+        registry: Option<&'a str>,
+        name: &'a str,
+        tag: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Digest, String>> + Send + 'a>>;
+}
+
 /// The tracker's state, shared by every agent stream it serves.
 #[derive(Default)]
 pub struct Tracker {
     blobs: Mutex<HashMap<Digest, BlobSwarm>>,
     next_id: std::sync::atomic::AtomicU64,
+    resolver: std::sync::OnceLock<std::sync::Arc<dyn Resolver>>,
 }
 
 impl Tracker {
     pub fn new() -> Tracker {
         Tracker::default()
+    }
+
+    /// Lets this tracker resolve tags for the cluster (set once, when its node is built).
+    pub fn set_resolver(&self, resolver: std::sync::Arc<dyn Resolver>) {
+        let _ = self.resolver.set(resolver);
+    }
+
+    pub(crate) fn resolver(&self) -> Option<std::sync::Arc<dyn Resolver>> {
+        self.resolver.get().cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, BlobSwarm>> {

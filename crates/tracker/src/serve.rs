@@ -2,7 +2,9 @@
 //! in between, until `Leave` or the stream ends. Every wait is bounded.
 
 use crate::policy::{Member, Tracker};
-use pollen_proto::{read_tracker_request, write_tracker_reply, ProtoError, TrackerRequest};
+use pollen_proto::{
+    read_tracker_request, write_tracker_reply, ProtoError, TrackerReply, TrackerRequest,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,18 +39,25 @@ where
     let first = timeout(idle, read_tracker_request(&mut r))
         .await
         .map_err(|_| ServeError::Timeout)??;
-    let Some(TrackerRequest::Join {
-        digest,
-        seed,
-        fetching,
-        pieces,
-        labels,
-        rejoin,
-    }) = first
-    else {
-        return Err(ServeError::Protocol(
-            "the first message must be Join".into(),
-        ));
+    let (digest, seed, fetching, pieces, labels, rejoin) = match first {
+        Some(TrackerRequest::Join {
+            digest,
+            seed,
+            fetching,
+            pieces,
+            labels,
+            rejoin,
+        }) => (digest, seed, fetching, pieces, labels, rejoin),
+        Some(TrackerRequest::Resolve {
+            registry,
+            name,
+            tag,
+        }) => return resolve(&tracker, registry, name, tag, &mut w, idle).await,
+        _ => {
+            return Err(ServeError::Protocol(
+                "the first message must be Join or Resolve".into(),
+            ))
+        }
     };
     let (tx, mut pushes) = mpsc::unbounded_channel();
     let member = Member {
@@ -74,7 +83,7 @@ where
                             return Ok(());
                         }
                         None => return Ok(()),
-                        Some(TrackerRequest::Join { .. }) => {
+                        Some(TrackerRequest::Join { .. } | TrackerRequest::Resolve { .. }) => {
                             return Err(ServeError::Protocol("a second Join".into()))
                         }
                     }
@@ -90,6 +99,37 @@ where
     .await;
     tracker.leave(&digest, id, complete);
     result
+}
+
+/// Answers a `Resolve` through the node's resolver, and ends the stream.
+async fn resolve<W: AsyncWrite + Unpin>(
+    tracker: &Tracker,
+    registry: Option<String>,
+    name: String,
+    tag: String,
+    w: &mut W,
+    idle: Duration,
+) -> Result<(), ServeError> {
+    let answer = match tracker.resolver() {
+        None => Err("this tracker does not resolve tags".to_string()),
+        Some(r) => timeout(idle, r.resolve(registry.as_deref(), &name, &tag))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {idle:?}"))),
+    };
+    let reply = match answer {
+        Ok(d) => TrackerReply::Resolved {
+            digest: Some(d),
+            error: String::new(),
+        },
+        Err(e) => TrackerReply::Resolved {
+            digest: None,
+            error: e.chars().take(400).collect(),
+        },
+    };
+    timeout(idle, write_tracker_reply(w, &reply))
+        .await
+        .map_err(|_| ServeError::Timeout)??;
+    Ok(())
 }
 
 #[cfg(test)]

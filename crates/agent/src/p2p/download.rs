@@ -164,7 +164,7 @@ impl<'a> PeerPhase<'a> {
                             .extend(peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()));
                         next_lookup = Instant::now();
                     }
-                    Some(TrackerReply::Assign { .. }) => {}
+                    Some(TrackerReply::Assign { .. } | TrackerReply::Resolved { .. }) => {}
                     None => {
                         // The tracker is gone: carry on with Kademlia alone (its blobs move
                         // to the next tracker for the agents that join from now on).

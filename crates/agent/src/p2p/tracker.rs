@@ -35,6 +35,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a member checks whether it has new pieces to report: the tracker hands a dead
 /// fetcher's job to the member holding the most, so the counts must be fresh.
 const PROGRESS_CHECK: Duration = Duration::from_millis(250);
+/// The bound on resolving a tag through its tracker; past it the agent asks the upstream.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a tracker waits for a silent member.
 pub(crate) const MEMBER_IDLE: Duration = Duration::from_secs(30);
 
@@ -375,6 +377,76 @@ async fn serve_conn(
     let _ = timeout(JOIN_TIMEOUT, w.shutdown()).await;
     reader.abort();
     ended
+}
+
+/// Resolves a tag through its tracker (rendezvous over the tag's name), or `None` when there
+/// is no tracker, this node is the tag's tracker (it resolves it itself), or the tracker could
+/// not answer: the caller then asks the upstream.
+pub(crate) async fn resolve_tag(
+    ctx: &Ctx,
+    route: &pollen_upstream::Route,
+    tag: &str,
+) -> Option<Digest> {
+    let p2p = ctx.p2p.as_ref()?;
+    let key = Digest::of(format!("tag {}/{}:{tag}", route.registry, route.name).as_bytes());
+    let trackers = p2p.directory.trackers(p2p).await;
+    let tracker = *rendezvous(&key, &trackers).first()?;
+    if tracker == p2p.node.peer_id() {
+        return None;
+    }
+    let req = TrackerRequest::Resolve {
+        registry: (route.registry != pollen_oci::DOCKER_HUB).then(|| route.registry.clone()),
+        name: route.name.as_str().to_string(),
+        tag: tag.to_string(),
+    };
+    let answer = timeout(RESOLVE_TIMEOUT, async {
+        let stream = p2p
+            .node
+            .open_stream_on(tracker, TRACKER_PROTOCOL)
+            .await
+            .ok()?;
+        let (mut r, mut w) = tokio::io::split(stream.compat());
+        write_tracker_request(&mut w, &req).await.ok()?;
+        read_tracker_reply(&mut r).await.ok()?
+    })
+    .await
+    .ok()
+    .flatten();
+    match answer {
+        Some(TrackerReply::Resolved {
+            digest: Some(d), ..
+        }) => Some(d),
+        Some(TrackerReply::Resolved { error, .. }) => {
+            debug!(%tracker, tag, error = %error, "the tag's tracker could not resolve it");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The tracker's side: resolves tags for the cluster through this node's own manifest path.
+pub(crate) struct TagResolver(pub std::sync::Weak<Ctx>);
+
+impl pollen_tracker::Resolver for TagResolver {
+    fn resolve<'a>(
+        &'a self,
+        registry: Option<&'a str>,
+        name: &'a str,
+        tag: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Digest, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let ctx = self.0.upgrade().ok_or("the agent is stopping")?;
+            let name = pollen_oci::Name::parse(name).map_err(|e| e.to_string())?;
+            let route = pollen_upstream::Route::resolve(&ctx.cfg.upstream, registry, &name)
+                .map_err(|e| e.to_string())?;
+            let reference = pollen_oci::Reference::Tag(tag.to_string());
+            crate::manifests::get_with(&ctx, &route, &reference, None, false)
+                .await
+                .map(|m| m.digest)
+                .map_err(|e| format!("{e:?}"))
+        })
+    }
 }
 
 #[cfg(test)]
