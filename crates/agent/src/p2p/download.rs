@@ -80,6 +80,8 @@ pub(crate) struct PeerPhase<'a> {
     /// A tracker coordinates this blob and another node fetches it: wait for peers rather than
     /// going to the upstream when none is ready yet.
     coordinated: bool,
+    /// The tracker made this node the fetcher: finish taking what peers have, then hand over.
+    fetch_duty: bool,
 }
 
 impl<'a> PeerPhase<'a> {
@@ -102,6 +104,7 @@ impl<'a> PeerPhase<'a> {
             last_progress: Instant::now(),
             named: Vec::new(),
             coordinated: false,
+            fetch_duty: false,
         }
     }
 
@@ -126,6 +129,11 @@ impl<'a> PeerPhase<'a> {
         loop {
             if sink.as_ref().is_some_and(|s| s.have.is_complete()) {
                 return Ok(PeerOutcome::Complete);
+            }
+            if self.fetch_duty && !sink.as_ref().is_some_and(|s| self.peers_can_help(s)) {
+                return Ok(PeerOutcome::Fallback(
+                    "the tracker handed this node the fetch".into(),
+                ));
             }
             if self.slots.is_empty() && self.writing.is_empty() && !self.coordinated {
                 return Ok(PeerOutcome::Fallback("no peer left to ask".into()));
@@ -155,9 +163,10 @@ impl<'a> PeerPhase<'a> {
                 Some(w) = written => self.on_written(w, sink, coordination)?,
                 push = pushed => match push {
                     Some(TrackerReply::Fetch) => {
-                        return Ok(PeerOutcome::Fallback(
-                            "the tracker handed this node the fetch".into(),
-                        ));
+                        // Take what peers still have first: the upstream is asked only for
+                        // the pieces nobody holds (checked at the top of the loop).
+                        self.fetch_duty = true;
+                        self.coordinated = false;
                     }
                     Some(TrackerReply::Peers { peers }) => {
                         self.named
@@ -504,6 +513,16 @@ impl<'a> PeerPhase<'a> {
                 }
             }
         }
+    }
+
+    /// Whether peers can still supply a missing piece: one is requested or being written, or a
+    /// connected peer announced one.
+    fn peers_can_help(&self, sink: &Sink) -> bool {
+        !self.requests.is_empty()
+            || !self.writing.is_empty()
+            || sink.have.iter_missing().any(|i| {
+                self.availability.get(i as usize).is_some_and(|a| *a > 0) && i < self.known
+            })
     }
 
     fn forget_request(&mut self, index: u32, slot: usize) {
