@@ -9,6 +9,8 @@
 # Network: one namespace holds a bridge (the "switch") and the upstream docker-registry on the
 # bridge's address MN_NET.1; every node is a namespace with a veth into the bridge at MN_NET.1N.
 # Nothing is created in the root namespace: deleting the namespaces deletes every link.
+# The helpers (mn_*) are shared with step h (rollout.sh), which calls mn_config for six nodes and
+# a registry in a namespace of its own behind a rate-limited link.
 # On each node: `pollen agent` (mirror on the node's 127.0.0.1:65001, admin on 127.0.0.1:65002,
 # swarm on MN_NET.1N:65003, --bootstrap to node 1) and a private containerd whose hosts.toml names
 # the node-local agent as the registry's mirror; `ctr images pull` runs on the node.
@@ -34,23 +36,40 @@
 #   E2E_P2P_RUST_LOG RUST_LOG of the agents (default info)
 
 MN_MIB=${E2E_P2P_MIB:-32}
-MN_NET=${E2E_P2P_NET:-10.77.0}
 MN_TIMEOUT=${E2E_P2P_TIMEOUT:-90}
-MN_NODES=3
-MN_REG_IP="$MN_NET.1"
-MN_REG="$MN_REG_IP:5000"
-MN_REF="$MN_REG/test/p2p:v1"
 MN_AGENT_PORT=65001
 MN_ADMIN_PORT=65002
 MN_P2P_PORT=65003
-# Namespace names carry our PID, so two runs (or other tests) never share one.
-MN_PREFIX="pollen-e2e-$$"
-MN_SW="$MN_PREFIX-sw"
+MN_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # Namespaces created so far (deleted by mn_cleanup), and the process ids in them.
 MN_NETNS=()
-declare -A MN_AGENT_PID MN_CTD_PID MN_PEER_ID
 MN_REG_PID=""
 MN_DIR=""
+
+# mn_config PREFIX NET NODES IMAGE REGISTRY_NS: the topology and names of one multi-node step
+# (step g and step h, rollout.sh, each call it before mn_net_up). Namespaces are named
+# PREFIX-sw (the switch), PREFIX-nN (the nodes), PREFIX-reg; NET is the /24 (three octets);
+# IMAGE the repository:tag pulled; REGISTRY_NS `switch` puts the registry in the switch
+# namespace on the bridge's address NET.1, `own` in a namespace of its own on NET.2 with a
+# veth (eth0 there, vreg in the switch) of its own, so that its link can be shaped and measured.
+# Also sets the agents' RUST_LOG (MN_RUST_LOG) to E2E_P2P_RUST_LOG or info, and forgets the
+# previous step's process ids.
+mn_config() {
+    MN_PREFIX=$1
+    MN_NET=$2
+    MN_NODES=$3
+    MN_SW="$MN_PREFIX-sw"
+    case "$5" in
+        own) MN_REG_NS="$MN_PREFIX-reg" MN_REG_IP="$MN_NET.2" ;;
+        *) MN_REG_NS=$MN_SW MN_REG_IP="$MN_NET.1" ;;
+    esac
+    MN_REG="$MN_REG_IP:5000"
+    MN_REF="$MN_REG/$4"
+    MN_RUST_LOG=${E2E_P2P_RUST_LOG:-info}
+    MN_LAYER_MIBS=("$MN_MIB")
+    MN_REG_PID=""
+    declare -gA MN_AGENT_PID=() MN_CTD_PID=() MN_PEER_ID=()
+}
 
 mn_ns() { printf '%s-n%s' "$MN_PREFIX" "$1"; }
 mn_ip() { printf '%s.1%s' "$MN_NET" "$1"; }
@@ -87,12 +106,14 @@ mn_cleanup() {
     MN_NETNS=()
 }
 
-# mn_keep_logs DIR: copies the step's logs (agents, containerds, ctr, registry) into DIR.
+# mn_keep_logs DEST [DIR]: copies the logs (agents, containerds, ctr, registry) of the step whose
+# directory is DIR (default MN_DIR, the step running last) into DEST.
 mn_keep_logs() {
-    [ -n "$MN_DIR" ] && [ -d "$MN_DIR/logs" ] || return 0
+    local dir=${2:-$MN_DIR}
+    [ -n "$dir" ] && [ -d "$dir/logs" ] || return 0
     mkdir -p "$1"
-    cp -r "$MN_DIR/logs/." "$1/" 2>/dev/null
-    cp "$MN_DIR/registry/registry.log" "$1/" 2>/dev/null
+    cp -r "$dir/logs/." "$1/" 2>/dev/null
+    cp "$dir/registry/registry.log" "$1/" 2>/dev/null
     return 0
 }
 
@@ -112,15 +133,26 @@ mn_wait_http() {
     return 1
 }
 
-# mn_net_up: the switch namespace with the bridge at MN_NET.1/24, and one namespace per node.
+# mn_net_up: the switch namespace with the bridge at MN_NET.1/24, one namespace per node, and
+# the registry's own one if mn_config asked for it.
 mn_net_up() {
     local i ns
     ip netns add "$MN_SW" || return 1
     MN_NETNS+=("$MN_SW")
     ip -n "$MN_SW" link set lo up &&
         ip -n "$MN_SW" link add br0 type bridge &&
-        ip -n "$MN_SW" addr add "$MN_REG_IP/24" dev br0 &&
+        ip -n "$MN_SW" addr add "$MN_NET.1/24" dev br0 &&
         ip -n "$MN_SW" link set br0 up || return 1
+    if [ "$MN_REG_NS" != "$MN_SW" ]; then
+        ip netns add "$MN_REG_NS" || return 1
+        MN_NETNS+=("$MN_REG_NS")
+        ip -n "$MN_REG_NS" link set lo up &&
+            ip -n "$MN_REG_NS" link add eth0 type veth peer name vreg netns "$MN_SW" &&
+            ip -n "$MN_SW" link set vreg master br0 &&
+            ip -n "$MN_SW" link set vreg up &&
+            ip -n "$MN_REG_NS" addr add "$MN_REG_IP/24" dev eth0 &&
+            ip -n "$MN_REG_NS" link set eth0 up || return 1
+    fi
     for ((i = 1; i <= MN_NODES; i++)); do
         ns=$(mn_ns "$i")
         ip netns add "$ns" || return 1
@@ -134,7 +166,18 @@ mn_net_up() {
     done
 }
 
-# mn_start_registry: docker-registry in the switch namespace on MN_REG, data under MN_DIR/registry.
+# mn_check_reach: every node opens a TCP connection to the registry across the bridge (a check
+# each; dies if one cannot).
+mn_check_reach() {
+    local i
+    reach() { mn_in "$(mn_ns "$1")" bash -c "exec 3<>/dev/tcp/$MN_REG_IP/5000" 2>/dev/null; }
+    for ((i = 1; i <= MN_NODES; i++)); do
+        check "node $i ($(mn_ip "$i"), namespace $(mn_ns "$i")) reaches the registry on $MN_REG across the bridge" reach "$i" ||
+            die "multi-node: the test network does not work"
+    done
+}
+
+# mn_start_registry: docker-registry in MN_REG_NS on MN_REG, data under MN_DIR/registry.
 mn_start_registry() {
     local dir="$MN_DIR/registry"
     mkdir -p "$dir/data"
@@ -149,20 +192,21 @@ storage:
 http:
   addr: $MN_REG
 YML
-    lib_start_bg mn-registry "$dir/registry.log" ip netns exec "$MN_SW" docker-registry serve "$dir/config.yml"
+    lib_start_bg mn-registry "$dir/registry.log" ip netns exec "$MN_REG_NS" docker-registry serve "$dir/config.yml"
     MN_REG_PID=$LIB_LAST_PID
-    mn_wait_http "$MN_SW" "http://$MN_REG/v2/" 150 "$MN_REG_PID" || { tail -n 20 "$dir/registry.log" >&2; return 1; }
+    mn_wait_http "$MN_REG_NS" "http://$MN_REG/v2/" 150 "$MN_REG_PID" || { tail -n 20 "$dir/registry.log" >&2; return 1; }
 }
 
-# mn_start_agent N: node N's agent; the others bootstrap to node 1.
+# mn_start_agent N [EXTRA ARGS...]: node N's agent; the others bootstrap to node 1.
 mn_start_agent() {
     local n=$1 ns data log extra=()
+    shift
     ns=$(mn_ns "$n")
     data="$MN_DIR/n$n/agent"
     log="$MN_DIR/logs/agent-n$n.log"
     mkdir -p "$data"
     [ "$n" -eq 1 ] || extra+=(--bootstrap "/ip4/$(mn_ip 1)/tcp/$MN_P2P_PORT")
-    RUST_LOG=${E2E_P2P_RUST_LOG:-info} lib_start_bg "agent-n$n" "$log" ip netns exec "$ns" "$POLLEN_BIN" agent \
+    RUST_LOG=$MN_RUST_LOG lib_start_bg "agent-n$n" "$log" ip netns exec "$ns" "$POLLEN_BIN" agent \
         --listen "127.0.0.1:$MN_AGENT_PORT" \
         --metrics-listen "127.0.0.1:$MN_ADMIN_PORT" \
         --data-dir "$data" \
@@ -173,7 +217,7 @@ mn_start_agent() {
         --p2p true \
         --p2p-listen "/ip4/$(mn_ip "$n")/tcp/$MN_P2P_PORT" \
         --mdns false \
-        "${extra[@]}"
+        "${extra[@]}" "$@"
     MN_AGENT_PID[$n]=$LIB_LAST_PID
     if ! mn_wait_http "$ns" "http://127.0.0.1:$MN_ADMIN_PORT/readyz" 300 "${MN_AGENT_PID[$n]}"; then
         tail -n 30 "$log" >&2
@@ -210,25 +254,27 @@ TOML
     return 1
 }
 
-# mn_build_image: image test/p2p:v1 (a small file and MN_MIB MiB of random data, one layer
-# each), pushed to the registry; sets MN_MANIFEST, MN_CONFIG, MN_LAYERS, MN_BIG, MN_BIG_SIZE,
-# MN_BLOB_SIZE and MN_MANIFEST_FILE.
+# mn_build_image: image MN_REF (a small file, then one layer of random data per entry of
+# MN_LAYER_MIBS, in MiB), pushed to the registry; sets MN_MANIFEST, MN_CONFIG, MN_LAYERS, MN_BIG,
+# MN_BIG_SIZE, MN_BLOB_SIZE and MN_MANIFEST_FILE.
 mn_build_image() {
-    local oci="$MN_DIR/oci" src="$MN_DIR/src" d s
+    local oci="$MN_DIR/oci" src="$MN_DIR/src" d s i
     mkdir -p "$src"
     echo "hello from the pollen multi-node e2e ($$)" >"$src/hello.txt"
-    head -c "${MN_MIB}M" /dev/urandom >"$src/big.bin"
     {
         umoci init --layout "$oci" &&
-            umoci new --image "$oci:p2p" &&
-            umoci config --image "$oci:p2p" --config.cmd /bin/true --author pollen-e2e-multinode &&
-            umoci insert --image "$oci:p2p" "$src/hello.txt" /etc/pollen/hello.txt &&
-            umoci insert --image "$oci:p2p" "$src/big.bin" /opt/pollen/p2p.bin
+            umoci new --image "$oci:img" &&
+            umoci config --image "$oci:img" --config.cmd /bin/true --author pollen-e2e-multinode &&
+            umoci insert --image "$oci:img" "$src/hello.txt" /etc/pollen/hello.txt || return 1
+        for i in "${!MN_LAYER_MIBS[@]}"; do
+            head -c "${MN_LAYER_MIBS[i]}M" /dev/urandom >"$src/big.bin" &&
+                umoci insert --image "$oci:img" "$src/big.bin" "/opt/pollen/layer$i.bin" || return 1
+        done
     } >"$MN_DIR/logs/umoci.log" 2>&1 || { cat "$MN_DIR/logs/umoci.log" >&2; return 1; }
     rm -rf "$src"
-    mn_in "$MN_SW" skopeo copy -q --dest-tls-verify=false "oci:$oci:p2p" "docker://$MN_REF" \
+    mn_in "$MN_SW" skopeo copy -q --dest-tls-verify=false "oci:$oci:img" "docker://$MN_REF" \
         >"$MN_DIR/logs/push.log" 2>&1 || { cat "$MN_DIR/logs/push.log" >&2; return 1; }
-    MN_MANIFEST_FILE="$MN_DIR/p2p.manifest.json"
+    MN_MANIFEST_FILE="$MN_DIR/image.manifest.json"
     mn_in "$MN_SW" skopeo inspect --raw --tls-verify=false "docker://$MN_REF" >"$MN_MANIFEST_FILE" || return 1
     MN_MANIFEST="sha256:$(lib_sha256_file "$MN_MANIFEST_FILE")"
     MN_CONFIG=$(jq -r .config.digest "$MN_MANIFEST_FILE")
@@ -248,23 +294,35 @@ mn_upstream_bytes() {
         END { printf "%d %d\n", b, n }' "$MN_DIR/registry/registry.log"
 }
 
-# mn_pull_and_verify N LABEL REF: ctr pull of REF on node N through its agent, then the checks
-# of step a.
-mn_pull_and_verify() {
-    local n=$1 label=$2 ref=$3 logf="$MN_DIR/logs/ctr-pull-n$1.log" got d sum t0 rc=0
-    t0=$EPOCHREALTIME
+# mn_pull N REF LOGFILE: ctr images pull of REF on node N through its agent, bounded by
+# MN_TIMEOUT; its exit status.
+mn_pull() {
     # timeout runs inside the namespace (ip netns exec execs it), so it reaches ctr itself.
-    mn_in "$(mn_ns "$n")" timeout "$MN_TIMEOUT" ctr --address "$MN_DIR/n$n/ctd/containerd.sock" \
-        images pull --plain-http --hosts-dir "$MN_DIR/n$n/ctd/certs.d" "$ref" >"$logf" 2>&1 || rc=$?
+    mn_in "$(mn_ns "$1")" timeout "$MN_TIMEOUT" ctr --address "$MN_DIR/n$1/ctd/containerd.sock" \
+        images pull --plain-http --hosts-dir "$MN_DIR/n$1/ctd/certs.d" "$2" >"$3" 2>&1
+}
+
+# mn_pull_and_verify N LABEL REF: ctr pull of REF on node N through its agent, then the checks
+# of step a (mn_verify).
+mn_pull_and_verify() {
+    local n=$1 label=$2 ref=$3 logf="$MN_DIR/logs/ctr-pull-n$1.log" t0 rc=0
+    t0=$EPOCHREALTIME
+    mn_pull "$n" "$ref" "$logf" || rc=$?
     MN_PULL_SECS=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
     if ! check "$label: ctr images pull $ref on node $n through its agent (${MN_PULL_SECS} s)" [ "$rc" -eq 0 ]; then
         tail -n 20 "$logf" | sed 's/^/    /'
         return 1
     fi
+    mn_verify "$n" "$label" "$ref"
+}
+
+# mn_verify N LABEL REF: node N's containerd has image REF with the manifest digest MN_MANIFEST,
+# and its content store has the manifest, config and every layer, each hashing to its digest.
+mn_verify() {
+    local n=$1 label=$2 ref=$3 got d sum bad=0
     got=$(mn_ctr "$n" images ls | awk -v r="$ref" '$1 == r { print $3 }')
     check "$label: node $n's image has manifest digest $MN_MANIFEST" [ "$got" = "$MN_MANIFEST" ] || echo "    got: '$got'"
     mn_ctr "$n" content ls >"$MN_DIR/logs/ctr-content-n$n.txt"
-    local bad=0
     for d in "$MN_MANIFEST" "$MN_CONFIG" "${MN_LAYERS[@]}"; do
         if ! awk '{ print $1 }' "$MN_DIR/logs/ctr-content-n$n.txt" | grep -qx "$d"; then
             echo "    $d not in node $n's content store"
@@ -327,6 +385,8 @@ mn_agent_blob_bytes_zero() {
 
 multinode_main() {
     local n i b c up pr ps sent_total
+    # Namespace names carry our PID, so two runs (or other tests) never share one.
+    mn_config "pollen-e2e-$$" "${E2E_P2P_NET:-10.77.0}" 3 test/p2p:v1 switch
     lib_step "g. multi-node: $MN_NODES agents in network namespaces share pieces (random layer: $MN_MIB MiB)"
     command -v ip >/dev/null 2>&1 || die "multi-node: ip (iproute2) is missing"
     if ! "$POLLEN_BIN" agent --help 2>/dev/null | grep -q -- '--p2p-listen'; then
@@ -336,12 +396,8 @@ multinode_main() {
     mkdir -p "$MN_DIR/logs"
 
     mn_net_up || die "multi-node: setting up the namespaces failed"
-    reach() { mn_in "$(mn_ns "$1")" bash -c "exec 3<>/dev/tcp/$MN_REG_IP/5000" 2>/dev/null; }
     mn_start_registry || die "multi-node: docker-registry on $MN_REG did not start"
-    for ((i = 1; i <= MN_NODES; i++)); do
-        check "node $i ($(mn_ip "$i"), namespace $(mn_ns "$i")) reaches the registry on $MN_REG across the bridge" reach "$i" ||
-            die "multi-node: the test network does not work"
-    done
+    mn_check_reach
 
     mn_build_image || die "multi-node: building or pushing the image failed"
     pass "umoci built test/p2p:v1 (layers: ${#MN_LAYERS[@]}, largest $MN_BIG of $MN_BIG_SIZE bytes), pushed to $MN_REG"
@@ -421,12 +477,13 @@ multinode_main() {
 }
 
 # ---------------------------------------------------------------- on its own
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+# mn_standalone [TOOL=PACKAGE...]: what a step needs to run as a script of its own (the caller
+# then runs multinode_main, or rollout.sh's rollout_main): root check, the tools (with the extra
+# ones given), the agent's build, a temp dir T, the pass/fail counters, and an EXIT trap that
+# stops every process (by PID), deletes the namespaces and keeps the logs on failure.
+mn_standalone() {
     set -Eeuo pipefail
-    HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-    REPO=$(cd "$HERE/../.." && pwd)
-    # shellcheck source=tests/e2e/lib.sh
-    source "$HERE/lib.sh"
+    REPO=$(cd "$MN_HERE/../.." && pwd)
     PASSED=0
     FAILED=0
     T=""
@@ -442,34 +499,6 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
         exit 1
     }
     trap 'printf "e2e: unexpected error (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_COMMAND" >&2' ERR
-    mn_main_cleanup() {
-        local rc=$? f
-        set +eE
-        trap - ERR
-        lib_step "cleanup"
-        lib_stop_all
-        mn_cleanup
-        if [ -n "$T" ] && [ -d "$T" ]; then
-            lib_umount_under "$T"
-            if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
-                for f in "$T"/mn/logs/agent-n*.log; do
-                    [ -f "$f" ] || continue
-                    echo "---- last 25 lines of $f ----"
-                    tail -n 25 "$f" | sed 's/\x1b\[[0-9;]*m//g'
-                done
-                local keep
-                keep=$(mktemp -d /tmp/pollen-e2e-logs.XXXXXX)
-                mn_keep_logs "$keep"
-                echo "logs kept in $keep"
-            fi
-            if [ "${E2E_KEEP:-0}" = "1" ]; then echo "E2E_KEEP=1: leaving $T"; else rm -rf "$T"; fi
-        fi
-        [ "$rc" -ne 0 ] && [ "$FAILED" -eq 0 ] && FAILED=1
-        echo
-        echo "e2e: $PASSED passed, $FAILED failed"
-        [ "$FAILED" -eq 0 ] || exit 1
-        exit 0
-    }
     trap mn_main_cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
@@ -477,7 +506,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     lib_step "preflight"
     lib_is_root || die "must run as root (network namespaces, containerd)"
     lib_ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd \
-        umoci=umoci curl=curl jq=jq ip=iproute2 || die "required tools are missing"
+        umoci=umoci curl=curl jq=jq ip=iproute2 "$@" || die "required tools are missing"
     if [ -z "${POLLEN_BIN:-}" ]; then
         POLLEN_BIN="$(lib_target_dir "$REPO")/debug/pollen"
         if [ "${E2E_NO_BUILD:-0}" != "1" ] && command -v cargo >/dev/null 2>&1; then
@@ -489,5 +518,40 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     echo "agent binary: $POLLEN_BIN"
     T=$(mktemp -d /tmp/pollen-e2e.XXXXXX)
     echo "temp dir: $T"
+}
+
+# mn_main_cleanup: mn_standalone's EXIT trap.
+mn_main_cleanup() {
+    local rc=$? f keep
+    set +eE
+    trap - ERR
+    lib_step "cleanup"
+    lib_stop_all
+    mn_cleanup
+    if [ -n "$T" ] && [ -d "$T" ]; then
+        lib_umount_under "$T"
+        if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
+            for f in "$MN_DIR"/logs/agent-n*.log; do
+                [ -f "$f" ] || continue
+                echo "---- last 25 lines of $f ----"
+                tail -n 25 "$f" | sed 's/\x1b\[[0-9;]*m//g'
+            done
+            keep=$(mktemp -d /tmp/pollen-e2e-logs.XXXXXX)
+            mn_keep_logs "$keep"
+            echo "logs kept in $keep"
+        fi
+        if [ "${E2E_KEEP:-0}" = "1" ]; then echo "E2E_KEEP=1: leaving $T"; else rm -rf "$T"; fi
+    fi
+    [ "$rc" -ne 0 ] && [ "$FAILED" -eq 0 ] && FAILED=1
+    echo
+    echo "e2e: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] || exit 1
+    exit 0
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    # shellcheck source=tests/e2e/lib.sh
+    source "$MN_HERE/lib.sh"
+    mn_standalone
     multinode_main
 fi

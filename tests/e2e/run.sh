@@ -12,7 +12,9 @@
 # restarts the registry and runs a second agent whose data dir is a small tmpfs, to
 # check what a disk-full error does to a pull of the big layer; finally (step g,
 # multinode.sh) runs three agents, each in a network namespace of its own with its
-# own containerd, and checks that the second and third pulls come from peers.
+# own containerd, and checks that the second and third pulls come from peers; and (step h,
+# rollout.sh) eight such nodes pull one image at once from a registry behind a
+# rate-limited link, whose egress must stay within 1.02 x the image's blob bytes.
 #
 # Environment:
 #   POLLEN_BIN    agent binary (default: target/debug/pollen, built with cargo)
@@ -22,6 +24,7 @@
 #   E2E_KEEP=1    keep the temp dir (and everything in it) after the run
 #   E2E_NO_BUILD=1  do not run `cargo build` even if POLLEN_BIN is unset
 #   E2E_SKIP_MULTINODE=1  skip step g; its own settings are described in multinode.sh
+#   E2E_SKIP_ROLLOUT=1    skip step h; its own settings are described in rollout.sh
 #
 # Prints `e2e: N passed, M failed` as its last line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -32,6 +35,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 source "$HERE/lib.sh"
 # shellcheck source=tests/e2e/multinode.sh
 source "$HERE/multinode.sh"
+# shellcheck source=tests/e2e/rollout.sh
+source "$HERE/rollout.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
 FULL_MIB=${E2E_FULL_MIB:-64}
@@ -76,7 +81,8 @@ cleanup() {
             local keep
             keep=$(mktemp -d /tmp/pollen-e2e-logs.XXXXXX)
             find "$T" -maxdepth 2 -name '*.log' -exec cp {} "$keep/" \; 2>/dev/null
-            mn_keep_logs "$keep/multinode"
+            mn_keep_logs "$keep/multinode" "$T/mn"
+            mn_keep_logs "$keep/rollout" "$T/ro"
             echo "logs kept in $keep"
         fi
         if [ "${E2E_KEEP:-0}" = "1" ]; then
@@ -106,7 +112,7 @@ die() {
 lib_step "preflight"
 lib_is_root || die "must run as root (containerd and dockerd need it)"
 lib_ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd \
-    umoci=umoci dockerd=docker.io curl=curl jq=jq ss=iproute2 ||
+    umoci=umoci dockerd=docker.io curl=curl jq=jq ss=iproute2 tc=iproute2 ||
     die "required tools are missing"
 # The docker.io package's CLI matches its dockerd; prefer it over any other docker on PATH.
 if [ -x /usr/bin/docker ]; then DOCKER_CLI=/usr/bin/docker; else DOCKER_CLI=$(command -v docker) || die "no docker CLI"; fi
@@ -505,4 +511,11 @@ if [ "${E2E_SKIP_MULTINODE:-0}" = "1" ]; then
     echo "E2E_SKIP_MULTINODE=1: step g (multi-node) skipped"
 else
     multinode_main
+fi
+
+# ---------------------------------------------------------------- h. rollout
+if [ "${E2E_SKIP_ROLLOUT:-0}" = "1" ]; then
+    echo "E2E_SKIP_ROLLOUT=1: step h (rollout behind a rate-limited upstream) skipped"
+else
+    rollout_main
 fi
