@@ -76,10 +76,7 @@ async fn four_agents_pull_one_large_blob_at_once() {
         chunk: 256 << 10,
         delay: Duration::from_millis(10),
     });
-    let first = {
-        let (client, path) = (a.client(), blob_path(&a, &digest));
-        tokio::spawn(async move { client.get(&path).await })
-    };
+    let first = get_on_each([&a], |h| blob_path(h, &digest)).remove(0);
     eventually("A to have its first piece", || async {
         status(&a)
             .await
@@ -88,13 +85,7 @@ async fn four_agents_pull_one_large_blob_at_once() {
             .any(|b| b.pieces_present > 0)
     })
     .await;
-    let pulls: Vec<_> = others
-        .iter()
-        .map(|h| {
-            let (client, path) = (h.client(), blob_path(h, &digest));
-            tokio::spawn(async move { client.get(&path).await })
-        })
-        .collect();
+    let pulls = get_on_each(others.iter(), |h| blob_path(h, &digest));
     let r = first.await.unwrap();
     assert_eq!(r.bytes(), &layer);
     let mut from_peers = 0.0;
@@ -152,10 +143,7 @@ async fn a_peer_killed_mid_transfer_leaves_the_rest_to_the_upstream() {
     let mut cfg = agent_config(&reg);
     cfg.p2p.download_limit = 4 << 20;
     let b = member(&reg, cfg, Some(&a)).await;
-    let pull = {
-        let (client, path) = (b.client(), blob_path(&b, &digest));
-        tokio::spawn(async move { client.get(&path).await })
-    };
+    let pull = get_on_each([&b], |h| blob_path(h, &digest)).remove(0);
     eventually("B to get pieces from A", || async {
         sources(&b).0 >= 2.0 * PIECE as f64
     })
@@ -180,10 +168,7 @@ async fn a_restarted_agent_resumes_a_peer_download_where_it_stopped() {
     let mut cfg = agent_config(&reg);
     cfg.p2p.download_limit = 4 << 20;
     let b = member(&reg, cfg, Some(&a)).await;
-    let pull = {
-        let (client, path) = (b.client(), blob_path(&b, &digest));
-        tokio::spawn(async move { client.get(&path).await })
-    };
+    let pull = get_on_each([&b], |h| blob_path(h, &digest)).remove(0);
     eventually("B to store a few pieces", || async {
         status(&b)
             .await

@@ -137,13 +137,7 @@ async fn a_tracker_killed_mid_pull_leaves_the_downloads_running() {
         chunk: 128 << 10,
         delay: Duration::from_millis(5),
     });
-    let pulls: Vec<_> = agents
-        .iter()
-        .map(|h| {
-            let (client, path) = (h.client(), blob_path(h, &digest));
-            tokio::spawn(async move { client.get(&path).await })
-        })
-        .collect();
+    let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
     fetcher_of(&agents, (size / 4) as u64).await;
     tracker.agent.shutdown(Duration::from_secs(5)).await;
     for pull in pulls {
@@ -168,13 +162,7 @@ async fn a_fetcher_killed_mid_pull_is_replaced_and_the_upstream_sends_each_byte_
         chunk: 64 << 10,
         delay: Duration::from_millis(2),
     });
-    let pulls: Vec<_> = agents
-        .iter()
-        .map(|h| {
-            let (client, path) = (h.client(), blob_path(h, &digest));
-            tokio::spawn(async move { client.get(&path).await })
-        })
-        .collect();
+    let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
     let dead = fetcher_of(&agents, (size / 3) as u64).await;
     agents[dead].agent.shutdown(Duration::from_secs(5)).await;
     for (i, pull) in pulls.into_iter().enumerate() {
@@ -224,13 +212,7 @@ async fn when_a_blobs_tracker_dies_its_members_rejoin_the_next_and_a_latecomer_f
         chunk: 128 << 10,
         delay: Duration::from_millis(5),
     });
-    let pulls: Vec<_> = agents
-        .iter()
-        .map(|h| {
-            let (client, path) = (h.client(), blob_path(h, &digest));
-            tokio::spawn(async move { client.get(&path).await })
-        })
-        .collect();
+    let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
     fetcher_of(&agents, (size / 4) as u64).await;
     let coordinates =
         |st: &pollen_agent::Status| st.tracked_blobs.iter().any(|b| b.digest == digest);
@@ -271,6 +253,18 @@ async fn a_preheated_image_is_pulled_from_the_seed_with_the_upstream_down() {
     let layers = vec![random_bytes(5 * PIECE + 9, 400), random_bytes(70_000, 401)];
     let image = reg.push_image("app", "v1", layers.clone());
 
+    // The seed announces its role under a fixed key (docs/tracker.md); wait until the asker
+    // can find it there.
+    let seed_key = pollen_oci::Digest::of(b"/pollen/seed/1");
+    let seed_id = node(&seed).peer_id();
+    eventually("the seed's role to be announced", || async {
+        node(&asker)
+            .find_providers(&seed_key)
+            .await
+            .unwrap()
+            .contains(&seed_id)
+    })
+    .await;
     // The asker resolves the image; the seed (found by its role) fetches every blob.
     let spec = pollen_agent::PreheatSpec {
         image: format!("{}/app:v1", reg.host()),
@@ -329,14 +323,9 @@ async fn a_tag_pulled_everywhere_at_once_is_resolved_upstream_once() {
     let image = reg.push_image("app", "v1", vec![random_bytes(1000, 500)]);
     // Slow answers, so every agent asks while the first resolution is under way.
     reg.set_response_delay(Duration::from_millis(300));
-    let asks: Vec<_> = agents
-        .iter()
-        .chain([&tracker])
-        .map(|h| {
-            let (client, path) = (h.client(), format!("/v2/app/manifests/v1{}", h.ns()));
-            tokio::spawn(async move { client.get(&path).await })
-        })
-        .collect();
+    let asks = get_on_each(agents.iter().chain([&tracker]), |h| {
+        format!("/v2/app/manifests/v1{}", h.ns())
+    });
     for ask in asks {
         let r = ask.await.unwrap();
         assert_eq!(r.status, StatusCode::OK);

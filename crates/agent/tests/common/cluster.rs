@@ -120,3 +120,17 @@ pub fn init_logs() {
             .try_init();
     }
 }
+
+/// Starts a GET of `path_of(agent)` on each agent, all at once; the responses, in order.
+pub fn get_on_each<'a>(
+    agents: impl IntoIterator<Item = &'a Harness>,
+    path_of: impl Fn(&Harness) -> String,
+) -> Vec<tokio::task::JoinHandle<Resp>> {
+    agents
+        .into_iter()
+        .map(|h| {
+            let (client, path) = (h.client(), path_of(h));
+            tokio::spawn(async move { client.get(&path).await })
+        })
+        .collect()
+}
