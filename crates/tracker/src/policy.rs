@@ -161,6 +161,15 @@ impl Tracker {
             false
         };
         let peers = rank(swarm, &member);
+        // Tell the members already downloading about the newcomer: nodes that start together
+        // trade pieces with each other, not only with the fetcher (docs/tracker.md).
+        for (mid, m) in &swarm.members {
+            if swarm.fetcher != Some(*mid) {
+                let _ = m.tx.send(TrackerReply::Peers {
+                    peers: vec![member.peer.clone()],
+                });
+            }
+        }
         swarm.members.insert(id, member);
         (id, TrackerReply::Assign { fetch, peers })
     }
@@ -305,6 +314,11 @@ mod tests {
         )
     }
 
+    /// Whether a `Fetch` was pushed (the `Peers` pushes about newcomers are skipped).
+    fn told_to_fetch(rx: &mut mpsc::UnboundedReceiver<TrackerReply>) -> bool {
+        std::iter::from_fn(|| rx.try_recv().ok()).any(|r| r == TrackerReply::Fetch)
+    }
+
     fn assign(r: TrackerReply) -> (bool, Vec<Vec<u8>>) {
         match r {
             TrackerReply::Assign { fetch, peers } => (fetch, peers),
@@ -345,12 +359,8 @@ mod tests {
         let (s, mut rs) = member(3, true, "x");
         t.join(d, s, false, false);
         t.leave(&d, id_a, false);
-        assert_eq!(
-            rs.try_recv().ok(),
-            Some(TrackerReply::Fetch),
-            "the seed takes over"
-        );
-        assert!(rb.try_recv().is_err());
+        assert!(told_to_fetch(&mut rs), "the seed takes over");
+        assert!(!told_to_fetch(&mut rb));
         assert!(t.summary()[0].fetching);
     }
 
@@ -363,7 +373,7 @@ mod tests {
         let (b, mut rb) = member(2, false, "x");
         t.join(d, b, false, false);
         t.leave(&d, id_a, true);
-        assert!(rb.try_recv().is_err(), "nobody is told to fetch");
+        assert!(!told_to_fetch(&mut rb), "nobody is told to fetch");
         let (c, _rc) = member(3, false, "x");
         let (_, r) = t.join(d, c, false, false);
         assert_eq!(assign(r), (false, vec![vec![1], vec![2]]));
@@ -404,17 +414,36 @@ mod tests {
         let (f, _rf) = member(3, false, "x");
         let (_, r) = t.join(d, f, true, true);
         assert!(assign(r).0, "the fetcher is back and keeps its job");
-        assert!(ra.try_recv().is_err());
+        assert!(!told_to_fetch(&mut ra));
 
         // Another blob whose fetcher never comes back.
         let d2 = Digest::of(b"other");
         let (a, mut ra) = member(1, false, "x");
         let (id_a, _) = t.join(d2, a, false, true);
         t.progress(&d2, id_a, 3);
-        assert!(ra.try_recv().is_err(), "still within the grace");
+        assert!(!told_to_fetch(&mut ra), "still within the grace");
         tokio::time::advance(REJOIN_GRACE).await;
         t.progress(&d2, id_a, 3);
-        assert_eq!(ra.try_recv().ok(), Some(TrackerReply::Fetch));
+        assert!(told_to_fetch(&mut ra));
+    }
+
+    #[test]
+    fn members_hear_of_newcomers_but_the_fetcher_does_not() {
+        let t = Tracker::new();
+        let d = Digest::of(b"blob");
+        let (f, mut rf) = member(1, false, "x");
+        t.join(d, f, false, false);
+        let (a, mut ra) = member(2, false, "x");
+        t.join(d, a, false, false);
+        let (b, _rb) = member(3, false, "x");
+        t.join(d, b, false, false);
+        assert_eq!(
+            ra.try_recv().ok(),
+            Some(TrackerReply::Peers {
+                peers: vec![vec![3]]
+            })
+        );
+        assert!(rf.try_recv().is_err());
     }
 
     #[test]

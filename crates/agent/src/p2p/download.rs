@@ -24,9 +24,13 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
-/// Piece requests kept outstanding per peer: enough to keep a fast link busy while each piece
-/// is verified and written, few enough that a slow peer does not hold many pieces hostage.
+/// Most piece requests kept outstanding per peer: enough to keep a fast link busy while each
+/// piece is verified and written. A peer gets as many as it delivers in [`PIPELINE_SECONDS`]
+/// (at least one), so a busy or slow peer — the fetcher everyone asks at first — does not
+/// hold pieces hostage that other peers will soon have (docs/tracker.md).
 const REQUESTS_PER_PEER: usize = 4;
+/// How much of a peer's measured rate is kept requested ahead.
+const PIPELINE_SECONDS: f64 = 1.0;
 /// How often providers are looked up again while the download has room for more peers.
 const LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
 /// A peer that ended its session is not dialled again for this long.
@@ -53,6 +57,21 @@ struct Slot {
     has: Option<Bitfield>,
     unchoked: bool,
     outstanding: usize,
+    /// Piece bytes this peer delivered, since its first request.
+    delivered: u64,
+    first_request: Option<Instant>,
+}
+
+impl Slot {
+    /// Requests to keep outstanding: what the peer delivers in [`PIPELINE_SECONDS`].
+    fn pipeline(&self, piece_len: u64) -> usize {
+        let Some(since) = self.first_request else {
+            return 1;
+        };
+        let secs = since.elapsed().as_secs_f64().max(0.05);
+        let ahead = self.delivered as f64 / secs * PIPELINE_SECONDS / piece_len.max(1) as f64;
+        (ahead.ceil() as usize).clamp(1, REQUESTS_PER_PEER)
+    }
 }
 
 /// The state of one blob's peer download.
@@ -69,6 +88,8 @@ pub(crate) struct PeerPhase<'a> {
     /// Pieces received and queued for the writer.
     writing: HashSet<u32>,
     availability: Vec<u16>,
+    /// This node's random order of the pieces (the picker's tie-break).
+    tie_break: Vec<u64>,
     known: u32,
     /// Peers whose hashes were taken into the map: to blame if the blob fails its digest.
     pub map_sources: HashSet<PeerId>,
@@ -98,6 +119,7 @@ impl<'a> PeerPhase<'a> {
             requests: HashMap::new(),
             writing: HashSet::new(),
             availability: Vec::new(),
+            tie_break: Vec::new(),
             known: 0,
             map_sources: HashSet::new(),
             retired: HashMap::new(),
@@ -238,6 +260,8 @@ impl<'a> PeerPhase<'a> {
                     has: None,
                     unchoked: false,
                     outstanding: 0,
+                    delivered: 0,
+                    first_request: None,
                 },
             );
         }
@@ -248,6 +272,7 @@ impl<'a> PeerPhase<'a> {
         self.written = sink.written.take();
         self.known = sink.initial_known;
         self.availability = vec![0; sink.geometry.count() as usize];
+        self.tie_break = random_order(sink.geometry.count());
         for slot in self.slots.values() {
             if let Some(has) = &slot.has {
                 count(&mut self.availability, has, 1);
@@ -386,6 +411,9 @@ impl<'a> PeerPhase<'a> {
             return Ok(());
         };
         let index = piece.index();
+        if let Some(entry) = self.slots.get_mut(&slot) {
+            entry.delivered += piece.bytes().len() as u64;
+        }
         self.forget_request(index, slot);
         for (other, _) in self.requests.remove(&index).unwrap_or_default() {
             if let Some(o) = self.slots.get_mut(&other) {
@@ -483,6 +511,7 @@ impl<'a> PeerPhase<'a> {
             let _ = done.set(*i);
         }
         let now = Instant::now();
+        let peers = self.slots.values().filter(|e| e.has.is_some()).count();
         let mut slots: Vec<usize> = self.slots.keys().copied().collect();
         slots.sort_unstable();
         for slot in slots {
@@ -490,7 +519,7 @@ impl<'a> PeerPhase<'a> {
                 let Some(has) = entry.has.as_ref().filter(|_| entry.unchoked) else {
                     break;
                 };
-                if entry.outstanding >= REQUESTS_PER_PEER {
+                if entry.outstanding >= entry.pipeline(u64::from(sink.geometry.piece_size())) {
                     break;
                 }
                 let state = PickState {
@@ -498,6 +527,8 @@ impl<'a> PeerPhase<'a> {
                     known: self.known,
                     requests: &self.requests,
                     availability: &self.availability,
+                    tie_break: &self.tie_break,
+                    peers,
                     request_timeout: self.p2p.cfg.request_timeout,
                     now,
                 };
@@ -510,6 +541,7 @@ impl<'a> PeerPhase<'a> {
                 self.requests.entry(index).or_default().push((slot, now));
                 if let Some(entry) = self.slots.get_mut(&slot) {
                     entry.outstanding += 1;
+                    entry.first_request.get_or_insert(now);
                 }
             }
         }
@@ -561,6 +593,13 @@ impl<'a> PeerPhase<'a> {
             self.p2p.bans.ban(self.fetch.digest, entry.task.peer, why);
         }
     }
+}
+
+/// A random rank per piece (std's randomly keyed hasher: no extra dependency for a shuffle).
+fn random_order(count: u32) -> Vec<u64> {
+    use std::hash::{BuildHasher, RandomState};
+    let keyed = RandomState::new();
+    (0..count).map(|i| keyed.hash_one(i)).collect()
 }
 
 /// Adds (`delta` 1) or removes (-1) a peer's pieces from the availability counts.

@@ -3,10 +3,15 @@
 //!
 //! The order serves the client reading the blob front to back while keeping the swarm
 //! healthy:
-//! 1. **Streaming window**: the first `window` pieces from the first one still missing (where
-//!    the client is waiting), in order.
-//! 2. **Rarest first** beyond the window: the piece fewest known peers have (ties: lowest
-//!    index), so rare pieces spread before their only holder leaves.
+//! 1. **Streaming window**: the first [`WINDOW`] pieces from the first one still missing (where
+//!    the client is waiting), in order — among those at least two peers hold, when this node
+//!    talks to several. A piece only one peer holds is left to rarest-first then: when a whole
+//!    cluster starts together every node's client waits at the same place, and if they all
+//!    asked the one fetcher for the same next piece nobody would ever hold anything the others
+//!    lack. With a single peer there is nobody to trade with, and the window is in order.
+//! 2. **Rarest first** for everything else: the piece fewest known peers have (ties: this
+//!    node's random order of the pieces), so rare pieces spread before their only holder leaves
+//!    and nodes that start together ask for different pieces.
 //! 3. **Duplicates** when nothing is left unrequested: a piece requested from another peer
 //!    longer than the request timeout ago, or, in end-game (every missing piece requested and
 //!    at most [`END_GAME_PIECES`] missing), the piece with the fewest copies requested, at most
@@ -25,8 +30,9 @@ pub(crate) const MAX_COPIES: usize = 2;
 /// and duplicating every request then would double the bytes sent.
 pub(crate) const END_GAME_PIECES: u32 = 4;
 
-/// Pieces of the streaming window.
-pub(crate) const WINDOW: u32 = 8;
+/// Pieces of the streaming window (see the module docs for why it yields to rarest-first when
+/// a piece has a single holder: measured with `examples/swarm_bound.rs`, docs/tracker.md).
+pub(crate) const WINDOW: u32 = 4;
 
 /// What the download knows when it picks, borrowed from its state.
 pub(crate) struct PickState<'a> {
@@ -38,6 +44,12 @@ pub(crate) struct PickState<'a> {
     pub requests: &'a HashMap<u32, Vec<(usize, Instant)>>,
     /// How many connected peers have each piece.
     pub availability: &'a [u16],
+    /// Peers whose pieces are known: with fewer than two there is nobody to trade with, and
+    /// the window is taken in order whoever holds it.
+    pub peers: usize,
+    /// This node's random order of the pieces, to break ties: nodes that all lack the same
+    /// pieces ask for different ones, and then have something to trade.
+    pub tie_break: &'a [u64],
     pub request_timeout: Duration,
     pub now: Instant,
 }
@@ -56,12 +68,21 @@ pub(crate) fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Optio
     let unrequested = |i: &u32| s.requests.get(i).is_none_or(|r| r.is_empty());
     let first_missing = s.done.iter_missing().next()?;
     let window_end = first_missing.saturating_add(WINDOW).min(count);
-    if let Some(i) = (first_missing..window_end).find(|i| wanted(i) && unrequested(i)) {
+    let spread = |i: &u32| s.peers < 2 || s.availability.get(*i as usize).is_some_and(|a| *a >= 2);
+    if let Some(i) = (first_missing..window_end).find(|i| wanted(i) && unrequested(i) && spread(i))
+    {
         return Some(i);
     }
-    let rarest = (window_end..count)
+    let rarest = (first_missing..count)
         .filter(|i| wanted(i) && unrequested(i))
-        .min_by_key(|i| (s.availability.get(*i as usize).copied().unwrap_or(0), *i));
+        .min_by_key(|i| {
+            let at = *i as usize;
+            (
+                s.availability.get(at).copied().unwrap_or(0),
+                s.tie_break.get(at).copied().unwrap_or(0),
+                *i,
+            )
+        });
     if rarest.is_some() {
         return rarest;
     }
@@ -99,6 +120,8 @@ mod tests {
         done: Bitfield,
         requests: HashMap<u32, Vec<(usize, Instant)>>,
         availability: Vec<u16>,
+        tie_break: Vec<u64>,
+        peers: usize,
         known: u32,
         now: Instant,
     }
@@ -109,6 +132,8 @@ mod tests {
                 done: field(count, &[]),
                 requests: HashMap::new(),
                 availability: vec![1; count as usize],
+                tie_break: vec![0; count as usize],
+                peers: 3,
                 known: count,
                 now: Instant::now(),
             }
@@ -120,6 +145,8 @@ mod tests {
                     known: self.known,
                     requests: &self.requests,
                     availability: &self.availability,
+                    tie_break: &self.tie_break,
+                    peers: self.peers,
                     request_timeout: Duration::from_secs(10),
                     now: self.now,
                 },
@@ -132,21 +159,60 @@ mod tests {
     #[test]
     fn window_first_in_order_then_rarest() {
         let mut f = Fixture::new(40);
+        f.availability = vec![2; 40];
+        f.tie_break = (0..40).rev().collect();
         let all = field(40, &(0..40).collect::<Vec<_>>());
         f.done = field(40, &[0, 1]);
-        assert_eq!(f.pick(0, &all), Some(2), "first missing piece");
-        for i in 2..10 {
+        assert_eq!(f.pick(0, &all), Some(2), "the client's next piece");
+        for i in 2..6 {
             f.requests.insert(i, vec![(1, f.now)]);
         }
-        f.availability[30] = 0;
-        f.availability[25] = 0;
+        f.availability[30] = 1;
+        f.availability[25] = 1;
         assert_eq!(
             f.pick(0, &all),
-            Some(25),
-            "beyond the window: rarest, lowest index"
+            Some(30),
+            "beyond the window: rarest, own order"
         );
         let only_12 = field(40, &[12]);
         assert_eq!(f.pick(0, &only_12), Some(12), "only what the peer has");
+    }
+
+    #[test]
+    fn a_window_piece_with_a_single_holder_yields_to_the_nodes_own_order() {
+        let mut f = Fixture::new(10);
+        let all = field(10, &(0..10).collect::<Vec<_>>());
+        f.tie_break = vec![5, 6, 7, 8, 9, 1, 2, 0, 3, 4];
+        assert_eq!(
+            f.pick(0, &all),
+            Some(7),
+            "everyone at the start: spread out"
+        );
+        f.availability[0] = 2;
+        assert_eq!(
+            f.pick(0, &all),
+            Some(0),
+            "held twice: the client's next piece first"
+        );
+        f.availability[0] = 1;
+        f.peers = 1;
+        assert_eq!(f.pick(0, &all), Some(0), "a single peer: stream in order");
+    }
+
+    #[test]
+    fn ties_beyond_the_window_follow_the_nodes_own_order() {
+        let mut f = Fixture::new(10);
+        f.availability = vec![2; 10];
+        let all = field(10, &(0..10).collect::<Vec<_>>());
+        f.done = field(10, &[0, 1]);
+        for i in 2..6 {
+            f.requests.insert(i, vec![(1, f.now)]);
+        }
+        f.tie_break = vec![9, 9, 9, 9, 9, 9, 3, 0, 2, 1];
+        assert_eq!(f.pick(0, &all), Some(7));
+        f.tie_break[9] = 0;
+        f.tie_break[7] = 1;
+        assert_eq!(f.pick(0, &all), Some(9));
     }
 
     #[test]

@@ -399,15 +399,23 @@ pub(crate) async fn resolve_tag(
         name: route.name.as_str().to_string(),
         tag: tag.to_string(),
     };
+    // A stream that breaks is tried again (libp2p-stream drops inbound streams in a burst,
+    // and every node asks at the same moment during a rollout); the whole is bounded.
     let answer = timeout(RESOLVE_TIMEOUT, async {
-        let stream = p2p
-            .node
-            .open_stream_on(tracker, TRACKER_PROTOCOL)
-            .await
-            .ok()?;
-        let (mut r, mut w) = tokio::io::split(stream.compat());
-        write_tracker_request(&mut w, &req).await.ok()?;
-        read_tracker_reply(&mut r).await.ok()?
+        for delay in JOIN_BACKOFF {
+            tokio::time::sleep(delay).await;
+            let Ok(stream) = p2p.node.open_stream_on(tracker, TRACKER_PROTOCOL).await else {
+                return None;
+            };
+            let (mut r, mut w) = tokio::io::split(stream.compat());
+            if write_tracker_request(&mut w, &req).await.is_err() {
+                continue;
+            }
+            if let Ok(Some(reply)) = read_tracker_reply(&mut r).await {
+                return Some(reply);
+            }
+        }
+        None
     })
     .await
     .ok()
