@@ -1,7 +1,7 @@
 //! `pollen preheat`: asks the local agent (its admin endpoint) to have the seeds, or every
 //! agent, fetch an image's blobs before a rollout, and shows the progress as it comes.
 
-use crate::status::{admin_addr, human, DEFAULT_ADMIN};
+use crate::status::{client_setup, human};
 use clap::Args;
 use pollen_agent::PreheatEvent;
 use std::collections::BTreeMap;
@@ -35,22 +35,9 @@ pub struct PreheatArgs {
 }
 
 pub fn run(args: PreheatArgs) -> ExitCode {
-    let addr = match admin_addr(args.admin.as_deref().unwrap_or(DEFAULT_ADMIN)) {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("pollen: invalid --admin: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pollen: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (addr, runtime) = match client_setup(args.admin.as_deref()) {
+        Ok(setup) => setup,
+        Err(code) => return code,
     };
     match runtime.block_on(preheat(&addr, &args)) {
         Ok(true) => ExitCode::SUCCESS,

@@ -36,23 +36,27 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-pub fn run(args: StatusArgs) -> ExitCode {
-    let addr = match admin_addr(args.admin.as_deref().unwrap_or(DEFAULT_ADMIN)) {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("pollen: invalid --admin: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// What a command that talks to an agent's admin endpoint starts with: the address (from
+/// `--admin`, checked) and a single-threaded runtime; or the exit code, the reason printed.
+pub fn client_setup(admin: Option<&str>) -> Result<(String, tokio::runtime::Runtime), ExitCode> {
+    let addr = admin_addr(admin.unwrap_or(DEFAULT_ADMIN)).map_err(|msg| {
+        eprintln!("pollen: invalid --admin: {msg}");
+        ExitCode::from(2)
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("pollen: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })?;
+    Ok((addr, runtime))
+}
+
+pub fn run(args: StatusArgs) -> ExitCode {
+    let (addr, runtime) = match client_setup(args.admin.as_deref()) {
+        Ok(setup) => setup,
+        Err(code) => return code,
     };
     let samples = match runtime.block_on(sample_twice(&addr)) {
         Ok(s) => s,

@@ -9,13 +9,13 @@
 
 use super::peer_task::{FromPeer, PeerTask, ToPeer};
 use super::picker::{pick, PickState};
+use super::slot::{count, random_order, Slot};
 use super::tracker::{Assignment, TrackerLink};
 use super::P2p;
 use crate::blobs::BlobFetch;
 use crate::error::FetchError;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use pollen_peer::{Event, Have, SessionError};
-use pollen_proto::Bitfield;
 use pollen_proto::{HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
 use std::collections::{HashMap, HashSet};
@@ -24,13 +24,6 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
-/// Most piece requests kept outstanding per peer: enough to keep a fast link busy while each
-/// piece is verified and written. A peer gets as many as it delivers in [`PIPELINE_SECONDS`]
-/// (at least one), so a busy or slow peer — the fetcher everyone asks at first — does not
-/// hold pieces hostage that other peers will soon have (docs/tracker.md).
-const REQUESTS_PER_PEER: usize = 4;
-/// How much of a peer's measured rate is kept requested ahead.
-const PIPELINE_SECONDS: f64 = 1.0;
 /// How often providers are looked up again while the download has room for more peers.
 const LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
 /// A peer that ended its session is not dialled again for this long.
@@ -50,28 +43,6 @@ pub(crate) enum PeerOutcome {
     Complete,
     /// The upstream must supply what is missing, because of this.
     Fallback(String),
-}
-
-struct Slot {
-    task: PeerTask,
-    has: Option<Bitfield>,
-    unchoked: bool,
-    outstanding: usize,
-    /// Piece bytes this peer delivered, since its first request.
-    delivered: u64,
-    first_request: Option<Instant>,
-}
-
-impl Slot {
-    /// Requests to keep outstanding: what the peer delivers in [`PIPELINE_SECONDS`].
-    fn pipeline(&self, piece_len: u64) -> usize {
-        let Some(since) = self.first_request else {
-            return 1;
-        };
-        let secs = since.elapsed().as_secs_f64().max(0.05);
-        let ahead = self.delivered as f64 / secs * PIPELINE_SECONDS / piece_len.max(1) as f64;
-        (ahead.ceil() as usize).clamp(1, REQUESTS_PER_PEER)
-    }
 }
 
 /// The state of one blob's peer download.
@@ -591,26 +562,6 @@ impl<'a> PeerPhase<'a> {
         if let Some(entry) = self.slots.get(&slot) {
             self.fetch.ctx.metrics.peer_bans.inc();
             self.p2p.bans.ban(self.fetch.digest, entry.task.peer, why);
-        }
-    }
-}
-
-/// A random rank per piece (std's randomly keyed hasher: no extra dependency for a shuffle).
-fn random_order(count: u32) -> Vec<u64> {
-    use std::hash::{BuildHasher, RandomState};
-    let keyed = RandomState::new();
-    (0..count).map(|i| keyed.hash_one(i)).collect()
-}
-
-/// Adds (`delta` 1) or removes (-1) a peer's pieces from the availability counts.
-fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
-    for i in has.iter_ones() {
-        if let Some(a) = availability.get_mut(i as usize) {
-            *a = if delta > 0 {
-                a.saturating_add(1)
-            } else {
-                a.saturating_sub(1)
-            };
         }
     }
 }

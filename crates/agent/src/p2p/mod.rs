@@ -14,6 +14,7 @@ mod download;
 pub(crate) mod manifest;
 mod peer_task;
 mod picker;
+mod slot;
 mod source;
 pub(crate) mod tracker;
 

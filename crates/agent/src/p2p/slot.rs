@@ -1,0 +1,57 @@
+//! One peer of a blob's download as the download loop sees it, and the bookkeeping over all of
+//! them (piece availability, this node's random piece order).
+
+use super::peer_task::PeerTask;
+use pollen_proto::Bitfield;
+use tokio::time::Instant;
+
+/// Most piece requests kept outstanding per peer: enough to keep a fast link busy while each
+/// piece is verified and written. A peer gets as many as it delivers in [`PIPELINE_SECONDS`]
+/// (at least one), so a busy or slow peer — the fetcher everyone asks at first — does not
+/// hold pieces hostage that other peers will soon have (docs/tracker.md).
+const REQUESTS_PER_PEER: usize = 4;
+/// How much of a peer's measured rate is kept requested ahead.
+const PIPELINE_SECONDS: f64 = 1.0;
+
+/// One peer's session in the download.
+pub(crate) struct Slot {
+    pub task: PeerTask,
+    pub has: Option<Bitfield>,
+    pub unchoked: bool,
+    pub outstanding: usize,
+    /// Piece bytes this peer delivered, since its first request.
+    pub delivered: u64,
+    pub first_request: Option<Instant>,
+}
+
+impl Slot {
+    /// Requests to keep outstanding: what the peer delivers in [`PIPELINE_SECONDS`].
+    pub fn pipeline(&self, piece_len: u64) -> usize {
+        let Some(since) = self.first_request else {
+            return 1;
+        };
+        let secs = since.elapsed().as_secs_f64().max(0.05);
+        let ahead = self.delivered as f64 / secs * PIPELINE_SECONDS / piece_len.max(1) as f64;
+        (ahead.ceil() as usize).clamp(1, REQUESTS_PER_PEER)
+    }
+}
+
+/// A random rank per piece (std's randomly keyed hasher: no extra dependency for a shuffle).
+pub(crate) fn random_order(count: u32) -> Vec<u64> {
+    use std::hash::{BuildHasher, RandomState};
+    let keyed = RandomState::new();
+    (0..count).map(|i| keyed.hash_one(i)).collect()
+}
+
+/// Adds (`delta` 1) or removes (-1) a peer's pieces from the availability counts.
+pub(crate) fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
+    for i in has.iter_ones() {
+        if let Some(a) = availability.get_mut(i as usize) {
+            *a = if delta > 0 {
+                a.saturating_add(1)
+            } else {
+                a.saturating_sub(1)
+            };
+        }
+    }
+}
