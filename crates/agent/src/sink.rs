@@ -12,11 +12,14 @@ use pollen_peer::PieceState;
 use pollen_proto::{Bitfield, HashedPiece, PieceGeometry, PieceMap};
 use pollen_store::{Blob, Partial, StoreError};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Operations queued between the network and the disk writer (each at most a socket read or
 /// one piece).
 const WRITE_QUEUE: usize = 16;
+/// Bytes queued for the writer at most (in KiB): bounds memory when pieces (up to 64 MiB each)
+/// arrive faster than the disk takes them; the senders wait instead.
+const WRITE_BUDGET_KIB: usize = 32 << 10;
 /// Most bytes written before readers are told about them.
 const PUBLISH_BATCH: usize = 1 << 20;
 
@@ -64,7 +67,8 @@ pub(crate) enum Written {
 }
 
 pub(crate) struct Sink {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::Sender<(Op, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
     /// Where the upstream bytes go next (the append cursor, as sent to the writer).
     pub sent: u64,
     pub geometry: PieceGeometry,
@@ -109,10 +113,12 @@ impl Sink {
         };
         w.publish();
         inflight.set_share(share.clone());
-        let (tx, mut rx) = mpsc::channel::<Op>(WRITE_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(Op, OwnedSemaphorePermit)>(WRITE_QUEUE);
+        let budget = Arc::new(Semaphore::new(WRITE_BUDGET_KIB));
         let (done_tx, written) = mpsc::unbounded_channel();
         let writer = tokio::task::spawn_blocking(move || {
-            while let Some(op) = rx.blocking_recv() {
+            // Each op's share of the budget is released once it is applied.
+            while let Some((op, _permit)) = rx.blocking_recv() {
                 let mut result = w.apply(op, &done_tx);
                 // Drain what else has arrived before telling readers and peers: one wake-up
                 // per batch instead of per chunk.
@@ -122,7 +128,9 @@ impl Sink {
                     if batched >= PUBLISH_BATCH {
                         break;
                     }
-                    let Ok(more) = rx.try_recv() else { break };
+                    let Ok((more, _permit)) = rx.try_recv() else {
+                        break;
+                    };
                     result = w.apply(more, &done_tx);
                 }
                 if let Err(e) = result {
@@ -137,6 +145,7 @@ impl Sink {
         });
         Sink {
             tx,
+            budget,
             sent,
             geometry,
             have,
@@ -151,7 +160,18 @@ impl Sink {
     /// Queues an operation; `false` when the writer has stopped (its error comes from
     /// [`Sink::finish`] or [`Sink::suspend`]).
     pub async fn send(&self, op: Op) -> bool {
-        self.tx.send(op).await.is_ok()
+        let kib = match &op {
+            Op::Append(b) => b.len(),
+            Op::Piece { piece, .. } => piece.bytes().len(),
+            Op::Hashes { hashes, .. } => hashes.len() * 32,
+            Op::Seek(_) => 0,
+        }
+        .div_ceil(1024)
+        .clamp(1, WRITE_BUDGET_KIB) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(kib).await else {
+            return false;
+        };
+        self.tx.send((op, permit)).await.is_ok()
     }
 
     async fn join(self) -> Result<(Partial, watch::Sender<Progress>, Arc<PieceShare>), FetchError> {

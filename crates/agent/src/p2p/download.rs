@@ -128,8 +128,19 @@ impl<'a> PeerPhase<'a> {
                     "the tracker handed this node the fetch".into(),
                 ));
             }
+            // A peer whose stream just failed to open is tried again shortly (libp2p-stream
+            // drops streams in a burst): only with none of those either is nobody left.
+            let soon = self
+                .retired
+                .values()
+                .filter(|until| **until <= Instant::now() + RETRY_UNREACHABLE)
+                .min()
+                .copied();
             if self.slots.is_empty() && self.writing.is_empty() && !self.coordinated {
-                return Ok(PeerOutcome::Fallback("no peer left to ask".into()));
+                match soon {
+                    Some(at) => next_lookup = next_lookup.min(at),
+                    None => return Ok(PeerOutcome::Fallback("no peer left to ask".into())),
+                }
             }
             if self.last_progress.elapsed() >= stall {
                 return Ok(PeerOutcome::Fallback(format!(
