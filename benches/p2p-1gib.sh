@@ -67,12 +67,7 @@ die() { lib_log "p2p-1gib: $*"; exit 1; }
 
 # ---------------------------------------------------------------- setup
 lib_ensure_tools docker-registry=docker-registry curl=curl jq=jq ss=iproute2 || die "required tools are missing"
-if [ -z "${POLLEN_BIN:-}" ]; then
-    POLLEN_BIN="$(lib_target_dir "$REPO")/release/pollen"
-    lib_log "building the release binary: cargo build --release -j2 -p pollen"
-    (cd "$REPO" && cargo build --release -j2 -p pollen) >&2 || die "cargo build --release failed"
-fi
-[ -x "$POLLEN_BIN" ] || die "agent binary not found: $POLLEN_BIN"
+lib_release_pollen "$REPO" || die "no agent binary: cargo build --release failed or ${POLLEN_BIN:-POLLEN_BIN} is missing"
 "$POLLEN_BIN" agent --help | grep -q -- '--p2p-listen' || die "$POLLEN_BIN has no --p2p-listen flag"
 
 T=$(mktemp -d /tmp/pollen-p2p-bench.XXXXXX)

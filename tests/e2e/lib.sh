@@ -244,6 +244,17 @@ lib_target_dir() {
     case "$t" in /*) printf '%s\n' "$t" ;; *) printf '%s\n' "$1/$t" ;; esac
 }
 
+# lib_release_pollen REPO: sets POLLEN_BIN to the release agent binary, building it unless
+# POLLEN_BIN is set already; returns non-zero when there is no binary.
+lib_release_pollen() {
+    if [ -z "${POLLEN_BIN:-}" ]; then
+        POLLEN_BIN="$(lib_target_dir "$1")/release/pollen"
+        lib_log "building the release binary: cargo build --release -j2 -p pollen"
+        (cd "$1" && cargo build --release -j2 -p pollen) >&2 || return 1
+    fi
+    [ -x "$POLLEN_BIN" ]
+}
+
 # lib_sha256_file FILE: prints the hex sha256 of FILE.
 lib_sha256_file() { sha256sum "$1" | cut -d' ' -f1; }
 
