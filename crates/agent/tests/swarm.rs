@@ -411,3 +411,42 @@ async fn content_fetched_with_a_clients_credentials_is_not_shared() {
     let r = b.get(&blob_path(&b, &digest)).await;
     assert_ne!(r.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_evicted_blob_stops_being_announced() {
+    let reg = TestRegistry::start().await.unwrap();
+    // Room for one 3 MiB blob: fetching the second evicts the first.
+    let a = member_with(
+        &reg,
+        agent_config(&reg),
+        None,
+        tempfile::tempdir().unwrap(),
+        5 << 20,
+    )
+    .await;
+    let b = member(&reg, agent_config(&reg), Some(&a)).await;
+    let (x, y) = (random_bytes(3 * PIECE, 20), random_bytes(3 * PIECE, 21));
+    let (dx, dy) = (
+        reg.add_blob("app", x.clone()),
+        reg.add_blob("app", y.clone()),
+    );
+    let a_id = node(&a).peer_id();
+    let d: pollen_oci::Digest = dx.parse().unwrap();
+    assert_eq!(a.get(&blob_path(&a, &dx)).await.bytes(), &x);
+    a.wait_stored(&dx).await;
+    eventually("A to be named for X", || async {
+        node(&b).find_providers(&d).await.unwrap().contains(&a_id)
+    })
+    .await;
+    assert_eq!(a.get(&blob_path(&a, &dy)).await.bytes(), &y);
+    a.wait_stored(&dy).await;
+    assert!(
+        !a.agent.store().contains(pollen_store::Kind::Blob, &d),
+        "X was evicted"
+    );
+    // Withdrawn at A's next reconcile; records held elsewhere expire with the (test) TTL.
+    eventually("A to stop being named for X", || async {
+        !node(&b).find_providers(&d).await.unwrap().contains(&a_id)
+    })
+    .await;
+}

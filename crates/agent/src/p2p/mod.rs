@@ -99,6 +99,8 @@ pub(crate) struct P2p {
     pub uploads: Arc<UploadLimits>,
     pub downloads: RateLimiter,
     pub bans: Bans,
+    /// Content this node announces (blobs and manifests, complete or in flight).
+    pub provided: dashmap::DashSet<Digest>,
     /// The tracker role, when this node has it.
     pub tracker: Option<Arc<pollen_tracker::Tracker>>,
     pub directory: tracker::Directory,
@@ -110,6 +112,7 @@ impl P2p {
             uploads: Arc::new(UploadLimits::new(cfg.max_upload_sessions, cfg.upload_limit)),
             downloads: RateLimiter::new(cfg.download_limit),
             bans: Bans::new(cfg.ban_duration),
+            provided: dashmap::DashSet::new(),
             tracker: cfg
                 .tracker
                 .then(|| Arc::new(pollen_tracker::Tracker::new())),
@@ -119,18 +122,25 @@ impl P2p {
         }
     }
 
-    /// Announces the blob in the background: a failed announcement only means fewer peers
-    /// find us, and the periodic reconcile retries it.
+    /// Announces content in the background (a failed announcement only means fewer peers find
+    /// us) and remembers it, so the reconcile withdraws it once the store no longer has it.
     pub fn provide(&self, digest: Digest) {
+        self.provided.insert(digest);
+        self.announce(digest);
+    }
+
+    /// Announces a role key (tracker, seed): not content, never withdrawn by the reconcile.
+    pub fn announce(&self, key: Digest) {
         let node = self.node.clone();
         tokio::spawn(async move {
-            if let Err(e) = node.provide(&digest).await {
-                debug!(%digest, error = %e, "announcing a blob failed");
+            if let Err(e) = node.provide(&key).await {
+                debug!(%key, error = %e, "announcing failed");
             }
         });
     }
 
     pub fn unprovide(&self, digest: Digest) {
+        self.provided.remove(&digest);
         let node = self.node.clone();
         tokio::spawn(async move {
             if let Err(e) = node.unprovide(&digest).await {
@@ -204,7 +214,6 @@ pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
 /// manifest at start and each new one, withdraws evicted ones.
 pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
     let Some(p2p) = ctx.p2p.as_ref() else { return };
-    let mut announced = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
     loop {
         tick.tick().await;
@@ -214,19 +223,28 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
         };
         let mut now: std::collections::HashSet<Digest> = now.into_iter().collect();
         now.retain(|d| !ctx.private.contains(d));
-        let fresh: Vec<_> = now.difference(&announced).copied().collect();
+        let fresh: Vec<_> = now
+            .iter()
+            .filter(|d| !p2p.provided.contains(*d))
+            .copied()
+            .collect();
         for d in &fresh {
             p2p.provide(*d);
         }
-        for d in announced.difference(&now) {
-            if !ctx.blobs.contains_key(d) {
-                p2p.unprovide(*d);
-            }
+        // Announced at download start or here, and gone from the store since (evicted, or the
+        // download failed): withdraw.
+        let gone: Vec<Digest> = p2p
+            .provided
+            .iter()
+            .map(|d| *d)
+            .filter(|d| !now.contains(d) && !ctx.blobs.contains_key(d))
+            .collect();
+        for d in gone {
+            p2p.unprovide(d);
         }
         if !fresh.is_empty() {
             info!(blobs = fresh.len(), "announced blobs to peers");
         }
-        announced = now;
     }
 }
 
@@ -239,7 +257,7 @@ pub(crate) fn seed_key() -> pollen_oci::Digest {
 /// stops.
 pub(crate) async fn tracker_loop(ctx: Arc<crate::Ctx>) {
     if let Some(p2p) = ctx.p2p.as_ref().filter(|p| p.cfg.seed) {
-        p2p.provide(seed_key());
+        p2p.announce(seed_key());
     }
     let Some((p2p, tracker)) = ctx.p2p.as_ref().and_then(|p| Some((p, p.tracker.clone()?))) else {
         return;
@@ -251,7 +269,7 @@ pub(crate) async fn tracker_loop(ctx: Arc<crate::Ctx>) {
             return;
         }
     };
-    p2p.provide(tracker::tracker_key());
+    p2p.announce(tracker::tracker_key());
     info!("tracker role on: coordinating blobs for other agents");
     while let Some((peer, stream)) = incoming.next().await {
         let tracker = tracker.clone();

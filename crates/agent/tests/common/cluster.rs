@@ -33,6 +33,17 @@ pub async fn member_in(
     to: Option<&Harness>,
     dir: tempfile::TempDir,
 ) -> Harness {
+    member_with(reg, cfg, to, dir, 1 << 30).await
+}
+
+/// [`member_in`] with a cache quota of `quota` bytes.
+pub async fn member_with(
+    reg: &TestRegistry,
+    cfg: AgentConfig,
+    to: Option<&Harness>,
+    dir: tempfile::TempDir,
+    quota: u64,
+) -> Harness {
     init_logs();
     let mut swarm = SwarmConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -46,7 +57,7 @@ pub async fn member_in(
         swarm.bootstrap = vec![Bootstrap::Addr(addr)];
     }
     let n = Node::start(dir.path(), swarm).await.expect("swarm starts");
-    let h = Harness::with_swarm(reg.clone(), cfg, dir, 1 << 30, Some(n)).await;
+    let h = Harness::with_swarm(reg.clone(), cfg, dir, quota, Some(n)).await;
     if let Some(first) = to {
         let want = node(first).peer_id();
         // Connected, and A in the routing table (identify has run), so lookups ask it.
