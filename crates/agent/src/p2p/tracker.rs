@@ -21,6 +21,9 @@ use tracing::debug;
 
 /// How long the list of live trackers is reused before it is looked up again.
 const DIRECTORY_TTL: Duration = Duration::from_secs(10);
+/// How long "no tracker" is believed: short, so a tracker that just started is found soon, but
+/// a cluster without trackers does not pay a lookup for every blob it fetches.
+const NO_TRACKER_TTL: Duration = Duration::from_secs(1);
 /// The bound on joining: opening the stream, `Join`, `Assign`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waits before each try to join one tracker.
@@ -58,7 +61,14 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .filter(|(at, _)| at.elapsed() < DIRECTORY_TTL);
+            .filter(|(at, list)| {
+                at.elapsed()
+                    < if list.is_empty() {
+                        NO_TRACKER_TTL
+                    } else {
+                        DIRECTORY_TTL
+                    }
+            });
         let mut list = match cached {
             Some((_, list)) => list,
             None => {
@@ -67,11 +77,8 @@ impl Directory {
                     .find_providers(&tracker_key())
                     .await
                     .unwrap_or_default();
-                // An empty answer is not kept: a tracker that just started is found next time.
-                if !list.is_empty() {
-                    *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((Instant::now(), list.clone()));
-                }
+                *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), list.clone()));
                 list
             }
         };
