@@ -306,3 +306,13 @@ lib_median() {
 
 # lib_minmax FILE COLUMN: "min max" of a column of numbers.
 lib_minmax() { awk -v c="$2" '{ print $c }' "$1" | sort -g | sed -n '1p;$p' | paste -sd' '; }
+
+# pass/fail/check: the e2e's verdict lines, counted in PASSED and FAILED (the caller sets both
+# to 0 first). check DESCRIPTION CMD [ARG...] runs CMD and counts a pass or a failure.
+pass() { PASSED=$((PASSED + 1)); printf '  ok   %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf '  FAIL %s\n' "$*"; }
+check() {
+    local desc=$1
+    shift
+    if "$@"; then pass "$desc"; else fail "$desc"; return 1; fi
+}

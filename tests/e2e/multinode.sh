@@ -487,13 +487,6 @@ mn_standalone() {
     PASSED=0
     FAILED=0
     T=""
-    pass() { PASSED=$((PASSED + 1)); printf '  ok   %s\n' "$*"; }
-    fail() { FAILED=$((FAILED + 1)); printf '  FAIL %s\n' "$*"; }
-    check() {
-        local desc=$1
-        shift
-        if "$@"; then pass "$desc"; else fail "$desc"; return 1; fi
-    }
     die() {
         echo "e2e: $*" >&2
         exit 1

@@ -49,14 +49,6 @@ AGENT_LOG=""
 REGISTRY_PID=""
 AGENT_PID=""
 
-pass() { PASSED=$((PASSED + 1)); printf '  ok   %s\n' "$*"; }
-fail() { FAILED=$((FAILED + 1)); printf '  FAIL %s\n' "$*"; }
-# check DESCRIPTION CMD [ARG...]: runs CMD, counts a pass or a failure.
-check() {
-    local desc=$1
-    shift
-    if "$@"; then pass "$desc"; else fail "$desc"; return 1; fi
-}
 
 on_error() {
     printf 'e2e: unexpected error (exit %s) at line %s: %s\n' "$1" "$2" "$3" >&2
