@@ -366,6 +366,7 @@ impl BlobFetch<'_> {
                     sink.insert(self.start_sink(geometry).await?)
                 }
             };
+            s.spread_as_fetcher();
             let size = s.geometry.size();
             if resp.status == StatusCode::OK && content_length(&resp) != Some(size) {
                 return Err(FetchError::Upstream(format!(

@@ -8,7 +8,7 @@ use crate::blobs::{Inflight, Progress, Recent};
 use crate::error::FetchError;
 use crate::p2p::PieceShare;
 use bytes::Bytes;
-use pollen_peer::PieceState;
+use pollen_peer::{PieceState, Spread};
 use pollen_proto::{Bitfield, HashedPiece, PieceGeometry, PieceMap};
 use pollen_store::{Blob, Partial, StoreError};
 use std::sync::Arc;
@@ -92,6 +92,7 @@ impl Sink {
             geometry,
             state: watch::channel(PieceState::empty(&geometry)).0,
             file: partial.file().clone(),
+            spread: Spread::new(geometry),
         });
         let progress = inflight.progress().clone();
         progress.send_replace(Progress::Streaming {
@@ -155,6 +156,12 @@ impl Sink {
             share,
             writer,
         }
+    }
+
+    /// This node appends the blob from the upstream: its new pieces go to one peer each
+    /// first (super-seeding, `pollen_peer::Spread`).
+    pub fn spread_as_fetcher(&self) {
+        self.share.spread.set_active(true);
     }
 
     /// Queues an operation; `false` when the writer has stopped (its error comes from

@@ -43,6 +43,7 @@ mod limits;
 mod serve;
 mod session;
 mod source;
+mod spread;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -54,6 +55,7 @@ pub use limits::{RateLimiter, UploadLimits, DEFAULT_MAX_UPLOAD_SESSIONS};
 pub use serve::{serve, ServeEnd, ServeSummary};
 pub use session::{Event, Have, RequestError, Session};
 pub use source::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState};
+pub use spread::Spread;
 
 use pollen_proto::{PartialPieceMap, PieceMap};
 

@@ -7,6 +7,7 @@
 //! an uploader that is busy writing a piece only needs the *latest* state when it is next free:
 //! several new pieces become one `HaveMore`.
 
+use crate::spread::Spread;
 use bytes::Bytes;
 use pollen_oci::Digest;
 use pollen_proto::{Bitfield, PieceGeometry, PieceMapId};
@@ -41,6 +42,7 @@ pub struct BlobView {
     pub(crate) geometry: PieceGeometry,
     pub(crate) state: watch::Receiver<PieceState>,
     pub(crate) reader: Arc<dyn PieceReader>,
+    pub(crate) spread: Option<Arc<Spread>>,
 }
 
 impl BlobView {
@@ -55,7 +57,15 @@ impl BlobView {
             geometry,
             state,
             reader,
+            spread: None,
         }
+    }
+
+    /// Shares `spread` with the blob's other sessions: while it is active, each new piece is
+    /// announced to one peer first (super-seeding, see [`Spread`]).
+    pub fn with_spread(mut self, spread: Arc<Spread>) -> BlobView {
+        self.spread = Some(spread);
+        self
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::Ctx;
 use bytes::BytesMut;
 use pollen_oci::{Digest, MAX_MANIFEST_BYTES};
-use pollen_peer::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState};
+use pollen_peer::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState, Spread};
 use pollen_proto::{PieceGeometry, PieceMap};
 use pollen_store::{Blob, Kind};
 use std::fs::File;
@@ -17,6 +17,9 @@ pub(crate) struct PieceShare {
     pub geometry: PieceGeometry,
     pub state: watch::Sender<PieceState>,
     pub file: Arc<File>,
+    /// Super-seeding across this blob's upload sessions, on while this node fetches it from
+    /// the upstream.
+    pub spread: Arc<Spread>,
 }
 
 /// The agent's [`PieceSource`]: blobs in flight first (their pieces are servable as soon as
@@ -59,11 +62,10 @@ impl PieceSource for StoreSource {
                 geometry: share.geometry,
                 _pin: None,
             };
-            return Some(BlobView::new(
-                share.geometry,
-                share.state.subscribe(),
-                Arc::new(reader),
-            ));
+            return Some(
+                BlobView::new(share.geometry, share.state.subscribe(), Arc::new(reader))
+                    .with_spread(share.spread.clone()),
+            );
         }
         let (blob, map) = match self.ctx.store.get(Kind::Blob, digest) {
             // Every blob committed through a partial download has its map beside it; one

@@ -26,6 +26,8 @@ pub(super) struct PieceJob {
 pub(super) struct Sent {
     pub(super) bytes: u64,
     pub(super) pieces: u64,
+    /// The piece written whole, if the job had one.
+    pub(super) piece: Option<u32>,
 }
 
 /// Why a job failed.
@@ -87,6 +89,7 @@ where
         }
         within(stall, w.flush()).await?;
         sent.pieces = 1;
+        sent.piece = Some(piece.index);
         limits.count_sent(0, 1);
     }
     if close {

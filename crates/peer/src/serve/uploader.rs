@@ -9,6 +9,7 @@ use crate::config::{after, SessionConfig};
 use crate::error::SessionError;
 use crate::limits::{QueuePlace, UploadLimits};
 use crate::source::{BlobView, PieceReader, PieceState};
+use crate::spread::Seat;
 use pollen_proto::{
     read_request, ErrorCode, PieceGeometry, ProtoError, Reply, Request, MAX_OUTSTANDING_REQUESTS,
 };
@@ -62,6 +63,9 @@ pub(super) struct Uploader {
     geometry: PieceGeometry,
     ann: Announcer,
     state: watch::Receiver<PieceState>,
+    /// This session's place in the blob's super-seeding, and when its view next widens.
+    seat: Option<Seat>,
+    reveal_at: Option<Instant>,
     reader: Arc<dyn PieceReader>,
     limits: Arc<UploadLimits>,
     cfg: SessionConfig,
@@ -92,6 +96,8 @@ impl Uploader {
             ann: Announcer::new(summary.digest, view.geometry),
             summary,
             state: view.state,
+            seat: view.spread.as_ref().map(|s| s.seat()),
+            reveal_at: None,
             reader: view.reader,
             limits,
             cfg: cfg.clone(),
@@ -191,6 +197,10 @@ impl Uploader {
                     }
                 }
                 () = sleep_opt(deadline) => self.on_deadline(job.is_some()),
+                () = sleep_opt(self.reveal_at) => {
+                    self.reveal_at = None;
+                    self.state_dirty = true;
+                }
             }
         }
     }
@@ -204,7 +214,19 @@ impl Uploader {
         if self.state_dirty && self.ending.is_none() {
             self.state_dirty = false;
             // Clone out of the watch: its guard must not be held across an await.
-            let state = self.state.borrow_and_update().clone();
+            let mut state = self.state.borrow_and_update().clone();
+            self.reveal_at = None;
+            if let Some(seat) = self.seat.as_ref() {
+                let (shown, next) = seat.visible(&state.have, Instant::now());
+                if shown != state.have {
+                    // Super-seeding still holds pieces back: the peer hears of them later, and
+                    // of the blob being complete only when it may ask for every piece.
+                    state.have = shown;
+                    state.complete = false;
+                    state.map_id = None;
+                }
+                self.reveal_at = next;
+            }
             if let Err(msg) = self.ann.update(&state, &mut frames) {
                 frames.clear();
                 let msg = format!("the piece source broke its contract: {msg}");
@@ -286,6 +308,11 @@ impl Uploader {
     ) -> Option<Result<ServeEnd, SessionError>> {
         match res {
             Ok(sent) => {
+                if let (Some(seat), Some(index)) = (self.seat.as_ref(), sent.piece) {
+                    // A place in the super-seeding quota may have freed: look again.
+                    seat.sent(index, Instant::now());
+                    self.state_dirty = true;
+                }
                 self.summary.bytes_sent += sent.bytes;
                 self.summary.pieces_sent += sent.pieces;
                 // Time spent writing is not idle time.
