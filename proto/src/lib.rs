@@ -19,8 +19,8 @@
 //! use pollen_proto::{PieceGeometry, PieceMapBuilder};
 //!
 //! // The fetching node hashes pieces as the blob streams in from the upstream...
-//! let blob = vec![7u8; 5_000_000];
-//! let geometry = PieceGeometry::choose(blob.len() as u64, None)?; // 4 MiB pieces: 2
+//! let blob = vec![7u8; 500_000];
+//! let geometry = PieceGeometry::choose(blob.len() as u64, None)?; // 256 KiB pieces: 2
 //! let mut builder = PieceMapBuilder::new(Digest::of(&blob), geometry);
 //! for chunk in blob.chunks(65_536) {
 //!     builder.update(chunk)?;
