@@ -4,9 +4,10 @@
 //! distribution time `T_min = max(F/u_s, N*F/(u_s + sum u_i))` (downloads are not capped, so
 //! the `F/d_min` term is left out), and the registry's egress against F.
 //!
-//!     cargo run --release -p pollen-agent --example swarm_bound -- [N] [MiB] [u_s MB/s] [u_i MB/s]
+//!     cargo run --release -p pollen-agent --example swarm_bound -- [N] [MiB] [u_s MB/s] [u_i MB/s] [piece KiB]
 //!
-//! Defaults: 8 agents, 32 MiB, 20 MB/s from the registry, 10 MB/s upload per agent. Part 4's
+//! Defaults: 8 agents, 32 MiB, 20 MB/s from the registry, 10 MB/s upload per agent, the
+//! automatic piece size. Part 4's
 //! benchmark measures the same on emulated hosts with real clients; this is the quick version.
 
 use pollen_agent::{Agent, AgentConfig, Node};
@@ -29,6 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         arg(3, 10.0),
     );
     let size = (mib * 1048576.0) as usize;
+    let piece_size = args.get(4).map(|kib| (kib * 1024.0) as u32);
 
     let reg = TestRegistry::start().await?;
     let data: Vec<u8> = (0..size)
@@ -62,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cfg.upstream.default_mirrors = vec![reg.url()];
         cfg.upstream.registries.insert(reg.host(), vec![reg.url()]);
         cfg.p2p.upload_limit = (u_i * 1e6) as u64;
+        cfg.p2p.session.piece_size = piece_size;
         cfg.p2p.tracker = i == 0;
         let agent = Agent::new(cfg, Store::open(dir.path(), 1 << 34)?, Some(node))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -96,22 +99,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.push(t.as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    let sent: Vec<String> = agents
-        .iter()
-        .map(|(a, _)| {
-            a.refresh_peer_metrics();
-            let text = a.metrics().encode();
-            let v = text
-                .lines()
-                .find_map(|l| l.strip_prefix("pollen_peer_bytes_sent_total "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0);
-            format!("{:.0}", v / 1e6)
-        })
-        .collect();
+    let per_agent = |metric: &str| -> String {
+        let values: Vec<String> = agents
+            .iter()
+            .map(|(a, _)| {
+                a.refresh_peer_metrics();
+                let text = a.metrics().encode();
+                let v = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                format!("{:.0}", v / 1e6)
+            })
+            .collect();
+        values.join(" ")
+    };
     println!(
-        "MB uploaded per agent (the tracker first): {}",
-        sent.join(" ")
+        "MB per agent (the tracker first): uploaded {}; from the registry {}",
+        per_agent("pollen_peer_bytes_sent_total"),
+        per_agent("pollen_upstream_bytes_total"),
     );
     let f = size as f64 / 1e6;
     let nf = n as f64;
