@@ -17,9 +17,37 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::Fault;
+
+/// The registry's uplink: a rate shared by every blob body, like a busy registry's network
+/// link. Each chunk reserves its time on the link in turn; the body sends it, then waits until
+/// its reservation ends before the next one.
+pub(crate) struct Uplink {
+    bytes_per_sec: u64,
+    free_at: std::sync::Mutex<Instant>,
+}
+
+impl Uplink {
+    pub fn new(bytes_per_sec: u64) -> Uplink {
+        Uplink {
+            bytes_per_sec: bytes_per_sec.max(1),
+            free_at: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Reserves `bytes` on the link: the instant their transmission ends.
+    fn reserve(&self, bytes: usize) -> Instant {
+        let mut free_at = self
+            .free_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = (*free_at).max(Instant::now());
+        *free_at = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        *free_at
+    }
+}
 
 /// Size of the frames blob bodies are cut into when no fault says otherwise.
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -100,6 +128,7 @@ pub(crate) struct BlobBody {
     hang: bool,
     kill: KillSwitch,
     bytes_sent: Arc<AtomicU64>,
+    uplink: Option<Arc<Uplink>>,
 }
 
 impl BlobBody {
@@ -126,6 +155,7 @@ impl BlobBody {
             hang: false,
             kill,
             bytes_sent,
+            uplink: None,
         };
         match *fault {
             Fault::Slow { chunk, delay } => {
@@ -148,6 +178,12 @@ impl BlobBody {
             _ => {}
         }
         body
+    }
+
+    /// Sends through the registry's shared uplink.
+    pub fn through(mut self, uplink: Option<Arc<Uplink>>) -> BlobBody {
+        self.uplink = uplink;
+        self
     }
 
     fn remaining(&self) -> usize {
@@ -197,6 +233,10 @@ impl BlobBody {
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         if let Some(delay) = self.delay.filter(|_| self.pos < self.limit) {
             self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
+        }
+        if let Some(uplink) = &self.uplink {
+            let until = uplink.reserve(frame.len());
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(until)));
         }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }

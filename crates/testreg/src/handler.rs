@@ -196,14 +196,9 @@ fn blob(
         let slice = data.slice(start as usize..end as usize);
         let fault = shared.fault();
         let sent = shared.blob_bytes_sent.clone();
-        Body::Blob(BlobBody::new(
-            slice,
-            start,
-            total,
-            &fault,
-            kill.clone(),
-            sent,
-        ))
+        Body::Blob(
+            BlobBody::new(slice, start, total, &fault, kill.clone(), sent).through(shared.uplink()),
+        )
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;

@@ -293,6 +293,12 @@ impl TestRegistry {
         self.inner.shared.set_response_delay(delay);
     }
 
+    /// Limits the rate of every blob body together, like the registry's network uplink
+    /// (bytes per second, 0 for none); applies to requests made from now on.
+    pub fn set_uplink(&self, bytes_per_sec: u64) {
+        self.inner.shared.set_uplink(bytes_per_sec);
+    }
+
     /// Switches the authentication mode for subsequent requests. Tokens
     /// issued earlier stay valid.
     pub fn set_auth(&self, auth: Auth) {

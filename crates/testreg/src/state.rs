@@ -45,6 +45,7 @@ pub(crate) struct Shared {
     auth: Mutex<Auth>,
     fault: Mutex<Fault>,
     response_delay: Mutex<std::time::Duration>,
+    uplink: Mutex<Option<Arc<crate::body::Uplink>>>,
     tokens: Mutex<HashSet<String>>,
     token_seq: AtomicU64,
     /// Per-instance secret so two registries in one process never accept
@@ -85,6 +86,7 @@ impl Shared {
             auth: Mutex::new(Auth::None),
             fault: Mutex::new(Fault::None),
             response_delay: Mutex::new(std::time::Duration::ZERO),
+            uplink: Mutex::default(),
             tokens: Mutex::default(),
             token_seq: AtomicU64::new(0),
             secret: h.finish(),
@@ -185,6 +187,15 @@ impl Shared {
 
     pub fn set_response_delay(&self, delay: std::time::Duration) {
         *lock(&self.response_delay) = delay;
+    }
+
+    pub fn set_uplink(&self, bytes_per_sec: u64) {
+        *lock(&self.uplink) =
+            (bytes_per_sec > 0).then(|| Arc::new(crate::body::Uplink::new(bytes_per_sec)));
+    }
+
+    pub fn uplink(&self) -> Option<Arc<crate::body::Uplink>> {
+        lock(&self.uplink).clone()
     }
 
     pub fn response_delay(&self) -> std::time::Duration {
