@@ -31,6 +31,9 @@ pub struct Status {
     pub roles: Vec<String>,
     /// On a tracker: the blobs it coordinates now.
     pub tracked_blobs: Vec<TrackedBlob>,
+    /// The trackers this node would ask (itself included when it is one); empty: downloads
+    /// are not coordinated (Kademlia providers, then the upstream).
+    pub trackers: Vec<String>,
 }
 
 /// One blob a tracker coordinates.
@@ -113,6 +116,13 @@ pub(crate) async fn collect(ctx: &Ctx) -> Status {
                 })
                 .collect();
         }
+        s.trackers = p2p
+            .directory
+            .trackers(p2p)
+            .await
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         let stats = p2p.node.stats();
         s.peer_id = Some(p2p.node.peer_id().to_string());
         s.routing_table_peers = stats.routing_table_peers;

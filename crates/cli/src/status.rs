@@ -229,6 +229,11 @@ pub fn report(addr: &str, first: &Status, now: &Status, elapsed: Duration) -> St
                 now.roles.join(", ")
             };
             let _ = writeln!(out, "Roles         {roles}");
+            let trackers = match now.trackers.len() {
+                0 => "none found (downloads are not coordinated)".to_string(),
+                n => format!("{n} known"),
+            };
+            let _ = writeln!(out, "Trackers      {trackers}");
             if now.listen_addrs.is_empty() {
                 let _ = writeln!(out, "Listening     (unknown)");
             }

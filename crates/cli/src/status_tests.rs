@@ -35,6 +35,7 @@ fn sample() -> Status {
         cache_entries: 12,
         roles: Vec::new(),
         tracked_blobs: Vec::new(),
+        trackers: vec!["12D3KooWTracker".into()],
     }
 }
 
@@ -88,6 +89,7 @@ fn report_shows_roles_and_the_blobs_coordinated_here() {
     let mut s = sample();
     let text = report("a:1", &s, &s, Duration::from_secs(1));
     assert!(text.contains("Roles         none"), "{text}");
+    assert!(text.contains("Trackers      1 known"), "{text}");
     assert!(!text.contains("coordinated"), "{text}");
 
     s.roles = vec!["tracker".into(), "seed".into()];

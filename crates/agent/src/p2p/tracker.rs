@@ -55,7 +55,7 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
-    async fn trackers(&self, p2p: &P2p) -> Vec<PeerId> {
+    pub(crate) async fn trackers(&self, p2p: &P2p) -> Vec<PeerId> {
         let cached = self
             .known
             .lock()
