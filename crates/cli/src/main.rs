@@ -1,6 +1,7 @@
 //! `pollen`: the peer-to-peer distribution agent for container image layers.
 
 mod config;
+mod demo;
 mod preheat;
 mod status;
 
@@ -45,6 +46,12 @@ enum Command {
         after_help = "Examples:\n  pollen preheat nginx:1.27\n  pollen preheat ghcr.io/org/model-server:v3 --platform linux/amd64 --platform linux/arm64\n  pollen preheat registry.local:5000/app@sha256:... --all-nodes\n\nThe local agent resolves the image (index, platform manifests, layers) and asks the agents\nthat announce the seed role (--seed true) to fetch every blob; with no seed, it fetches\nthem itself. Exits non-zero if any blob failed."
     )]
     Preheat(preheat::PreheatArgs),
+    /// Try Pollen without a registry or root: a cluster of agents in one process pulls a
+    /// generated image at once, then the same pull without Pollen, and the numbers
+    #[command(
+        after_help = "Examples:\n  pollen demo\n  pollen demo --nodes 16 --size 512MiB --rate 100Mbit/s\n  pollen demo --nodes 4 --size 32MiB --no-direct\n\nEverything runs on loopback inside this process (an in-process registry with a shared,\nrate-limited uplink; each agent with its own cache and libp2p node in a temporary\ndirectory) and is removed at the end, also on Ctrl-C. Exits non-zero if any pull failed or\nany blob did not match its digest."
+    )]
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(*args),
         Command::Status(args) => status::run(args),
         Command::Preheat(args) => preheat::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 
