@@ -161,7 +161,7 @@ impl Sink {
     /// This node appends the blob from the upstream: its new pieces go to one peer each
     /// first (super-seeding, `pollen_peer::Spread`).
     pub fn spread_as_fetcher(&self) {
-        self.share.spread.set_active(true);
+        self.share.spread.activate(&self.have);
     }
 
     /// Queues an operation; `false` when the writer has stopped (its error comes from

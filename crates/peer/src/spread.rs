@@ -55,7 +55,7 @@ enum Claim {
 }
 
 impl Spread {
-    /// Inactive until [`Spread::set_active`]: a node downloading from peers passes every piece
+    /// Inactive until [`Spread::activate`]: a node downloading from peers passes every piece
     /// on to everyone at once.
     pub fn new(geometry: PieceGeometry) -> Arc<Spread> {
         Arc::new(Spread {
@@ -69,9 +69,20 @@ impl Spread {
         })
     }
 
-    /// On once this node appends the blob from the upstream.
-    pub fn set_active(&self, on: bool) {
-        self.active.store(on, Ordering::Relaxed);
+    /// On once this node appends the blob from the upstream. `present` are the pieces it has
+    /// already (from peers, before it took over the fetch): announced before, so everyone's.
+    /// Later calls do nothing.
+    pub fn activate(&self, present: &Bitfield) {
+        let mut inner = self.lock();
+        if self.active.load(Ordering::Relaxed) {
+            return;
+        }
+        for index in present.iter_ones() {
+            if let Some(claim) = inner.pieces.get_mut(index as usize) {
+                *claim = Claim::Public;
+            }
+        }
+        self.active.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn seat(self: &Arc<Self>) -> Seat {
@@ -124,11 +135,25 @@ impl Seat {
             return (have.clone(), None);
         }
         let mut inner = spread.lock();
-        let mut load = inner
-            .pieces
-            .iter()
-            .filter(|c| matches!(c, Claim::Owned { seat, sent: None } if *seat == self.id))
-            .count();
+        // A session that sent nothing for REVEAL_AFTER while owning unsent pieces (its peer
+        // does not ask for them: it is slow, or has them from elsewhere) gives them to everyone,
+        // which also frees its places.
+        let stalled = inner
+            .seats
+            .get(&self.id)
+            .is_some_and(|progress| now >= *progress + REVEAL_AFTER);
+        let mut load = 0;
+        for claim in inner.pieces.iter_mut() {
+            if let Claim::Owned { seat, sent: None } = *claim {
+                if seat == self.id {
+                    if stalled {
+                        *claim = Claim::Public;
+                    } else {
+                        load += 1;
+                    }
+                }
+            }
+        }
         let mut out = Bitfield::new(&spread.geometry);
         let mut next: Option<Instant> = None;
         for index in have.iter_ones() {
@@ -233,7 +258,7 @@ mod tests {
     async fn each_new_piece_goes_to_one_session_until_its_owner_stalls() {
         let g = geometry(12);
         let spread = Spread::new(g);
-        spread.set_active(true);
+        spread.activate(&Bitfield::new(&spread.geometry));
         let (a, b) = (spread.seat(), spread.seat());
         let mut have = Bitfield::new(&g);
         for i in 0..6 {
@@ -281,7 +306,7 @@ mod tests {
     fn a_leaving_session_frees_what_it_never_sent() {
         let g = geometry(8);
         let spread = Spread::new(g);
-        spread.set_active(true);
+        spread.activate(&Bitfield::new(&spread.geometry));
         let have = Bitfield::full(&g);
         let now = Instant::now();
         let a = spread.seat();
@@ -293,10 +318,33 @@ mod tests {
         assert_eq!(ones(&b.visible(&have, now).0), vec![0, 1, 2]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_takeover_fetcher_shares_what_it_had_and_stalled_places_free_up() {
+        let g = geometry(8);
+        let spread = Spread::new(g);
+        let a = spread.seat();
+        let mut have = Bitfield::new(&g);
+        for i in 0..4 {
+            have.set(i).unwrap();
+        }
+        // Downloaded from peers before taking over: announced to everyone already.
+        spread.activate(&have);
+        let full = Bitfield::full(&g);
+        let now = Instant::now();
+        assert_eq!(ones(&a.visible(&full, now).0), vec![0, 1, 2, 3, 4, 5]);
+        // a's peer never asks for 4 and 5 (it has them from elsewhere): after REVEAL_AFTER they
+        // are everyone's and a has room for the next ones.
+        tokio::time::advance(REVEAL_AFTER).await;
+        assert_eq!(
+            ones(&a.visible(&full, Instant::now()).0),
+            (0..8).collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn another_geometry_is_not_filtered() {
         let spread = Spread::new(geometry(8));
-        spread.set_active(true);
+        spread.activate(&Bitfield::new(&spread.geometry));
         let seat = spread.seat();
         let other = Bitfield::full(&geometry(3));
         assert_eq!(seat.visible(&other, Instant::now()).0, other);
