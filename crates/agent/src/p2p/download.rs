@@ -74,6 +74,13 @@ pub(crate) struct PeerPhase<'a> {
     coordinated: bool,
     /// The tracker made this node the fetcher: finish taking what peers have, then hand over.
     fetch_duty: bool,
+    /// A provider lookup running in the background (a Kademlia query can take seconds; the
+    /// loop keeps moving pieces meanwhile).
+    lookup: Option<tokio::sync::oneshot::Receiver<Vec<PeerId>>>,
+    /// Providers found by lookups, dialled again when their retry time comes.
+    providers: Vec<PeerId>,
+    /// Sessions in a row that ended before any piece, by peer.
+    failures: HashMap<PeerId, u32>,
 }
 
 impl<'a> PeerPhase<'a> {
@@ -98,6 +105,9 @@ impl<'a> PeerPhase<'a> {
             named: Vec::new(),
             coordinated: false,
             fetch_duty: false,
+            lookup: None,
+            providers: Vec::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -108,13 +118,18 @@ impl<'a> PeerPhase<'a> {
         coordination: &mut Option<(TrackerLink, Assignment)>,
     ) -> Result<PeerOutcome, FetchError> {
         if let Some((_, assignment)) = coordination.as_ref() {
+            debug!(digest = %self.fetch.digest, fetch = assignment.fetch, peers = assignment.peers.len(), "the tracker's assignment");
             self.named = assignment.peers.clone();
             self.coordinated = !assignment.fetch;
         }
         if let Some(s) = sink.as_mut() {
             self.adopt_sink(s);
         }
-        if !self.connect_providers().await && !self.coordinated {
+        if self.coordinated {
+            // The tracker named the peers to ask: dial them now, look for more meanwhile.
+            self.connect(&[]);
+            self.start_lookup();
+        } else if !self.connect_providers().await {
             return Ok(PeerOutcome::Fallback("no peer has announced it".into()));
         }
         let stall = self.p2p.cfg.peer_stall;
@@ -150,6 +165,14 @@ impl<'a> PeerPhase<'a> {
             if self.slots.is_empty() && self.coordinated {
                 next_lookup = next_lookup.min(Instant::now() + RETRY_SOON);
             }
+            // A peer that turned us away (not started on the blob yet, a dropped stream) is
+            // dialled again when its retry time comes, not at the next lookup.
+            let redial = self
+                .retired
+                .values()
+                .min()
+                .copied()
+                .filter(|_| self.slots.len() < self.p2p.cfg.max_peers_per_blob);
             let written = async {
                 match self.written.as_mut() {
                     Some(w) => w.recv().await,
@@ -159,6 +182,12 @@ impl<'a> PeerPhase<'a> {
             let pushed = async {
                 match coordination.as_mut() {
                     Some((link, _)) => link.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let looked_up = async {
+                match self.lookup.as_mut() {
+                    Some(rx) => rx.await.unwrap_or_default(),
                     None => std::future::pending().await,
                 }
             };
@@ -173,9 +202,10 @@ impl<'a> PeerPhase<'a> {
                         self.coordinated = false;
                     }
                     Some(TrackerReply::Peers { peers }) => {
+                        debug!(digest = %self.fetch.digest, count = peers.len(), "the tracker named more peers");
                         self.named
                             .extend(peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()));
-                        next_lookup = Instant::now();
+                        self.connect(&[]);
                     }
                     Some(TrackerReply::Assign { .. } | TrackerReply::Resolved { .. }) => {}
                     None => {
@@ -185,10 +215,20 @@ impl<'a> PeerPhase<'a> {
                         self.coordinated = false;
                     }
                 },
+                () = sleep_opt(redial) => {
+                    self.connect(&[]);
+                }
+                found = looked_up => {
+                    self.lookup = None;
+                    self.connect(&found);
+                }
                 () = sleep_until(next_lookup) => {
                     next_lookup = Instant::now() + LOOKUP_INTERVAL;
+                    // Peers whose retry time came are dialled again at once; new ones are
+                    // looked up while there is room.
+                    self.connect(&[]);
                     if self.slots.len() < self.p2p.cfg.max_peers_per_blob {
-                        self.connect_providers().await;
+                        self.start_lookup();
                     }
                 }
                 () = sleep_until(self.last_progress + stall) => {}
@@ -202,19 +242,38 @@ impl<'a> PeerPhase<'a> {
     /// Looks the blob's providers up and starts sessions with new ones; false if there are
     /// none at all.
     async fn connect_providers(&mut self) -> bool {
+        let providers = lookup(&self.p2p.node, self.fetch.digest).await;
+        self.connect(&providers)
+    }
+
+    /// Starts a provider lookup in the background unless one is running.
+    fn start_lookup(&mut self) {
+        if self.lookup.is_some() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let node = self.p2p.node.clone();
         let digest = self.fetch.digest;
-        let providers = match self.p2p.node.find_providers(&digest).await {
-            Ok(p) => p,
-            Err(e) => {
-                debug!(%digest, error = %e, "provider lookup failed");
-                Vec::new()
-            }
-        };
+        tokio::spawn(async move {
+            let _ = tx.send(lookup(&node, digest).await);
+        });
+        self.lookup = Some(rx);
+    }
+
+    /// Starts sessions with the named peers and `providers` not connected, retired or banned,
+    /// while there is room; false if there is no peer at all.
+    fn connect(&mut self, providers: &[PeerId]) -> bool {
+        let digest = self.fetch.digest;
         let now = Instant::now();
         self.retired.retain(|_, until| *until > now);
         let connected: HashSet<PeerId> = self.slots.values().map(|s| s.task.peer).collect();
+        for p in providers {
+            if !self.providers.contains(p) {
+                self.providers.push(*p);
+            }
+        }
         let mut candidates = self.named.clone();
-        candidates.extend(providers.iter().filter(|p| !self.named.contains(p)));
+        candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
         let fresh = candidates.iter().filter(|p| {
             !connected.contains(p)
                 && !self.retired.contains_key(p)
@@ -226,6 +285,7 @@ impl<'a> PeerPhase<'a> {
             .max_peers_per_blob
             .saturating_sub(self.slots.len());
         for peer in fresh.take(room).copied().collect::<Vec<_>>() {
+            debug!(%digest, %peer, "dialling a peer for the blob");
             let slot = self.next_slot;
             self.next_slot += 1;
             let task = PeerTask::spawn(
@@ -322,6 +382,8 @@ impl<'a> PeerPhase<'a> {
         }
         count(&mut self.availability, &have.bitfield, 1);
         if let Some(entry) = self.slots.get_mut(&slot) {
+            debug!(slot, peer = %entry.task.peer, pieces = have.bitfield.count_ones(), "peer session open");
+            self.failures.remove(&entry.task.peer);
             entry.has = Some(have.bitfield);
         }
         Ok(())
@@ -395,6 +457,7 @@ impl<'a> PeerPhase<'a> {
         let index = piece.index();
         if let Some(entry) = self.slots.get_mut(&slot) {
             entry.delivered += piece.bytes().len() as u64;
+            debug!(slot, peer = %entry.task.peer, index, "piece received");
         }
         self.forget_request(index, slot);
         for (other, _) in self.requests.remove(&index).unwrap_or_default() {
@@ -565,8 +628,15 @@ impl<'a> PeerPhase<'a> {
             reqs.retain(|(s, _)| *s != slot);
             !reqs.is_empty()
         });
+        // Each failure in a row doubles the wait (a dead peer is not dialled twice a second
+        // for ever); a session that opens resets it.
+        let failures = self.failures.entry(entry.task.peer).or_default();
+        let backoff = retry_after
+            .saturating_mul(1 << (*failures).min(5))
+            .min(RETRY_AFTER);
+        *failures += 1;
         self.retired
-            .insert(entry.task.peer, Instant::now() + retry_after);
+            .insert(entry.task.peer, Instant::now() + backoff.max(retry_after));
     }
 
     fn ban(&mut self, slot: usize, why: &str) {
@@ -575,4 +645,19 @@ impl<'a> PeerPhase<'a> {
             self.p2p.bans.ban(self.fetch.digest, entry.task.peer, why);
         }
     }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The blob's providers by Kademlia (none if the lookup fails).
+async fn lookup(node: &pollen_swarm::Node, digest: pollen_oci::Digest) -> Vec<PeerId> {
+    node.find_providers(&digest).await.unwrap_or_else(|e| {
+        debug!(%digest, error = %e, "provider lookup failed");
+        Vec::new()
+    })
 }
