@@ -8,9 +8,11 @@
 # 3. cargo test --workspace -j2
 # 4. shellcheck of the test/bench/CI scripts (only if shellcheck is installed)
 # 5. tests/e2e/run.sh (real registry, containerd, Docker, skopeo), as root only
+# 6. benches/cluster.sh --quick (the cluster benchmark on 4 emulated hosts: fails only on a
+#    wrong digest or a node that never finishes, never on a timing), as root where `ip netns` works
 #
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
-# Environment: SKIP_E2E=1 skips step 5; SKIP_FMT=1 / SKIP_CLIPPY=1 / SKIP_SHELLCHECK=1 skip those steps.
+# Environment: SKIP_E2E=1 skips step 5, SKIP_BENCH=1 step 6; SKIP_FMT=1 / SKIP_CLIPPY=1 / SKIP_SHELLCHECK=1 skip those steps.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -67,6 +69,34 @@ elif [ "$(id -u)" -ne 0 ]; then
     skip_step e2e "not root: tests/e2e/run.sh starts containerd and dockerd, which need root; run it with sudo"
 else
     run_step e2e tests/e2e/run.sh
+fi
+
+# shellcheck disable=SC2317 # called through run_step
+bench_quick() {
+    local out rc target=${CARGO_TARGET_DIR:-target}
+    case "$target" in /*) ;; *) target="$(pwd)/$target" ;; esac
+    cargo build -j2 -p pollen || return 1
+    out=$(mktemp -d /tmp/pollen-bench-quick.XXXXXX)
+    POLLEN_BIN="$target/debug/pollen" benches/cluster.sh --quick --out "$out"
+    rc=$?
+    rm -rf "$out"
+    return "$rc"
+}
+
+netns_works() {
+    local probe="pollen-probe-$$"
+    ip netns add "$probe" 2>/dev/null || return 1
+    ip netns del "$probe"
+}
+
+if [ -n "${SKIP_BENCH:-}" ]; then
+    skip_step bench-quick "SKIP_BENCH is set"
+elif [ "$(id -u)" -ne 0 ]; then
+    skip_step bench-quick "not root: the cluster benchmark needs network namespaces"
+elif ! netns_works; then
+    skip_step bench-quick "ip netns does not work here"
+else
+    run_step bench-quick bench_quick
 fi
 
 printf '\n######## summary\n'
