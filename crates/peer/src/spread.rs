@@ -27,12 +27,17 @@ pub const QUOTA: usize = 2;
 pub const REVEAL_AFTER: Duration = Duration::from_secs(2);
 /// A piece sent this long ago is announced to every session.
 pub const REVEAL_SENT_AFTER: Duration = Duration::from_secs(6);
+/// Blobs of fewer pieces are not super-seeded: the extra hop costs more than the duplicates.
+pub const MIN_PIECES: u32 = 8;
 
 /// One blob's announcements across its upload sessions (see the module docs).
 pub struct Spread {
     geometry: PieceGeometry,
     active: AtomicBool,
     inner: Mutex<Inner>,
+    /// Bumped when pieces become visible to other sessions without a timer of theirs (a seat
+    /// left): every session looks again.
+    news: tokio::sync::watch::Sender<u64>,
 }
 
 struct Inner {
@@ -66,6 +71,7 @@ impl Spread {
                 seats: HashMap::new(),
                 next_seat: 0,
             }),
+            news: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -74,7 +80,7 @@ impl Spread {
     /// Later calls do nothing.
     pub fn activate(&self, present: &Bitfield) {
         let mut inner = self.lock();
-        if self.active.load(Ordering::Relaxed) {
+        if self.active.load(Ordering::Relaxed) || self.geometry.count() < MIN_PIECES {
             return;
         }
         for index in present.iter_ones() {
@@ -94,6 +100,7 @@ impl Spread {
             id
         };
         Seat {
+            news: self.news.subscribe(),
             spread: self.clone(),
             id,
         }
@@ -123,13 +130,20 @@ impl Inner {
 pub(crate) struct Seat {
     spread: Arc<Spread>,
     id: u64,
+    news: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Seat {
     /// The pieces of `have` this session may announce at `now` (claiming free ones while it has
-    /// room), and when more become visible without anything else happening. Inactive, or with
-    /// another geometry: all of `have`.
-    pub(crate) fn visible(&self, have: &Bitfield, now: Instant) -> (Bitfield, Option<Instant>) {
+    /// room and `may_claim`: a choked session, which cannot send, takes nothing), and when more
+    /// become visible without anything else happening. Inactive, or with another geometry: all
+    /// of `have`.
+    pub(crate) fn visible(
+        &self,
+        have: &Bitfield,
+        now: Instant,
+        may_claim: bool,
+    ) -> (Bitfield, Option<Instant>) {
         let spread = &self.spread;
         if !spread.active.load(Ordering::Relaxed) || have.count() != spread.geometry.count() {
             return (have.clone(), None);
@@ -173,7 +187,7 @@ impl Seat {
                         false
                     }
                 }
-                Claim::Free if load < QUOTA => {
+                Claim::Free if may_claim && load < QUOTA => {
                     if load == 0 {
                         // Owning nothing, it could not make progress until now.
                         inner.seats.insert(self.id, now);
@@ -194,6 +208,13 @@ impl Seat {
         (out, next)
     }
 
+    /// Resolves when another session's departure made pieces visible: look again.
+    pub(crate) async fn changed(&mut self) {
+        if self.news.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The session sent piece `index`: progress, and if it owned the piece, a free place.
     pub(crate) fn sent(&self, index: u32, now: Instant) {
         let mut inner = self.spread.lock();
@@ -210,6 +231,7 @@ impl Drop for Seat {
     fn drop(&mut self) {
         let mut inner = self.spread.lock();
         inner.seats.remove(&self.id);
+        let mut changed = false;
         for claim in inner.pieces.iter_mut() {
             if let Claim::Owned { seat, sent } = *claim {
                 if seat == self.id {
@@ -220,8 +242,12 @@ impl Drop for Seat {
                     } else {
                         Claim::Public
                     };
+                    changed = true;
                 }
             }
+        }
+        if changed {
+            self.spread.news.send_modify(|n| *n += 1);
         }
     }
 }
@@ -249,7 +275,7 @@ mod tests {
         let spread = Spread::new(g);
         let seat = spread.seat();
         let full = Bitfield::full(&g);
-        let (shown, next) = seat.visible(&full, Instant::now());
+        let (shown, next) = seat.visible(&full, Instant::now(), true);
         assert_eq!(shown, full);
         assert_eq!(next, None);
     }
@@ -265,10 +291,10 @@ mod tests {
             have.set(i).unwrap();
         }
         let now = Instant::now();
-        let (shown_a, next_a) = a.visible(&have, now);
+        let (shown_a, next_a) = a.visible(&have, now, true);
         assert_eq!(ones(&shown_a), vec![0, 1], "a takes its quota");
         assert_eq!(next_a, None, "nothing owned by others yet");
-        let (shown_b, next_b) = b.visible(&have, now);
+        let (shown_b, next_b) = b.visible(&have, now, true);
         assert_eq!(ones(&shown_b), vec![2, 3], "b the next two");
         assert_eq!(
             next_b,
@@ -276,21 +302,24 @@ mod tests {
             "a's pieces open up if a stalls"
         );
         // Pieces 4 and 5 wait for a free place: nobody sees them.
-        assert!(!a.visible(&have, now).0.get(4));
+        assert!(!a.visible(&have, now, true).0.get(4));
 
         // a sends one of its pieces: a place frees, a takes the next free piece; what a sent
         // stays its own until its peer had the time to pass it on.
         tokio::time::advance(Duration::from_secs(1)).await;
         a.sent(0, Instant::now());
-        assert_eq!(ones(&a.visible(&have, Instant::now()).0), vec![0, 1, 4]);
-        assert_eq!(ones(&b.visible(&have, Instant::now()).0), vec![2, 3]);
+        assert_eq!(
+            ones(&a.visible(&have, Instant::now(), true).0),
+            vec![0, 1, 4]
+        );
+        assert_eq!(ones(&b.visible(&have, Instant::now(), true).0), vec![2, 3]);
 
         // b sends nothing for REVEAL_AFTER: a sees b's pieces. b's view of a's: a made
         // progress at 1 s, so its unsent piece 1 opens at 3 s, its sent piece 0 at 7 s.
         tokio::time::advance(Duration::from_secs(1)).await;
-        let (shown_a, _) = a.visible(&have, Instant::now());
+        let (shown_a, _) = a.visible(&have, Instant::now(), true);
         assert_eq!(ones(&shown_a), vec![0, 1, 2, 3, 4]);
-        let (shown_b, next_b) = b.visible(&have, Instant::now());
+        let (shown_b, next_b) = b.visible(&have, Instant::now(), true);
         assert_eq!(
             ones(&shown_b),
             vec![2, 3, 5],
@@ -298,7 +327,7 @@ mod tests {
         );
         assert_eq!(next_b, Some(now + Duration::from_secs(3)));
         tokio::time::advance(Duration::from_secs(5)).await;
-        let (shown_b, _) = b.visible(&have, Instant::now());
+        let (shown_b, _) = b.visible(&have, Instant::now(), true);
         assert_eq!(ones(&shown_b), vec![0, 1, 2, 3, 4, 5]);
     }
 
@@ -310,12 +339,12 @@ mod tests {
         let have = Bitfield::full(&g);
         let now = Instant::now();
         let a = spread.seat();
-        assert_eq!(ones(&a.visible(&have, now).0), vec![0, 1]);
+        assert_eq!(ones(&a.visible(&have, now, true).0), vec![0, 1]);
         a.sent(1, now);
         drop(a);
         let b = spread.seat();
         // 0 is free again and b claims it (and 2); 1 was sent by a departed session: public.
-        assert_eq!(ones(&b.visible(&have, now).0), vec![0, 1, 2]);
+        assert_eq!(ones(&b.visible(&have, now, true).0), vec![0, 1, 2]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -331,13 +360,54 @@ mod tests {
         spread.activate(&have);
         let full = Bitfield::full(&g);
         let now = Instant::now();
-        assert_eq!(ones(&a.visible(&full, now).0), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(ones(&a.visible(&full, now, true).0), vec![0, 1, 2, 3, 4, 5]);
         // a's peer never asks for 4 and 5 (it has them from elsewhere): after REVEAL_AFTER they
         // are everyone's and a has room for the next ones.
         tokio::time::advance(REVEAL_AFTER).await;
         assert_eq!(
-            ones(&a.visible(&full, Instant::now()).0),
+            ones(&a.visible(&full, Instant::now(), true).0),
             (0..8).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_choked_session_claims_nothing() {
+        let g = geometry(8);
+        let spread = Spread::new(g);
+        spread.activate(&Bitfield::new(&g));
+        let (choked, open) = (spread.seat(), spread.seat());
+        let full = Bitfield::full(&g);
+        let now = Instant::now();
+        assert!(ones(&choked.visible(&full, now, false).0).is_empty());
+        assert_eq!(ones(&open.visible(&full, now, true).0), vec![0, 1]);
+    }
+
+    #[test]
+    fn small_blobs_are_not_spread() {
+        let g = geometry(MIN_PIECES - 1);
+        let spread = Spread::new(g);
+        spread.activate(&Bitfield::new(&g));
+        let full = Bitfield::full(&g);
+        assert_eq!(spread.seat().visible(&full, Instant::now(), true).0, full);
+    }
+
+    #[tokio::test]
+    async fn a_departing_session_wakes_the_others() {
+        let g = geometry(8);
+        let spread = Spread::new(g);
+        spread.activate(&Bitfield::new(&g));
+        let full = Bitfield::full(&g);
+        let (a, mut b) = (spread.seat(), spread.seat());
+        let now = Instant::now();
+        a.visible(&full, now, true);
+        a.sent(0, now);
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(5), b.changed())
+            .await
+            .expect("b is told to look again");
+        assert!(
+            b.visible(&full, now, true).0.get(0),
+            "a's sent piece is everyone's"
         );
     }
 
@@ -347,6 +417,6 @@ mod tests {
         spread.activate(&Bitfield::new(&spread.geometry));
         let seat = spread.seat();
         let other = Bitfield::full(&geometry(3));
-        assert_eq!(seat.visible(&other, Instant::now()).0, other);
+        assert_eq!(seat.visible(&other, Instant::now(), true).0, other);
     }
 }

@@ -197,6 +197,12 @@ impl Uploader {
                     }
                 }
                 () = sleep_opt(deadline) => self.on_deadline(job.is_some()),
+                () = async {
+                    match self.seat.as_mut() {
+                        Some(seat) => seat.changed().await,
+                        None => pending().await,
+                    }
+                } => self.state_dirty = true,
                 () = sleep_opt(self.reveal_at) => {
                     self.reveal_at = None;
                     self.state_dirty = true;
@@ -217,7 +223,7 @@ impl Uploader {
             let mut state = self.state.borrow_and_update().clone();
             self.reveal_at = None;
             if let Some(seat) = self.seat.as_ref() {
-                let (shown, next) = seat.visible(&state.have, Instant::now());
+                let (shown, next) = seat.visible(&state.have, Instant::now(), self.unchoked);
                 if shown != state.have {
                     // Super-seeding still holds pieces back: the peer hears of them later, and
                     // of the blob being complete only when it may ask for every piece.
@@ -344,6 +350,8 @@ impl Uploader {
     fn grant(&mut self, permit: OwnedSemaphorePermit) {
         self.slot = Slot::Held { _permit: permit };
         self.unchoked = true;
+        // Super-seeding: an unchoked session may take new pieces now.
+        self.state_dirty = true;
         self.choke_news = Some(Reply::Unchoked);
     }
 
