@@ -53,6 +53,10 @@ pub enum TrackerRequest {
         /// the fetcher, if it is still alive, is about to rejoin too, so this agent is not
         /// made the fetcher at once.
         rejoin: bool,
+        /// The agent is fetching another blob from the upstream now: its upload is carrying
+        /// that blob into the swarm, so another member should fetch this one if one joins
+        /// within a moment.
+        busy: bool,
     },
     /// How many pieces the agent holds now (sent now and then while downloading).
     Progress { pieces: u32 },
@@ -258,6 +262,7 @@ mod tests {
             pieces: 3,
             labels,
             rejoin: false,
+            busy: false,
         }
     }
 

@@ -282,6 +282,7 @@ impl BlobFetch<'_> {
                 }
                 let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
                 info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
+                let _busy = self.ctx.p2p.as_ref().map(UpstreamFetch::start);
                 self.transfer(sink).await
             }
         }
@@ -457,6 +458,22 @@ impl BlobFetch<'_> {
             });
         }
         Ok(())
+    }
+}
+
+/// Counts this node's upstream transfers while it lives (see `P2p::upstream_fetches`).
+struct UpstreamFetch<'a>(&'a crate::p2p::P2p);
+
+impl UpstreamFetch<'_> {
+    fn start(p2p: &crate::p2p::P2p) -> UpstreamFetch<'_> {
+        p2p.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+        UpstreamFetch(p2p)
+    }
+}
+
+impl Drop for UpstreamFetch<'_> {
+    fn drop(&mut self) {
+        self.0.upstream_fetches.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

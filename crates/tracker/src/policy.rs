@@ -4,6 +4,11 @@
 //!   join a blob nobody holds becomes its fetcher. Everyone else is told not to fetch and gets
 //!   peers ranked: agents holding the whole blob, then the fetcher, then agents sharing its
 //!   labels (zone, rack), then those holding the most pieces.
+//! - **Busy fetchers wait**: an agent already fetching another blob from the upstream (its
+//!   upload is busy carrying that one into the swarm) is not made the fetcher at once: the
+//!   next member that is not busy gets the fetch, and if none joins within [`FETCH_DEFER`] the
+//!   busy one is told to fetch after all. Each blob's new bytes then enter the swarm through
+//!   a different node's upload when several blobs are pulled at once.
 //! - **Rejoin**: after a tracker died, its members join the blob's next tracker. Until the
 //!   fetcher is back (it rejoins saying it is fetching), nobody is made the fetcher; if it has
 //!   not come back within [`REJOIN_GRACE`], the member holding the most pieces (seeds first)
@@ -31,6 +36,9 @@ const HOLDER_TTL: Duration = Duration::from_secs(600);
 /// How long a blob whose members rejoined after a tracker failover waits for its fetcher
 /// to rejoin before another member is told to fetch.
 pub const REJOIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a busy agent (fetching another blob) waits for a member that is not busy to take
+/// the fetch of a blob nobody fetches.
+pub const FETCH_DEFER: Duration = Duration::from_millis(200);
 /// Blobs remembered without members (only holders); the oldest are forgotten first.
 const MAX_IDLE_BLOBS: usize = 65_536;
 /// Peers named in one `Assign`.
@@ -42,6 +50,8 @@ pub(crate) struct Member {
     pub seed: bool,
     pub labels: Vec<(String, String)>,
     pub pieces: u32,
+    /// Fetching another blob from the upstream (see [`FETCH_DEFER`]).
+    pub busy: bool,
     /// Where pushes to this agent go (its stream's writer).
     pub tx: mpsc::UnboundedSender<TrackerReply>,
 }
@@ -139,11 +149,20 @@ impl Tracker {
         member: Member,
         fetching: bool,
         rejoin: bool,
-    ) -> (u64, TrackerReply) {
+    ) -> (u64, TrackerReply, bool) {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut blobs = self.lock();
+        // Busy also when this tracker already has it fetching another blob (it knows that
+        // before the agent's own transfer has started).
+        let fetching_another = blobs.iter().any(|(d, s)| {
+            *d != digest
+                && s.fetcher
+                    .and_then(|f| s.members.get(&f))
+                    .is_some_and(|f| f.peer == member.peer)
+        });
+        let busy = member.busy || fetching_another;
         let swarm = blobs.entry(digest).or_default();
         swarm.expire_holders();
         if rejoin && swarm.fetcher.is_none() {
@@ -154,7 +173,11 @@ impl Tracker {
             swarm.fetcher.get_or_insert(id);
             swarm.orphaned = None;
             true
-        } else if swarm.fetcher.is_none() && swarm.holders.is_empty() && swarm.orphaned.is_none() {
+        } else if swarm.fetcher.is_none()
+            && swarm.holders.is_empty()
+            && swarm.orphaned.is_none()
+            && !busy
+        {
             swarm.fetcher = Some(id);
             true
         } else {
@@ -170,8 +193,28 @@ impl Tracker {
                 });
             }
         }
+        let deferred = busy && !fetch && swarm.fetcher.is_none() && swarm.holders.is_empty();
         swarm.members.insert(id, member);
-        (id, TrackerReply::Assign { fetch, peers })
+        (id, TrackerReply::Assign { fetch, peers }, deferred)
+    }
+
+    /// A busy member's [`FETCH_DEFER`] is over: whether it must fetch the blob after all (no
+    /// one else took the fetch and nobody holds the blob). The caller tells it.
+    pub(crate) fn claim_deferred(&self, digest: &Digest, id: u64) -> bool {
+        let mut blobs = self.lock();
+        let Some(swarm) = blobs.get_mut(digest) else {
+            return false;
+        };
+        swarm.expire_holders();
+        if swarm.fetcher.is_none()
+            && swarm.holders.is_empty()
+            && swarm.orphaned.is_none()
+            && swarm.members.contains_key(&id)
+        {
+            swarm.fetcher = Some(id);
+            return true;
+        }
+        false
     }
 
     /// A member's piece count (sent at least every few seconds: also the tracker's clock for
@@ -308,10 +351,43 @@ mod tests {
                 seed,
                 labels: vec![("zone".into(), zone.into())],
                 pieces: 0,
+                busy: false,
                 tx,
             },
             rx,
         )
+    }
+
+    #[test]
+    fn a_busy_member_leaves_the_fetch_to_one_that_is_not_and_claims_it_when_none_comes() {
+        let t = Tracker::new();
+        let d = Digest::of(b"busy");
+        let (mut a, _ra) = member(1, false, "z");
+        a.busy = true;
+        let (id_a, r, _) = t.join(d, a, false, false);
+        assert!(!assign(r).0, "busy: not the fetcher at once");
+        let (b, _rb) = member(2, false, "z");
+        let (_, r, _) = t.join(d, b, false, false);
+        assert!(assign(r).0, "the first member that is not busy fetches");
+        // b fetches d: joining another blob, the tracker counts it busy itself.
+        let (b2, _rb2) = member(2, false, "z");
+        let (_, r, deferred) = t.join(Digest::of(b"other"), b2, false, false);
+        assert!(
+            !assign(r).0 && deferred,
+            "fetching one blob here: not another at once"
+        );
+        assert!(!t.claim_deferred(&d, id_a), "the fetch is taken");
+
+        let d2 = Digest::of(b"alone");
+        let (mut c, _rc) = member(3, false, "z");
+        c.busy = true;
+        let (id_c, r, _) = t.join(d2, c, false, false);
+        assert!(!assign(r).0);
+        assert!(
+            t.claim_deferred(&d2, id_c),
+            "nobody else came: the busy one fetches"
+        );
+        assert!(!t.claim_deferred(&d2, id_c), "once");
     }
 
     /// Whether a `Fetch` was pushed (the `Peers` pushes about newcomers are skipped).
@@ -331,14 +407,14 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id_a, r) = t.join(d, a, false, false);
+        let (id_a, r, _) = t.join(d, a, false, false);
         assert_eq!(assign(r), (true, vec![]));
         let (b, _rb) = member(2, false, "y");
-        let (_, r) = t.join(d, b, false, false);
+        let (_, r, _) = t.join(d, b, false, false);
         assert_eq!(assign(r), (false, vec![vec![1]]));
         let (c, _rc) = member(3, false, "y");
         t.progress(&d, id_a, 5);
-        let (_, r) = t.join(d, c, false, false);
+        let (_, r, _) = t.join(d, c, false, false);
         assert_eq!(
             assign(r).1,
             vec![vec![1], vec![2]],
@@ -352,9 +428,9 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id_a, _) = t.join(d, a, false, false);
+        let (id_a, _, _) = t.join(d, a, false, false);
         let (b, mut rb) = member(2, false, "x");
-        let (id_b, _) = t.join(d, b, false, false);
+        let (id_b, _, _) = t.join(d, b, false, false);
         t.progress(&d, id_b, 50);
         let (s, mut rs) = member(3, true, "x");
         t.join(d, s, false, false);
@@ -369,13 +445,13 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id_a, _) = t.join(d, a, false, false);
+        let (id_a, _, _) = t.join(d, a, false, false);
         let (b, mut rb) = member(2, false, "x");
         t.join(d, b, false, false);
         t.leave(&d, id_a, true);
         assert!(!told_to_fetch(&mut rb), "nobody is told to fetch");
         let (c, _rc) = member(3, false, "x");
-        let (_, r) = t.join(d, c, false, false);
+        let (_, r, _) = t.join(d, c, false, false);
         assert_eq!(assign(r), (false, vec![vec![1], vec![2]]));
     }
 
@@ -384,10 +460,10 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (b, _rb) = member(2, false, "x");
-        let (_, r) = t.join(d, b, false, false);
+        let (_, r, _) = t.join(d, b, false, false);
         assert!(assign(r).0);
         let (a, _ra) = member(1, false, "x");
-        let (_, r) = t.join(d, a, true, false);
+        let (_, r, _) = t.join(d, a, true, false);
         assert!(assign(r).0, "it is fetching already; it goes on");
     }
 
@@ -396,7 +472,7 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id, _) = t.join(d, a, false, false);
+        let (id, _, _) = t.join(d, a, false, false);
         t.leave(&d, id, false);
         assert!(t.summary().is_empty());
     }
@@ -406,20 +482,20 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, mut ra) = member(1, false, "x");
-        let (_, r) = t.join(d, a, false, true);
+        let (_, r, _) = t.join(d, a, false, true);
         assert!(!assign(r).0, "a rejoining member is not made the fetcher");
         let (b, _rb) = member(2, false, "x");
-        let (_, r) = t.join(d, b, false, false);
+        let (_, r, _) = t.join(d, b, false, false);
         assert!(!assign(r).0, "nor a newcomer during the grace");
         let (f, _rf) = member(3, false, "x");
-        let (_, r) = t.join(d, f, true, true);
+        let (_, r, _) = t.join(d, f, true, true);
         assert!(assign(r).0, "the fetcher is back and keeps its job");
         assert!(!told_to_fetch(&mut ra));
 
         // Another blob whose fetcher never comes back.
         let d2 = Digest::of(b"other");
         let (a, mut ra) = member(1, false, "x");
-        let (id_a, _) = t.join(d2, a, false, true);
+        let (id_a, _, _) = t.join(d2, a, false, true);
         t.progress(&d2, id_a, 3);
         assert!(!told_to_fetch(&mut ra), "still within the grace");
         tokio::time::advance(REJOIN_GRACE).await;
@@ -451,10 +527,10 @@ mod tests {
         let t = Tracker::new();
         let d = Digest::of(b"blob");
         let (a, _ra) = member(1, false, "x");
-        let (id, _) = t.join(d, a, false, false);
+        let (id, _, _) = t.join(d, a, false, false);
         t.leave(&d, id, true);
         let (b, _rb) = member(2, false, "x");
-        let (_, r) = t.join(d, b, false, false);
+        let (_, r, _) = t.join(d, b, false, false);
         assert_eq!(
             assign(r),
             (false, vec![vec![1]]),

@@ -1,7 +1,7 @@
 //! One agent's tracker stream: `Join`, then `Progress` now and then, pushes from the tracker
 //! in between, until `Leave` or the stream ends. Every wait is bounded.
 
-use crate::policy::{Member, Tracker};
+use crate::policy::{Member, Tracker, FETCH_DEFER};
 use pollen_proto::{
     read_tracker_request, write_tracker_reply, ProtoError, TrackerReply, TrackerRequest,
 };
@@ -39,7 +39,7 @@ where
     let first = timeout(idle, read_tracker_request(&mut r))
         .await
         .map_err(|_| ServeError::Timeout)??;
-    let (digest, seed, fetching, pieces, labels, rejoin) = match first {
+    let (digest, seed, fetching, pieces, labels, rejoin, busy) = match first {
         Some(TrackerRequest::Join {
             digest,
             seed,
@@ -47,7 +47,8 @@ where
             pieces,
             labels,
             rejoin,
-        }) => (digest, seed, fetching, pieces, labels, rejoin),
+            busy,
+        }) => (digest, seed, fetching, pieces, labels, rejoin, busy),
         Some(TrackerRequest::Resolve {
             registry,
             name,
@@ -65,9 +66,12 @@ where
         seed,
         labels,
         pieces,
+        busy,
         tx,
     };
-    let (id, assign) = tracker.join(digest, member, fetching, rejoin);
+    let (id, assign, deferred) = tracker.join(digest, member, fetching, rejoin);
+    // A busy member told not to fetch asks again after FETCH_DEFER, in case nobody else took it.
+    let mut defer = deferred.then(|| Box::pin(tokio::time::sleep(FETCH_DEFER)));
     let mut complete = false;
     let result = async {
         timeout(idle, write_tracker_reply(&mut w, &assign))
@@ -86,6 +90,19 @@ where
                         Some(TrackerRequest::Join { .. } | TrackerRequest::Resolve { .. }) => {
                             return Err(ServeError::Protocol("a second Join".into()))
                         }
+                    }
+                }
+                () = async {
+                    match defer.as_mut() {
+                        Some(sleep) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    defer = None;
+                    if tracker.claim_deferred(&digest, id) {
+                        timeout(idle, write_tracker_reply(&mut w, &TrackerReply::Fetch))
+                            .await
+                            .map_err(|_| ServeError::Timeout)??;
                     }
                 }
                 Some(push) = pushes.recv() => {
@@ -146,6 +163,7 @@ mod tests {
             pieces: 0,
             labels: vec![],
             rejoin: false,
+            busy: false,
         }
     }
 

@@ -104,6 +104,9 @@ pub(crate) struct P2p {
     /// The tracker role, when this node has it.
     pub tracker: Option<Arc<pollen_tracker::Tracker>>,
     pub directory: tracker::Directory,
+    /// Blobs this node is fetching from the upstream now: a busy node leaves the fetch of
+    /// the next blob to another member (the tracker's `FETCH_DEFER`).
+    pub upstream_fetches: std::sync::atomic::AtomicUsize,
 }
 
 impl P2p {
@@ -117,6 +120,7 @@ impl P2p {
                 .tracker
                 .then(|| Arc::new(pollen_tracker::Tracker::new())),
             directory: tracker::Directory::default(),
+            upstream_fetches: std::sync::atomic::AtomicUsize::new(0),
             node,
             cfg,
         }

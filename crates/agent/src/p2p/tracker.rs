@@ -210,6 +210,7 @@ async fn connect(
         pieces: state.pieces.load(Ordering::Relaxed),
         labels: p2p.cfg.labels.clone(),
         rejoin: lost.is_some(),
+        busy: p2p.upstream_fetches.load(Ordering::Relaxed) > 0,
     };
     let order = rendezvous(&digest, &trackers);
     for tracker in order.into_iter().filter(|t| Some(*t) != lost).take(3) {
