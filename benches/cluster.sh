@@ -232,7 +232,7 @@ cb_run() {
         pollen) cb_start_agents || die "the agents did not start" ;;
     esac
     read -r base query < <(cb_puller_target "$who")
-    rm -f "$MN_DIR"/logs/pull-n*.out
+    rm -f "$MN_DIR"/logs/pull-n*.out "$MN_DIR"/logs/pull-n*.killed
     # shellcheck disable=SC2034 # read through a nameref in cb_record
     mapfile -t before < <(cb_counters)
     read -r busy0 idle0 < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
@@ -254,7 +254,7 @@ cb_run() {
         for ((i = MN_NODES * 3 / 4 + 1; i <= MN_NODES; i++)); do
             # The node is gone: its puller, its curls, and with pollen its agent.
             for p in $(ip netns pids "$(mn_ns "$i")"); do kill -KILL "$p" 2>/dev/null || true; done
-            echo "killed" >>"$MN_DIR/logs/pull-n$i.out"
+            : >"$MN_DIR/logs/pull-n$i.killed"
         done
     fi
     for ((i = 1; i <= MN_NODES; i++)); do wait "${pid[i]}" 2>/dev/null || true; done
@@ -272,7 +272,7 @@ cb_run() {
 
 # cb_record SCENARIO CONTENDER BEFORE AFTER BUSY0 IDLE0 BUSY1 IDLE1: the run's JSON line.
 cb_record() {
-    local scen=$1 who=$2 i st secs line survivors=0 ok=0 killed
+    local scen=$1 who=$2 i st secs line survivors=0 ok=0
     local -n b=$3 a=$4
     local cpu sent_json times_json reg_egress
     cpu=$(awk -v b0="$5" -v i0="$6" -v b1="$7" -v i1="$8" 'BEGIN { t = (b1 - b0) + (i1 - i0); printf "%.0f", (t > 0 ? 100 * (b1 - b0) / t : 0) }')
@@ -282,9 +282,8 @@ cb_record() {
         sent_json+="$(( ${a[i - 1]% *} - ${b[i - 1]% *} ))"
         [ "$i" -lt "$MN_NODES" ] && sent_json+=","
         line=$(tail -n 1 "$MN_DIR/logs/pull-n$i.out" 2>/dev/null)
-        killed=$(grep -c '^killed' "$MN_DIR/logs/pull-n$i.out" 2>/dev/null)
         read -r st secs <<<"$line"
-        if [ "${killed:-0}" -gt 0 ]; then
+        if [ -e "$MN_DIR/logs/pull-n$i.killed" ]; then
             times_json+='{"node":'"$i"',"killed":true}'
         else
             survivors=$((survivors + 1))
