@@ -34,6 +34,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 const RETRY_SOON: Duration = Duration::from_millis(300);
 /// A peer whose stream could not be opened is dialled again after this long.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
+/// The longest a peer that turned sessions away in a row waits before it is dialled again.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Events waiting for the loop (each can hold a piece).
 const EVENT_QUEUE: usize = 4;
 
@@ -119,8 +121,15 @@ impl<'a> PeerPhase<'a> {
     ) -> Result<PeerOutcome, FetchError> {
         if let Some((_, assignment)) = coordination.as_ref() {
             debug!(digest = %self.fetch.digest, fetch = assignment.fetch, peers = assignment.peers.len(), "the tracker's assignment");
+            if assignment.fetch {
+                // Nobody holds the blob (the tracker would have named the holders instead):
+                // the members it names have at most what this node will fetch.
+                return Ok(PeerOutcome::Fallback(
+                    "the tracker made this node the fetcher".into(),
+                ));
+            }
             self.named = assignment.peers.clone();
-            self.coordinated = !assignment.fetch;
+            self.coordinated = true;
         }
         if let Some(s) = sink.as_mut() {
             self.adopt_sink(s);
@@ -629,11 +638,12 @@ impl<'a> PeerPhase<'a> {
             !reqs.is_empty()
         });
         // Each failure in a row doubles the wait (a dead peer is not dialled twice a second
-        // for ever); a session that opens resets it.
+        // for ever), up to MAX_BACKOFF: a busy uploader (all its slots taken) frees one soon,
+        // and waiting longer would run into peer_stall. A session that opens resets it.
         let failures = self.failures.entry(entry.task.peer).or_default();
         let backoff = retry_after
             .saturating_mul(1 << (*failures).min(5))
-            .min(RETRY_AFTER);
+            .min(MAX_BACKOFF);
         *failures += 1;
         self.retired
             .insert(entry.task.peer, Instant::now() + backoff.max(retry_after));

@@ -26,13 +26,24 @@ const DIRECTORY_TTL: Duration = Duration::from_secs(10);
 const NO_TRACKER_TTL: Duration = Duration::from_secs(1);
 /// The bound on joining: opening the stream, `Join`, `Assign`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Waits before each try to join one tracker.
-const JOIN_BACKOFF: [Duration; 4] = [
+/// Waits before each try to join one tracker (each stretched by a random 0-100 %, so a
+/// cluster's burst of joins spreads out). Generous: giving up on a live tracker sends the
+/// node to the next one, where it may become a second fetcher of the blob.
+const JOIN_BACKOFF: [Duration; 6] = [
     Duration::ZERO,
     Duration::from_millis(50),
     Duration::from_millis(150),
     Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(1600),
 ];
+
+/// `delay` stretched by a random 0-100 %.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let r = RandomState::new().hash_one(0u8) % 1000;
+    delay + delay.mul_f64(r as f64 / 1000.0)
+}
 /// How often a member tells its tracker how far it is when nothing changed (its keepalive).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a member checks whether it has new pieces to report: the tracker hands a dead
@@ -215,7 +226,7 @@ async fn connect(
     let order = rendezvous(&digest, &trackers);
     for tracker in order.into_iter().filter(|t| Some(*t) != lost).take(3) {
         for delay in JOIN_BACKOFF {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(jittered(delay)).await;
             match timeout(JOIN_TIMEOUT, join_one(p2p, tracker, &join)).await {
                 Ok(Ok((conn, assignment))) => return Some((conn, assignment, tracker)),
                 Ok(Err(JoinError::Unreachable(e))) => {
@@ -411,7 +422,7 @@ pub(crate) async fn resolve_tag(
     // and every node asks at the same moment during a rollout); the whole is bounded.
     let answer = timeout(RESOLVE_TIMEOUT, async {
         for delay in JOIN_BACKOFF {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(jittered(delay)).await;
             let Ok(stream) = p2p.node.open_stream_on(tracker, TRACKER_PROTOCOL).await else {
                 return None;
             };
