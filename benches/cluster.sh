@@ -6,6 +6,7 @@
 #   sudo benches/cluster.sh                    # every scenario, every contender; the report in benches/results/
 #   sudo benches/cluster.sh --quick            # 4 nodes, a small image, rollout only: correctness, not timing
 #   sudo benches/cluster.sh --scenario edge --contender pollen --out /tmp/r
+#   benches/cluster.sh --report-only --out DIR  # results.md again from DIR/runs.jsonl
 #
 # Hosts. One network namespace per node, one for the upstream registry, one for the central
 # cache, joined by veth pairs to a bridge in a switch namespace (tests/e2e/multinode.sh's
@@ -70,6 +71,7 @@ CB_NET=${BENCH_NET:-10.79.0}
 CB_TIMEOUT=${BENCH_TIMEOUT:-600}
 CB_OUT="$REPO/benches/results"
 CB_QUICK=0
+CB_REPORT_ONLY=0
 CB_SCENARIOS=()
 CB_CONTENDERS=()
 CB_REPO_TAG="bench/app:v1"
@@ -83,6 +85,7 @@ usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//';
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) CB_QUICK=1 ;;
+        --report-only) CB_REPORT_ONLY=1 ;;
         --scenario) CB_SCENARIOS+=("$2"); shift ;;
         --contender) CB_CONTENDERS+=("$2"); shift ;;
         --out) CB_OUT=$2; shift ;;
@@ -127,14 +130,7 @@ cb_net_up() {
     local i ns
     mn_net_up || return 1
     CB_CACHE_NS="$MN_PREFIX-cache"
-    ip netns add "$CB_CACHE_NS" || return 1
-    MN_NETNS+=("$CB_CACHE_NS")
-    ip -n "$CB_CACHE_NS" link set lo up &&
-        ip -n "$CB_CACHE_NS" link add eth0 type veth peer name vcache netns "$MN_SW" &&
-        ip -n "$MN_SW" link set vcache master br0 &&
-        ip -n "$MN_SW" link set vcache up &&
-        ip -n "$CB_CACHE_NS" addr add "$CB_CACHE_IP/24" dev eth0 &&
-        ip -n "$CB_CACHE_NS" link set eth0 up || return 1
+    mn_add_host "$CB_CACHE_NS" "$CB_CACHE_IP" vcache || return 1
     cb_shape eth0 "$MN_REG_NS" "$CB_REG" || return 1
     cb_shape eth0 "$CB_CACHE_NS" "$CB_UP" && cb_shape vcache "$MN_SW" "$CB_DOWN" || return 1
     for ((i = 1; i <= MN_NODES; i++)); do
@@ -350,21 +346,22 @@ cb_scenario_run() {
     cb_svg "$scen"
 }
 
-# cb_svg SCENARIO: SCENARIO.svg, a panel per contender, bytes received over time per node.
+# cb_svg SCENARIO: SCENARIO.svg (also from --report-only), a panel per contender, bytes received over time per node.
 cb_svg() {
     local scen=$1 who files=()
     for who in "${CB_CONTENDERS[@]}"; do files+=("$CB_OUT/$scen-$who.csv"); done
     awk -v title="$scen" -v f="$CB_F" -v tmin="$CB_TMIN" -v names="${CB_CONTENDERS[*]}" '
         FNR == 1 { p++ }
-        { t[p, $2, ++k[p, $2]] = $1; v[p, $2, k[p, $2]] = $3; if ($1 > tmax) tmax = $1; if ($2 > n) n = $2
+        { t[p, $2, ++k[p, $2]] = $1; v[p, $2, k[p, $2]] = $3; if ($1 > tm[p]) tm[p] = $1; if ($2 > n) n = $2
           if (k[p, $2] == 1) base[p, $2] = $3 }
         END {
             split(names, name, " "); W = 900; H = 220; L = 60; R = 20; top = 40
-            if (tmax <= 0) tmax = 1
             printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", W, top + p * (H + 30)
-            printf "<text x=\"%d\" y=\"22\" font-size=\"16\">%s: bytes received per node over time (T_min %.1f s)</text>\n", L, title, tmin
+            printf "<text x=\"%d\" y=\"22\" font-size=\"16\">%s: bytes received per node over time (dashed: T_min %.1f s; each panel its own time axis)</text>\n", L, title, tmin
             for (q = 1; q <= p; q++) {
                 y0 = top + (q - 1) * (H + 30)
+                # Each panel has its own time axis (the contenders differ tenfold).
+                tmax = tm[q] > tmin ? tm[q] : tmin
                 printf "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">%s</text>\n", L, y0 + 12, name[q]
                 printf "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#999\"/>\n", L, y0 + 18, W - L - R, H - 20
                 xt = L + (W - L - R) * tmin / tmax
@@ -384,6 +381,17 @@ cb_svg() {
         }' "${files[@]}" >"$CB_OUT/$scen.svg"
 }
 
+# cb_svg_all: every scenario's picture again from OUT (its CSVs and results.json).
+cb_svg_all() {
+    local scen who
+    for scen in $(jq -r '[.[].scenario] | unique | .[]' "$CB_OUT/results.json"); do
+        CB_F=$(jq --arg s "$scen" '[.[] | select(.scenario == $s)][0].image_blob_bytes' "$CB_OUT/results.json")
+        CB_TMIN=$(jq --arg s "$scen" '[.[] | select(.scenario == $s)][0].t_min_secs' "$CB_OUT/results.json")
+        mapfile -t CB_CONTENDERS < <(jq -r --arg s "$scen" '.[] | select(.scenario == $s) | .contender' "$CB_OUT/results.json")
+        cb_svg "$scen"
+    done
+}
+
 # cb_report: results.json and results.md from runs.jsonl.
 cb_report() {
     jq -s . "$CB_OUT/runs.jsonl" >"$CB_OUT/results.json"
@@ -392,8 +400,23 @@ cb_report() {
         echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
         jq -r '.[] | "| \(.scenario) | \(.contender) | \(.nodes) | \(.image_blob_bytes / 1048576 * 10 | round / 10) MiB | \(.t_min_secs) s | \(.p50_secs // "-") s | \(.p95_secs // "-") s | \(.max_secs // "-") s | \(.max_over_t_min // "-") | \(.egress_over_f) | \(.verified)/\(.survivors) | \(.cpu_busy_percent)% |"' "$CB_OUT/results.json"
         echo
+        echo
+        echo "Targets (the issue's; reported, never a test): pollen's time until every node has the image"
+        echo "against T_min, and its registry egress against F."
+        echo
+        echo "| scenario | target | pollen | verdict |"
+        echo "|---|---|---|---|"
+        jq -r '{"rollout": 1.15, "edge": 1.15, "peer-bound": 1.25, "churn": 1.5} as $goal
+            | .[] | select(.contender == "pollen" and $goal[.scenario] != null)
+            | $goal[.scenario] as $g
+            | (if .max_over_t_min == null then "did not finish: \(.verified)/\(.survivors) verified"
+               elif .max_over_t_min <= $g then "met"
+               else "missed by \(((.max_over_t_min / $g - 1) * 100) | round) %" end) as $time
+            | (if .egress_over_f <= 1.02 then "egress met" else "egress missed (\(.egress_over_f) x F)" end) as $eg
+            | "| \(.scenario) | <= \($g) x T_min, egress <= 1.02 x F | \(.max_over_t_min // "-") x T_min, \(.egress_over_f) x F | \($time); \($eg) |"' "$CB_OUT/results.json"
+        echo
         jq -r 'group_by(.scenario)[] | (map({(.contender): .max_secs}) | add) as $m | select($m.pollen != null)
-            | "\(.[0].scenario): pollen \(if $m.direct then "\($m.direct / $m.pollen * 10 | round / 10) x faster than direct" else "" end)\(if $m.cache then ", \($m.cache / $m.pollen * 10 | round / 10) x faster than the central cache" else "" end)"' "$CB_OUT/results.json"
+            | "\(.[0].scenario): time until every node has the image, direct / pollen = \(if $m.direct then "\($m.direct / $m.pollen * 10 | round / 10)" else "-" end), central cache / pollen = \(if $m.cache then "\($m.cache / $m.pollen * 10 | round / 10)" else "-" end)"' "$CB_OUT/results.json"
     } >"$CB_OUT/results.md"
     cat "$CB_OUT/results.md"
 }
@@ -414,6 +437,11 @@ cb_cleanup() {
 
 main() {
     local scen
+    if [ "$CB_REPORT_ONLY" = 1 ]; then
+        cb_report
+        cb_svg_all
+        return
+    fi
     lib_is_root || die "must run as root (network namespaces, tc)"
     lib_ensure_tools docker-registry=docker-registry skopeo=skopeo umoci=umoci curl=curl jq=jq ip=iproute2 tc=iproute2 ||
         die "required tools are missing"

@@ -133,10 +133,23 @@ mn_wait_http() {
     return 1
 }
 
+# mn_add_host NS IP PEER: a "host": namespace NS with eth0 at IP/24, the other end of its veth
+# (PEER) on the bridge in the switch namespace.
+mn_add_host() {
+    ip netns add "$1" || return 1
+    MN_NETNS+=("$1")
+    ip -n "$1" link set lo up &&
+        ip -n "$1" link add eth0 type veth peer name "$3" netns "$MN_SW" &&
+        ip -n "$MN_SW" link set "$3" master br0 &&
+        ip -n "$MN_SW" link set "$3" up &&
+        ip -n "$1" addr add "$2/24" dev eth0 &&
+        ip -n "$1" link set eth0 up
+}
+
 # mn_net_up: the switch namespace with the bridge at MN_NET.1/24, one namespace per node, and
 # the registry's own one if mn_config asked for it.
 mn_net_up() {
-    local i ns
+    local i
     ip netns add "$MN_SW" || return 1
     MN_NETNS+=("$MN_SW")
     ip -n "$MN_SW" link set lo up &&
@@ -144,25 +157,10 @@ mn_net_up() {
         ip -n "$MN_SW" addr add "$MN_NET.1/24" dev br0 &&
         ip -n "$MN_SW" link set br0 up || return 1
     if [ "$MN_REG_NS" != "$MN_SW" ]; then
-        ip netns add "$MN_REG_NS" || return 1
-        MN_NETNS+=("$MN_REG_NS")
-        ip -n "$MN_REG_NS" link set lo up &&
-            ip -n "$MN_REG_NS" link add eth0 type veth peer name vreg netns "$MN_SW" &&
-            ip -n "$MN_SW" link set vreg master br0 &&
-            ip -n "$MN_SW" link set vreg up &&
-            ip -n "$MN_REG_NS" addr add "$MN_REG_IP/24" dev eth0 &&
-            ip -n "$MN_REG_NS" link set eth0 up || return 1
+        mn_add_host "$MN_REG_NS" "$MN_REG_IP" vreg || return 1
     fi
     for ((i = 1; i <= MN_NODES; i++)); do
-        ns=$(mn_ns "$i")
-        ip netns add "$ns" || return 1
-        MN_NETNS+=("$ns")
-        ip -n "$ns" link set lo up &&
-            ip -n "$ns" link add eth0 type veth peer name "v$i" netns "$MN_SW" &&
-            ip -n "$MN_SW" link set "v$i" master br0 &&
-            ip -n "$MN_SW" link set "v$i" up &&
-            ip -n "$ns" addr add "$(mn_ip "$i")/24" dev eth0 &&
-            ip -n "$ns" link set eth0 up || return 1
+        mn_add_host "$(mn_ns "$i")" "$(mn_ip "$i")" "v$i" || return 1
     done
 }
 
