@@ -143,6 +143,10 @@ impl Agent {
     /// resumes there) and ends; then the swarm stops. Returns when done, or after `deadline`.
     pub async fn shutdown(&self, deadline: Duration) {
         self.ctx.ready.store(false, Ordering::SeqCst);
+        if let Some(tracker) = self.ctx.p2p.as_ref().and_then(|p| p.tracker.as_ref()) {
+            // Members' streams close with this node: not their fetchers dying.
+            tracker.close();
+        }
         self.ctx.stopping.send_replace(true);
         let until = tokio::time::Instant::now() + deadline;
         let mut tick = tokio::time::interval(Duration::from_millis(10));

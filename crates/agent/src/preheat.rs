@@ -35,6 +35,13 @@ const PARALLEL: usize = 4;
 const SILENCE: Duration = Duration::from_secs(120);
 /// Events queued for the client; a client that stops reading stalls the preheat.
 const EVENT_QUEUE: usize = 64;
+/// Waits before each try to open a preheat stream that broke at birth.
+const STREAM_RETRIES: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+    Duration::from_millis(400),
+];
 
 /// What to preheat.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -304,7 +311,10 @@ where
     }
 }
 
-/// Has `peer` fetch a blob, relaying its progress.
+/// Has `peer` fetch a blob, relaying its progress. A stream that breaks before the first
+/// reply is opened again (libp2p-stream drops inbound streams that arrive in a burst, and a
+/// preheat opens one per blob at once; docs/decisions.md): asking again is harmless, the
+/// target joins its own fetch in flight.
 async fn fetch_there(
     ctx: &Ctx,
     peer: PeerId,
@@ -313,32 +323,48 @@ async fn fetch_there(
     report: &Reporter<'_>,
 ) -> Result<(), String> {
     let p2p = ctx.p2p.as_ref().ok_or("peer-to-peer is off")?;
-    let stream = p2p
-        .node
-        .open_stream_on(peer, PREHEAT_PROTOCOL)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut r, mut w) = tokio::io::split(stream.compat());
     let req = PreheatRequest::Fetch {
         registry: image.registry.clone(),
         name: image.name.as_str().to_string(),
         digest,
     };
-    write_preheat_request(&mut w, &req)
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        match timeout(SILENCE, read_preheat_reply(&mut r)).await {
-            Err(_) => return Err(format!("no word from the target for {SILENCE:?}")),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(None)) => return Err("the target closed the stream".into()),
-            Ok(Ok(Some(PreheatReply::Progress { have, size }))) => {
-                report.progress(have, size).await
+    let mut last = String::new();
+    for delay in STREAM_RETRIES {
+        tokio::time::sleep(delay).await;
+        let stream = p2p
+            .node
+            .open_stream_on(peer, PREHEAT_PROTOCOL)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut r, mut w) = tokio::io::split(stream.compat());
+        if let Err(e) = write_preheat_request(&mut w, &req).await {
+            last = e.to_string();
+            continue;
+        }
+        let mut answered = false;
+        loop {
+            match timeout(SILENCE, read_preheat_reply(&mut r)).await {
+                Err(_) => return Err(format!("no word from the target for {SILENCE:?}")),
+                Ok(Err(e)) if answered => return Err(e.to_string()),
+                Ok(Ok(None)) if answered => return Err("the target closed the stream".into()),
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    break;
+                }
+                Ok(Ok(None)) => {
+                    last = "the target closed the stream".into();
+                    break;
+                }
+                Ok(Ok(Some(PreheatReply::Progress { have, size }))) => {
+                    answered = true;
+                    report.progress(have, size).await
+                }
+                Ok(Ok(Some(PreheatReply::Done { ok: true, .. }))) => return Ok(()),
+                Ok(Ok(Some(PreheatReply::Done { message, .. }))) => return Err(message),
             }
-            Ok(Ok(Some(PreheatReply::Done { ok: true, .. }))) => return Ok(()),
-            Ok(Ok(Some(PreheatReply::Done { message, .. }))) => return Err(message),
         }
     }
+    Err(format!("the stream to the target kept breaking: {last}"))
 }
 
 /// Serves preheat requests from other agents until the swarm stops.

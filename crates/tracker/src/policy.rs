@@ -120,6 +120,9 @@ pub trait Resolver: Send + Sync + 'static {
 #[derive(Default)]
 pub struct Tracker {
     blobs: Mutex<HashMap<Digest, BlobSwarm>>,
+    /// Set when the tracker's node shuts down: its members' streams are about to close, which
+    /// is not their fetchers dying, so no fetch is handed on (the next tracker decides).
+    closing: std::sync::atomic::AtomicBool,
     next_id: std::sync::atomic::AtomicU64,
     resolver: std::sync::OnceLock<std::sync::Arc<dyn Resolver>>,
 }
@@ -127,6 +130,16 @@ pub struct Tracker {
 impl Tracker {
     pub fn new() -> Tracker {
         Tracker::default()
+    }
+
+    /// The node is shutting down: stop handing fetches on (see the field).
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Lets this tracker resolve tags for the cluster (set once, when its node is built).
@@ -248,7 +261,7 @@ impl Tracker {
         }
         if swarm.fetcher == Some(id) {
             swarm.fetcher = None;
-            if !complete && swarm.holders.is_empty() {
+            if !complete && swarm.holders.is_empty() && !self.is_closing() {
                 swarm.hand_on();
             }
         }
@@ -393,6 +406,24 @@ mod tests {
     /// Whether a `Fetch` was pushed (the `Peers` pushes about newcomers are skipped).
     fn told_to_fetch(rx: &mut mpsc::UnboundedReceiver<TrackerReply>) -> bool {
         std::iter::from_fn(|| rx.try_recv().ok()).any(|r| r == TrackerReply::Fetch)
+    }
+
+    #[test]
+    fn a_closing_tracker_hands_no_fetch_on() {
+        let t = Tracker::new();
+        let d = Digest::of(b"closing");
+        let (f, _rf) = member(1, false, "z");
+        let (id_f, r, _) = t.join(d, f, false, false);
+        assert!(assign(r).0);
+        let (m, mut rm) = member(2, false, "z");
+        t.join(d, m, false, false);
+        t.close();
+        // The node shuts down: the fetcher's stream closes first, but it did not die.
+        t.leave(&d, id_f, false);
+        assert!(
+            !told_to_fetch(&mut rm),
+            "the next tracker decides, not a closing one"
+        );
     }
 
     fn assign(r: TrackerReply) -> (bool, Vec<Vec<u8>>) {

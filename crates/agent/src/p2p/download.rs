@@ -218,10 +218,11 @@ impl<'a> PeerPhase<'a> {
                     }
                     Some(TrackerReply::Assign { .. } | TrackerReply::Resolved { .. }) => {}
                     None => {
-                        // The tracker is gone: carry on with Kademlia alone (its blobs move
-                        // to the next tracker for the agents that join from now on).
+                        // No tracker left (none found after this one died): carry on with
+                        // Kademlia alone. The fetcher it chose is still fetching, so a peer
+                        // that is not ready is waited for as before: only peer_stall sends
+                        // this node to the upstream, not an empty moment between sessions.
                         *coordination = None;
-                        self.coordinated = false;
                     }
                 },
                 () = sleep_opt(redial) => {

@@ -26,24 +26,25 @@ const DIRECTORY_TTL: Duration = Duration::from_secs(10);
 const NO_TRACKER_TTL: Duration = Duration::from_secs(1);
 /// The bound on joining: opening the stream, `Join`, `Assign`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Waits before each try to join one tracker (each stretched by a random 0-100 %, so a
-/// cluster's burst of joins spreads out). Generous: giving up on a live tracker sends the
-/// node to the next one, where it may become a second fetcher of the blob.
-const JOIN_BACKOFF: [Duration; 6] = [
+/// Waits before each try to join one tracker, each stretched by a random 0-50 % so a cluster's
+/// burst of joins spreads out. Giving up on a live tracker sends the node to the next one,
+/// where it may become a second fetcher; but all of them together stay under the tracker's
+/// `REJOIN_GRACE` (2 s), or a fetcher rejoining after a failover would lose its fetch.
+const JOIN_BACKOFF: [Duration; 5] = [
     Duration::ZERO,
     Duration::from_millis(50),
     Duration::from_millis(150),
-    Duration::from_millis(400),
-    Duration::from_millis(800),
-    Duration::from_millis(1600),
+    Duration::from_millis(300),
+    Duration::from_millis(600),
 ];
 
-/// `delay` stretched by a random 0-100 %.
+/// `delay` stretched by a random 0-50 %.
 fn jittered(delay: Duration) -> Duration {
     use std::hash::{BuildHasher, RandomState};
-    let r = RandomState::new().hash_one(0u8) % 1000;
+    let r = RandomState::new().hash_one(0u8) % 500;
     delay + delay.mul_f64(r as f64 / 1000.0)
 }
+
 /// How often a member tells its tracker how far it is when nothing changed (its keepalive).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a member checks whether it has new pieces to report: the tracker hands a dead
