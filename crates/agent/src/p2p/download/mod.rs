@@ -7,7 +7,9 @@
 //! the blob's tracker hands this node the fetch. Without a tracker (or when it assigned the
 //! fetch to this node) it also hands over at once when no peer has the blob or none is left.
 
-use super::peer_task::{FromPeer, PeerTask, ToPeer};
+mod connect;
+
+use super::peer_task::{FromPeer, ToPeer};
 use super::picker::{pick, PickState};
 use super::slot::{count, random_order, Slot};
 use super::tracker::{Assignment, TrackerLink};
@@ -247,77 +249,6 @@ impl<'a> PeerPhase<'a> {
                 self.fill_requests(s);
             }
         }
-    }
-
-    /// Looks the blob's providers up and starts sessions with new ones; false if there are
-    /// none at all.
-    async fn connect_providers(&mut self) -> bool {
-        let providers = lookup(&self.p2p.node, self.fetch.digest).await;
-        self.connect(&providers)
-    }
-
-    /// Starts a provider lookup in the background unless one is running.
-    fn start_lookup(&mut self) {
-        if self.lookup.is_some() {
-            return;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let node = self.p2p.node.clone();
-        let digest = self.fetch.digest;
-        tokio::spawn(async move {
-            let _ = tx.send(lookup(&node, digest).await);
-        });
-        self.lookup = Some(rx);
-    }
-
-    /// Starts sessions with the named peers and `providers` not connected, retired or banned,
-    /// while there is room; false if there is no peer at all.
-    fn connect(&mut self, providers: &[PeerId]) -> bool {
-        let digest = self.fetch.digest;
-        let now = Instant::now();
-        self.retired.retain(|_, until| *until > now);
-        let connected: HashSet<PeerId> = self.slots.values().map(|s| s.task.peer).collect();
-        for p in providers {
-            if !self.providers.contains(p) {
-                self.providers.push(*p);
-            }
-        }
-        let mut candidates = self.named.clone();
-        candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
-        let fresh = candidates.iter().filter(|p| {
-            !connected.contains(p)
-                && !self.retired.contains_key(p)
-                && !self.p2p.bans.is_banned(&digest, p)
-        });
-        let room = self
-            .p2p
-            .cfg
-            .max_peers_per_blob
-            .saturating_sub(self.slots.len());
-        for peer in fresh.take(room).copied().collect::<Vec<_>>() {
-            debug!(%digest, %peer, "dialling a peer for the blob");
-            let slot = self.next_slot;
-            self.next_slot += 1;
-            let task = PeerTask::spawn(
-                self.fetch.ctx_arc(),
-                peer,
-                digest,
-                slot,
-                self.events_tx.clone(),
-            );
-            self.slots.insert(
-                slot,
-                Slot {
-                    task,
-                    has: None,
-                    unchoked: false,
-                    outstanding: 0,
-                    delivered: 0,
-                    first_request: None,
-                },
-            );
-        }
-        !candidates.is_empty() || !self.slots.is_empty()
     }
 
     fn adopt_sink(&mut self, sink: &mut Sink) {
@@ -627,29 +558,6 @@ impl<'a> PeerPhase<'a> {
         }
     }
 
-    fn drop_slot(&mut self, slot: usize, retry_after: Duration) {
-        let Some(entry) = self.slots.remove(&slot) else {
-            return;
-        };
-        if let Some(has) = &entry.has {
-            count(&mut self.availability, has, -1);
-        }
-        self.requests.retain(|_, reqs| {
-            reqs.retain(|(s, _)| *s != slot);
-            !reqs.is_empty()
-        });
-        // Each failure in a row doubles the wait (a dead peer is not dialled twice a second
-        // for ever), up to MAX_BACKOFF: a busy uploader (all its slots taken) frees one soon,
-        // and waiting longer would run into peer_stall. A session that opens resets it.
-        let failures = self.failures.entry(entry.task.peer).or_default();
-        let backoff = retry_after
-            .saturating_mul(1 << (*failures).min(5))
-            .min(MAX_BACKOFF);
-        *failures += 1;
-        self.retired
-            .insert(entry.task.peer, Instant::now() + backoff.max(retry_after));
-    }
-
     fn ban(&mut self, slot: usize, why: &str) {
         if let Some(entry) = self.slots.get(&slot) {
             self.fetch.ctx.metrics.peer_bans.inc();
@@ -663,12 +571,4 @@ async fn sleep_opt(at: Option<Instant>) {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// The blob's providers by Kademlia (none if the lookup fails).
-async fn lookup(node: &pollen_swarm::Node, digest: pollen_oci::Digest) -> Vec<PeerId> {
-    node.find_providers(&digest).await.unwrap_or_else(|e| {
-        debug!(%digest, error = %e, "provider lookup failed");
-        Vec::new()
-    })
 }
