@@ -9,6 +9,7 @@
 //! (`/pollen/preheat/1`).
 
 use crate::blobs::{self, Progress};
+use crate::p2p::tracker::{jittered, JOIN_BACKOFF};
 use crate::{manifests, Ctx};
 use pollen_oci::{
     manifest_content, platform_matches, Digest, ImageRef, ManifestContent, Reference,
@@ -35,13 +36,6 @@ const PARALLEL: usize = 4;
 const SILENCE: Duration = Duration::from_secs(120);
 /// Events queued for the client; a client that stops reading stalls the preheat.
 const EVENT_QUEUE: usize = 64;
-/// Waits before each try to open a preheat stream that broke at birth.
-const STREAM_RETRIES: [Duration; 4] = [
-    Duration::ZERO,
-    Duration::from_millis(50),
-    Duration::from_millis(150),
-    Duration::from_millis(400),
-];
 
 /// What to preheat.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -312,7 +306,7 @@ where
 }
 
 /// Has `peer` fetch a blob, relaying its progress. A stream that breaks before the first
-/// reply is opened again (libp2p-stream drops inbound streams that arrive in a burst, and a
+/// reply is opened again on the tracker joins' schedule (libp2p-stream drops inbound streams that arrive in a burst, and a
 /// preheat opens one per blob at once; docs/decisions.md): asking again is harmless, the
 /// target joins its own fetch in flight.
 async fn fetch_there(
@@ -329,8 +323,8 @@ async fn fetch_there(
         digest,
     };
     let mut last = String::new();
-    for delay in STREAM_RETRIES {
-        tokio::time::sleep(delay).await;
+    for delay in JOIN_BACKOFF {
+        tokio::time::sleep(jittered(delay)).await;
         let stream = p2p
             .node
             .open_stream_on(peer, PREHEAT_PROTOCOL)

@@ -30,7 +30,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// burst of joins spreads out. Giving up on a live tracker sends the node to the next one,
 /// where it may become a second fetcher; but all of them together stay under the tracker's
 /// `REJOIN_GRACE` (2 s), or a fetcher rejoining after a failover would lose its fetch.
-const JOIN_BACKOFF: [Duration; 5] = [
+pub(crate) const JOIN_BACKOFF: [Duration; 5] = [
     Duration::ZERO,
     Duration::from_millis(50),
     Duration::from_millis(150),
@@ -39,7 +39,7 @@ const JOIN_BACKOFF: [Duration; 5] = [
 ];
 
 /// `delay` stretched by a random 0-50 %.
-fn jittered(delay: Duration) -> Duration {
+pub(crate) fn jittered(delay: Duration) -> Duration {
     use std::hash::{BuildHasher, RandomState};
     let r = RandomState::new().hash_one(0u8) % 500;
     delay + delay.mul_f64(r as f64 / 1000.0)
