@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 /// The encoding is canonical: exactly `ceil(count / 8)` bytes and the unused low bits of the
 /// last byte zero. Decoding refuses anything else, so two equal sets always encode the same
 /// and stray bits can never claim pieces past the end. `count <= MAX_PIECES` (8 KiB of bits).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `Default` is the set of no pieces at all (a blob whose geometry is not known yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "BitfieldWire")]
 pub struct Bitfield {
     count: u32,

@@ -71,13 +71,13 @@ pub enum Reply {
     },
     /// The complete piece map (answer to `GetPieceMap` from a seed).
     PieceMap(PieceMap),
-    /// Hashes of pieces `first..first + hashes.len()` of the uploader's growing map (see
-    /// `GetPieceMap`). The peer fetching from the upstream sends them in order, without gaps
-    /// or overlap, and the hash of a piece always before the `HaveMore` announcing it.
+    /// Hashes of pieces `first..first + hashes.len()` that the uploader computed from the
+    /// upstream's bytes (see `GetPieceMap`): any range, since several nodes may each fetch a
+    /// part of the blob; the hash of a piece always goes before the `HaveMore` announcing it.
     PieceHashes {
-        /// Index of the first piece hashed; equals the count of hashes sent before.
+        /// Index of the first piece of the range.
         first: u32,
-        /// BLAKE3 hash of each piece, in order.
+        /// BLAKE3 hash of each piece of the range, in order.
         #[serde(deserialize_with = "piece_hashes")]
         hashes: Vec<[u8; 32]>,
     },

@@ -1,5 +1,6 @@
 //! Piece maps: the BLAKE3 hash of every piece of a blob, so each piece can be checked on arrival.
 
+use crate::bitfield::Bitfield;
 use crate::error::{ProtoError, Violation};
 use crate::geometry::PieceGeometry;
 use crate::serde_util::{bounded_vec, digest_bytes};
@@ -225,14 +226,17 @@ impl PieceMap {
     }
 }
 
-/// A piece map still arriving in order (`PieceHashes` replies from the peer that is fetching
-/// the blob from the upstream and hashes pieces as they arrive). Pieces whose hash is known can
-/// be verified already; once every hash is in, [`Self::finish`] yields the complete map.
+/// A piece map still arriving (`PieceHashes` replies from the peers that fetch the blob's
+/// pieces from the upstream and hash them as they arrive; with several fetchers each sends the
+/// hashes of its own ranges, so the map fills out of order). Pieces whose hash is known can be
+/// verified already; once every hash is in, [`Self::finish`] yields the complete map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartialPieceMap {
     digest: Digest,
     geometry: PieceGeometry,
+    /// One slot per piece; meaningful where `known` is set.
     hashes: Vec<[u8; 32]>,
+    known: Bitfield,
 }
 
 impl PartialPieceMap {
@@ -241,7 +245,8 @@ impl PartialPieceMap {
         PartialPieceMap {
             digest,
             geometry,
-            hashes: Vec::new(),
+            hashes: vec![[0; 32]; geometry.count() as usize],
+            known: Bitfield::new(&geometry),
         }
     }
 
@@ -253,27 +258,30 @@ impl PartialPieceMap {
         &self.geometry
     }
 
-    /// The hashes known so far, in piece order (for persisting a partial download).
-    pub fn hashes(&self) -> &[[u8; 32]] {
+    /// The hash of piece `index`, if known.
+    pub fn hash(&self, index: u32) -> Option<&[u8; 32]> {
+        self.known
+            .get(index)
+            .then(|| self.hashes.get(index as usize))
+            .flatten()
+    }
+
+    /// Which pieces have a known hash.
+    pub fn known(&self) -> &Bitfield {
+        &self.known
+    }
+
+    /// Every piece's slot, in piece order: the hash where [`Self::known`] is set, zeros
+    /// elsewhere (for persisting and publishing without a copy per piece).
+    pub fn slots(&self) -> &[[u8; 32]] {
         &self.hashes
     }
 
-    /// How many leading pieces have a known hash.
-    pub fn known(&self) -> u32 {
-        // At most count() <= MAX_PIECES: extend() checks.
-        u32::try_from(self.hashes.len()).unwrap_or(u32::MAX)
-    }
-
-    /// Appends the hashes of pieces `first..first + hashes.len()`, as sent in `PieceHashes`.
-    /// They must continue exactly where the known prefix ends and stay within the geometry;
-    /// anything else is the sender's [`ProtoError::Invalid`].
-    pub fn extend(&mut self, first: u32, hashes: &[[u8; 32]]) -> Result<(), ProtoError> {
-        if first != self.known() {
-            return Err(ProtoError::invalid(format_args!(
-                "piece hashes start at {first}, expected {}",
-                self.known()
-            )));
-        }
+    /// Adds the hashes of pieces `first..first + hashes.len()`, as sent in `PieceHashes`:
+    /// any range inside the geometry. A hash already known must be equal: a different one
+    /// means one of the two senders lied, and is refused ([`ProtoError::Invalid`]) with the
+    /// map unchanged.
+    pub fn insert(&mut self, first: u32, hashes: &[[u8; 32]]) -> Result<(), ProtoError> {
         let end = u64::from(first) + hashes.len() as u64;
         if end > u64::from(self.geometry.count()) {
             return Err(ProtoError::invalid(format_args!(
@@ -281,24 +289,31 @@ impl PartialPieceMap {
                 self.geometry.count()
             )));
         }
-        self.hashes.extend_from_slice(hashes);
+        for (index, h) in (first..).zip(hashes) {
+            if self.hash(index).is_some_and(|known| known != h) {
+                return Err(ProtoError::invalid(format_args!(
+                    "piece {index} hash differs from the known map"
+                )));
+            }
+        }
+        for (index, h) in (first..).zip(hashes) {
+            if let Some(slot) = self.hashes.get_mut(index as usize) {
+                *slot = *h;
+                self.known.set(index)?;
+            }
+        }
         Ok(())
     }
 
     /// True when piece `index`'s hash is known and `bytes` matches it and the geometry.
     pub fn verify_piece(&self, index: u32, bytes: &[u8]) -> bool {
-        verify(
-            &self.geometry,
-            index,
-            self.hashes.get(index as usize),
-            bytes,
-        )
+        verify(&self.geometry, index, self.hash(index), bytes)
     }
 
     /// [`PartialPieceMap::verify_piece`] for a piece hashed already.
     pub fn verify_hashed(&self, piece: &HashedPiece) -> bool {
         let index = piece.index;
-        match (self.geometry.len_of(index), self.hashes.get(index as usize)) {
+        match (self.geometry.len_of(index), self.hash(index)) {
             (Some(len), Some(expected)) => {
                 u64::try_from(piece.bytes.len()).is_ok_and(|n| n == u64::from(len))
                     && piece.hash == *expected
@@ -309,7 +324,7 @@ impl PartialPieceMap {
 
     /// The complete map once every hash is known; otherwise `self` back, unchanged.
     pub fn finish(self) -> Result<PieceMap, PartialPieceMap> {
-        if self.known() != self.geometry.count() {
+        if !self.known.is_complete() {
             return Err(self);
         }
         Ok(PieceMap {
@@ -383,22 +398,26 @@ mod tests {
     }
 
     #[test]
-    fn partial_map_grows_in_order() {
+    fn partial_map_fills_in_any_order() {
         let data = blob(3 * MIN_PIECE_SIZE as usize);
         let full = map_of(&data);
         let mut p = PartialPieceMap::new(*full.digest(), *full.geometry());
         let ps = MIN_PIECE_SIZE as usize;
         assert!(!p.verify_piece(0, &data[..ps]));
-        p.extend(0, &full.hashes()[..1]).unwrap();
+        p.insert(2, &full.hashes()[2..]).unwrap();
+        assert!(p.verify_piece(2, &data[2 * ps..]));
+        assert!(!p.verify_piece(0, &data[..ps]), "not known yet");
+        p.insert(0, &full.hashes()[..1]).unwrap();
         assert!(p.verify_piece(0, &data[..ps]));
         assert!(!p.verify_piece(1, &data[ps..2 * ps]));
-        assert!(p.extend(0, &full.hashes()[..1]).is_err(), "overlap");
-        assert!(p.extend(2, &full.hashes()[2..]).is_err(), "gap");
-        assert!(p.extend(1, &[[0; 32]; 3]).is_err(), "past the end");
-        p.extend(1, &[]).unwrap();
-        let p = p.finish().unwrap_err();
-        let mut p = p;
-        p.extend(1, &full.hashes()[1..]).unwrap();
+        p.insert(0, &full.hashes()[..1]).unwrap(); // again, agreeing
+        let before = p.clone();
+        assert!(p.insert(1, &[[0; 32], [7; 32]]).is_err(), "disagrees");
+        assert_eq!(p, before, "a refused insert changes nothing");
+        assert!(p.insert(2, &[[0; 32]; 3]).is_err(), "past the end");
+        assert_eq!(p.known().count_ones(), 2);
+        let mut p = p.finish().unwrap_err();
+        p.insert(1, &full.hashes()[1..2]).unwrap();
         assert_eq!(p.finish().unwrap(), full);
     }
 }

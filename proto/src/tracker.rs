@@ -72,6 +72,17 @@ pub enum TrackerRequest {
         name: String,
         tag: String,
     },
+    /// From the fetcher, once the upstream's response told it the blob's size: the tracker
+    /// may split the rest of the fetch across other members (answered by `FetchRange`, the
+    /// part this node keeps).
+    Sized {
+        size: u64,
+        /// Pieces of the blob at the agents' piece size (ranges are cut at piece boundaries).
+        count: u32,
+        /// The upstream answers range requests (`Accept-Ranges: bytes`): only then is the
+        /// fetch split.
+        ranges: bool,
+    },
 }
 
 /// Tracker -> agent.
@@ -90,6 +101,10 @@ pub enum TrackerReply {
         digest: Option<Digest>,
         error: String,
     },
+    /// Fetch pieces `first..end` of the blob (of `size` bytes) from the upstream, and the rest
+    /// from peers: this node's share of a split fetch (also the answer to `Sized`, and a dead
+    /// member's share handed on).
+    FetchRange { size: u64, first: u32, end: u32 },
 }
 
 impl TrackerRequest {
@@ -103,6 +118,11 @@ impl TrackerRequest {
             let long = |s: &str| s.is_empty() || s.len() > MAX_LABEL_LEN * 4;
             if long(name) || long(tag) || registry.as_deref().is_some_and(long) {
                 return Err("registry, name or tag empty or too long".into());
+            }
+        }
+        if let TrackerRequest::Sized { count, .. } = self {
+            if *count == 0 || *count > crate::MAX_PIECES {
+                return Err(format!("a blob of {count} pieces"));
             }
         }
         if let TrackerRequest::Join { labels, .. } = self {
@@ -125,6 +145,13 @@ impl TrackerReply {
         let peers = match self {
             TrackerReply::Assign { peers, .. } | TrackerReply::Peers { peers } => peers,
             TrackerReply::Fetch => return Ok(()),
+            TrackerReply::FetchRange { first, end, .. } if first >= end => {
+                return Err(format!("empty piece range {first}..{end}"))
+            }
+            TrackerReply::FetchRange { end, .. } if *end > crate::MAX_PIECES => {
+                return Err(format!("piece range ends at {end}, past the most pieces"))
+            }
+            TrackerReply::FetchRange { .. } => return Ok(()),
             TrackerReply::Resolved { error, .. } if error.len() > 512 => {
                 return Err("error message too long".into())
             }

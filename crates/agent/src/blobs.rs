@@ -2,35 +2,29 @@
 //!
 //! The first request for a missing blob starts a download task and registers an [`Inflight`]
 //! under the digest; later requests join it. The task gets the pieces from peers first
-//! ([`crate::p2p`]) and the rest from the upstream, one range request per run of missing
-//! pieces; the blob's writer ([`crate::sink`]) publishes the progress on a watch channel and
-//! clients read the file behind it ([`crate::follow`]). A transfer that breaks is resumed
+//! ([`crate::p2p`]) and the rest from the upstream ([`crate::transfer`]), one range request
+//! per run of missing pieces; the blob's writer ([`crate::sink`]) publishes the progress on a
+//! watch channel and clients read the file behind it ([`crate::follow`]). A transfer that breaks is resumed
 //! with a `Range` request. The task runs on its own, so a client that hangs up does not
 //! cancel the fetch for the others (or for the cache).
 
 use crate::error::FetchError;
 use crate::p2p::tracker::{Assignment, TrackerLink};
 use crate::p2p::{PeerOutcome, PeerPhase, PieceShare};
-use crate::sink::{Op, Sink};
+use crate::sink::Sink;
 use crate::Ctx;
 use bytes::Bytes;
-use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use pollen_oci::Digest;
 use pollen_proto::PieceGeometry;
 use pollen_store::{Blob, Kind};
 use pollen_swarm::PeerId;
-use pollen_upstream::{FetchRequest, Route, UpstreamResponse};
+use pollen_upstream::Route;
 use std::collections::HashSet;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio::time::timeout;
 use tracing::{info, warn};
-
-/// Times a broken transfer is resumed before the fetch fails.
-const MAX_RESUMES: u32 = 3;
 
 /// Where a blob's bytes are, as seen by the clients reading it.
 #[derive(Clone)]
@@ -178,10 +172,10 @@ pub(crate) fn open(
 /// One blob fetch and everything it works with.
 pub(crate) struct BlobFetch<'a> {
     pub ctx: &'a Arc<Ctx>,
-    route: &'a Route,
+    pub route: &'a Route,
     pub digest: Digest,
-    client_auth: Option<http::HeaderValue>,
-    inflight: &'a Inflight,
+    pub client_auth: Option<http::HeaderValue>,
+    pub inflight: &'a Inflight,
 }
 
 impl BlobFetch<'_> {
@@ -257,7 +251,8 @@ impl BlobFetch<'_> {
         Ok(blob)
     }
 
-    /// Peers first, then the upstream for what they did not supply.
+    /// Peers first, then the upstream for what they did not supply. A node fetching a share
+    /// of a split fetch (the tracker's choice) goes back to peers for the rest afterwards.
     async fn fetch_pieces(
         &self,
         use_peers: bool,
@@ -265,26 +260,39 @@ impl BlobFetch<'_> {
         sources: &mut HashSet<PeerId>,
         coordination: &mut Option<(TrackerLink, Assignment)>,
     ) -> Result<(), FetchError> {
-        let outcome = match self.ctx.p2p.as_ref().filter(|_| use_peers) {
-            Some(p2p) => {
-                let mut phase = PeerPhase::new(self, p2p);
-                let outcome = phase.run(sink, coordination).await;
-                *sources = std::mem::take(&mut phase.map_sources);
-                outcome?
-            }
-            None => PeerOutcome::Fallback("peer-to-peer is off".into()),
+        let Some(p2p) = self.ctx.p2p.as_ref().filter(|_| use_peers) else {
+            let why = "peer-to-peer is off";
+            return self.upstream(sink, coordination, None, why).await.map(drop);
         };
-        match outcome {
-            PeerOutcome::Complete => Ok(()),
-            PeerOutcome::Fallback(why) => {
-                if let Some((link, _)) = coordination.as_ref() {
-                    link.set_fetching();
+        let mut phase = PeerPhase::new(self, p2p);
+        loop {
+            let outcome = phase.run(sink, coordination).await;
+            sources.extend(phase.map_sources.drain());
+            phase.suspend(sink);
+            let share = match outcome? {
+                PeerOutcome::Complete => return Ok(()),
+                PeerOutcome::Fallback(why) => {
+                    match self.upstream(sink, coordination, None, &why).await? {
+                        // The fetch was split: the other shares come from their fetchers.
+                        Some(_) => {
+                            if let Some((_, assignment)) = coordination.as_mut() {
+                                assignment.fetch = false;
+                            }
+                            continue;
+                        }
+                        None => return Ok(()),
+                    }
                 }
-                let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
-                info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
-                let _busy = self.ctx.p2p.as_ref().map(UpstreamFetch::start);
-                self.transfer(sink).await
-            }
+                PeerOutcome::Share { size, pieces } => {
+                    if sink.is_none() {
+                        let geometry = self.geometry_of(size)?;
+                        *sink = Some(self.start_sink(geometry).await?);
+                    }
+                    pieces
+                }
+            };
+            self.upstream(sink, coordination, Some(share), "a share of a split fetch")
+                .await?;
         }
     }
 
@@ -316,189 +324,6 @@ impl BlobFetch<'_> {
         }
         Ok(sink)
     }
-
-    /// Fetches every piece still missing from the upstream, one range request per run of
-    /// missing pieces, resuming broken transfers.
-    async fn transfer(&self, sink: &mut Option<Sink>) -> Result<(), FetchError> {
-        let mut resumes = 0;
-        loop {
-            let (start, end) = match sink.as_ref() {
-                None => (0, None),
-                Some(s) => match s.next_range() {
-                    None => return Ok(()),
-                    Some((start, end)) => (start, (end < s.geometry.size()).then_some(end)),
-                },
-            };
-            if let Some(s) = sink.as_mut() {
-                s.seek_to(start).await?;
-            }
-            let req = FetchRequest {
-                route: self.route,
-                method: Method::GET,
-                path: format!("blobs/{}", self.digest),
-                accept: None,
-                range_start: start,
-                range_end: end,
-                client_auth: self.client_auth.clone(),
-            };
-            self.ctx.metrics.upstream_requests.inc();
-            let resp = self.ctx.upstream.fetch(&req).await?;
-            let ranged = start > 0 || end.is_some();
-            let skip = match resp.status {
-                StatusCode::OK => start,
-                StatusCode::PARTIAL_CONTENT if ranged && range_start(&resp) == Some(start) => 0,
-                status if !status.is_success() => {
-                    return Err(FetchError::from_status(status, &resp.headers))
-                }
-                status => {
-                    return Err(FetchError::Upstream(format!(
-                        "unexpected upstream answer HTTP {status}"
-                    )))
-                }
-            };
-            let s = match sink {
-                Some(s) => s,
-                None => {
-                    let size = content_length(&resp).ok_or_else(|| {
-                        FetchError::Upstream("upstream sent a blob without Content-Length".into())
-                    })?;
-                    let geometry = PieceGeometry::choose(size, self.piece_size())
-                        .map_err(|e| FetchError::Upstream(format!("blob of {size} bytes: {e}")))?;
-                    sink.insert(self.start_sink(geometry).await?)
-                }
-            };
-            s.spread_as_fetcher();
-            let size = s.geometry.size();
-            if resp.status == StatusCode::OK && content_length(&resp) != Some(size) {
-                return Err(FetchError::Upstream(format!(
-                    "upstream size changed: {:?} bytes, expected {size}",
-                    content_length(&resp),
-                )));
-            }
-            let limit = end.unwrap_or(size);
-            let mirror = resp.mirror.clone();
-            match self.pump(resp, skip, limit, s).await {
-                Ok(()) => s.appended_through(limit),
-                Err(PumpError::Store) => return Ok(()), // the writer's own error is reported by finish()
-                Err(PumpError::Upstream(why)) if resumes < MAX_RESUMES => {
-                    resumes += 1;
-                    self.ctx.upstream.report_failure(&mirror);
-                    warn!(digest = %self.digest, offset = s.sent, error = %why, "upstream transfer broke; resuming with a range request");
-                }
-                Err(PumpError::Upstream(why)) => {
-                    return Err(FetchError::Upstream(format!(
-                        "transfer failed {} times, last: {why}",
-                        resumes + 1
-                    )));
-                }
-            }
-        }
-    }
-
-    fn piece_size(&self) -> Option<u32> {
-        self.ctx.p2p.as_ref().and_then(|p| p.cfg.session.piece_size)
-    }
-
-    /// Moves one response body into the sink up to `limit`, skipping `skip` bytes a 200
-    /// resends on resume.
-    async fn pump(
-        &self,
-        resp: UpstreamResponse,
-        mut skip: u64,
-        limit: u64,
-        sink: &mut Sink,
-    ) -> Result<(), PumpError> {
-        let idle = self.ctx.cfg.upstream.idle_timeout;
-        let mut body = resp.body;
-        while sink.sent < limit {
-            let frame = match timeout(idle, body.frame()).await {
-                Err(_) => return Err(PumpError::Upstream(format!("no bytes for {idle:?}"))),
-                Ok(None) => {
-                    return Err(PumpError::Upstream(format!(
-                        "body ended at byte {} of {limit}",
-                        sink.sent
-                    )))
-                }
-                Ok(Some(Err(e))) => return Err(PumpError::Upstream(e.to_string())),
-                Ok(Some(Ok(frame))) => frame,
-            };
-            let Ok(mut data) = frame.into_data() else {
-                continue;
-            };
-            if skip > 0 {
-                let n = skip.min(data.len() as u64);
-                skip -= n;
-                data = data.slice(n as usize..);
-            }
-            let room = limit - sink.sent;
-            if data.len() as u64 > room {
-                data.truncate(room as usize);
-            }
-            if data.is_empty() {
-                continue;
-            }
-            self.ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
-            self.inflight
-                .from_upstream
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            let start = sink.sent;
-            sink.sent += data.len() as u64;
-            if !sink.send(Op::Append(data.clone())).await {
-                return Err(PumpError::Store);
-            }
-            // Readers at the live edge take the chunk from memory now, while the disk write
-            // and the hash proceed on their own threads.
-            self.inflight.progress.send_modify(|p| {
-                if let Progress::Streaming { recent, .. } = p {
-                    *recent = Recent {
-                        start,
-                        chunks: vec![data].into(),
-                    };
-                }
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Counts this node's upstream transfers while it lives (see `P2p::upstream_fetches`).
-struct UpstreamFetch<'a>(&'a crate::p2p::P2p);
-
-impl UpstreamFetch<'_> {
-    fn start(p2p: &crate::p2p::P2p) -> UpstreamFetch<'_> {
-        p2p.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-        UpstreamFetch(p2p)
-    }
-}
-
-impl Drop for UpstreamFetch<'_> {
-    fn drop(&mut self) {
-        self.0.upstream_fetches.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-enum PumpError {
-    Upstream(String),
-    Store,
-}
-
-fn content_length(resp: &UpstreamResponse) -> Option<u64> {
-    resp.headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// The first byte of a 206's `Content-Range: bytes a-b/n`.
-fn range_start(resp: &UpstreamResponse) -> Option<u64> {
-    let v = resp
-        .headers
-        .get(http::header::CONTENT_RANGE)?
-        .to_str()
-        .ok()?;
-    v.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
 }
 
 #[cfg(test)]

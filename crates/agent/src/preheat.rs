@@ -96,8 +96,12 @@ async fn run(
     tx: &mpsc::Sender<PreheatEvent>,
 ) -> Result<(), String> {
     let image = ImageRef::parse(&spec.image).map_err(|e| format!("image {:?}: {e}", spec.image))?;
-    let route = Route::resolve(&ctx.cfg.upstream, image.registry.as_deref(), &image.name)
-        .map_err(|e| e.to_string())?;
+    let route = Route::resolve(
+        ctx.upstream().config(),
+        image.registry.as_deref(),
+        &image.name,
+    )
+    .map_err(|e| e.to_string())?;
     let blobs = resolve(ctx, &route, &image.reference, &spec.platforms).await?;
     let targets = targets(ctx, spec.all_nodes).await;
     let me = ctx.p2p.as_ref().map(|p| p.node.peer_id());
@@ -395,7 +399,7 @@ async fn serve_one(ctx: &Arc<Ctx>, stream: pollen_swarm::Stream) -> Result<(), S
     } = req;
     let result = async {
         let name = pollen_oci::Name::parse(&name).map_err(|e| e.to_string())?;
-        let route = Route::resolve(&ctx.cfg.upstream, registry.as_deref(), &name)
+        let route = Route::resolve(ctx.upstream().config(), registry.as_deref(), &name)
             .map_err(|e| e.to_string())?;
         let (rx, _) = blobs::open(ctx, route, digest, None);
         let w = tokio::sync::Mutex::new(&mut w);

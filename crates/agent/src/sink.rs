@@ -11,6 +11,7 @@ use bytes::Bytes;
 use pollen_peer::{PieceState, Spread};
 use pollen_proto::{Bitfield, HashedPiece, PieceGeometry, PieceMap};
 use pollen_store::{Blob, Partial, StoreError};
+use std::ops::Range;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -29,6 +30,9 @@ pub(crate) enum Op {
     Append(Bytes),
     /// Continue appending at piece `index` (a range of pieces no peer had).
     Seek(u32),
+    /// The upstream range is done: take in the hashes of its last pieces (still on the
+    /// hashing thread) now, so they are announced without waiting for more bytes.
+    Settle,
     /// Piece hashes a peer sent (`slot` names the peer in the download).
     Hashes {
         first: u32,
@@ -59,10 +63,11 @@ pub(crate) enum Written {
         slot: usize,
         result: PieceResult,
     },
-    /// `Ok(known)`: hashes known now; `Err(MapConflict)`: they contradict the map.
+    /// `Ok(known)`: the pieces whose hash is known now; `Err(MapConflict)`: they contradict
+    /// the map.
     Hashes {
         slot: usize,
-        result: Result<u32, StoreError>,
+        result: Result<Bitfield, StoreError>,
     },
 }
 
@@ -75,8 +80,8 @@ pub(crate) struct Sink {
     /// Pieces present or on their way to the disk: resumed from disk, stored from peers (as
     /// the writer confirms), or appended from the upstream. Owned by the download task.
     pub have: Bitfield,
-    /// Hashes known when the sink started.
-    pub initial_known: u32,
+    /// Pieces whose hash is known, as of the start or the last peer phase.
+    pub known: Bitfield,
     /// The writer's verdicts on pieces and hashes from peers (taken by the peer download).
     pub written: Option<mpsc::UnboundedReceiver<Written>>,
     progress: watch::Sender<Progress>,
@@ -103,11 +108,11 @@ impl Sink {
             verified: false,
         });
         let have = partial.have().clone();
-        let initial_known = partial.map().known();
+        let known = partial.map().known().clone();
         let mut w = WriterThread {
             partial,
             adopted: false,
-            published: (u32::MAX, u32::MAX),
+            published: (u32::MAX, u32::MAX, u32::MAX),
             progress: progress.clone(),
             share: share.clone(),
             last_piece: None,
@@ -150,7 +155,7 @@ impl Sink {
             sent,
             geometry,
             have,
-            initial_known,
+            known,
             written: Some(written),
             progress,
             share,
@@ -171,7 +176,7 @@ impl Sink {
             Op::Append(b) => b.len(),
             Op::Piece { piece, .. } => piece.bytes().len(),
             Op::Hashes { hashes, .. } => hashes.len() * 32,
-            Op::Seek(_) => 0,
+            Op::Seek(_) | Op::Settle => 0,
         }
         .div_ceil(1024)
         .clamp(1, WRITE_BUDGET_KIB) as u32;
@@ -190,14 +195,14 @@ impl Sink {
         Ok((partial, self.progress, self.share))
     }
 
-    /// The next upstream range: the first run of missing pieces, from the append cursor when
-    /// it is inside that run (a transfer that broke there). `None` when nothing is missing.
-    pub fn next_range(&self) -> Option<(u64, u64)> {
+    /// The next upstream range: the first run of missing pieces (within `share`, when this
+    /// node fetches only part of the blob), from the append cursor when it is inside that run
+    /// (a transfer that broke there). `None` when nothing is missing.
+    pub fn next_range(&self, share: Option<&Range<u32>>) -> Option<(u64, u64)> {
         let g = &self.geometry;
-        let first = self.have.iter_missing().next()?;
-        let end_piece = (first..g.count())
-            .find(|i| self.have.get(*i))
-            .unwrap_or(g.count());
+        let (from, to) = share.map_or((0, g.count()), |r| (r.start, r.end.min(g.count())));
+        let first = self.have.iter_missing().find(|i| (from..to).contains(i))?;
+        let end_piece = (first..to).find(|i| self.have.get(*i)).unwrap_or(to);
         let start = g.offset_of(first)?;
         let end = g.offset_of(end_piece).unwrap_or(g.size());
         Some(match self.sent > start && self.sent < end {
@@ -224,12 +229,13 @@ impl Sink {
     }
 
     /// Records that the upstream supplied every byte up to `limit`: the run of missing pieces
-    /// that ends there is now appended.
-    pub fn appended_through(&mut self, limit: u64) {
+    /// that ends there (and does not start before piece `floor`, where this node's share of
+    /// the blob starts) is now appended.
+    pub fn appended_through(&mut self, limit: u64, floor: u32) {
         let Some(mut i) = limit.checked_sub(1).and_then(|b| self.geometry.index_at(b)) else {
             return;
         };
-        while !self.have.get(i) {
+        while !self.have.get(i) && i >= floor {
             let _ = self.have.set(i);
             match i.checked_sub(1) {
                 Some(prev) => i = prev,
@@ -259,7 +265,7 @@ impl Sink {
             }
         });
         // Verified: the map is now trusted, and this node is a seed for the blob.
-        let hashes: Arc<[[u8; 32]]> = partial.map().hashes().into();
+        let hashes: Arc<[[u8; 32]]> = partial.map().slots().into();
         share
             .state
             .send_replace(PieceState::complete(&share.geometry, hashes));
@@ -273,11 +279,11 @@ impl Sink {
 /// The state of the writer thread.
 struct WriterThread {
     partial: Partial,
-    /// Some hashes came from peers: the map is not this node's to vouch for until the blob
-    /// verifies (trust model).
+    /// Some hashes came from peers: the map is not this node's to vouch for as a whole until
+    /// the blob verifies (trust model), only the hashes it produced.
     adopted: bool,
-    /// Pieces and hashes last published to peers.
-    published: (u32, u32),
+    /// Pieces, known hashes and produced hashes last published to peers.
+    published: (u32, u32, u32),
     progress: watch::Sender<Progress>,
     share: Arc<PieceShare>,
     /// The piece from a peer written last, kept so clients at the live edge read it from
@@ -298,6 +304,7 @@ impl WriterThread {
                 Ok(chunk.len())
             }
             Op::Seek(index) => self.partial.seek(index).map(|()| 0),
+            Op::Settle => self.partial.settle().map(|()| 0),
             Op::Hashes {
                 first,
                 hashes,
@@ -307,7 +314,7 @@ impl WriterThread {
                 let result = self
                     .partial
                     .adopt_hashes(first, &hashes)
-                    .map(|()| self.partial.map().known());
+                    .map(|()| self.partial.map().known().clone());
                 let _ = done.send(Written::Hashes { slot, result });
                 Ok(0)
             }
@@ -325,6 +332,7 @@ impl WriterThread {
                     result,
                 });
                 if result == PieceResult::Stored {
+                    self.share.spread.received(index);
                     if let Some(offset) = self.partial.geometry().offset_of(index) {
                         self.last_piece = Some((offset, piece.bytes().clone()));
                     }
@@ -358,24 +366,27 @@ impl WriterThread {
                 }
             }
         });
-        let now = (self.partial.have().count_ones(), self.partial.map().known());
+        let map = self.partial.map();
+        let now = (
+            self.partial.have().count_ones(),
+            map.known().count_ones(),
+            self.partial.produced().count_ones(),
+        );
         if now == self.published {
             return;
         }
         self.published = now;
-        let map = self.partial.map();
-        let complete_map = (map.known() == map.geometry().count())
-            .then(|| PieceMap::new(*map.digest(), *map.geometry(), map.hashes().to_vec()).ok())
+        let complete_map = map
+            .known()
+            .is_complete()
+            .then(|| PieceMap::new(*map.digest(), *map.geometry(), map.slots().to_vec()).ok())
             .flatten();
         let state = PieceState {
             have: self.partial.have().clone(),
             // Our own hashes (from the upstream's bytes) we vouch for; a peer's only once the
             // blob verified.
-            hashes: if self.adopted {
-                Arc::from(Vec::new())
-            } else {
-                map.hashes().into()
-            },
+            hashes: map.slots().into(),
+            vouched: self.partial.produced().clone(),
             complete: false,
             map_id: complete_map.filter(|_| self.adopted).map(|m| m.id()),
         };

@@ -146,6 +146,11 @@ async fn all_mirrors_down_gives_502_and_stale_tag_is_served() {
     let never_seen = h.get(&format!("/v2/app/manifests/other{ns}")).await;
     assert_eq!(never_seen.status, StatusCode::BAD_GATEWAY);
     assert_eq!(never_seen.json()["errors"][0]["code"], "UNAVAILABLE");
+    assert_eq!(
+        h.metric("pollen_upstream_failures_total"),
+        2.0,
+        "both tag requests found every mirror failing"
+    );
 }
 
 #[tokio::test]
@@ -186,11 +191,15 @@ async fn quota_evicts_old_blobs_but_keeps_serving() {
         h.wait_stored(&d).await;
         digests.push(d);
     }
+    // The fourth blob does not fit: the least recently used go, down to the low watermark
+    // (90 % of the quota with the new blob counted), so the first two.
     let usage = h.agent.store().usage();
     assert!(usage.bytes <= 3 << 20, "{usage:?}");
-    assert_eq!(usage.evictions, 1);
-    assert!(!h
-        .agent
-        .store()
-        .contains(pollen_store::Kind::Blob, &digests[0].parse().unwrap()));
+    assert_eq!(usage.evictions, 2, "{usage:?}");
+    let stored = |i: usize| {
+        h.agent
+            .store()
+            .contains(pollen_store::Kind::Blob, &digests[i].parse().unwrap())
+    };
+    assert!(!stored(0) && !stored(1) && stored(2) && stored(3));
 }

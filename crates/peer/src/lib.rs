@@ -23,7 +23,7 @@
 //! session.request_map()?;
 //! loop {
 //!     match session.next_event().await? {
-//!         Event::Hashes { first, hashes } => map.extend(first, &hashes)?,
+//!         Event::Hashes { first, hashes } => map.insert(first, &hashes)?,
 //!         Event::Unchoked => session.request(0)?,
 //!         Event::Piece { index, bytes } => {
 //!             // Never store, serve or forward a piece that fails here.

@@ -32,6 +32,14 @@ pub(crate) const UPLOAD_CHUNK: usize = 64 * 1024;
 /// any tenth of a second.
 const BURST: Duration = Duration::from_millis(50);
 
+/// Sessions that may wait (choked) per upload slot. A waiting session costs a stream and no
+/// piece bytes, and it receives `Have` and the piece hashes this node vouches for: with one
+/// waiting place per slot, a fetcher whose slots were taken by a dozen downloaders (of this
+/// and other blobs) turned the rest away, and those could not check the pieces other peers
+/// held until some node completed the blob (benches/cluster.sh, peer-bound: nodes then went
+/// to the upstream after `peer_stall`).
+pub const WAITING_PER_SLOT: usize = 4;
+
 /// Limits and counters shared by all uploader sessions of a node (hold it in an `Arc`).
 pub struct UploadLimits {
     slots: Arc<Semaphore>,
@@ -44,13 +52,13 @@ pub struct UploadLimits {
 
 impl UploadLimits {
     /// At most `max_sessions` sessions unchoked at once (0 refuses every session with `Busy`),
-    /// at most `max_sessions` more waiting for a slot, and piece bodies sent at no more than
-    /// `bytes_per_sec` in total (0: unlimited).
+    /// at most [`WAITING_PER_SLOT`] times as many more waiting for a slot, and piece bodies
+    /// sent at no more than `bytes_per_sec` in total (0: unlimited).
     pub fn new(max_sessions: usize, bytes_per_sec: u64) -> UploadLimits {
         UploadLimits {
             slots: Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS))),
             waiting: Arc::new(AtomicUsize::new(0)),
-            max_waiting: max_sessions,
+            max_waiting: max_sessions.saturating_mul(WAITING_PER_SLOT),
             rate: RateLimiter::new(bytes_per_sec),
             bytes_sent: AtomicU64::new(0),
             pieces_sent: AtomicU64::new(0),

@@ -124,8 +124,6 @@ pub struct Session {
     map_asked: bool,
     /// The map was asked for and nothing of it has arrived yet.
     map_pending: bool,
-    /// How many hashes of the map arrived (for contiguity).
-    hashes_known: u32,
     /// When the session last went from owing nothing to owing something.
     owed_since: Instant,
     shared: Arc<Shared>,
@@ -200,7 +198,6 @@ impl Session {
             choked: true,
             map_asked: false,
             map_pending: false,
-            hashes_known: 0,
             owed_since: Instant::now(),
             shared,
             inbox,

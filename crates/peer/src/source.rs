@@ -75,11 +75,13 @@ impl BlobView {
 pub struct PieceState {
     /// The pieces present and verified, servable now.
     pub have: Bitfield,
-    /// The prefix of the piece map this node vouches for, in order: all of it once
-    /// `complete`; while the node is fetching the blob from the upstream, the hashes it has
-    /// computed so far; otherwise (it is downloading from peers) empty, because a map is
-    /// passed on only once it proved right (trust model).
+    /// The piece map's slots, one per piece (or none yet): meaningful where `vouched` is set.
     pub hashes: Arc<[[u8; 32]]>,
+    /// The pieces whose hash this node vouches for: all once `complete`; before that, those
+    /// it hashed from the upstream's bytes itself (it fetches some range of the blob), never
+    /// hashes it took from peers, because a map is passed on only by its producer or once it
+    /// proved right (trust model).
+    pub vouched: Bitfield,
     /// The whole blob is present and passed its digest check: this node is a seed.
     pub complete: bool,
     /// While not `complete`: the id of the complete map this node's pieces were verified
@@ -94,6 +96,7 @@ impl PieceState {
         PieceState {
             have: Bitfield::new(geometry),
             hashes: Arc::from(Vec::new()),
+            vouched: Bitfield::new(geometry),
             complete: false,
             map_id: None,
         }
@@ -104,6 +107,7 @@ impl PieceState {
         PieceState {
             have: Bitfield::full(geometry),
             hashes,
+            vouched: Bitfield::full(geometry),
             complete: true,
             map_id: None,
         }
@@ -118,13 +122,16 @@ impl PieceState {
                 self.have.count()
             ));
         }
-        if self.hashes.len() > count as usize {
+        let slots = self.hashes.len();
+        if self.vouched.count() != count
+            || (slots != count as usize && (slots != 0 || self.vouched.count_ones() > 0))
+        {
             return Err(format!(
-                "state has {} hashes for {count} pieces",
-                self.hashes.len()
+                "state has {slots} hash slots and {} vouched bits for {count} pieces",
+                self.vouched.count()
             ));
         }
-        if self.complete && (!self.have.is_complete() || self.hashes.len() != count as usize) {
+        if self.complete && (!self.have.is_complete() || !self.vouched.is_complete()) {
             return Err("state is complete without every piece and hash".into());
         }
         Ok(())

@@ -91,6 +91,17 @@ impl Spread {
         self.active.store(true, Ordering::Relaxed);
     }
 
+    /// Piece `index` came from a peer, not from the upstream: the swarm has it already, so
+    /// it is announced to everyone (a node fetching one share of a blob takes the others from
+    /// peers).
+    pub fn received(&self, index: u32) {
+        if let Some(claim) = self.lock().pieces.get_mut(index as usize) {
+            if *claim == Claim::Free {
+                *claim = Claim::Public;
+            }
+        }
+    }
+
     pub(crate) fn seat(self: &Arc<Self>) -> Seat {
         let id = {
             let mut inner = self.lock();
@@ -205,6 +216,14 @@ impl Seat {
                 let _ = out.set(index);
             }
         }
+        // Pieces this session owns and does not send become everyone's when it stalls: look
+        // again then, even if nothing else happens.
+        if load > 0 {
+            if let Some(progress) = inner.seats.get(&self.id) {
+                let at = *progress + REVEAL_AFTER;
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
         (out, next)
     }
 
@@ -293,7 +312,11 @@ mod tests {
         let now = Instant::now();
         let (shown_a, next_a) = a.visible(&have, now, true);
         assert_eq!(ones(&shown_a), vec![0, 1], "a takes its quota");
-        assert_eq!(next_a, None, "nothing owned by others yet");
+        assert_eq!(
+            next_a,
+            Some(now + REVEAL_AFTER),
+            "a looks again when its own unsent pieces would go to everyone"
+        );
         let (shown_b, next_b) = b.visible(&have, now, true);
         assert_eq!(ones(&shown_b), vec![2, 3], "b the next two");
         assert_eq!(

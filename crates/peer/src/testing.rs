@@ -108,15 +108,10 @@ impl MemoryBlob {
     pub fn fetch(&self, upto: u32) {
         let upto = upto.min(self.geometry.count());
         self.state.send_modify(|s| {
-            s.hashes = self
-                .map
-                .hashes()
-                .iter()
-                .take(upto as usize)
-                .copied()
-                .collect();
+            s.hashes = self.map.hashes().into();
             for i in 0..upto {
                 let _ = s.have.set(i);
+                let _ = s.vouched.set(i);
             }
         });
     }

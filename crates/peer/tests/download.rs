@@ -88,7 +88,7 @@ async fn download_from_a_blob_still_being_fetched() {
 
     // Completion is announced with a Have that carries the id of the map we assembled.
     let mut partial = PartialPieceMap::new(fetching.digest(), fetching.geometry());
-    partial.extend(0, fetching.map().hashes()).unwrap();
+    partial.insert(0, fetching.map().hashes()).unwrap();
     let expected = partial.finish().unwrap().id();
     loop {
         match within(session.next_event()).await.unwrap() {

@@ -15,6 +15,8 @@ pub(crate) struct Key {
 
 struct Entry {
     size: u64,
+    /// When it was last read or written, in microseconds since the Unix epoch (the file's
+    /// mtime after a restart: reads touch it), made strictly increasing for the LRU order.
     last_used: u64,
     pins: usize,
     media_type: Option<String>,
@@ -57,7 +59,7 @@ impl Index {
     }
 
     fn tick(&mut self) -> u64 {
-        self.clock += 1;
+        self.clock = now_micros().max(self.clock + 1);
         self.clock
     }
 
@@ -112,6 +114,20 @@ impl Index {
         }
     }
 
+    /// Removes and returns the least recently used entry nobody is reading, if it was last
+    /// used before `cutoff` (microseconds since the Unix epoch).
+    pub fn pop_unused_since(&mut self, cutoff: u64) -> Option<(Key, u64)> {
+        let key = *self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.pins == 0 && e.last_used < cutoff)
+            .min_by_key(|(_, e)| e.last_used)?
+            .0;
+        let e = self.entries.remove(&key)?;
+        self.total -= e.size;
+        Some((key, e.size))
+    }
+
     /// Removes and returns the least recently used entry that nobody is reading.
     pub fn pop_lru_unpinned(&mut self) -> Option<(Key, u64)> {
         let key = *self
@@ -124,6 +140,15 @@ impl Index {
         self.total -= e.size;
         Some((key, e.size))
     }
+}
+
+pub(crate) fn now_micros() -> u64 {
+    micros_since_epoch(std::time::SystemTime::now())
+}
+
+pub(crate) fn micros_since_epoch(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Indexes the committed files of one kind. Files that are not named by a valid digest are
@@ -160,12 +185,7 @@ pub(crate) fn scan(dir: &Path, kind: Kind, index: &mut Index) -> Result<(), Stor
                 }
             },
         };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let age = meta.modified().map_or(0, micros_since_epoch);
         index.insert_scanned(Key { kind, digest }, meta.len(), age, media_type);
     }
     Ok(())

@@ -3,8 +3,11 @@
 //! Bytes enter only through a [`Writer`], which hashes them as they are written to a temp file
 //! and, on [`Writer::commit`], checks the digest, fsyncs and renames the file into place. An
 //! interrupted download therefore never leaves a file that looks complete, and nothing in the
-//! store was ever unverified. A size quota is kept by evicting the least recently used entries;
-//! entries being read are pinned by the [`Blob`] handle and are never evicted.
+//! store was ever unverified. A size quota is kept by evicting the least recently used entries,
+//! down to [`LOW_WATERMARK_PERCENT`] of it once it is hit, and entries unused for a given age can
+//! be evicted too ([`Store::evict_unused_for`]; a read touches the file's mtime, so the age
+//! survives a restart). Entries being read are pinned by the [`Blob`] handle and are never
+//! evicted; only files named by a digest under the store's own directories are counted.
 
 mod hash;
 mod index;
@@ -23,6 +26,9 @@ use tracing::{info, warn};
 
 pub use partial::Partial;
 pub use writer::Writer;
+
+/// When the quota is hit, eviction goes on down to this share of it (percent).
+pub const LOW_WATERMARK_PERCENT: u64 = 90;
 
 /// What a stored object is; manifests carry a media type, blobs do not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -176,6 +182,24 @@ impl Store {
         Ok(Store { inner })
     }
 
+    /// Evicts every object nobody has read or written for `max_age` (and nobody is reading
+    /// now); returns how many. The agent calls it now and then (`--cache-max-age`).
+    pub fn evict_unused_for(&self, max_age: std::time::Duration) -> usize {
+        self.evict_unused_before(std::time::SystemTime::now() - max_age)
+    }
+
+    /// [`Store::evict_unused_for`] with the cutoff given (tests).
+    pub fn evict_unused_before(&self, cutoff: std::time::SystemTime) -> usize {
+        let cutoff = index::micros_since_epoch(cutoff);
+        let mut index = self.inner.lock();
+        let mut n = 0;
+        while let Some((key, size)) = index.pop_unused_since(cutoff) {
+            self.inner.remove_evicted(key, size, "unused for too long");
+            n += 1;
+        }
+        n
+    }
+
     /// Opens a committed object, or `None` when it is not (or no longer) stored.
     pub fn get(&self, kind: Kind, digest: &Digest) -> Option<Blob> {
         let key = Key {
@@ -312,11 +336,18 @@ impl Inner {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Evicts least recently used, unpinned entries until `reserve` more bytes fit the quota.
+    /// When `reserve` more bytes do not fit the quota, evicts least recently used, unpinned
+    /// entries until they fit under the low watermark ([`LOW_WATERMARK_PERCENT`] of the
+    /// quota): one pass makes room for a while, instead of an eviction at every commit.
     fn evict_over_quota(&self, index: &mut Index, reserve: u64) {
-        while index.total().saturating_add(reserve) > self.quota {
+        if index.total().saturating_add(reserve) <= self.quota {
+            return;
+        }
+        let low = u64::try_from(u128::from(self.quota) * u128::from(LOW_WATERMARK_PERCENT) / 100)
+            .unwrap_or(self.quota);
+        while index.total().saturating_add(reserve) > low {
             let Some((key, size)) = index.pop_lru_unpinned() else {
-                if reserve == 0 {
+                if index.total().saturating_add(reserve) > self.quota && reserve == 0 {
                     warn!(
                         bytes = index.total(),
                         quota = self.quota,
@@ -325,16 +356,21 @@ impl Inner {
                 }
                 return;
             };
-            let path = self.root.join(key.kind.dir()).join(key.digest.hex());
-            if let Err(e) = fs::remove_file(&path) {
-                warn!(path = %path.display(), error = %e, "evicting: could not remove file");
-            }
-            for ext in index::SIDECARS {
-                let _ = fs::remove_file(path.with_extension(ext));
-            }
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-            info!(digest = %key.digest, size, "evicted from cache");
+            self.remove_evicted(key, size, "over the quota");
         }
+    }
+
+    /// Deletes an entry the index gave up (its files and sidecars).
+    fn remove_evicted(&self, key: Key, size: u64, why: &str) {
+        let path = self.root.join(key.kind.dir()).join(key.digest.hex());
+        if let Err(e) = fs::remove_file(&path) {
+            warn!(path = %path.display(), error = %e, "evicting: could not remove file");
+        }
+        for ext in index::SIDECARS {
+            let _ = fs::remove_file(path.with_extension(ext));
+        }
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        info!(digest = %key.digest, size, why, "evicted from cache");
     }
 }
 

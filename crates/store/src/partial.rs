@@ -2,8 +2,9 @@
 //!
 //! A partial blob lives in `partial/<hex>/`: `data` (sparse, the blob's full size) and
 //! `state.json` (geometry, the piece hashes known so far, which pieces are present). Pieces
-//! arrive two ways: in order from the upstream ([`Partial::append`], which hashes each piece as
-//! it completes and so grows the piece map) or one at a time from peers
+//! arrive two ways: in order from the upstream, one range at a time ([`Partial::append`],
+//! which hashes each piece as it completes and so fills the piece map) or one at a time from
+//! peers
 //! ([`Partial::write_piece`], verified against the map before a byte touches the disk). A
 //! piece counts as present in the state file only after its bytes were synced, so a crash loses
 //! at most the progress since the last checkpoint and never marks unwritten data as present.
@@ -46,6 +47,9 @@ pub struct Partial {
     file: Arc<File>,
     have: Bitfield,
     map: PartialPieceMap,
+    /// Pieces whose hash this node computed from the upstream's bytes (this run): the only
+    /// hashes it vouches for to peers before the blob verifies (trust model).
+    produced: Bitfield,
     /// Where the next [`Partial::append`] byte goes, and the hash of the piece it is in.
     cursor: u64,
     /// Where the current run of appended bytes began (at open, or at the last
@@ -72,8 +76,13 @@ struct State {
     version: u32,
     digest: String,
     geometry: PieceGeometry,
+    /// Hex hash per piece in order, `""` where unknown (a map filled out of order by several
+    /// fetchers); older files hold only the known prefix.
     hashes: Vec<String>,
     have: Bitfield,
+    /// Pieces whose hash this node computed itself (absent in older files: none).
+    #[serde(default)]
+    produced: Option<Bitfield>,
 }
 
 impl Store {
@@ -95,13 +104,14 @@ impl Store {
             .open(&data)
             .map_err(|e| StoreError::io("opening", &data, e))?;
         let file = Arc::new(file);
-        let (map, have) = match load_state(&dir, digest, geometry) {
-            Some((map, claimed)) => {
+        let (map, have, produced) = match load_state(&dir, digest, geometry) {
+            Some((map, claimed, produced)) => {
                 let have = reverify(&file, &map, &claimed);
-                (map, have)
+                (map, have, produced)
             }
             None => (
                 PartialPieceMap::new(digest, geometry),
+                Bitfield::new(&geometry),
                 Bitfield::new(&geometry),
             ),
         };
@@ -120,6 +130,7 @@ impl Store {
             file,
             have,
             map,
+            produced,
             cursor,
             run_start: cursor,
             pieces: PieceHashThread::start()?,
@@ -214,25 +225,19 @@ impl Partial {
         Ok(())
     }
 
-    /// Takes piece hashes from a peer's map. Hashes that overlap what is known must agree;
-    /// a conflict means one of the two maps is wrong and is the caller's to settle.
+    /// Takes piece hashes from a peer's map, for any range. Hashes that overlap what is known
+    /// must agree; a conflict means one of the two maps is wrong and is the caller's to
+    /// settle.
     pub fn adopt_hashes(&mut self, first: u32, hashes: &[[u8; 32]]) -> Result<(), StoreError> {
-        let known = self.map.known();
-        let skip = known.saturating_sub(first) as usize;
-        for (i, h) in hashes.iter().take(skip).enumerate() {
-            if self.map.hashes().get(first as usize + i) != Some(h) {
-                return Err(StoreError::MapConflict(format!(
-                    "piece {} hash differs from the known map",
-                    first as usize + i
-                )));
-            }
-        }
-        if skip < hashes.len() {
-            self.map
-                .extend(first.max(known), &hashes[skip..])
-                .map_err(|e| StoreError::MapConflict(e.to_string()))?;
-        }
-        Ok(())
+        self.map
+            .insert(first, hashes)
+            .map_err(|e| StoreError::MapConflict(e.to_string()))
+    }
+
+    /// Pieces whose hash this node computed from the upstream's bytes since it opened the
+    /// blob: what it may pass on to peers before the whole blob verifies.
+    pub fn produced(&self) -> &Bitfield {
+        &self.produced
     }
 
     /// Stores one piece from a peer after checking it against the map. `Ok(false)` when the
@@ -293,17 +298,18 @@ impl Partial {
     }
 
     /// Records pieces whose hash the hashing thread finished: checked against the map where
-    /// the hash is known, otherwise extending it (they arrive in piece order).
+    /// the hash is known, otherwise filling it in.
     fn apply_piece_hashes(&mut self, done: Vec<(u32, [u8; 32])>) -> Result<(), StoreError> {
         for (index, hash) in done {
-            match self.map.hashes().get(index as usize) {
+            match self.map.hash(index) {
                 Some(known) if *known != hash => return Err(StoreError::PieceMismatch { index }),
                 Some(_) => {}
                 None => self
                     .map
-                    .extend(index, &[hash])
+                    .insert(index, &[hash])
                     .map_err(|e| StoreError::MapConflict(e.to_string()))?,
             }
+            let _ = self.produced.set(index);
             if !self.have.get(index) {
                 let len = self.geometry().len_of(index).unwrap_or(0);
                 self.mark(index, u64::from(len))?;
@@ -375,8 +381,11 @@ impl Partial {
             version: STATE_VERSION,
             digest: self.digest.to_string(),
             geometry: *self.geometry(),
-            hashes: self.map.hashes().iter().map(hex::encode).collect(),
+            hashes: (0..self.map.geometry().count())
+                .map(|i| self.map.hash(i).map(hex::encode).unwrap_or_default())
+                .collect(),
             have: self.have.clone(),
+            produced: Some(self.produced.clone()),
         };
         serde_json::to_vec(&state).map_err(|e| StoreError::MapConflict(e.to_string()))
     }
@@ -538,7 +547,7 @@ fn load_state(
     dir: &Path,
     digest: Digest,
     geometry: PieceGeometry,
-) -> Option<(PartialPieceMap, Bitfield)> {
+) -> Option<(PartialPieceMap, Bitfield, Bitfield)> {
     let state = read_state(dir)?;
     if state.version != STATE_VERSION
         || state.digest != digest.to_string()
@@ -547,15 +556,20 @@ fn load_state(
     {
         return None;
     }
-    let mut hashes = Vec::with_capacity(state.hashes.len().min(geometry.count() as usize));
-    for h in &state.hashes {
+    let mut map = PartialPieceMap::new(digest, geometry);
+    for (index, h) in (0u32..).zip(&state.hashes) {
+        if h.is_empty() {
+            continue;
+        }
         let mut out = [0u8; 32];
         hex::decode_to_slice(h, &mut out).ok()?;
-        hashes.push(out);
+        map.insert(index, &[out]).ok()?;
     }
-    let mut map = PartialPieceMap::new(digest, geometry);
-    map.extend(0, &hashes).ok()?;
-    Some((map, state.have))
+    let produced = state
+        .produced
+        .filter(|p| p.count() == geometry.count())
+        .unwrap_or_else(|| Bitfield::new(&geometry));
+    Some((map, state.have, produced))
 }
 
 /// Keeps only the pieces whose bytes on disk still match the map.

@@ -44,7 +44,8 @@ fn sequential_append_builds_the_map_and_completes() {
     }
     let expected = PieceMap::of(digest, geometry, &data).unwrap();
     p.settle().unwrap();
-    assert_eq!(p.map().hashes(), expected.hashes());
+    assert_eq!(p.map().slots(), expected.hashes());
+    assert!(p.map().known().is_complete());
     assert!(p.have().is_complete());
     let b = p.commit().unwrap();
     assert_eq!(read_all(&b), data);
@@ -271,4 +272,45 @@ fn the_digest_is_computed_on_the_way_whatever_the_order() {
     assert_eq!(p.whole_pos, len as u64, "no second pass needed");
     let b = p.commit().unwrap();
     assert_eq!(read_all(&b), data);
+}
+
+#[test]
+fn a_range_fetched_apart_fills_the_map_out_of_order_and_survives_a_restart() {
+    let ps = MIN_PIECE_SIZE as usize;
+    let len = 6 * ps;
+    let (_d, store, data, geometry, digest) = setup(len);
+    let map = PieceMap::of(digest, geometry, &data).unwrap();
+    let mut p = store.partial(digest, geometry).unwrap();
+    // This node fetches pieces 3..5 from the upstream; another fetcher vouches for 0..2.
+    p.seek(3).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[3 * ps..5 * ps]))
+        .unwrap();
+    p.adopt_hashes(0, &map.hashes()[..2]).unwrap();
+    let piece = HashedPiece::new(1, Bytes::copy_from_slice(&data[ps..2 * ps]));
+    assert!(p.write_piece(&piece).unwrap());
+    p.checkpoint().unwrap();
+    let known: Vec<u32> = p.map().known().iter_ones().collect();
+    assert_eq!(known, vec![0, 1, 3, 4]);
+    assert_eq!(p.produced().iter_ones().collect::<Vec<_>>(), vec![3, 4]);
+    drop(p);
+
+    let mut p = store.partial(digest, geometry).unwrap();
+    assert_eq!(p.map().known().iter_ones().collect::<Vec<_>>(), known);
+    assert_eq!(p.have().iter_ones().collect::<Vec<_>>(), vec![1, 3, 4]);
+    assert_eq!(
+        p.produced().iter_ones().collect::<Vec<_>>(),
+        vec![3, 4],
+        "still vouched for after a restart"
+    );
+    // The rest from the upstream completes it.
+    p.seek(0).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[..ps])).unwrap();
+    p.seek(2).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[2 * ps..3 * ps]))
+        .unwrap();
+    p.seek(5).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[5 * ps..])).unwrap();
+    p.settle().unwrap();
+    assert!(p.have().is_complete() && p.map().known().is_complete());
+    assert_eq!(read_all(&p.commit().unwrap()), data);
 }

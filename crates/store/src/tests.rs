@@ -93,13 +93,57 @@ fn lru_eviction_skips_pinned() {
     let pinned_a = store.get(Kind::Blob, &a).unwrap(); // a is in use, and now most recent
     let _ = store.get(Kind::Blob, &b); // b used after a; the handle is dropped at once
     let c = put(&store, &[3u8; 10]);
-    let d = put(&store, &[4u8; 10]); // over quota: the LRU unpinned entry must go
+    // Over quota: unpinned entries go, least recently used first, down to the low watermark
+    // (90 %: 27 bytes with d's 10 counted), so b and then c.
+    let d = put(&store, &[4u8; 10]);
     assert!(store.contains(Kind::Blob, &a), "pinned entry was evicted");
     assert!(!store.contains(Kind::Blob, &b), "LRU entry kept");
-    assert!(store.contains(Kind::Blob, &c) && store.contains(Kind::Blob, &d));
+    assert!(
+        !store.contains(Kind::Blob, &c),
+        "evicted down to the low watermark"
+    );
+    assert!(store.contains(Kind::Blob, &d));
     assert_eq!(read_all(&pinned_a), vec![1u8; 10]);
-    assert_eq!(store.usage().evictions, 1);
-    assert!(store.usage().bytes <= 30);
+    assert_eq!(store.usage().evictions, 2);
+    assert!(store.usage().bytes <= 27);
+}
+
+#[test]
+fn entries_unused_for_too_long_go_unless_in_use_and_use_survives_a_restart() {
+    use std::time::{Duration, SystemTime};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let (old, read, held) = (
+        put(&store, &[1u8; 10]),
+        put(&store, &[2u8; 10]),
+        put(&store, &[3u8; 10]),
+    );
+    drop(store);
+    // Two hours pass without a read: the files' mtimes say so.
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+    for d in [&old, &read, &held] {
+        let path = dir.path().join("blobs/sha256").join(d.hex());
+        let f = fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(two_hours_ago).unwrap();
+    }
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let _ = store.get(Kind::Blob, &read); // read now
+    let handle = store.get(Kind::Blob, &held).unwrap(); // read now, and still being read
+    assert_eq!(store.evict_unused_for(Duration::from_secs(3600)), 1);
+    assert!(!store.contains(Kind::Blob, &old), "unused for two hours");
+    drop(store);
+    // The reads touched the files: after a restart they are still recent.
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(store.evict_unused_for(Duration::from_secs(3600)), 0);
+    // Everything is old an hour from now, but what is being read stays.
+    let held_again = store.get(Kind::Blob, &held).unwrap();
+    drop(handle);
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    assert_eq!(store.evict_unused_before(later), 1);
+    assert!(store.contains(Kind::Blob, &held), "in use: never evicted");
+    drop(held_again);
+    assert_eq!(store.evict_unused_before(later), 1);
+    assert_eq!(store.usage().entries, 0);
 }
 
 #[test]

@@ -10,5 +10,7 @@
 mod policy;
 mod serve;
 
-pub use policy::{BlobSummary, Resolver, Tracker, REJOIN_GRACE};
+pub use policy::{
+    BlobSummary, Resolver, Tracker, MAX_FETCHERS, MIN_SHARE, REJOIN_GRACE, SPLIT_WAIT,
+};
 pub use serve::{serve, ServeError, DEFAULT_MEMBER_IDLE};

@@ -17,6 +17,13 @@
 //!   fetcher that leaves without completing (failed, killed: its stream closed) hands the fetch
 //!   to a remaining member, seeds first, then the one holding the most pieces, which then
 //!   fetches only what is still missing.
+//! - **Split**: once the fetcher knows a large blob's size, parts of it go to other members
+//!   ([`split`]).
+
+mod split;
+
+use split::Share;
+pub use split::{MAX_FETCHERS, MIN_SHARE, SPLIT_WAIT};
 
 use pollen_oci::Digest;
 use pollen_proto::{TrackerReply, MAX_TRACKER_PEERS};
@@ -64,6 +71,10 @@ struct BlobSwarm {
     holders: Vec<(Vec<u8>, Instant)>,
     /// Since when members rejoined without a fetcher (after a tracker failover).
     orphaned: Option<Instant>,
+    /// The blob's size, once the fetcher reported it.
+    size: Option<u64>,
+    /// The ranges of a split fetch (empty: the fetcher fetches it all).
+    shares: Vec<Share>,
 }
 
 impl BlobSwarm {
@@ -125,11 +136,22 @@ pub struct Tracker {
     closing: std::sync::atomic::AtomicBool,
     next_id: std::sync::atomic::AtomicU64,
     resolver: std::sync::OnceLock<std::sync::Arc<dyn Resolver>>,
+    /// The smallest share of a split fetch; 0: never split.
+    split_min: u64,
 }
 
 impl Tracker {
+    /// A tracker that splits large blobs' fetches in shares of at least [`MIN_SHARE`].
     pub fn new() -> Tracker {
-        Tracker::default()
+        Tracker::with_split_min(MIN_SHARE)
+    }
+
+    /// A tracker that splits fetches in shares of at least `split_min` bytes (0: never).
+    pub fn with_split_min(split_min: u64) -> Tracker {
+        Tracker {
+            split_min,
+            ..Tracker::default()
+        }
     }
 
     /// The node is shutting down: stop handing fetches on (see the field).
@@ -169,12 +191,9 @@ impl Tracker {
         let mut blobs = self.lock();
         // Busy also when this tracker already has it fetching another blob (it knows that
         // before the agent's own transfer has started).
-        let fetching_another = blobs.iter().any(|(d, s)| {
-            *d != digest
-                && s.fetcher
-                    .and_then(|f| s.members.get(&f))
-                    .is_some_and(|f| f.peer == member.peer)
-        });
+        let fetching_another = blobs
+            .iter()
+            .any(|(d, s)| *d != digest && s.fetching_members().any(|f| f.peer == member.peer));
         let busy = member.busy || fetching_another;
         let swarm = blobs.entry(digest).or_default();
         swarm.expire_holders();
@@ -259,7 +278,11 @@ impl Tracker {
             }
             swarm.holders.push((member.peer, Instant::now()));
         }
-        if swarm.fetcher == Some(id) {
+        if complete {
+            swarm.shares.iter_mut().for_each(|s| s.owner = None);
+        }
+        let handed = !complete && !self.is_closing() && swarm.hand_on_shares(id);
+        if swarm.fetcher == Some(id) && !handed {
             swarm.fetcher = None;
             if !complete && swarm.holders.is_empty() && !self.is_closing() {
                 swarm.hand_on();
@@ -330,7 +353,9 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
         .iter()
         .filter(|(_, m)| m.peer != newcomer.peer)
         .map(|(id, m)| {
-            let class = if swarm.fetcher == Some(*id) { 1 } else { 2 };
+            let fetching =
+                swarm.fetcher == Some(*id) || swarm.shares.iter().any(|s| s.owner == Some(*id));
+            let class = if fetching { 1 } else { 2 };
             (class, usize::MAX - shared(m), u32::MAX - m.pieces, &m.peer)
         })
         .collect();
@@ -353,219 +378,4 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(peer: u8, seed: bool, zone: &str) -> (Member, mpsc::UnboundedReceiver<TrackerReply>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Member {
-                peer: vec![peer],
-                seed,
-                labels: vec![("zone".into(), zone.into())],
-                pieces: 0,
-                busy: false,
-                tx,
-            },
-            rx,
-        )
-    }
-
-    #[test]
-    fn a_busy_member_leaves_the_fetch_to_one_that_is_not_and_claims_it_when_none_comes() {
-        let t = Tracker::new();
-        let d = Digest::of(b"busy");
-        let (mut a, _ra) = member(1, false, "z");
-        a.busy = true;
-        let (id_a, r, _) = t.join(d, a, false, false);
-        assert!(!assign(r).0, "busy: not the fetcher at once");
-        let (b, _rb) = member(2, false, "z");
-        let (_, r, _) = t.join(d, b, false, false);
-        assert!(assign(r).0, "the first member that is not busy fetches");
-        // b fetches d: joining another blob, the tracker counts it busy itself.
-        let (b2, _rb2) = member(2, false, "z");
-        let (_, r, deferred) = t.join(Digest::of(b"other"), b2, false, false);
-        assert!(
-            !assign(r).0 && deferred,
-            "fetching one blob here: not another at once"
-        );
-        assert!(!t.claim_deferred(&d, id_a), "the fetch is taken");
-
-        let d2 = Digest::of(b"alone");
-        let (mut c, _rc) = member(3, false, "z");
-        c.busy = true;
-        let (id_c, r, _) = t.join(d2, c, false, false);
-        assert!(!assign(r).0);
-        assert!(
-            t.claim_deferred(&d2, id_c),
-            "nobody else came: the busy one fetches"
-        );
-        assert!(!t.claim_deferred(&d2, id_c), "once");
-    }
-
-    /// Whether a `Fetch` was pushed (the `Peers` pushes about newcomers are skipped).
-    fn told_to_fetch(rx: &mut mpsc::UnboundedReceiver<TrackerReply>) -> bool {
-        std::iter::from_fn(|| rx.try_recv().ok()).any(|r| r == TrackerReply::Fetch)
-    }
-
-    #[test]
-    fn a_closing_tracker_hands_no_fetch_on() {
-        let t = Tracker::new();
-        let d = Digest::of(b"closing");
-        let (f, _rf) = member(1, false, "z");
-        let (id_f, r, _) = t.join(d, f, false, false);
-        assert!(assign(r).0);
-        let (m, mut rm) = member(2, false, "z");
-        t.join(d, m, false, false);
-        t.close();
-        // The node shuts down: the fetcher's stream closes first, but it did not die.
-        t.leave(&d, id_f, false);
-        assert!(
-            !told_to_fetch(&mut rm),
-            "the next tracker decides, not a closing one"
-        );
-    }
-
-    fn assign(r: TrackerReply) -> (bool, Vec<Vec<u8>>) {
-        match r {
-            TrackerReply::Assign { fetch, peers } => (fetch, peers),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn first_joiner_fetches_and_later_ones_are_pointed_at_it() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (a, _ra) = member(1, false, "x");
-        let (id_a, r, _) = t.join(d, a, false, false);
-        assert_eq!(assign(r), (true, vec![]));
-        let (b, _rb) = member(2, false, "y");
-        let (_, r, _) = t.join(d, b, false, false);
-        assert_eq!(assign(r), (false, vec![vec![1]]));
-        let (c, _rc) = member(3, false, "y");
-        t.progress(&d, id_a, 5);
-        let (_, r, _) = t.join(d, c, false, false);
-        assert_eq!(
-            assign(r).1,
-            vec![vec![1], vec![2]],
-            "fetcher first, then same zone"
-        );
-        assert_eq!(t.summary()[0].members, 3);
-    }
-
-    #[test]
-    fn a_fetcher_that_dies_hands_the_fetch_to_a_seed_first() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (a, _ra) = member(1, false, "x");
-        let (id_a, _, _) = t.join(d, a, false, false);
-        let (b, mut rb) = member(2, false, "x");
-        let (id_b, _, _) = t.join(d, b, false, false);
-        t.progress(&d, id_b, 50);
-        let (s, mut rs) = member(3, true, "x");
-        t.join(d, s, false, false);
-        t.leave(&d, id_a, false);
-        assert!(told_to_fetch(&mut rs), "the seed takes over");
-        assert!(!told_to_fetch(&mut rb));
-        assert!(t.summary()[0].fetching);
-    }
-
-    #[test]
-    fn a_complete_fetcher_needs_no_successor_and_is_named_to_latecomers() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (a, _ra) = member(1, false, "x");
-        let (id_a, _, _) = t.join(d, a, false, false);
-        let (b, mut rb) = member(2, false, "x");
-        t.join(d, b, false, false);
-        t.leave(&d, id_a, true);
-        assert!(!told_to_fetch(&mut rb), "nobody is told to fetch");
-        let (c, _rc) = member(3, false, "x");
-        let (_, r, _) = t.join(d, c, false, false);
-        assert_eq!(assign(r), (false, vec![vec![1], vec![2]]));
-    }
-
-    #[test]
-    fn a_member_already_fetching_keeps_the_fetch_after_a_tracker_change() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (b, _rb) = member(2, false, "x");
-        let (_, r, _) = t.join(d, b, false, false);
-        assert!(assign(r).0);
-        let (a, _ra) = member(1, false, "x");
-        let (_, r, _) = t.join(d, a, true, false);
-        assert!(assign(r).0, "it is fetching already; it goes on");
-    }
-
-    #[test]
-    fn state_is_dropped_when_the_last_member_leaves_without_it() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (a, _ra) = member(1, false, "x");
-        let (id, _, _) = t.join(d, a, false, false);
-        t.leave(&d, id, false);
-        assert!(t.summary().is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rejoining_members_wait_for_the_fetcher_then_one_takes_over() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (a, mut ra) = member(1, false, "x");
-        let (_, r, _) = t.join(d, a, false, true);
-        assert!(!assign(r).0, "a rejoining member is not made the fetcher");
-        let (b, _rb) = member(2, false, "x");
-        let (_, r, _) = t.join(d, b, false, false);
-        assert!(!assign(r).0, "nor a newcomer during the grace");
-        let (f, _rf) = member(3, false, "x");
-        let (_, r, _) = t.join(d, f, true, true);
-        assert!(assign(r).0, "the fetcher is back and keeps its job");
-        assert!(!told_to_fetch(&mut ra));
-
-        // Another blob whose fetcher never comes back.
-        let d2 = Digest::of(b"other");
-        let (a, mut ra) = member(1, false, "x");
-        let (id_a, _, _) = t.join(d2, a, false, true);
-        t.progress(&d2, id_a, 3);
-        assert!(!told_to_fetch(&mut ra), "still within the grace");
-        tokio::time::advance(REJOIN_GRACE).await;
-        t.progress(&d2, id_a, 3);
-        assert!(told_to_fetch(&mut ra));
-    }
-
-    #[test]
-    fn members_hear_of_newcomers_but_the_fetcher_does_not() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (f, mut rf) = member(1, false, "x");
-        t.join(d, f, false, false);
-        let (a, mut ra) = member(2, false, "x");
-        t.join(d, a, false, false);
-        let (b, _rb) = member(3, false, "x");
-        t.join(d, b, false, false);
-        assert_eq!(
-            ra.try_recv().ok(),
-            Some(TrackerReply::Peers {
-                peers: vec![vec![3]]
-            })
-        );
-        assert!(rf.try_recv().is_err());
-    }
-
-    #[test]
-    fn holders_are_remembered_after_everyone_left() {
-        let t = Tracker::new();
-        let d = Digest::of(b"blob");
-        let (a, _ra) = member(1, false, "x");
-        let (id, _, _) = t.join(d, a, false, false);
-        t.leave(&d, id, true);
-        let (b, _rb) = member(2, false, "x");
-        let (_, r, _) = t.join(d, b, false, false);
-        assert_eq!(
-            assign(r),
-            (false, vec![vec![1]]),
-            "no second upstream fetch"
-        );
-    }
-}
+mod tests;

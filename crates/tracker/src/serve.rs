@@ -1,7 +1,7 @@
 //! One agent's tracker stream: `Join`, then `Progress` now and then, pushes from the tracker
 //! in between, until `Leave` or the stream ends. Every wait is bounded.
 
-use crate::policy::{Member, Tracker, FETCH_DEFER};
+use crate::policy::{Member, Tracker, FETCH_DEFER, SPLIT_WAIT};
 use pollen_proto::{
     read_tracker_request, write_tracker_reply, ProtoError, TrackerReply, TrackerRequest,
 };
@@ -72,6 +72,10 @@ where
     let (id, assign, deferred) = tracker.join(digest, member, fetching, rejoin);
     // A busy member told not to fetch asks again after FETCH_DEFER, in case nobody else took it.
     let mut defer = deferred.then(|| Box::pin(tokio::time::sleep(FETCH_DEFER)));
+    // A fetcher's `Sized` is answered after SPLIT_WAIT: members that ask for the blob a
+    // moment after it (a rollout) can still take shares. It keeps streaming meanwhile.
+    let mut sized: Option<(u64, u32, bool)> = None;
+    let mut split_at = None;
     let mut complete = false;
     let result = async {
         timeout(idle, write_tracker_reply(&mut w, &assign))
@@ -82,6 +86,10 @@ where
                 req = timeout(idle, read_tracker_request(&mut r)) => {
                     match req.map_err(|_| ServeError::Timeout)?? {
                         Some(TrackerRequest::Progress { pieces }) => tracker.progress(&digest, id, pieces),
+                        Some(TrackerRequest::Sized { size, count, ranges }) => {
+                            sized = Some((size, count, ranges));
+                            split_at = Some(Box::pin(tokio::time::sleep(SPLIT_WAIT)));
+                        }
                         Some(TrackerRequest::Leave { complete: c }) => {
                             complete = c;
                             return Ok(());
@@ -101,6 +109,20 @@ where
                     defer = None;
                     if tracker.claim_deferred(&digest, id) {
                         timeout(idle, write_tracker_reply(&mut w, &TrackerReply::Fetch))
+                            .await
+                            .map_err(|_| ServeError::Timeout)??;
+                    }
+                }
+                () = async {
+                    match split_at.as_mut() {
+                        Some(sleep) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    split_at = None;
+                    if let Some((size, count, ranges)) = sized.take() {
+                        let reply = tracker.sized(&digest, id, size, count, ranges);
+                        timeout(idle, write_tracker_reply(&mut w, &reply))
                             .await
                             .map_err(|_| ServeError::Timeout)??;
                     }

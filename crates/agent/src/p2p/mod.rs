@@ -67,6 +67,9 @@ pub struct P2pConfig {
     pub ban_duration: Duration,
     /// This node also coordinates blobs for others (`--tracker`).
     pub tracker: bool,
+    /// As a tracker, the smallest share of a blob given to one more upstream fetcher
+    /// (`--split-min`); 0 keeps one fetcher per blob.
+    pub split_min: u64,
     /// This node is a seed (`--seed`): preferred by trackers for fetching from the upstream.
     pub seed: bool,
     /// `zone`, `rack` and other labels (`--zone`, `--rack`, `--label k=v`): trackers name
@@ -86,6 +89,7 @@ impl Default for P2pConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ban_duration: DEFAULT_BAN_DURATION,
             tracker: false,
+            split_min: pollen_tracker::MIN_SHARE,
             seed: false,
             labels: Vec::new(),
         }
@@ -118,7 +122,7 @@ impl P2p {
             provided: dashmap::DashSet::new(),
             tracker: cfg
                 .tracker
-                .then(|| Arc::new(pollen_tracker::Tracker::new())),
+                .then(|| Arc::new(pollen_tracker::Tracker::with_split_min(cfg.split_min))),
             directory: tracker::Directory::default(),
             upstream_fetches: std::sync::atomic::AtomicUsize::new(0),
             node,
@@ -215,12 +219,21 @@ pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
 }
 
 /// Keeps the provider records in step with the store: announces every complete blob and
-/// manifest at start and each new one, withdraws evicted ones.
+/// manifest at start and each new one, withdraws evicted ones; and the list of trackers
+/// fresh.
 pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
     let Some(p2p) = ctx.p2p.as_ref() else { return };
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
     loop {
         tick.tick().await;
+        // Keep the list of trackers warm (in the background: a slow query must not hold up
+        // the announcements).
+        let warm = ctx.clone();
+        tokio::spawn(async move {
+            if let Some(p2p) = warm.p2p.as_ref() {
+                p2p.directory.refresh(p2p).await;
+            }
+        });
         let store = ctx.store.clone();
         let Ok(now) = tokio::task::spawn_blocking(move || store.digests()).await else {
             continue;

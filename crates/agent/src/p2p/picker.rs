@@ -38,8 +38,8 @@ pub(crate) const WINDOW: u32 = 4;
 pub(crate) struct PickState<'a> {
     /// Pieces stored, or received and being written.
     pub done: &'a Bitfield,
-    /// Hashes known for pieces `0..known`: a piece is only requested once it can be checked.
-    pub known: u32,
+    /// Pieces whose hash is known: a piece is only requested once it can be checked.
+    pub known: &'a Bitfield,
     /// Outstanding requests by piece: which peer slot, since when.
     pub requests: &'a HashMap<u32, Vec<(usize, Instant)>>,
     /// How many connected peers have each piece.
@@ -56,9 +56,10 @@ pub(crate) struct PickState<'a> {
 
 /// The next piece to ask peer `slot` (which has `peer_has`) for, if any.
 pub(crate) fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Option<u32> {
-    let count = s.done.count().min(s.known);
+    let count = s.done.count();
     let wanted = |i: &u32| {
         !s.done.get(*i)
+            && s.known.get(*i)
             && peer_has.get(*i)
             && !s
                 .requests
@@ -122,7 +123,7 @@ mod tests {
         availability: Vec<u16>,
         tie_break: Vec<u64>,
         peers: usize,
-        known: u32,
+        known: Bitfield,
         now: Instant,
     }
 
@@ -134,7 +135,7 @@ mod tests {
                 availability: vec![1; count as usize],
                 tie_break: vec![0; count as usize],
                 peers: 3,
-                known: count,
+                known: field(count, &(0..count).collect::<Vec<_>>()),
                 now: Instant::now(),
             }
         }
@@ -142,7 +143,7 @@ mod tests {
             pick(
                 &PickState {
                     done: &self.done,
-                    known: self.known,
+                    known: &self.known,
                     requests: &self.requests,
                     availability: &self.availability,
                     tie_break: &self.tie_break,
@@ -218,9 +219,15 @@ mod tests {
     #[test]
     fn only_pieces_whose_hash_is_known() {
         let mut f = Fixture::new(10);
-        f.known = 3;
+        f.known = field(10, &[0, 1, 2, 7]);
         let all = field(10, &(0..10).collect::<Vec<_>>());
         f.done = field(10, &[0, 1, 2]);
+        assert_eq!(
+            f.pick(0, &all),
+            Some(7),
+            "out of order: a range fetched apart"
+        );
+        f.done = field(10, &[0, 1, 2, 7]);
         assert_eq!(f.pick(0, &all), None);
     }
 

@@ -50,6 +50,10 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a member checks whether it has new pieces to report: the tracker hands a dead
 /// fetcher's job to the member holding the most, so the counts must be fresh.
 const PROGRESS_CHECK: Duration = Duration::from_millis(250);
+/// How long after `Sized` the fetcher waits at most for the tracker's answer (whether the
+/// fetch is split) before it goes on fetching the whole blob itself. The tracker answers
+/// after `pollen_tracker::SPLIT_WAIT`; the fetcher streams its first range meanwhile.
+const SIZED_TIMEOUT: Duration = Duration::from_secs(1);
 /// The bound on resolving a tag through its tracker; past it the agent asks the upstream.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a tracker waits for a silent member.
@@ -84,13 +88,8 @@ impl Directory {
         let mut list = match cached {
             Some((_, list)) => list,
             None => {
-                let list = p2p
-                    .node
-                    .find_providers(&tracker_key())
-                    .await
-                    .unwrap_or_default();
-                *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), list.clone()));
+                let list = self.lookup(p2p).await;
+                self.store(list.clone());
                 list
             }
         };
@@ -98,6 +97,28 @@ impl Directory {
             list.push(p2p.node.peer_id());
         }
         list
+    }
+
+    /// Looks the trackers up now, keeping what it finds. Called every few seconds in the
+    /// background, so that a download joining its tracker (a rollout: every blob at once)
+    /// does not wait for a Kademlia query first. Finding none changes nothing: right after
+    /// start the node may not know its peers yet, and "none" is the download's to decide.
+    pub(crate) async fn refresh(&self, p2p: &P2p) {
+        let list = self.lookup(p2p).await;
+        if !list.is_empty() {
+            self.store(list);
+        }
+    }
+
+    async fn lookup(&self, p2p: &P2p) -> Vec<PeerId> {
+        p2p.node
+            .find_providers(&tracker_key())
+            .await
+            .unwrap_or_default()
+    }
+
+    fn store(&self, list: Vec<PeerId>) {
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), list));
     }
 
     /// Forgets the cached list (a tracker in it did not answer).
@@ -122,10 +143,20 @@ pub(crate) fn rendezvous(digest: &Digest, trackers: &[PeerId]) -> Vec<PeerId> {
     scored.into_iter().map(|(_, p)| p).collect()
 }
 
-/// What the tracker said at `Join`.
+/// What the tracker said at `Join` (and the peers it named since, while no peer phase ran).
 pub(crate) struct Assignment {
     pub fetch: bool,
     pub peers: Vec<PeerId>,
+}
+
+impl Assignment {
+    fn add_peers(&mut self, peers: &[Vec<u8>]) {
+        for peer in peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()) {
+            if !self.peers.contains(&peer) {
+                self.peers.push(peer);
+            }
+        }
+    }
 }
 
 /// A download's membership in its blob's swarm at the tracker. Dropping it without
@@ -138,6 +169,8 @@ pub(crate) struct TrackerLink {
     pushes: mpsc::UnboundedReceiver<TrackerReply>,
     state: Arc<MemberState>,
     task: JoinHandle<()>,
+    /// When `Sized` was sent, until its answer is taken.
+    sized_at: Option<(Instant, u32)>,
 }
 
 /// What a member tells its tracker, shared between the download and its link task.
@@ -176,6 +209,7 @@ impl TrackerLink {
                 pushes,
                 state,
                 task,
+                sized_at: None,
             },
             assignment,
         ))
@@ -184,6 +218,38 @@ impl TrackerLink {
     /// The next push from the tracker; `None` once the link is gone (no tracker left).
     pub async fn recv(&mut self) -> Option<TrackerReply> {
         self.pushes.recv().await
+    }
+
+    /// Tells the tracker the blob's size: this node fetches it and just learnt it. The answer
+    /// is taken by [`TrackerLink::share`].
+    pub fn report_size(&mut self, size: u64, count: u32, ranges: bool) {
+        let sized = TrackerRequest::Sized {
+            size,
+            count,
+            ranges,
+        };
+        if self.out.send(sized).is_ok() {
+            self.sized_at = Some((Instant::now(), count));
+        }
+    }
+
+    /// After [`TrackerLink::report_size`]: this node's share of a split fetch, or `None`: the
+    /// whole blob is this node's to fetch (not split, nothing reported, or no answer in
+    /// time). Peers named meanwhile go into `assignment`.
+    pub async fn share(&mut self, assignment: &mut Assignment) -> Option<std::ops::Range<u32>> {
+        let (sent, count) = self.sized_at.take()?;
+        let deadline = sent + SIZED_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.pushes.recv()).await {
+                Ok(Some(TrackerReply::FetchRange { first, end, .. })) => {
+                    return (first > 0 || end < count).then_some(first..end);
+                }
+                Ok(Some(TrackerReply::Peers { peers })) => assignment.add_peers(&peers),
+                // `Fetch`: this node is fetching already.
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
     }
 
     pub fn set_pieces(&self, pieces: u32) {
@@ -466,7 +532,7 @@ impl pollen_tracker::Resolver for TagResolver {
         Box::pin(async move {
             let ctx = self.0.upgrade().ok_or("the agent is stopping")?;
             let name = pollen_oci::Name::parse(name).map_err(|e| e.to_string())?;
-            let route = pollen_upstream::Route::resolve(&ctx.cfg.upstream, registry, &name)
+            let route = pollen_upstream::Route::resolve(ctx.upstream().config(), registry, &name)
                 .map_err(|e| e.to_string())?;
             let reference = pollen_oci::Reference::Tag(tag.to_string());
             crate::manifests::get_with(&ctx, &route, &reference, None, false)

@@ -18,6 +18,8 @@ pub fn agent_config(reg: &TestRegistry) -> AgentConfig {
     cfg.upstream.failure_backoff = Duration::from_millis(1);
     cfg.p2p.session.piece_size = Some(PIECE as u32);
     cfg.p2p.peer_stall = Duration::from_secs(10);
+    // One fetcher per blob: the tests of splitting a fetch turn it on themselves.
+    cfg.p2p.split_min = 0;
     cfg
 }
 

@@ -18,6 +18,8 @@ pub const DEFAULT_DOWNLOAD_LIMIT: &str = "0";
 pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = pollen_peer::DEFAULT_MAX_UPLOAD_SESSIONS;
 /// A node coordinates blobs for others only when asked to (`--tracker true`).
 pub const DEFAULT_TRACKER: bool = false;
+/// A tracker gives another fetcher a part of a blob once each part is at least this large.
+pub const DEFAULT_SPLIT_MIN: &str = "8MiB";
 /// A node is a seed only when asked to (`--seed true`).
 pub const DEFAULT_SEED: bool = false;
 /// The smallest non-zero rate limit. Piece bodies are sent in 64 KiB chunks; much below one
@@ -107,6 +109,14 @@ pub(super) fn resolve(
             ),
         ));
     }
+    let split_min = parse_size(
+        "split-min",
+        &pick(
+            args.split_min.clone(),
+            file.split_min.as_ref().map(Size::to_text),
+            DEFAULT_SPLIT_MIN,
+        ),
+    )?;
     let tracker = args.tracker.or(file.tracker).unwrap_or(DEFAULT_TRACKER);
     let seed = args.seed.or(file.seed).unwrap_or(DEFAULT_SEED);
     if !p2p_enabled && tracker {
@@ -126,6 +136,7 @@ pub(super) fn resolve(
         download_limit,
         max_upload_sessions,
         tracker,
+        split_min,
         seed,
         labels: labels(args, file)?,
         ..Default::default()

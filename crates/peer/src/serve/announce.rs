@@ -21,8 +21,8 @@ pub(super) struct Announcer {
     told: Option<(bool, Option<PieceMapId>)>,
     map_asked: bool,
     map_answered: bool,
-    /// How many hashes of the map the peer has (`PieceHashes` or the whole `PieceMap`).
-    hashes_sent: usize,
+    /// The hashes the peer has (`PieceHashes` or the whole `PieceMap`).
+    hashes_sent: Bitfield,
     /// The complete map and its id, built once the source is complete (it answers
     /// `GetPieceMap`; the id goes in `Have`).
     full_map: Option<(PieceMap, PieceMapId)>,
@@ -37,7 +37,7 @@ impl Announcer {
             told: None,
             map_asked: false,
             map_answered: false,
-            hashes_sent: 0,
+            hashes_sent: Bitfield::new(&geometry),
             full_map: None,
         }
     }
@@ -95,29 +95,22 @@ impl Announcer {
             match full_map {
                 Some((map, _)) => {
                     frames.push(Reply::PieceMap(map.clone()));
-                    self.hashes_sent = map.hashes().len();
+                    self.hashes_sent = Bitfield::full(&self.geometry);
                 }
                 None => {
-                    frames.push(Reply::PieceHashes {
-                        first: 0,
-                        hashes: state.hashes.to_vec(),
-                    });
-                    self.hashes_sent = state.hashes.len();
+                    let before = frames.len();
+                    self.push_hashes(state, frames)?;
+                    if frames.len() == before {
+                        // Always answered, also when this node vouches for nothing yet.
+                        frames.push(Reply::PieceHashes {
+                            first: 0,
+                            hashes: Vec::new(),
+                        });
+                    }
                 }
             }
         } else if self.map_answered {
-            if let Some(new) = state
-                .hashes
-                .get(self.hashes_sent..)
-                .filter(|h| !h.is_empty())
-            {
-                let first = u32::try_from(self.hashes_sent).map_err(|e| e.to_string())?;
-                frames.push(Reply::PieceHashes {
-                    first,
-                    hashes: new.to_vec(),
-                });
-                self.hashes_sent = state.hashes.len();
-            }
+            self.push_hashes(state, frames)?;
         }
         if have_sent {
             return Ok(());
@@ -133,6 +126,40 @@ impl Announcer {
         }
         Ok(())
     }
+}
+
+impl Announcer {
+    /// `PieceHashes` for every run of vouched hashes the peer does not have yet.
+    fn push_hashes(&mut self, state: &PieceState, frames: &mut Vec<Reply>) -> Result<(), String> {
+        let new = newly_set(&self.hashes_sent, &state.vouched);
+        for run in runs(&new) {
+            let hashes = state
+                .hashes
+                .get(run.start as usize..run.end as usize)
+                .ok_or("vouched hashes without slots")?
+                .to_vec();
+            frames.push(Reply::PieceHashes {
+                first: run.start,
+                hashes,
+            });
+        }
+        for index in new {
+            self.hashes_sent.set(index).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Ascending indices grouped into runs of consecutive ones.
+fn runs(indices: &[u32]) -> Vec<std::ops::Range<u32>> {
+    let mut out: Vec<std::ops::Range<u32>> = Vec::new();
+    for &i in indices {
+        match out.last_mut() {
+            Some(run) if run.end == i => run.end += 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
 }
 
 /// Indices set in `new` but not in `old` (same geometry), ascending. Compares whole bytes, so
@@ -185,7 +212,9 @@ mod tests {
         ));
 
         ann.ask_map();
-        state.hashes = Arc::from(&hashes[..2]);
+        state.hashes = Arc::from(&hashes[..]);
+        state.vouched.set(0).unwrap();
+        state.vouched.set(1).unwrap();
         state.have.set(0).unwrap();
         state.have.set(1).unwrap();
         frames.clear();
@@ -240,9 +269,61 @@ mod tests {
 
         let mut bad = PieceState::complete(&g, Arc::from(&hashes[..2]));
         assert!(ann.update(&bad, &mut frames).is_err());
+        bad.hashes = Arc::from(&hashes[..]);
+        bad.vouched = Bitfield::new(&g);
+        assert!(
+            ann.update(&bad, &mut frames).is_err(),
+            "complete, not vouched"
+        );
         bad.complete = false;
         bad.have = Bitfield::new(&PieceGeometry::new(1, MIN_PIECE_SIZE).unwrap());
         assert!(ann.update(&bad, &mut frames).is_err());
+    }
+
+    #[test]
+    fn hashes_of_ranges_fetched_apart_go_out_as_runs() {
+        let (mut ann, mut state, hashes) = setup(10);
+        state.hashes = Arc::from(&hashes[..]);
+        let mut frames = Vec::new();
+        ann.ask_map();
+        ann.update(&state, &mut frames).unwrap();
+        assert_eq!(
+            frames[1],
+            Reply::PieceHashes {
+                first: 0,
+                hashes: vec![]
+            },
+            "answered even with nothing vouched"
+        );
+        for i in [6, 7, 2] {
+            state.vouched.set(i).unwrap();
+        }
+        frames.clear();
+        ann.update(&state, &mut frames).unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                Reply::PieceHashes {
+                    first: 2,
+                    hashes: hashes[2..3].to_vec()
+                },
+                Reply::PieceHashes {
+                    first: 6,
+                    hashes: hashes[6..8].to_vec()
+                },
+            ]
+        );
+        state.vouched.set(3).unwrap();
+        frames.clear();
+        ann.update(&state, &mut frames).unwrap();
+        assert_eq!(
+            frames,
+            vec![Reply::PieceHashes {
+                first: 3,
+                hashes: hashes[3..4].to_vec()
+            }],
+            "only what is new"
+        );
     }
 
     #[test]

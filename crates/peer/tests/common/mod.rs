@@ -131,7 +131,7 @@ pub async fn download(
             }
             Event::Hashes { first, hashes } => {
                 stats.hashes += 1;
-                partial.extend(first, &hashes).unwrap();
+                partial.insert(first, &hashes).unwrap();
             }
             Event::Piece { index, bytes } => {
                 let ok = match &full {

@@ -6,6 +6,7 @@
 use super::{PeerPhase, MAX_BACKOFF};
 use crate::p2p::peer_task::PeerTask;
 use crate::p2p::slot::{count, Slot};
+use crate::sink::Sink;
 use pollen_swarm::PeerId;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -82,6 +83,21 @@ impl PeerPhase<'_> {
             );
         }
         !candidates.is_empty() || !self.slots.is_empty()
+    }
+
+    /// Ends every session while this node fetches its share from the upstream (the sessions
+    /// would only stall meanwhile) and gives the writer's verdicts back to the sink; the next
+    /// [`PeerPhase::run`] dials the same peers again at once.
+    pub fn suspend(&mut self, sink: &mut Option<Sink>) {
+        let now = Instant::now();
+        for (_, entry) in self.slots.drain() {
+            self.retired.insert(entry.task.peer, now);
+        }
+        self.requests.clear();
+        self.availability.iter_mut().for_each(|a| *a = 0);
+        if let (Some(s), Some(w)) = (sink.as_mut(), self.written.take()) {
+            s.written = Some(w);
+        }
     }
 
     pub(super) fn drop_slot(&mut self, slot: usize, retry_after: Duration) {

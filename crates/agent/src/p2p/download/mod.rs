@@ -1,16 +1,17 @@
 //! One blob's download from peers: a single-writer event loop (no locks) over the events of
 //! its peer tasks and the writer's verdicts, which keeps every peer busy with requests picked
-//! by [`super::picker`] and hands verified pieces to the blob's writer.
+//! by [`super::picker`] ([`requests`]) and hands verified pieces to the blob's writer.
 //!
 //! It ends when every piece is present, or hands over to the upstream (the caller fetches the
-//! pieces still missing with range requests) when no piece arrived for `peer_stall`, or when
-//! the blob's tracker hands this node the fetch. Without a tracker (or when it assigned the
+//! pieces still missing with range requests) when no piece arrived for `peer_stall`, when
+//! the blob's tracker hands this node the fetch, or when it gives this node a share of a
+//! split fetch (then the caller runs it again for the rest). Without a tracker (or when it assigned the
 //! fetch to this node) it also hands over at once when no peer has the blob or none is left.
 
 mod connect;
+mod requests;
 
 use super::peer_task::{FromPeer, ToPeer};
-use super::picker::{pick, PickState};
 use super::slot::{count, random_order, Slot};
 use super::tracker::{Assignment, TrackerLink};
 use super::P2p;
@@ -18,9 +19,10 @@ use crate::blobs::BlobFetch;
 use crate::error::FetchError;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use pollen_peer::{Event, Have, SessionError};
-use pollen_proto::{HashedPiece, TrackerReply};
+use pollen_proto::{Bitfield, HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -47,6 +49,12 @@ pub(crate) enum PeerOutcome {
     Complete,
     /// The upstream must supply what is missing, because of this.
     Fallback(String),
+    /// The tracker gave this node a share of a split fetch: pieces `pieces` of the blob of
+    /// `size` bytes from the upstream, then the rest from peers again.
+    Share {
+        size: u64,
+        pieces: std::ops::Range<u32>,
+    },
 }
 
 /// The state of one blob's peer download.
@@ -65,7 +73,8 @@ pub(crate) struct PeerPhase<'a> {
     availability: Vec<u16>,
     /// This node's random order of the pieces (the picker's tie-break).
     tie_break: Vec<u64>,
-    known: u32,
+    /// Pieces whose hash is known: only those are requested (they can be checked).
+    known: Bitfield,
     /// Peers whose hashes were taken into the map: to blame if the blob fails its digest.
     pub map_sources: HashSet<PeerId>,
     /// Peers not to dial again before the instant.
@@ -78,6 +87,9 @@ pub(crate) struct PeerPhase<'a> {
     coordinated: bool,
     /// The tracker made this node the fetcher: finish taking what peers have, then hand over.
     fetch_duty: bool,
+    /// The tracker gave this node a share of a split fetch (the blob's size, the pieces):
+    /// like `fetch_duty`, for those pieces only.
+    share: Option<(u64, Range<u32>)>,
     /// A provider lookup running in the background (a Kademlia query can take seconds; the
     /// loop keeps moving pieces meanwhile).
     lookup: Option<tokio::sync::oneshot::Receiver<Vec<PeerId>>>,
@@ -102,13 +114,14 @@ impl<'a> PeerPhase<'a> {
             writing: HashSet::new(),
             availability: Vec::new(),
             tie_break: Vec::new(),
-            known: 0,
+            known: Bitfield::default(),
             map_sources: HashSet::new(),
             retired: HashMap::new(),
             last_progress: Instant::now(),
             named: Vec::new(),
             coordinated: false,
             fetch_duty: false,
+            share: None,
             lookup: None,
             providers: Vec::new(),
             failures: HashMap::new(),
@@ -130,9 +143,14 @@ impl<'a> PeerPhase<'a> {
                     "the tracker made this node the fetcher".into(),
                 ));
             }
-            self.named = assignment.peers.clone();
+            for peer in &assignment.peers {
+                if !self.named.contains(peer) {
+                    self.named.push(*peer);
+                }
+            }
             self.coordinated = true;
         }
+        self.last_progress = Instant::now();
         if let Some(s) = sink.as_mut() {
             self.adopt_sink(s);
         }
@@ -149,10 +167,24 @@ impl<'a> PeerPhase<'a> {
             if sink.as_ref().is_some_and(|s| s.have.is_complete()) {
                 return Ok(PeerOutcome::Complete);
             }
-            if self.fetch_duty && !sink.as_ref().is_some_and(|s| self.peers_can_help(s)) {
+            if self.fetch_duty && !sink.as_ref().is_some_and(|s| self.peers_can_help(s, None)) {
+                // Taken once: if the fetch is then split, this node comes back for the rest
+                // of the blob as a downloader, not as the one fetching all of it.
+                self.fetch_duty = false;
                 return Ok(PeerOutcome::Fallback(
                     "the tracker handed this node the fetch".into(),
                 ));
+            }
+            if let Some((size, pieces)) = self.share.take() {
+                // A share just cut has nothing in the swarm yet; one handed on from a member
+                // that died may be partly held by peers: those pieces come from them.
+                if !sink
+                    .as_ref()
+                    .is_some_and(|s| self.peers_can_help(s, Some(&pieces)))
+                {
+                    return Ok(PeerOutcome::Share { size, pieces });
+                }
+                self.share = Some((size, pieces));
             }
             // A peer whose stream just failed to open is tried again shortly (libp2p-stream
             // drops streams in a burst): only with none of those either is nobody left.
@@ -169,6 +201,17 @@ impl<'a> PeerPhase<'a> {
                 }
             }
             if self.last_progress.elapsed() >= stall {
+                if let Some(s) = sink.as_ref() {
+                    let missing: Vec<(u32, bool, u16)> = s
+                        .have
+                        .iter_missing()
+                        .map(|i| {
+                            let seen = self.availability.get(i as usize).copied().unwrap_or(0);
+                            (i, self.known.get(i), seen)
+                        })
+                        .collect();
+                    debug!(digest = %self.fetch.digest, ?missing, peers = self.slots.len(), "stalled: missing pieces (index, hash known, peers with it)");
+                }
                 return Ok(PeerOutcome::Fallback(format!(
                     "no piece from peers for {stall:?}"
                 )));
@@ -218,6 +261,9 @@ impl<'a> PeerPhase<'a> {
                             .extend(peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()));
                         self.connect(&[]);
                     }
+                    Some(TrackerReply::FetchRange { size, first, end }) => {
+                        self.share = Some((size, first..end));
+                    }
                     Some(TrackerReply::Assign { .. } | TrackerReply::Resolved { .. }) => {}
                     None => {
                         // No tracker left (none found after this one died): carry on with
@@ -253,7 +299,7 @@ impl<'a> PeerPhase<'a> {
 
     fn adopt_sink(&mut self, sink: &mut Sink) {
         self.written = sink.written.take();
-        self.known = sink.initial_known;
+        self.known = sink.known.clone();
         self.availability = vec![0; sink.geometry.count() as usize];
         self.tie_break = random_order(sink.geometry.count());
         for slot in self.slots.values() {
@@ -426,7 +472,7 @@ impl<'a> PeerPhase<'a> {
         first: u32,
         hashes: Vec<[u8; 32]>,
     ) -> Result<(), FetchError> {
-        if hashes.is_empty() || first.saturating_add(hashes.len() as u32) <= self.known {
+        if (first..).take(hashes.len()).all(|i| self.known.get(i)) {
             return Ok(());
         }
         if let Some(entry) = self.slots.get(&slot) {
@@ -480,7 +526,10 @@ impl<'a> PeerPhase<'a> {
                 }
             }
             Written::Hashes { slot, result } => match result {
-                Ok(known) => self.known = known,
+                Ok(known) => {
+                    s.known = known.clone();
+                    self.known = known;
+                }
                 Err(e) => {
                     self.ban(slot, &format!("piece hashes contradict the map: {e}"));
                     self.drop_slot(slot, RETRY_AFTER);
@@ -488,74 +537,6 @@ impl<'a> PeerPhase<'a> {
             },
         }
         Ok(())
-    }
-
-    /// Keeps every unchoked peer's pipeline full.
-    fn fill_requests(&mut self, sink: &Sink) {
-        let mut done = sink.have.clone();
-        for i in &self.writing {
-            let _ = done.set(*i);
-        }
-        let now = Instant::now();
-        let peers = self.slots.values().filter(|e| e.has.is_some()).count();
-        let mut slots: Vec<usize> = self.slots.keys().copied().collect();
-        slots.sort_unstable();
-        for slot in slots {
-            while let Some(entry) = self.slots.get(&slot) {
-                let Some(has) = entry.has.as_ref().filter(|_| entry.unchoked) else {
-                    break;
-                };
-                if entry.outstanding >= entry.pipeline(u64::from(sink.geometry.piece_size())) {
-                    break;
-                }
-                let state = PickState {
-                    done: &done,
-                    known: self.known,
-                    requests: &self.requests,
-                    availability: &self.availability,
-                    tie_break: &self.tie_break,
-                    peers,
-                    request_timeout: self.p2p.cfg.request_timeout,
-                    now,
-                };
-                let Some(index) = pick(&state, slot, has) else {
-                    break;
-                };
-                if !entry.task.send(ToPeer::Request(index)) {
-                    break;
-                }
-                self.requests.entry(index).or_default().push((slot, now));
-                if let Some(entry) = self.slots.get_mut(&slot) {
-                    entry.outstanding += 1;
-                    entry.first_request.get_or_insert(now);
-                }
-            }
-        }
-    }
-
-    /// Whether peers can still supply a missing piece: one is requested or being written, or a
-    /// connected peer announced one.
-    fn peers_can_help(&self, sink: &Sink) -> bool {
-        !self.requests.is_empty()
-            || !self.writing.is_empty()
-            || sink.have.iter_missing().any(|i| {
-                self.availability.get(i as usize).is_some_and(|a| *a > 0) && i < self.known
-            })
-    }
-
-    fn forget_request(&mut self, index: u32, slot: usize) {
-        if let Some(reqs) = self.requests.get_mut(&index) {
-            let before = reqs.len();
-            reqs.retain(|(s, _)| *s != slot);
-            if reqs.len() < before {
-                if let Some(entry) = self.slots.get_mut(&slot) {
-                    entry.outstanding = entry.outstanding.saturating_sub(1);
-                }
-            }
-            if reqs.is_empty() {
-                self.requests.remove(&index);
-            }
-        }
     }
 
     fn ban(&mut self, slot: usize, why: &str) {

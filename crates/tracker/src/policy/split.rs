@@ -1,0 +1,226 @@
+//! Splitting a blob's upstream fetch across several members.
+//!
+//! One fetcher alone brings each byte into the swarm through its own upload, so new bytes
+//! enter at that one node's rate however fast the registry is (the peer-bound case of
+//! benches/README.md). When the fetcher reports the blob's size (`Sized`), the tracker cuts
+//! the blob into up to [`MAX_FETCHERS`] piece ranges of at least `--split-min` bytes and
+//! gives each to a member that is not busy with another fetch (seeds first, then the earliest
+//! to join); the fetcher keeps the first range, which it is already streaming. Each range
+//! still leaves the registry once, so egress stays at the blob's size; new bytes enter at the
+//! sum of the fetchers' uploads. A share whose member dies goes to another member, which
+//! fetches only the pieces of it that it does not hold.
+
+use super::{BlobSwarm, Tracker};
+use pollen_oci::Digest;
+use pollen_proto::{TrackerReply, MAX_TRACKER_PEERS};
+use std::collections::HashSet;
+use std::ops::Range;
+
+/// Most members fetching parts of one blob at once: more parallel range requests than this
+/// rarely speed up a registry, and every downloader needs a session with each of them (they
+/// vouch for their ranges' hashes).
+pub const MAX_FETCHERS: usize = 4;
+/// How long the tracker waits after `Sized` before it splits: in a rollout the other nodes
+/// ask for the blob within a moment of the first, and only members can take shares. The
+/// fetcher streams its first range meanwhile, so the wait costs it nothing.
+pub const SPLIT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// The default smallest range worth its own fetcher (`--split-min`): below it the extra
+/// request and sessions cost more than the upload they add.
+pub const MIN_SHARE: u64 = 8 << 20;
+
+/// One range of a split fetch and the member fetching it (`None`: nobody left to take it).
+pub(super) struct Share {
+    pub range: Range<u32>,
+    pub owner: Option<u64>,
+}
+
+/// `count` pieces cut into `parts` contiguous ranges whose lengths differ by at most one.
+pub(crate) fn cut(count: u32, parts: usize) -> Vec<Range<u32>> {
+    let parts = u32::try_from(parts)
+        .unwrap_or(u32::MAX)
+        .clamp(1, count.max(1));
+    let (base, extra) = (count / parts, count % parts);
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 0..parts {
+        let len = base + u32::from(i < extra);
+        out.push(start..start + len);
+        start += len;
+    }
+    out
+}
+
+fn fetch_range(size: u64, range: &Range<u32>) -> TrackerReply {
+    TrackerReply::FetchRange {
+        size,
+        first: range.start,
+        end: range.end,
+    }
+}
+
+impl Tracker {
+    /// The fetcher `id` of `digest` learnt the blob's size: splits the fetch if it is worth it
+    /// and returns this member's own range (the whole blob when it is not split).
+    pub(crate) fn sized(
+        &self,
+        digest: &Digest,
+        id: u64,
+        size: u64,
+        count: u32,
+        ranges: bool,
+    ) -> TrackerReply {
+        let whole = fetch_range(size, &(0..count));
+        let mut blobs = self.lock();
+        // Members fetching (part of) another blob now carry that one into the swarm.
+        let busy: HashSet<Vec<u8>> = blobs
+            .iter()
+            .filter(|(d, _)| *d != digest)
+            .flat_map(|(_, s)| s.fetching_members().map(|m| m.peer.clone()))
+            .collect();
+        let Some(swarm) = blobs.get_mut(digest) else {
+            return whole;
+        };
+        if swarm.fetcher != Some(id) || !swarm.shares.is_empty() {
+            return swarm
+                .shares
+                .iter()
+                .find(|s| s.owner == Some(id))
+                .map_or(whole, |s| fetch_range(size, &s.range));
+        }
+        swarm.size = Some(size);
+        let mut helpers: Vec<(bool, u64)> = swarm
+            .members
+            .iter()
+            .filter(|(mid, m)| **mid != id && !m.busy && !busy.contains(&m.peer))
+            .map(|(mid, m)| (!m.seed, *mid))
+            .collect();
+        helpers.sort_unstable();
+        let parts = if ranges && self.split_min > 0 {
+            let by_size = usize::try_from(size / self.split_min).unwrap_or(usize::MAX);
+            MAX_FETCHERS.min(by_size).min(1 + helpers.len()).max(1)
+        } else {
+            1
+        };
+        let owners = std::iter::once(id).chain(helpers.into_iter().map(|(_, mid)| mid));
+        swarm.shares = cut(count, parts)
+            .into_iter()
+            .zip(owners)
+            .map(|(range, owner)| super::Share {
+                range,
+                owner: Some(owner),
+            })
+            .collect();
+        for share in swarm.shares.iter().skip(1) {
+            if let Some(m) = share.owner.and_then(|o| swarm.members.get(&o)) {
+                let _ = m.tx.send(fetch_range(size, &share.range));
+            }
+        }
+        if parts > 1 {
+            swarm.name_fetchers();
+        }
+        swarm
+            .shares
+            .first()
+            .map_or(whole, |s| fetch_range(size, &s.range))
+    }
+}
+
+impl BlobSwarm {
+    /// The members fetching from the upstream now: the fetcher and the owners of shares.
+    pub(super) fn fetching_members(&self) -> impl Iterator<Item = &super::Member> {
+        let owners = self.shares.iter().filter_map(|s| s.owner);
+        self.fetcher
+            .into_iter()
+            .chain(owners)
+            .filter_map(|id| self.members.get(&id))
+    }
+
+    /// Tells every member which members fetch parts of the blob: each vouches for its own
+    /// range's hashes, so every downloader needs a session with each of them.
+    fn name_fetchers(&self) {
+        let owners: Vec<(u64, Vec<u8>)> = self
+            .shares
+            .iter()
+            .filter_map(|s| s.owner)
+            .filter_map(|o| self.members.get(&o).map(|m| (o, m.peer.clone())))
+            .collect();
+        for (mid, m) in &self.members {
+            let peers: Vec<Vec<u8>> = owners
+                .iter()
+                .filter(|(o, _)| o != mid)
+                .map(|(_, p)| p.clone())
+                .take(MAX_TRACKER_PEERS)
+                .collect();
+            if !peers.is_empty() {
+                let _ = m.tx.send(TrackerReply::Peers { peers });
+            }
+        }
+    }
+
+    /// Member `gone` left without the whole blob: its unfinished shares go to the best
+    /// remaining member (not fetching already, not busy with another blob, seeds first, then
+    /// the most pieces), which
+    /// fetches what of them it lacks. Returns whether `gone` owned a share.
+    pub(super) fn hand_on_shares(&mut self, gone: u64) -> bool {
+        let Some(size) = self.size else {
+            return false;
+        };
+        let mut owned = false;
+        for i in 0..self.shares.len() {
+            if self.shares.get(i).and_then(|s| s.owner) != Some(gone) {
+                continue;
+            }
+            owned = true;
+            let fetching: HashSet<u64> = self.shares.iter().filter_map(|s| s.owner).collect();
+            let next = self
+                .members
+                .iter()
+                .filter(|(mid, _)| **mid != gone)
+                .max_by_key(|(mid, m)| {
+                    (
+                        !fetching.contains(mid),
+                        !m.busy,
+                        m.seed,
+                        m.pieces,
+                        std::cmp::Reverse(**mid),
+                    )
+                })
+                .map(|(mid, m)| (*mid, m.tx.clone()));
+            let Some(share) = self.shares.get_mut(i) else {
+                continue;
+            };
+            share.owner = next.as_ref().map(|(mid, _)| *mid);
+            if let Some((mid, tx)) = next {
+                let _ = tx.send(fetch_range(size, &share.range));
+                if self.fetcher == Some(gone) {
+                    self.fetcher = Some(mid);
+                }
+            }
+        }
+        if owned && self.fetcher == Some(gone) {
+            self.fetcher = None;
+        }
+        owned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_cover_every_piece_once_and_differ_by_at_most_one() {
+        for (count, parts) in [(10, 3), (3, 4), (1, 1), (512, 4), (7, 0)] {
+            let ranges = cut(count, parts);
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(count));
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+            }
+            let lens: Vec<u32> = ranges.iter().map(|r| r.len() as u32).collect();
+            assert!(lens.iter().all(|l| *l >= 1), "{count} in {parts}: {lens:?}");
+            assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+        }
+        assert_eq!(cut(3, 4).len(), 3, "never more ranges than pieces");
+    }
+}

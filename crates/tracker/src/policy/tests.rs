@@ -1,0 +1,307 @@
+use super::*;
+
+fn member(peer: u8, seed: bool, zone: &str) -> (Member, mpsc::UnboundedReceiver<TrackerReply>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Member {
+            peer: vec![peer],
+            seed,
+            labels: vec![("zone".into(), zone.into())],
+            pieces: 0,
+            busy: false,
+            tx,
+        },
+        rx,
+    )
+}
+
+#[test]
+fn a_busy_member_leaves_the_fetch_to_one_that_is_not_and_claims_it_when_none_comes() {
+    let t = Tracker::new();
+    let d = Digest::of(b"busy");
+    let (mut a, _ra) = member(1, false, "z");
+    a.busy = true;
+    let (id_a, r, _) = t.join(d, a, false, false);
+    assert!(!assign(r).0, "busy: not the fetcher at once");
+    let (b, _rb) = member(2, false, "z");
+    let (_, r, _) = t.join(d, b, false, false);
+    assert!(assign(r).0, "the first member that is not busy fetches");
+    // b fetches d: joining another blob, the tracker counts it busy itself.
+    let (b2, _rb2) = member(2, false, "z");
+    let (_, r, deferred) = t.join(Digest::of(b"other"), b2, false, false);
+    assert!(
+        !assign(r).0 && deferred,
+        "fetching one blob here: not another at once"
+    );
+    assert!(!t.claim_deferred(&d, id_a), "the fetch is taken");
+
+    let d2 = Digest::of(b"alone");
+    let (mut c, _rc) = member(3, false, "z");
+    c.busy = true;
+    let (id_c, r, _) = t.join(d2, c, false, false);
+    assert!(!assign(r).0);
+    assert!(
+        t.claim_deferred(&d2, id_c),
+        "nobody else came: the busy one fetches"
+    );
+    assert!(!t.claim_deferred(&d2, id_c), "once");
+}
+
+/// Whether a `Fetch` was pushed (the `Peers` pushes about newcomers are skipped).
+fn told_to_fetch(rx: &mut mpsc::UnboundedReceiver<TrackerReply>) -> bool {
+    std::iter::from_fn(|| rx.try_recv().ok()).any(|r| r == TrackerReply::Fetch)
+}
+
+#[test]
+fn a_closing_tracker_hands_no_fetch_on() {
+    let t = Tracker::new();
+    let d = Digest::of(b"closing");
+    let (f, _rf) = member(1, false, "z");
+    let (id_f, r, _) = t.join(d, f, false, false);
+    assert!(assign(r).0);
+    let (m, mut rm) = member(2, false, "z");
+    t.join(d, m, false, false);
+    t.close();
+    // The node shuts down: the fetcher's stream closes first, but it did not die.
+    t.leave(&d, id_f, false);
+    assert!(
+        !told_to_fetch(&mut rm),
+        "the next tracker decides, not a closing one"
+    );
+}
+
+fn assign(r: TrackerReply) -> (bool, Vec<Vec<u8>>) {
+    match r {
+        TrackerReply::Assign { fetch, peers } => (fetch, peers),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn first_joiner_fetches_and_later_ones_are_pointed_at_it() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (a, _ra) = member(1, false, "x");
+    let (id_a, r, _) = t.join(d, a, false, false);
+    assert_eq!(assign(r), (true, vec![]));
+    let (b, _rb) = member(2, false, "y");
+    let (_, r, _) = t.join(d, b, false, false);
+    assert_eq!(assign(r), (false, vec![vec![1]]));
+    let (c, _rc) = member(3, false, "y");
+    t.progress(&d, id_a, 5);
+    let (_, r, _) = t.join(d, c, false, false);
+    assert_eq!(
+        assign(r).1,
+        vec![vec![1], vec![2]],
+        "fetcher first, then same zone"
+    );
+    assert_eq!(t.summary()[0].members, 3);
+}
+
+#[test]
+fn a_fetcher_that_dies_hands_the_fetch_to_a_seed_first() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (a, _ra) = member(1, false, "x");
+    let (id_a, _, _) = t.join(d, a, false, false);
+    let (b, mut rb) = member(2, false, "x");
+    let (id_b, _, _) = t.join(d, b, false, false);
+    t.progress(&d, id_b, 50);
+    let (s, mut rs) = member(3, true, "x");
+    t.join(d, s, false, false);
+    t.leave(&d, id_a, false);
+    assert!(told_to_fetch(&mut rs), "the seed takes over");
+    assert!(!told_to_fetch(&mut rb));
+    assert!(t.summary()[0].fetching);
+}
+
+#[test]
+fn a_complete_fetcher_needs_no_successor_and_is_named_to_latecomers() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (a, _ra) = member(1, false, "x");
+    let (id_a, _, _) = t.join(d, a, false, false);
+    let (b, mut rb) = member(2, false, "x");
+    t.join(d, b, false, false);
+    t.leave(&d, id_a, true);
+    assert!(!told_to_fetch(&mut rb), "nobody is told to fetch");
+    let (c, _rc) = member(3, false, "x");
+    let (_, r, _) = t.join(d, c, false, false);
+    assert_eq!(assign(r), (false, vec![vec![1], vec![2]]));
+}
+
+#[test]
+fn a_member_already_fetching_keeps_the_fetch_after_a_tracker_change() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (b, _rb) = member(2, false, "x");
+    let (_, r, _) = t.join(d, b, false, false);
+    assert!(assign(r).0);
+    let (a, _ra) = member(1, false, "x");
+    let (_, r, _) = t.join(d, a, true, false);
+    assert!(assign(r).0, "it is fetching already; it goes on");
+}
+
+#[test]
+fn state_is_dropped_when_the_last_member_leaves_without_it() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (a, _ra) = member(1, false, "x");
+    let (id, _, _) = t.join(d, a, false, false);
+    t.leave(&d, id, false);
+    assert!(t.summary().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejoining_members_wait_for_the_fetcher_then_one_takes_over() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (a, mut ra) = member(1, false, "x");
+    let (_, r, _) = t.join(d, a, false, true);
+    assert!(!assign(r).0, "a rejoining member is not made the fetcher");
+    let (b, _rb) = member(2, false, "x");
+    let (_, r, _) = t.join(d, b, false, false);
+    assert!(!assign(r).0, "nor a newcomer during the grace");
+    let (f, _rf) = member(3, false, "x");
+    let (_, r, _) = t.join(d, f, true, true);
+    assert!(assign(r).0, "the fetcher is back and keeps its job");
+    assert!(!told_to_fetch(&mut ra));
+
+    // Another blob whose fetcher never comes back.
+    let d2 = Digest::of(b"other");
+    let (a, mut ra) = member(1, false, "x");
+    let (id_a, _, _) = t.join(d2, a, false, true);
+    t.progress(&d2, id_a, 3);
+    assert!(!told_to_fetch(&mut ra), "still within the grace");
+    tokio::time::advance(REJOIN_GRACE).await;
+    t.progress(&d2, id_a, 3);
+    assert!(told_to_fetch(&mut ra));
+}
+
+#[test]
+fn members_hear_of_newcomers_but_the_fetcher_does_not() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (f, mut rf) = member(1, false, "x");
+    t.join(d, f, false, false);
+    let (a, mut ra) = member(2, false, "x");
+    t.join(d, a, false, false);
+    let (b, _rb) = member(3, false, "x");
+    t.join(d, b, false, false);
+    assert_eq!(
+        ra.try_recv().ok(),
+        Some(TrackerReply::Peers {
+            peers: vec![vec![3]]
+        })
+    );
+    assert!(rf.try_recv().is_err());
+}
+
+#[test]
+fn holders_are_remembered_after_everyone_left() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (a, _ra) = member(1, false, "x");
+    let (id, _, _) = t.join(d, a, false, false);
+    t.leave(&d, id, true);
+    let (b, _rb) = member(2, false, "x");
+    let (_, r, _) = t.join(d, b, false, false);
+    assert_eq!(
+        assign(r),
+        (false, vec![vec![1]]),
+        "no second upstream fetch"
+    );
+}
+
+fn pushed(rx: &mut mpsc::UnboundedReceiver<TrackerReply>) -> Vec<TrackerReply> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+fn range_of(replies: &[TrackerReply]) -> Option<(u32, u32)> {
+    replies.iter().find_map(|r| match r {
+        TrackerReply::FetchRange { first, end, .. } => Some((*first, *end)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_large_blob_is_split_and_a_dead_fetchers_share_handed_on() {
+    let t = Tracker::new();
+    let d = Digest::of(b"large");
+    let (a, mut ra) = member(1, false, "z");
+    let (id_a, r, _) = t.join(d, a, false, false);
+    assert!(assign(r).0);
+    let (b, mut rb) = member(2, false, "z");
+    let (_, _, _) = t.join(d, b, false, false);
+    let (c, mut rc) = member(3, true, "z");
+    let (id_c, _, _) = t.join(d, c, false, false);
+    let (mut busy, mut rbusy) = member(4, false, "z");
+    busy.busy = true;
+    t.join(d, busy, false, false);
+    for rx in [&mut ra, &mut rb, &mut rc, &mut rbusy] {
+        pushed(rx);
+    }
+
+    let size = 3 * MIN_SHARE;
+    let mine = t.sized(&d, id_a, size, 300, true);
+    assert_eq!(
+        range_of(&[mine]),
+        Some((0, 100)),
+        "the fetcher keeps the start"
+    );
+    let (got_b, got_c) = (pushed(&mut rb), pushed(&mut rc));
+    assert_eq!(range_of(&got_c), Some((100, 200)), "the seed first");
+    assert_eq!(range_of(&got_b), Some((200, 300)));
+    assert_eq!(
+        range_of(&pushed(&mut rbusy)),
+        None,
+        "a busy member fetches nothing"
+    );
+    // Everyone hears who fetches: each vouches for its range's hashes.
+    assert!(got_b
+        .iter()
+        .any(|r| matches!(r, TrackerReply::Peers { peers } if peers.contains(&vec![3]))));
+    assert!(pushed(&mut ra)
+        .iter()
+        .any(|r| matches!(r, TrackerReply::Peers { peers } if peers.len() == 2)));
+    assert_eq!(
+        range_of(&[t.sized(&d, id_a, size, 300, true)]),
+        Some((0, 100)),
+        "asked again: the same answer, no second split"
+    );
+
+    // The seed dies mid-range: the member not fetching anything takes its share.
+    t.leave(&d, id_c, false);
+    assert_eq!(range_of(&pushed(&mut rbusy)), Some((100, 200)));
+    assert!(!told_to_fetch(&mut ra) && pushed(&mut rb).is_empty());
+
+    // The first fetcher dies: its share goes on too (to a member already fetching another
+    // part, since nobody else is left), and nobody is told to fetch the whole blob.
+    t.leave(&d, id_a, false);
+    let all: Vec<_> = pushed(&mut rb)
+        .into_iter()
+        .chain(pushed(&mut rbusy))
+        .collect();
+    assert_eq!(range_of(&all), Some((0, 100)));
+    assert!(!all.iter().any(|r| matches!(r, TrackerReply::Fetch)));
+    assert!(t.summary()[0].fetching);
+}
+
+#[test]
+fn small_blobs_and_upstreams_without_ranges_are_not_split() {
+    let t = Tracker::new();
+    for (name, size, ranges) in [
+        ("small", MIN_SHARE, true),
+        ("noranges", 8 * MIN_SHARE, false),
+    ] {
+        let d = Digest::of(name.as_bytes());
+        let (a, _ra) = member(1, false, "z");
+        let (id_a, _, _) = t.join(d, a, false, false);
+        let (b, mut rb) = member(2, false, "z");
+        t.join(d, b, false, false);
+        pushed(&mut rb);
+        let mine = t.sized(&d, id_a, size, 64, ranges);
+        assert_eq!(range_of(&[mine]), Some((0, 64)), "{name}: the whole blob");
+        assert!(pushed(&mut rb).is_empty(), "{name}");
+    }
+}
