@@ -53,6 +53,8 @@ async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
             m.cache_bytes.set(usage.bytes as i64);
             m.cache_entries.set(usage.entries as i64);
             m.cache_evictions.set(usage.evictions as i64);
+            m.cache_quota
+                .set(i64::try_from(usage.quota).unwrap_or(i64::MAX));
             agent.refresh_peer_metrics();
             (
                 StatusCode::OK,
@@ -65,13 +67,20 @@ async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
             "application/json",
             serde_json::to_string_pretty(&agent.status().await).unwrap_or_default(),
         ),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if agent.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready: the mirror listener is not serving yet\n".to_string(),
+        "/doctor" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&agent.doctor().await).unwrap_or_default(),
         ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => match agent.readiness() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -21,8 +21,13 @@ use tracing::{debug, warn};
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+    let mut draining = ctx.draining.subscribe();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = drained(&mut draining) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: keep serving the open connections.
@@ -35,10 +40,14 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
         let ctx = ctx.clone();
         let header_timeout = ctx.cfg.header_read_timeout;
         let max_head = ctx.cfg.max_header_bytes;
+        ctx.clients.send_modify(|n| *n += 1);
+        let _open = ClientGuard(ctx.clone());
+        let mut draining = ctx.draining.subscribe();
         tokio::spawn(async move {
+            let _open = _open;
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                async move { Ok::<_, Infallible>(with_request_id(&ctx, req).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -46,11 +55,57 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
                 .header_read_timeout(header_timeout)
                 .max_header_size(max_head)
                 .max_buf_size(max_head.max(64 << 10));
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = drained(&mut draining) => {
+                    // Finish the response in progress, then close instead of keeping alive.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "client connection ended with an error");
             }
         });
     }
+}
+
+/// Resolves once the agent drains (never, if the flag's sender is gone).
+async fn drained(draining: &mut tokio::sync::watch::Receiver<bool>) {
+    if draining.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Counts a client connection while it is open ([`crate::Agent::drain`] waits for none).
+struct ClientGuard(Arc<Ctx>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Request ids: one per client request, in every log line written while handling it and in
+/// the `X-Request-Id` response header, so a user's failed pull can be found in the logs.
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+async fn with_request_id(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+    use tracing::Instrument;
+    let id = format!(
+        "{:x}-{:x}",
+        std::process::id(),
+        NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = handle(ctx, req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
 
 async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
@@ -77,14 +132,14 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
             r
         }
         ApiRequest::Manifest { name, reference } => {
-            let route = match Route::resolve(&ctx.cfg.upstream, ns.as_deref(), &name) {
+            let route = match Route::resolve(ctx.upstream().config(), ns.as_deref(), &name) {
                 Ok(r) => r,
                 Err(e) => return route_error(ctx, "manifest", e),
             };
             manifest(ctx, &route, &reference, client_auth, head).await
         }
         ApiRequest::Blob { name, digest } => {
-            let route = match Route::resolve(&ctx.cfg.upstream, ns.as_deref(), &name) {
+            let route = match Route::resolve(ctx.upstream().config(), ns.as_deref(), &name) {
                 Ok(r) => r,
                 Err(e) => return route_error(ctx, "blob", e),
             };
@@ -126,8 +181,10 @@ async fn blob(
     head: bool,
     range_header: Option<&str>,
 ) -> Response<Body> {
-    let cfg = &ctx.cfg.upstream;
+    let upstream = ctx.upstream();
+    let cfg = upstream.config();
     let stall = (cfg.response_timeout + cfg.idle_timeout) * (route.mirrors.len() as u32 + 1);
+    let asked = std::time::Instant::now();
     let (rx, cached) = blobs::open(ctx, route, digest, client_auth);
     let mut follower = Follower::new(rx, 0, None, stall);
     let size = match follower.wait_started().await {
@@ -167,14 +224,18 @@ async fn blob(
         empty()
     } else {
         let metrics = ctx.metrics.clone();
-        let s = stream::unfold(follower, move |mut f| {
+        let s = stream::unfold((follower, Some(asked)), move |(mut f, first)| {
             let metrics = metrics.clone();
             async move {
                 let chunk = f.next_chunk().await?;
+                let mut first = first;
                 if let Ok(b) = &chunk {
                     metrics.served(source, b.len() as u64);
+                    if let Some(asked) = first.take() {
+                        metrics.first_byte(source, asked.elapsed());
+                    }
                 }
-                Some((chunk.map(Frame::data), f))
+                Some((chunk.map(Frame::data), (f, first)))
             }
         });
         BodyExt::boxed(StreamBody::new(s))

@@ -8,6 +8,7 @@
 
 mod admin;
 mod blobs;
+pub mod doctor;
 mod error;
 mod flight;
 mod follow;
@@ -21,6 +22,7 @@ mod range;
 mod request;
 mod sink;
 mod status;
+mod transfer;
 
 pub use admin::serve_admin;
 pub use metrics::Metrics;
@@ -52,7 +54,21 @@ pub struct AgentConfig {
     pub header_read_timeout: Duration,
     /// Sharing and downloading pieces (used when the agent runs with a swarm).
     pub p2p: P2pConfig,
+    /// How long a stopping agent lets the client responses in progress finish ([`Agent::drain`]).
+    pub drain_timeout: Duration,
+    /// Cached objects nobody read for this long are deleted (`--cache-max-age`); zero keeps
+    /// them until the quota needs the room.
+    pub cache_max_age: Duration,
 }
+
+/// Default [`AgentConfig::cache_max_age`]: a month without a pull on this node.
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often objects past `cache_max_age` are looked for.
+const GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Default [`AgentConfig::drain_timeout`]: below Kubernetes' default grace period (30 s), so a
+/// pod has time to also checkpoint its downloads and leave the swarm before SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -62,6 +78,8 @@ impl Default for AgentConfig {
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
             p2p: P2pConfig::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            cache_max_age: DEFAULT_CACHE_MAX_AGE,
         }
     }
 }
@@ -70,7 +88,9 @@ impl Default for AgentConfig {
 pub(crate) struct Ctx {
     cfg: AgentConfig,
     store: Store,
-    upstream: Upstream,
+    /// The upstream client with its configuration; replaced whole by [`Agent::reload_upstream`]
+    /// (SIGHUP), so a request sees either the old configuration or the new one.
+    upstream: std::sync::RwLock<Arc<Upstream>>,
     blobs: DashMap<Digest, Arc<blobs::Inflight>>,
     manifests: manifests::Manifests,
     metrics: Metrics,
@@ -81,6 +101,10 @@ pub(crate) struct Ctx {
     private: private::Private,
     /// Set once by [`Agent::shutdown`]: downloads checkpoint what they have and stop.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Set by [`Agent::drain`]: no new client connections; open ones finish their response.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// Client connections open now.
+    clients: tokio::sync::watch::Sender<usize>,
 }
 
 /// A running agent's handle; cheap to clone.
@@ -96,6 +120,54 @@ pub enum AgentError {
     Tls(String),
 }
 
+/// Deletes cached objects unused for `cache_max_age`, now and then (the quota's LRU eviction
+/// happens as objects arrive).
+async fn gc_loop(ctx: Arc<Ctx>) {
+    let max_age = ctx.cfg.cache_max_age;
+    if max_age.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(GC_INTERVAL);
+    loop {
+        tick.tick().await;
+        let store = ctx.store.clone();
+        if let Ok(n) = tokio::task::spawn_blocking(move || store.evict_unused_for(max_age)).await {
+            if n > 0 {
+                tracing::info!(objects = n, ?max_age, "evicted objects unused for too long");
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// The upstream client and its configuration (routes, mirrors, credentials, timeouts) as
+    /// of now.
+    pub(crate) fn upstream(&self) -> Arc<Upstream> {
+        self.upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every request to an upstream goes through here: counted, timed to its headers, and
+    /// counted again when no mirror gave a usable answer.
+    pub(crate) async fn upstream_fetch(
+        &self,
+        req: &pollen_upstream::FetchRequest<'_>,
+    ) -> Result<pollen_upstream::UpstreamResponse, pollen_upstream::UpstreamError> {
+        self.metrics.upstream_requests.inc();
+        let started = std::time::Instant::now();
+        let result = self.upstream().fetch(req).await;
+        self.metrics
+            .upstream_response
+            .observe(started.elapsed().as_secs_f64());
+        if result.as_ref().map_or(true, |r| r.status.is_server_error()) {
+            self.metrics.upstream_failures.inc();
+        }
+        result
+    }
+}
+
 impl Agent {
     /// An agent over `store`; with a `swarm` it shares pieces with other agents and
     /// downloads from them first, without one it is a single-node mirror.
@@ -108,10 +180,12 @@ impl Agent {
                 manifests: manifests::Manifests::default(),
                 p2p: swarm.map(|node| p2p::P2p::new(node, cfg.p2p.clone())),
                 stopping: tokio::sync::watch::channel(false).0,
+                draining: tokio::sync::watch::channel(false).0,
+                clients: tokio::sync::watch::channel(0).0,
                 private: private::Private::load(store.root()),
                 cfg,
                 store,
-                upstream,
+                upstream: std::sync::RwLock::new(Arc::new(upstream)),
                 blobs: DashMap::new(),
                 metrics,
                 ready: AtomicBool::new(false),
@@ -134,9 +208,24 @@ impl Agent {
             let preheat = tokio::spawn(preheat::serve_loop(self.ctx.clone()));
             AbortOnDrop(vec![accept, reconcile, tracker, preheat])
         });
+        let gc = AbortOnDrop(vec![tokio::spawn(gc_loop(self.ctx.clone()))]);
         self.ctx.ready.store(true, Ordering::SeqCst);
         http::serve(self.ctx.clone(), listener).await;
         drop(peers);
+        drop(gc);
+    }
+
+    /// The first step of stopping (SIGTERM): not ready any more, no new client connections,
+    /// and the responses in progress finish (keep-alive connections close after theirs), for
+    /// up to the configured `drain_timeout`. Returns how many connections were still open.
+    pub async fn drain(&self) -> usize {
+        self.ctx.ready.store(false, Ordering::SeqCst);
+        self.ctx.draining.send_replace(true);
+        let mut clients = self.ctx.clients.subscribe();
+        let _ =
+            tokio::time::timeout(self.ctx.cfg.drain_timeout, clients.wait_for(|n| *n == 0)).await;
+        let open = *self.ctx.clients.borrow();
+        open
     }
 
     /// Stops gracefully: every download in flight records its verified pieces (so a restart
@@ -167,6 +256,35 @@ impl Agent {
     /// What this node is doing, for `pollen status`.
     pub async fn status(&self) -> Status {
         status::collect(&self.ctx).await
+    }
+
+    /// `/readyz`: serving, and the cache's disk not full (a miss could not be stored, so it
+    /// could not be served either). Nothing softer: readiness gates a DaemonSet's rolling
+    /// update, so a disk smaller than the quota or a failing upstream (the agent still serves
+    /// its cache and its peers, and the runtime falls back to the registry by itself) is the
+    /// doctor's and the alerts' to report, not a reason to stop a rollout.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.is_ready() {
+            return Err("the mirror listener is not serving (starting or stopping)".into());
+        }
+        match doctor::disk_full(&self.ctx) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the upstream configuration (mirrors, registries, credentials, timeouts) without
+    /// a restart (SIGHUP). Requests in progress finish with the old one; mirror health and
+    /// cached tokens start afresh.
+    pub fn reload_upstream(&self, cfg: UpstreamConfig) -> Result<(), AgentError> {
+        let fresh = Upstream::new(cfg).map_err(|e| AgentError::Tls(e.to_string()))?;
+        *self.ctx.upstream.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The agent's health checks (upstreams, cache disk, peers, trackers) for `pollen doctor`.
+    pub async fn doctor(&self) -> Vec<doctor::Check> {
+        doctor::run(&self.ctx).await
     }
 
     /// Brings the gauges and counters kept elsewhere (upload limits, bans, the swarm) into

@@ -182,8 +182,7 @@ async fn fetch(
         range_end: None,
         client_auth,
     };
-    ctx.metrics.upstream_requests.inc();
-    let resp = ctx.upstream.fetch(&req).await?;
+    let resp = ctx.upstream_fetch(&req).await?;
     if !resp.status.is_success() {
         return Err(FetchError::from_status(resp.status, &resp.headers));
     }
@@ -198,9 +197,13 @@ async fn fetch(
             "upstream sent a manifest with media type {media_type:?}"
         )));
     }
-    let body = collect_limited(resp.body, MAX_MANIFEST_BYTES, ctx.cfg.upstream.idle_timeout)
-        .await
-        .map_err(FetchError::Upstream)?;
+    let body = collect_limited(
+        resp.body,
+        MAX_MANIFEST_BYTES,
+        ctx.upstream().config().idle_timeout,
+    )
+    .await
+    .map_err(FetchError::Upstream)?;
     ctx.metrics.upstream_bytes.inc_by(body.len() as u64);
     let digest = Digest::of(&body);
     if let Reference::Digest(want) = reference {

@@ -4,6 +4,7 @@ use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -37,6 +38,20 @@ pub struct Metrics {
     pub peer_bans: Counter,
     pub banned_peers: Gauge,
     pub connected_peers: Gauge,
+    pub cache_quota: Gauge,
+    pub time_to_first_byte: Family<SourceLabels, Histogram>,
+    pub upstream_response: Histogram,
+    pub upstream_failures: Counter,
+}
+
+/// Seconds from 1 ms to about 65 s, doubling: a cached blob's first byte and a cold fetch's
+/// through a slow registry both land in a bucket of their own.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
 }
 
 impl Default for Metrics {
@@ -65,6 +80,10 @@ impl Metrics {
             peer_bans: Counter::default(),
             banned_peers: Gauge::default(),
             connected_peers: Gauge::default(),
+            cache_quota: Gauge::default(),
+            time_to_first_byte: Family::new_with_constructor(latency_histogram),
+            upstream_response: latency_histogram(),
+            upstream_failures: Counter::default(),
         };
         r.register(
             "requests",
@@ -141,6 +160,26 @@ impl Metrics {
             "Peers with a libp2p connection now",
             m.connected_peers.clone(),
         );
+        r.register(
+            "cache_quota_bytes",
+            "The content store's size quota (--cache-size)",
+            m.cache_quota.clone(),
+        );
+        r.register(
+            "time_to_first_byte_seconds",
+            "From a blob request to its first body byte, by source (cache, or a fetch in progress)",
+            m.time_to_first_byte.clone(),
+        );
+        r.register(
+            "upstream_response_seconds",
+            "From a request to an upstream registry to its response headers (every mirror tried)",
+            m.upstream_response.clone(),
+        );
+        r.register(
+            "upstream_failures",
+            "Requests to upstream registries that got no usable answer from any mirror",
+            m.upstream_failures.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -157,6 +196,12 @@ impl Metrics {
         self.bytes_served
             .get_or_create(&SourceLabels { source })
             .inc_by(bytes);
+    }
+
+    pub fn first_byte(&self, source: &'static str, after: std::time::Duration) {
+        self.time_to_first_byte
+            .get_or_create(&SourceLabels { source })
+            .observe(after.as_secs_f64());
     }
 
     /// Prometheus text exposition.

@@ -13,6 +13,11 @@ async fn ping() {
     let r = h.get("/v2/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("docker-distribution-api-version"), "registry/2.0");
+    // Every response names its request, as the logs do; no two alike.
+    let again = h.get("/v2/nope/manifests/x").await;
+    assert!(!r.header("x-request-id").is_empty());
+    assert!(!again.header("x-request-id").is_empty());
+    assert_ne!(r.header("x-request-id"), again.header("x-request-id"));
 }
 
 #[tokio::test]
@@ -60,6 +65,21 @@ async fn pulls_an_image_with_exact_headers_and_caches_it() {
         ))
         .await;
     assert_eq!(by_digest.bytes(), &img.manifest);
+
+    // Each GET's first byte was timed (the HEAD has no body); every upstream request was
+    // timed to its headers, and none failed.
+    let ttfb = |source: &str| {
+        h.metric(&format!(
+            "pollen_time_to_first_byte_seconds_count{{source=\"{source}\"}}"
+        ))
+    };
+    assert_eq!(ttfb("cache") + ttfb("fetch"), 2.0);
+    assert_eq!(
+        h.metric("pollen_upstream_response_seconds_count"),
+        h.metric("pollen_upstream_requests_total")
+    );
+    assert!(h.metric("pollen_upstream_requests_total") >= 2.0);
+    assert_eq!(h.metric("pollen_upstream_failures_total"), 0.0);
 
     let stats = h.reg.stats();
     // HEAD and both GETs were served by one upstream fetch; the manifest by digest from cache.

@@ -52,6 +52,30 @@ pub struct Upstream {
     tokens: TokenCache,
 }
 
+/// What a mirror answered to `GET /v2/` ([`Upstream::probe`]).
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub latency: Duration,
+    /// The status and the auth scheme of its challenge (`Bearer`, `Basic`), or why there was
+    /// no answer.
+    pub answer: Result<(StatusCode, Option<String>), String>,
+    /// Credentials are configured for this mirror.
+    pub credentials: bool,
+}
+
+impl Probe {
+    /// A registry that answers: 200, or 401 with a challenge (it wants a token, as Docker Hub
+    /// does for everyone).
+    pub fn is_ok(&self) -> bool {
+        match &self.answer {
+            Ok((status, challenge)) => {
+                status.is_success() || (*status == StatusCode::UNAUTHORIZED && challenge.is_some())
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 impl Upstream {
     pub fn new(cfg: UpstreamConfig) -> Result<Upstream, rustls::Error> {
         let mut http = HttpConnector::new();
@@ -137,6 +161,43 @@ impl Upstream {
         let mut resp = self.fetch_from_inner(mirror, req).await?;
         resp.mirror = mirror.to_string();
         Ok(resp)
+    }
+
+    /// Asks `mirror` for `/v2/` (the registry API's version check) without credentials: how
+    /// long it takes to answer and what it says, for `pollen doctor`.
+    pub async fn probe(&self, mirror: &str) -> Probe {
+        let url = format!("{}/v2/", mirror.trim_end_matches('/'));
+        let started = Instant::now();
+        let request = url
+            .parse::<Uri>()
+            .map_err(|e| e.to_string())
+            .and_then(|uri| {
+                Request::builder()
+                    .uri(uri)
+                    .header(USER_AGENT, &self.cfg.user_agent)
+                    .body(Empty::new())
+                    .map_err(|e| e.to_string())
+            });
+        let answer = match request {
+            Err(e) => Err(format!("bad mirror URL {url}: {e}")),
+            Ok(request) => timeout(self.cfg.response_timeout, self.client.request(request))
+                .await
+                .map_err(|_| format!("no answer within {:?}", self.cfg.response_timeout))
+                .and_then(|r| r.map_err(|e| error_chain(&e))),
+        };
+        let answer = answer.map(|resp| {
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split_whitespace().next().unwrap_or_default().to_string());
+            (resp.status(), challenge)
+        });
+        Probe {
+            latency: started.elapsed(),
+            answer,
+            credentials: self.credentials_for(mirror).is_some(),
+        }
     }
 
     /// Records that a transfer from `mirror` broke after its headers, so a retry prefers the

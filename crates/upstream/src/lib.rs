@@ -11,7 +11,7 @@ mod health;
 mod route;
 
 pub use auth::Credentials;
-pub use client::{collect_limited, FetchRequest, Upstream, UpstreamResponse};
+pub use client::{collect_limited, FetchRequest, Probe, Upstream, UpstreamResponse};
 pub use route::{Route, RouteError, DOCKER_HUB, DOCKER_HUB_URL};
 
 use std::collections::HashMap;
