@@ -212,6 +212,7 @@ logged() {
     shift
     timeout "$CLIENT_TIMEOUT" "$@" >"$logf" 2>&1
 }
+not() { ! "$@"; }
 ctr_() { ctr --address "$CTD_SOCK" "$@"; }
 
 # start_containerd NAME: private containerd with its own root/state/socket; sets CTD_DIR, CTD_SOCK.
@@ -227,11 +228,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$CTD_SOCK"
 TOML
-    cat >"$CTD_DIR/certs.d/$REG/hosts.toml" <<TOML
-server = "http://$REG"
-[host."http://$AGENT"]
-  capabilities = ["pull", "resolve"]
-TOML
+    # The hosts.toml is Pollen's own (`pollen containerd-config`): what the real containerd
+    # reads here is what users get.
+    "$POLLEN_BIN" containerd-config --registry "http://$REG" --config-path "$CTD_DIR/certs.d" \
+        --agent "http://$AGENT" --containerd-config "$CTD_DIR/config.toml" \
+        >"$T/logs/containerd-config-$1.log" 2>&1 ||
+        die "pollen containerd-config failed: $(cat "$T/logs/containerd-config-$1.log")"
     lib_start_bg "containerd-$1" "$T/logs/containerd-$1.log" containerd --config "$CTD_DIR/config.toml"
     CTD_PID=$LIB_LAST_PID
     if ! lib_wait_cmd 150 ctr_ version; then
@@ -292,6 +294,18 @@ lib_step "a. containerd + ctr pull through the agent (hosts.toml mirror)"
 start_containerd ctd1
 for img in big small; do ctr_pull_and_verify "$img" ctd1; done
 
+lib_step "a2. pollen containerd-config --check against containerd's own default config"
+containerd config default >"$T/containerd-default.toml" 2>/dev/null
+ctd_check() {
+    "$POLLEN_BIN" containerd-config --check --registry "http://$REG" --config-path "$CTD_DIR/certs.d" \
+        --agent "http://$AGENT" --containerd-config "$1" >"$T/logs/containerd-check.log" 2>&1
+}
+check "--check fails on \`containerd config default\` (config_path unset: the silent failure)" \
+    not ctd_check "$T/containerd-default.toml" || cat "$T/logs/containerd-check.log"
+sed "s|config_path = \"\"|config_path = \"$CTD_DIR/certs.d\"|" "$T/containerd-default.toml" >"$T/containerd-set.toml"
+check "--check passes once config_path is set and the hosts.toml is in place" \
+    ctd_check "$T/containerd-set.toml" || cat "$T/logs/containerd-check.log"
+
 # ---------------------------------------------------------------- b. agent cache
 lib_step "b. the bytes came through the agent: its data dir holds every blob"
 for img in big small; do
@@ -321,10 +335,18 @@ lib_step "c. Docker Engine pulls big:v1 with registry-mirrors = [agent]"
 DK="$T/dk"
 mkdir -p "$DK/cli"
 cat >"$DK/daemon.json" <<JSON
-{"registry-mirrors": ["http://$AGENT"], "insecure-registries": ["$AGENT"],
- "data-root": "$DK/root", "exec-root": "$DK/exec", "pidfile": "$DK/dockerd.pid",
+{"data-root": "$DK/root", "exec-root": "$DK/exec", "pidfile": "$DK/dockerd.pid",
  "hosts": ["unix://$DK/docker.sock"], "iptables": false, "ip-forward": false, "bridge": "none"}
 JSON
+cp "$DK/daemon.json" "$DK/daemon.json.orig"
+# The mirror settings are merged in by `pollen docker-config`, every other key kept.
+check "pollen docker-config --check fails before the merge" \
+    not "$POLLEN_BIN" docker-config --check --daemon-json "$DK/daemon.json" --agent "http://$AGENT" || true
+check "pollen docker-config merges registry-mirrors into daemon.json" \
+    logged "$T/logs/docker-config.log" "$POLLEN_BIN" docker-config --daemon-json "$DK/daemon.json" --agent "http://$AGENT" ||
+    cat "$T/logs/docker-config.log"
+check "pollen docker-config --check passes after it" \
+    "$POLLEN_BIN" docker-config --check --daemon-json "$DK/daemon.json" --agent "http://$AGENT" || true
 export DOCKER_CONFIG="$DK/cli"
 docker_() { "$DOCKER_CLI" -H "unix://$DK/docker.sock" "$@"; }
 lib_start_bg dockerd "$T/logs/dockerd.log" dockerd --config-file "$DK/daemon.json" --containerd "$CTD_SOCK"
@@ -350,6 +372,9 @@ else
 fi
 lib_stop_pid "$DOCKERD_PID" 300
 lib_umount_under "$DK"
+"$POLLEN_BIN" docker-config --restore --daemon-json "$DK/daemon.json" >/dev/null
+check "pollen docker-config --restore puts back the original daemon.json" \
+    cmp -s "$DK/daemon.json" "$DK/daemon.json.orig" || true
 
 # ---------------------------------------------------------------- d. skopeo
 lib_step "d. skopeo copy through the agent (registries.conf mirror) to an oci: layout"
@@ -385,6 +410,15 @@ skopeo_copy_and_verify() {
 }
 for img in big small; do skopeo_copy_and_verify "$img" "$T/skopeo-oci" skopeo; done
 
+# The same with the registries.conf `pollen registries-config` writes: a Docker Hub mirror
+# (the agent's default upstream stands in for Docker Hub here, as for Docker above).
+"$POLLEN_BIN" registries-config --file "$T/registries-hub.conf" --agent "http://$AGENT" >/dev/null ||
+    die "pollen registries-config failed"
+check "skopeo copy docker://docker.io/library/small:v1 through the registries-config mirror" \
+    logged "$T/logs/skopeo-hub.log" skopeo --registries-conf "$T/registries-hub.conf" copy \
+    "docker://docker.io/library/small:v1" "oci:$T/skopeo-hub:small" ||
+    tail -n 20 "$T/logs/skopeo-hub.log"
+
 lib_step "d2. blob HEAD and Range GET through the agent"
 BIG_LAYER=$(jq -r '.layers | max_by(.size) | .digest' "$T/big.manifest.json")
 BIG_SIZE=${BLOB_SIZE[$BIG_LAYER]}
@@ -413,6 +447,17 @@ for d in "${ALL_BLOBS[@]}"; do
     check "upstream sent $d once: $bytes bytes in $n GET(s), blob size ${BLOB_SIZE[$d]}" \
         [ "$bytes" = "${BLOB_SIZE[$d]}" ] || true
 done
+
+lib_step "e2. the agent down: containerd falls back to the registry (hosts.toml server)"
+"$POLLEN_BIN" containerd-config --registry "http://$REG" --config-path "$T/dead-certs.d" \
+    --agent "http://127.0.0.1:9" --containerd-config "$CTD_DIR/config.toml" >/dev/null 2>&1 ||
+    die "pollen containerd-config failed for the dead-agent hosts dir"
+check "ctr pulls library/small:v1 with nothing listening at the mirror's address" \
+    logged "$T/logs/ctr-fallback.log" ctr --address "$CTD_SOCK" images pull --plain-http --hosts-dir "$T/dead-certs.d" "$REG/library/small:v1" ||
+    tail -n 20 "$T/logs/ctr-fallback.log"
+check "pollen containerd-config --restore removes what it wrote" \
+    "$POLLEN_BIN" containerd-config --restore --config-path "$T/dead-certs.d" || true
+check "the dead-agent hosts dir is empty again" [ -z "$(ls -A "$T/dead-certs.d")" ] || true
 
 lib_step "e. stop the registry; pull again from the agent cache alone"
 lib_stop_pid "$REGISTRY_PID"

@@ -23,13 +23,17 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/pollen";
 pub const DEFAULT_UPSTREAM: &str = pollen_upstream::DOCKER_HUB_URL;
 pub const DEFAULT_CACHE_SIZE: &str = "20GiB";
 pub const DEFAULT_TAG_TTL: &str = "10s";
+/// At SIGTERM, responses in progress get this long to finish (under Kubernetes' 30 s).
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "20s";
+/// Cached objects not pulled for a month go (the agent's own default).
+pub const DEFAULT_CACHE_MAX_AGE: &str = "30days";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 pub const DEFAULT_RESPONSE_TIMEOUT: &str = "30s";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
 
 /// `pollen agent` flags. Each is optional here so that "not given" can fall through to the
 /// environment, then the config file, then the default.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct AgentArgs {
     /// TOML config file; its keys are the flag names with '_' for '-'.
     #[arg(long, env = "POLLEN_CONFIG", value_name = "FILE")]
@@ -65,6 +69,12 @@ pub struct AgentArgs {
     /// Log line format [default: text]
     #[arg(long, env = "POLLEN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Delete cached blobs and manifests not pulled on this node for this long, e.g. 30d; 0 = only when the cache size needs the room [default: 30d]
+    #[arg(long, env = "POLLEN_CACHE_MAX_AGE", value_name = "DURATION")]
+    pub cache_max_age: Option<String>,
+    /// At SIGTERM, how long the responses in progress may take to finish before downloads are checkpointed and the agent leaves the swarm [default: 20s]
+    #[arg(long, env = "POLLEN_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
     /// How long a tag's resolution is reused before asking the upstream again [default: 10s]
     #[arg(long, env = "POLLEN_TAG_TTL", value_name = "DURATION")]
     pub tag_ttl: Option<String>,
@@ -114,6 +124,9 @@ pub struct AgentArgs {
     /// Also coordinate blobs for other agents: tell each which peers to ask and which one fetches from the upstream [default: false]
     #[arg(long, env = "POLLEN_TRACKER", value_name = "true|false")]
     pub tracker: Option<bool>,
+    /// On a tracker: the smallest part of a large blob given to one more fetcher, so new bytes enter the swarm through several nodes' uploads (at most 4); 0 = one fetcher per blob [default: 8MiB]
+    #[arg(long, env = "POLLEN_SPLIT_MIN", value_name = "BYTES")]
+    pub split_min: Option<String>,
     /// Preferred by trackers for fetching from the upstream; typically a node with a good uplink and a large cache [default: false]
     #[arg(long, env = "POLLEN_SEED", value_name = "true|false")]
     pub seed: Option<bool>,
@@ -155,6 +168,8 @@ pub struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     tag_ttl: Option<String>,
+    drain_timeout: Option<String>,
+    cache_max_age: Option<String>,
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -166,6 +181,7 @@ pub struct FileConfig {
     upload_limit: Option<Size>,
     download_limit: Option<Size>,
     max_upload_sessions: Option<usize>,
+    split_min: Option<Size>,
     tracker: Option<bool>,
     seed: Option<bool>,
     zone: Option<String>,
@@ -292,6 +308,18 @@ impl Settings {
             parse_duration(key, &pick(flag, file, default))
         };
         let tag_ttl = duration("tag-ttl", args.tag_ttl, file.tag_ttl, DEFAULT_TAG_TTL)?;
+        let cache_max_age = duration(
+            "cache-max-age",
+            args.cache_max_age,
+            file.cache_max_age,
+            DEFAULT_CACHE_MAX_AGE,
+        )?;
+        let drain_timeout = duration(
+            "drain-timeout",
+            args.drain_timeout,
+            file.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT,
+        )?;
         let connect_timeout = duration(
             "connect-timeout",
             args.connect_timeout,
@@ -395,6 +423,8 @@ impl Settings {
                 upstream,
                 tag_ttl,
                 p2p,
+                drain_timeout,
+                cache_max_age,
                 ..Default::default()
             },
             swarm,

@@ -9,6 +9,9 @@ fn defaults_start() {
     let s = Settings::resolve(args()).unwrap();
     assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(s.cache_size, 20 * 1024 * 1024 * 1024);
+    assert_eq!(s.agent.drain_timeout, Duration::from_secs(20));
+    assert_eq!(s.agent.drain_timeout, pollen_agent::DEFAULT_DRAIN_TIMEOUT);
+    assert_eq!(s.agent.cache_max_age, pollen_agent::DEFAULT_CACHE_MAX_AGE);
     assert_eq!(
         s.agent.upstream.default_mirrors,
         vec![DEFAULT_UPSTREAM.to_string()]
@@ -26,6 +29,8 @@ listen = "127.0.0.1:7000"
 cache_size = "1GiB"
 upstream = "http://file-upstream:5000"
 tag_ttl = "1m"
+drain_timeout = "45s"
+cache_max_age = "0s"
 [registries]
 "ghcr.io" = ["https://mirror.example", "https://ghcr.io"]
 [[credentials]]
@@ -45,6 +50,11 @@ password = "p"
     assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
     assert_eq!(s.cache_size, 512 << 20);
     assert_eq!(s.agent.tag_ttl, Duration::from_secs(60));
+    assert_eq!(
+        s.agent.drain_timeout,
+        Duration::from_secs(45),
+        "from the file"
+    );
     assert_eq!(
         s.agent.upstream.default_mirrors,
         vec!["http://file-upstream:5000".to_string()]
@@ -66,6 +76,10 @@ fn bad_values_are_explained() {
         },
         AgentArgs {
             tag_ttl: Some("soon".into()),
+            ..args()
+        },
+        AgentArgs {
+            drain_timeout: Some("a while".into()),
             ..args()
         },
         AgentArgs {
@@ -113,6 +127,12 @@ fn peer_to_peer_defaults() {
     assert_eq!((p2p.upload_limit, p2p.download_limit), (0, 0));
     assert_eq!(p2p.max_upload_sessions, DEFAULT_MAX_UPLOAD_SESSIONS);
     assert_eq!(DEFAULT_MAX_UPLOAD_SESSIONS, 8);
+    assert_eq!(p2p.split_min, 8 << 20);
+    assert_eq!(
+        p2p.split_min,
+        pollen_agent::P2pConfig::default().split_min,
+        "the CLI and the tracker agree"
+    );
     // The defaults not exposed as flags stay the agent's.
     assert_eq!(p2p.peer_stall, pollen_agent::DEFAULT_PEER_STALL);
 }
@@ -130,6 +150,7 @@ fn peer_to_peer_flags() {
         upload_limit: Some("100MiB".into()),
         download_limit: Some("1GiB/s".into()),
         max_upload_sessions: Some(0),
+        split_min: Some("0".into()),
         ..args()
     };
     let s = Settings::resolve(a).unwrap();
@@ -152,6 +173,7 @@ fn peer_to_peer_flags() {
     assert_eq!(p2p.upload_limit, 100 << 20);
     assert_eq!(p2p.download_limit, 1 << 30);
     assert_eq!(p2p.max_upload_sessions, 0);
+    assert_eq!(p2p.split_min, 0, "never split");
 
     // --p2p false: no swarm at all, whatever else is set.
     let s = Settings::resolve(AgentArgs {

@@ -2,7 +2,9 @@
 
 mod config;
 mod demo;
+mod doctor;
 mod preheat;
+mod runtime;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +16,10 @@ use tracing::{error, info, warn};
 /// The bound on leaving the swarm at SIGTERM (the node has its own deadline inside; this
 /// one only makes sure a stuck swarm never keeps the process alive).
 const SWARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bound on the async runtime's own shutdown (blocking tasks still running).
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The bound on checkpointing downloads after the drain.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +58,31 @@ enum Command {
         after_help = "Examples:\n  pollen demo\n  pollen demo --nodes 16 --size 512MiB --rate 100Mbit/s\n  pollen demo --nodes 4 --size 32MiB --no-direct\n\nEverything runs on loopback inside this process (an in-process registry with a shared,\nrate-limited uplink; each agent with its own cache and libp2p node in a temporary\ndirectory) and is removed at the end, also on Ctrl-C. Exits non-zero if any pull failed or\nany blob did not match its digest."
     )]
     Demo(demo::DemoArgs),
+    /// Check everything that decides whether this node's pulls go through Pollen and work:
+    /// the agent, its upstreams, the cache disk, peers, trackers, the runtimes' configuration
+    #[command(
+        after_help = "Examples:\n  pollen doctor\n  pollen doctor --admin 10.0.0.7:65002 --json\n\nExits 1 when a line says FAIL; WARN lines work but deserve a look."
+    )]
+    Doctor(doctor::DoctorArgs),
+    /// Point containerd (Kubernetes) at the local agent: hosts.toml files, kept originals,
+    /// and a check that containerd actually reads them
+    #[command(
+        name = "containerd-config",
+        after_help = "Examples:\n  pollen containerd-config --all\n  pollen containerd-config --registry docker.io --registry ghcr.io\n  pollen containerd-config --check --all\n  pollen containerd-config --restore\n\nEach hosts.toml sends pulls and resolves to the agent and falls back to the registry\nitself when the agent does not answer within 1s, so pulls keep working while the agent is\ndown. containerd reads hosts.toml files without a restart, but only if its config sets\nconfig_path to this directory: every run checks that and says so."
+    )]
+    ContainerdConfig(runtime::ContainerdArgs),
+    /// Point Docker Engine at the local agent: registry-mirrors in daemon.json (Docker Hub only)
+    #[command(
+        name = "docker-config",
+        after_help = "Examples:\n  pollen docker-config\n  pollen docker-config --print\n  pollen docker-config --check\n  pollen docker-config --restore\n\nEvery other key of daemon.json is kept; the original is kept beside it the first time."
+    )]
+    DockerConfig(runtime::DockerArgs),
+    /// Point Podman and CRI-O at the local agent: a Docker Hub mirror in registries.conf
+    #[command(
+        name = "registries-config",
+        after_help = "Examples:\n  pollen registries-config\n  pollen registries-config --file /etc/containers/registries.conf.d/pollen.conf --print\n  pollen registries-config --check\n  pollen registries-config --restore"
+    )]
+    RegistriesConfig(runtime::RegistriesArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,11 +92,15 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Preheat(args) => preheat::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::ContainerdConfig(args) => runtime::run_containerd(args),
+        Command::DockerConfig(args) => runtime::run_docker(args),
+        Command::RegistriesConfig(args) => runtime::run_registries(args),
     }
 }
 
 fn run_agent(args: AgentArgs) -> ExitCode {
-    let settings = match Settings::resolve(args) {
+    let settings = match Settings::resolve(args.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pollen: invalid configuration: {e}");
@@ -83,7 +118,11 @@ fn run_agent(args: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(agent(settings)) {
+    let result = runtime.block_on(agent(settings, &args));
+    // Blocking work still running (a checkpoint's fsync, a hash) gets a moment, not forever:
+    // the drain and the checkpoints are done, and a stop must not hang past its grace period.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             error!("{msg}");
@@ -93,7 +132,7 @@ fn run_agent(args: AgentArgs) -> ExitCode {
     }
 }
 
-async fn agent(s: Settings) -> Result<(), String> {
+async fn agent(s: Settings, args: &AgentArgs) -> Result<(), String> {
     let store = pollen_store::Store::open(&s.data_dir, s.cache_size).map_err(|e| {
         format!(
             "cannot open the cache in {}: {e} (pass --data-dir with a writable directory)",
@@ -126,19 +165,55 @@ async fn agent(s: Settings) -> Result<(), String> {
         "pollen agent serving"
     );
     tokio::spawn(pollen_agent::serve_admin(agent.clone(), admin));
-    tokio::select! {
-        _ = agent.serve(listener) => {}
-        _ = shutdown_signal() => info!("shutting down"),
-    }
-    if let Some(node) = node {
-        // Close the peers' connections now rather than leaving them to time out.
-        match tokio::time::timeout(SWARM_SHUTDOWN_TIMEOUT, node.shutdown()).await {
-            Ok(Ok(())) => info!("left the swarm"),
-            Ok(Err(e)) => warn!(error = %e, "leaving the swarm failed"),
-            Err(_) => warn!(after = ?SWARM_SHUTDOWN_TIMEOUT, "leaving the swarm timed out"),
+    let serve = agent.serve(listener);
+    tokio::pin!(serve);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = &mut serve => break,
+            _ = shutdown_signal() => {
+                info!("stopping: no new connections; letting responses in progress finish");
+                break;
+            }
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => reload(&agent, args),
         }
     }
+    // SIGTERM: the listener is closed; responses in progress finish, then downloads record
+    // their pieces (a restart resumes them) and the tracker role stops handing fetches on.
+    let open = agent.drain().await;
+    if open > 0 {
+        warn!(
+            connections = open,
+            "drain timeout: closing client connections still open"
+        );
+    }
+    // Downloads checkpoint, then the swarm stops (peers' connections closed now rather than
+    // left to time out); bounded whatever the swarm does.
+    let bound = SHUTDOWN_TIMEOUT + SWARM_SHUTDOWN_TIMEOUT;
+    match tokio::time::timeout(bound, agent.shutdown(SHUTDOWN_TIMEOUT)).await {
+        Ok(()) if node.is_some() => info!("left the swarm"),
+        Ok(()) => {}
+        Err(_) => warn!(after = ?bound, "stopping timed out"),
+    }
     Ok(())
+}
+
+/// SIGHUP: the configuration (flags, environment, file) is read again and what can change
+/// without a restart takes effect: the upstream registries, mirrors, credentials and their
+/// timeouts. An invalid configuration changes nothing.
+fn reload(agent: &pollen_agent::Agent, args: &AgentArgs) {
+    match Settings::resolve(args.clone()) {
+        Ok(s) => match agent.reload_upstream(s.agent.upstream) {
+            Ok(()) => info!("SIGHUP: reloaded the upstream registries, mirrors and credentials; other settings take effect at the next start"),
+            Err(e) => warn!(error = %e, "SIGHUP: the new upstream configuration cannot be used; keeping the one in use"),
+        },
+        Err(e) => warn!(error = %e, "SIGHUP: the configuration is invalid; keeping the one in use"),
+    }
 }
 
 /// Fails if something already listens on the swarm address's fixed port. libp2p binds its

@@ -127,6 +127,11 @@ fn parse_status(addr: &str, body: &str) -> Result<Status, String> {
 /// `GET /status` over HTTP/1.0 (the server closes the connection after the answer, so the
 /// body is everything until EOF); every wait bounded.
 async fn get_status(addr: &str) -> Result<String, String> {
+    admin_get(addr, "/status").await
+}
+
+/// `GET path` from the agent's admin endpoint; the body of a `200`.
+pub async fn admin_get(addr: &str, path: &str) -> Result<String, String> {
     let unreachable = |why: String| {
         format!("cannot reach the agent's admin endpoint at {addr}: {why} (is `pollen agent` running? pass --admin ADDR with its --metrics-listen address)")
     };
@@ -137,7 +142,7 @@ async fn get_status(addr: &str) -> Result<String, String> {
             Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         };
     let request = format!(
-        "GET /status HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\nUser-Agent: pollen/{}\r\n\r\n",
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\nUser-Agent: pollen/{}\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     let exchange = async {
@@ -154,13 +159,13 @@ async fn get_status(addr: &str) -> Result<String, String> {
         Ok(Err(e)) => return Err(unreachable(format!("reading the answer: {e}"))),
         Err(_) => {
             return Err(format!(
-                "the agent's admin endpoint at {addr} did not answer /status within {REQUEST_TIMEOUT:?}; the agent may be overloaded, try again"
+                "the agent's admin endpoint at {addr} did not answer {path} within {REQUEST_TIMEOUT:?}; the agent may be overloaded, try again"
             ))
         }
     };
     if raw.len() > MAX_RESPONSE {
         return Err(format!(
-            "the admin endpoint at {addr} answered /status with more than {} MiB; is it a Pollen agent? pass --admin with the agent's --metrics-listen address",
+            "the admin endpoint at {addr} answered {path} with more than {} MiB; is it a Pollen agent? pass --admin with the agent's --metrics-listen address",
             MAX_RESPONSE >> 20
         ));
     }

@@ -1,5 +1,5 @@
 //! The `pollen` binary's contract: help, configuration errors, start-up with defaults, SIGTERM,
-//! the swarm, and `pollen status`.
+//! SIGHUP, a restart keeping the cache and the PeerId, the swarm, and `pollen status`.
 //!
 //! Every agent started here listens for peers on `/ip4/127.0.0.1/tcp/0` (or a free port): the
 //! default, port 65003 on every interface, would collide between tests and with a real agent.
@@ -233,8 +233,9 @@ fn starts_with_defaults_serves_and_stops_on_sigterm() {
 /// An agent on free ports with `extra` flags, ready (its `/readyz` answers 200).
 struct Agent {
     child: Child,
+    port: u16,
     metrics: u16,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
@@ -244,6 +245,13 @@ impl Agent {
 
     fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        let mut agent = Agent::start_in(dir.path(), extra, env);
+        agent._dir = Some(dir);
+        agent
+    }
+
+    /// An agent over the data dir `dir`, which outlives it (restart tests).
+    fn start_in(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let (port, metrics) = (free_port(), free_port());
         let mut c = pollen();
         for (k, v) in env {
@@ -254,7 +262,7 @@ impl Agent {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .arg("--data-dir")
-            .arg(dir.path())
+            .arg(dir)
             .args(extra)
             .stderr(Stdio::null())
             .spawn()
@@ -270,8 +278,9 @@ impl Agent {
         }
         Agent {
             child,
+            port,
             metrics,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -486,4 +495,118 @@ fn preheat_reports_an_image_it_cannot_resolve_and_exits_non_zero() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("preheat failed: image"));
+}
+
+#[test]
+fn sighup_reloads_the_upstreams_from_the_config_file() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("pollen.toml");
+    std::fs::write(&conf, "upstream = \"http://127.0.0.1:1\"\n").unwrap();
+    let agent = Agent::start(&["--config", conf.to_str().unwrap(), "--p2p", "false"]);
+    // `pollen doctor --json`: the dead mirror makes it exit 1; its lines are what matters.
+    let doctor = || {
+        let out = pollen()
+            .args(["doctor", "--json", "--admin", &agent.admin()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(doctor().contains("http://127.0.0.1:1"), "{}", doctor());
+
+    // A broken file changes nothing; a good one takes effect, without a restart.
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &agent.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    std::fs::write(&conf, "upstream = [\n").unwrap();
+    hup();
+    std::fs::write(&conf, "upstream = \"http://127.0.0.1:2\"\n").unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !doctor().contains("http://127.0.0.1:2") {
+        assert!(Instant::now() < deadline, "not reloaded: {}", doctor());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!doctor().contains("http://127.0.0.1:1"), "{}", doctor());
+    assert!(get(agent.metrics, "/readyz").unwrap().contains("200"));
+}
+
+/// A raw HTTP/1.1 GET: the status line and the body.
+fn get_body(port: u16, path: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, raw[split + 4..].to_vec())
+}
+
+/// Stops an agent with SIGTERM and waits for a clean exit.
+fn terminate(agent: &mut Agent) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &agent.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = agent.child.try_wait().unwrap() {
+            assert!(s.success(), "{s}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_restart_keeps_the_cache_and_the_peer_id() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = rt.block_on(pollen_testreg::TestRegistry::start()).unwrap();
+    let layer: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let digest = reg.add_blob("app", layer.clone().into());
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = reg.url();
+    let route = format!("{}={}", reg.host(), reg.url());
+    let flags = [
+        "--upstream",
+        &upstream,
+        "--registry",
+        &route,
+        "--p2p-listen",
+        P2P_ANY_PORT,
+    ];
+    let path = format!("/v2/app/blobs/{digest}?ns={}", reg.host());
+
+    let mut first = Agent::start_in(dir.path(), &flags, &[]);
+    let peer_id = first.status_json().peer_id.expect("a PeerId");
+    let (status, body) = get_body(first.port, &path);
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, layer);
+    terminate(&mut first);
+
+    // The upstream is gone: the restarted agent serves from its cache, under the same PeerId.
+    reg.set_fault(pollen_testreg::Fault::Status {
+        status: 503,
+        count: 1_000_000,
+    });
+    let second = Agent::start_in(dir.path(), &flags, &[]);
+    assert_eq!(second.status_json().peer_id, Some(peer_id));
+    let (status, body) = get_body(second.port, &path);
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, layer, "served from the cache kept across the restart");
+    assert_eq!(second.status_json().cache_entries, 1);
 }
