@@ -7,12 +7,15 @@
 # 2. cargo clippy --workspace --all-targets -j2 -- -D warnings
 # 3. cargo test --workspace -j2
 # 4. shellcheck of the test/bench/CI scripts (only if shellcheck is installed)
-# 5. tests/e2e/run.sh (real registry, containerd, Docker, skopeo), as root only
-# 6. benches/cluster.sh --quick (the cluster benchmark on 4 emulated hosts: fails only on a
+# 5. deploy/validate.sh: the Helm chart, manifests, alerts, dashboard, systemd unit and
+#    Dockerfile (only if its tools are installed: .ci/run installs them as root)
+# 6. tests/e2e/run.sh (real registry, containerd, Docker, skopeo), as root only
+# 7. benches/cluster.sh --quick (the cluster benchmark on 4 emulated hosts: fails only on a
 #    wrong digest or a node that never finishes, never on a timing), as root where `ip netns` works
 #
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
-# Environment: SKIP_E2E=1 skips step 5, SKIP_BENCH=1 step 6; SKIP_FMT=1 / SKIP_CLIPPY=1 / SKIP_SHELLCHECK=1 skip those steps.
+# Environment: SKIP_E2E=1 skips step 6, SKIP_BENCH=1 step 7; SKIP_FMT=1 / SKIP_CLIPPY=1 / SKIP_SHELLCHECK=1 /
+# SKIP_DEPLOY_LINT=1 skip those steps.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -54,13 +57,21 @@ fi
 
 run_step test cargo test --workspace -j2
 
-SCRIPTS=(tests/run.sh tests/e2e/*.sh benches/*.sh .ci/run)
+SCRIPTS=(tests/run.sh tests/e2e/*.sh benches/*.sh .ci/run deploy/validate.sh)
 if [ -n "${SKIP_SHELLCHECK:-}" ]; then
     skip_step shellcheck "SKIP_SHELLCHECK is set"
 elif ! command -v shellcheck >/dev/null 2>&1; then
     skip_step shellcheck "shellcheck is not installed"
 else
     run_step shellcheck shellcheck -x "${SCRIPTS[@]}"
+fi
+
+if [ -n "${SKIP_DEPLOY_LINT:-}" ]; then
+    skip_step deploy-lint "SKIP_DEPLOY_LINT is set"
+elif ! deploy_tools=$(deploy/validate.sh --tools); then
+    skip_step deploy-lint "$deploy_tools"
+else
+    run_step deploy-lint deploy/validate.sh
 fi
 
 if [ -n "${SKIP_E2E:-}" ]; then
