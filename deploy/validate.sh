@@ -105,15 +105,20 @@ dashboard_promql() {
 }
 check "dashboard PromQL parses" dashboard_promql
 
-# Every pollen_* name used must be one the agent registers (counters gain _total).
+# Every pollen_* name used must be one the agent registers (counters gain _total, histograms
+# _bucket, _sum and _count).
 metrics_exist() {
-    local registered used name rc=0
+    local registered used name base rc=0
     registered=$(grep -A1 'r\.register(' ../crates/agent/src/metrics.rs |
         grep -o '"[a-z_]*"' | tr -d '"')
     used=$(grep -ho 'pollen_[a-z_]*' prometheus/alerts.yaml grafana/pollen.json | sort -u)
     for name in $used; do
         name=${name#pollen_}
-        if ! grep -qx -e "$name" -e "${name%_total}" <<<"$registered"; then
+        base=${name%_total}
+        base=${base%_bucket}
+        base=${base%_sum}
+        base=${base%_count}
+        if ! grep -qx -e "$name" -e "$base" <<<"$registered"; then
             echo "   pollen_$name is not registered in crates/agent/src/metrics.rs"
             rc=1
         fi

@@ -83,6 +83,9 @@ pub enum TrackerRequest {
         /// fetch split.
         ranges: bool,
     },
+    /// Instead of `Join`, on a stream of its own: the tracker's clock, answered by `Time`
+    /// (`pollen doctor` measures clock skew between nodes with it).
+    Time,
 }
 
 /// Tracker -> agent.
@@ -105,6 +108,8 @@ pub enum TrackerReply {
     /// from peers: this node's share of a split fetch (also the answer to `Sized`, and a dead
     /// member's share handed on).
     FetchRange { size: u64, first: u32, end: u32 },
+    /// Answers `Time`: the tracker's wall clock, in milliseconds since the Unix epoch.
+    Time { unix_ms: u64 },
 }
 
 impl TrackerRequest {
@@ -155,7 +160,7 @@ impl TrackerReply {
             TrackerReply::Resolved { error, .. } if error.len() > 512 => {
                 return Err("error message too long".into())
             }
-            TrackerReply::Resolved { .. } => return Ok(()),
+            TrackerReply::Resolved { .. } | TrackerReply::Time { .. } => return Ok(()),
         };
         if peers.len() > MAX_TRACKER_PEERS {
             return Err(format!(
@@ -299,6 +304,7 @@ mod tests {
             join(vec![("zone".into(), "a".into())]),
             TrackerRequest::Progress { pieces: 9 },
             TrackerRequest::Leave { complete: true },
+            TrackerRequest::Time,
         ];
         for r in reqs {
             let f = encode_tracker_request(&r).unwrap();
@@ -311,6 +317,9 @@ mod tests {
             },
             TrackerReply::Fetch,
             TrackerReply::Peers { peers: vec![] },
+            TrackerReply::Time {
+                unix_ms: 1_700_000_000_123,
+            },
         ];
         for r in replies {
             let f = encode_tracker_reply(&r).unwrap();

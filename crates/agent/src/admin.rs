@@ -52,7 +52,10 @@ async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
             let m = agent.metrics();
             m.cache_bytes.set(usage.bytes as i64);
             m.cache_entries.set(usage.entries as i64);
-            m.cache_evictions.set(usage.evictions as i64);
+            // The store counts since start; the counter only ever catches up with it.
+            let seen = m.cache_evictions.get();
+            m.cache_evictions
+                .inc_by(usage.evictions.saturating_sub(seen));
             m.cache_quota
                 .set(i64::try_from(usage.quota).unwrap_or(i64::MAX));
             agent.refresh_peer_metrics();

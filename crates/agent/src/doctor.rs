@@ -2,7 +2,9 @@
 //! it can see from inside — each upstream mirror answering, the cache's disk and quota, peers
 //! and trackers. The command adds what only the host can see (the runtimes' configuration).
 
-use crate::Ctx;
+use crate::{p2p, Ctx};
+use pollen_proto::{TrackerReply, TrackerRequest};
+use pollen_upstream::{CredentialCheck, Upstream};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub struct Check {
 /// Free disk below this fraction of the cache quota is a warning (the cache will evict
 /// sooner than configured).
 const LOW_DISK_FRACTION: f64 = 0.10;
+/// Trackers asked for their clock, at most.
+const MAX_CLOCKS: usize = 8;
 /// A mirror slower than this to answer `/v2/` is a warning.
 const SLOW_MIRROR: Duration = Duration::from_secs(1);
 
@@ -43,59 +47,178 @@ pub(crate) async fn run(ctx: &Ctx) -> Vec<Check> {
     } else {
         check("agent", Verdict::Fail, "not ready yet")
     }];
-    out.extend(mirrors(ctx).await);
+    let mut clocks = Vec::new();
+    out.extend(mirrors(ctx, &mut clocks).await);
     out.push(disk(ctx));
-    out.extend(swarm(ctx).await);
+    out.extend(swarm(ctx, &mut clocks).await);
+    out.push(clock_line(&clocks));
     out
 }
 
-/// Every configured mirror, asked for `/v2/` at once.
-async fn mirrors(ctx: &Ctx) -> Vec<Check> {
-    let upstream = ctx.upstream();
-    let cfg = upstream.config();
-    let mut all: Vec<(String, String)> = cfg
-        .default_mirrors
-        .iter()
-        .map(|m| ("default (Docker Hub names)".to_string(), m.clone()))
-        .collect();
+/// Every configured mirror, as `(registry, mirrors in configured order)`.
+fn configured_mirrors(cfg: &pollen_upstream::UpstreamConfig) -> Vec<(String, Vec<String>)> {
+    let mut all = vec![(
+        "default (Docker Hub names)".to_string(),
+        cfg.default_mirrors.clone(),
+    )];
     let mut registries: Vec<_> = cfg.registries.iter().collect();
     registries.sort();
-    for (host, mirrors) in registries {
-        all.extend(mirrors.iter().map(|m| (host.clone(), m.clone())));
-    }
+    all.extend(registries.into_iter().map(|(h, m)| (h.clone(), m.clone())));
+    all
+}
+
+/// Every configured mirror, asked for `/v2/` at once (and its credentials checked), then
+/// each registry's mirrors read for a moment, one mirror at a time so they do not share the
+/// link; and the clock offsets the answers showed.
+async fn mirrors(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
+    let upstream = ctx.upstream();
+    let registries = configured_mirrors(upstream.config());
+    let all: Vec<(&str, &str)> = registries
+        .iter()
+        .flat_map(|(r, ms)| ms.iter().map(move |m| (r.as_str(), m.as_str())))
+        .collect();
     let probes =
         futures_util::future::join_all(all.iter().map(|(_, mirror)| upstream.probe(mirror))).await;
-    all.into_iter()
-        .zip(probes)
-        .map(|((registry, mirror), probe)| {
-            let ms = probe.latency.as_millis();
-            let creds = if probe.credentials {
-                "; credentials configured (checked at the first pull)"
+    let mut out = Vec::new();
+    for ((registry, mirror), probe) in all.into_iter().zip(probes) {
+        if let Some(ms) = probe.clock_offset_ms {
+            clocks.push((mirror.to_string(), ms));
+        }
+        out.push(answer_line(registry, mirror, &probe));
+        if let Some(line) = credentials_line(mirror, &probe.credentials) {
+            out.push(line);
+        }
+    }
+    for (registry, mirrors) in &registries {
+        out.push(throughput_line(&upstream, registry, mirrors).await);
+    }
+    out
+}
+
+fn answer_line(registry: &str, mirror: &str, probe: &pollen_upstream::Probe) -> Check {
+    let ms = probe.latency.as_millis();
+    let (verdict, detail) = match &probe.answer {
+        Err(e) => (Verdict::Fail, format!("{mirror}: {e}")),
+        Ok((status, challenge)) if probe.is_ok() => {
+            let how = match challenge {
+                Some(scheme) => format!("HTTP {status}, asks for {scheme} auth"),
+                None => format!("HTTP {status}"),
+            };
+            let verdict = if probe.latency > SLOW_MIRROR {
+                Verdict::Warn
             } else {
-                ""
+                Verdict::Ok
             };
-            let (verdict, detail) = match &probe.answer {
-                Err(e) => (Verdict::Fail, format!("{mirror}: {e}")),
-                Ok((status, challenge)) if probe.is_ok() => {
-                    let how = match challenge {
-                        Some(scheme) => format!("HTTP {status}, asks for {scheme} auth"),
-                        None => format!("HTTP {status}"),
-                    };
-                    let verdict = if probe.latency > SLOW_MIRROR {
-                        Verdict::Warn
-                    } else {
-                        Verdict::Ok
-                    };
-                    (verdict, format!("{mirror}: {how} in {ms} ms{creds}"))
-                }
-                Ok((status, _)) => (
-                    Verdict::Fail,
-                    format!("{mirror}: HTTP {status} to /v2/ in {ms} ms: not a registry API, or refusing us"),
-                ),
-            };
-            check(format!("upstream {registry}"), verdict, detail)
-        })
-        .collect()
+            (verdict, format!("{mirror}: {how} in {ms} ms"))
+        }
+        Ok((status, _)) => (
+            Verdict::Fail,
+            format!(
+                "{mirror}: HTTP {status} to /v2/ in {ms} ms: not a registry API, or refusing us"
+            ),
+        ),
+    };
+    check(format!("upstream {registry}"), verdict, detail)
+}
+
+fn credentials_line(mirror: &str, creds: &CredentialCheck) -> Option<Check> {
+    let (verdict, detail) = match creds {
+        CredentialCheck::NotConfigured => return None,
+        CredentialCheck::Accepted => (Verdict::Ok, format!("{mirror}: accepted")),
+        CredentialCheck::NotAsked => (
+            Verdict::Ok,
+            format!("{mirror}: configured, but the registry asks for none"),
+        ),
+        CredentialCheck::Rejected(why) => (
+            Verdict::Fail,
+            format!("{mirror}: rejected ({why}): fix the username or password in the [credentials] of the config file, then reload (SIGHUP)"),
+        ),
+        CredentialCheck::Unknown(why) => {
+            (Verdict::Warn, format!("{mirror}: could not be checked: {why}"))
+        }
+    };
+    Some(check("credentials", verdict, detail))
+}
+
+/// A later mirror this many times faster than the first one tried is worth putting first.
+const FASTER_BY: f64 = 2.0;
+
+/// Reads the last blob pulled from `registry` from each of its mirrors, in the order a pull
+/// tries them now, and says whether that order is the fast one.
+async fn throughput_line(upstream: &Upstream, registry: &str, mirrors: &[String]) -> Check {
+    let name = format!("throughput {registry}");
+    let mut rates = Vec::new();
+    let mut parts = Vec::new();
+    for mirror in upstream.current_order(mirrors) {
+        match upstream.throughput(&mirror).await {
+            None => {
+                return check(
+                    name,
+                    Verdict::Ok,
+                    "not measured: nothing pulled from this registry since the agent started",
+                )
+            }
+            Some(Err(e)) => parts.push(format!("{mirror}: failed ({e})")),
+            Some(Ok(t)) => {
+                let rate = t.bytes_per_sec();
+                parts.push(format!(
+                    "{mirror}: {:.1} MB/s ({} KiB of {}, first byte in {} ms)",
+                    rate / 1e6,
+                    t.bytes >> 10,
+                    t.blob,
+                    t.first_byte.as_millis()
+                ));
+                rates.push((mirror, rate));
+            }
+        }
+    }
+    let detail = format!("in the order pulls try them: {}", parts.join("; "));
+    let first = rates.first().cloned();
+    let faster = rates
+        .iter()
+        .skip(1)
+        .find(|(_, r)| first.as_ref().is_some_and(|(_, f)| *r > FASTER_BY * f));
+    match (first, faster) {
+        _ if rates.is_empty() => check(name, Verdict::Fail, detail),
+        (Some((slow, _)), Some((fast, _))) => check(
+            name,
+            Verdict::Warn,
+            format!("{detail}: {fast} is more than {FASTER_BY}x faster than {slow} ahead of it; consider listing it first"),
+        ),
+        _ => check(name, Verdict::Ok, detail),
+    }
+}
+
+/// Clock offsets from this many ms on are worth a warning (logs stop lining up; the
+/// comparison has a resolution of a second against `Date` headers).
+const CLOCK_WARN_MS: i64 = 5_000;
+/// From this offset on, time-limited things break: certificates "not yet valid" or
+/// "expired", registry tokens and signed storage URLs refused.
+const CLOCK_FAIL_MS: i64 = 300_000;
+
+/// This node's clock against the others it heard from (mirrors' `Date`, trackers' `Time`).
+fn clock_line(clocks: &[(String, i64)]) -> Check {
+    let Some((who, worst)) = clocks.iter().max_by_key(|(_, ms)| ms.unsigned_abs()) else {
+        return check("clock", Verdict::Ok, "no clock to compare with");
+    };
+    let detail = format!(
+        "largest offset {:+.1} s against {who} ({} compared)",
+        *worst as f64 / 1000.0,
+        clocks.len()
+    );
+    match worst.unsigned_abs() {
+        d if d >= CLOCK_FAIL_MS.unsigned_abs() => check(
+            "clock",
+            Verdict::Fail,
+            format!("{detail}: TLS certificates and registry tokens fail at this skew; run NTP (chrony, systemd-timesyncd)"),
+        ),
+        d if d >= CLOCK_WARN_MS.unsigned_abs() => check(
+            "clock",
+            Verdict::Warn,
+            format!("{detail}: check NTP on this node and the other"),
+        ),
+        _ => check("clock", Verdict::Ok, detail),
+    }
 }
 
 /// The cache: how full against its quota, and whether the disk has room for the quota.
@@ -156,8 +279,8 @@ fn free_space(path: &std::path::Path) -> Result<u64, String> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Peers connected over libp2p and trackers found.
-async fn swarm(ctx: &Ctx) -> Vec<Check> {
+/// Peers connected over libp2p and trackers found (each asked for its clock).
+async fn swarm(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
     let Some(p2p) = &ctx.p2p else {
         return vec![check(
             "peers",
@@ -180,7 +303,37 @@ async fn swarm(ctx: &Ctx) -> Vec<Check> {
     } else {
         check("peers", Verdict::Ok, format!("{peers} connected"))
     };
-    let trackers = p2p.directory.trackers(p2p).await.len();
+    let found = p2p.directory.trackers(p2p).await;
+    let me = p2p.node.peer_id();
+    let asked = found
+        .iter()
+        .filter(|t| **t != me)
+        .take(MAX_CLOCKS)
+        .map(|t| async move {
+            let sent = std::time::SystemTime::now();
+            let started = std::time::Instant::now();
+            match p2p::tracker::ask(p2p, *t, &TrackerRequest::Time).await {
+                Some(TrackerReply::Time { unix_ms }) => {
+                    let ours = sent + started.elapsed() / 2;
+                    let ours = ours
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
+                    let offset = i128::from(unix_ms) - ours as i128;
+                    Some((
+                        format!("tracker {t}"),
+                        offset.clamp(i64::MIN.into(), i64::MAX.into()) as i64,
+                    ))
+                }
+                _ => None,
+            }
+        });
+    clocks.extend(
+        futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten(),
+    );
+    let trackers = found.len();
     let trackers = if trackers == 0 {
         check(
             "trackers",

@@ -31,7 +31,7 @@ pub struct Metrics {
     pub stale_manifests: Counter,
     pub cache_bytes: Gauge,
     pub cache_entries: Gauge,
-    pub cache_evictions: Gauge,
+    pub cache_evictions: Counter,
     pub peer_bytes_received: Counter,
     pub peer_bytes_sent: Counter,
     pub piece_verification_failures: Counter,
@@ -73,7 +73,7 @@ impl Metrics {
             stale_manifests: Counter::default(),
             cache_bytes: Gauge::default(),
             cache_entries: Gauge::default(),
-            cache_evictions: Gauge::default(),
+            cache_evictions: Counter::default(),
             peer_bytes_received: Counter::default(),
             peer_bytes_sent: Counter::default(),
             piece_verification_failures: Counter::default(),
@@ -127,7 +127,7 @@ impl Metrics {
         );
         r.register(
             "cache_evictions",
-            "Objects evicted from the content store since start",
+            "Objects evicted from the content store (quota or age)",
             m.cache_evictions.clone(),
         );
         r.register(

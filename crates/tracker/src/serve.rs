@@ -54,9 +54,21 @@ where
             name,
             tag,
         }) => return resolve(&tracker, registry, name, tag, &mut w, idle).await,
+        Some(TrackerRequest::Time) => {
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            return timeout(
+                idle,
+                write_tracker_reply(&mut w, &TrackerReply::Time { unix_ms }),
+            )
+            .await
+            .map_err(|_| ServeError::Timeout)?
+            .map_err(ServeError::from);
+        }
         _ => {
             return Err(ServeError::Protocol(
-                "the first message must be Join or Resolve".into(),
+                "the first message must be Join, Resolve or Time".into(),
             ))
         }
     };
@@ -95,8 +107,14 @@ where
                             return Ok(());
                         }
                         None => return Ok(()),
-                        Some(TrackerRequest::Join { .. } | TrackerRequest::Resolve { .. }) => {
-                            return Err(ServeError::Protocol("a second Join".into()))
+                        Some(
+                            TrackerRequest::Join { .. }
+                            | TrackerRequest::Resolve { .. }
+                            | TrackerRequest::Time,
+                        ) => {
+                            return Err(ServeError::Protocol(
+                                "Join, Resolve or Time on a member's stream".into(),
+                            ))
                         }
                     }
                 }
@@ -214,6 +232,29 @@ mod tests {
             read_tracker_reply(&mut b).await.unwrap(),
             Some(TrackerReply::Fetch)
         );
+    }
+
+    #[tokio::test]
+    async fn time_is_answered_with_the_clock() {
+        let t = Arc::new(Tracker::new());
+        let (mut a, a_srv) = tokio::io::duplex(4096);
+        let task = tokio::spawn(serve(t, vec![1], a_srv, Duration::from_secs(5)));
+        let since_epoch = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        };
+        let before = since_epoch(std::time::SystemTime::now());
+        write_tracker_request(&mut a, &TrackerRequest::Time)
+            .await
+            .unwrap();
+        let Some(TrackerReply::Time { unix_ms }) = read_tracker_reply(&mut a).await.unwrap() else {
+            panic!("no Time reply");
+        };
+        let after = since_epoch(std::time::SystemTime::now());
+        assert!(
+            (before..=after).contains(&unix_ms),
+            "{before} {unix_ms} {after}"
+        );
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@ use crate::auth::{self, Challenge, Credentials, TokenCache};
 use crate::health::Health;
 use crate::{Route, UpstreamConfig, UpstreamError};
 use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -46,34 +47,12 @@ pub struct UpstreamResponse {
 
 /// The shared upstream client: one connection pool, health table and token cache per agent.
 pub struct Upstream {
-    cfg: UpstreamConfig,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    health: Health,
+    pub(crate) cfg: UpstreamConfig,
+    pub(crate) client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    pub(crate) health: Health,
     tokens: TokenCache,
-}
-
-/// What a mirror answered to `GET /v2/` ([`Upstream::probe`]).
-#[derive(Clone, Debug)]
-pub struct Probe {
-    pub latency: Duration,
-    /// The status and the auth scheme of its challenge (`Bearer`, `Basic`), or why there was
-    /// no answer.
-    pub answer: Result<(StatusCode, Option<String>), String>,
-    /// Credentials are configured for this mirror.
-    pub credentials: bool,
-}
-
-impl Probe {
-    /// A registry that answers: 200, or 401 with a challenge (it wants a token, as Docker Hub
-    /// does for everyone).
-    pub fn is_ok(&self) -> bool {
-        match &self.answer {
-            Ok((status, challenge)) => {
-                status.is_success() || (*status == StatusCode::UNAUTHORIZED && challenge.is_some())
-            }
-            Err(_) => false,
-        }
-    }
+    /// Per registry, the last blob fetched from it: what the doctor's throughput probe reads.
+    pub(crate) samples: DashMap<String, (Route, String)>,
 }
 
 impl Upstream {
@@ -95,6 +74,7 @@ impl Upstream {
             client,
             health: Health::default(),
             tokens: TokenCache::default(),
+            samples: DashMap::new(),
         })
     }
 
@@ -115,6 +95,12 @@ impl Upstream {
             match outcome {
                 Ok(resp) if resp.status.is_success() || resp.status == StatusCode::NOT_MODIFIED => {
                     self.health.success(mirror);
+                    if req.method == Method::GET && req.path.starts_with("blobs/") {
+                        self.samples.insert(
+                            req.route.registry.clone(),
+                            (req.route.clone(), req.path.clone()),
+                        );
+                    }
                     return Ok(resp);
                 }
                 Ok(resp)
@@ -153,7 +139,7 @@ impl Upstream {
         }
     }
 
-    async fn fetch_from(
+    pub(crate) async fn fetch_from(
         &self,
         mirror: &str,
         req: &FetchRequest<'_>,
@@ -161,43 +147,6 @@ impl Upstream {
         let mut resp = self.fetch_from_inner(mirror, req).await?;
         resp.mirror = mirror.to_string();
         Ok(resp)
-    }
-
-    /// Asks `mirror` for `/v2/` (the registry API's version check) without credentials: how
-    /// long it takes to answer and what it says, for `pollen doctor`.
-    pub async fn probe(&self, mirror: &str) -> Probe {
-        let url = format!("{}/v2/", mirror.trim_end_matches('/'));
-        let started = Instant::now();
-        let request = url
-            .parse::<Uri>()
-            .map_err(|e| e.to_string())
-            .and_then(|uri| {
-                Request::builder()
-                    .uri(uri)
-                    .header(USER_AGENT, &self.cfg.user_agent)
-                    .body(Empty::new())
-                    .map_err(|e| e.to_string())
-            });
-        let answer = match request {
-            Err(e) => Err(format!("bad mirror URL {url}: {e}")),
-            Ok(request) => timeout(self.cfg.response_timeout, self.client.request(request))
-                .await
-                .map_err(|_| format!("no answer within {:?}", self.cfg.response_timeout))
-                .and_then(|r| r.map_err(|e| error_chain(&e))),
-        };
-        let answer = answer.map(|resp| {
-            let challenge = resp
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split_whitespace().next().unwrap_or_default().to_string());
-            (resp.status(), challenge)
-        });
-        Probe {
-            latency: started.elapsed(),
-            answer,
-            credentials: self.credentials_for(mirror).is_some(),
-        }
     }
 
     /// Records that a transfer from `mirror` broke after its headers, so a retry prefers the
@@ -293,44 +242,8 @@ impl Upstream {
         service: Option<&str>,
         scope: Option<&str>,
     ) -> Result<auth::Token, String> {
-        use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-        let mut url = realm.to_string();
-        let mut sep = if realm.contains('?') { '&' } else { '?' };
-        for (k, v) in [("service", service), ("scope", scope)] {
-            if let Some(v) = v {
-                url.push(sep);
-                url.push_str(k);
-                url.push('=');
-                url.extend(utf8_percent_encode(v, NON_ALPHANUMERIC));
-                sep = '&';
-            }
-        }
-        let realm_host = url
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.authority().map(|a| a.to_string()));
-        let creds = realm_host
-            .as_deref()
-            .and_then(|h| self.cfg.credentials.get(h))
-            .or_else(|| self.credentials_for(mirror));
-        let mut builder = Request::get(url.as_str()).header(USER_AGENT, &self.cfg.user_agent);
-        if let Some(h) = creds.and_then(Credentials::basic_header) {
-            builder = builder.header(AUTHORIZATION, h);
-        }
-        let request = builder
-            .body(Empty::new())
-            .map_err(|e| format!("token URL {url}: {e}"))?;
-        let resp = timeout(self.cfg.response_timeout, self.client.request(request))
-            .await
-            .map_err(|_| format!("token request to {realm} timed out"))?
-            .map_err(|e| format!("token request to {realm}: {e}"))?;
-        let status = resp.status();
-        let body = collect_limited(
-            resp.into_body(),
-            auth::MAX_TOKEN_BODY,
-            self.cfg.idle_timeout,
-        )
-        .await?;
+        let url = token_url(realm, service, scope);
+        let (status, body) = self.token_exchange(mirror, &url).await?;
         if !status.is_success() {
             return Err(format!("token endpoint {realm} answered HTTP {status}"));
         }
@@ -339,7 +252,43 @@ impl Upstream {
             .ok_or_else(|| format!("token endpoint {realm} sent no usable token"))
     }
 
-    fn credentials_for(&self, mirror: &str) -> Option<&Credentials> {
+    /// One request to a token endpoint (`url` with its query), with the credentials
+    /// configured for the realm's host or else the mirror's: its status and (small) body.
+    pub(crate) async fn token_exchange(
+        &self,
+        mirror: &str,
+        url: &str,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let realm_host = url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()));
+        let creds = realm_host
+            .as_deref()
+            .and_then(|h| self.cfg.credentials.get(h))
+            .or_else(|| self.credentials_for(mirror));
+        let mut builder = Request::get(url).header(USER_AGENT, &self.cfg.user_agent);
+        if let Some(h) = creds.and_then(Credentials::basic_header) {
+            builder = builder.header(AUTHORIZATION, h);
+        }
+        let request = builder
+            .body(Empty::new())
+            .map_err(|e| format!("token URL {url}: {e}"))?;
+        let resp = timeout(self.cfg.response_timeout, self.client.request(request))
+            .await
+            .map_err(|_| format!("token request to {url} timed out"))?
+            .map_err(|e| format!("token request to {url}: {e}"))?;
+        let status = resp.status();
+        let body = collect_limited(
+            resp.into_body(),
+            auth::MAX_TOKEN_BODY,
+            self.cfg.idle_timeout,
+        )
+        .await?;
+        Ok((status, body))
+    }
+
+    pub(crate) fn credentials_for(&self, mirror: &str) -> Option<&Credentials> {
         let host = mirror.parse::<Uri>().ok()?.authority()?.to_string();
         self.cfg.credentials.get(&host)
     }
@@ -417,7 +366,24 @@ fn redirect_target(base: &Uri, location: &HeaderValue) -> Option<Uri> {
     None
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// A token endpoint's URL: the challenge's realm with its `service` and `scope`.
+pub(crate) fn token_url(realm: &str, service: Option<&str>, scope: Option<&str>) -> String {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let mut url = realm.to_string();
+    let mut sep = if realm.contains('?') { '&' } else { '?' };
+    for (k, v) in [("service", service), ("scope", scope)] {
+        if let Some(v) = v {
+            url.push(sep);
+            url.push_str(k);
+            url.push('=');
+            url.extend(utf8_percent_encode(v, NON_ALPHANUMERIC));
+            sep = '&';
+        }
+    }
+    url
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

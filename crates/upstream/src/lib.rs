@@ -8,10 +8,12 @@
 mod auth;
 mod client;
 mod health;
+mod probe;
 mod route;
 
 pub use auth::Credentials;
-pub use client::{collect_limited, FetchRequest, Probe, Upstream, UpstreamResponse};
+pub use client::{collect_limited, FetchRequest, Upstream, UpstreamResponse};
+pub use probe::{CredentialCheck, Probe, Throughput, THROUGHPUT_PROBE_BYTES};
 pub use route::{Route, RouteError, DOCKER_HUB, DOCKER_HUB_URL};
 
 use std::collections::HashMap;

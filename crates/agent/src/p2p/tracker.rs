@@ -465,6 +465,31 @@ async fn serve_conn(
     ended
 }
 
+/// One request on a stream of its own, one reply (`Resolve`, `Time`). A stream that breaks is
+/// tried again (libp2p-stream drops inbound streams in a burst, and every node asks at the
+/// same moment during a rollout); the whole is bounded by [`RESOLVE_TIMEOUT`].
+pub(crate) async fn ask(p2p: &P2p, tracker: PeerId, req: &TrackerRequest) -> Option<TrackerReply> {
+    timeout(RESOLVE_TIMEOUT, async {
+        for delay in JOIN_BACKOFF {
+            tokio::time::sleep(jittered(delay)).await;
+            let Ok(stream) = p2p.node.open_stream_on(tracker, TRACKER_PROTOCOL).await else {
+                return None;
+            };
+            let (mut r, mut w) = tokio::io::split(stream.compat());
+            if write_tracker_request(&mut w, req).await.is_err() {
+                continue;
+            }
+            if let Ok(Some(reply)) = read_tracker_reply(&mut r).await {
+                return Some(reply);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Resolves a tag through its tracker (rendezvous over the tag's name), or `None` when there
 /// is no tracker, this node is the tag's tracker (it resolves it itself), or the tracker could
 /// not answer: the caller then asks the upstream.
@@ -485,27 +510,7 @@ pub(crate) async fn resolve_tag(
         name: route.name.as_str().to_string(),
         tag: tag.to_string(),
     };
-    // A stream that breaks is tried again (libp2p-stream drops inbound streams in a burst,
-    // and every node asks at the same moment during a rollout); the whole is bounded.
-    let answer = timeout(RESOLVE_TIMEOUT, async {
-        for delay in JOIN_BACKOFF {
-            tokio::time::sleep(jittered(delay)).await;
-            let Ok(stream) = p2p.node.open_stream_on(tracker, TRACKER_PROTOCOL).await else {
-                return None;
-            };
-            let (mut r, mut w) = tokio::io::split(stream.compat());
-            if write_tracker_request(&mut w, &req).await.is_err() {
-                continue;
-            }
-            if let Ok(Some(reply)) = read_tracker_reply(&mut r).await {
-                return Some(reply);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten();
+    let answer = ask(p2p, tracker, &req).await;
     match answer {
         Some(TrackerReply::Resolved {
             digest: Some(d), ..

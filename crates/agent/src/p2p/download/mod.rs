@@ -264,7 +264,11 @@ impl<'a> PeerPhase<'a> {
                     Some(TrackerReply::FetchRange { size, first, end }) => {
                         self.share = Some((size, first..end));
                     }
-                    Some(TrackerReply::Assign { .. } | TrackerReply::Resolved { .. }) => {}
+                    Some(
+                        TrackerReply::Assign { .. }
+                        | TrackerReply::Resolved { .. }
+                        | TrackerReply::Time { .. },
+                    ) => {}
                     None => {
                         // No tracker left (none found after this one died): carry on with
                         // Kademlia alone. The fetcher it chose is still fetching, so a peer
