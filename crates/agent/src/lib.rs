@@ -88,7 +88,7 @@ impl Default for AgentConfig {
 pub(crate) struct Ctx {
     cfg: AgentConfig,
     store: Store,
-    /// The upstream client with its configuration; replaced whole by [`Agent::reload_upstream`]
+    /// The upstream client with its configuration; replaced whole by [`Agent::reload`]
     /// (SIGHUP), so a request sees either the old configuration or the new one.
     upstream: std::sync::RwLock<Arc<Upstream>>,
     blobs: DashMap<Digest, Arc<blobs::Inflight>>,
@@ -273,12 +273,18 @@ impl Agent {
         }
     }
 
-    /// Replaces the upstream configuration (mirrors, registries, credentials, timeouts) without
-    /// a restart (SIGHUP). Requests in progress finish with the old one; mirror health and
-    /// cached tokens start afresh.
-    pub fn reload_upstream(&self, cfg: UpstreamConfig) -> Result<(), AgentError> {
-        let fresh = Upstream::new(cfg).map_err(|e| AgentError::Tls(e.to_string()))?;
+    /// Applies what of a new configuration can change without a restart (SIGHUP): the
+    /// upstream configuration (mirrors, registries, credentials, timeouts) and the peer rate
+    /// limits. Requests in progress finish with the old upstream; mirror health and cached
+    /// tokens start afresh; the new rates apply to the next bytes. Everything else in `cfg` is
+    /// ignored (it needs a restart).
+    pub fn reload(&self, cfg: AgentConfig) -> Result<(), AgentError> {
+        let fresh = Upstream::new(cfg.upstream).map_err(|e| AgentError::Tls(e.to_string()))?;
         *self.ctx.upstream.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        if let Some(p2p) = &self.ctx.p2p {
+            p2p.uploads.rate().set_rate(cfg.p2p.upload_limit);
+            p2p.downloads.set_rate(cfg.p2p.download_limit);
+        }
         Ok(())
     }
 

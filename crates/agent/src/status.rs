@@ -34,6 +34,10 @@ pub struct Status {
     /// The trackers this node would ask (itself included when it is one); empty: downloads
     /// are not coordinated (Kademlia providers, then the upstream).
     pub trackers: Vec<String>,
+    /// Piece bytes per second sent to peers, all together; 0: unlimited (changes on SIGHUP).
+    pub upload_limit: u64,
+    /// Piece bytes per second received from peers, all together; 0: unlimited.
+    pub download_limit: u64,
 }
 
 /// One blob a tracker coordinates.
@@ -104,6 +108,8 @@ pub(crate) async fn collect(ctx: &Ctx) -> Status {
         if p2p.cfg.seed {
             s.roles.push("seed".into());
         }
+        s.upload_limit = p2p.uploads.rate().rate();
+        s.download_limit = p2p.downloads.rate();
         if let Some(t) = &p2p.tracker {
             s.tracked_blobs = t
                 .summary()

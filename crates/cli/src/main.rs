@@ -205,11 +205,11 @@ async fn agent(s: Settings, args: &AgentArgs) -> Result<(), String> {
 
 /// SIGHUP: the configuration (flags, environment, file) is read again and what can change
 /// without a restart takes effect: the upstream registries, mirrors, credentials and their
-/// timeouts. An invalid configuration changes nothing.
+/// timeouts, and the peer upload and download limits. An invalid configuration changes nothing.
 fn reload(agent: &pollen_agent::Agent, args: &AgentArgs) {
     match Settings::resolve(args.clone()) {
-        Ok(s) => match agent.reload_upstream(s.agent.upstream) {
-            Ok(()) => info!("SIGHUP: reloaded the upstream registries, mirrors and credentials; other settings take effect at the next start"),
+        Ok(s) => match agent.reload(s.agent) {
+            Ok(()) => info!("SIGHUP: reloaded the upstream registries, mirrors, credentials and the peer rate limits; other settings take effect at the next start"),
             Err(e) => warn!(error = %e, "SIGHUP: the new upstream configuration cannot be used; keeping the one in use"),
         },
         Err(e) => warn!(error = %e, "SIGHUP: the configuration is invalid; keeping the one in use"),

@@ -234,6 +234,16 @@ pub fn report(addr: &str, first: &Status, now: &Status, elapsed: Duration) -> St
                 now.roles.join(", ")
             };
             let _ = writeln!(out, "Roles         {roles}");
+            let limit = |r: u64| match r {
+                0 => "unlimited".to_string(),
+                r => human_rate(r as f64),
+            };
+            let _ = writeln!(
+                out,
+                "Peer limits   upload {}, download {}",
+                limit(now.upload_limit),
+                limit(now.download_limit)
+            );
             let trackers = match now.trackers.len() {
                 0 => "none found (downloads are not coordinated)".to_string(),
                 n => format!("{n} known"),

@@ -36,6 +36,8 @@ fn sample() -> Status {
         roles: Vec::new(),
         tracked_blobs: Vec::new(),
         trackers: vec!["12D3KooWTracker".into()],
+        upload_limit: 100 << 20,
+        download_limit: 0,
     }
 }
 
@@ -89,6 +91,10 @@ fn report_shows_roles_and_the_blobs_coordinated_here() {
     let mut s = sample();
     let text = report("a:1", &s, &s, Duration::from_secs(1));
     assert!(text.contains("Roles         none"), "{text}");
+    assert!(
+        text.contains("Peer limits   upload 100.0 MiB/s, download unlimited"),
+        "{text}"
+    );
     assert!(text.contains("Trackers      1 known"), "{text}");
     assert!(!text.contains("coordinated"), "{text}");
 

@@ -534,6 +534,40 @@ fn sighup_reloads_the_upstreams_from_the_config_file() {
     assert!(get(agent.metrics, "/readyz").unwrap().contains("200"));
 }
 
+#[test]
+fn sighup_reloads_the_peer_rate_limits() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("pollen.toml");
+    std::fs::write(&conf, "upload_limit = \"10MiB\"\n").unwrap();
+    let agent = Agent::start(&[
+        "--config",
+        conf.to_str().unwrap(),
+        "--p2p-listen",
+        P2P_ANY_PORT,
+    ]);
+    let limits = || {
+        let s = agent.status_json();
+        (s.upload_limit, s.download_limit)
+    };
+    assert_eq!(limits(), (10 << 20, 0));
+    std::fs::write(&conf, "upload_limit = 0\ndownload_limit = \"4MiB\"\n").unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &agent.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limits() != (0, 4 << 20) {
+        assert!(Instant::now() < deadline, "not reloaded: {:?}", limits());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = String::from_utf8(agent.status(false).stdout).unwrap();
+    assert!(
+        text.contains("Peer limits   upload unlimited, download 4.0 MiB/s"),
+        "{text}"
+    );
+}
+
 /// A raw HTTP/1.1 GET: the status line and the body.
 fn get_body(port: u16, path: &str) -> (String, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

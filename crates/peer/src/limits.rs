@@ -107,6 +107,12 @@ impl UploadLimits {
             .map(|_| QueuePlace(self.waiting.clone()))
     }
 
+    /// The node's upload rate limit in bytes per second (0: unlimited); see
+    /// [`RateLimiter::set_rate`].
+    pub fn rate(&self) -> &RateLimiter {
+        &self.rate
+    }
+
     /// Waits until `bytes` more may be sent under the node's rate.
     pub(crate) async fn throttle(&self, bytes: usize) {
         self.rate.acquire(bytes as u64).await;
@@ -137,8 +143,8 @@ impl Drop for QueuePlace {
 /// Token bucket over `tokio::time`; see the module docs. Public so the agent throttles its
 /// downloads (`--download-limit`) with the same rule its uploads follow.
 pub struct RateLimiter {
-    /// Bytes per second; 0 is unlimited.
-    rate: u64,
+    /// Bytes per second; 0 is unlimited. Changed in place by a reload ([`RateLimiter::set_rate`]).
+    rate: AtomicU64,
     /// The debt allowed before a grant waits, as time at `rate`.
     burst: Duration,
     /// When every byte granted so far will have drained.
@@ -149,7 +155,7 @@ impl RateLimiter {
     /// `rate` bytes per second in total over every caller; 0 is unlimited.
     pub fn new(rate: u64) -> RateLimiter {
         RateLimiter {
-            rate,
+            rate: AtomicU64::new(rate),
             burst: BURST,
             free_at: Mutex::new(Instant::now()),
         }
@@ -158,20 +164,32 @@ impl RateLimiter {
     /// Waits until `bytes` may go: reserves them at once (so later callers queue behind),
     /// then sleeps until the debt left at the reservation's end is within the burst.
     pub async fn acquire(&self, bytes: u64) {
-        if self.rate == 0 || bytes == 0 {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 || bytes == 0 {
             return;
         }
         let now = Instant::now();
         let go_at = {
             // A poisoned lock only means another session panicked mid-update of an Instant.
             let mut free_at = self.free_at.lock().unwrap_or_else(|e| e.into_inner());
-            let end = (*free_at).max(now) + time_for(bytes, self.rate);
+            let end = (*free_at).max(now) + time_for(bytes, rate);
             *free_at = end;
             end.checked_sub(self.burst).unwrap_or(now)
         };
         if go_at > now {
             tokio::time::sleep_until(go_at).await;
         }
+    }
+
+    /// A new rate (SIGHUP reload), for grants from now on; 0 lifts the limit. Bytes already
+    /// granted keep their place: a lower rate applies after them.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Ordering::Relaxed);
+    }
+
+    /// The rate in bytes per second; 0 is unlimited.
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
     }
 }
 
@@ -240,6 +258,24 @@ mod tests {
             assert!(took >= Duration::from_millis(3_500), "{took:?}");
             assert!(took <= Duration::from_secs(4), "{took:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_applies_to_the_next_grants() {
+        let limiter = RateLimiter::new(0);
+        let start = Instant::now();
+        limiter.acquire(10_000_000).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "unlimited at first");
+        limiter.set_rate(1_000_000);
+        assert_eq!(limiter.rate(), 1_000_000);
+        let start = Instant::now();
+        limiter.acquire(2_000_000).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(2) - limiter.burst, "{took:?}");
+        limiter.set_rate(0);
+        let start = Instant::now();
+        limiter.acquire(10_000_000).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "lifted again");
     }
 
     #[test]
