@@ -57,6 +57,11 @@ VARIANTS = {
         "agent": {"hostNetwork": False},
         "seeds": {"enabled": True},
     },
+    "ipv6": {
+        "ipFamily": "IPv6",
+        "agent": {"hostNetwork": False},
+        "seeds": {"enabled": True},
+    },
     "loopback-admin": {
         "agent": {"adminHost": "127.0.0.1"},
         "networkPolicy": {"enabled": False},

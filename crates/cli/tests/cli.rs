@@ -33,7 +33,12 @@ fn free_port() -> u16 {
 
 /// A raw HTTP/1.1 GET; returns the status line, or None while nothing listens.
 fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    get_at("127.0.0.1", port, path)
+}
+
+/// [`get`] on `host` (an IPv4 or IPv6 literal).
+fn get_at(host: &str, port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect((host, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
@@ -235,6 +240,8 @@ struct Agent {
     child: Child,
     port: u16,
     metrics: u16,
+    /// The admin address, `IP:PORT` or `[IPv6]:PORT`.
+    admin: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -252,15 +259,21 @@ impl Agent {
 
     /// An agent over the data dir `dir`, which outlives it (restart tests).
     fn start_in(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_on("127.0.0.1", dir, extra, env)
+    }
+
+    /// An agent whose mirror and admin ports listen on `host` (an IP literal).
+    fn start_on(host: &str, dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let (port, metrics) = (free_port(), free_port());
+        let at = |port: u16| std::net::SocketAddr::new(host.parse().unwrap(), port).to_string();
         let mut c = pollen();
         for (k, v) in env {
             c.env(k, v);
         }
         let mut child = c
             .arg("agent")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--listen", &at(port)])
+            .args(["--metrics-listen", &at(metrics)])
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
@@ -269,7 +282,7 @@ impl Agent {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if get(metrics, "/readyz").is_some_and(|s| s.contains("200")) {
+            if get_at(host, metrics, "/readyz").is_some_and(|s| s.contains("200")) {
                 break;
             }
             assert!(Instant::now() < deadline, "agent never became ready");
@@ -280,12 +293,13 @@ impl Agent {
             child,
             port,
             metrics,
+            admin: at(metrics),
             _dir: None,
         }
     }
 
     fn admin(&self) -> String {
-        format!("127.0.0.1:{}", self.metrics)
+        self.admin.clone()
     }
 
     fn status(&self, json: bool) -> Output {
@@ -566,6 +580,43 @@ fn sighup_reloads_the_peer_rate_limits() {
         text.contains("Peer limits   upload unlimited, download 4.0 MiB/s"),
         "{text}"
     );
+}
+
+#[test]
+fn an_ipv6_only_pair_of_agents() {
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    }
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Agent::start_on("::1", da.path(), &["--p2p-listen", "/ip6/::1/tcp/0"], &[]);
+    let a_status = a.status_json();
+    let a_addr = a_status
+        .listen_addrs
+        .iter()
+        .find(|l| l.starts_with("/ip6/::1/tcp/"))
+        .unwrap_or_else(|| panic!("listens on IPv6: {:?}", a_status.listen_addrs))
+        .clone();
+    let bootstrap = format!("{a_addr}/p2p/{}", a_status.peer_id.clone().unwrap());
+    let b = Agent::start_on(
+        "::1",
+        db.path(),
+        &["--p2p-listen", "/ip6/::1/tcp/0", "--bootstrap", &bootstrap],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b
+        .status_json()
+        .peers
+        .contains(a_status.peer_id.as_ref().unwrap())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b never connected to a over IPv6"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(get_at("::1", b.port, "/v2/").unwrap().contains("200"));
 }
 
 /// A raw HTTP/1.1 GET: the status line and the body.

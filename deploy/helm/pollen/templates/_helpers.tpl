@@ -53,7 +53,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The admin address: the pod's IP (POD_IP, declared first) unless adminHost is set.
      Called with (dict "ctx" $ "adminHost" HOST), as are commonEnv and probes. */}}
 {{- define "pollen.adminAddr" -}}
-{{- printf "%s:%d" (default "$(POD_IP)" .adminHost) (int .ctx.Values.ports.admin) -}}
+{{- include "pollen.hostPort" (dict "ctx" .ctx "host" (default "$(POD_IP)" .adminHost) "port" .ctx.Values.ports.admin) -}}
+{{- end -}}
+
+{{/* HOST:PORT, with the host in brackets in an IPv6 cluster (unless it is an IPv4 literal
+     such as 127.0.0.1). Called with (dict "ctx" $ "host" HOST "port" PORT). */}}
+{{- define "pollen.hostPort" -}}
+{{- if and (eq (include "pollen.ipFamily" .ctx) "IPv6") (not (regexMatch "^[0-9.]+$" .host)) -}}
+{{- printf "[%s]:%d" .host (int .port) -}}
+{{- else -}}
+{{- printf "%s:%d" .host (int .port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The validated ipFamily value. */}}
+{{- define "pollen.ipFamily" -}}
+{{- if not (has .Values.ipFamily (list "IPv4" "IPv6")) -}}
+{{- fail (printf "ipFamily must be IPv4 or IPv6, not %v" .Values.ipFamily) -}}
+{{- end -}}
+{{- .Values.ipFamily -}}
 {{- end -}}
 
 {{/* Environment shared by agents and seeds; the caller adds roles, cache size and extras. */}}
@@ -71,7 +89,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: POLLEN_ADMIN
   value: {{ $admin | quote }}
 - name: POLLEN_P2P_LISTEN
-  value: {{ printf "/ip4/0.0.0.0/tcp/%d" (int .Values.ports.p2p) | quote }}
+  value: {{ printf "%s/tcp/%d" (ternary "/ip6/::" "/ip4/0.0.0.0" (eq (include "pollen.ipFamily" .) "IPv6")) (int .Values.ports.p2p) | quote }}
 - name: POLLEN_BOOTSTRAP
   value: {{ include "pollen.bootstrap" . | quote }}
 - name: POLLEN_LOG_FORMAT
