@@ -48,6 +48,7 @@ VARIANTS = {
             "configFile": '[[credentials]]\nhost = "ghcr.io"\nusername = "bot"\n'
                           'password_file = "/etc/pollen/credentials/ghcr"\n',
             "credentialsSecret": "pollen-credentials",
+            "caConfigMap": "internal-ca",
             "env": {"POLLEN_MAX_UPLOAD_SESSIONS": 16},
             "podAnnotations": {"example.com/team": "platform"},
         },

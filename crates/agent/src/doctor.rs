@@ -98,6 +98,10 @@ async fn mirrors(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
 fn answer_line(registry: &str, mirror: &str, probe: &pollen_upstream::Probe) -> Check {
     let ms = probe.latency.as_millis();
     let (verdict, detail) = match &probe.answer {
+        Err(e) if e.contains("UnknownIssuer") => (
+            Verdict::Fail,
+            format!("{mirror}: {e}: its certificate is signed by a CA the agent does not trust; add that CA with --ca-file"),
+        ),
         Err(e) => (Verdict::Fail, format!("{mirror}: {e}")),
         Ok((status, challenge)) if probe.is_ok() => {
             let how = match challenge {

@@ -60,6 +60,14 @@ pub struct AgentArgs {
         value_delimiter = ';'
     )]
     pub registries: Vec<String>,
+    /// PEM file of root certificates to trust for upstream registries besides the built-in Mozilla roots: a private CA, or /etc/ssl/certs/ca-certificates.crt for the system's (repeatable; `;` separates entries in the environment variable) [default: none]
+    #[arg(
+        long = "ca-file",
+        env = "POLLEN_CA_FILE",
+        value_name = "FILE",
+        value_delimiter = ';'
+    )]
+    pub ca_files: Vec<PathBuf>,
     /// Disk space the cache may use, e.g. 20GiB [default: 20GiB]
     #[arg(long, env = "POLLEN_CACHE_SIZE", value_name = "BYTES")]
     pub cache_size: Option<String>,
@@ -188,6 +196,8 @@ pub struct FileConfig {
     rack: Option<String>,
     /// `labels = { team = "storage" }`, or `"KEY=VALUE"` strings.
     labels: Option<FileLabels>,
+    /// PEM files of extra root certificates (`--ca-file`).
+    ca_files: Option<Vec<PathBuf>>,
     /// Refuse `ns` hosts that have no `[registries]` entry (default: allowed, fetched over https).
     allow_unlisted_registries: Option<bool>,
     #[serde(default)]
@@ -394,8 +404,19 @@ impl Settings {
                 },
             );
         }
+        let ca_files = if args.ca_files.is_empty() {
+            file.ca_files.unwrap_or_default()
+        } else {
+            args.ca_files
+        };
+        let mut extra_roots = Vec::new();
+        for path in &ca_files {
+            extra_roots
+                .extend(pollen_upstream::load_roots(path).map_err(|e| invalid("ca-file", e))?);
+        }
         let upstream = pollen_upstream::UpstreamConfig {
             default_mirrors,
+            extra_roots,
             registries,
             credentials,
             allow_unlisted_registries: file.allow_unlisted_registries.unwrap_or(true),

@@ -367,3 +367,57 @@ fn bad_peer_to_peer_values_are_explained() {
     .unwrap_err();
     assert!(err.to_string().contains("mdns"), "{err}");
 }
+
+/// A self-signed CA certificate (public material only; its key was thrown away).
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBlzCCAT2gAwIBAgIUD4VBfD2X/OcJeO/4HmGiVtA+bfswCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVUG9sbGVuIGNvbmZpZyB0ZXN0IENBMCAXDTI2MTIwMzEwNTMz
+N1oYDzIxMjYxMTA5MTA1MzM3WjAgMR4wHAYDVQQDDBVQb2xsZW4gY29uZmlnIHRl
+c3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASw/e4E1mef+rJI0pJ+FlrR
+LjQ9Wip5bFDLPSkDN2V7yCM/OybzvQkPjOoxVXtITSOrplWBSIyxLE4X4/hLi8d6
+o1MwUTAdBgNVHQ4EFgQUVtrVDrjvrLquwGYo6XjUEAEYj74wHwYDVR0jBBgwFoAU
+VtrVDrjvrLquwGYo6XjUEAEYj74wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQD
+AgNIADBFAiEA5M9w9wywIp0M5wedgodxSxU14ACMKOrrXzOoNphf2cICIFDygGFw
+lvX8ilToe8N08NaEHuTzYqLhNJnHykcFL3rV
+-----END CERTIFICATE-----
+";
+
+#[test]
+fn ca_files_from_the_file_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, format!("{TEST_CA}{TEST_CA}")).unwrap();
+    let conf = dir.path().join("pollen.toml");
+    std::fs::write(
+        &conf,
+        format!("ca_files = [{:?}]\n", ca.display().to_string()),
+    )
+    .unwrap();
+    let s = Settings::resolve(AgentArgs {
+        config: Some(conf.clone()),
+        ..args()
+    })
+    .unwrap();
+    assert_eq!(s.agent.upstream.extra_roots.len(), 2, "both certificates");
+    assert!(Settings::resolve(args())
+        .unwrap()
+        .agent
+        .upstream
+        .extra_roots
+        .is_empty());
+
+    // The flag replaces the file's list; a file that is not PEM is refused by name.
+    let bad = dir.path().join("not-a-cert.pem");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let err = Settings::resolve(AgentArgs {
+        config: Some(conf),
+        ca_files: vec![bad],
+        ..args()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("ca-file:") && err.contains("not-a-cert.pem"),
+        "{err}"
+    );
+}

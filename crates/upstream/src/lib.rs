@@ -16,6 +16,8 @@ pub use client::{collect_limited, FetchRequest, Upstream, UpstreamResponse};
 pub use probe::{CredentialCheck, Probe, Throughput, THROUGHPUT_PROBE_BYTES};
 pub use route::{Route, RouteError, DOCKER_HUB, DOCKER_HUB_URL};
 
+use rustls::pki_types::pem::PemObject;
+pub use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -38,6 +40,9 @@ pub struct UpstreamConfig {
     /// First backoff after a mirror fails; doubles per consecutive failure.
     pub failure_backoff: Duration,
     pub user_agent: String,
+    /// Root certificates trusted besides the built-in Mozilla roots: registries signed by a
+    /// private CA, or a TLS-intercepting proxy's ([`load_roots`]).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Default for UpstreamConfig {
@@ -52,8 +57,47 @@ impl Default for UpstreamConfig {
             idle_timeout: Duration::from_secs(30),
             failure_backoff: Duration::from_secs(5),
             user_agent: concat!("pollen/", env!("CARGO_PKG_VERSION")).to_string(),
+            extra_roots: Vec::new(),
         }
     }
+}
+
+/// Most certificates read from one PEM file (a system bundle holds about 150).
+const MAX_ROOTS_PER_FILE: usize = 4096;
+/// Largest PEM file read.
+const MAX_PEM_FILE: u64 = 8 << 20;
+
+/// The certificates of a PEM file (`--ca-file`), checked as trust anchors; an error says which
+/// file and why, and a file with no certificate is one.
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .len();
+    if len > MAX_PEM_FILE {
+        return Err(format!("{shown}: larger than {MAX_PEM_FILE} bytes"));
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+    let mut certs = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{shown}: not a PEM certificate file: {e}"))?;
+        if certs.len() == MAX_ROOTS_PER_FILE {
+            return Err(format!(
+                "{shown}: more than {MAX_ROOTS_PER_FILE} certificates"
+            ));
+        }
+        // What Upstream::new will do with it, so a bad one fails here with the file's name.
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| format!("{shown}: certificate {}: {e}", certs.len() + 1))?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
+        ));
+    }
+    Ok(certs)
 }
 
 /// Why no upstream could give an answer at all (an HTTP error status is an answer, not this).

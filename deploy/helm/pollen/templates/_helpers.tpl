@@ -116,6 +116,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: POLLEN_CONFIG
   value: /etc/pollen/pollen.toml
 {{- end }}
+{{- if .Values.agent.caConfigMap }}
+- name: POLLEN_CA_FILE
+  value: /etc/pollen/ca/ca.crt
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -136,7 +140,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
-{{/* Volumes for the optional config file and credentials (agents and seeds). */}}
+{{/* Volumes for the optional config file, credentials and CA bundle (agents and seeds). */}}
 {{- define "pollen.configVolumeMounts" -}}
 {{- if .Values.agent.configFile }}
 - name: config
@@ -147,6 +151,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.agent.credentialsSecret }}
 - name: credentials
   mountPath: /etc/pollen/credentials
+  readOnly: true
+{{- end }}
+{{- if .Values.agent.caConfigMap }}
+- name: ca
+  mountPath: /etc/pollen/ca
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -162,6 +171,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   secret:
     secretName: {{ .Values.agent.credentialsSecret }}
     defaultMode: 0440
+{{- end }}
+{{- if .Values.agent.caConfigMap }}
+- name: ca
+  configMap:
+    name: {{ .Values.agent.caConfigMap }}
 {{- end }}
 {{- end -}}
 
