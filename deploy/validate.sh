@@ -14,7 +14,8 @@
 # 4. Prometheus: promtool check rules and test rules; the dashboard's PromQL through promtool
 #    too; every pollen_* metric named there must be registered in crates/agent/src/metrics.rs.
 # 5. The Grafana dashboard is JSON (jq).
-# 6. Optional, run when installed: systemd-analyze verify and security (the unit), hadolint
+# 6. The agents' pods run with the real binary and no Kubernetes (deploy/run_pods.py), as root.
+# 7. Optional, run when installed: systemd-analyze verify and security (the unit), hadolint
 #    (the Dockerfile).
 #
 # Tools come from $POLLEN_DEPLOY_VENV (default ~/.cache/pollen-deploy-venv, made by .ci/run:
@@ -149,6 +150,22 @@ if command -v hadolint >/dev/null 2>&1; then
     check "hadolint" hadolint --no-color docker/Dockerfile
 else
     echo "== hadolint: skipped (hadolint is not installed)"
+fi
+
+# The agents' pods run with the real binary, without Kubernetes (deploy/run_pods.py): a node's
+# containerd files, the init containers, the agent's probes and SIGTERM, the uninstall's
+# restore. Needs root (a network namespace per pod) and the binary ($POLLEN_BIN, default the
+# debug build tests/run.sh made).
+POLLEN_BIN=${POLLEN_BIN:-../target/debug/pollen}
+if [ "$(id -u)" -ne 0 ] || ! ip netns list >/dev/null 2>&1; then
+    echo "== pods run without Kubernetes: skipped (needs root and ip netns)"
+elif [ ! -x "$POLLEN_BIN" ]; then
+    echo "== pods run without Kubernetes: skipped ($POLLEN_BIN not built: cargo build -p pollen)"
+else
+    check "pods run without Kubernetes: deploy/kubernetes" \
+        "$PYTHON" run_pods.py --bin "$POLLEN_BIN" kubernetes/pollen.yaml --restore kubernetes/restore.yaml
+    check "pods run without Kubernetes: IPv6, pod network" \
+        "$PYTHON" run_pods.py --bin "$POLLEN_BIN" --ipv6 "$WORK/rendered/ipv6.yaml" --restore "$WORK/rendered/ipv6.yaml"
 fi
 
 if [ "${#FAILED[@]}" -gt 0 ]; then

@@ -186,12 +186,18 @@ fn containerd_checks(args: &DoctorArgs, agent: &AgentUrl) -> Vec<Check> {
             format!("{} sends pulls to {agent}", args.config_path.display()),
         )
     } else {
+        let off: Vec<String> =
+            containerd::missing(&args.config_path, &containerd::Registries::All, agent)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
         line(
             "containerd hosts.toml",
             Verdict::Fail,
             format!(
-                "no hosts.toml under {} sends pulls to {agent}: run `pollen containerd-config --all`",
-                args.config_path.display()
+                "pulls do not all go to {agent} ({} not pointing at it; a registry's own hosts.toml overrides _default): run `pollen containerd-config --all`",
+                off.join(", ")
             ),
         )
     };

@@ -47,6 +47,53 @@ pub fn hosts_toml(host: Option<&str>, agent: &AgentUrl) -> String {
     out
 }
 
+/// The hosts.toml for `host` over the node's own file `original` (what was there before
+/// Pollen): the agent's table goes before the node's first table, so containerd (which tries
+/// hosts in file order) asks the agent first, and everything the node had (its `server`, its
+/// mirrors, certificates and headers) stays and is tried next. A file that would not parse
+/// that way (one that names the agent already, or is not valid TOML) is replaced whole; the
+/// original is backed up either way.
+pub fn hosts_toml_over(original: Option<&str>, host: Option<&str>, agent: &AgentUrl) -> String {
+    let Some(original) = original.filter(|o| !o.trim().is_empty()) else {
+        return hosts_toml(host, agent);
+    };
+    let mut cut = original.len();
+    let mut offset = 0;
+    for line in original.split_inclusive('\n') {
+        if line.trim_start().starts_with('[') {
+            cut = offset;
+            break;
+        }
+        offset += line.len();
+    }
+    let (top, tables) = original.split_at(cut);
+    let mut out = format!(
+        "{MARKER}: pulls go through the local Pollen agent first;\n\
+         # what follows its table is this node's own configuration, tried next.\n\
+         # `pollen containerd-config --restore` puts back the original.\n"
+    );
+    out.push_str(top);
+    if !top.is_empty() && !top.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\n[host.\"{agent}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"{DIAL_TIMEOUT}\"\n\n"
+    ));
+    out.push_str(tables);
+    // In file order (toml_edit keeps it): the agent must be the first host.
+    let names_agent = out.parse::<toml_edit::DocumentMut>().is_ok_and(|doc| {
+        doc.get("host")
+            .and_then(|h| h.as_table_like())
+            .and_then(|h| h.iter().next())
+            .is_some_and(|(first, _)| first == agent.to_string())
+    });
+    if names_agent {
+        out
+    } else {
+        hosts_toml(host, agent)
+    }
+}
+
 /// The registry's own address, containerd's `server`: Docker Hub's API lives elsewhere.
 fn origin(registry: &str) -> String {
     let (scheme, host) = split_scheme(registry);
@@ -97,21 +144,54 @@ pub fn changes(
     registries: &Registries,
     agent: &AgentUrl,
 ) -> Result<Vec<Change>, ConfigError> {
+    let change = |dir: &str, host: Option<&str>| -> Result<Change, ConfigError> {
+        let path = hosts_file(config_path, dir);
+        let original = files::original(&path)?;
+        Ok(Change {
+            contents: hosts_toml_over(original.as_deref(), host, agent),
+            path,
+        })
+    };
     match registries {
-        Registries::All => Ok(vec![Change {
-            path: hosts_file(config_path, DEFAULT_HOST_DIR),
-            contents: hosts_toml(None, agent),
-        }]),
+        // `_default`, and every registry the node configured itself: containerd reads a
+        // registry's own directory instead of `_default`, so leaving one alone would send
+        // that registry's pulls around the agent.
+        Registries::All => {
+            let mut out = vec![change(DEFAULT_HOST_DIR, None)?];
+            for dir in own_host_dirs(config_path)? {
+                out.push(change(&dir, Some(&dir))?);
+            }
+            Ok(out)
+        }
         Registries::Hosts(hosts) => hosts
             .iter()
-            .map(|h| {
-                Ok(Change {
-                    path: hosts_file(config_path, host_dir(h)?),
-                    contents: hosts_toml(Some(h), agent),
-                })
-            })
+            .map(|h| change(host_dir(h)?, Some(h)))
             .collect(),
     }
+}
+
+/// The registry directories under `config_path` with a hosts.toml the node had before
+/// Pollen (not those Pollen created), sorted.
+fn own_host_dirs(config_path: &Path) -> Result<Vec<String>, ConfigError> {
+    let entries = match std::fs::read_dir(config_path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ConfigError::io(config_path, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if host_dir(&name).is_err() || !entry.path().is_dir() {
+            continue;
+        }
+        if files::original(&hosts_file(config_path, &name))?.is_some() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Puts back every hosts.toml Pollen changed under `config_path`, whichever registries they

@@ -150,3 +150,84 @@ fn the_main_config_decides_whether_hosts_toml_applies() {
         "{advice}"
     );
 }
+
+/// A node's own hosts.toml, as cloud images ship them: a mirror of their own, then the origin.
+const NODE_OWN: &str = "# managed by the node image\nserver = \"https://registry-1.docker.io\"\n\n[host.\"https://mirror.corp.example\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"/etc/containerd/certs.d/docker.io/ca.crt\"\n";
+
+#[test]
+fn a_nodes_own_hosts_toml_keeps_its_settings_after_the_agent() {
+    let text = hosts_toml_over(Some(NODE_OWN), Some("docker.io"), &agent());
+    let doc: toml_edit::DocumentMut = text.parse().unwrap();
+    let hosts: Vec<&str> = doc["host"]
+        .as_table_like()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        hosts,
+        ["http://127.0.0.1:65001", "https://mirror.corp.example"],
+        "the agent first, then the node's mirror: {text}"
+    );
+    assert_eq!(doc["server"].as_str(), Some("https://registry-1.docker.io"));
+    assert_eq!(
+        doc["host"]["https://mirror.corp.example"]["ca"].as_str(),
+        Some("/etc/containerd/certs.d/docker.io/ca.crt")
+    );
+    assert!(text.starts_with(MARKER));
+    // A file with no table, one that is not TOML, and one naming the agent already.
+    let bare = hosts_toml_over(
+        Some("server = \"https://ghcr.io\""),
+        Some("ghcr.io"),
+        &agent(),
+    );
+    assert!(
+        bare.contains("server = \"https://ghcr.io\"\n\n[host.\"http://127.0.0.1:65001\"]"),
+        "{bare}"
+    );
+    assert_eq!(
+        hosts_toml_over(Some("server = ["), Some("ghcr.io"), &agent()),
+        hosts_toml(Some("ghcr.io"), &agent())
+    );
+    let mine = hosts_toml(Some("ghcr.io"), &agent());
+    assert_eq!(
+        hosts_toml_over(Some(&mine), Some("ghcr.io"), &agent()),
+        mine
+    );
+}
+
+#[test]
+fn all_takes_over_the_registries_the_node_configured_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("docker.io")).unwrap();
+    std::fs::write(dir.join("docker.io/hosts.toml"), NODE_OWN).unwrap();
+    // A directory with only certificates: containerd uses `_default`'s hosts for it.
+    std::fs::create_dir_all(dir.join("ghcr.io")).unwrap();
+    std::fs::write(dir.join("ghcr.io/ca.crt"), "cert").unwrap();
+    assert_eq!(
+        missing(dir, &Registries::All, &agent()).unwrap(),
+        [
+            dir.join("_default/hosts.toml"),
+            dir.join("docker.io/hosts.toml")
+        ],
+        "the check sees docker.io would bypass the agent"
+    );
+    for change in changes(dir, &Registries::All, &agent()).unwrap() {
+        apply(&change).unwrap();
+    }
+    assert!(missing(dir, &Registries::All, &agent()).unwrap().is_empty());
+    let docker = std::fs::read_to_string(dir.join("docker.io/hosts.toml")).unwrap();
+    assert!(docker.contains("mirror.corp.example") && docker.contains("127.0.0.1:65001"));
+    assert!(!dir.join("ghcr.io/hosts.toml").exists());
+    for change in changes(dir, &Registries::All, &agent()).unwrap() {
+        assert_eq!(apply(&change).unwrap(), Outcome::Unchanged, "idempotent");
+    }
+    restore(dir).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docker.io/hosts.toml")).unwrap(),
+        NODE_OWN
+    );
+    assert!(!dir.join("_default").exists());
+    assert!(dir.join("ghcr.io/ca.crt").exists());
+}

@@ -59,6 +59,18 @@ pub fn read(path: &Path) -> Result<Option<String>, ConfigError> {
     }
 }
 
+/// What the file held before Pollen first changed it (its backup), or holds now if Pollen
+/// never did; `None` when there was no file.
+pub fn original(path: &Path) -> Result<Option<String>, ConfigError> {
+    if absent_path(path).exists() {
+        return Ok(None);
+    }
+    match read(&backup_path(path))? {
+        Some(kept) => Ok(Some(kept)),
+        None => read(path),
+    }
+}
+
 /// Writes `change`, keeping the original the first time.
 pub fn apply(change: &Change) -> Result<Outcome, ConfigError> {
     let path = &change.path;
