@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import yaml
 
@@ -55,7 +54,6 @@ def pod_spec(manifest, component):
 class Pod:
     def __init__(self, spec, root, ip, netns, config_maps):
         self.spec, self.root, self.ip, self.netns = spec, root, ip, netns
-        self.mounts = {}  # mountPath -> host dir, per container name
         self.volumes = {}
         for v in spec.get("volumes", []):
             d = root / "volumes" / v["name"]
@@ -200,8 +198,8 @@ def main():
             return 1
         print("   agent: stopped on SIGTERM")
         if a.restore:
+            # The same root: its volumes are the same node's host paths as the agent's.
             restore = Pod(pod_spec(a.restore, "restore") or {}, root, ip, netns, config_maps)
-            restore.volumes = pod.volumes  # the same node's host paths
             if not run_init(restore, binary) or snapshot(ctd) != before:
                 print("   the containerd directory is not what it was before the install")
                 return 1

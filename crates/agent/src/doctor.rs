@@ -177,19 +177,16 @@ async fn throughput_line(upstream: &Upstream, registry: &str, mirrors: &[String]
         }
     }
     let detail = format!("in the order pulls try them: {}", parts.join("; "));
-    let first = rates.first().cloned();
-    let faster = rates
-        .iter()
-        .skip(1)
-        .find(|(_, r)| first.as_ref().is_some_and(|(_, f)| *r > FASTER_BY * f));
-    match (first, faster) {
-        _ if rates.is_empty() => check(name, Verdict::Fail, detail),
-        (Some((slow, _)), Some((fast, _))) => check(
+    let Some((first, first_rate)) = rates.first() else {
+        return check(name, Verdict::Fail, detail);
+    };
+    match rates.iter().skip(1).find(|(_, r)| *r > FASTER_BY * first_rate) {
+        Some((fast, _)) => check(
             name,
             Verdict::Warn,
-            format!("{detail}: {fast} is more than {FASTER_BY}x faster than {slow} ahead of it; consider listing it first"),
+            format!("{detail}: {fast} is more than {FASTER_BY}x faster than {first} ahead of it; consider listing it first"),
         ),
-        _ => check(name, Verdict::Ok, detail),
+        None => check(name, Verdict::Ok, detail),
     }
 }
 
@@ -283,6 +280,24 @@ fn free_space(path: &std::path::Path) -> Result<u64, String> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// A tracker's clock against ours (taken halfway through the exchange), or `None` when it
+/// did not answer.
+async fn tracker_clock(p2p: &p2p::P2p, tracker: pollen_swarm::PeerId) -> Option<(String, i64)> {
+    let sent = std::time::SystemTime::now();
+    let started = std::time::Instant::now();
+    let Some(TrackerReply::Time { unix_ms }) =
+        p2p::tracker::ask(p2p, tracker, &TrackerRequest::Time).await
+    else {
+        return None;
+    };
+    let theirs = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    let ours = sent + started.elapsed() / 2;
+    Some((
+        format!("tracker {tracker}"),
+        pollen_upstream::offset_ms(theirs, ours),
+    ))
+}
+
 /// Peers connected over libp2p and trackers found (each asked for its clock).
 async fn swarm(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
     let Some(p2p) = &ctx.p2p else {
@@ -313,24 +328,7 @@ async fn swarm(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
         .iter()
         .filter(|t| **t != me)
         .take(MAX_CLOCKS)
-        .map(|t| async move {
-            let sent = std::time::SystemTime::now();
-            let started = std::time::Instant::now();
-            match p2p::tracker::ask(p2p, *t, &TrackerRequest::Time).await {
-                Some(TrackerReply::Time { unix_ms }) => {
-                    let ours = sent + started.elapsed() / 2;
-                    let ours = ours
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis());
-                    let offset = i128::from(unix_ms) - ours as i128;
-                    Some((
-                        format!("tracker {t}"),
-                        offset.clamp(i64::MIN.into(), i64::MAX.into()) as i64,
-                    ))
-                }
-                _ => None,
-            }
-        });
+        .map(|t| tracker_clock(p2p, *t));
     clocks.extend(
         futures_util::future::join_all(asked)
             .await

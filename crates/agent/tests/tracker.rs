@@ -106,6 +106,21 @@ async fn tracker_and_pullers(
 }
 
 /// Waits until some agent fetched `at_least` bytes of the blob from the upstream; its index.
+/// Every pull but the dead agent's got the whole blob.
+async fn survivors_got(
+    pulls: Vec<tokio::task::JoinHandle<Resp>>,
+    dead: usize,
+    layer: &bytes::Bytes,
+) {
+    for (i, pull) in pulls.into_iter().enumerate() {
+        let r = pull.await.unwrap();
+        if i != dead {
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.bytes(), layer, "agent {i}");
+        }
+    }
+}
+
 async fn fetcher_of(agents: &[Harness], at_least: u64) -> usize {
     let found = std::sync::Mutex::new(None);
     eventually("the fetcher to be under way", || async {
@@ -166,13 +181,7 @@ async fn a_fetcher_killed_mid_pull_is_replaced_and_the_upstream_sends_each_byte_
     let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
     let dead = fetcher_of(&agents, (size / 3) as u64).await;
     agents[dead].agent.shutdown(Duration::from_secs(5)).await;
-    for (i, pull) in pulls.into_iter().enumerate() {
-        let r = pull.await.unwrap();
-        if i != dead {
-            assert_eq!(r.status, StatusCode::OK);
-            assert_eq!(r.bytes(), &layer, "agent {i}");
-        }
-    }
+    survivors_got(pulls, dead, &layer).await;
     let stats = reg.stats();
     assert!(
         stats.blob_get_count(&digest) >= 2,
@@ -277,13 +286,7 @@ async fn a_share_fetcher_killed_mid_pull_hands_its_share_on() {
     .await;
     let dead = under_way()[1];
     agents[dead].agent.shutdown(Duration::from_secs(5)).await;
-    for (i, pull) in pulls.into_iter().enumerate() {
-        let r = pull.await.unwrap();
-        if i != dead {
-            assert_eq!(r.status, StatusCode::OK);
-            assert_eq!(r.bytes(), &layer, "agent {i}");
-        }
-    }
+    survivors_got(pulls, dead, &layer).await;
     let sent = reg.stats().blob_bytes_sent;
     assert!(
         sent as f64 <= 1.02 * size as f64,

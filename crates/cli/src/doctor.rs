@@ -172,13 +172,16 @@ fn containerd_checks(args: &DoctorArgs, agent: &AgentUrl) -> Vec<Check> {
             ),
         ),
     };
-    // Either every registry (`_default`) or Docker Hub's own directory points at the agent.
-    let any = [
-        containerd::Registries::All,
-        containerd::Registries::Hosts(vec!["docker.io".into()]),
-    ]
-    .iter()
-    .any(|r| containerd::missing(&args.config_path, r, agent).is_ok_and(|m| m.is_empty()));
+    // Either every registry (`_default` and the node's own directories) or Docker Hub's own
+    // directory points at the agent.
+    let off_all = containerd::missing(&args.config_path, &containerd::Registries::All, agent);
+    let any = off_all.as_ref().is_ok_and(|m| m.is_empty())
+        || containerd::missing(
+            &args.config_path,
+            &containerd::Registries::Hosts(vec!["docker.io".into()]),
+            agent,
+        )
+        .is_ok_and(|m| m.is_empty());
     let hosts = if any {
         line(
             "containerd hosts.toml",
@@ -186,12 +189,11 @@ fn containerd_checks(args: &DoctorArgs, agent: &AgentUrl) -> Vec<Check> {
             format!("{} sends pulls to {agent}", args.config_path.display()),
         )
     } else {
-        let off: Vec<String> =
-            containerd::missing(&args.config_path, &containerd::Registries::All, agent)
-                .unwrap_or_default()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
+        let off: Vec<String> = off_all
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         line(
             "containerd hosts.toml",
             Verdict::Fail,

@@ -41,10 +41,17 @@ pub fn hosts_toml(host: Option<&str>, agent: &AgentUrl) -> String {
     if let Some(host) = host {
         out.push_str(&format!("server = \"{}\"\n", origin(host)));
     }
-    out.push_str(&format!(
-        "\n[host.\"{agent}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"{DIAL_TIMEOUT}\"\n"
-    ));
+    out.push('\n');
+    out.push_str(&agent_table(agent));
     out
+}
+
+/// The agent's `[host."…"]` table: pulls and resolves, and a short dial timeout so containerd
+/// goes on to the next host quickly when the agent is down.
+fn agent_table(agent: &AgentUrl) -> String {
+    format!(
+        "[host.\"{agent}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"{DIAL_TIMEOUT}\"\n"
+    )
 }
 
 /// The hosts.toml for `host` over the node's own file `original` (what was there before
@@ -76,9 +83,9 @@ pub fn hosts_toml_over(original: Option<&str>, host: Option<&str>, agent: &Agent
     if !top.is_empty() && !top.ends_with('\n') {
         out.push('\n');
     }
-    out.push_str(&format!(
-        "\n[host.\"{agent}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"{DIAL_TIMEOUT}\"\n\n"
-    ));
+    out.push('\n');
+    out.push_str(&agent_table(agent));
+    out.push('\n');
     out.push_str(tables);
     // In file order (toml_edit keeps it): the agent must be the first host.
     let names_agent = out.parse::<toml_edit::DocumentMut>().is_ok_and(|doc| {

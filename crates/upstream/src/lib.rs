@@ -13,7 +13,7 @@ mod route;
 
 pub use auth::Credentials;
 pub use client::{collect_limited, FetchRequest, Upstream, UpstreamResponse};
-pub use probe::{CredentialCheck, Probe, Throughput, THROUGHPUT_PROBE_BYTES};
+pub use probe::{offset_ms, CredentialCheck, Probe, Throughput, THROUGHPUT_PROBE_BYTES};
 pub use route::{Route, RouteError, DOCKER_HUB, DOCKER_HUB_URL};
 
 use rustls::pki_types::pem::PemObject;

@@ -228,10 +228,15 @@ fn verdict(answer: Result<StatusCode, String>, asked: &str) -> CredentialCheck {
 fn clock_offset_ms(headers: &HeaderMap, at: SystemTime) -> Option<i64> {
     let date = headers.get(DATE)?.to_str().ok()?;
     let theirs = httpdate::parse_http_date(date).ok()?;
-    Some(match theirs.duration_since(at) {
+    Some(offset_ms(theirs, at))
+}
+
+/// `theirs - ours` in milliseconds, saturating: how far another clock is ahead of ours.
+pub fn offset_ms(theirs: SystemTime, ours: SystemTime) -> i64 {
+    match theirs.duration_since(ours) {
         Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
         Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
-    })
+    }
 }
 
 #[cfg(test)]
