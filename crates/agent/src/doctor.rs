@@ -275,7 +275,7 @@ pub(crate) fn disk_full(ctx: &Ctx) -> Option<String> {
     })
 }
 
-fn free_space(path: &std::path::Path) -> Result<u64, String> {
+pub(crate) fn free_space(path: &std::path::Path) -> Result<u64, String> {
     let st = rustix::fs::statvfs(path).map_err(|e| e.to_string())?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub banned_peers: Gauge,
     pub connected_peers: Gauge,
     pub cache_quota: Gauge,
+    pub cache_disk_free: Gauge,
     pub time_to_first_byte: Family<SourceLabels, Histogram>,
     pub upstream_response: Histogram,
     pub upstream_failures: Counter,
@@ -81,6 +82,7 @@ impl Metrics {
             banned_peers: Gauge::default(),
             connected_peers: Gauge::default(),
             cache_quota: Gauge::default(),
+            cache_disk_free: Gauge::default(),
             time_to_first_byte: Family::new_with_constructor(latency_histogram),
             upstream_response: latency_histogram(),
             upstream_failures: Counter::default(),
@@ -164,6 +166,11 @@ impl Metrics {
             "cache_quota_bytes",
             "The content store's size quota (--cache-size)",
             m.cache_quota.clone(),
+        );
+        r.register(
+            "cache_disk_free_bytes",
+            "Free space on the disk holding the cache: below the quota's remaining room, the disk fills before the quota does",
+            m.cache_disk_free.clone(),
         );
         r.register(
             "time_to_first_byte_seconds",

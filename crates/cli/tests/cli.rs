@@ -214,7 +214,20 @@ fn starts_with_defaults_serves_and_stops_on_sigterm() {
     };
     assert!(ready.contains("200"), "{ready}");
     assert!(get(port, "/v2/").unwrap().contains("200"));
-    assert!(get(metrics, "/metrics").unwrap().contains("200"));
+    let (status, body) = get_body(metrics, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    // Gauges read at the scrape: the cache's quota, and the free space of its disk.
+    let gauge = |name: &str| -> f64 {
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    assert_eq!(
+        gauge("pollen_cache_quota_bytes"),
+        20.0 * f64::from(1u32 << 30)
+    );
+    assert!(gauge("pollen_cache_disk_free_bytes") > 0.0);
     assert!(dir.path().join("blobs/sha256").is_dir());
 
     // SIGTERM: the agent exits cleanly.
