@@ -1,7 +1,9 @@
 //! One request to an upstream: mirror failover, authentication, redirects, deadlines.
 
 use crate::auth::{self, Challenge, Credentials, TokenCache};
+use crate::connect::{GuardedConnector, Policy};
 use crate::health::Health;
+use crate::scope::{self, RealmUse};
 use crate::{Route, UpstreamConfig, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
@@ -10,15 +12,15 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
 /// Redirects followed per request; registries redirect blobs once, to their storage.
-const MAX_REDIRECTS: usize = 5;
+pub const MAX_REDIRECTS: usize = 5;
 
 /// What to fetch; the caller has already validated every part.
 pub struct FetchRequest<'a> {
@@ -48,7 +50,9 @@ pub struct UpstreamResponse {
 /// The shared upstream client: one connection pool, health table and token cache per agent.
 pub struct Upstream {
     pub(crate) cfg: UpstreamConfig,
-    pub(crate) client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    pub(crate) client: Client<HttpsConnector<GuardedConnector>, Empty<Bytes>>,
+    /// Where connections, redirects and token realms may go.
+    policy: Arc<Policy>,
     pub(crate) health: Health,
     tokens: TokenCache,
     /// Per registry, the last blob fetched from it: what the doctor's throughput probe reads.
@@ -57,10 +61,10 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: UpstreamConfig) -> Result<Upstream, rustls::Error> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
+        let policy = Arc::new(Policy::new(&cfg));
+        let tcp = GuardedConnector {
+            policy: policy.clone(),
+        };
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -77,13 +81,14 @@ impl Upstream {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         Ok(Upstream {
             cfg,
             client,
+            policy,
             health: Health::default(),
             tokens: TokenCache::default(),
             samples: DashMap::new(),
@@ -179,7 +184,10 @@ impl Upstream {
             req.route.name,
             req.path
         );
-        let key = format!("{mirror}|{}", req.route.name);
+        // Only a registry the configuration names may use configured credentials; its tokens
+        // are kept apart from anonymous ones for the same mirror.
+        let configured = scope::route_configured(&self.cfg, req.route);
+        let key = format!("{mirror}|{}|{configured}", req.route.name);
         let auth = match &req.client_auth {
             Some(a) => Some(a.clone()),
             None => self.tokens.fresh(&key),
@@ -197,7 +205,7 @@ impl Upstream {
             return Ok(resp);
         };
         match self
-            .authorize(&key, mirror, &challenge, auth.as_ref())
+            .authorize(&key, mirror, configured, &challenge, auth.as_ref())
             .await
         {
             Ok(Some(header)) => self.send(&url, Some(header), req).await,
@@ -215,6 +223,7 @@ impl Upstream {
         &self,
         key: &str,
         mirror: &str,
+        configured: bool,
         challenge: &Challenge,
         rejected: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>, String> {
@@ -226,7 +235,7 @@ impl Upstream {
             }
         }
         let token = match challenge {
-            Challenge::Basic => match self.credentials_for(mirror) {
+            Challenge::Basic => match self.credentials_for(mirror).filter(|_| configured) {
                 Some(c) => c.basic_header().map(|header| auth::Token {
                     header,
                     expires: Instant::now() + Duration::from_secs(24 * 3600),
@@ -238,8 +247,14 @@ impl Upstream {
                 service,
                 scope,
             } => Some(
-                self.request_token(mirror, realm, service.as_deref(), scope.as_deref())
-                    .await?,
+                self.request_token(
+                    mirror,
+                    configured,
+                    realm,
+                    service.as_deref(),
+                    scope.as_deref(),
+                )
+                .await?,
             ),
         };
         let header = token.as_ref().map(|t| t.header.clone());
@@ -250,12 +265,27 @@ impl Upstream {
     async fn request_token(
         &self,
         mirror: &str,
+        configured: bool,
         realm: &str,
         service: Option<&str>,
         scope: Option<&str>,
     ) -> Result<auth::Token, String> {
         let url = token_url(realm, service, scope);
-        let (status, body) = self.token_exchange(mirror, &url).await?;
+        let creds = match self.realm_use(mirror, configured, &url)? {
+            RealmUse::Credentials(c) => Some(c),
+            RealmUse::Anonymous => None,
+            RealmUse::Unbound => {
+                warn!(
+                    mirror,
+                    realm,
+                    "the token realm is not bound to the credentials configured for this \
+                     registry; asking it anonymously (if it is the registry's own token \
+                     service, list its host in `realms` of the [[credentials]] entry)"
+                );
+                None
+            }
+        };
+        let (status, body) = self.token_exchange(mirror, &url, creds).await?;
         if !status.is_success() {
             return Err(format!("token endpoint {realm} answered HTTP {status}"));
         }
@@ -264,21 +294,38 @@ impl Upstream {
             .ok_or_else(|| format!("token endpoint {realm} sent no usable token"))
     }
 
-    /// One request to a token endpoint (`url` with its query), with the credentials
-    /// configured for the realm's host or else the mirror's: its status and (small) body.
+    /// What a token request for `mirror`'s challenge to the realm `url` may carry; an error
+    /// when the realm may not be asked at all (plain http for an https registry).
+    pub(crate) fn realm_use(
+        &self,
+        mirror: &str,
+        configured: bool,
+        url: &str,
+    ) -> Result<RealmUse<'_>, String> {
+        let mirror = mirror
+            .parse::<Uri>()
+            .map_err(|e| format!("bad mirror URL {mirror}: {e}"))?;
+        let realm = url
+            .parse::<Uri>()
+            .map_err(|e| format!("bad token realm {url}: {e}"))?;
+        scope::realm_use(&self.cfg, configured, &mirror, &realm)
+    }
+
+    /// One request to a token endpoint (`url` with its query) for `mirror`'s challenge, with
+    /// `creds` (decided by [`Self::realm_use`]): its status and (small) body.
     pub(crate) async fn token_exchange(
         &self,
         mirror: &str,
         url: &str,
+        creds: Option<&Credentials>,
     ) -> Result<(StatusCode, Bytes), String> {
-        let realm_host = url
+        let origin = mirror
             .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.authority().map(|a| a.to_string()));
-        let creds = realm_host
-            .as_deref()
-            .and_then(|h| self.cfg.credentials.get(h))
-            .or_else(|| self.credentials_for(mirror));
+            .map_err(|e| format!("bad mirror URL {mirror}: {e}"))?;
+        let target = url
+            .parse::<Uri>()
+            .map_err(|e| format!("bad token realm {url}: {e}"))?;
+        self.policy.check_hop(&origin, &target).await?;
         let mut builder = Request::get(url).header(USER_AGENT, &self.cfg.user_agent);
         if let Some(h) = creds.and_then(Credentials::basic_header) {
             builder = builder.header(AUTHORIZATION, h);
@@ -300,12 +347,16 @@ impl Upstream {
         Ok((status, body))
     }
 
+    /// The credentials configured for a mirror's own host (not for an unlisted registry's:
+    /// callers check [`scope::route_configured`]).
     pub(crate) fn credentials_for(&self, mirror: &str) -> Option<&Credentials> {
-        let host = mirror.parse::<Uri>().ok()?.authority()?.to_string();
-        self.cfg.credentials.get(&host)
+        scope::for_mirror(&self.cfg, &mirror.parse::<Uri>().ok()?).map(|(_, c)| c)
     }
 
-    /// One HTTP exchange, following redirects; credentials never follow to another host.
+    /// One HTTP exchange, following redirects. `Authorization` (configured, minted or the
+    /// client's own) never follows a redirect to another scheme, host or port: blob storage
+    /// gets none, as with Distribution clients. A redirect to a forbidden address is refused
+    /// ([`Policy::check_hop`]).
     async fn send(
         &self,
         url: &str,
@@ -346,7 +397,8 @@ impl Upstream {
                     .get(LOCATION)
                     .and_then(|l| redirect_target(&uri, l))
                 {
-                    if next.authority() != uri.authority() {
+                    self.policy.check_hop(&uri, &next).await?;
+                    if next.scheme() != uri.scheme() || next.authority() != uri.authority() {
                         auth = None;
                     }
                     uri = next;

@@ -3,22 +3,28 @@
 //! It picks the ordered mirror list for a registry, tries the mirrors in turn with health
 //! tracking (first healthy mirror wins, the origin last), authenticates (bearer tokens shared
 //! between requests, Basic credentials, or the client's own `Authorization` passed through),
-//! follows blob redirects and puts a deadline on every step.
+//! follows blob redirects and puts a deadline on every step. Configured credentials go only
+//! to the registry they name and its bound token realms (`scope.rs`); connections never reach
+//! loopback, link-local or this node's listeners unless configured (`connect.rs`).
 
 mod auth;
 mod client;
+mod connect;
 mod health;
 mod probe;
 mod route;
+mod scope;
 
 pub use auth::Credentials;
-pub use client::{collect_limited, FetchRequest, Upstream, UpstreamResponse};
+pub use client::{collect_limited, FetchRequest, Upstream, UpstreamResponse, MAX_REDIRECTS};
 pub use probe::{offset_ms, CredentialCheck, Probe, Throughput, THROUGHPUT_PROBE_BYTES};
 pub use route::{Route, RouteError, DOCKER_HUB, DOCKER_HUB_URL};
+pub use scope::DOCKER_HUB_REALM;
 
 use rustls::pki_types::pem::PemObject;
 pub use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Everything the upstream client is configured with.
@@ -28,8 +34,21 @@ pub struct UpstreamConfig {
     pub default_mirrors: Vec<String>,
     /// Registry host (as containerd sends it in `ns`) to its ordered mirror list.
     pub registries: HashMap<String, Vec<String>>,
-    /// Credentials by upstream host (`host[:port]` of a mirror URL or of a token realm).
+    /// Credentials by registry host (`host[:port]` of a mirror URL; Docker Hub by any of its
+    /// names). Sent only to that host and to token realms bound to it: the same host and
+    /// port, one listed in [`Self::realms`], or `auth.docker.io` for Docker Hub.
     pub credentials: HashMap<String, Credentials>,
+    /// Token realm hosts (`host[:port]`) bound to the credentials of the same key, besides
+    /// the registry's own host (`realms = [...]` of a `[[credentials]]` entry).
+    pub realms: HashMap<String, Vec<String>>,
+    /// This node's own listeners: no upstream connection (a redirect, a realm) may reach
+    /// them, even on a configured host.
+    pub own_listeners: Vec<SocketAddr>,
+    /// Host names resolved to these addresses instead of asking DNS, as `curl --resolve`
+    /// does. For tests: a registry "not on loopback" by name, served from 127.0.0.1, while
+    /// the connection policy still judges the name and the address it resolves to.
+    #[doc(hidden)]
+    pub resolve_overrides: HashMap<String, Vec<IpAddr>>,
     /// Whether an `ns` host with no configured mirrors may be fetched from `https://<host>`.
     pub allow_unlisted_registries: bool,
     pub connect_timeout: Duration,
@@ -51,6 +70,9 @@ impl Default for UpstreamConfig {
             default_mirrors: vec![DOCKER_HUB_URL.to_string()],
             registries: HashMap::new(),
             credentials: HashMap::new(),
+            realms: HashMap::new(),
+            own_listeners: Vec::new(),
+            resolve_overrides: HashMap::new(),
             allow_unlisted_registries: true,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),

@@ -4,6 +4,7 @@
 
 use crate::auth::{self, Challenge};
 use crate::client::{error_chain, token_url};
+use crate::scope::RealmUse;
 use crate::{FetchRequest, Upstream};
 use http::header::{AUTHORIZATION, DATE, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
@@ -110,8 +111,17 @@ impl Upstream {
                     }
                     Some(Challenge::Bearer { realm, service, .. }) => {
                         let token = token_url(&realm, service.as_deref(), None);
-                        let answer = self.token_exchange(mirror, &token).await;
-                        verdict(answer.map(|(s, _)| s), &realm)
+                        match self.realm_use(mirror, true, &token) {
+                            Err(e) => CredentialCheck::Rejected(e),
+                            Ok(RealmUse::Credentials(c)) => {
+                                let answer = self.token_exchange(mirror, &token, Some(c)).await;
+                                verdict(answer.map(|(s, _)| s), &realm)
+                            }
+                            Ok(_) => CredentialCheck::Rejected(format!(
+                                "not sent: its token realm {realm} is not bound to them (list \
+                                 the realm's host in `realms` of the [[credentials]] entry)"
+                            )),
+                        }
                     }
                 }
             }

@@ -47,6 +47,9 @@ impl Route {
             Some(r) => match cfg.registries.get(r) {
                 Some(m) => m.clone(),
                 None if r == DOCKER_HUB => vec![crate::DOCKER_HUB_URL.to_string()],
+                // `[[credentials]]` for the host name it as much as a `[registries]` entry.
+                None if crate::scope::has_credentials(cfg, r) => vec![format!("https://{r}")],
+                // Unlisted: fetched anonymously (credentials are for configured routes only).
                 None if cfg.allow_unlisted_registries => vec![format!("https://{r}")],
                 None => return Err(RouteError::NotAllowed(r.clone())),
             },
@@ -163,5 +166,16 @@ mod tests {
             Route::resolve(&strict, Some("ghcr.io"), &n),
             Err(RouteError::NotAllowed("ghcr.io".into()))
         );
+        // Credentials for a host list it (over https).
+        let mut listed = strict.clone();
+        listed.credentials.insert(
+            "ghcr.io".into(),
+            crate::Credentials {
+                username: "u".into(),
+                password: "p".into(),
+            },
+        );
+        let r = Route::resolve(&listed, Some("ghcr.io"), &n).unwrap();
+        assert_eq!(r.mirrors, vec!["https://ghcr.io".to_string()]);
     }
 }

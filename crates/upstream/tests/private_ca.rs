@@ -1,79 +1,13 @@
 //! A registry behind TLS signed by a private CA: refused with the built-in roots alone,
 //! trusted with the CA from a PEM file (`--ca-file`), and bad PEM files refused by name.
 
-use base64::Engine;
 use http::{Method, StatusCode};
 use pollen_oci::Name;
 use pollen_upstream::{load_roots, FetchRequest, Route, Upstream, UpstreamConfig};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
 
-/// A CA, and a TLS listener on loopback with a certificate for `localhost` signed by it, that
-/// forwards every connection to a plain-HTTP backend.
-struct PrivateTls {
-    ca_pem: String,
-    port: u16,
-}
-
-fn pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
-}
-
-async fn private_tls(backend: std::net::SocketAddr) -> PrivateTls {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Pollen test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if let Ok(mut plain) = TcpStream::connect(backend).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                }
-            });
-        }
-    });
-    PrivateTls {
-        ca_pem: pem(ca.der()),
-        port,
-    }
-}
+mod common;
+use common::private_tls;
 
 async fn fetch_manifest(up: &Upstream, mirror: &str) -> Result<StatusCode, String> {
     let route = Route {
@@ -103,6 +37,8 @@ async fn a_private_ca_is_trusted_only_when_configured() {
     let tls = private_tls(reg.addr()).await;
     let mirror = format!("https://localhost:{}", tls.port);
     let cfg = UpstreamConfig {
+        // Configured, so it may be on loopback.
+        default_mirrors: vec![mirror.clone()],
         response_timeout: Duration::from_secs(5),
         ..UpstreamConfig::default()
     };
