@@ -33,7 +33,9 @@ pub(crate) fn auth_challenge(
                 return None;
             }
             let scope = repo.map_or(String::new(), |r| format!(",scope=\"repository:{r}:pull\""));
-            let realm = format!("http://{}/token", shared.host);
+            let realm = shared
+                .realm()
+                .unwrap_or_else(|| format!("http://{}/token", shared.host));
             Some(format!(
                 "Bearer realm=\"{realm}\",service=\"{SERVICE}\"{scope}"
             ))
@@ -48,7 +50,11 @@ pub(crate) fn auth_challenge(
 /// Tokens are not scoped: any issued token opens any repository, which keeps
 /// the server simple and has not mattered for the clients under test.
 pub(crate) fn handle_token<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
-    shared.count_token_request();
+    shared.count_token_request(
+        req.headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
     if req.method() != Method::GET {
         return oci_error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -174,6 +174,8 @@ pub struct Stats {
     pub user_agents: Vec<String>,
     /// Distinct Authorization header values seen on /v2/ paths.
     pub authorizations: Vec<String>,
+    /// Distinct Authorization header values seen at `/token`.
+    pub token_authorizations: Vec<String>,
 }
 
 impl Stats {
@@ -303,6 +305,13 @@ impl TestRegistry {
     /// issued earlier stay valid.
     pub fn set_auth(&self, auth: Auth) {
         self.inner.shared.set_auth(auth);
+    }
+
+    /// Makes [`Auth::Token`] challenges name `realm` (a full URL) instead of this server's
+    /// own `/token`: a hostile registry pointing clients at another registry's token
+    /// service. `None` restores the default.
+    pub fn set_token_realm(&self, realm: Option<String>) {
+        self.inner.shared.set_realm(realm);
     }
 
     /// Forgets every issued token, as if they had all expired, so clients

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub host: String,
     repos: Mutex<HashMap<String, Repo>>,
     auth: Mutex<Auth>,
+    /// The realm `Auth::Token` challenges name instead of this server's own `/token`.
+    realm: Mutex<Option<String>>,
     fault: Mutex<Fault>,
     response_delay: Mutex<std::time::Duration>,
     uplink: Mutex<Option<Arc<crate::body::Uplink>>>,
@@ -84,6 +86,7 @@ impl Shared {
             host: addr.to_string(),
             repos: Mutex::default(),
             auth: Mutex::new(Auth::None),
+            realm: Mutex::default(),
             fault: Mutex::new(Fault::None),
             response_delay: Mutex::new(std::time::Duration::ZERO),
             uplink: Mutex::default(),
@@ -263,8 +266,20 @@ impl Shared {
             .or_default() += 1;
     }
 
-    pub fn count_token_request(&self) {
-        lock(&self.stats).token_requests += 1;
+    pub fn count_token_request(&self, authorization: Option<&str>) {
+        let mut s = lock(&self.stats);
+        s.token_requests += 1;
+        if let Some(a) = authorization {
+            push_distinct(&mut s.token_authorizations, a);
+        }
+    }
+
+    pub fn set_realm(&self, realm: Option<String>) {
+        *lock(&self.realm) = realm;
+    }
+
+    pub fn realm(&self) -> Option<String> {
+        lock(&self.realm).clone()
     }
 
     pub fn stats(&self) -> Stats {
