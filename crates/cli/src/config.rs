@@ -244,7 +244,8 @@ impl Size {
     }
 }
 
-/// `[[credentials]]`: Basic credentials for one registry host (or token realm host).
+/// `[[credentials]]`: Basic credentials for one registry host, sent only to that host and to
+/// the token realms bound to it (its own host, `realms`, auth.docker.io for Docker Hub).
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileCredentials {
@@ -253,6 +254,10 @@ struct FileCredentials {
     password: Option<String>,
     /// Read the password from a file (a mounted Secret), so it is not in the config.
     password_file: Option<PathBuf>,
+    /// Token realm hosts (`host[:port]`) on another host than the registry that may receive
+    /// these credentials, e.g. `["gitlab.com"]` for registry.gitlab.com [default: none].
+    #[serde(default)]
+    realms: Vec<String>,
 }
 
 /// The resolved settings the agent runs with.
@@ -382,7 +387,27 @@ impl Settings {
             }
         }
         let mut credentials = HashMap::new();
+        let mut realms = HashMap::new();
         for c in file.credentials {
+            let host = c.host.to_ascii_lowercase();
+            if let Some(bad) = c
+                .realms
+                .iter()
+                .find(|r| r.is_empty() || r.contains(['/', '@', '?', '#']))
+            {
+                return Err(invalid(
+                    "credentials",
+                    format!("{host}: realms entry {bad:?} is not a host[:port]"),
+                ));
+            }
+            if !c.realms.is_empty() {
+                let bound = c
+                    .realms
+                    .iter()
+                    .map(|r| r.to_ascii_lowercase())
+                    .collect::<Vec<_>>();
+                realms.insert(host.clone(), bound);
+            }
             let password = match (c.password, c.password_file) {
                 (Some(p), None) => p,
                 (None, Some(f)) => std::fs::read_to_string(&f)
@@ -397,7 +422,7 @@ impl Settings {
                 }
             };
             credentials.insert(
-                c.host.to_ascii_lowercase(),
+                host,
                 pollen_upstream::Credentials {
                     username: c.username,
                     password,
@@ -414,11 +439,22 @@ impl Settings {
             extra_roots
                 .extend(pollen_upstream::load_roots(path).map_err(|e| invalid("ca-file", e))?);
         }
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| parse_addr(DEFAULT_LISTEN));
+        let metrics_listen = args
+            .metrics_listen
+            .or(file.metrics_listen)
+            .unwrap_or_else(|| parse_addr(DEFAULT_METRICS_LISTEN));
         let upstream = pollen_upstream::UpstreamConfig {
             default_mirrors,
             extra_roots,
             registries,
             credentials,
+            realms,
+            // A redirect or token realm must never reach the agent itself.
+            own_listeners: vec![listen, metrics_listen],
             allow_unlisted_registries: file.allow_unlisted_registries.unwrap_or(true),
             connect_timeout,
             response_timeout,
@@ -426,14 +462,8 @@ impl Settings {
             ..Default::default()
         };
         Ok(Settings {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| parse_addr(DEFAULT_LISTEN)),
-            metrics_listen: args
-                .metrics_listen
-                .or(file.metrics_listen)
-                .unwrap_or_else(|| parse_addr(DEFAULT_METRICS_LISTEN)),
+            listen,
+            metrics_listen,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)

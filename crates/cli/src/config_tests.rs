@@ -37,6 +37,11 @@ cache_max_age = "0s"
 host = "ghcr.io"
 username = "u"
 password = "p"
+[[credentials]]
+host = "registry.gitlab.com"
+username = "g"
+password = "p"
+realms = ["GitLab.com"]
 "#,
     )
     .unwrap();
@@ -65,6 +70,16 @@ password = "p"
         vec!["http://127.0.0.1:5000".to_string()]
     );
     assert_eq!(s.agent.upstream.credentials["ghcr.io"].username, "u");
+    assert_eq!(
+        s.agent.upstream.realms["registry.gitlab.com"],
+        vec!["gitlab.com".to_string()]
+    );
+    assert!(!s.agent.upstream.realms.contains_key("ghcr.io"));
+    assert_eq!(
+        s.agent.upstream.own_listeners,
+        vec![s.listen, s.metrics_listen],
+        "redirects never reach the agent itself"
+    );
 }
 
 #[test]
@@ -106,6 +121,23 @@ fn bad_values_are_explained() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("cache_sise"), "{err}");
+}
+
+#[test]
+fn a_realm_must_be_a_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("realm.toml");
+    std::fs::write(
+        &path,
+        "[[credentials]]\nhost = \"r.example\"\nusername = \"u\"\npassword = \"p\"\nrealms = [\"https://auth.example/token\"]\n",
+    )
+    .unwrap();
+    let err = Settings::resolve(AgentArgs {
+        config: Some(path),
+        ..args()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("realms entry"), "{err}");
 }
 
 #[test]
