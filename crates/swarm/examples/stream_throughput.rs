@@ -82,7 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = SwarmConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         security: args.security,
-        swarm_key: args.pnet.then(|| SwarmKey::generate()).transpose()?,
+        swarm_key: args.pnet.then(SwarmKey::generate).transpose()?,
         ..SwarmConfig::default()
     };
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
