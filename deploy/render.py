@@ -35,6 +35,7 @@ VARIANTS = {
     "defaults": {},
     "everything": {
         "seeds": {"enabled": True, "persistence": {"storageClassName": "fast"}},
+        "swarmKey": {"existingSecret": "pollen-swarm-key"},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "imagePullSecrets": [{"name": "regcred"}],
         "agent": {
@@ -73,7 +74,11 @@ VARIANTS = {
     },
 }
 
-KIND_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "Service", "DaemonSet",
+# The plain manifests name a Secret the operator makes (the chart's own would be a new random
+# key at every render): see the header of deploy/kubernetes/pollen.yaml.
+PLAIN = {"swarmKey": {"existingSecret": "pollen-swarm-key"}}
+
+KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "DaemonSet",
               "StatefulSet", "Job", "NetworkPolicy", "ServiceMonitor"]
 
 HEADER = """\
@@ -129,7 +134,7 @@ def strip_hook(text):
 
 
 def plain_manifests():
-    docs = documents({})
+    docs = documents(PLAIN)
     main = [t for _, t, hook in docs if not hook]
     restore = [strip_hook(t) for kind, t, hook in docs if hook and kind == "DaemonSet"]
     files = {
@@ -137,7 +142,9 @@ def plain_manifests():
             image=IMAGE,
             what="kubectl apply -f deploy/kubernetes/pollen.yaml: in kube-system, the agents "
                  "(DaemonSet),\n# the headless Service, the ServiceAccount and the "
-                 "NetworkPolicy."),
+                 "NetworkPolicy. First, once, the swarm key\n# (only pods holding it join "
+                 "the swarm):\n#   kubectl -n kube-system create secret generic "
+                 "pollen-swarm-key --from-file=swarm.key=<(pollen swarm-key)"),
         "restore.yaml": HEADER.format(
             image=IMAGE,
             what="Before `kubectl delete -f deploy/kubernetes/pollen.yaml`: apply this, wait "

@@ -26,6 +26,7 @@ import argparse
 import os
 import pathlib
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,9 @@ import time
 import yaml
 
 NODE_HOSTS_TOML = 'server = "https://registry-1.docker.io"\n# the user\'s own\n'
+
+
+SWARM_KEY = "/key/swarm/psk/1.0.0/\n/base16/\n" + secrets.token_hex(32) + "\n"
 
 
 def docs(path):
@@ -61,6 +65,11 @@ class Pod:
             if "configMap" in v:
                 for key, text in config_maps.get(v["configMap"]["name"], {}).items():
                     (d / key).write_text(text)
+            if "secret" in v and v["name"] == "swarm-key":
+                # The Secret the operator (or the chart) makes: one key for every pod of the run.
+                f = d / "swarm.key"
+                f.write_text(SWARM_KEY)
+                f.chmod(v["secret"].get("defaultMode", 0o644))
             self.volumes[v["name"]] = d
 
     def remap(self, container):

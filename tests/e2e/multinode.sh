@@ -195,7 +195,8 @@ YML
     mn_wait_http "$MN_REG_NS" "http://$MN_REG/v2/" 150 "$MN_REG_PID" || { tail -n 20 "$dir/registry.log" >&2; return 1; }
 }
 
-# mn_start_agent N [EXTRA ARGS...]: node N's agent; the others bootstrap to node 1.
+# mn_start_agent N [EXTRA ARGS...]: node N's agent, with the run's swarm key; the others
+# bootstrap to node 1.
 mn_start_agent() {
     local n=$1 ns data log extra=()
     shift
@@ -203,6 +204,9 @@ mn_start_agent() {
     data="$MN_DIR/n$n/agent"
     log="$MN_DIR/logs/agent-n$n.log"
     mkdir -p "$data"
+    # One swarm key for the whole run, made at the first start (an existing file is kept).
+    "$POLLEN_BIN" swarm-key --out "$MN_DIR/swarm.key" 2>/dev/null || return 1
+    extra+=(--swarm-key "$MN_DIR/swarm.key")
     [ "$n" -eq 1 ] || extra+=(--bootstrap "/ip4/$(mn_ip 1)/tcp/$MN_P2P_PORT")
     RUST_LOG=$MN_RUST_LOG lib_start_bg "agent-n$n" "$log" ip netns exec "$ns" "$POLLEN_BIN" agent \
         --listen "127.0.0.1:$MN_AGENT_PORT" \

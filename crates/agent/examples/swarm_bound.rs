@@ -12,7 +12,7 @@
 
 use pollen_agent::{Agent, AgentConfig, Node};
 use pollen_store::Store;
-use pollen_swarm::{Bootstrap, SwarmConfig};
+use pollen_swarm::{Bootstrap, Limits, SwarmConfig, SwarmKey};
 use pollen_testreg::{Fault, TestRegistry};
 use std::time::{Duration, Instant};
 
@@ -47,10 +47,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut agents = Vec::new();
     let mut dirs = Vec::new();
     let mut first_addr = None;
+    let swarm_key = SwarmKey::generate()?;
+    // All agents connect from 127.0.0.1: lift the per-address limits meant for one agent each.
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+    let limits = Limits {
+        max_connections: n32.saturating_mul(8).max(1024),
+        max_pending_incoming: n32.max(128),
+        max_pending_per_ip: n32.max(128),
+        max_connections_per_ip: n32.saturating_mul(8).max(1024),
+        ..Limits::default()
+    };
     for i in 0..n {
         let dir = tempfile::tempdir()?;
         let mut swarm = SwarmConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            swarm_key: Some(swarm_key),
+            limits,
             ..SwarmConfig::default()
         };
         if let Some(addr) = &first_addr {

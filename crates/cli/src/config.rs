@@ -117,6 +117,17 @@ pub struct AgentArgs {
     /// Find peers on the local network with mDNS [default: false]
     #[arg(long, env = "POLLEN_MDNS", value_name = "true|false")]
     pub mdns: Option<bool>,
+    /// The cluster's swarm key file (make one with `pollen swarm-key`; the same on every agent, not readable by other users): only agents holding it can connect. Without it the swarm listens on loopback only [default: none]
+    #[arg(long, env = "POLLEN_SWARM_KEY", value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+    /// Only these peers may connect, besides holding the swarm key: a PeerId as `pollen status` shows it (repeatable; `;` separates entries in the environment variable) [default: any peer with the key]
+    #[arg(
+        long,
+        env = "POLLEN_ALLOW_PEER",
+        value_name = "PEERID",
+        value_delimiter = ';'
+    )]
+    pub allow_peer: Vec<String>,
     /// Piece size override, 64KiB to 64MiB; every agent of a cluster must use the same [default: automatic, 4MiB to 64MiB by blob size]
     #[arg(long, env = "POLLEN_PIECE_SIZE", value_name = "BYTES")]
     pub piece_size: Option<String>,
@@ -185,6 +196,8 @@ pub struct FileConfig {
     p2p_listen: Option<OneOrMany>,
     bootstrap: Option<OneOrMany>,
     mdns: Option<bool>,
+    swarm_key: Option<PathBuf>,
+    allow_peer: Option<OneOrMany>,
     piece_size: Option<Size>,
     upload_limit: Option<Size>,
     download_limit: Option<Size>,

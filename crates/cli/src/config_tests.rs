@@ -1,7 +1,12 @@
 use super::*;
+use p2p::test_swarm_key_file;
 
+/// The defaults, with a swarm key (without one the default listen address is refused).
 fn args() -> AgentArgs {
-    AgentArgs::default()
+    AgentArgs {
+        swarm_key: Some(test_swarm_key_file()),
+        ..AgentArgs::default()
+    }
 }
 
 #[test]
@@ -167,6 +172,77 @@ fn peer_to_peer_defaults() {
     );
     // The defaults not exposed as flags stay the agent's.
     assert_eq!(p2p.peer_stall, pollen_agent::DEFAULT_PEER_STALL);
+    assert!(swarm.swarm_key.is_some() && swarm.allow_peers.is_empty());
+    assert_eq!(swarm.limits, pollen_swarm::Limits::default());
+}
+
+#[test]
+fn admission_settings_and_the_keyless_refusal() {
+    let keyless = |listen: &[&str]| {
+        Settings::resolve(AgentArgs {
+            p2p_listen: listen.iter().map(|s| s.to_string()).collect(),
+            ..AgentArgs::default()
+        })
+    };
+    let err = keyless(&[]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("swarm-key:") && err.contains("pollen swarm-key") && !err.contains('\n'),
+        "{err}"
+    );
+    assert!(keyless(&["/ip4/127.0.0.1/tcp/0", "/ip4/10.0.0.1/tcp/0"]).is_err());
+    let s = keyless(&["/ip4/127.0.0.2/tcp/0", "/ip6/::1/tcp/0"]).unwrap();
+    assert!(s.swarm.unwrap().swarm_key.is_none());
+    // Peer-to-peer off needs no key.
+    assert!(Settings::resolve(AgentArgs {
+        p2p: Some(false),
+        ..AgentArgs::default()
+    })
+    .unwrap()
+    .swarm
+    .is_none());
+
+    // The file's keys; flags win.
+    let dir = tempfile::tempdir().unwrap();
+    let id = "12D3KooWDyiZwp1kg4qNeujUtnpKLrwBEiZDdzgMZ7fpYJbkmfid";
+    let path = dir.path().join("pollen.toml");
+    let key = test_swarm_key_file();
+    std::fs::write(
+        &path,
+        format!(
+            "swarm_key = {:?}\nallow_peer = [{id:?}]\n",
+            key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let s = Settings::resolve(AgentArgs {
+        config: Some(path.clone()),
+        ..AgentArgs::default()
+    })
+    .unwrap();
+    let swarm = s.swarm.unwrap();
+    assert!(swarm.swarm_key.is_some());
+    assert_eq!(swarm.allow_peers, vec![id.parse().unwrap()]);
+    let err = Settings::resolve(AgentArgs {
+        config: Some(path),
+        allow_peer: vec!["nope".into()],
+        ..AgentArgs::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("allow-peer") && err.contains("\"nope\""),
+        "{err}"
+    );
+    let err = Settings::resolve(AgentArgs {
+        swarm_key: Some(dir.path().join("absent.key")),
+        ..AgentArgs::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("swarm-key") && err.contains("absent.key"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod doctor;
 mod preheat;
 mod runtime;
 mod status;
+mod swarm_key;
 
 use clap::{Parser, Subcommand};
 use config::{AgentArgs, LogFormat, Settings};
@@ -39,7 +40,7 @@ struct Cli {
 enum Command {
     /// Run the node agent (the registry mirror the runtime talks to)
     #[command(
-        after_help = "Examples:\n  pollen agent\n  pollen agent --registry ghcr.io=https://ghcr.io --cache-size 50GiB\n  pollen agent --bootstrap dns:pollen.kube-system.svc.cluster.local:65003 --upload-limit 100MiB\n  pollen agent --p2p false    # a single-node mirror, no peers\n  pollen agent --tracker true --seed true --zone eu-west-1a --label team=storage\n  pollen agent --upstream http://127.0.0.1:5000 --registry 127.0.0.1:5000=http://127.0.0.1:5000\n\nEvery flag is also a config-file key (--cache-size -> cache_size) and an environment\nvariable (POLLEN_CACHE_SIZE). Flags win over the environment, which wins over the file."
+        after_help = "Examples:\n  pollen agent --swarm-key /etc/pollen/swarm.key\n  pollen agent --swarm-key /etc/pollen/swarm.key --registry ghcr.io=https://ghcr.io --cache-size 50GiB\n  pollen agent --swarm-key /etc/pollen/swarm.key --bootstrap dns:pollen.kube-system.svc.cluster.local:65003 --upload-limit 100MiB\n  pollen agent --p2p false    # a single-node mirror, no peers\n  pollen agent --swarm-key /etc/pollen/swarm.key --tracker true --seed true --zone eu-west-1a --label team=storage\n  pollen agent --p2p false --upstream http://127.0.0.1:5000 --registry 127.0.0.1:5000=http://127.0.0.1:5000\n\nWith peer-to-peer on, every agent of a cluster needs the same swarm key (`pollen swarm-key`);\nwithout one the swarm listens on loopback only.\n\nEvery flag is also a config-file key (--cache-size -> cache_size) and an environment\nvariable (POLLEN_CACHE_SIZE). Flags win over the environment, which wins over the file."
     )]
     Agent(Box<AgentArgs>),
     /// Show a running agent's peers, transfers and cache (asks its admin endpoint)
@@ -52,6 +53,12 @@ enum Command {
         after_help = "Examples:\n  pollen preheat nginx:1.27\n  pollen preheat ghcr.io/org/model-server:v3 --platform linux/amd64 --platform linux/arm64\n  pollen preheat registry.local:5000/app@sha256:... --all-nodes\n\nThe local agent resolves the image (index, platform manifests, layers) and asks the agents\nthat announce the seed role (--seed true) to fetch every blob; with no seed, it fetches\nthem itself. Exits non-zero if any blob failed."
     )]
     Preheat(preheat::PreheatArgs),
+    /// Make a new random swarm key: only agents holding the same key can join each other's swarm
+    #[command(
+        name = "swarm-key",
+        after_help = "Examples:\n  (umask 077; pollen swarm-key > /etc/pollen/swarm.key)\n  pollen swarm-key --out /etc/pollen/swarm.key    # once: an existing file is kept\n  pollen agent --swarm-key /etc/pollen/swarm.key\n\nThe key is the libp2p private-network format (/key/swarm/psk/1.0.0/, /base16/, 64 hex\ndigits). Every agent of a cluster needs the same key; keep it readable by root only."
+    )]
+    SwarmKey(swarm_key::SwarmKeyArgs),
     /// Try Pollen without a registry or root: a cluster of agents in one process pulls a
     /// generated image at once, then the same pull without Pollen, and the numbers
     #[command(
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Preheat(args) => preheat::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::SwarmKey(args) => swarm_key::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::ContainerdConfig(args) => runtime::run_containerd(args),
         Command::DockerConfig(args) => runtime::run_docker(args),

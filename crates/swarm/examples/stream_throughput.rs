@@ -5,7 +5,11 @@
 //! ```sh
 //! cargo run --release -j2 -p pollen-swarm --example stream_throughput -- --security tls
 //! cargo run --release -j2 -p pollen-swarm --example stream_throughput -- --security noise
+//! cargo run --release -j2 -p pollen-swarm --example stream_throughput -- --pnet false
 //! ```
+//!
+//! `--pnet` (default true, as agents run) puts the private-network layer of the swarm key under
+//! the security upgrade.
 //!
 //! Both nodes run in this process on one tokio runtime (one worker per core), as two agents
 //! would share a 2-core machine. One node writes `--size` bytes in `--write-size` writes to a
@@ -16,10 +20,11 @@
 use std::time::{Duration, Instant};
 
 use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
-use pollen_swarm::{Node, Security, SwarmConfig};
+use pollen_swarm::{Node, Security, SwarmConfig, SwarmKey};
 
 struct Args {
     security: Security,
+    pnet: bool,
     size: u64,
     write_size: usize,
     runs: usize,
@@ -28,6 +33,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         security: Security::Tls,
+        pnet: true,
         size: 1 << 30,
         write_size: 1 << 20,
         runs: 1,
@@ -41,6 +47,7 @@ fn parse_args() -> Args {
             "--security" => {
                 args.security = value.parse().unwrap_or_else(|e| usage(&format!("{e}")))
             }
+            "--pnet" => args.pnet = value.parse().unwrap_or_else(|_| usage("--pnet true|false")),
             "--size" => args.size = value.parse().unwrap_or_else(|_| usage("--size BYTES")),
             "--write-size" => {
                 args.write_size = value
@@ -55,7 +62,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("{msg}\nusage: stream_throughput [--security tls|noise] [--size BYTES] [--write-size BYTES] [--runs N]");
+    eprintln!("{msg}\nusage: stream_throughput [--security tls|noise] [--pnet true|false] [--size BYTES] [--write-size BYTES] [--runs N]");
     std::process::exit(2)
 }
 
@@ -75,6 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = SwarmConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         security: args.security,
+        swarm_key: args.pnet.then(SwarmKey::generate).transpose()?,
         ..SwarmConfig::default()
     };
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -104,8 +112,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     println!(
-        "security={} size={} write_size={} cores={}",
+        "security={} pnet={} size={} write_size={} cores={}",
         args.security,
+        args.pnet,
         args.size,
         args.write_size,
         std::thread::available_parallelism().map_or(0, |n| n.get())

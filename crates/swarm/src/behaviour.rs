@@ -5,9 +5,10 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, kad, mdns, StreamProtocol};
+use libp2p::{allow_block_list, connection_limits, identify, kad, mdns, StreamProtocol};
 
 use crate::config::SwarmConfig;
+use crate::limits::PerIp;
 use crate::store::ProviderStore;
 
 /// Pollen's own Kademlia protocol id: a Pollen DHT never merges with IPFS or any other libp2p
@@ -21,8 +22,13 @@ pub const IDENTIFY_PROTOCOL: &str = "/pollen/1";
 /// once). Addresses rarely change; this is only a backstop.
 const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
+/// Admission first: the connection limits and the allow-list refuse a connection before any
+/// protocol sees it (the swarm key has already refused strangers in the transport).
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    pub per_ip: PerIp,
+    pub limits: connection_limits::Behaviour,
+    pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     pub identify: identify::Behaviour,
     pub kad: kad::Behaviour<ProviderStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -67,7 +73,19 @@ impl Behaviour {
             None
         };
 
+        let allow = (!config.allow_peers.is_empty()).then(|| {
+            let mut allow =
+                allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+            for peer in &config.allow_peers {
+                allow.allow_peer(*peer);
+            }
+            allow
+        });
+
         Ok(Behaviour {
+            per_ip: PerIp::new(&config.limits),
+            limits: config.limits.totals(),
+            allow: allow.into(),
             identify,
             kad,
             mdns: mdns.into(),

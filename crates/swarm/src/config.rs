@@ -4,7 +4,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::key::SwarmKey;
+use crate::limits::Limits;
 
 /// The swarm's TCP port. Like the mirror (65001) and metrics (65002) ports it sits above Linux's
 /// ephemeral range (32768–60999), so an outgoing connection never holds it.
@@ -142,6 +145,13 @@ pub struct SwarmConfig {
     pub lookup_timeout: Duration,
     /// How often bootstrap names are re-resolved and missing bootstrap peers re-dialled.
     pub bootstrap_interval: Duration,
+    /// The private network's key; without one the node may listen on loopback only
+    /// ([`crate::Node::start`] refuses anything else).
+    pub swarm_key: Option<SwarmKey>,
+    /// When not empty, the only peers we keep a connection with (besides the key).
+    pub allow_peers: Vec<PeerId>,
+    /// Connection limits: totals, per peer and per remote address.
+    pub limits: Limits,
 }
 
 impl Default for SwarmConfig {
@@ -155,6 +165,9 @@ impl Default for SwarmConfig {
             idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
             bootstrap_interval: DEFAULT_BOOTSTRAP_INTERVAL,
+            swarm_key: None,
+            allow_peers: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! - **Identity** ([`identity`]): an Ed25519 key in `<data_dir>/p2p/key`, so a node keeps its
 //!   PeerId across restarts (provider records and bans name PeerIds).
+//! - **Admission** ([`key`], [`limits`]): a private-network key shared by the cluster
+//!   (checked before any other handshake), an optional allow-list of PeerIds, and limits on
+//!   connections in all, per peer and per remote address. Without a key a node listens on
+//!   loopback only.
 //! - **Transport**: TCP + TLS 1.3 (AES-GCM first) or noise + yamux with 1 MiB frames; the
 //!   default, the two adapters that differ from stock libp2p, and the numbers behind them are
 //!   in `docs/transport.md`.
@@ -22,6 +26,8 @@ mod bootstrap;
 pub mod config;
 mod event_loop;
 pub mod identity;
+pub mod key;
+pub mod limits;
 mod muxer;
 mod node;
 mod store;
@@ -30,5 +36,7 @@ mod transport;
 
 pub use config::{Bootstrap, Security, SwarmConfig};
 pub use identity::IdentityError;
-pub use libp2p::{Multiaddr, PeerId, Stream};
-pub use node::{Error, IncomingStreams, Node, Stats};
+pub use key::{KeyError, SwarmKey};
+pub use libp2p::{multiaddr, Multiaddr, PeerId, Stream};
+pub use limits::Limits;
+pub use node::{is_loopback_listen, Error, IncomingStreams, Node, Stats};

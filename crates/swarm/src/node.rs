@@ -45,6 +45,9 @@ pub enum Error {
     Transport(String),
     #[error("setting up the swarm: {0}")]
     Setup(#[source] std::io::Error),
+    /// Without a swarm key anyone who reaches the port could join, so only loopback is allowed.
+    #[error("no swarm key, and {addr} is not a loopback address: anyone who can reach it could join the swarm; run `pollen swarm-key` once, give the file to every agent with --swarm-key FILE (or listen on 127.0.0.1 only, or turn peer-to-peer off with --p2p false)")]
+    NoSwarmKey { addr: Multiaddr },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
     #[error("the swarm has stopped")]
@@ -108,10 +111,17 @@ pub struct Node {
 impl Node {
     /// Loads (or creates) the node key under `data_dir`, starts listening and dials the
     /// bootstrap peers. Returns once every listen address is bound.
+    /// Without a swarm key every listen address must be loopback ([`Error::NoSwarmKey`]).
     pub async fn start(data_dir: &Path, config: SwarmConfig) -> Result<Node, Error> {
+        if config.swarm_key.is_none() {
+            if let Some(addr) = config.listen.iter().find(|a| !is_loopback_listen(a)) {
+                return Err(Error::NoSwarmKey { addr: addr.clone() });
+            }
+        }
         let key = identity::load_or_create(data_dir)?;
         let peer_id = key.public().to_peer_id();
-        let transport = transport::build(&key, config.security).map_err(Error::Transport)?;
+        let transport =
+            transport::build(&key, config.security, config.swarm_key).map_err(Error::Transport)?;
         let behaviour = Behaviour::new(&key, &config).map_err(Error::Setup)?;
         let swarm_config = libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(config.idle_connection_timeout);
@@ -127,6 +137,7 @@ impl Node {
             listeners.push((id, addr.clone()));
         }
 
+        let config_key = config.swarm_key.as_ref().map(|k| k.fingerprint());
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let lookup_deadline = config.lookup_timeout + COMMAND_TIMEOUT;
@@ -138,7 +149,12 @@ impl Node {
                 after: LISTEN_TIMEOUT,
             })??;
         tokio::spawn(event_loop.run());
-        tracing::info!(%peer_id, "swarm started");
+        match &config_key {
+            Some(fingerprint) => {
+                tracing::info!(%peer_id, swarm_key = %fingerprint, "swarm started (private network)")
+            }
+            None => tracing::info!(%peer_id, "swarm started without a swarm key (loopback only)"),
+        }
         Ok(Node {
             commands: tx,
             control,
@@ -291,6 +307,16 @@ impl Node {
                 what,
                 after: deadline,
             })?
+    }
+}
+
+/// Whether a listen address can only be reached from this host: `127.0.0.0/8` or `::1`.
+pub fn is_loopback_listen(addr: &Multiaddr) -> bool {
+    use libp2p::core::multiaddr::Protocol;
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
     }
 }
 

@@ -347,9 +347,12 @@ async fn mismatched_security_does_not_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mdns_finds_peers_without_bootstrap() {
     let (dir_a, dir_b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    // Every interface: a swarm key is needed beyond loopback.
+    let key = pollen_swarm::SwarmKey::generate().unwrap();
     let mdns = |_| SwarmConfig {
         listen: vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()],
         mdns: true,
+        swarm_key: Some(key),
         ..config(Security::Tls)
     };
     let a = start(dir_a.path(), mdns(())).await;

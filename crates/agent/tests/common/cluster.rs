@@ -4,7 +4,7 @@
 use super::*;
 use http::StatusCode;
 use pollen_agent::{AgentConfig, Node, Status};
-use pollen_swarm::{Bootstrap, SwarmConfig};
+use pollen_swarm::{Bootstrap, SwarmConfig, SwarmKey};
 use pollen_testreg::{Fault, TestRegistry};
 use std::future::Future;
 use std::time::Duration;
@@ -12,6 +12,14 @@ use tokio::time::Instant;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 pub const PIECE: usize = 1 << 20;
+
+/// The swarm key of every test cluster (a private network, as in production).
+pub fn test_swarm_key() -> SwarmKey {
+    SwarmKey::parse(
+        "/key/swarm/psk/1.0.0/\n/base16/\n5e1f0c0ffee0ddba11cafebabe5eed5a1ad5eedcafe0ddba11c0ffee5eed5a1a\n",
+    )
+    .expect("test swarm key")
+}
 
 pub fn agent_config(reg: &TestRegistry) -> AgentConfig {
     let mut cfg = config_for(reg);
@@ -52,6 +60,7 @@ pub async fn member_with(
         provider_ttl: Duration::from_secs(4),
         lookup_timeout: Duration::from_secs(5),
         bootstrap_interval: Duration::from_millis(500),
+        swarm_key: Some(test_swarm_key()),
         ..SwarmConfig::default()
     };
     if let Some(first) = to {

@@ -1,4 +1,5 @@
-//! The swarm and peer settings: `--p2p`, where the swarm listens and whom it dials, the piece
+//! The swarm and peer settings: `--p2p`, who may join (`--swarm-key`, `--allow-peer`), where
+//! the swarm listens and whom it dials, the piece
 //! size and rate limits, and this node's roles (`--tracker`, `--seed`) and labels (`--zone`,
 //! `--rack`, `--label`).
 
@@ -142,13 +143,67 @@ pub(super) fn resolve(
         ..Default::default()
     };
     p2p.session.piece_size = piece_size;
-    let swarm = p2p_enabled.then(|| pollen_swarm::SwarmConfig {
+    if !p2p_enabled {
+        return Ok((p2p, None));
+    }
+    let (swarm_key, allow_peers) = admission(args, file, &p2p_listen)?;
+    let swarm = pollen_swarm::SwarmConfig {
         listen: p2p_listen,
         bootstrap,
         mdns: args.mdns.or(file.mdns).unwrap_or(DEFAULT_MDNS),
+        swarm_key,
+        allow_peers,
         ..Default::default()
-    });
-    Ok((p2p, swarm))
+    };
+    Ok((p2p, Some(swarm)))
+}
+
+/// Who may join: the swarm key (`--swarm-key`) and the allow-list (`--allow-peer`). Without a
+/// key every listen address must be loopback, or anyone reaching the port could join.
+fn admission(
+    args: &AgentArgs,
+    file: &FileConfig,
+    listen: &[pollen_swarm::Multiaddr],
+) -> Result<(Option<pollen_swarm::SwarmKey>, Vec<pollen_swarm::PeerId>), ConfigError> {
+    let swarm_key = args
+        .swarm_key
+        .as_ref()
+        .or(file.swarm_key.as_ref())
+        .map(|path| pollen_swarm::SwarmKey::load(path))
+        .transpose()
+        .map_err(|e| invalid("swarm-key", e.to_string()))?;
+    if swarm_key.is_none() {
+        if let Some(addr) = listen.iter().find(|a| !pollen_swarm::is_loopback_listen(a)) {
+            return Err(invalid(
+                "swarm-key",
+                format!(
+                    "peer-to-peer is on without a swarm key, so anyone reaching {addr} could join the swarm; run `pollen swarm-key > /etc/pollen/swarm.key` once, give that file to every agent with --swarm-key /etc/pollen/swarm.key, or run without peers with --p2p false (a keyless swarm may listen on 127.0.0.1 only)"
+                ),
+            ));
+        }
+    }
+    let entries = if !args.allow_peer.is_empty() {
+        args.allow_peer.as_slice()
+    } else {
+        file.allow_peer
+            .as_ref()
+            .map_or(&[][..], OneOrMany::as_slice)
+    };
+    let allow_peers = entries
+        .iter()
+        .map(|p| parse_peer_id(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((swarm_key, allow_peers))
+}
+
+/// An `--allow-peer` entry: a PeerId such as `12D3KooW…`.
+pub fn parse_peer_id(s: &str) -> Result<pollen_swarm::PeerId, ConfigError> {
+    s.trim().parse().map_err(|e| {
+        invalid(
+            "allow-peer",
+            format!("{s:?} is not a PeerId ({e}); give one as `pollen status` shows it, e.g. 12D3KooW..."),
+        )
+    })
 }
 
 /// `zone` (`--zone`), `rack` (`--rack`), then the `--label`s in the order given. `--label`s
@@ -347,6 +402,29 @@ pub fn roles(p2p: &pollen_agent::P2pConfig) -> Vec<&'static str> {
 /// The labels for the start-up log line: `zone=z1`, ...
 pub fn label_strings(p2p: &pollen_agent::P2pConfig) -> Vec<String> {
     p2p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// A swarm key file (mode 600) for the configuration tests, made once per test process.
+#[cfg(test)]
+pub(crate) fn test_swarm_key_file() -> std::path::PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::OnceLock;
+    static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("pollen-test-{}.swarm.key", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        let key = pollen_swarm::SwarmKey::generate().unwrap();
+        std::io::Write::write_all(&mut f, key.to_key_file().as_bytes()).unwrap();
+        path
+    })
+    .clone()
 }
 
 #[cfg(test)]

@@ -5,8 +5,12 @@ use super::*;
 use crate::config::Settings;
 use clap::Parser;
 
+/// The defaults, with a swarm key (without one the default listen address is refused).
 fn args() -> AgentArgs {
-    AgentArgs::default()
+    AgentArgs {
+        swarm_key: Some(test_swarm_key_file()),
+        ..AgentArgs::default()
+    }
 }
 
 fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -3,7 +3,7 @@
 
 use pollen_agent::{Agent, AgentConfig, Node};
 use pollen_store::Store;
-use pollen_swarm::{Bootstrap, SwarmConfig};
+use pollen_swarm::{Bootstrap, Limits, SwarmConfig, SwarmKey};
 use pollen_testreg::{Image, TestRegistry};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -73,15 +73,37 @@ fn random_bytes(len: usize, state: &mut u64) -> Vec<u8> {
     out
 }
 
+/// Every agent of the demo connects from 127.0.0.1, so the per-address limits (meant for one
+/// agent per address) grow with the number of agents.
+fn one_host_limits(n: usize) -> Limits {
+    let defaults = Limits::default();
+    let agents = u32::try_from(n).unwrap_or(u32::MAX);
+    let per_ip = agents
+        .saturating_mul(defaults.max_connections_per_peer)
+        .max(defaults.max_connections_per_ip);
+    Limits {
+        max_connections: defaults.max_connections.max(per_ip),
+        max_pending_incoming: defaults.max_pending_incoming.max(agents),
+        max_pending_per_ip: defaults.max_pending_incoming.max(agents),
+        max_connections_per_ip: per_ip,
+        ..defaults
+    }
+}
+
 /// Starts `n` agents that use `reg` as their upstream: the first is a tracker and a seed, the
 /// second (from four nodes up) a second tracker, so a tracker's failure has a successor.
 pub async fn agents(reg: &TestRegistry, n: usize) -> Result<Vec<Member>, String> {
     let mut members: Vec<Member> = Vec::with_capacity(n);
     let mut first_addr = None;
+    // A private network like a real cluster's, with a key made for this run.
+    let swarm_key =
+        SwarmKey::generate().map_err(|e| format!("generating the demo's swarm key: {e}"))?;
     for i in 0..n {
         let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
         let mut swarm = SwarmConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?],
+            swarm_key: Some(swarm_key),
+            limits: one_host_limits(n),
             ..SwarmConfig::default()
         };
         if let Some(addr) = &first_addr {

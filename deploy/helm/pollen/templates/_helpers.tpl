@@ -92,6 +92,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: {{ printf "%s/tcp/%d" (ternary "/ip6/::" "/ip4/0.0.0.0" (eq (include "pollen.ipFamily" .) "IPv6")) (int .Values.ports.p2p) | quote }}
 - name: POLLEN_BOOTSTRAP
   value: {{ include "pollen.bootstrap" . | quote }}
+- name: POLLEN_SWARM_KEY
+  value: /etc/pollen/swarm/swarm.key
 - name: POLLEN_LOG_FORMAT
   value: {{ .Values.agent.logFormat | quote }}
 - name: RUST_LOG
@@ -140,8 +142,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
+{{/* The Secret holding the swarm key: the user's, or the one the chart makes once. */}}
+{{- define "pollen.swarmKeySecret" -}}
+{{- .Values.swarmKey.existingSecret | default (printf "%s-swarm-key" (include "pollen.fullname" .)) -}}
+{{- end -}}
+
 {{/* Volumes for the optional config file, credentials and CA bundle (agents and seeds). */}}
 {{- define "pollen.configVolumeMounts" -}}
+- name: swarm-key
+  mountPath: /etc/pollen/swarm
+  readOnly: true
 {{- if .Values.agent.configFile }}
 - name: config
   mountPath: /etc/pollen/pollen.toml
@@ -161,6 +171,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "pollen.configVolumes" -}}
+# The swarm key: only pods holding it can join the swarm. 0440: root (the agents) and the
+# seeds' fsGroup read it, no one else.
+- name: swarm-key
+  secret:
+    secretName: {{ include "pollen.swarmKeySecret" . }}
+    defaultMode: 0440
 {{- if .Values.agent.configFile }}
 - name: config
   configMap:
