@@ -47,20 +47,31 @@ pub const CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// The last answer and when it was made; the lock is held through a run, so concurrent
 /// callers wait for one run instead of starting their own.
+/// A reload (new upstreams) makes the last answer stale at once.
 #[derive(Default)]
-pub(crate) struct Cache(tokio::sync::Mutex<Option<(std::time::Instant, Vec<Check>)>>);
+pub(crate) struct Cache {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, u64, Vec<Check>)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl Cache {
     pub async fn get(&self, ctx: &Ctx) -> Vec<Check> {
-        let mut last = self.0.lock().await;
-        if let Some((at, checks)) = last.as_ref() {
-            if at.elapsed() < CACHE_TTL {
+        let mut last = self.last.lock().await;
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((at, g, checks)) = last.as_ref() {
+            if at.elapsed() < CACHE_TTL && *g == generation {
                 return checks.clone();
             }
         }
         let checks = run(ctx).await;
-        *last = Some((std::time::Instant::now(), checks.clone()));
+        *last = Some((std::time::Instant::now(), generation, checks.clone()));
         checks
+    }
+
+    /// Forgets the last answer (the configuration changed).
+    pub fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

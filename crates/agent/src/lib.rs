@@ -301,6 +301,7 @@ impl Agent {
     pub fn reload(&self, cfg: AgentConfig) -> Result<(), AgentError> {
         let fresh = Upstream::new(cfg.upstream).map_err(|e| AgentError::Tls(e.to_string()))?;
         *self.ctx.upstream.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        self.ctx.doctor.invalidate();
         if let Some(p2p) = &self.ctx.p2p {
             p2p.uploads.rate().set_rate(cfg.p2p.upload_limit);
             p2p.downloads.set_rate(cfg.p2p.download_limit);
