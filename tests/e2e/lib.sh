@@ -229,6 +229,7 @@ lib_start_agent() {
         --registry "$regmap" \
         --cache-size "${AGENT_CACHE_SIZE:-20GiB}" \
         --metrics-listen "127.0.0.1:$mport" \
+        --control-socket "$data/control.sock" \
         --log-format text "$@"
     AGENT_PID=$LIB_LAST_PID
     if ! lib_wait_http "http://127.0.0.1:$mport/readyz" 300 "$AGENT_PID"; then

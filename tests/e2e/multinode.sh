@@ -211,6 +211,7 @@ mn_start_agent() {
     RUST_LOG=$MN_RUST_LOG lib_start_bg "agent-n$n" "$log" ip netns exec "$ns" "$POLLEN_BIN" agent \
         --listen "127.0.0.1:$MN_AGENT_PORT" \
         --metrics-listen "127.0.0.1:$MN_ADMIN_PORT" \
+        --control-socket "$data/control.sock" \
         --data-dir "$data" \
         --upstream "http://$MN_REG" \
         --registry "$MN_REG=http://$MN_REG" \

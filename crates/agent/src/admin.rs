@@ -1,51 +1,122 @@
-//! The operator's endpoint: Prometheus metrics, status (JSON), liveness and readiness, and
-//! `POST /preheat` (progress as JSON lines while it runs). It listens on loopback by default:
-//! whoever reaches it can make the node fetch images.
+//! The operator's endpoints, on two surfaces:
+//! - the **admin port** (`--metrics-listen`, TCP, reachable by whatever reaches the node's IP
+//!   under hostNetwork): read-only and cheap — `/metrics`, `/healthz`, `/readyz`, and a
+//!   `/status` without the digests of private content;
+//! - the **control socket** (`--control-socket`, a Unix socket only its owner may open): all of
+//!   that with the full `/status`, plus what changes state or costs upstream requests —
+//!   `POST /preheat` (progress as JSON lines while it runs) and `/doctor`.
+//!
+//! Both have a header read timeout and a connection cap ([`crate::listen`]).
 
+use crate::listen::{Admitted, ConnLimit, ADMIN_HEADER_TIMEOUT};
 use crate::{Agent, PreheatSpec};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 type AdminBody = BoxBody<Bytes, Infallible>;
 
-/// Serves `/metrics`, `/status`, `/healthz`, `/readyz` and `POST /preheat` until the task is
-/// dropped.
+/// Largest request head on the admin port and the control socket (their requests are a path
+/// and a short query).
+const MAX_ADMIN_HEAD: usize = 16 << 10;
+
+/// Which endpoints a connection may use.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Surface {
+    /// The TCP admin port: read-only, no private digests.
+    Admin,
+    /// The local control socket: everything.
+    Control,
+}
+
+/// Serves the read-only `/metrics`, `/status` (redacted), `/healthz` and `/readyz` on the TCP
+/// admin port until the task is dropped; `/doctor` and `POST /preheat` are 404 here.
 pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
+    let limit = ConnLimit::new(agent.ctx.cfg.max_admin_connections);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors and the like: back off instead of spinning.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let agent = agent.clone();
-                    async move {
-                        if req.method() == Method::POST && req.uri().path() == "/preheat" {
-                            return Ok::<_, Infallible>(preheat(&agent, req.uri().query()));
-                        }
-                        Ok(route(&agent, req.uri().path()).await.map(BodyExt::boxed))
-                    }
-                });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(error = %e, "admin connection ended with an error");
-            }
-        });
+        if let Some(place) = limit.admit().await {
+            tokio::spawn(serve_conn(agent.clone(), stream, place, Surface::Admin));
+        }
     }
 }
 
-async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
+/// Serves every operator endpoint, `POST /preheat` and `/doctor` included, on the local
+/// control socket until the task is dropped. Who may connect is decided by the socket file's
+/// permissions (see the CLI's `--control-socket`).
+pub async fn serve_control(agent: Agent, listener: tokio::net::UnixListener) {
+    let limit = ConnLimit::new(agent.ctx.cfg.max_admin_connections);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        if let Some(place) = limit.admit().await {
+            tokio::spawn(serve_conn(agent.clone(), stream, place, Surface::Control));
+        }
+    }
+}
+
+/// One connection, with the header read timeout, until it ends or a newcomer needs its place.
+async fn serve_conn<S>(agent: Agent, stream: S, place: Admitted, surface: Surface)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let evict = place.evict.clone();
+    let _place = place;
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let agent = agent.clone();
+        async move {
+            let (method, path) = (req.method(), req.uri().path());
+            if surface == Surface::Control && method == Method::POST && path == "/preheat" {
+                return Ok::<_, Infallible>(preheat(&agent, req.uri().query()));
+            }
+            if method != Method::GET && method != Method::HEAD {
+                return Ok(not_found(surface).map(BodyExt::boxed));
+            }
+            Ok(route(&agent, path, surface).await.map(BodyExt::boxed))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(MAX_ADMIN_HEAD);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = evict.notified() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, ?surface, "admin connection ended with an error");
+    }
+}
+
+fn not_found(surface: Surface) -> Response<Full<Bytes>> {
+    let hint = match surface {
+        Surface::Admin => "not found: try /metrics, /status, /healthz or /readyz (preheat and doctor are on the local control socket)\n",
+        Surface::Control => "not found: try /metrics, /status, /doctor, /healthz, /readyz or POST /preheat\n",
+    };
+    let mut r = Response::new(Full::new(Bytes::from_static(hint.as_bytes())));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+async fn route(agent: &Agent, path: &str, surface: Surface) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
         "/metrics" => {
             let usage = agent.store().usage();
@@ -69,12 +140,18 @@ async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
                 m.encode(),
             )
         }
-        "/status" => (
-            StatusCode::OK,
-            "application/json",
-            serde_json::to_string_pretty(&agent.status().await).unwrap_or_default(),
-        ),
-        "/doctor" => (
+        "/status" => {
+            let status = match surface {
+                Surface::Control => agent.status().await,
+                Surface::Admin => agent.public_status().await,
+            };
+            (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&status).unwrap_or_default(),
+            )
+        }
+        "/doctor" if surface == Surface::Control => (
             StatusCode::OK,
             "application/json",
             serde_json::to_string_pretty(&agent.doctor().await).unwrap_or_default(),
@@ -88,11 +165,7 @@ async fn route(agent: &Agent, path: &str) -> Response<Full<Bytes>> {
                 format!("not ready: {why}\n"),
             ),
         },
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics, /status, /healthz or /readyz\n".to_string(),
-        ),
+        _ => return not_found(surface),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

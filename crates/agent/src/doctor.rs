@@ -41,6 +41,40 @@ fn check(name: impl Into<String>, verdict: Verdict, detail: impl Into<String>) -
     }
 }
 
+/// How long a doctor's answer is reused: `/doctor` asks every upstream mirror (and reads from
+/// each) and every tracker, so a caller looping on it must not turn into that many requests.
+pub const CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// The last answer and when it was made; the lock is held through a run, so concurrent
+/// callers wait for one run instead of starting their own.
+/// A reload (new upstreams) makes the last answer stale at once.
+#[derive(Default)]
+pub(crate) struct Cache {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, u64, Vec<Check>)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Cache {
+    pub async fn get(&self, ctx: &Ctx) -> Vec<Check> {
+        let mut last = self.last.lock().await;
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((at, g, checks)) = last.as_ref() {
+            if at.elapsed() < CACHE_TTL && *g == generation {
+                return checks.clone();
+            }
+        }
+        let checks = run(ctx).await;
+        *last = Some((std::time::Instant::now(), generation, checks.clone()));
+        checks
+    }
+
+    /// Forgets the last answer (the configuration changed).
+    pub fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub(crate) async fn run(ctx: &Ctx) -> Vec<Check> {
     let mut out = vec![if ctx.ready.load(std::sync::atomic::Ordering::Relaxed) {
         check("agent", Verdict::Ok, "serving")
@@ -90,7 +124,7 @@ async fn mirrors(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
         }
     }
     for (registry, mirrors) in &registries {
-        out.push(throughput_line(&upstream, registry, mirrors).await);
+        out.push(throughput_line(&upstream, registry, mirrors, &ctx.private).await);
     }
     out
 }
@@ -149,7 +183,12 @@ const FASTER_BY: f64 = 2.0;
 
 /// Reads the last blob pulled from `registry` from each of its mirrors, in the order a pull
 /// tries them now, and says whether that order is the fast one.
-async fn throughput_line(upstream: &Upstream, registry: &str, mirrors: &[String]) -> Check {
+async fn throughput_line(
+    upstream: &Upstream,
+    registry: &str,
+    mirrors: &[String],
+    private: &crate::private::Private,
+) -> Check {
     let name = format!("throughput {registry}");
     let mut rates = Vec::new();
     let mut parts = Vec::new();
@@ -162,14 +201,14 @@ async fn throughput_line(upstream: &Upstream, registry: &str, mirrors: &[String]
                     "not measured: nothing pulled from this registry since the agent started",
                 )
             }
-            Some(Err(e)) => parts.push(format!("{mirror}: failed ({e})")),
+            Some(Err(e)) => parts.push(format!("{mirror}: failed ({})", hide_names(&e, private))),
             Some(Ok(t)) => {
                 let rate = t.bytes_per_sec();
                 parts.push(format!(
                     "{mirror}: {:.1} MB/s ({} KiB of {}, first byte in {} ms)",
                     rate / 1e6,
                     t.bytes >> 10,
-                    t.blob,
+                    hide_names(&t.blob, private),
                     t.first_byte.as_millis()
                 ));
                 rates.push((mirror, rate));
@@ -188,6 +227,29 @@ async fn throughput_line(upstream: &Upstream, registry: &str, mirrors: &[String]
         ),
         None => check(name, Verdict::Ok, detail),
     }
+}
+
+/// `text` with every `name@digest` shown as its digest alone, or as "a private blob" when
+/// the content is private: the doctor does not name repositories (a private one's name is
+/// itself a secret of whoever pulled it).
+fn hide_names(text: &str, private: &crate::private::Private) -> String {
+    text.split(' ')
+        .map(|word| match word.split_once('@') {
+            None => word.to_string(),
+            Some((_, rest)) => {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == ':'))
+                    .unwrap_or(rest.len());
+                let (digest, tail) = rest.split_at(end);
+                match digest.parse::<pollen_oci::Digest>() {
+                    Ok(d) if private.contains(&d) => format!("a private blob{tail}"),
+                    Ok(_) => format!("{digest}{tail}"),
+                    Err(_) => format!("a blob{tail}"),
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Clock offsets from this many ms on are worth a warning (logs stop lining up; the

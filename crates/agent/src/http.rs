@@ -2,6 +2,7 @@
 
 use crate::blobs;
 use crate::follow::Follower;
+use crate::listen::ConnLimit;
 use crate::range::{self, RangeOutcome};
 use crate::request::{self, ApiRequest, Parsed};
 use crate::{manifests, Ctx};
@@ -22,6 +23,7 @@ pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
     let mut draining = ctx.draining.subscribe();
+    let limit = ConnLimit::new(ctx.cfg.max_connections);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -36,6 +38,10 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
                 continue;
             }
         };
+        let Some(place) = limit.admit().await else {
+            debug!(%peer, "at the connection cap: closing a new client connection");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let header_timeout = ctx.cfg.header_read_timeout;
@@ -45,6 +51,8 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
         let mut draining = ctx.draining.subscribe();
         tokio::spawn(async move {
             let _open = _open;
+            let evict = place.evict.clone();
+            let _place = place;
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(with_request_id(&ctx, req).await) }
@@ -61,6 +69,11 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
                 r = conn.as_mut() => r,
                 () = drained(&mut draining) => {
                     // Finish the response in progress, then close instead of keeping alive.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = evict.notified() => {
+                    // A newcomer needs the place: same, so a response in progress is not cut.
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

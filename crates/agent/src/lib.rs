@@ -8,11 +8,13 @@
 
 mod admin;
 mod blobs;
+mod confine;
 pub mod doctor;
 mod error;
 mod flight;
 mod follow;
 mod http;
+mod listen;
 mod manifests;
 mod metrics;
 mod p2p;
@@ -24,7 +26,8 @@ mod sink;
 mod status;
 mod transfer;
 
-pub use admin::serve_admin;
+pub use admin::{serve_admin, serve_control};
+pub use listen::{DEFAULT_MAX_ADMIN_CONNECTIONS, DEFAULT_MAX_CONNECTIONS};
 pub use metrics::Metrics;
 pub use p2p::{
     P2pConfig, DEFAULT_BAN_DURATION, DEFAULT_MAX_PEERS_PER_BLOB, DEFAULT_PEER_STALL,
@@ -59,6 +62,12 @@ pub struct AgentConfig {
     /// Cached objects nobody read for this long are deleted (`--cache-max-age`); zero keeps
     /// them until the quota needs the room.
     pub cache_max_age: Duration,
+    /// Client connections the mirror holds open at most (`--max-connections`); at the cap the
+    /// oldest is asked to close ([`listen`]).
+    pub max_connections: usize,
+    /// The same for the admin port and, separately, the control socket
+    /// (`--max-admin-connections`).
+    pub max_admin_connections: usize,
 }
 
 /// Default [`AgentConfig::cache_max_age`]: a month without a pull on this node.
@@ -80,6 +89,8 @@ impl Default for AgentConfig {
             p2p: P2pConfig::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             cache_max_age: DEFAULT_CACHE_MAX_AGE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_admin_connections: DEFAULT_MAX_ADMIN_CONNECTIONS,
         }
     }
 }
@@ -105,6 +116,8 @@ pub(crate) struct Ctx {
     draining: tokio::sync::watch::Sender<bool>,
     /// Client connections open now.
     clients: tokio::sync::watch::Sender<usize>,
+    /// The doctor's last answer, reused briefly ([`doctor::Cache`]).
+    doctor: doctor::Cache,
 }
 
 /// A running agent's handle; cheap to clone.
@@ -182,6 +195,7 @@ impl Agent {
                 stopping: tokio::sync::watch::channel(false).0,
                 draining: tokio::sync::watch::channel(false).0,
                 clients: tokio::sync::watch::channel(0).0,
+                doctor: doctor::Cache::default(),
                 private: private::Private::load(store.root()),
                 cfg,
                 store,
@@ -253,9 +267,15 @@ impl Agent {
         preheat::start(self.ctx.clone(), spec)
     }
 
-    /// What this node is doing, for `pollen status`.
+    /// What this node is doing, for `pollen status` (the control socket's `/status`).
     pub async fn status(&self) -> Status {
-        status::collect(&self.ctx).await
+        status::collect(&self.ctx, true).await
+    }
+
+    /// [`Agent::status`] without the digests of private content: the admin port's `/status`,
+    /// which anyone reaching the node's IP may read.
+    pub async fn public_status(&self) -> Status {
+        status::collect(&self.ctx, false).await
     }
 
     /// `/readyz`: serving, and the cache's disk not full (a miss could not be stored, so it
@@ -281,6 +301,7 @@ impl Agent {
     pub fn reload(&self, cfg: AgentConfig) -> Result<(), AgentError> {
         let fresh = Upstream::new(cfg.upstream).map_err(|e| AgentError::Tls(e.to_string()))?;
         *self.ctx.upstream.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        self.ctx.doctor.invalidate();
         if let Some(p2p) = &self.ctx.p2p {
             p2p.uploads.rate().set_rate(cfg.p2p.upload_limit);
             p2p.downloads.set_rate(cfg.p2p.download_limit);
@@ -289,8 +310,10 @@ impl Agent {
     }
 
     /// The agent's health checks (upstreams, cache disk, peers, trackers) for `pollen doctor`.
+    /// Costs a request to every upstream mirror and tracker, so the answer is reused for
+    /// [`doctor::CACHE_TTL`] and concurrent callers share one run.
     pub async fn doctor(&self) -> Vec<doctor::Check> {
-        doctor::run(&self.ctx).await
+        self.ctx.doctor.get(&self.ctx).await
     }
 
     /// Brings the gauges and counters kept elsewhere (upload limits, bans, the swarm) into

@@ -375,17 +375,35 @@ pub(crate) async fn serve_loop(ctx: Arc<Ctx>) {
             return;
         }
     };
+    let per_peer = crate::confine::PerPeer::new(crate::confine::MAX_PREHEATS_PER_PEER);
     while let Some((peer, stream)) = incoming.next().await {
         let ctx = ctx.clone();
+        let ticket = per_peer.enter(peer);
         tokio::spawn(async move {
-            if let Err(e) = serve_one(&ctx, stream).await {
+            let Some(_ticket) = ticket else {
+                debug!(%peer, "refusing a preheat: this peer has too many running here");
+                let (_, mut w) = tokio::io::split(stream.compat());
+                let busy = PreheatReply::Done {
+                    ok: false,
+                    message: "busy: too many preheats from this peer".into(),
+                };
+                let _ = timeout(SILENCE, write_preheat_reply(&mut w, &busy)).await;
+                return;
+            };
+            if let Err(e) = serve_one(&ctx, peer, stream).await {
                 debug!(%peer, error = %e, "preheat request failed");
             }
         });
     }
 }
 
-async fn serve_one(ctx: &Arc<Ctx>, stream: pollen_swarm::Stream) -> Result<(), String> {
+/// One peer's preheat request: only for a registry in this node's configuration, and the
+/// peer learns only whether it worked (the cause stays in this node's log).
+async fn serve_one(
+    ctx: &Arc<Ctx>,
+    peer: PeerId,
+    stream: pollen_swarm::Stream,
+) -> Result<(), String> {
     let (mut r, mut w) = tokio::io::split(stream.compat());
     let req = timeout(SILENCE, read_preheat_request(&mut r))
         .await
@@ -398,9 +416,12 @@ async fn serve_one(ctx: &Arc<Ctx>, stream: pollen_swarm::Stream) -> Result<(), S
         digest,
     } = req;
     let result = async {
-        let name = pollen_oci::Name::parse(&name).map_err(|e| e.to_string())?;
-        let route = Route::resolve(ctx.upstream().config(), registry.as_deref(), &name)
-            .map_err(|e| e.to_string())?;
+        let Some(route) =
+            crate::confine::peer_route(ctx.upstream().config(), registry.as_deref(), &name)
+        else {
+            warn!(%peer, registry = ?registry, "refusing a peer's preheat for a registry not configured here");
+            return Err(crate::confine::REFUSED.to_string());
+        };
         let (rx, _) = blobs::open(ctx, route, digest, None);
         let w = tokio::sync::Mutex::new(&mut w);
         follow(rx, |have, size| {
@@ -414,14 +435,15 @@ async fn serve_one(ctx: &Arc<Ctx>, stream: pollen_swarm::Stream) -> Result<(), S
             }
         })
         .await
+        .map_err(|e| {
+            warn!(%peer, %digest, error = %e, "a peer's preheat failed here");
+            crate::confine::FAILED.to_string()
+        })
     }
     .await;
     let done = PreheatReply::Done {
         ok: result.is_ok(),
-        message: result
-            .err()
-            .map(|m| m.chars().take(400).collect())
-            .unwrap_or_default(),
+        message: result.err().unwrap_or_default(),
     };
     timeout(SILENCE, write_preheat_reply(&mut w, &done))
         .await

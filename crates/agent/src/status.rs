@@ -66,7 +66,9 @@ pub struct BlobStatus {
     pub bytes_from_upstream: u64,
 }
 
-pub(crate) async fn collect(ctx: &Ctx) -> Status {
+/// The node's status; without `full`, the digests of private content (fetched with a
+/// client's own credentials) are left out, for readers that are not the node's operator.
+pub(crate) async fn collect(ctx: &Ctx, full: bool) -> Status {
     let usage = ctx.store.usage();
     let mut s = Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -80,6 +82,7 @@ pub(crate) async fn collect(ctx: &Ctx) -> Status {
     s.blobs_in_flight = ctx
         .blobs
         .iter()
+        .filter(|e| full || !ctx.private.contains(e.key()))
         .map(|e| {
             let share = e.value().share();
             let (size, pieces, present) = match &share {
@@ -114,6 +117,7 @@ pub(crate) async fn collect(ctx: &Ctx) -> Status {
             s.tracked_blobs = t
                 .summary()
                 .into_iter()
+                .filter(|b| full || !ctx.private.contains(&b.digest))
                 .map(|b| TrackedBlob {
                     digest: b.digest.to_string(),
                     members: b.members,

@@ -17,6 +17,11 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:65001";
 /// Prometheus metrics, `/status` (what `pollen status` reads), `/healthz`, `/readyz`.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:65002";
+/// The control socket (preheat, doctor, the full status) when running as root; other users
+/// get `$XDG_RUNTIME_DIR/pollen/control.sock`. Only its owner may connect (mode 0600).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/pollen/control.sock";
+/// `--control-socket off`: no control socket (preheat and doctor are then unavailable).
+pub const CONTROL_SOCKET_OFF: &str = "off";
 /// The data dir when running as root; other users get `~/.local/share/pollen`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/pollen";
 /// Docker Hub, which Docker Engine means when it sends no `ns`.
@@ -74,6 +79,15 @@ pub struct AgentArgs {
     /// Address for /metrics, /status (read by `pollen status`), /healthz and /readyz [default: 127.0.0.1:65002]
     #[arg(long, env = "POLLEN_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Unix socket for `pollen status`, `pollen preheat` and `pollen doctor`: the full status, preheats and health checks, for the socket's owner only (mode 0600); `off` for none [default: /run/pollen/control.sock as root, else $XDG_RUNTIME_DIR/pollen/control.sock]
+    #[arg(long, env = "POLLEN_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Client connections the mirror keeps open at most; at the cap the oldest is asked to close [default: 1024]
+    #[arg(long, env = "POLLEN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections the admin port (--metrics-listen) keeps open at most, and the control socket as many [default: 64]
+    #[arg(long, env = "POLLEN_MAX_ADMIN_CONNECTIONS", value_name = "N")]
+    pub max_admin_connections: Option<usize>,
     /// Log line format [default: text]
     #[arg(long, env = "POLLEN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -185,6 +199,9 @@ pub struct FileConfig {
     registries: HashMap<String, OneOrMany>,
     cache_size: Option<Size>,
     metrics_listen: Option<SocketAddr>,
+    control_socket: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_admin_connections: Option<usize>,
     log_format: Option<LogFormat>,
     tag_ttl: Option<String>,
     drain_timeout: Option<String>,
@@ -278,6 +295,8 @@ struct FileCredentials {
 pub struct Settings {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// `None`: no control socket (`--control-socket off`, or no default for this user).
+    pub control_socket: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub cache_size: u64,
     pub log_format: LogFormat,
@@ -477,6 +496,11 @@ impl Settings {
         Ok(Settings {
             listen,
             metrics_listen,
+            control_socket: match args.control_socket.or(file.control_socket) {
+                Some(p) if p.as_os_str() == CONTROL_SOCKET_OFF => None,
+                Some(p) => Some(p),
+                None => default_control_socket(),
+            },
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -489,6 +513,14 @@ impl Settings {
                 p2p,
                 drain_timeout,
                 cache_max_age,
+                max_connections: args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(pollen_agent::DEFAULT_MAX_CONNECTIONS),
+                max_admin_connections: args
+                    .max_admin_connections
+                    .or(file.max_admin_connections)
+                    .unwrap_or(pollen_agent::DEFAULT_MAX_ADMIN_CONNECTIONS),
                 ..Default::default()
             },
             swarm,
@@ -552,14 +584,28 @@ pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigErro
         .map_err(|e| invalid(key, format!("{s:?} is not a duration like 30s or 5m: {e}")))
 }
 
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// The control socket when none is given: the system path for root, the user's runtime dir
+/// otherwise; `None` when there is no runtime dir (the agent then runs without one).
+pub fn default_control_socket() -> Option<PathBuf> {
+    if is_root() {
+        return Some(PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("pollen/control.sock"))
+}
+
 /// Where the cache goes when no data dir is given: the system path for root, the user's data
 /// dir otherwise, so `pollen agent` with no flags starts for anyone.
 pub fn default_data_dir() -> PathBuf {
-    let is_root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    });
-    if is_root {
+    if is_root() {
         return PathBuf::from(DEFAULT_DATA_DIR);
     }
     std::env::var_os("XDG_DATA_HOME")

@@ -1,6 +1,6 @@
 //! `pollen doctor`: everything that decides whether pulls on this node go through Pollen and
 //! work, in one table with a verdict per line; exits 1 when something is broken. The agent's
-//! own checks come from its admin endpoint (`/doctor`); the runtimes' configuration files are
+//! own checks come from its control socket (`/doctor`); the runtimes' configuration files are
 //! read here, on the host.
 
 use crate::runtime::DEFAULT_AGENT;
@@ -12,9 +12,9 @@ use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
-    /// The agent's admin endpoint: its --metrics-listen address, HOST:PORT [default: 127.0.0.1:65002]
-    #[arg(long, env = "POLLEN_ADMIN", value_name = "ADDR")]
-    admin: Option<String>,
+    /// The agent's control socket [default: /run/pollen/control.sock as root, else $XDG_RUNTIME_DIR/pollen/control.sock]
+    #[arg(long, env = "POLLEN_CONTROL_SOCKET", value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// The agent's address as the runtimes are configured to reach it [default: http://127.0.0.1:65001]
     #[arg(long, value_name = "URL", default_value = DEFAULT_AGENT, hide_default_value = true)]
     agent: String,
@@ -51,7 +51,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (addr, runtime) = match client_setup(args.admin.as_deref()) {
+    let (addr, runtime) = match client_setup(None, args.control_socket.as_deref()) {
         Ok(x) => x,
         Err(code) => return code,
     };

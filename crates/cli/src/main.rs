@@ -1,6 +1,7 @@
 //! `pollen`: the peer-to-peer distribution agent for container image layers.
 
 mod config;
+mod control;
 mod demo;
 mod doctor;
 mod preheat;
@@ -43,9 +44,9 @@ enum Command {
         after_help = "Examples:\n  pollen agent --swarm-key /etc/pollen/swarm.key\n  pollen agent --swarm-key /etc/pollen/swarm.key --registry ghcr.io=https://ghcr.io --cache-size 50GiB\n  pollen agent --swarm-key /etc/pollen/swarm.key --bootstrap dns:pollen.kube-system.svc.cluster.local:65003 --upload-limit 100MiB\n  pollen agent --p2p false    # a single-node mirror, no peers\n  pollen agent --swarm-key /etc/pollen/swarm.key --tracker true --seed true --zone eu-west-1a --label team=storage\n  pollen agent --p2p false --upstream http://127.0.0.1:5000 --registry 127.0.0.1:5000=http://127.0.0.1:5000\n\nWith peer-to-peer on, every agent of a cluster needs the same swarm key (`pollen swarm-key`);\nwithout one the swarm listens on loopback only.\n\nEvery flag is also a config-file key (--cache-size -> cache_size) and an environment\nvariable (POLLEN_CACHE_SIZE). Flags win over the environment, which wins over the file."
     )]
     Agent(Box<AgentArgs>),
-    /// Show a running agent's peers, transfers and cache (asks its admin endpoint)
+    /// Show a running agent's peers, transfers and cache (asks its control socket, or with --admin its admin port)
     #[command(
-        after_help = "Examples:\n  pollen status\n  pollen status --admin 10.0.0.7:65002\n  pollen status --json | jq .peers\n\nRates are measured over one second between two samples."
+        after_help = "Examples:\n  pollen status\n  pollen status --admin 10.0.0.7:65002    # another node's, read-only\n  pollen status --json | jq .peers\n\nRates are measured over one second between two samples."
     )]
     Status(status::StatusArgs),
     /// Fetch an image's blobs into the cluster before a rollout (on the seeds, or every agent)
@@ -68,7 +69,7 @@ enum Command {
     /// Check everything that decides whether this node's pulls go through Pollen and work:
     /// the agent, its upstreams, the cache disk, peers, trackers, the runtimes' configuration
     #[command(
-        after_help = "Examples:\n  pollen doctor\n  pollen doctor --admin 10.0.0.7:65002 --json\n\nExits 1 when a line says FAIL; WARN lines work but deserve a look."
+        after_help = "Examples:\n  pollen doctor\n  pollen doctor --control-socket /run/pollen/control.sock --json\n\nExits 1 when a line says FAIL; WARN lines work but deserve a look."
     )]
     Doctor(doctor::DoctorArgs),
     /// Point containerd (Kubernetes) at the local agent: hosts.toml files, kept originals,
@@ -173,6 +174,14 @@ async fn agent(s: Settings, args: &AgentArgs) -> Result<(), String> {
         "pollen agent serving"
     );
     tokio::spawn(pollen_agent::serve_admin(agent.clone(), admin));
+    match &s.control_socket {
+        Some(path) => {
+            let control = control::bind(path)?;
+            info!(control_socket = %path.display(), "preheat, doctor and the full status on the control socket");
+            tokio::spawn(pollen_agent::serve_control(agent.clone(), control));
+        }
+        None => warn!("no control socket (--control-socket off, or no $XDG_RUNTIME_DIR): `pollen preheat` and `pollen doctor` cannot reach this agent"),
+    }
     let serve = agent.serve(listener);
     tokio::pin!(serve);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -207,6 +216,9 @@ async fn agent(s: Settings, args: &AgentArgs) -> Result<(), String> {
         Ok(()) if node.is_some() => info!("left the swarm"),
         Ok(()) => {}
         Err(_) => warn!(after = ?bound, "stopping timed out"),
+    }
+    if let Some(path) = &s.control_socket {
+        control::remove(path);
     }
     Ok(())
 }

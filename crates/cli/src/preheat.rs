@@ -1,7 +1,7 @@
-//! `pollen preheat`: asks the local agent (its admin endpoint) to have the seeds, or every
+//! `pollen preheat`: asks the local agent (over its control socket) to have the seeds, or every
 //! agent, fetch an image's blobs before a rollout, and shows the progress as it comes.
 
-use crate::status::{client_setup, human};
+use crate::status::{client_setup, human, Endpoint};
 use clap::Args;
 use pollen_agent::PreheatEvent;
 use std::collections::BTreeMap;
@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest the agent may go without a word (it reports every blob twice a second).
 const SILENCE: Duration = Duration::from_secs(180);
 /// Longest line read from the agent.
@@ -29,17 +28,17 @@ pub struct PreheatArgs {
     /// Have every agent fetch the blobs, not only the seeds
     #[arg(long)]
     pub all_nodes: bool,
-    /// The local agent's admin endpoint (its --metrics-listen) [default: 127.0.0.1:65002]
-    #[arg(long, env = "POLLEN_ADMIN", value_name = "ADDR")]
-    pub admin: Option<String>,
+    /// The local agent's control socket [default: /run/pollen/control.sock as root, else $XDG_RUNTIME_DIR/pollen/control.sock]
+    #[arg(long, env = "POLLEN_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: PreheatArgs) -> ExitCode {
-    let (addr, runtime) = match client_setup(args.admin.as_deref()) {
+    let (endpoint, runtime) = match client_setup(None, args.control_socket.as_deref()) {
         Ok(setup) => setup,
         Err(code) => return code,
     };
-    match runtime.block_on(preheat(&addr, &args)) {
+    match runtime.block_on(preheat(&endpoint, &args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(msg) => {
@@ -64,17 +63,15 @@ pub fn query(args: &PreheatArgs) -> String {
     q
 }
 
-async fn preheat(addr: &str, args: &PreheatArgs) -> Result<bool, String> {
+async fn preheat(endpoint: &Endpoint, args: &PreheatArgs) -> Result<bool, String> {
     let unreachable = |e: String| {
-        format!("cannot reach the agent's admin endpoint at {addr} ({e}); is `pollen agent` running? pass --admin ADDR")
+        format!("cannot reach the agent at {endpoint} ({e}); is `pollen agent` running, and are you its user? pass --control-socket PATH")
     };
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let mut stream = endpoint.connect().await?;
     let request = format!(
-        "POST /preheat?{} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n",
-        query(args)
+        "POST /preheat?{} HTTP/1.0\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+        query(args),
+        endpoint.host()
     );
     stream
         .write_all(request.as_bytes())
@@ -236,7 +233,7 @@ mod tests {
             image: "ghcr.io/org/app:v1".into(),
             platforms: vec!["linux/arm64/v8".into()],
             all_nodes: true,
-            admin: None,
+            control_socket: None,
         };
         assert_eq!(
             query(&args),

@@ -5,11 +5,12 @@ use clap::Args;
 use pollen_agent::{BlobStatus, Status, TrackedBlob};
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Where a bare `pollen status` looks: the agent's default `--metrics-listen`.
+/// Where `--admin` points when given without a port: the agent's default `--metrics-listen`.
 pub const DEFAULT_ADMIN: &str = crate::config::DEFAULT_METRICS_LISTEN;
 /// Connecting to the admin endpoint; it is local or on the cluster network, so this is long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,7 +29,10 @@ const MAX_LISTED_TRACKED: usize = 20;
 /// `pollen status` flags.
 #[derive(Args, Debug, Default)]
 pub struct StatusArgs {
-    /// The agent's admin endpoint: its --metrics-listen address, HOST:PORT [default: 127.0.0.1:65002]
+    /// The agent's control socket (the full status) [default: /run/pollen/control.sock as root, else $XDG_RUNTIME_DIR/pollen/control.sock]
+    #[arg(long, env = "POLLEN_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Read an agent's admin port instead (its --metrics-listen, HOST:PORT, e.g. another node's): the read-only status, without private content [default: the control socket]
     #[arg(long, env = "POLLEN_ADMIN", value_name = "ADDR")]
     pub admin: Option<String>,
     /// Print the agent's /status JSON (the second sample) as it answered, instead of the report
@@ -36,11 +40,91 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// What a command that talks to an agent's admin endpoint starts with: the address (from
-/// `--admin`, checked) and a single-threaded runtime; or the exit code, the reason printed.
-pub fn client_setup(admin: Option<&str>) -> Result<(String, tokio::runtime::Runtime), ExitCode> {
-    let addr = admin_addr(admin.unwrap_or(DEFAULT_ADMIN)).map_err(|msg| {
-        eprintln!("pollen: invalid --admin: {msg}");
+/// Where a command reaches the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The control socket: every endpoint.
+    Socket(PathBuf),
+    /// An admin port (`--metrics-listen`): the read-only ones.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Socket(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+impl Endpoint {
+    /// `--admin ADDR` if given, else the control socket (`--control-socket`, or its default).
+    pub fn choose(admin: Option<&str>, socket: Option<&Path>) -> Result<Endpoint, String> {
+        if let Some(a) = admin {
+            return admin_addr(a)
+                .map(Endpoint::Tcp)
+                .map_err(|m| format!("invalid --admin: {m}"));
+        }
+        socket
+            .map(Path::to_path_buf)
+            .or_else(crate::config::default_control_socket)
+            .map(Endpoint::Socket)
+            .ok_or_else(|| "no control socket: $XDG_RUNTIME_DIR is not set; pass --control-socket PATH (the agent's)".to_string())
+    }
+
+    /// What to add to an error so the user knows what to fix.
+    fn hint(&self) -> &'static str {
+        match self {
+            Endpoint::Socket(_) => "is `pollen agent` running, and are you its user (root for the default socket)? pass --control-socket PATH with the agent's",
+            Endpoint::Tcp(_) => "is `pollen agent` running? pass --admin ADDR with its --metrics-listen address",
+        }
+    }
+
+    /// A connection to the agent, within [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self) -> Result<Box<dyn Io>, String> {
+        let unreachable =
+            |why: String| format!("cannot reach the agent at {self}: {why} ({})", self.hint());
+        let connected: std::io::Result<Box<dyn Io>> =
+            match tokio::time::timeout(CONNECT_TIMEOUT, async {
+                match self {
+                    Endpoint::Socket(p) => tokio::net::UnixStream::connect(p)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Io>),
+                    Endpoint::Tcp(a) => tokio::net::TcpStream::connect(a)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Io>),
+                }
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            };
+        connected.map_err(|e| unreachable(e.to_string()))
+    }
+
+    /// The `Host` header's value.
+    pub fn host(&self) -> &str {
+        match self {
+            Endpoint::Socket(_) => "localhost",
+            Endpoint::Tcp(a) => a,
+        }
+    }
+}
+
+/// A connection to the agent, over TCP or the control socket.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// What a command that talks to the agent starts with: where (checked) and a
+/// single-threaded runtime; or the exit code, the reason printed.
+pub fn client_setup(
+    admin: Option<&str>,
+    socket: Option<&Path>,
+) -> Result<(Endpoint, tokio::runtime::Runtime), ExitCode> {
+    let endpoint = Endpoint::choose(admin, socket).map_err(|msg| {
+        eprintln!("pollen: {msg}");
         ExitCode::from(2)
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -50,15 +134,17 @@ pub fn client_setup(admin: Option<&str>) -> Result<(String, tokio::runtime::Runt
             eprintln!("pollen: cannot start the async runtime: {e}");
             ExitCode::FAILURE
         })?;
-    Ok((addr, runtime))
+    Ok((endpoint, runtime))
 }
 
 pub fn run(args: StatusArgs) -> ExitCode {
-    let (addr, runtime) = match client_setup(args.admin.as_deref()) {
-        Ok(setup) => setup,
-        Err(code) => return code,
-    };
-    let samples = match runtime.block_on(sample_twice(&addr)) {
+    let (endpoint, runtime) =
+        match client_setup(args.admin.as_deref(), args.control_socket.as_deref()) {
+            Ok(setup) => setup,
+            Err(code) => return code,
+        };
+    let addr = endpoint.to_string();
+    let samples = match runtime.block_on(sample_twice(&endpoint)) {
         Ok(s) => s,
         Err(msg) => {
             eprintln!("pollen: {msg}");
@@ -103,11 +189,12 @@ struct Samples {
     elapsed: Duration,
 }
 
-async fn sample_twice(addr: &str) -> Result<Samples, String> {
-    let first = parse_status(addr, &get_status(addr).await?)?;
+async fn sample_twice(endpoint: &Endpoint) -> Result<Samples, String> {
+    let addr = &endpoint.to_string();
+    let first = parse_status(addr, &get_status(endpoint).await?)?;
     let t0 = Instant::now();
     tokio::time::sleep(SAMPLE_INTERVAL).await;
-    let raw = get_status(addr).await?;
+    let raw = get_status(endpoint).await?;
     let elapsed = t0.elapsed();
     let second = parse_status(addr, &raw)?;
     Ok(Samples {
@@ -126,23 +213,23 @@ fn parse_status(addr: &str, body: &str) -> Result<Status, String> {
 
 /// `GET /status` over HTTP/1.0 (the server closes the connection after the answer, so the
 /// body is everything until EOF); every wait bounded.
-async fn get_status(addr: &str) -> Result<String, String> {
-    admin_get(addr, "/status").await
+async fn get_status(endpoint: &Endpoint) -> Result<String, String> {
+    admin_get(endpoint, "/status").await
 }
 
-/// `GET path` from the agent's admin endpoint; the body of a `200`.
-pub async fn admin_get(addr: &str, path: &str) -> Result<String, String> {
+/// `GET path` from the agent; the body of a `200`.
+pub async fn admin_get(endpoint: &Endpoint, path: &str) -> Result<String, String> {
+    let addr = endpoint.to_string();
     let unreachable = |why: String| {
-        format!("cannot reach the agent's admin endpoint at {addr}: {why} (is `pollen agent` running? pass --admin ADDR with its --metrics-listen address)")
+        format!(
+            "cannot reach the agent at {addr}: {why} ({})",
+            endpoint.hint()
+        )
     };
-    let mut stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
-        };
+    let mut stream = endpoint.connect().await?;
     let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\nUser-Agent: pollen/{}\r\n\r\n",
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: pollen/{}\r\n\r\n",
+        endpoint.host(),
         env!("CARGO_PKG_VERSION")
     );
     let exchange = async {
@@ -169,7 +256,7 @@ pub async fn admin_get(addr: &str, path: &str) -> Result<String, String> {
             MAX_RESPONSE >> 20
         ));
     }
-    parse_response(addr, &raw)
+    parse_response(&addr, &raw)
 }
 
 /// The body of a complete `200` answer.

@@ -242,9 +242,16 @@ async fn unreachable_agent_is_explained() {
         .local_addr()
         .unwrap()
         .port();
-    let err = get_status(&format!("127.0.0.1:{port}")).await.unwrap_err();
+    let err = get_status(&Endpoint::Tcp(format!("127.0.0.1:{port}")))
+        .await
+        .unwrap_err();
     assert!(
         err.contains("is `pollen agent` running? pass --admin ADDR"),
         "{err}"
     );
+    let dir = tempfile::tempdir().unwrap();
+    let err = get_status(&Endpoint::Socket(dir.path().join("none.sock")))
+        .await
+        .unwrap_err();
+    assert!(err.contains("pass --control-socket PATH"), "{err}");
 }

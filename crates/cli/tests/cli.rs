@@ -20,6 +20,12 @@ fn pollen() -> Command {
             c.env_remove(k);
         }
     }
+    // Each agent its own control socket (the default, /run/pollen/control.sock as root, is
+    // one per host and a second agent refuses to take it over).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pollen-cli-test-{}-{n}", std::process::id()));
+    c.env("POLLEN_CONTROL_SOCKET", dir.join("control.sock"));
     c
 }
 
@@ -107,7 +113,12 @@ fn help_reads_well() {
         .collect::<Vec<_>>()
         .join(" ");
     assert!(out.status.success());
-    for flag in ["--admin", "--json", "[default: 127.0.0.1:65002]"] {
+    for flag in [
+        "--admin",
+        "--control-socket",
+        "--json",
+        "[default: /run/pollen/control.sock as root",
+    ] {
         assert!(text.contains(flag), "status --help lacks {flag}");
     }
 }
@@ -382,6 +393,8 @@ struct Agent {
     metrics: u16,
     /// The admin address, `IP:PORT` or `[IPv6]:PORT`.
     admin: String,
+    /// The control socket (preheat, doctor, the full status).
+    socket: std::path::PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -416,6 +429,8 @@ impl Agent {
             .args(["--metrics-listen", &at(metrics)])
             .arg("--data-dir")
             .arg(dir)
+            .arg("--control-socket")
+            .arg(dir.join("control.sock"))
             .args(extra)
             .stderr(Stdio::null())
             .spawn()
@@ -434,12 +449,17 @@ impl Agent {
             port,
             metrics,
             admin: at(metrics),
+            socket: dir.join("control.sock"),
             _dir: None,
         }
     }
 
     fn admin(&self) -> String {
         self.admin.clone()
+    }
+
+    fn socket(&self) -> String {
+        self.socket.display().to_string()
     }
 
     fn status(&self, json: bool) -> Output {
@@ -636,7 +656,7 @@ fn preheat_reports_an_image_it_cannot_resolve_and_exits_non_zero() {
     ]);
     let out = pollen()
         .args(["preheat", &format!("127.0.0.1:{dead}/app:v1")])
-        .args(["--admin", &agent.admin()])
+        .args(["--control-socket", &agent.socket()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -644,7 +664,12 @@ fn preheat_reports_an_image_it_cannot_resolve_and_exits_non_zero() {
     assert!(err.contains("preheat failed: resolving v1"), "{err}");
 
     let out = pollen()
-        .args(["preheat", "Not An Image", "--admin", &agent.admin()])
+        .args([
+            "preheat",
+            "Not An Image",
+            "--control-socket",
+            &agent.socket(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -660,7 +685,7 @@ fn sighup_reloads_the_upstreams_from_the_config_file() {
     // `pollen doctor --json`: the dead mirror makes it exit 1; its lines are what matters.
     let doctor = || {
         let out = pollen()
-            .args(["doctor", "--json", "--admin", &agent.admin()])
+            .args(["doctor", "--json", "--control-socket", &agent.socket()])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()

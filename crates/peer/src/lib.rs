@@ -51,8 +51,10 @@ pub use config::{
     SessionConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_SLOT_TIMEOUT, DEFAULT_STALL_TIMEOUT,
 };
 pub use error::SessionError;
-pub use limits::{RateLimiter, UploadLimits, DEFAULT_MAX_UPLOAD_SESSIONS};
-pub use serve::{serve, ServeEnd, ServeSummary};
+pub use limits::{
+    PeerKey, RateLimiter, UploadLimits, DEFAULT_MAX_UPLOAD_SESSIONS, PEER_SHARE_DIVISOR,
+};
+pub use serve::{serve, serve_peer, ServeEnd, ServeSummary};
 pub use session::{Event, Have, RequestError, Session};
 pub use source::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState};
 pub use spread::Spread;

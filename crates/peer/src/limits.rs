@@ -14,10 +14,11 @@
 //! bytes are "in debt". Grants are reserved in arrival order, so concurrent sessions share the
 //! rate fairly chunk by chunk, and it uses `tokio::time` so tests run it on a paused clock.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Default cap on sessions being served at once (see [`UploadLimits::default`]).
@@ -40,9 +41,25 @@ const BURST: Duration = Duration::from_millis(50);
 /// to the upstream after `peer_stall`).
 pub const WAITING_PER_SLOT: usize = 4;
 
+/// A peer's fair share of the upload slots: at most this fraction of them (rounded up, at
+/// least one) are held by sessions of one peer at once, so a peer that opens many sessions
+/// leaves room for the others (with the default 8 slots: 4 per peer). Its further sessions wait
+/// (choked) behind the other peers' sessions until one of its own ends.
+pub const PEER_SHARE_DIVISOR: usize = 2;
+
+/// Who a session serves, for the per-peer share of the slots (the agent passes the PeerId's
+/// bytes); sessions without one are not counted per peer.
+pub type PeerKey = Vec<u8>;
+
 /// Limits and counters shared by all uploader sessions of a node (hold it in an `Arc`).
 pub struct UploadLimits {
     slots: Arc<Semaphore>,
+    /// Slots at most one peer holds ([`PEER_SHARE_DIVISOR`]).
+    per_peer: usize,
+    /// Slots held per peer now.
+    held: Mutex<HashMap<PeerKey, usize>>,
+    /// Told whenever a peer's slot is released, for that peer's waiting sessions.
+    released: Notify,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
     rate: RateLimiter,
@@ -57,6 +74,9 @@ impl UploadLimits {
     pub fn new(max_sessions: usize, bytes_per_sec: u64) -> UploadLimits {
         UploadLimits {
             slots: Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS))),
+            per_peer: max_sessions.div_ceil(PEER_SHARE_DIVISOR).max(1),
+            held: Mutex::new(HashMap::new()),
+            released: Notify::new(),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: max_sessions.saturating_mul(WAITING_PER_SLOT),
             rate: RateLimiter::new(bytes_per_sec),
@@ -82,18 +102,69 @@ impl UploadLimits {
         self.pieces_sent.load(Ordering::Relaxed)
     }
 
-    /// A free slot, now, or `None`.
-    pub(crate) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
+    /// Sets the most slots one peer may hold at once (at least one).
+    pub fn with_max_per_peer(mut self, per_peer: usize) -> UploadLimits {
+        self.per_peer = per_peer.max(1);
+        self
     }
 
-    /// Waits (FIFO) for a slot; `None` if the limits were torn down.
-    pub(crate) async fn wait_slot(slots: Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
-        slots.acquire_owned().await.ok()
+    fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<PeerKey, usize>> {
+        // Poisoned only by a panic elsewhere mid-update of a counter; the map stays usable.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn slots(&self) -> Arc<Semaphore> {
-        self.slots.clone()
+    /// Counts a slot for `who` if it is under its share; false (nothing counted) otherwise.
+    fn take_share(&self, who: Option<&PeerKey>) -> bool {
+        let Some(who) = who else { return true };
+        let mut held = self.held_map();
+        let n = held.entry(who.clone()).or_insert(0);
+        if *n >= self.per_peer {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn under_share(&self, who: Option<&PeerKey>) -> bool {
+        who.is_none_or(|w| self.held_map().get(w).copied().unwrap_or(0) < self.per_peer)
+    }
+
+    /// A free slot for `who`, now, or `None` (none free, or `who` holds its share).
+    pub(crate) fn try_slot(self: &Arc<Self>, who: Option<&PeerKey>) -> Option<SlotPermit> {
+        if !self.under_share(who) {
+            return None;
+        }
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        self.take_share(who).then(|| SlotPermit {
+            _permit: permit,
+            who: who.cloned(),
+            limits: self.clone(),
+        })
+    }
+
+    /// Waits for a slot for `who`: while `who` holds its share it waits for one of its own to
+    /// end (so the other peers' sessions go first), then for a free slot (FIFO); `None` if the
+    /// limits were torn down.
+    pub(crate) async fn wait_slot(self: Arc<Self>, who: Option<PeerKey>) -> Option<SlotPermit> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.under_share(who.as_ref()) {
+                released.await;
+                continue;
+            }
+            let permit = self.slots.clone().acquire_owned().await.ok()?;
+            if self.take_share(who.as_ref()) {
+                return Some(SlotPermit {
+                    _permit: permit,
+                    who,
+                    limits: self.clone(),
+                });
+            }
+            // Another session of the same peer took its last share meanwhile: the slot goes
+            // back to the queue, and this one waits again.
+        }
     }
 
     /// A place in the queue of sessions waiting for a slot, if the queue is not full.
@@ -128,6 +199,28 @@ impl Default for UploadLimits {
     /// [`DEFAULT_MAX_UPLOAD_SESSIONS`] slots, no rate limit.
     fn default() -> UploadLimits {
         UploadLimits::new(DEFAULT_MAX_UPLOAD_SESSIONS, 0)
+    }
+}
+
+/// An upload slot, counted against its peer's share until dropped.
+pub(crate) struct SlotPermit {
+    _permit: OwnedSemaphorePermit,
+    who: Option<PeerKey>,
+    limits: Arc<UploadLimits>,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        if let Some(who) = &self.who {
+            let mut held = self.limits.held_map();
+            if let Some(n) = held.get_mut(who) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(who);
+                }
+            }
+        }
+        self.limits.released.notify_waiters();
     }
 }
 
@@ -287,6 +380,29 @@ mod tests {
         assert!(limits.enter_queue().is_none());
         drop(a);
         assert!(limits.enter_queue().is_some());
-        assert!(limits.try_slot().is_some());
+        assert!(Arc::new(limits).try_slot(None).is_some());
+    }
+
+    #[tokio::test]
+    async fn one_peer_holds_at_most_its_share() {
+        let limits = Arc::new(UploadLimits::new(4, 0));
+        let (a, b) = (b"a".to_vec(), b"b".to_vec());
+        let a1 = limits.try_slot(Some(&a)).unwrap();
+        let _a2 = limits.try_slot(Some(&a)).unwrap();
+        assert!(
+            limits.try_slot(Some(&a)).is_none(),
+            "a holds its share (2 of 4)"
+        );
+        let waiting = tokio::spawn(limits.clone().wait_slot(Some(a.clone())));
+        let _b1 = limits.try_slot(Some(&b)).expect("b is served");
+        let _b2 = limits.try_slot(Some(&b)).expect("b is served");
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(a1);
+        let a3 = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(a3.is_some(), "a's waiting session gets the slot a freed");
     }
 }

@@ -31,7 +31,7 @@ mod uploader;
 
 use crate::config::{after, SessionConfig};
 use crate::error::SessionError;
-use crate::limits::UploadLimits;
+use crate::limits::{PeerKey, UploadLimits};
 use crate::source::PieceSource;
 use pollen_oci::Digest;
 use pollen_proto::{read_request, write_reply, ErrorCode, ProtoError, Reply, Request};
@@ -80,6 +80,21 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    serve_peer(stream, source, limits, cfg, None).await
+}
+
+/// [`serve`] for a known peer (`who`, e.g. its PeerId's bytes): its sessions together hold
+/// at most its share of the upload slots ([`crate::limits::PEER_SHARE_DIVISOR`]).
+pub async fn serve_peer<S>(
+    stream: S,
+    source: Arc<dyn PieceSource>,
+    limits: Arc<UploadLimits>,
+    cfg: &SessionConfig,
+    who: Option<PeerKey>,
+) -> Result<ServeSummary, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let (mut reader, mut writer) = tokio::io::split(stream);
     let first = timeout(cfg.stall_timeout, read_request(&mut reader))
         .await
@@ -110,7 +125,7 @@ where
         .await;
         return Ok(summary(ServeEnd::UnknownBlob));
     };
-    let slot = match limits.try_slot() {
+    let slot = match limits.try_slot(who.as_ref()) {
         Some(permit) => Slot::Held { _permit: permit },
         None => match limits.enter_queue() {
             Some(place) => Slot::Waiting {
@@ -129,7 +144,7 @@ where
             }
         },
     };
-    Uploader::new(summary(ServeEnd::Closed), view, limits, cfg, slot)
+    Uploader::new(summary(ServeEnd::Closed), view, limits, cfg, slot, who)
         .run(reader, writer)
         .await
 }

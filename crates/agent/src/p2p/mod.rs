@@ -204,11 +204,18 @@ pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
         }
     };
     let source: Arc<dyn pollen_peer::PieceSource> = Arc::new(StoreSource::new(&ctx));
+    let per_peer = crate::confine::PerPeer::new(crate::confine::MAX_SESSIONS_PER_PEER);
     while let Some((peer, stream)) = incoming.next().await {
         let (source, limits, cfg) = (source.clone(), p2p.uploads.clone(), p2p.cfg.session.clone());
+        let Some(ticket) = per_peer.enter(peer) else {
+            debug!(%peer, "closing a piece stream: this peer has too many sessions here");
+            continue;
+        };
         tokio::spawn(async move {
             use tokio_util::compat::FuturesAsyncReadCompatExt;
-            match pollen_peer::serve(stream.compat(), source, limits, &cfg).await {
+            let _ticket = ticket;
+            let who = Some(peer.to_bytes());
+            match pollen_peer::serve_peer(stream.compat(), source, limits, &cfg, who).await {
                 Ok(s) => {
                     debug!(%peer, digest = %s.digest, bytes = s.bytes_sent, end = ?s.end, "upload session ended")
                 }

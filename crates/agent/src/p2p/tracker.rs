@@ -535,15 +535,19 @@ impl pollen_tracker::Resolver for TagResolver {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Digest, String>> + Send + 'a>>
     {
         Box::pin(async move {
-            let ctx = self.0.upgrade().ok_or("the agent is stopping")?;
-            let name = pollen_oci::Name::parse(name).map_err(|e| e.to_string())?;
-            let route = pollen_upstream::Route::resolve(ctx.upstream().config(), registry, &name)
-                .map_err(|e| e.to_string())?;
+            let ctx = self.0.upgrade().ok_or(crate::confine::FAILED)?;
+            // A member names the registry: only one this node is configured for, and the
+            // member learns nothing of why a lookup failed (the cause is logged here).
+            let route = crate::confine::peer_route(ctx.upstream().config(), registry, name)
+                .ok_or(crate::confine::REFUSED)?;
             let reference = pollen_oci::Reference::Tag(tag.to_string());
             crate::manifests::get_with(&ctx, &route, &reference, None, false)
                 .await
                 .map(|m| m.digest)
-                .map_err(|e| format!("{e:?}"))
+                .map_err(|e| {
+                    debug!(registry = %route.registry, error = ?e, "resolving a tag for a member failed");
+                    crate::confine::FAILED.to_string()
+                })
         })
     }
 }

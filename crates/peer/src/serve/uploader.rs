@@ -7,7 +7,7 @@ use super::job::{self, JobError, PieceJob, Sent};
 use super::{ServeEnd, ServeSummary};
 use crate::config::{after, SessionConfig};
 use crate::error::SessionError;
-use crate::limits::{QueuePlace, UploadLimits};
+use crate::limits::{PeerKey, QueuePlace, SlotPermit, UploadLimits};
 use crate::source::{BlobView, PieceReader, PieceState};
 use crate::spread::Seat;
 use pollen_proto::{
@@ -18,7 +18,7 @@ use std::future::{pending, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::debug;
 
@@ -34,7 +34,7 @@ type NextRequest<S> = BoxFut<(ReadHalf<S>, Result<Option<Request>, ProtoError>)>
 /// when the slot changes or the session ends.
 pub(super) enum Slot {
     Held {
-        _permit: OwnedSemaphorePermit,
+        _permit: SlotPermit,
     },
     /// Waiting for a slot until `until`.
     Waiting {
@@ -68,6 +68,8 @@ pub(super) struct Uploader {
     reveal_at: Option<Instant>,
     reader: Arc<dyn PieceReader>,
     limits: Arc<UploadLimits>,
+    /// The peer served, for its share of the slots.
+    who: Option<PeerKey>,
     cfg: SessionConfig,
     /// `GetPiece`s accepted and not yet taken by a job, in arrival order.
     queue: VecDeque<u32>,
@@ -89,6 +91,7 @@ impl Uploader {
         limits: Arc<UploadLimits>,
         cfg: &SessionConfig,
         slot: Slot,
+        who: Option<PeerKey>,
     ) -> Uploader {
         let held = matches!(slot, Slot::Held { .. });
         Uploader {
@@ -100,6 +103,7 @@ impl Uploader {
             reveal_at: None,
             reader: view.reader,
             limits,
+            who,
             cfg: cfg.clone(),
             queue: VecDeque::new(),
             unchoked: held,
@@ -124,8 +128,11 @@ impl Uploader {
         let mut writer = Some(writer);
         let mut job: Option<Job<S>> = None;
         let mut read = Some(read_next(reader));
-        let mut slot_wait: Option<BoxFut<Option<OwnedSemaphorePermit>>> = match self.slot {
-            Slot::Waiting { .. } => Some(Box::pin(UploadLimits::wait_slot(self.limits.slots()))),
+        let mut slot_wait: Option<BoxFut<Option<SlotPermit>>> = match self.slot {
+            Slot::Waiting { .. } => Some(Box::pin(UploadLimits::wait_slot(
+                self.limits.clone(),
+                self.who.clone(),
+            ))),
             Slot::Held { .. } => None,
         };
         loop {
@@ -347,7 +354,7 @@ impl Uploader {
         }
     }
 
-    fn grant(&mut self, permit: OwnedSemaphorePermit) {
+    fn grant(&mut self, permit: SlotPermit) {
         self.slot = Slot::Held { _permit: permit };
         self.unchoked = true;
         // Super-seeding: an unchoked session may take new pieces now.

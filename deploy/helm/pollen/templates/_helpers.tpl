@@ -86,8 +86,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: /var/lib/pollen
 - name: POLLEN_METRICS_LISTEN
   value: {{ $admin | quote }}
-- name: POLLEN_ADMIN
-  value: {{ $admin | quote }}
 - name: POLLEN_P2P_LISTEN
   value: {{ printf "%s/tcp/%d" (ternary "/ip6/::" "/ip4/0.0.0.0" (eq (include "pollen.ipFamily" .) "IPv6")) (int .Values.ports.p2p) | quote }}
 - name: POLLEN_BOOTSTRAP

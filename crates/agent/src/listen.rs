@@ -1,0 +1,129 @@
+//! Connection caps for the agent's HTTP listeners (the mirror, the admin port, the control
+//! socket), so idle or slow connections cannot pin every file descriptor.
+//!
+//! Each listener holds at most `max` connections. At the cap a newcomer asks the oldest open
+//! connection to close (hyper's graceful shutdown: an idle or half-sent one closes at once, one
+//! in the middle of a response finishes that response first) and waits for its place for
+//! [`EVICT_WAIT`]; if no place frees up, the newcomer is closed. A flood of idle connections
+//! therefore cycles through the oldest places while a client that sends its request gets
+//! served, and the connections with a response in progress are never cut. Idle keep-alive
+//! connections also end by themselves after the header read timeout (hyper applies it to the
+//! wait for the next request too).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// Default cap on the mirror's client connections (`--max-connections`): a node's runtimes
+/// pull a few images at once with a few connections each, far below this.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default cap on the admin port's and the control socket's connections, each
+/// (`--max-admin-connections`): Prometheus, probes and an operator's commands.
+pub const DEFAULT_MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Deadline for a client of the admin port or the control socket to send its request head
+/// (and for the next one on a kept-alive connection).
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a newcomer at the cap waits for the oldest connection to make room.
+pub const EVICT_WAIT: Duration = Duration::from_millis(200);
+
+/// One listener's connection cap; see the module docs.
+pub(crate) struct ConnLimit {
+    places: Arc<Semaphore>,
+    /// Open connections by age (ids grow), each with the signal asking it to close.
+    open: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    next: AtomicU64,
+}
+
+/// An admitted connection's place; frees it when dropped.
+pub(crate) struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    id: u64,
+    limit: Arc<ConnLimit>,
+    /// Notified when a newcomer needs this connection's place.
+    pub evict: Arc<Notify>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.limit.open_map().remove(&self.id);
+    }
+}
+
+impl ConnLimit {
+    /// At most `max` connections (at least one).
+    pub fn new(max: usize) -> Arc<ConnLimit> {
+        Arc::new(ConnLimit {
+            places: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            open: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    fn open_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
+        // A poisoned map only means a panic elsewhere while holding it; the map is still valid.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for a new connection: a free one, or the oldest connection's after asking it
+    /// to close; `None` (close the newcomer) when none frees up within [`EVICT_WAIT`].
+    pub async fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let permit = match self.places.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let oldest = self.open_map().pop_first();
+                if let Some((_, evict)) = oldest {
+                    evict.notify_one();
+                }
+                tokio::time::timeout(EVICT_WAIT, self.places.clone().acquire_owned())
+                    .await
+                    .ok()?
+                    .ok()?
+            }
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        self.open_map().insert(id, evict.clone());
+        Some(Admitted {
+            _permit: permit,
+            id,
+            limit: self.clone(),
+            evict,
+        })
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.open_map().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_is_asked_to_leave() {
+        let limit = ConnLimit::new(2);
+        let a = limit.admit().await.unwrap();
+        let b = limit.admit().await.unwrap();
+        assert_eq!(limit.open(), 2);
+        let evicted_a = a.evict.clone();
+        // The oldest (a) is asked to close; it does so when told.
+        let closer = tokio::spawn(async move {
+            evicted_a.notified().await;
+            drop(a);
+        });
+        let c = limit.admit().await.expect("a place once the oldest left");
+        closer.await.unwrap();
+        assert_eq!(limit.open(), 2);
+        // b is now the oldest; it ignores the request: the newcomer is refused in time.
+        let started = std::time::Instant::now();
+        assert!(limit.admit().await.is_none());
+        assert!(started.elapsed() < EVICT_WAIT * 10);
+        drop((b, c));
+        assert_eq!(limit.open(), 0);
+    }
+}
