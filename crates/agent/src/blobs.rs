@@ -126,8 +126,11 @@ pub(crate) fn open(
     if let dashmap::Entry::Occupied(e) = &entry {
         return (e.get().subscribe(), false);
     }
-    if client_auth.is_some() {
-        ctx.private.mark(digest);
+    if client_auth.is_some() && !ctx.private.mark(digest) {
+        // Fetching content that could not be recorded as private would share it with peers
+        // after a crash: refuse instead.
+        let e = FetchError::Store("cannot record that a blob is private".into());
+        return (watch::channel(Progress::Failed(e)).1, false);
     }
     let (tx, rx) = watch::channel(Progress::Connecting);
     let inflight = Arc::new(Inflight::new(tx.clone()));
@@ -285,8 +288,14 @@ impl BlobFetch<'_> {
                 }
                 PeerOutcome::Share { size, pieces } => {
                     if sink.is_none() {
+                        // The tracker's size is a claim; the upstream's first answer settles
+                        // it (a mismatch starts the blob afresh).
+                        let (size, confirmed) = match self.trusted_size().await {
+                            Some((trusted, _)) => (trusted, true),
+                            None => (size, false),
+                        };
                         let geometry = self.geometry_of(size)?;
-                        *sink = Some(self.start_sink(geometry).await?);
+                        *sink = Some(self.start_sink_with(geometry, confirmed).await?);
                     }
                     pieces
                 }
@@ -304,15 +313,28 @@ impl BlobFetch<'_> {
         self.inflight.from_peers.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Opens (or resumes) the partial blob and starts its writer; from here on peers can be
-    /// served its pieces, so the blob is announced.
+    /// Opens (or resumes) the partial blob with a size the upstream confirmed and starts its
+    /// writer.
     pub async fn start_sink(&self, geometry: PieceGeometry) -> Result<Sink, FetchError> {
+        self.start_sink_with(geometry, true).await
+    }
+
+    /// Opens (or resumes) the partial blob and starts its writer; from here on peers can be
+    /// served its pieces, so the blob is announced. `confirmed`: the size is trusted
+    /// ([`crate::sizes`]); otherwise the partial is not recorded until the upstream confirms it.
+    pub async fn start_sink_with(
+        &self,
+        geometry: PieceGeometry,
+        confirmed: bool,
+    ) -> Result<Sink, FetchError> {
+        self.check_size(geometry.size())?;
         let store = self.ctx.store.clone();
         let digest = self.digest;
         // Reopening re-verifies pieces already on disk: blocking work.
-        let partial = tokio::task::spawn_blocking(move || store.partial(digest, geometry))
-            .await
-            .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
+        let partial =
+            tokio::task::spawn_blocking(move || store.partial_with(digest, geometry, confirmed))
+                .await
+                .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
         let sink = Sink::start(partial, self.inflight);
         if let Some(p2p) = self
             .ctx

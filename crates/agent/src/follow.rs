@@ -1,4 +1,12 @@
 //! Reading a blob while it is being written: the one body path for cached and in-flight blobs.
+//!
+//! A response that runs to the blob's end may stream bytes before the digest verifies: its
+//! last byte is held back, so a client never holds all of a blob that turns out wrong, and
+//! its own digest check covers the rest. A range that ends before the last byte has no such
+//! check, so it gets bytes only once the whole blob verified (no piece map of an in-flight
+//! blob is trusted before that: peers' maps are claims, and the hashes this node computes
+//! from the upstream's bytes are of bytes nobody has verified yet); until then it waits, with
+//! the same stall deadline as any reader.
 
 use crate::blobs::Progress;
 use crate::error::FetchError;
@@ -25,6 +33,8 @@ pub(crate) struct Follower {
     /// failed the digest check) writes a new one, and a response that already sent bytes of
     /// the old one must end rather than mix them.
     source: Option<Arc<File>>,
+    /// The range ends before the blob's last byte: only verified bytes may go out.
+    verified_only: bool,
 }
 
 impl Follower {
@@ -40,6 +50,7 @@ impl Follower {
             end,
             stall,
             source: None,
+            verified_only: false,
         }
     }
 
@@ -75,7 +86,7 @@ impl Follower {
                     file,
                     recent,
                     verified,
-                } => {
+                } if *verified || !self.verified_only => {
                     // Everything but the last byte may go out before the digest is verified.
                     let hold = |n: u64| match verified {
                         true => n,
@@ -88,6 +99,8 @@ impl Follower {
                     }
                     (Some(file.clone()), cap(hold(*written)), false)
                 }
+                // A short range of a blob not verified yet: wait for the verdict.
+                Progress::Streaming { .. } => (None, 0, false),
                 Progress::Done(blob) => (Some(blob.file().clone()), blob.size(), true),
                 Progress::Failed(e) => return Some(Err(abort(e))),
             };
@@ -153,9 +166,42 @@ impl Follower {
         }
     }
 
-    pub fn set_range(&mut self, start: u64, end: Option<u64>) {
+    /// Serves bytes `start..end` of a blob of `size` bytes (see the module doc for ranges
+    /// that end before the last byte).
+    pub fn set_range(&mut self, start: u64, end: Option<u64>, size: u64) {
         self.pos = start;
         self.end = end;
+        self.verified_only = end.is_some_and(|e| e < size);
+    }
+
+    /// For a range that ends before the last byte: waits until the blob verified (or its
+    /// fetch failed), so the response's status tells the truth. Each wait for progress is
+    /// bounded by the stall deadline.
+    pub async fn wait_verified(&mut self) -> Result<(), FetchError> {
+        if !self.verified_only {
+            return Ok(());
+        }
+        loop {
+            match &*self.rx.borrow_and_update() {
+                Progress::Streaming { verified: true, .. } | Progress::Done(_) => return Ok(()),
+                Progress::Failed(e) => return Err(e.clone()),
+                Progress::Connecting | Progress::Streaming { .. } => {}
+            }
+            match timeout(self.stall, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(FetchError::Upstream(
+                        "blob fetch ended without a result".into(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(FetchError::Upstream(format!(
+                        "blob fetch made no progress for {:?}",
+                        self.stall
+                    )))
+                }
+            }
+        }
     }
 }
 

@@ -217,7 +217,13 @@ async fn blob(
     match range::parse(range_header, size) {
         RangeOutcome::Full => {}
         RangeOutcome::Partial { start, end } => {
-            follower.set_range(start, Some(end + 1));
+            follower.set_range(start, Some(end + 1), size);
+            // A range short of the last byte carries verified bytes only (follow.rs).
+            if let Err(e) = follower.wait_verified().await {
+                ctx.metrics.request("blob", "error");
+                let (oci, challenge) = e.to_oci(ErrorCode::BlobUnknown);
+                return error(&oci, challenge);
+            }
             status = StatusCode::PARTIAL_CONTENT;
             length = end + 1 - start;
             content_range = Some(format!("bytes {start}-{end}/{size}"));

@@ -23,6 +23,7 @@ mod private;
 mod range;
 mod request;
 mod sink;
+mod sizes;
 mod status;
 mod transfer;
 
@@ -68,7 +69,15 @@ pub struct AgentConfig {
     /// The same for the admin port and, separately, the control socket
     /// (`--max-admin-connections`).
     pub max_admin_connections: usize,
+    /// Largest blob this node fetches or accepts a size claim for (`--max-blob-size`): a
+    /// bigger upstream `Content-Length` is refused with an error naming the limit, a peer
+    /// claiming more is a peer fault.
+    pub max_blob_size: u64,
 }
+
+/// Default [`AgentConfig::max_blob_size`]: far above real layers (a few GiB), far below what
+/// would fill a node's disk by a claim.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 64 << 30;
 
 /// Default [`AgentConfig::cache_max_age`]: a month without a pull on this node.
 pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -91,6 +100,7 @@ impl Default for AgentConfig {
             cache_max_age: DEFAULT_CACHE_MAX_AGE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_admin_connections: DEFAULT_MAX_ADMIN_CONNECTIONS,
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
         }
     }
 }
@@ -118,6 +128,8 @@ pub(crate) struct Ctx {
     clients: tokio::sync::watch::Sender<usize>,
     /// The doctor's last answer, reused briefly ([`doctor::Cache`]).
     doctor: doctor::Cache,
+    /// Blob sizes from verified manifests ([`sizes`]).
+    sizes: sizes::KnownSizes,
 }
 
 /// A running agent's handle; cheap to clone.
@@ -191,7 +203,12 @@ impl Agent {
         let agent = Agent {
             ctx: Arc::new(Ctx {
                 manifests: manifests::Manifests::default(),
-                p2p: swarm.map(|node| p2p::P2p::new(node, cfg.p2p.clone())),
+                p2p: swarm.map(|node| {
+                    let mut p2p_cfg = cfg.p2p.clone();
+                    p2p_cfg.session.max_blob_size = cfg.max_blob_size;
+                    p2p::P2p::new(node, p2p_cfg)
+                }),
+                sizes: sizes::KnownSizes::default(),
                 stopping: tokio::sync::watch::channel(false).0,
                 draining: tokio::sync::watch::channel(false).0,
                 clients: tokio::sync::watch::channel(0).0,

@@ -227,6 +227,7 @@ async fn keep(
     media_type: String,
     body: Bytes,
 ) -> Result<Manifest, FetchError> {
+    crate::sizes::learn_manifest(ctx, &body);
     let store = ctx.store.clone();
     let (b, mt) = (body.clone(), media_type.clone());
     tokio::task::spawn_blocking(move || {

@@ -32,17 +32,25 @@ impl Private {
         Private { dir, digests }
     }
 
-    /// Marks `digest` as not for peers, on disk first: a crash must not lose the mark.
-    pub fn mark(&self, digest: Digest) {
+    /// Marks `digest` as not for peers, durably on disk first (the file and its directory
+    /// entry synced): a crash must not lose the mark, or a resumed partial download would be
+    /// shared after the restart. `false` when the mark could not be made durable (it still
+    /// holds until restart); the caller should not fetch then.
+    pub fn mark(&self, digest: Digest) -> bool {
         if self.digests.contains(&digest) {
-            return;
+            return true;
         }
         let marked = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::File::create(self.dir.join(digest.hex())));
+            .and_then(|()| std::fs::File::create(self.dir.join(digest.hex())))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::File::open(&self.dir))
+            .and_then(|d| d.sync_all());
+        self.digests.insert(digest);
         if let Err(e) = marked {
             tracing::warn!(%digest, error = %e, "cannot record that a blob is private; it stays private until restart");
+            return false;
         }
-        self.digests.insert(digest);
+        true
     }
 
     pub fn contains(&self, digest: &Digest) -> bool {

@@ -30,6 +30,8 @@ pub(crate) enum Op {
     Append(Bytes),
     /// Continue appending at piece `index` (a range of pieces no peer had).
     Seek(u32),
+    /// The upstream confirmed the blob's size: record the partial from now on.
+    Confirm,
     /// The upstream range is done: take in the hashes of its last pieces (still on the
     /// hashing thread) now, so they are announced without waiting for more bytes.
     Settle,
@@ -82,6 +84,9 @@ pub(crate) struct Sink {
     pub have: Bitfield,
     /// Pieces whose hash is known, as of the start or the last peer phase.
     pub known: Bitfield,
+    /// The size is the upstream's or a verified manifest's, not only a peer's claim
+    /// ([`pollen_store::Store::partial_with`]).
+    pub confirmed: bool,
     /// The writer's verdicts on pieces and hashes from peers (taken by the peer download).
     pub written: Option<mpsc::UnboundedReceiver<Written>>,
     progress: watch::Sender<Progress>,
@@ -109,6 +114,7 @@ impl Sink {
         });
         let have = partial.have().clone();
         let known = partial.map().known().clone();
+        let confirmed = partial.confirmed();
         let mut w = WriterThread {
             partial,
             adopted: false,
@@ -156,6 +162,7 @@ impl Sink {
             geometry,
             have,
             known,
+            confirmed,
             written: Some(written),
             progress,
             share,
@@ -176,7 +183,7 @@ impl Sink {
             Op::Append(b) => b.len(),
             Op::Piece { piece, .. } => piece.bytes().len(),
             Op::Hashes { hashes, .. } => hashes.len() * 32,
-            Op::Seek(_) | Op::Settle => 0,
+            Op::Seek(_) | Op::Settle | Op::Confirm => 0,
         }
         .div_ceil(1024)
         .clamp(1, WRITE_BUDGET_KIB) as u32;
@@ -244,10 +251,32 @@ impl Sink {
         }
     }
 
-    /// Keeps what was fetched for a later attempt: a checkpoint instead of a commit.
+    /// Records that the upstream confirmed the size (see [`Sink::confirmed`]).
+    pub async fn confirm(&mut self) -> bool {
+        self.confirmed = true;
+        self.send(Op::Confirm).await
+    }
+
+    /// Keeps what was fetched for a later attempt: a checkpoint instead of a commit. A
+    /// partial whose size only a peer claimed is not kept (it could never be trusted later).
     pub async fn suspend(self) {
+        let confirmed = self.confirmed;
         if let Ok((mut partial, _, _)) = self.join().await {
-            let _ = tokio::task::spawn_blocking(move || partial.checkpoint()).await;
+            let _ = tokio::task::spawn_blocking(move || match confirmed {
+                true => partial.checkpoint(),
+                false => {
+                    partial.abandon();
+                    Ok(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Deletes the partial blob: its size turned out wrong.
+    pub async fn abandon(self) {
+        if let Ok((partial, _, _)) = self.join().await {
+            let _ = tokio::task::spawn_blocking(move || partial.abandon()).await;
         }
     }
 
@@ -305,6 +334,10 @@ impl WriterThread {
             }
             Op::Seek(index) => self.partial.seek(index).map(|()| 0),
             Op::Settle => self.partial.settle().map(|()| 0),
+            Op::Confirm => {
+                self.partial.confirm();
+                Ok(0)
+            }
             Op::Hashes {
                 first,
                 hashes,

@@ -43,6 +43,7 @@ impl BlobFetch<'_> {
     }
 
     pub(crate) fn geometry_of(&self, size: u64) -> Result<PieceGeometry, FetchError> {
+        self.check_size(size)?;
         PieceGeometry::choose(size, self.piece_size())
             .map_err(|e| FetchError::Upstream(format!("blob of {size} bytes: {e}")))
     }
@@ -59,6 +60,7 @@ impl BlobFetch<'_> {
     ) -> Result<Option<Range<u32>>, FetchError> {
         let mut resumes = 0;
         let mut reported = false;
+        let mut restarted = false;
         loop {
             if std::mem::take(&mut reported) {
                 if let Some((link, assignment)) = coordination.as_mut() {
@@ -104,14 +106,32 @@ impl BlobFetch<'_> {
                     )))
                 }
             };
+            if let Some(s) = sink.as_mut() {
+                let (told, opened) = (total_size(&resp), s.geometry.size());
+                if told == Some(opened) && !s.confirmed && !s.confirm().await {
+                    return Ok(None); // the writer's own error is reported by finish()
+                }
+                if let Some(n) = told.filter(|n| *n != opened) {
+                    // The size the blob was opened with (a peer's claim, a manifest's, or an
+                    // older upstream answer) is not the upstream's: what was downloaded
+                    // cannot be this blob. Start afresh, once.
+                    warn!(digest = %self.digest, upstream = n, opened, "the upstream's size differs; dropping the partial download");
+                    if let Some(old) = sink.take() {
+                        old.abandon().await;
+                    }
+                    self.check_size(n)?;
+                    if std::mem::replace(&mut restarted, true) {
+                        return Err(FetchError::Upstream(
+                            "the upstream changed the blob's size twice".into(),
+                        ));
+                    }
+                    continue;
+                }
+            }
             let s = match sink {
                 Some(s) => s,
                 None => {
-                    let size = match resp.status {
-                        StatusCode::PARTIAL_CONTENT => range_total(&resp),
-                        _ => content_length(&resp),
-                    }
-                    .ok_or_else(|| {
+                    let size = total_size(&resp).ok_or_else(|| {
                         FetchError::Upstream("upstream sent a blob without its size".into())
                     })?;
                     let geometry = self.geometry_of(size)?;
@@ -131,12 +151,6 @@ impl BlobFetch<'_> {
             };
             s.spread_as_fetcher();
             let size = s.geometry.size();
-            if resp.status == StatusCode::OK && content_length(&resp) != Some(size) {
-                return Err(FetchError::Upstream(format!(
-                    "upstream size changed: {:?} bytes, expected {size}",
-                    content_length(&resp),
-                )));
-            }
             let share_end = share
                 .as_ref()
                 .and_then(|r| s.geometry.offset_of(r.end))
@@ -271,6 +285,15 @@ fn header(resp: &UpstreamResponse, name: http::header::HeaderName) -> Option<&st
 fn accepts_ranges(resp: &UpstreamResponse) -> bool {
     header(resp, http::header::ACCEPT_RANGES)
         .is_some_and(|v| v.split(',').any(|u| u.trim().eq_ignore_ascii_case("bytes")))
+}
+
+/// The blob's size as the upstream states it: a 206's `Content-Range` total, else the
+/// `Content-Length` of the whole blob.
+fn total_size(resp: &UpstreamResponse) -> Option<u64> {
+    match resp.status {
+        StatusCode::PARTIAL_CONTENT => range_total(resp),
+        _ => content_length(resp),
+    }
 }
 
 fn content_length(resp: &UpstreamResponse) -> Option<u64> {

@@ -27,6 +27,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/pollen";
 /// Docker Hub, which Docker Engine means when it sends no `ns`.
 pub const DEFAULT_UPSTREAM: &str = pollen_upstream::DOCKER_HUB_URL;
 pub const DEFAULT_CACHE_SIZE: &str = "20GiB";
+/// Largest blob fetched or accepted from a peer (the agent's own default).
+pub const DEFAULT_MAX_BLOB_SIZE: &str = "64GiB";
 pub const DEFAULT_TAG_TTL: &str = "10s";
 /// At SIGTERM, responses in progress get this long to finish (under Kubernetes' 30 s).
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "20s";
@@ -76,6 +78,9 @@ pub struct AgentArgs {
     /// Disk space the cache may use, e.g. 20GiB [default: 20GiB]
     #[arg(long, env = "POLLEN_CACHE_SIZE", value_name = "BYTES")]
     pub cache_size: Option<String>,
+    /// Largest blob this node fetches; an upstream or peer claiming a bigger size is refused [default: 64GiB]
+    #[arg(long, env = "POLLEN_MAX_BLOB_SIZE", value_name = "BYTES")]
+    pub max_blob_size: Option<String>,
     /// Address for /metrics, /status (read by `pollen status`), /healthz and /readyz [default: 127.0.0.1:65002]
     #[arg(long, env = "POLLEN_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -198,6 +203,7 @@ pub struct FileConfig {
     #[serde(default)]
     registries: HashMap<String, OneOrMany>,
     cache_size: Option<Size>,
+    max_blob_size: Option<Size>,
     metrics_listen: Option<SocketAddr>,
     control_socket: Option<PathBuf>,
     max_connections: Option<usize>,
@@ -349,6 +355,14 @@ impl Settings {
                 args.cache_size,
                 file.cache_size.as_ref().map(Size::to_text),
                 DEFAULT_CACHE_SIZE,
+            ),
+        )?;
+        let max_blob_size = parse_size(
+            "max-blob-size",
+            &pick(
+                args.max_blob_size,
+                file.max_blob_size.as_ref().map(Size::to_text),
+                DEFAULT_MAX_BLOB_SIZE,
             ),
         )?;
         let duration = |key, flag: Option<String>, file: Option<String>, default| {
@@ -521,6 +535,7 @@ impl Settings {
                     .max_admin_connections
                     .or(file.max_admin_connections)
                     .unwrap_or(pollen_agent::DEFAULT_MAX_ADMIN_CONNECTIONS),
+                max_blob_size,
                 ..Default::default()
             },
             swarm,

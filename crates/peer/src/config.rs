@@ -36,7 +36,13 @@ pub struct SessionConfig {
     /// The piece size override this node uses (`PieceGeometry::choose`); it must be the same on
     /// every agent, so a downloader refuses a peer whose geometry differs. `None`: automatic.
     pub piece_size: Option<u32>,
+    /// The largest blob size a peer's `Have` may claim; more is a protocol fault (the
+    /// agent's `--max-blob-size`).
+    pub max_blob_size: u64,
 }
+
+/// Default [`SessionConfig::max_blob_size`] (the agent's default `--max-blob-size`).
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 64 << 30;
 
 impl Default for SessionConfig {
     fn default() -> SessionConfig {
@@ -45,6 +51,7 @@ impl Default for SessionConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             slot_timeout: DEFAULT_SLOT_TIMEOUT,
             piece_size: None,
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
         }
     }
 }

@@ -7,10 +7,52 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+/// What an index entry is: a committed object, or a partial download (counted in the quota
+/// and aged out like the rest, but never served from the index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Slot {
+    Blob,
+    Manifest,
+    Partial,
+}
+
+impl From<Kind> for Slot {
+    fn from(kind: Kind) -> Slot {
+        match kind {
+            Kind::Blob => Slot::Blob,
+            Kind::Manifest => Slot::Manifest,
+        }
+    }
+}
+
+impl Slot {
+    /// Where the entry lives under the store's root: a file, or a partial's directory.
+    pub fn path(self, root: &Path, digest: &Digest) -> PathBuf {
+        let dir = match self {
+            Slot::Blob => Kind::Blob.dir(),
+            Slot::Manifest => Kind::Manifest.dir(),
+            Slot::Partial => PARTIAL_DIR,
+        };
+        root.join(dir).join(digest.hex())
+    }
+}
+
+/// Partial downloads, one directory per digest.
+pub(crate) const PARTIAL_DIR: &str = "partial";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
-    pub kind: Kind,
+    pub kind: Slot,
     pub digest: Digest,
+}
+
+impl Key {
+    pub fn new(kind: impl Into<Slot>, digest: Digest) -> Key {
+        Key {
+            kind: kind.into(),
+            digest,
+        }
+    }
 }
 
 struct Entry {
@@ -92,6 +134,30 @@ impl Index {
         );
         self.total += size;
         self.clock = self.clock.max(age);
+    }
+
+    /// Indexes a partial download found on disk at startup.
+    pub fn insert_partial(&mut self, digest: Digest, size: u64, age: u64) {
+        self.insert_scanned(Key::new(Slot::Partial, digest), size, age, None);
+    }
+
+    /// Sets a partial download's size (the bytes it holds now); adds it when absent.
+    pub fn set_size(&mut self, key: Key, size: u64) {
+        match self.entries.get_mut(&key) {
+            Some(e) => {
+                self.total = self.total.saturating_sub(e.size).saturating_add(size);
+                e.size = size;
+            }
+            None => self.insert(key, size, None),
+        }
+    }
+
+    /// Grows a partial download's size by `bytes`, if it is indexed.
+    pub fn grow(&mut self, key: &Key, bytes: u64) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.size = e.size.saturating_add(bytes);
+            self.total = self.total.saturating_add(bytes);
+        }
     }
 
     pub fn remove(&mut self, key: &Key) {
@@ -186,7 +252,7 @@ pub(crate) fn scan(dir: &Path, kind: Kind, index: &mut Index) -> Result<(), Stor
             },
         };
         let age = meta.modified().map_or(0, micros_since_epoch);
-        index.insert_scanned(Key { kind, digest }, meta.len(), age, media_type);
+        index.insert_scanned(Key::new(kind, digest), meta.len(), age, media_type);
     }
     Ok(())
 }

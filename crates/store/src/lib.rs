@@ -15,7 +15,7 @@ mod partial;
 mod piece_hash;
 mod writer;
 
-use index::{Index, Key};
+use index::{Index, Key, Slot};
 use pollen_oci::Digest;
 use std::fs::{self, File};
 use std::io;
@@ -97,7 +97,8 @@ struct Inner {
     evictions: AtomicU64,
 }
 
-/// Sizes and counters for metrics and status.
+/// Sizes and counters for metrics and status (`bytes` and `entries` include partial
+/// downloads: they take disk like the rest and count toward the quota).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub bytes: u64,
@@ -161,6 +162,7 @@ impl Store {
         for kind in [Kind::Blob, Kind::Manifest] {
             index::scan(&root.join(kind.dir()), kind, &mut index)?;
         }
+        partial::scan(&root, &mut index);
         info!(
             root = %root.display(),
             entries = index.len(),
@@ -202,10 +204,7 @@ impl Store {
 
     /// Opens a committed object, or `None` when it is not (or no longer) stored.
     pub fn get(&self, kind: Kind, digest: &Digest) -> Option<Blob> {
-        let key = Key {
-            kind,
-            digest: *digest,
-        };
+        let key = Key::new(kind, *digest);
         let mut index = self.inner.lock();
         let (size, media_type) = index.touch_and_pin(&key)?;
         let path = self.path(kind, digest);
@@ -235,16 +234,18 @@ impl Store {
 
     /// Whether an object is stored, without pinning it.
     pub fn contains(&self, kind: Kind, digest: &Digest) -> bool {
-        self.inner.lock().contains(&Key {
-            kind,
-            digest: *digest,
-        })
+        self.inner.lock().contains(&Key::new(kind, *digest))
     }
 
     /// Every stored object (blobs and manifests), for announcing them to peers (and noticing
     /// evictions by their absence).
     pub fn digests(&self) -> Vec<Digest> {
-        self.inner.lock().keys().map(|k| k.digest).collect()
+        self.inner
+            .lock()
+            .keys()
+            .filter(|k| k.kind != Slot::Partial)
+            .map(|k| k.digest)
+            .collect()
     }
 
     /// Starts writing an object that must hash to `digest`. When the size is known up front,
@@ -314,8 +315,10 @@ impl Store {
         media_type: Option<String>,
         file: Arc<File>,
     ) -> Blob {
-        let key = Key { kind, digest };
+        let key = Key::new(kind, digest);
         let mut index = self.inner.lock();
+        // The partial download it was assembled in is gone: its bytes are the blob's now.
+        index.remove(&Key::new(Slot::Partial, digest));
         index.insert(key, size, media_type.clone());
         index.touch_and_pin(&key);
         self.inner.evict_over_quota(&mut index, 0);
@@ -362,8 +365,12 @@ impl Inner {
 
     /// Deletes an entry the index gave up (its files and sidecars).
     fn remove_evicted(&self, key: Key, size: u64, why: &str) {
-        let path = self.root.join(key.kind.dir()).join(key.digest.hex());
-        if let Err(e) = fs::remove_file(&path) {
+        let path = key.kind.path(&self.root, &key.digest);
+        let removed = match key.kind {
+            Slot::Partial => fs::remove_dir_all(&path),
+            Slot::Blob | Slot::Manifest => fs::remove_file(&path),
+        };
+        if let Err(e) = removed {
             warn!(path = %path.display(), error = %e, "evicting: could not remove file");
         }
         for ext in index::SIDECARS {

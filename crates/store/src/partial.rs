@@ -10,10 +10,18 @@
 //! at most the progress since the last checkpoint and never marks unwritten data as present.
 //! Reopening re-verifies every present piece against the map (a corrupted disk is caught).
 //! [`Partial::complete`] checks the whole-blob digest before the blob enters the store.
+//!
+//! A partial's geometry (its size) is written to `state.json` only once it is *confirmed*:
+//! the size came from the upstream or from a manifest the node verified, never from a peer
+//! alone ([`Store::partial_with`]). An unconfirmed partial is never resumed; one left at a
+//! restart is deleted. The bytes a partial holds count toward the quota as they land (no
+//! size is reserved up front, so a claimed size cannot evict anything), and a partial nobody
+//! resumes is evicted like a blob (least recently used, or unused for `--cache-max-age`).
 
 use crate::hash::HashSink;
+use crate::index::{Index, Key, Slot, PARTIAL_DIR};
 use crate::piece_hash::PieceHashThread;
-use crate::{Blob, Kind, Store, StoreError};
+use crate::{Blob, Kind, Pin, Store, StoreError};
 use bytes::Bytes;
 use pollen_oci::{Digest, Hasher};
 use pollen_proto::{Bitfield, HashedPiece, PartialPieceMap, PieceGeometry};
@@ -69,6 +77,11 @@ pub struct Partial {
     unsynced: u64,
     last_checkpoint: Instant,
     checkpointer: Checkpointer,
+    /// The size is the upstream's (or a verified manifest's): only then is the geometry
+    /// recorded in `state.json` and the partial resumable.
+    confirmed: bool,
+    /// Keeps the partial's index entry (its quota share) from eviction while it is open.
+    _pin: Pin,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,18 +96,42 @@ struct State {
     /// Pieces whose hash this node computed itself (absent in older files: none).
     #[serde(default)]
     produced: Option<Bitfield>,
+    /// The geometry's size was confirmed (absent in older files: not, so they are dropped).
+    #[serde(default)]
+    confirmed: bool,
 }
 
 impl Store {
-    /// Opens the partial download of `digest`, resuming what an earlier run left if its
-    /// geometry matches, or starts a new one.
+    /// [`Store::partial_with`] for a size the caller confirmed (the upstream's, or a
+    /// verified manifest's).
     pub fn partial(&self, digest: Digest, geometry: PieceGeometry) -> Result<Partial, StoreError> {
-        let dir = self.root().join("partial").join(digest.hex());
-        fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
-        {
+        self.partial_with(digest, geometry, true)
+    }
+
+    /// Opens the partial download of `digest`, resuming what an earlier run left if its
+    /// geometry matches, or starts a new one. `confirmed`: the size is the upstream's or a
+    /// verified manifest's; otherwise (a peer's claim) nothing is recorded on disk until
+    /// [`Partial::confirm`], so a wrong size never outlives the download.
+    pub fn partial_with(
+        &self,
+        digest: Digest,
+        geometry: PieceGeometry,
+        confirmed: bool,
+    ) -> Result<Partial, StoreError> {
+        let key = Key::new(Slot::Partial, digest);
+        let pin = {
             let mut index = self.inner.lock();
-            self.inner.evict_over_quota(&mut index, geometry.size());
-        }
+            if index.touch_and_pin(&key).is_none() {
+                index.set_size(key, 0);
+                index.touch_and_pin(&key);
+            }
+            Pin {
+                inner: self.inner.clone(),
+                key,
+            }
+        };
+        let dir = self.root().join(PARTIAL_DIR).join(digest.hex());
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
         let data = dir.join("data");
         let file = OpenOptions::new()
             .read(true)
@@ -109,14 +146,30 @@ impl Store {
                 let have = reverify(&file, &map, &claimed);
                 (map, have, produced)
             }
-            None => (
-                PartialPieceMap::new(digest, geometry),
-                Bitfield::new(&geometry),
-                Bitfield::new(&geometry),
-            ),
+            None => {
+                // Starting afresh: no byte or record of another geometry survives.
+                let _ = fs::remove_file(dir.join("state.json"));
+                file.set_len(0)
+                    .map_err(|e| StoreError::io("sizing", &data, e))?;
+                (
+                    PartialPieceMap::new(digest, geometry),
+                    Bitfield::new(&geometry),
+                    Bitfield::new(&geometry),
+                )
+            }
         };
         file.set_len(geometry.size())
             .map_err(|e| StoreError::io("sizing", &data, e))?;
+        let present: u64 = have
+            .iter_ones()
+            .filter_map(|i| geometry.len_of(i))
+            .map(u64::from)
+            .sum();
+        {
+            let mut index = self.inner.lock();
+            index.set_size(key, present);
+            self.inner.evict_over_quota(&mut index, 0);
+        }
         let (file_for_checkpoints, dir_for_checkpoints) = (file.clone(), dir.clone());
         let cursor = have
             .iter_missing()
@@ -140,6 +193,8 @@ impl Store {
             unsynced: 0,
             last_checkpoint: Instant::now(),
             checkpointer: Checkpointer::new(file_for_checkpoints, dir_for_checkpoints),
+            confirmed,
+            _pin: pin,
         };
         partial.catch_up_whole(None);
         Ok(partial)
@@ -151,7 +206,22 @@ impl Store {
         let dir = self.root().join("partial").join(digest.hex());
         read_state(&dir)
             .filter(|s| s.version == STATE_VERSION && s.digest == digest.to_string())
+            .filter(|s| s.confirmed)
             .map(|s| s.geometry)
+    }
+
+    /// Counts `bytes` more of a partial download toward the quota, evicting others if they
+    /// no longer fit (never an entry in use, the partial itself included).
+    fn partial_grew(&self, digest: &Digest, bytes: u64) {
+        let mut index = self.inner.lock();
+        index.grow(&Key::new(Slot::Partial, *digest), bytes);
+        self.inner.evict_over_quota(&mut index, 0);
+    }
+
+    /// Removes a partial download's directory and its share of the quota.
+    fn remove_partial(&self, digest: &Digest, dir: &Path) {
+        let _ = fs::remove_dir_all(dir);
+        self.inner.lock().remove(&Key::new(Slot::Partial, *digest));
     }
 
     /// Digests with a partial download on disk, for resuming after a restart.
@@ -181,6 +251,16 @@ impl Partial {
     }
     pub fn file(&self) -> &Arc<File> {
         &self.file
+    }
+    /// Whether the size is confirmed (see [`Store::partial_with`]).
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// The upstream (or a verified manifest) confirmed the size: from now on the geometry
+    /// and progress are recorded, and the partial can be resumed.
+    pub fn confirm(&mut self) {
+        self.confirmed = true;
     }
 
     /// Bytes from the start that are present: what a client reading in order may have.
@@ -359,10 +439,13 @@ impl Partial {
     }
 
     fn mark(&mut self, index: u32, len: u64) -> Result<(), StoreError> {
-        let _ = self.have.set(index);
+        if self.have.set(index).unwrap_or(false) {
+            self.store.partial_grew(&self.digest, len);
+        }
         self.unsynced += len;
-        if self.unsynced >= CHECKPOINT_BYTES
-            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+        if self.confirmed
+            && (self.unsynced >= CHECKPOINT_BYTES
+                || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
         {
             // In the background: the fsync must not stall the transfer. If the previous
             // checkpoint is still running, this one is skipped and the next piece retries.
@@ -386,14 +469,19 @@ impl Partial {
                 .collect(),
             have: self.have.clone(),
             produced: Some(self.produced.clone()),
+            confirmed: self.confirmed,
         };
         serde_json::to_vec(&state).map_err(|e| StoreError::MapConflict(e.to_string()))
     }
 
     /// Makes the present pieces durable and records them, now, so a restart resumes from
     /// here.
+    /// An unconfirmed partial records nothing (it is not resumable).
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.settle()?;
+        if !self.confirmed {
+            return Ok(());
+        }
         let snapshot = self.snapshot()?;
         // Let a queued background checkpoint land first, so it cannot overwrite this newer
         // one; then carry on with a fresh checkpointer.
@@ -428,7 +516,7 @@ impl Partial {
         };
         if actual != self.digest {
             self.checkpointer.stop();
-            let _ = fs::remove_dir_all(&self.dir);
+            self.store.remove_partial(&self.digest, &self.dir);
             return Err(StoreError::DigestMismatch {
                 expected: self.digest,
                 actual,
@@ -474,7 +562,7 @@ impl Partial {
     /// Gives up on this blob and removes what was downloaded.
     pub fn abandon(mut self) {
         self.checkpointer.stop();
-        let _ = fs::remove_dir_all(&self.dir);
+        self.store.remove_partial(&self.digest, &self.dir);
     }
 }
 
@@ -530,6 +618,41 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Indexes the partial downloads left on disk at startup, so they count toward the quota
+/// and age out; removes those that cannot be resumed (no confirmed geometry: a size only a
+/// peer claimed, an older format, garbage).
+pub(crate) fn scan(root: &Path, index: &mut Index) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(root.join(PARTIAL_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(digest) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| Digest::from_hex(n).ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let resumable = read_state(&dir).is_some_and(|s| {
+            s.confirmed && s.version == STATE_VERSION && s.digest == digest.to_string()
+        });
+        let data = fs::metadata(dir.join("data"));
+        let (Ok(meta), true) = (data, resumable) else {
+            tracing::info!(%digest, "removing a partial download that cannot be resumed");
+            let _ = fs::remove_dir_all(&dir);
+            continue;
+        };
+        // The blocks it occupies (the file is sparse), at most its length.
+        let size = meta.blocks().saturating_mul(512).min(meta.len());
+        let age = fs::metadata(dir.join("state.json"))
+            .and_then(|m| m.modified())
+            .map_or(0, crate::index::micros_since_epoch);
+        index.insert_partial(digest, size, age);
     }
 }
 

@@ -314,3 +314,145 @@ fn a_range_fetched_apart_fills_the_map_out_of_order_and_survives_a_restart() {
     assert!(p.have().is_complete() && p.map().known().is_complete());
     assert_eq!(read_all(&p.commit().unwrap()), data);
 }
+
+/// Stores `n` blobs of `len` bytes (seeds 100..), returning their digests.
+fn fill(store: &Store, n: u8, len: usize) -> Vec<Digest> {
+    (0..n)
+        .map(|i| {
+            let data = blob(len, 100 + i);
+            let digest = Digest::of(&data);
+            let mut w = store.writer(Kind::Blob, digest, None, None).unwrap();
+            w.write(&Bytes::from(data)).unwrap();
+            w.commit().unwrap();
+            digest
+        })
+        .collect()
+}
+
+#[test]
+fn a_claimed_size_reserves_nothing_and_is_never_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = 8 * MIN_PIECE_SIZE as u64;
+    let store = Store::open(dir.path(), quota).unwrap();
+    let cached = fill(&store, 4, MIN_PIECE_SIZE as usize);
+    let before = store.usage();
+    // A peer claims 4 TiB for a digest: the partial opens, evicts nothing, reserves nothing.
+    let digest = Digest::of(b"a blob a peer lies about");
+    let huge = PieceGeometry::choose(4 << 40, None).unwrap();
+    let mut p = store.partial_with(digest, huge, false).unwrap();
+    assert!(cached.iter().all(|d| store.contains(Kind::Blob, d)));
+    assert_eq!(store.usage().bytes, before.bytes, "nothing reserved");
+    assert_eq!(store.usage().evictions, 0);
+    p.checkpoint().unwrap();
+    assert_eq!(
+        store.partial_geometry(&digest),
+        None,
+        "the claim is not recorded"
+    );
+    assert!(!dir
+        .path()
+        .join("partial")
+        .join(digest.hex())
+        .join("state.json")
+        .exists());
+    drop(p);
+    drop(store);
+    // After a restart the unconfirmed partial is gone: the digest starts clean.
+    let store = Store::open(dir.path(), quota).unwrap();
+    assert!(store.partials().is_empty());
+    assert_eq!(store.usage().bytes, before.bytes);
+}
+
+#[test]
+fn a_confirmed_partial_is_recorded_once_confirmed() {
+    let len = 3 * MIN_PIECE_SIZE as usize;
+    let (dir, store, data, geometry, digest) = setup(len);
+    let mut p = store.partial_with(digest, geometry, false).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[..MIN_PIECE_SIZE as usize]))
+        .unwrap();
+    p.checkpoint().unwrap();
+    assert_eq!(store.partial_geometry(&digest), None);
+    p.confirm();
+    p.checkpoint().unwrap();
+    assert_eq!(store.partial_geometry(&digest), Some(geometry));
+    drop(p);
+    drop(store);
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(store.partials(), vec![digest]);
+    assert!(
+        store.usage().bytes >= MIN_PIECE_SIZE as u64,
+        "counted after a restart"
+    );
+}
+
+#[test]
+fn partial_bytes_count_toward_the_quota_as_they_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece = MIN_PIECE_SIZE as usize;
+    let store = Store::open(dir.path(), 4 * piece as u64).unwrap();
+    let cached = fill(&store, 3, piece);
+    let data = blob(3 * piece, 7);
+    let digest = Digest::of(&data);
+    let geometry = PieceGeometry::new(data.len() as u64, MIN_PIECE_SIZE).unwrap();
+    let mut p = store.partial(digest, geometry).unwrap();
+    assert_eq!(
+        store.usage().bytes,
+        3 * piece as u64,
+        "opening reserves nothing"
+    );
+    p.append(&Bytes::copy_from_slice(&data[..2 * piece]))
+        .unwrap();
+    p.settle().unwrap();
+    // 3 blobs + 2 pieces > the quota: least recently used blobs made room.
+    let usage = store.usage();
+    assert!(usage.bytes <= usage.quota, "{usage:?}");
+    assert!(usage.evictions >= 1);
+    assert!(!store.contains(Kind::Blob, &cached[0]), "the oldest went");
+    p.append(&Bytes::copy_from_slice(&data[2 * piece..]))
+        .unwrap();
+    let b = p.commit().unwrap();
+    assert_eq!(b.size(), data.len() as u64);
+    assert!(store.usage().bytes <= store.usage().quota + piece as u64);
+    drop(b);
+    // The partial's share was handed to the blob, not counted twice.
+    let blobs: u64 = store
+        .digests()
+        .iter()
+        .filter_map(|d| store.get(Kind::Blob, d).map(|b| b.size()))
+        .sum();
+    assert_eq!(store.usage().bytes, blobs);
+}
+
+#[test]
+fn an_abandoned_partial_ages_out_and_a_failed_one_is_deleted() {
+    let len = 3 * MIN_PIECE_SIZE as usize;
+    let (dir, store, data, geometry, digest) = setup(len);
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[..MIN_PIECE_SIZE as usize]))
+        .unwrap();
+    p.checkpoint().unwrap();
+    assert_eq!(
+        store.evict_unused_before(std::time::SystemTime::now() + Duration::from_secs(60)),
+        0,
+        "an open partial is in use"
+    );
+    drop(p); // the fetch failed and left it for a retry nobody makes
+    assert_eq!(store.usage().bytes, MIN_PIECE_SIZE as u64);
+    let n = store.evict_unused_before(std::time::SystemTime::now() + Duration::from_secs(60));
+    assert_eq!(n, 1);
+    assert!(store.partials().is_empty());
+    assert!(!dir.path().join("partial").join(digest.hex()).exists());
+    assert_eq!(store.usage().bytes, 0);
+    // One abandoned (a size mismatch) leaves nothing and no quota share behind.
+    let mut p = store.partial(digest, geometry).unwrap();
+    p.append(&Bytes::copy_from_slice(&data[..MIN_PIECE_SIZE as usize]))
+        .unwrap();
+    p.settle().unwrap();
+    p.abandon();
+    assert!(store.partials().is_empty());
+    assert_eq!(store.usage().bytes, 0);
+    assert!(
+        store.digests().is_empty(),
+        "partials are never announced as stored"
+    );
+}

@@ -93,6 +93,8 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            // A hung body sends nothing: the header's length stands (`Fault::ClaimSize`).
+            Body::Blob(blob) if blob.hang => SizeHint::default(),
             Body::Blob(blob) => SizeHint::with_exact(blob.remaining() as u64),
         }
     }
@@ -174,7 +176,7 @@ impl BlobBody {
                     .and_then(|i| usize::try_from(i).ok())
                     .filter(|&i| i < len);
             }
-            Fault::Hang => body.hang = true,
+            Fault::Hang | Fault::ClaimSize { .. } => body.hang = true,
             _ => {}
         }
         body

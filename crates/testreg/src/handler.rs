@@ -17,6 +17,7 @@ use crate::body::{BlobBody, Body, KillSwitch};
 use crate::range::{parse_range, RangeSpec};
 use crate::state::Shared;
 use crate::util::{json, oci_error, set_header, status_only};
+use crate::Fault;
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -208,6 +209,9 @@ fn blob(
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
+    if let (Fault::ClaimSize { size }, StatusCode::OK) = (shared.fault(), status) {
+        h.insert(CONTENT_LENGTH, HeaderValue::from(size));
+    }
     set_header(h, DOCKER_CONTENT_DIGEST, digest);
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT {

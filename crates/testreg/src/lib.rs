@@ -147,6 +147,9 @@ pub enum Fault {
     Corrupt { offset: u64 },
     /// Blob GETs send headers then never send the body (a hung upstream).
     Hang,
+    /// Blob HEADs and whole-blob GETs claim `Content-Length: size` (a hostile upstream
+    /// claiming a huge blob); GETs then send nothing, like `Hang`.
+    ClaimSize { size: u64 },
 }
 
 /// A snapshot of what the registry has served since start or the last

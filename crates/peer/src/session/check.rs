@@ -118,6 +118,12 @@ pub(super) fn check_have(
     cfg: &SessionConfig,
 ) -> Result<(), SessionError> {
     let size = have.geometry.size();
+    if size > cfg.max_blob_size {
+        return Err(SessionError::fault(format!(
+            "the peer's blob size {size} is over the limit of {} bytes",
+            cfg.max_blob_size
+        )));
+    }
     let ours = PieceGeometry::choose(size, cfg.piece_size)
         .map_err(|e| SessionError::fault(format!("the peer's blob size {size}: {e}")))?;
     if have.geometry != ours {

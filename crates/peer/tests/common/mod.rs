@@ -35,6 +35,7 @@ pub fn cfg() -> SessionConfig {
         idle_timeout: Duration::from_secs(20),
         slot_timeout: Duration::from_secs(10),
         piece_size: Some(PS),
+        ..SessionConfig::default()
     }
 }
 

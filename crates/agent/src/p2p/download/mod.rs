@@ -18,6 +18,7 @@ use super::P2p;
 use crate::blobs::BlobFetch;
 use crate::error::FetchError;
 use crate::sink::{Op, PieceResult, Sink, Written};
+use crate::sizes::SizeSource;
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::{Bitfield, HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
@@ -360,15 +361,37 @@ impl<'a> PeerPhase<'a> {
         let s = match sink {
             Some(s) => s,
             None => {
-                let s = sink.insert(self.fetch.start_sink(have.geometry).await?);
+                // The peer's size is a claim: open the blob with the size this node can
+                // vouch for, and with the claim only when it can vouch for none.
+                let trusted = self.fetch.trusted_size().await;
+                let (geometry, confirmed) = match trusted {
+                    Some((size, _)) => (self.fetch.geometry_of(size)?, true),
+                    None => (have.geometry, false),
+                };
+                if let Some((size, source)) = trusted.filter(|(s, _)| *s != have.geometry.size()) {
+                    self.wrong_size(slot, size, have.geometry.size(), source);
+                }
+                let s = sink.insert(self.fetch.start_sink_with(geometry, confirmed).await?);
                 self.adopt_sink(s);
                 s
             }
         };
         if have.geometry != s.geometry {
-            // Another piece size (a node with a different override): its pieces do not fit.
-            debug!(slot, "peer cuts the blob differently; not using it");
-            self.drop_slot(slot, RETRY_AFTER);
+            match s.confirmed {
+                true => self.wrong_size(
+                    slot,
+                    s.geometry.size(),
+                    have.geometry.size(),
+                    SizeSource::Descriptor,
+                ),
+                false => {
+                    debug!(
+                        slot,
+                        "peer claims another size than the first; not using it"
+                    );
+                    self.drop_slot(slot, RETRY_AFTER);
+                }
+            }
             return Ok(());
         }
         count(&mut self.availability, &have.bitfield, 1);
@@ -378,6 +401,17 @@ impl<'a> PeerPhase<'a> {
             entry.has = Some(have.bitfield);
         }
         Ok(())
+    }
+
+    /// A peer claimed another size than the one this node trusts: not used, and banned when
+    /// the node's own upstream gave the size (a verified manifest could be a crafted one).
+    fn wrong_size(&mut self, slot: usize, trusted: u64, claimed: u64, source: SizeSource) {
+        let why = format!("claims {claimed} bytes for a blob of {trusted}");
+        match source {
+            SizeSource::Upstream => self.ban(slot, &why),
+            SizeSource::Descriptor => debug!(slot, %why, "not using the peer"),
+        }
+        self.drop_slot(slot, RETRY_AFTER);
     }
 
     async fn on_event(
