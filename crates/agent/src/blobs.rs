@@ -112,19 +112,88 @@ impl Inflight {
     }
 }
 
-/// A receiver for a blob: already complete when cached, else following its one fetch.
+/// A receiver for a blob: already complete when cached, else following its one fetch. Content
+/// fetched with a client's own credentials (private) reaches the receiver only after the
+/// upstream confirmed that this client may read it from this repository ([`crate::access`]);
+/// until then the receiver says `Connecting`, and a refusal comes as `Failed` with the
+/// upstream's answer (its 401 challenge intact). The flag says whether the blob was cached.
 pub(crate) fn open(
     ctx: &Arc<Ctx>,
     route: Route,
     digest: Digest,
     client_auth: Option<http::HeaderValue>,
 ) -> (watch::Receiver<Progress>, bool) {
+    if !ctx.private.contains(&digest) {
+        let opened = open_now(ctx, &route, digest, client_auth.clone());
+        // The blob may have become private meanwhile (another client's fetch with its own
+        // credentials, joined or just committed): only the fetch this call started (with
+        // this client's credentials, confirmed by its own upstream answer) needs no check.
+        if opened.started || !ctx.private.contains(&digest) {
+            return (opened.rx, opened.cached);
+        }
+    }
+    let cached = ctx.store.contains(Kind::Blob, &digest);
+    let (tx, rx) = watch::channel(Progress::Connecting);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let path = format!("blobs/{digest}");
+        let confirmed = crate::access::confirm(&ctx, &route, path, client_auth.as_ref());
+        if let Err(e) = confirmed.await {
+            tx.send_replace(Progress::Failed(e));
+            return;
+        }
+        let opened = open_now(&ctx, &route, digest, client_auth);
+        forward(opened.rx, tx).await;
+    });
+    (rx, cached)
+}
+
+/// Passes a blob's progress on to a receiver handed out before its check was done.
+async fn forward(mut from: watch::Receiver<Progress>, to: watch::Sender<Progress>) {
+    loop {
+        let progress = from.borrow_and_update().clone();
+        let last = matches!(progress, Progress::Done(_) | Progress::Failed(_));
+        to.send_replace(progress);
+        if last {
+            return;
+        }
+        tokio::select! {
+            changed = from.changed() => if changed.is_err() { return },
+            _ = to.closed() => return,
+        }
+    }
+}
+
+struct Opened {
+    rx: watch::Receiver<Progress>,
+    /// Complete in the store already.
+    cached: bool,
+    /// This call started the fetch (with its client's credentials).
+    started: bool,
+}
+
+/// [`open`] without the access check.
+fn open_now(
+    ctx: &Arc<Ctx>,
+    route: &Route,
+    digest: Digest,
+    client_auth: Option<http::HeaderValue>,
+) -> Opened {
+    let done = |blob| Opened {
+        rx: watch::channel(Progress::Done(Arc::new(blob))).1,
+        cached: true,
+        started: false,
+    };
     if let Some(blob) = ctx.store.get(Kind::Blob, &digest) {
-        return (watch::channel(Progress::Done(Arc::new(blob))).1, true);
+        return done(blob);
     }
     let entry = ctx.blobs.entry(digest);
     if let dashmap::Entry::Occupied(e) = &entry {
-        return (e.get().subscribe(), false);
+        return Opened {
+            rx: e.get().subscribe(),
+            cached: false,
+            started: false,
+        };
     }
     if client_auth.is_some() {
         ctx.private.mark(digest);
@@ -137,9 +206,14 @@ pub(crate) fn open(
     if let Some(blob) = ctx.store.get(Kind::Blob, &digest) {
         tx.send_replace(Progress::Done(Arc::new(blob)));
         ctx.blobs.remove(&digest);
-        return (rx, true);
+        return Opened {
+            rx,
+            cached: true,
+            started: false,
+        };
     }
     let ctx = ctx.clone();
+    let route = route.clone();
     tokio::spawn(async move {
         let fetch = BlobFetch {
             ctx: &ctx,
@@ -166,7 +240,11 @@ pub(crate) fn open(
         }
         ctx.blobs.remove(&digest);
     });
-    (rx, false)
+    Opened {
+        rx,
+        cached: false,
+        started: true,
+    }
 }
 
 /// One blob fetch and everything it works with.

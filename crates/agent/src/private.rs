@@ -37,8 +37,12 @@ impl Private {
         if self.digests.contains(&digest) {
             return;
         }
+        // Durable before the fetch starts: the file and its directory entry are synced.
         let marked = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::File::create(self.dir.join(digest.hex())));
+            .and_then(|()| std::fs::File::create(self.dir.join(digest.hex())))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::File::open(&self.dir))
+            .and_then(|d| d.sync_all());
         if let Err(e) = marked {
             tracing::warn!(%digest, error = %e, "cannot record that a blob is private; it stays private until restart");
         }

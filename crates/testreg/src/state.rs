@@ -263,6 +263,13 @@ impl Shared {
             .or_default() += 1;
     }
 
+    pub fn count_manifest_head(&self, reference: &str) {
+        *lock(&self.stats)
+            .manifest_heads
+            .entry(reference.to_owned())
+            .or_default() += 1;
+    }
+
     pub fn count_token_request(&self) {
         lock(&self.stats).token_requests += 1;
     }
