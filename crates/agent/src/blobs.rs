@@ -8,6 +8,7 @@
 //! with a `Range` request. The task runs on its own, so a client that hangs up does not
 //! cancel the fetch for the others (or for the cache).
 
+use crate::access::CredKey;
 use crate::error::FetchError;
 use crate::p2p::tracker::{Assignment, TrackerLink};
 use crate::p2p::{PeerOutcome, PeerPhase, PieceShare};
@@ -78,6 +79,8 @@ impl Recent {
 /// A blob being fetched, shared by every client that asked for it meanwhile.
 pub(crate) struct Inflight {
     progress: watch::Sender<Progress>,
+    /// Whose request started it: the credentials and repository it is fetched with.
+    owner: Owner,
     /// The blob as peers see it, once its geometry is known.
     share: std::sync::Mutex<Option<Arc<PieceShare>>>,
     /// Bytes that came from peers and from the upstream (for status).
@@ -86,9 +89,10 @@ pub(crate) struct Inflight {
 }
 
 impl Inflight {
-    fn new(progress: watch::Sender<Progress>) -> Inflight {
+    fn new(progress: watch::Sender<Progress>, owner: Owner) -> Inflight {
         Inflight {
             progress,
+            owner,
             share: std::sync::Mutex::new(None),
             from_peers: AtomicU64::new(0),
             from_upstream: AtomicU64::new(0),
@@ -129,7 +133,13 @@ pub(crate) fn open(
         // credentials, joined or just committed): only the fetch this call started (with
         // this client's credentials, confirmed by its own upstream answer) needs no check.
         if opened.started || !ctx.private.contains(&digest) {
-            return (opened.rx, opened.cached);
+            if !opened.other_owner {
+                return (opened.rx, opened.cached);
+            }
+            let (tx, rx) = watch::channel(Progress::Connecting);
+            let joined = Joined::new(ctx, route, digest, client_auth);
+            tokio::spawn(joined.follow(opened, tx));
+            return (rx, false);
         }
     }
     let cached = ctx.store.contains(Kind::Blob, &digest);
@@ -142,24 +152,78 @@ pub(crate) fn open(
             tx.send_replace(Progress::Failed(e));
             return;
         }
-        let opened = open_now(&ctx, &route, digest, client_auth);
-        forward(opened.rx, tx).await;
+        let opened = open_now(&ctx, &route, digest, client_auth.clone());
+        Joined::new(&ctx, route, digest, client_auth)
+            .follow(opened, tx)
+            .await;
     });
     (rx, cached)
 }
 
-/// Passes a blob's progress on to a receiver handed out before its check was done.
-async fn forward(mut from: watch::Receiver<Progress>, to: watch::Sender<Progress>) {
-    loop {
-        let progress = from.borrow_and_update().clone();
-        let last = matches!(progress, Progress::Done(_) | Progress::Failed(_));
-        to.send_replace(progress);
-        if last {
-            return;
+/// The credentials and repository a fetch uses.
+#[derive(PartialEq, Eq)]
+struct Owner(CredKey, String, String);
+
+impl Owner {
+    fn of(route: &Route, client_auth: Option<&http::HeaderValue>) -> Owner {
+        Owner(
+            CredKey::of(client_auth),
+            route.registry.clone(),
+            route.name.to_string(),
+        )
+    }
+}
+
+/// A client following a blob through a receiver of its own: after its access check, or
+/// because the fetch it joined uses other credentials or another repository.
+struct Joined {
+    ctx: Arc<Ctx>,
+    route: Route,
+    digest: Digest,
+    client_auth: Option<http::HeaderValue>,
+}
+
+impl Joined {
+    fn new(
+        ctx: &Arc<Ctx>,
+        route: Route,
+        digest: Digest,
+        client_auth: Option<http::HeaderValue>,
+    ) -> Joined {
+        let ctx = ctx.clone();
+        Joined {
+            ctx,
+            route,
+            digest,
+            client_auth,
         }
-        tokio::select! {
-            changed = from.changed() => if changed.is_err() { return },
-            _ = to.closed() => return,
+    }
+
+    /// Passes the blob's progress on to `to`. When the fetch joined was another client's and
+    /// the upstream refused it (401, 403, 404: its credentials or repository, not ours), the
+    /// blob is opened once more with this client's own.
+    async fn follow(self, opened: Opened, to: watch::Sender<Progress>) {
+        let mut retry = opened.other_owner;
+        let mut from = opened.rx;
+        loop {
+            let progress = from.borrow_and_update().clone();
+            if let Progress::Failed(e) = &progress {
+                if retry && e.is_refusal() {
+                    retry = false;
+                    let (ctx, route) = (&self.ctx, &self.route);
+                    from = open_now(ctx, route, self.digest, self.client_auth.clone()).rx;
+                    continue;
+                }
+            }
+            let last = matches!(progress, Progress::Done(_) | Progress::Failed(_));
+            to.send_replace(progress);
+            if last {
+                return;
+            }
+            tokio::select! {
+                changed = from.changed() => if changed.is_err() { return },
+                _ = to.closed() => return,
+            }
         }
     }
 }
@@ -170,6 +234,8 @@ struct Opened {
     cached: bool,
     /// This call started the fetch (with its client's credentials).
     started: bool,
+    /// The fetch joined is another request's, with other credentials or another repository.
+    other_owner: bool,
 }
 
 /// [`open`] without the access check.
@@ -183,23 +249,27 @@ fn open_now(
         rx: watch::channel(Progress::Done(Arc::new(blob))).1,
         cached: true,
         started: false,
+        other_owner: false,
     };
     if let Some(blob) = ctx.store.get(Kind::Blob, &digest) {
         return done(blob);
     }
     let entry = ctx.blobs.entry(digest);
     if let dashmap::Entry::Occupied(e) = &entry {
+        let owner = &e.get().owner;
         return Opened {
             rx: e.get().subscribe(),
             cached: false,
             started: false,
+            other_owner: *owner != Owner::of(route, client_auth.as_ref()),
         };
     }
     if client_auth.is_some() {
         ctx.private.mark(digest);
     }
     let (tx, rx) = watch::channel(Progress::Connecting);
-    let inflight = Arc::new(Inflight::new(tx.clone()));
+    let owner = Owner::of(route, client_auth.as_ref());
+    let inflight = Arc::new(Inflight::new(tx.clone(), owner));
     entry.insert(inflight.clone());
     // The fetch that registered just before us may have committed between our store lookup
     // and the insert: look again now that we own the slot.
@@ -210,6 +280,7 @@ fn open_now(
             rx,
             cached: true,
             started: false,
+            other_owner: false,
         };
     }
     let ctx = ctx.clone();
@@ -223,6 +294,9 @@ fn open_now(
             inflight: &inflight,
         };
         let outcome = fetch.run().await;
+        // Out of the table before the outcome is told: a joiner that opens the blob again
+        // on hearing of a failure (with its own credentials) starts a new fetch, not this one.
+        ctx.blobs.remove(&digest);
         match outcome {
             Ok(blob) => {
                 tx.send_replace(Progress::Done(Arc::new(blob)));
@@ -238,12 +312,12 @@ fn open_now(
                 }
             }
         }
-        ctx.blobs.remove(&digest);
     });
     Opened {
         rx,
         cached: false,
         started: true,
+        other_owner: false,
     }
 }
 

@@ -274,3 +274,28 @@ async fn a_fetch_with_one_clients_credentials_never_answers_another_client() {
     let a_manifest = asks.remove(0).await.unwrap();
     assert_eq!(a_manifest.bytes(), &img.manifest);
 }
+
+#[tokio::test]
+async fn a_client_that_joined_a_refused_fetch_gets_its_own() {
+    let h = private_registry(|_| {}).await;
+    let layer = random_bytes(300 << 10, 75);
+    let digest = h.reg.add_blob("private/app", layer.clone());
+    let path = format!("/v2/private/app/blobs/{digest}{}", h.ns());
+    h.reg.set_response_delay(Duration::from_millis(500));
+    // B without credentials starts the fetch; A, with them, asks while it runs.
+    let client = h.client();
+    let b_path = path.clone();
+    let b = tokio::spawn(async move { client.get(&b_path).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.metric("pollen_upstream_requests_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's fetch never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    let a = as_client(&h, Method::GET, &path, Some(ALICE)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.bytes(), &layer);
+    assert_refused(&b.await.unwrap(), &layer, "B");
+}
