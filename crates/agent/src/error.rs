@@ -76,6 +76,15 @@ impl FetchError {
         }
     }
 
+    /// Whether the upstream said no to these credentials or this repository (another
+    /// client's, or another repository's, may still get a yes).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Unauthorized(_) | FetchError::Denied | FetchError::NotFound
+        )
+    }
+
     /// Whether a stale cached answer may stand in (the upstream is down, not saying no).
     pub fn is_outage(&self) -> bool {
         matches!(self, FetchError::Upstream(_))

@@ -6,6 +6,7 @@
 //! read back from the file being written ([`follow`]), and never the last byte of content
 //! whose digest did not verify.
 
+mod access;
 mod admin;
 mod blobs;
 mod confine;
@@ -120,6 +121,8 @@ pub(crate) struct Ctx {
     p2p: Option<p2p::P2p>,
     /// Content fetched with a client's own credentials: never shared with peers.
     private: private::Private,
+    /// Which client credentials the upstream lately let read which repository.
+    access: access::Access,
     /// Set once by [`Agent::shutdown`]: downloads checkpoint what they have and stop.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Set by [`Agent::drain`]: no new client connections; open ones finish their response.
@@ -214,6 +217,7 @@ impl Agent {
                 clients: tokio::sync::watch::channel(0).0,
                 doctor: doctor::Cache::default(),
                 private: private::Private::load(store.root()),
+                access: access::Access::default(),
                 cfg,
                 store,
                 upstream: std::sync::RwLock::new(Arc::new(upstream)),

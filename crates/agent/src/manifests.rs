@@ -1,6 +1,9 @@
-//! Manifests: tags resolved upstream (briefly cached, last answer kept for outages), content by
-//! digest cached for good, one upstream request per manifest however many clients ask.
+//! Manifests: tags confirmed by this node's own upstream (briefly cached per credentials, the
+//! last answer kept for outages), content by digest cached for good, one upstream request per
+//! manifest and credentials however many clients ask. Private manifests are served from the
+//! cache only to clients the upstream lets read them ([`crate::access`]).
 
+use crate::access::{self, CredKey};
 use crate::error::FetchError;
 use crate::flight::SingleFlight;
 use crate::Ctx;
@@ -22,22 +25,28 @@ pub(crate) struct Manifest {
     pub body: Bytes,
 }
 
+/// A tag's digest as this node's own upstream last confirmed it, for these credentials.
 #[derive(Clone, Copy)]
 struct TagEntry {
     digest: Digest,
     resolved: Instant,
 }
 
-type TagKey = (String, String, String);
+/// (credentials, registry, repository, tag): a client's own credentials get answers of their
+/// own, never those of another client or of the agent's credentials.
+type TagKey = (CredKey, String, String, String);
 
 #[derive(Default)]
 pub(crate) struct Manifests {
     tags: DashMap<TagKey, TagEntry>,
-    flights: SingleFlight<String, Result<Manifest, FetchError>>,
+    /// Keyed by credentials too: one client's fetch never answers another client's request.
+    flights: SingleFlight<(CredKey, String), Result<Manifest, FetchError>>,
 }
 
 /// Serves a manifest by tag or digest. A tag asked for without the client's own credentials
-/// is resolved once for the cluster, by the tag's tracker, when there is one.
+/// is also resolved by the tag's tracker, when there is one, so that the manifest's body comes
+/// from the tracker's node instead of one GET per node; its digest still comes from this
+/// node's own upstream.
 pub(crate) async fn get(
     ctx: &Ctx,
     route: &Route,
@@ -47,7 +56,7 @@ pub(crate) async fn get(
     get_with(ctx, route, reference, client_auth, true).await
 }
 
-/// [`get`], resolving tags on this node only (`cluster: false`): what a tracker does when it
+/// [`get`], without asking the tag's tracker (`cluster: false`): what a tracker does when it
 /// resolves a tag for the others.
 pub(crate) async fn get_with(
     ctx: &Ctx,
@@ -59,82 +68,166 @@ pub(crate) async fn get_with(
     match reference {
         Reference::Digest(d) => {
             if let Some(m) = load(ctx, d).await {
+                if ctx.private.contains(d) {
+                    let path = format!("manifests/{d}");
+                    access::confirm(ctx, route, path, client_auth.as_ref()).await?;
+                }
                 return Ok(m);
             }
-            let key = format!("{d}");
+            let key = (CredKey::of(client_auth.as_ref()), format!("{d}"));
             ctx.manifests
                 .flights
                 .run(key, || fetch(ctx, route, reference, client_auth))
                 .await
         }
-        Reference::Tag(tag) => {
-            let key: TagKey = (route.registry.clone(), route.name.to_string(), tag.clone());
-            let known = ctx.manifests.tags.get(&key).map(|e| *e);
-            if let Some(entry) = known.filter(|e| e.resolved.elapsed() < ctx.cfg.tag_ttl) {
-                if let Some(m) = load(ctx, &entry.digest).await {
-                    return Ok(m);
-                }
-            }
-            let flight_key = format!("{}/{}:{}", key.0, key.1, key.2);
-            let fetched = ctx
-                .manifests
-                .flights
-                .run(flight_key, || {
-                    fetch_tag(ctx, route, tag, client_auth, cluster)
-                })
-                .await;
-            match fetched {
-                Ok(m) => {
-                    ctx.manifests.tags.insert(
-                        key,
-                        TagEntry {
-                            digest: m.digest,
-                            resolved: Instant::now(),
-                        },
-                    );
-                    Ok(m)
-                }
-                Err(e) if e.is_outage() => {
-                    let Some(stale) = known else { return Err(e) };
-                    let Some(m) = load(ctx, &stale.digest).await else {
-                        return Err(e);
-                    };
-                    warn!(
-                        registry = %route.registry,
-                        name = %route.name,
-                        tag,
-                        digest = %m.digest,
-                        age_secs = stale.resolved.elapsed().as_secs(),
-                        error = ?e,
-                        "every upstream failed; serving the last known manifest for this tag"
-                    );
-                    ctx.metrics.stale_manifests.inc();
-                    Ok(m)
-                }
-                Err(e) => Err(e),
-            }
-        }
+        Reference::Tag(tag) => get_tag(ctx, route, tag, client_auth, cluster).await,
     }
 }
 
-/// Resolves a tag: through the tag's tracker when allowed (one upstream request per cluster;
-/// the manifest itself then comes by digest from the tracker's node), else from the upstream.
-async fn fetch_tag(
+/// A manifest by tag: the digest this node's upstream confirmed for these credentials within
+/// `--tag-ttl`, else confirmed again now; with every upstream down, this node's own last
+/// confirmed answer, for content that is not private.
+async fn get_tag(
     ctx: &Ctx,
     route: &Route,
     tag: &str,
     client_auth: Option<HeaderValue>,
     cluster: bool,
 ) -> Result<Manifest, FetchError> {
-    if cluster && client_auth.is_none() {
-        if let Some(digest) = crate::p2p::tracker::resolve_tag(ctx, route, tag).await {
-            if let Some(m) = load(ctx, &digest).await {
+    let cred = CredKey::of(client_auth.as_ref());
+    let key: TagKey = (
+        cred,
+        route.registry.clone(),
+        route.name.to_string(),
+        tag.to_string(),
+    );
+    let known = ctx.manifests.tags.get(&key).map(|e| *e);
+    if let Some(entry) = known.filter(|e| e.resolved.elapsed() < ctx.cfg.tag_ttl) {
+        if let Some(m) = load(ctx, &entry.digest).await {
+            // Private content only while the upstream's yes to these credentials is fresh.
+            if !ctx.private.contains(&m.digest)
+                || ctx.access.is_confirmed(route, client_auth.as_ref())
+            {
                 return Ok(m);
             }
-            return fetch(ctx, route, &Reference::Digest(digest), None).await;
         }
     }
-    fetch(ctx, route, &Reference::Tag(tag.to_string()), client_auth).await
+    let flight_key = (cred, format!("{}/{}:{}", key.1, key.2, key.3));
+    let last = known.map(|e| e.digest);
+    let fetched = ctx
+        .manifests
+        .flights
+        .run(flight_key, || {
+            resolve(ctx, route, tag, client_auth, cluster, last)
+        })
+        .await;
+    match fetched {
+        Ok(m) => {
+            let resolved = Instant::now();
+            let digest = m.digest;
+            ctx.manifests
+                .tags
+                .insert(key, TagEntry { digest, resolved });
+            Ok(m)
+        }
+        // A client's own credentials confirm nothing while the upstream is down, and private
+        // content is never served on an old answer.
+        Err(e) if e.is_outage() && !cred.is_client() => {
+            let Some(stale) = known.filter(|k| !ctx.private.contains(&k.digest)) else {
+                return Err(e);
+            };
+            let Some(m) = load(ctx, &stale.digest).await else {
+                return Err(e);
+            };
+            warn!(
+                registry = %route.registry,
+                name = %route.name,
+                tag,
+                digest = %m.digest,
+                age_secs = stale.resolved.elapsed().as_secs(),
+                error = ?e,
+                "every upstream failed; serving this node's last confirmed manifest for this tag"
+            );
+            ctx.metrics.stale_manifests.inc();
+            Ok(m)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Asks this node's upstream which digest the tag points to, and gets that manifest. With no
+/// tracker to ask and no earlier answer, one `GET` by tag does both. Otherwise a `HEAD` (which
+/// Docker Hub does not count against pull limits) gives the digest, and the body comes from
+/// the cache, from peers by digest (checked against it), or from the upstream by digest. The
+/// tag's tracker, asked meanwhile, only makes its node fetch (and announce) the manifest once
+/// for the cluster: its digest is never used, and one that differs from the upstream's is
+/// logged and counted.
+async fn resolve(
+    ctx: &Ctx,
+    route: &Route,
+    tag: &str,
+    client_auth: Option<HeaderValue>,
+    cluster: bool,
+    last: Option<Digest>,
+) -> Result<Manifest, FetchError> {
+    let tracker = match cluster && client_auth.is_none() {
+        true => crate::p2p::tracker::tag_tracker(ctx, route, tag).await,
+        false => None,
+    };
+    let by_tag = Reference::Tag(tag.to_string());
+    if tracker.is_none() && last.is_none() {
+        return fetch(ctx, route, &by_tag, client_auth).await;
+    }
+    let hint = async {
+        match tracker {
+            Some(t) => crate::p2p::tracker::ask_resolve(ctx, t, route, tag).await,
+            None => None,
+        }
+    };
+    let head_auth = client_auth.clone();
+    let head = access::head(ctx, route, format!("manifests/{tag}"), head_auth.as_ref());
+    tokio::pin!(hint, head);
+    let mut hinted = None;
+    let headers = loop {
+        tokio::select! {
+            h = &mut head => break h?,
+            d = &mut hint, if hinted.is_none() => hinted = Some(d),
+        }
+    };
+    let Some(digest) = digest_header(&headers) else {
+        // A registry that does not say the digest on HEAD: the GET by tag tells it.
+        return fetch(ctx, route, &by_tag, client_auth).await;
+    };
+    if let Some(m) = load(ctx, &digest).await {
+        return Ok(m);
+    }
+    if tracker.is_some() {
+        // Wait (bounded by the tracker's own timeout) for the tracker's node to hold the body.
+        let hinted = match hinted {
+            Some(h) => h,
+            None => hint.await,
+        };
+        if let Some(other) = hinted.filter(|h| *h != digest) {
+            ctx.metrics.tag_hint_mismatch.inc();
+            warn!(
+                registry = %route.registry,
+                name = %route.name,
+                tag,
+                upstream = %digest,
+                tracker = %other,
+                "the tag's tracker answered another digest than this node's upstream; using the upstream's"
+            );
+        }
+    }
+    fetch(ctx, route, &Reference::Digest(digest), client_auth).await
+}
+
+/// The `Docker-Content-Digest` of an upstream's answer, if it names a valid digest.
+fn digest_header(headers: &http::HeaderMap) -> Option<Digest> {
+    headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A cached manifest, if stored.
@@ -217,6 +310,7 @@ async fn fetch(
     if private {
         ctx.private.mark(digest);
     }
+    ctx.access.record(route, req.client_auth.as_ref());
     keep(ctx, digest, media_type, body).await
 }
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub upstream_bytes: Counter,
     pub digest_mismatch: Counter,
     pub stale_manifests: Counter,
+    /// Tags whose tracker answered another digest than this node's upstream (ignored).
+    pub tag_hint_mismatch: Counter,
     pub cache_bytes: Gauge,
     pub cache_entries: Gauge,
     pub cache_evictions: Counter,
@@ -72,6 +74,7 @@ impl Metrics {
             upstream_bytes: Counter::default(),
             digest_mismatch: Counter::default(),
             stale_manifests: Counter::default(),
+            tag_hint_mismatch: Counter::default(),
             cache_bytes: Gauge::default(),
             cache_entries: Gauge::default(),
             cache_evictions: Counter::default(),
@@ -116,6 +119,11 @@ impl Metrics {
             "stale_manifests",
             "Tag requests answered with the last known manifest because every upstream failed",
             m.stale_manifests.clone(),
+        );
+        r.register(
+            "tag_hint_mismatch",
+            "Tags whose tracker answered another digest than this node's own upstream (the upstream's was used)",
+            m.tag_hint_mismatch.clone(),
         );
         r.register(
             "cache_bytes",

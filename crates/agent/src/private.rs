@@ -40,6 +40,7 @@ impl Private {
         if self.digests.contains(&digest) {
             return true;
         }
+        // Durable before the fetch starts: the file and its directory entry are synced.
         let marked = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::File::create(self.dir.join(digest.hex())))
             .and_then(|f| f.sync_all())

@@ -428,7 +428,7 @@ async fn a_preheated_image_is_pulled_from_the_seed_with_the_upstream_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_tag_pulled_everywhere_at_once_is_resolved_upstream_once() {
+async fn a_tag_pulled_everywhere_at_once_costs_one_get_and_a_head_per_node() {
     let reg = TestRegistry::start().await.unwrap();
     let (tracker, agents) = tracker_and_pullers(&reg, 5, PIECE).await;
     let image = reg.push_image("app", "v1", vec![random_bytes(1000, 500)]);
@@ -443,9 +443,23 @@ async fn a_tag_pulled_everywhere_at_once_is_resolved_upstream_once() {
         assert_eq!(r.bytes(), &image.manifest);
         assert_eq!(r.header("docker-content-digest"), image.manifest_digest);
     }
+    let stats = reg.stats();
+    let (heads, all) = (
+        stats.manifest_head_count("v1"),
+        stats.manifest_get_count("v1"),
+    );
     assert_eq!(
-        reg.stats().manifest_get_count("v1"),
+        all - heads,
         1,
-        "one upstream tag request for the whole cluster"
+        "one GET by tag for the whole cluster (the tag's tracker)"
+    );
+    assert_eq!(
+        heads, 5,
+        "one HEAD per other node: each confirms the digest with its own upstream"
+    );
+    assert_eq!(
+        stats.manifest_get_count(&image.manifest_digest),
+        0,
+        "the others get the body from the tracker's node"
     );
 }

@@ -142,6 +142,9 @@ fn handle_v2<B>(shared: &Arc<Shared>, kill: &KillSwitch, req: &Request<B>) -> Re
 
 fn manifest(shared: &Shared, repo: &str, reference: &str, head: bool) -> Response<Body> {
     shared.count_manifest(reference);
+    if head {
+        shared.count_manifest_head(reference);
+    }
     let Some(m) = shared.manifest(repo, reference) else {
         let msg = format!("manifest unknown: {repo}:{reference}");
         return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &msg);

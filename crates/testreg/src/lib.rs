@@ -168,6 +168,8 @@ pub struct Stats {
     pub blob_heads: HashMap<String, u64>,
     /// Reference (tag or digest) as requested -> count, GET and HEAD both.
     pub manifest_gets: HashMap<String, u64>,
+    /// Reference as requested -> number of HEAD requests (also counted in `manifest_gets`).
+    pub manifest_heads: HashMap<String, u64>,
     /// Body bytes actually written for blob responses (counted as each
     /// chunk is handed to the connection; HEADs and manifests excluded).
     pub blob_bytes_sent: u64,
@@ -190,6 +192,11 @@ impl Stats {
     /// Sum of all blob GETs.
     pub fn total_blob_gets(&self) -> u64 {
         self.blob_gets.values().sum()
+    }
+
+    /// HEAD count for one manifest reference (0 if never requested).
+    pub fn manifest_head_count(&self, reference: &str) -> u64 {
+        self.manifest_heads.get(reference).copied().unwrap_or(0)
     }
 
     /// GET+HEAD count for one manifest reference (0 if never requested).

@@ -282,6 +282,13 @@ impl Shared {
         lock(&self.realm).clone()
     }
 
+    pub fn count_manifest_head(&self, reference: &str) {
+        *lock(&self.stats)
+            .manifest_heads
+            .entry(reference.to_owned())
+            .or_default() += 1;
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = lock(&self.stats).clone();
         s.blob_bytes_sent = self.blob_bytes_sent.load(Ordering::Relaxed);

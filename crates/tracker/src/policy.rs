@@ -117,7 +117,9 @@ pub struct BlobSummary {
 }
 
 /// Resolves a tag for the cluster: the tracker's own node asks its upstream (or its tag
-/// cache). The tracker crate knows nothing of registries, so its node supplies this.
+/// cache) and so holds the manifest for the others. The answer is a hint to the asking
+/// nodes, which confirm the digest with their own upstream. The tracker crate knows nothing
+/// of registries, so its node supplies this.
 pub trait Resolver: Send + Sync + 'static {
     fn resolve<'a>(
         &'a self,

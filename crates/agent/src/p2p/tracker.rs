@@ -490,28 +490,36 @@ pub(crate) async fn ask(p2p: &P2p, tracker: PeerId, req: &TrackerRequest) -> Opt
     .flatten()
 }
 
-/// Resolves a tag through its tracker (rendezvous over the tag's name), or `None` when there
-/// is no tracker, this node is the tag's tracker (it resolves it itself), or the tracker could
-/// not answer: the caller then asks the upstream.
-pub(crate) async fn resolve_tag(
+/// The tag's tracker (rendezvous over the tag's name), or `None` when there is no tracker or
+/// this node is the tag's tracker (it resolves the tag itself).
+pub(crate) async fn tag_tracker(
     ctx: &Ctx,
     route: &pollen_upstream::Route,
     tag: &str,
-) -> Option<Digest> {
+) -> Option<PeerId> {
     let p2p = ctx.p2p.as_ref()?;
     let key = Digest::of(format!("tag {}/{}:{tag}", route.registry, route.name).as_bytes());
     let trackers = p2p.directory.trackers(p2p).await;
     let tracker = *rendezvous(&key, &trackers).first()?;
-    if tracker == p2p.node.peer_id() {
-        return None;
-    }
+    (tracker != p2p.node.peer_id()).then_some(tracker)
+}
+
+/// Asks the tag's tracker to resolve it, which makes the tracker's node fetch the manifest
+/// once for the cluster (and announce it). The digest it answers is a hint, never used as
+/// the tag's digest (anyone may announce the tracker key): `None` when it could not answer.
+pub(crate) async fn ask_resolve(
+    ctx: &Ctx,
+    tracker: PeerId,
+    route: &pollen_upstream::Route,
+    tag: &str,
+) -> Option<Digest> {
+    let p2p = ctx.p2p.as_ref()?;
     let req = TrackerRequest::Resolve {
         registry: (route.registry != pollen_oci::DOCKER_HUB).then(|| route.registry.clone()),
         name: route.name.as_str().to_string(),
         tag: tag.to_string(),
     };
-    let answer = ask(p2p, tracker, &req).await;
-    match answer {
+    match ask(p2p, tracker, &req).await {
         Some(TrackerReply::Resolved {
             digest: Some(d), ..
         }) => Some(d),
