@@ -268,7 +268,12 @@ fn open_now(
         // Fetching content that could not be recorded as private would share it with peers
         // after a crash: refuse instead.
         let e = FetchError::Store("cannot record that a blob is private".into());
-        return (watch::channel(Progress::Failed(e)).1, false);
+        return Opened {
+            rx: watch::channel(Progress::Failed(e)).1,
+            cached: false,
+            started: false,
+            other_owner: false,
+        };
     }
     let (tx, rx) = watch::channel(Progress::Connecting);
     let owner = Owner::of(route, client_auth.as_ref());
