@@ -43,6 +43,23 @@ pub(crate) struct Manifests {
     flights: SingleFlight<(CredKey, String), Result<Manifest, FetchError>>,
 }
 
+/// Past this many tags in the cache, the answers for clients' own credentials that are too
+/// old to be used (they are never used stale) are dropped: each pull may come with a token of
+/// its own.
+const MAX_TAG_ENTRIES: usize = 16 * 1024;
+
+impl Manifests {
+    fn remember(&self, ctx: &Ctx, key: TagKey, digest: Digest) {
+        if self.tags.len() >= MAX_TAG_ENTRIES {
+            let ttl = ctx.cfg.tag_ttl;
+            self.tags
+                .retain(|k, e| !k.0.is_client() || e.resolved.elapsed() < ttl);
+        }
+        let resolved = Instant::now();
+        self.tags.insert(key, TagEntry { digest, resolved });
+    }
+}
+
 /// Serves a manifest by tag or digest. A tag asked for without the client's own credentials
 /// is also resolved by the tag's tracker, when there is one, so that the manifest's body comes
 /// from the tracker's node instead of one GET per node; its digest still comes from this
@@ -123,11 +140,7 @@ async fn get_tag(
         .await;
     match fetched {
         Ok(m) => {
-            let resolved = Instant::now();
-            let digest = m.digest;
-            ctx.manifests
-                .tags
-                .insert(key, TagEntry { digest, resolved });
+            ctx.manifests.remember(ctx, key, m.digest);
             Ok(m)
         }
         // A client's own credentials confirm nothing while the upstream is down, and private
