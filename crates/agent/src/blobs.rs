@@ -147,7 +147,8 @@ pub(crate) fn open(
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let path = format!("blobs/{digest}");
-        let confirmed = crate::access::confirm(&ctx, &route, path, client_auth.as_ref());
+        let auth = client_auth.as_ref();
+        let confirmed = crate::access::confirm(&ctx, &route, path, &digest, auth);
         if let Err(e) = confirmed.await {
             tx.send_replace(Progress::Failed(e));
             return;
@@ -265,7 +266,7 @@ fn open_now(
         };
     }
     if client_auth.is_some() {
-        ctx.private.mark(digest);
+        ctx.private.mark(digest, &route.registry);
     }
     let (tx, rx) = watch::channel(Progress::Connecting);
     let owner = Owner::of(route, client_auth.as_ref());

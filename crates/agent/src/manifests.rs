@@ -87,7 +87,7 @@ pub(crate) async fn get_with(
             if let Some(m) = load(ctx, d).await {
                 if ctx.private.contains(d) {
                     let path = format!("manifests/{d}");
-                    access::confirm(ctx, route, path, client_auth.as_ref()).await?;
+                    access::confirm(ctx, route, path, d, client_auth.as_ref()).await?;
                 }
                 return Ok(m);
             }
@@ -123,7 +123,8 @@ async fn get_tag(
         if let Some(m) = load(ctx, &entry.digest).await {
             // Private content only while the upstream's yes to these credentials is fresh.
             if !ctx.private.contains(&m.digest)
-                || ctx.access.is_confirmed(route, client_auth.as_ref())
+                || (access::may_vouch(ctx, route, &m.digest)
+                    && ctx.access.is_confirmed(route, client_auth.as_ref()))
             {
                 return Ok(m);
             }
@@ -212,6 +213,9 @@ async fn resolve(
         return fetch(ctx, route, &by_tag, client_auth).await;
     };
     if let Some(m) = load(ctx, &digest).await {
+        if !access::may_vouch(ctx, route, &digest) {
+            return Err(FetchError::NotFound);
+        }
         return Ok(m);
     }
     if tracker.is_some() {
@@ -321,7 +325,7 @@ async fn fetch(
         }
     }
     if private {
-        ctx.private.mark(digest);
+        ctx.private.mark(digest, &route.registry);
     }
     ctx.access.record(route, req.client_auth.as_ref());
     keep(ctx, digest, media_type, body).await
