@@ -13,6 +13,7 @@ use crate::error::FetchError;
 use crate::Ctx;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, Method};
+use pollen_oci::Digest;
 use pollen_upstream::{FetchRequest, Route};
 use sha2::{Digest as _, Sha256};
 use std::time::{Duration, Instant};
@@ -86,12 +87,42 @@ pub(crate) async fn confirm(
     ctx: &Ctx,
     route: &Route,
     path: String,
+    digest: &Digest,
     client_auth: Option<&HeaderValue>,
 ) -> Result<(), FetchError> {
+    if !may_vouch(ctx, route, digest) {
+        return Err(FetchError::NotFound);
+    }
     if ctx.access.is_confirmed(route, client_auth) {
         return Ok(());
     }
     head(ctx, route, path, client_auth).await.map(drop)
+}
+
+/// Whether the route's registry's yes may open the cached `digest`: always for content that
+/// is not private; for private content, only a registry the operator configured (its answers
+/// are trusted like the agent's own) or one the content was fetched from with a client's
+/// credentials. Any other host a client names in `ns` could say yes to anything, so it cannot
+/// open another registry's private content.
+pub(crate) fn may_vouch(ctx: &Ctx, route: &Route, digest: &Digest) -> bool {
+    vouches(
+        &ctx.private,
+        ctx.upstream().config(),
+        &route.registry,
+        digest,
+    )
+}
+
+fn vouches(
+    private: &crate::private::Private,
+    cfg: &pollen_upstream::UpstreamConfig,
+    registry: &str,
+    digest: &Digest,
+) -> bool {
+    !private.contains(digest)
+        || registry == pollen_oci::DOCKER_HUB
+        || cfg.registries.contains_key(registry)
+        || private.fetched_from(digest, registry)
 }
 
 /// A `HEAD` on `path` with the client's credentials (or the agent's own): the response headers
@@ -134,6 +165,24 @@ mod tests {
         assert_ne!(CredKey::of(Some(&a)), CredKey::of(None));
         assert!(!CredKey::of(None).is_client());
         assert!(CredKey::of(Some(&a)).is_client());
+    }
+
+    #[test]
+    fn only_configured_or_origin_registries_vouch_for_private_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = crate::private::Private::load(dir.path());
+        let mut cfg = pollen_upstream::UpstreamConfig::default();
+        cfg.registries.insert(
+            "listed.example".into(),
+            vec!["https://listed.example".into()],
+        );
+        let (secret, public) = (Digest::of(b"secret"), Digest::of(b"public"));
+        private.mark(secret, "origin.example");
+        assert!(vouches(&private, &cfg, "evil.example", &public));
+        assert!(!vouches(&private, &cfg, "evil.example", &secret));
+        assert!(vouches(&private, &cfg, "origin.example", &secret));
+        assert!(vouches(&private, &cfg, "listed.example", &secret));
+        assert!(vouches(&private, &cfg, pollen_oci::DOCKER_HUB, &secret));
     }
 
     #[test]

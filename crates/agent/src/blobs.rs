@@ -147,7 +147,8 @@ pub(crate) fn open(
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let path = format!("blobs/{digest}");
-        let confirmed = crate::access::confirm(&ctx, &route, path, client_auth.as_ref());
+        let auth = client_auth.as_ref();
+        let confirmed = crate::access::confirm(&ctx, &route, path, &digest, auth);
         if let Err(e) = confirmed.await {
             tx.send_replace(Progress::Failed(e));
             return;
@@ -264,7 +265,7 @@ fn open_now(
             other_owner: *owner != Owner::of(route, client_auth.as_ref()),
         };
     }
-    if client_auth.is_some() && !ctx.private.mark(digest) {
+    if client_auth.is_some() && !ctx.private.mark(digest, &route.registry) {
         // Fetching content that could not be recorded as private would share it with peers
         // after a crash: refuse instead.
         let e = FetchError::Store("cannot record that a blob is private".into());

@@ -43,6 +43,23 @@ pub(crate) struct Manifests {
     flights: SingleFlight<(CredKey, String), Result<Manifest, FetchError>>,
 }
 
+/// Past this many tags in the cache, the answers for clients' own credentials that are too
+/// old to be used (they are never used stale) are dropped: each pull may come with a token of
+/// its own.
+const MAX_TAG_ENTRIES: usize = 16 * 1024;
+
+impl Manifests {
+    fn remember(&self, ctx: &Ctx, key: TagKey, digest: Digest) {
+        if self.tags.len() >= MAX_TAG_ENTRIES {
+            let ttl = ctx.cfg.tag_ttl;
+            self.tags
+                .retain(|k, e| !k.0.is_client() || e.resolved.elapsed() < ttl);
+        }
+        let resolved = Instant::now();
+        self.tags.insert(key, TagEntry { digest, resolved });
+    }
+}
+
 /// Serves a manifest by tag or digest. A tag asked for without the client's own credentials
 /// is also resolved by the tag's tracker, when there is one, so that the manifest's body comes
 /// from the tracker's node instead of one GET per node; its digest still comes from this
@@ -70,7 +87,7 @@ pub(crate) async fn get_with(
             if let Some(m) = load(ctx, d).await {
                 if ctx.private.contains(d) {
                     let path = format!("manifests/{d}");
-                    access::confirm(ctx, route, path, client_auth.as_ref()).await?;
+                    access::confirm(ctx, route, path, d, client_auth.as_ref()).await?;
                 }
                 return Ok(m);
             }
@@ -106,7 +123,8 @@ async fn get_tag(
         if let Some(m) = load(ctx, &entry.digest).await {
             // Private content only while the upstream's yes to these credentials is fresh.
             if !ctx.private.contains(&m.digest)
-                || ctx.access.is_confirmed(route, client_auth.as_ref())
+                || (access::may_vouch(ctx, route, &m.digest)
+                    && ctx.access.is_confirmed(route, client_auth.as_ref()))
             {
                 return Ok(m);
             }
@@ -123,11 +141,7 @@ async fn get_tag(
         .await;
     match fetched {
         Ok(m) => {
-            let resolved = Instant::now();
-            let digest = m.digest;
-            ctx.manifests
-                .tags
-                .insert(key, TagEntry { digest, resolved });
+            ctx.manifests.remember(ctx, key, m.digest);
             Ok(m)
         }
         // A client's own credentials confirm nothing while the upstream is down, and private
@@ -199,6 +213,9 @@ async fn resolve(
         return fetch(ctx, route, &by_tag, client_auth).await;
     };
     if let Some(m) = load(ctx, &digest).await {
+        if !access::may_vouch(ctx, route, &digest) {
+            return Err(FetchError::NotFound);
+        }
         return Ok(m);
     }
     if tracker.is_some() {
@@ -308,7 +325,7 @@ async fn fetch(
         }
     }
     if private {
-        ctx.private.mark(digest);
+        ctx.private.mark(digest, &route.registry);
     }
     ctx.access.record(route, req.client_auth.as_ref());
     keep(ctx, digest, media_type, body).await
