@@ -17,6 +17,7 @@ use pollen_oci::Digest;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::time::timeout;
 
 /// Blob sizes remembered from verified manifests, at most (a descriptor is ~100 bytes; the
@@ -24,6 +25,10 @@ use tokio::time::timeout;
 const MAX_KNOWN_SIZES: usize = 65_536;
 /// Descriptors read from one manifest, at most (a manifest is at most 4 MiB).
 const MAX_DESCRIPTORS: usize = 4096;
+/// Longest wait for the upstream's `HEAD` when peers offer a blob of unknown size: an
+/// upstream that hangs must not hold up a download peers can supply (the claim is then used
+/// unconfirmed, see the module doc).
+const SIZE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a trusted size came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +112,7 @@ pub(crate) fn learn_manifest(ctx: &Ctx, body: &Bytes) {
 
 impl BlobFetch<'_> {
     /// The blob's size as this node can vouch for it: a verified manifest's descriptor, else
-    /// a `HEAD` to its own upstream (bounded by the response timeout). `None` when neither
+    /// a `HEAD` to its own upstream (bounded by [`SIZE_CHECK_TIMEOUT`]). `None` when neither
     /// answers (the upstream is down or does not know the blob).
     pub(crate) async fn trusted_size(&self) -> Option<(u64, SizeSource)> {
         if let Some(size) = self.ctx.sizes.get(&self.digest) {
@@ -122,7 +127,7 @@ impl BlobFetch<'_> {
             range_end: None,
             client_auth: self.client_auth.clone(),
         };
-        let deadline = self.ctx.upstream().config().response_timeout;
+        let deadline = SIZE_CHECK_TIMEOUT.min(self.ctx.upstream().config().response_timeout);
         let resp = timeout(deadline, self.ctx.upstream_fetch(&req))
             .await
             .ok()?

@@ -199,3 +199,29 @@ async fn a_short_range_gets_only_verified_bytes() {
         format!("bytes 1000-1999/{}", layer.len())
     );
 }
+
+#[tokio::test]
+async fn a_partial_whose_size_the_upstream_contradicts_is_deleted() {
+    let reg = TestRegistry::start().await.unwrap();
+    let layer = random_bytes(2 * PIECE + 3, 41);
+    let digest = reg.add_blob("app", layer.clone());
+    let d: Digest = digest.parse().unwrap();
+    // A partial recorded with another size (an older version took a peer's word for it).
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = pollen_store::Store::open(dir.path(), 1 << 30).unwrap();
+        let wrong = pollen_proto::PieceGeometry::choose(5 * PIECE as u64, None).unwrap();
+        let mut p = store.partial(d, wrong).unwrap();
+        p.append(&random_bytes(PIECE, 1)).unwrap();
+        p.checkpoint().unwrap();
+        assert_eq!(store.partial_geometry(&d), Some(wrong));
+    }
+    let cfg = config_for(&reg);
+    let h = Harness::with_dir(reg, cfg, dir, 1 << 30).await;
+    let r = h.get(&blob_path(&h, &digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    h.wait_stored(&digest).await;
+    assert_eq!(h.get(&blob_path(&h, &digest)).await.bytes(), &layer);
+    assert!(!h.dir.path().join("partial").join(&digest[7..]).exists());
+    assert_eq!(h.agent.store().partial_geometry(&d), None);
+}

@@ -529,3 +529,35 @@ fn ca_files_from_the_file_or_the_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn max_blob_size_has_a_default_a_file_key_and_a_flag() {
+    let s = Settings::resolve(args()).unwrap();
+    assert_eq!(s.agent.max_blob_size, pollen_agent::DEFAULT_MAX_BLOB_SIZE);
+    assert_eq!(s.agent.max_blob_size, 64 << 30);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pollen.toml");
+    std::fs::write(&path, "max_blob_size = \"8GiB\"\n").unwrap();
+    let from_file = AgentArgs {
+        config: Some(path.clone()),
+        ..args()
+    };
+    assert_eq!(
+        Settings::resolve(from_file).unwrap().agent.max_blob_size,
+        8 << 30
+    );
+    let flag = AgentArgs {
+        config: Some(path),
+        max_blob_size: Some("1TiB".into()),
+        ..args()
+    };
+    assert_eq!(
+        Settings::resolve(flag).unwrap().agent.max_blob_size,
+        1 << 40
+    );
+    let bad = AgentArgs {
+        max_blob_size: Some("huge".into()),
+        ..args()
+    };
+    assert!(Settings::resolve(bad).is_err());
+}

@@ -12,6 +12,7 @@
 mod hash;
 mod index;
 mod partial;
+mod partial_state;
 mod piece_hash;
 mod writer;
 

@@ -153,3 +153,35 @@ pub(super) fn kind(reply: &Reply) -> &'static str {
         Reply::Error { .. } => "Error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pollen_proto::Bitfield;
+
+    fn have(size: u64) -> Have {
+        let geometry = PieceGeometry::choose(size, None).unwrap();
+        Have {
+            bitfield: Bitfield::new(&geometry),
+            geometry,
+            complete: false,
+            map_id: None,
+        }
+    }
+
+    #[test]
+    fn a_claimed_size_over_the_limit_is_a_peer_fault() {
+        let digest = Digest::of(b"some blob");
+        let cfg = SessionConfig::default();
+        let claim = check_have(&digest, &have(4 << 40), &cfg).unwrap_err();
+        assert!(claim.is_peer_fault(), "{claim}");
+        assert!(check_have(&digest, &have(cfg.max_blob_size), &cfg).is_ok());
+        let tight = SessionConfig {
+            max_blob_size: 1 << 20,
+            ..SessionConfig::default()
+        };
+        assert!(check_have(&digest, &have(2 << 20), &tight)
+            .unwrap_err()
+            .is_peer_fault());
+    }
+}

@@ -98,6 +98,9 @@ pub(crate) struct PeerPhase<'a> {
     providers: Vec<PeerId>,
     /// Sessions in a row that ended before any piece, by peer.
     failures: HashMap<PeerId, u32>,
+    /// Where the size the blob was opened with here came from (`None`: a peer's claim, or
+    /// opened before this phase).
+    size_source: Option<SizeSource>,
 }
 
 impl<'a> PeerPhase<'a> {
@@ -126,6 +129,7 @@ impl<'a> PeerPhase<'a> {
             lookup: None,
             providers: Vec::new(),
             failures: HashMap::new(),
+            size_source: None,
         }
     }
 
@@ -368,9 +372,7 @@ impl<'a> PeerPhase<'a> {
                     Some((size, _)) => (self.fetch.geometry_of(size)?, true),
                     None => (have.geometry, false),
                 };
-                if let Some((size, source)) = trusted.filter(|(s, _)| *s != have.geometry.size()) {
-                    self.wrong_size(slot, size, have.geometry.size(), source);
-                }
+                self.size_source = trusted.map(|(_, source)| source);
                 let s = sink.insert(self.fetch.start_sink_with(geometry, confirmed).await?);
                 self.adopt_sink(s);
                 s
@@ -378,12 +380,12 @@ impl<'a> PeerPhase<'a> {
         };
         if have.geometry != s.geometry {
             match s.confirmed {
-                true => self.wrong_size(
-                    slot,
-                    s.geometry.size(),
-                    have.geometry.size(),
-                    SizeSource::Descriptor,
-                ),
+                true => {
+                    // A size resumed from disk was confirmed once, but by what is not known:
+                    // not grounds for a ban.
+                    let source = self.size_source.unwrap_or(SizeSource::Descriptor);
+                    self.wrong_size(slot, s.geometry.size(), have.geometry.size(), source);
+                }
                 false => {
                     debug!(
                         slot,
