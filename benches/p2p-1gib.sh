@@ -126,9 +126,11 @@ get() {
 }
 
 # ---------------------------------------------------------------- sender
+# A swarm key, as every real cluster has (its private-network layer is part of what is measured).
+"$POLLEN_BIN" swarm-key --out "$T/swarm.key" 2>/dev/null || die "pollen swarm-key failed"
 A_LOG="$T/a.log"
 lib_start_agent "$POLLEN_BIN" "$T/a" "$A_PORT" "$A_ADMIN" "$A_LOG" "http://$REG" "$REG=http://$REG" \
-    --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$A_P2P" --mdns false "${EXTRA[@]}" >&2 ||
+    --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$A_P2P" --mdns false --swarm-key "$T/swarm.key" "${EXTRA[@]}" >&2 ||
     die "agent A did not become ready"
 A_PID=$AGENT_PID
 A_ID=$(admin "$A_ADMIN" /status | jq -r '.peer_id // empty')
@@ -159,7 +161,7 @@ for ((i = 1; i <= RUNS; i++)); do
     B_LOG="$T/b$i.log"
     lib_start_agent "$POLLEN_BIN" "$T/b" "$B_PORT" "$B_ADMIN" "$B_LOG" "$DEAD" "$REG=$DEAD" \
         --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$B_P2P" --mdns false \
-        --bootstrap "/ip4/127.0.0.1/tcp/$A_P2P/p2p/$A_ID" "${EXTRA[@]}" >&2 ||
+        --bootstrap "/ip4/127.0.0.1/tcp/$A_P2P/p2p/$A_ID" --swarm-key "$T/swarm.key" "${EXTRA[@]}" >&2 ||
         die "agent B did not become ready"
     B_PID=$AGENT_PID
     lib_wait_cmd 150 connected_to "$B_ADMIN" "$A_ID" || die "run $i: agent B did not connect to A"
