@@ -122,25 +122,20 @@ mod tests {
         assert!(!p.fetched_from(&d, "evil.example"));
         assert!(!p.contains(&Digest::of(b"public layer")));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn a_mark_is_on_disk_before_it_returns_or_reported_as_not() {
         let d = Digest::of(b"private layer");
         let ok = tempfile::tempdir().unwrap();
         let p = Private::load(ok.path());
-        assert!(p.mark(d));
+        assert!(p.mark(d, "reg.example"));
         assert!(ok.path().join("private").join(d.hex()).exists());
         assert!(Private::load(ok.path()).contains(&d), "survives a restart");
         // `private` cannot be a directory: the mark cannot be made durable.
         let bad = tempfile::tempdir().unwrap();
         std::fs::write(bad.path().join("private"), b"a file").unwrap();
         let p = Private::load(bad.path());
-        assert!(!p.mark(d), "the caller refuses the fetch");
+        assert!(!p.mark(d, "reg.example"), "the caller refuses the fetch");
         assert!(p.contains(&d), "still private until restart");
     }
 }
