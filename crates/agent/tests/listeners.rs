@@ -145,14 +145,18 @@ async fn the_admin_status_shows_no_private_digest() {
     t2.abort();
 }
 
-/// Opens `n` connections to `addr` that never send a byte; the ones the server accepted or
+/// Opens `n` connections to `addr` that never finish a request: every other one sends
+/// nothing, the others half a request head (slowloris); the ones the server accepted or
 /// queued.
 async fn idle_flood(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        if let Ok(Ok(s)) =
+    for i in 0..n {
+        if let Ok(Ok(mut s)) =
             tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await
         {
+            if i % 2 == 1 {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").await;
+            }
             out.push(s);
         }
     }
