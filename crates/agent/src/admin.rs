@@ -170,7 +170,7 @@ async fn route(agent: &Agent, path: &str, surface: Surface) -> Response<Full<Byt
         "/doctor" if surface == Surface::Control => (
             StatusCode::OK,
             "application/json",
-            serde_json::to_string_pretty(&agent.doctor().await).unwrap_or_default(),
+            serde_json::to_string_pretty(&agent.doctor_cached().await).unwrap_or_default(),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" => match agent.readiness() {
