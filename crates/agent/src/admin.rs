@@ -8,7 +8,7 @@
 //!
 //! Both have a header read timeout and a connection cap ([`crate::listen`]).
 
-use crate::listen::{Admitted, ConnLimit, ADMIN_HEADER_TIMEOUT};
+use crate::listen::{hold, Admitted, ConnLimit, InFlight, ADMIN_HEADER_TIMEOUT};
 use crate::{Agent, PreheatSpec};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -74,17 +74,14 @@ where
 {
     let evict = place.evict.clone();
     let _place = place;
+    let inflight = InFlight::default();
+    let busy = inflight.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let agent = agent.clone();
+        let guard = busy.start();
         async move {
-            let (method, path) = (req.method(), req.uri().path());
-            if surface == Surface::Control && method == Method::POST && path == "/preheat" {
-                return Ok::<_, Infallible>(preheat(&agent, req.uri().query()));
-            }
-            if method != Method::GET && method != Method::HEAD {
-                return Ok(not_found(surface).map(BodyExt::boxed));
-            }
-            Ok(route(&agent, path, surface).await.map(BodyExt::boxed))
+            let resp = answer(&agent, &req, surface).await;
+            Ok::<_, Infallible>(resp.map(|b| hold(b, guard)))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -97,6 +94,9 @@ where
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = evict.notified() => {
+            if inflight.idle() {
+                return;
+            }
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -104,6 +104,22 @@ where
     if let Err(e) = result {
         debug!(error = %e, ?surface, "admin connection ended with an error");
     }
+}
+
+/// Routes one request by surface: preheat and doctor only on the control socket.
+async fn answer(
+    agent: &Agent,
+    req: &http::Request<hyper::body::Incoming>,
+    surface: Surface,
+) -> Response<AdminBody> {
+    let (method, path) = (req.method(), req.uri().path());
+    if surface == Surface::Control && method == Method::POST && path == "/preheat" {
+        return preheat(agent, req.uri().query());
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return not_found(surface).map(BodyExt::boxed);
+    }
+    route(agent, path, surface).await.map(BodyExt::boxed)
 }
 
 fn not_found(surface: Surface) -> Response<Full<Bytes>> {
@@ -154,7 +170,7 @@ async fn route(agent: &Agent, path: &str, surface: Surface) -> Response<Full<Byt
         "/doctor" if surface == Surface::Control => (
             StatusCode::OK,
             "application/json",
-            serde_json::to_string_pretty(&agent.doctor().await).unwrap_or_default(),
+            serde_json::to_string_pretty(&agent.doctor_cached().await).unwrap_or_default(),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" => match agent.readiness() {

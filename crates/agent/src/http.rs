@@ -2,7 +2,7 @@
 
 use crate::blobs;
 use crate::follow::Follower;
-use crate::listen::ConnLimit;
+use crate::listen::{ConnLimit, InFlight};
 use crate::range::{self, RangeOutcome};
 use crate::request::{self, ApiRequest, Parsed};
 use crate::{manifests, Ctx};
@@ -53,9 +53,15 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
             let _open = _open;
             let evict = place.evict.clone();
             let _place = place;
+            let inflight = InFlight::default();
+            let busy = inflight.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(with_request_id(&ctx, req).await) }
+                let guard = busy.start();
+                async move {
+                    let resp = with_request_id(&ctx, req).await;
+                    Ok::<_, Infallible>(resp.map(|b| crate::listen::hold(b, guard)))
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -73,7 +79,11 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
                     conn.await
                 }
                 () = evict.notified() => {
-                    // A newcomer needs the place: same, so a response in progress is not cut.
+                    // A newcomer needs the place: closed now if no response is in progress,
+                    // else after it (as when draining).
+                    if inflight.idle() {
+                        return;
+                    }
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

@@ -331,9 +331,15 @@ impl Agent {
     }
 
     /// The agent's health checks (upstreams, cache disk, peers, trackers) for `pollen doctor`.
-    /// Costs a request to every upstream mirror and tracker, so the answer is reused for
-    /// [`doctor::CACHE_TTL`] and concurrent callers share one run.
+    /// Asks every upstream mirror and tracker now.
     pub async fn doctor(&self) -> Vec<doctor::Check> {
+        doctor::run(&self.ctx).await
+    }
+
+    /// [`Agent::doctor`] for the control socket's `/doctor`: a run costs a request to every
+    /// upstream mirror and tracker, so its answer is reused for [`doctor::CACHE_TTL`] (until a
+    /// reload) and concurrent callers share one run.
+    pub async fn doctor_cached(&self) -> Vec<doctor::Check> {
         self.ctx.doctor.get(&self.ctx).await
     }
 

@@ -2,8 +2,9 @@
 //! socket), so idle or slow connections cannot pin every file descriptor.
 //!
 //! Each listener holds at most `max` connections. At the cap a newcomer asks the oldest open
-//! connection to close (hyper's graceful shutdown: an idle or half-sent one closes at once, one
-//! in the middle of a response finishes that response first) and waits for its place for
+//! connection to close (one without a response in progress closes at once, even with half a
+//! request head sent; one in the middle of a response finishes that response first, hyper's
+//! graceful shutdown) and waits for its place for
 //! [`EVICT_WAIT`]; if no place frees up, the newcomer is closed. A flood of idle connections
 //! therefore cycles through the oldest places while a client that sends its request gets
 //! served, and the connections with a response in progress are never cut. Idle keep-alive
@@ -11,7 +12,7 @@
 //! wait for the next request too).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -27,6 +28,49 @@ pub const DEFAULT_MAX_ADMIN_CONNECTIONS: usize = 64;
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a newcomer at the cap waits for the oldest connection to make room.
 pub const EVICT_WAIT: Duration = Duration::from_millis(200);
+
+/// Requests of one connection whose response is not finished yet (its body not dropped): a
+/// connection asked to make room closes at once when there are none, even halfway through
+/// sending a request head (hyper's graceful shutdown would wait for that head).
+#[derive(Clone, Default)]
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+/// One request in progress; ends when dropped (with the response body).
+pub(crate) struct InFlightGuard(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn start(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.0.clone())
+    }
+
+    pub fn idle(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `body`, holding `guard` until the body is dropped (sent, or the client gone).
+pub(crate) fn hold<B>(
+    body: B,
+    guard: InFlightGuard,
+) -> http_body_util::combinators::BoxBody<B::Data, B::Error>
+where
+    B: http_body::Body + Send + Sync + 'static,
+    B::Data: Send,
+{
+    use http_body_util::BodyExt;
+    body.map_frame(move |f| {
+        let _held = &guard;
+        f
+    })
+    .boxed()
+}
 
 /// One listener's connection cap; see the module docs.
 pub(crate) struct ConnLimit {

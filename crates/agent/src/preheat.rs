@@ -34,6 +34,8 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const PARALLEL: usize = 4;
 /// The bound on a target that stops reporting.
 const SILENCE: Duration = Duration::from_secs(120);
+/// How long a refused preheat stream is read for the request before the refusal is sent.
+const BUSY_READ: Duration = Duration::from_secs(5);
 /// Events queued for the client; a client that stops reading stalls the preheat.
 const EVENT_QUEUE: usize = 64;
 
@@ -382,7 +384,9 @@ pub(crate) async fn serve_loop(ctx: Arc<Ctx>) {
         tokio::spawn(async move {
             let Some(_ticket) = ticket else {
                 debug!(%peer, "refusing a preheat: this peer has too many running here");
-                let (_, mut w) = tokio::io::split(stream.compat());
+                // Its request is read (briefly) so the answer reaches it as an answer.
+                let (mut r, mut w) = tokio::io::split(stream.compat());
+                let _ = timeout(BUSY_READ, read_preheat_request(&mut r)).await;
                 let busy = PreheatReply::Done {
                     ok: false,
                     message: "busy: too many preheats from this peer".into(),

@@ -165,3 +165,67 @@ async fn one_peer_cannot_take_every_upload_slot() {
     assert!(u, "and its own share");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_peer_gets_a_bounded_number_of_sessions_and_preheats() {
+    let reg = TestRegistry::start().await.unwrap();
+    let mut cfg = agent_config(&reg);
+    // Slots for everyone: only the per-peer caps limit here.
+    cfg.p2p.max_upload_sessions = 64;
+    // The preheats below hang upstream for the whole test.
+    cfg.upstream.response_timeout = Duration::from_secs(600);
+    let victim = member(&reg, cfg, None).await;
+    let layer = random_bytes(PIECE, 22);
+    let digest = reg.add_blob("app", layer.clone());
+    assert_eq!(
+        victim.get(&blob_path(&victim, &digest)).await.bytes(),
+        &layer
+    );
+    victim.wait_stored(&digest).await;
+    let d: pollen_oci::Digest = digest.parse().unwrap();
+    let (greedy, _dir) = attacker(&victim).await;
+
+    // Sessions: 16 served, the 17th closed without an answer.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(session(&greedy, &victim, d).await.1);
+    }
+    let stream = greedy.open_stream(node(&victim).peer_id()).await.unwrap();
+    let mut io = stream.compat();
+    let _ = write_request(&mut io, &Request::Interest { digest: d }).await;
+    let answer = tokio::time::timeout(DEADLINE, read_reply(&mut io))
+        .await
+        .expect("closed in time");
+    assert!(
+        !matches!(answer, Ok(Some(Reply::Have { .. }))),
+        "a 17th session was served: {answer:?}"
+    );
+    drop(held);
+
+    // Preheats: fetches that hang upstream; 8 run, the 9th is refused as busy.
+    reg.set_response_delay(Duration::from_secs(600));
+    let mut running = Vec::new();
+    for i in 0..8u8 {
+        let stream = greedy
+            .open_stream_on(node(&victim).peer_id(), PREHEAT_PROTOCOL)
+            .await
+            .unwrap();
+        let (mut r, mut w) = tokio::io::split(stream.compat());
+        let req = PreheatRequest::Fetch {
+            registry: Some(reg.host()),
+            name: "app".into(),
+            digest: pollen_oci::Digest::of(&[i]),
+        };
+        write_preheat_request(&mut w, &req).await.unwrap();
+        let first = tokio::time::timeout(DEADLINE, read_preheat_reply(&mut r)).await;
+        assert!(
+            matches!(first, Ok(Ok(Some(PreheatReply::Progress { .. })))),
+            "preheat {i} runs: {first:?}"
+        );
+        running.push((r, w));
+    }
+    let (ok, message) = preheat(&greedy, &victim, Some(reg.host())).await;
+    assert!(!ok);
+    assert!(message.starts_with("busy"), "{message}");
+    drop(running);
+}

@@ -173,6 +173,31 @@ async fn throughput_is_measured_per_mirror_in_pull_order_after_a_pull() {
         .expect("the fast mirror is named");
     assert!(slow_at < fast_at, "pull order, the configured one: {t:?}");
     assert!(t.detail.contains(digest), "names the blob read: {t:?}");
+    assert!(!t.detail.contains("app@"), "but not its repository: {t:?}");
+}
+
+#[tokio::test]
+async fn a_private_blob_is_not_named_by_the_doctor() {
+    let reg = pollen_testreg::TestRegistry::start().await.unwrap();
+    let img = reg.push_image("secret-team/app", "v1", vec![random_bytes(1 << 20, 8)]);
+    let h = Harness::with(reg.clone(), config_for(&reg)).await;
+    let digest = &img.layer_digests[0];
+    let r = h
+        .send(
+            http::Method::GET,
+            &format!("/v2/secret-team/app/blobs/{digest}{}", h.ns()),
+            &[("authorization", "Bearer pod-secret")],
+        )
+        .await;
+    assert_eq!(sha256(r.bytes()), *digest);
+    let checks = h.agent.doctor().await;
+    let text = format!("{checks:?}");
+    assert!(text.contains("a private blob"), "{text}");
+    assert!(!text.contains("secret-team"), "{text}");
+    assert!(
+        !text.contains(digest.trim_start_matches("sha256:")),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -515,6 +515,25 @@ fn status_reports_the_peer_id_and_json_parses() {
 }
 
 #[test]
+fn status_over_the_control_socket_which_only_its_owner_may_open() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let agent = Agent::start(&["--p2p-listen", P2P_ANY_PORT]);
+    let meta = std::fs::metadata(&agent.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
+    let out = pollen()
+        .args(["status", "--json", "--control-socket", &agent.socket()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let full: pollen_agent::Status = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(full.peer_id, agent.status_json().peer_id);
+    // The admin port has no doctor and no preheat.
+    let (status, _) = get_body(agent.metrics, "/doctor");
+    assert!(status.contains("404"), "{status}");
+}
+
+#[test]
 fn status_reports_the_roles() {
     let agent = Agent::start(&[
         "--tracker",
