@@ -16,6 +16,33 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 
+/// A member of the test cluster's private swarm (`test_swarm_key`), connected to `to`.
+async fn member(reg: &TestRegistry, cfg: AgentConfig, to: Option<&Harness>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    member_keyed(reg, cfg, to, dir, 1 << 30, Some(test_swarm_key())).await
+}
+
+async fn member_in(
+    reg: &TestRegistry,
+    cfg: AgentConfig,
+    to: Option<&Harness>,
+    dir: tempfile::TempDir,
+) -> Harness {
+    member_keyed(reg, cfg, to, dir, 1 << 30, Some(test_swarm_key())).await
+}
+
+/// A member holding a blob of `size` bytes, and the blob.
+async fn seeded(reg: &TestRegistry, size: usize, seed: u64) -> (Harness, bytes::Bytes, String) {
+    let a = member(reg, agent_config(reg), None).await;
+    let layer = random_bytes(size, seed);
+    let digest = reg.add_blob("app", layer.clone());
+    let r = a.get(&blob_path(&a, &digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes(), &layer);
+    a.wait_stored(&digest).await;
+    (a, layer, digest)
+}
+
 /// An agent with its own swarm settings, bootstrapped to `to` without waiting to connect
 /// (strangers never do).
 async fn agent_with(

@@ -282,7 +282,6 @@ async fn a_forged_piece_map_fails_the_digest_and_its_peer_is_banned() {
                 node(&b).listen_addrs().await.unwrap()[0].clone(),
             )],
             bootstrap_interval: Duration::from_millis(500),
-            swarm_key: Some(test_swarm_key()),
             ..SwarmConfig::default()
         },
     )

@@ -13,7 +13,9 @@ use tokio::time::Instant;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 pub const PIECE: usize = 1 << 20;
 
-/// The swarm key of every test cluster (a private network, as in production).
+/// A swarm key for the tests that need one (`admission.rs`). The other clusters run on
+/// loopback without one, which the agent allows: the key's stream cipher is generic code that
+/// debug builds run slowly enough to starve the many-agent tests of CPU.
 pub fn test_swarm_key() -> SwarmKey {
     SwarmKey::parse(
         "/key/swarm/psk/1.0.0/\n/base16/\n5e1f0c0ffee0ddba11cafebabe5eed5a1ad5eedcafe0ddba11c0ffee5eed5a1a\n",
@@ -54,13 +56,25 @@ pub async fn member_with(
     dir: tempfile::TempDir,
     quota: u64,
 ) -> Harness {
+    member_keyed(reg, cfg, to, dir, quota, None).await
+}
+
+/// [`member_with`] in a private swarm: only agents with the same `swarm_key` connect.
+pub async fn member_keyed(
+    reg: &TestRegistry,
+    cfg: AgentConfig,
+    to: Option<&Harness>,
+    dir: tempfile::TempDir,
+    quota: u64,
+    swarm_key: Option<SwarmKey>,
+) -> Harness {
     init_logs();
     let mut swarm = SwarmConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         provider_ttl: Duration::from_secs(4),
         lookup_timeout: Duration::from_secs(5),
         bootstrap_interval: Duration::from_millis(500),
-        swarm_key: Some(test_swarm_key()),
+        swarm_key,
         ..SwarmConfig::default()
     };
     if let Some(first) = to {
