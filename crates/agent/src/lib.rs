@@ -12,6 +12,8 @@ pub mod doctor;
 mod error;
 mod flight;
 mod follow;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod manifests;
 mod metrics;

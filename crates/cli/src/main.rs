@@ -1,6 +1,5 @@
 //! `pollen`: the peer-to-peer distribution agent for container image layers.
 
-mod config;
 mod demo;
 mod doctor;
 mod preheat;
@@ -9,6 +8,7 @@ mod status;
 
 use clap::{Parser, Subcommand};
 use config::{AgentArgs, LogFormat, Settings};
+use pollen::config;
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing::{error, info, warn};

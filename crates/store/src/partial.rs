@@ -72,10 +72,10 @@ pub struct Partial {
 }
 
 #[derive(Serialize, Deserialize)]
-struct State {
+pub(crate) struct State {
     version: u32,
-    digest: String,
-    geometry: PieceGeometry,
+    pub(crate) digest: String,
+    pub(crate) geometry: PieceGeometry,
     /// Hex hash per piece in order, `""` where unknown (a map filled out of order by several
     /// fetchers); older files hold only the known prefix.
     hashes: Vec<String>,
@@ -540,7 +540,12 @@ fn read_state(dir: &Path) -> Option<State> {
         .take(MAX_STATE_BYTES)
         .read_to_end(&mut text)
         .ok()?;
-    serde_json::from_slice(&text).ok()
+    parse_state(&text)
+}
+
+/// The bytes of a `state.json` (pure, so the fuzz targets reach it without files).
+pub(crate) fn parse_state(text: &[u8]) -> Option<State> {
+    serde_json::from_slice(text).ok()
 }
 
 fn load_state(
@@ -548,7 +553,16 @@ fn load_state(
     digest: Digest,
     geometry: PieceGeometry,
 ) -> Option<(PartialPieceMap, Bitfield, Bitfield)> {
-    let state = read_state(dir)?;
+    check_state(read_state(dir)?, digest, geometry)
+}
+
+/// A state read back, if it is for `digest` cut as `geometry`: the map it holds, the pieces
+/// it claims, and those this node produced.
+pub(crate) fn check_state(
+    state: State,
+    digest: Digest,
+    geometry: PieceGeometry,
+) -> Option<(PartialPieceMap, Bitfield, Bitfield)> {
     if state.version != STATE_VERSION
         || state.digest != digest.to_string()
         || state.geometry != geometry

@@ -7,6 +7,8 @@
 
 mod auth;
 mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod probe;
 mod route;
