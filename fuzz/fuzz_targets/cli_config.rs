@@ -16,7 +16,11 @@ fn config_path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let shm = PathBuf::from("/dev/shm");
-        let base = if shm.is_dir() { shm } else { std::env::temp_dir() };
+        let base = if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        };
         let dir = tempfile::Builder::new()
             .prefix("pollen-fuzz-config")
             .tempdir_in(base)
@@ -29,8 +33,7 @@ fn config_path() -> &'static PathBuf {
 /// Could this config make the parser read a file outside the current directory?
 fn may_read_elsewhere(data: &[u8]) -> bool {
     let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
-    (has(b"file") || has(b"key") || has(b"ca_"))
-        && data.iter().any(|&b| b == b'/' || b == b'\\')
+    (has(b"file") || has(b"key") || has(b"ca_")) && data.iter().any(|&b| b == b'/' || b == b'\\')
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -20,6 +20,11 @@ use pollen_proto::{
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+/// The longest the fuzzed uploader goes on (virtual time); the session then has
+/// `SESSION_DEADLINE` in all to end.
+const UPLOADER_TIME: Duration = Duration::from_secs(600);
+const SESSION_DEADLINE: Duration = Duration::from_secs(3600);
+
 fn cfg() -> SessionConfig {
     SessionConfig {
         stall_timeout: Duration::from_secs(5),
@@ -97,7 +102,9 @@ fn reply(input: &mut Input, digest: Digest, g: PieceGeometry) -> Reply {
 async fn uploader(data: Vec<u8>, mut s: DuplexStream, digest: Digest, g: PieceGeometry) {
     let mut input = Input(&data);
     let mut sink = [0u8; 512];
-    while !input.is_empty() {
+    // However many pauses the input asks for, the uploader stops after this long (virtual).
+    let until = tokio::time::Instant::now() + UPLOADER_TIME;
+    while !input.is_empty() && tokio::time::Instant::now() < until {
         let step = Duration::from_secs(1);
         let res = match input.u8() % 6 {
             0..=2 => {
@@ -134,15 +141,16 @@ async fn uploader(data: Vec<u8>, mut s: DuplexStream, digest: Digest, g: PieceGe
             _ => {
                 // Time passes; what the downloader sent is read meanwhile.
                 let wait = Duration::from_millis(u64::from(input.u16()) * 4);
-                let _ = tokio::time::timeout(wait, async {
+                // The downloader gone (end of stream or an error): stop, as an uploader would.
+                let gone = tokio::time::timeout(wait, async {
                     while let Ok(n) = s.read(&mut sink).await {
                         if n == 0 {
-                            std::future::pending::<()>().await;
+                            break;
                         }
                     }
                 })
                 .await;
-                Some(true)
+                Some(gone.is_err())
             }
         };
         if res == Some(false) {
@@ -220,7 +228,7 @@ async fn run(data: &[u8]) {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(3600), both)
+    tokio::time::timeout(SESSION_DEADLINE, both)
         .await
         .expect("the session outlived every deadline");
 }
