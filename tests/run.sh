@@ -12,9 +12,11 @@
 # 6. tests/e2e/run.sh (real registry, containerd, Docker, skopeo), as root only
 # 7. benches/cluster.sh --quick (the cluster benchmark on 4 emulated hosts: fails only on a
 #    wrong digest or a node that never finishes, never on a timing), as root where `ip netns` works
+# 8. fuzz/run.sh: every fuzz target for FUZZ_SECONDS (default 10) each, after building them
+#    (cargo-fuzz on the stable toolchain; only if cargo-fuzz is installed: .ci/run installs it)
 #
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
-# Environment: SKIP_E2E=1 skips step 6, SKIP_BENCH=1 step 7; SKIP_FMT=1 / SKIP_CLIPPY=1 / SKIP_SHELLCHECK=1 /
+# Environment: SKIP_E2E=1 skips step 6, SKIP_BENCH=1 step 7, SKIP_FUZZ=1 step 8; SKIP_FMT=1 / SKIP_CLIPPY=1 / SKIP_SHELLCHECK=1 /
 # SKIP_DEPLOY_LINT=1 skip those steps.
 set -uo pipefail
 
@@ -57,7 +59,7 @@ fi
 
 run_step test cargo test --workspace -j2
 
-SCRIPTS=(tests/run.sh tests/e2e/*.sh benches/*.sh .ci/run deploy/validate.sh)
+SCRIPTS=(tests/run.sh tests/e2e/*.sh benches/*.sh .ci/run deploy/validate.sh fuzz/run.sh)
 if [ -n "${SKIP_SHELLCHECK:-}" ]; then
     skip_step shellcheck "SKIP_SHELLCHECK is set"
 elif ! command -v shellcheck >/dev/null 2>&1; then
@@ -108,6 +110,14 @@ elif ! netns_works; then
     skip_step bench-quick "ip netns does not work here"
 else
     run_step bench-quick bench_quick
+fi
+
+if [ -n "${SKIP_FUZZ:-}" ]; then
+    skip_step fuzz "SKIP_FUZZ is set"
+elif ! cargo fuzz --version >/dev/null 2>&1; then
+    skip_step fuzz "cargo-fuzz is not installed (cargo install cargo-fuzz --locked)"
+else
+    run_step fuzz fuzz/run.sh "${FUZZ_SECONDS:-10}"
 fi
 
 printf '\n######## summary\n'

@@ -14,6 +14,8 @@ pub mod doctor;
 mod error;
 mod flight;
 mod follow;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod listen;
 mod manifests;

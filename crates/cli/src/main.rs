@@ -1,6 +1,5 @@
 //! `pollen`: the peer-to-peer distribution agent for container image layers.
 
-mod config;
 mod control;
 mod demo;
 mod doctor;
@@ -11,6 +10,7 @@ mod swarm_key;
 
 use clap::{Parser, Subcommand};
 use config::{AgentArgs, LogFormat, Settings};
+use pollen::config;
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing::{error, info, warn};

@@ -42,11 +42,16 @@ impl Name {
     }
 
     /// Docker Hub's implicit `library/` namespace: `busybox` means `library/busybox` there.
+    ///
+    /// A name too long to take the prefix (over 247 characters) stays as it is, so the result
+    /// is always a valid name: no repository can have the prefixed one (over 255 characters),
+    /// and the registry refuses the request as it would have anyway (found by fuzzing).
     pub fn with_library_prefix(&self) -> Name {
-        if self.0.contains('/') {
+        const PREFIX: &str = "library/";
+        if self.0.contains('/') || self.0.len() + PREFIX.len() > MAX_NAME_LEN {
             self.clone()
         } else {
-            Name(format!("library/{}", self.0))
+            Name(format!("{PREFIX}{}", self.0))
         }
     }
 }
@@ -162,6 +167,25 @@ mod tests {
             Name::parse("x/y").unwrap().with_library_prefix().as_str(),
             "x/y"
         );
+    }
+
+    /// Fuzzing regression (`fuzz/` target `oci_names`): a valid 248-character name became a
+    /// 256-character, invalid one with the `library/` prefix.
+    #[test]
+    fn library_prefix_keeps_the_name_valid() {
+        let input = concat!(
+            "v1.4.3.3-rcoooooooooooooooooooooooooooonoooooooooooooos3.3-rc1.4.3.3-rcooooooooo",
+            "ooooooooooooooooooonoooooooooooooos3.3-rcooooooooooooooooooooooooooooooooooooooo",
+            "ooooooonhab924ooo2oooooooooooooooooooooooooooonoooooooooooooos3.3-rc1.4.3.3-rcoo",
+            "ooooooo7"
+        );
+        assert_eq!(input.len(), 248);
+        let name = Name::parse(input).unwrap();
+        let prefixed = name.with_library_prefix();
+        assert_eq!(Name::parse(prefixed.as_str()).as_ref(), Ok(&prefixed));
+        let just_fits = Name::parse(&"a".repeat(247)).unwrap().with_library_prefix();
+        assert_eq!(just_fits.as_str().len(), 255);
+        assert!(just_fits.as_str().starts_with("library/"));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! survives a restart). Entries being read are pinned by the [`Blob`] handle and are never
 //! evicted; only files named by a digest under the store's own directories are counted.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 mod index;
 mod partial;
@@ -282,10 +284,7 @@ impl Store {
             .take(pollen_proto::MAX_REPLY_FRAME as u64 + 4)
             .read_to_end(&mut frame)
             .ok()?;
-        match pollen_proto::decode_reply(frame.get(4..)?).ok()? {
-            pollen_proto::Reply::PieceMap(map) if map.digest() == digest => Some(map),
-            _ => None,
-        }
+        piece_map_from_frame(&frame, digest)
     }
 
     pub fn usage(&self) -> Usage {
@@ -379,6 +378,14 @@ impl Inner {
         }
         self.evictions.fetch_add(1, Ordering::Relaxed);
         info!(digest = %key.digest, size, why, "evicted from cache");
+    }
+}
+
+/// A `.pieces` sidecar's bytes: the piece map of `digest`, or `None` (pure, for the fuzz targets).
+fn piece_map_from_frame(frame: &[u8], digest: &Digest) -> Option<pollen_proto::PieceMap> {
+    match pollen_proto::decode_reply(frame.get(4..)?).ok()? {
+        pollen_proto::Reply::PieceMap(map) if map.digest() == digest => Some(map),
+        _ => None,
     }
 }
 

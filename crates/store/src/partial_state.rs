@@ -74,7 +74,12 @@ pub(crate) fn read_state(dir: &Path) -> Option<State> {
         .take(MAX_STATE_BYTES)
         .read_to_end(&mut text)
         .ok()?;
-    serde_json::from_slice(&text).ok()
+    parse_state(&text)
+}
+
+/// The bytes of a `state.json` (pure, so the fuzz targets reach it without files).
+pub(crate) fn parse_state(text: &[u8]) -> Option<State> {
+    serde_json::from_slice(text).ok()
 }
 
 pub(crate) fn load_state(
@@ -82,7 +87,16 @@ pub(crate) fn load_state(
     digest: Digest,
     geometry: PieceGeometry,
 ) -> Option<(PartialPieceMap, Bitfield, Bitfield)> {
-    let state = read_state(dir)?;
+    check_state(read_state(dir)?, digest, geometry)
+}
+
+/// A state read back, if it is for `digest` cut as `geometry`: the map it holds, the pieces
+/// it claims, and those this node produced.
+pub(crate) fn check_state(
+    state: State,
+    digest: Digest,
+    geometry: PieceGeometry,
+) -> Option<(PartialPieceMap, Bitfield, Bitfield)> {
     if state.version != STATE_VERSION
         || state.digest != digest.to_string()
         || state.geometry != geometry

@@ -10,6 +10,8 @@
 mod auth;
 mod client;
 mod connect;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod probe;
 mod route;

@@ -90,7 +90,7 @@ async fn from_peer(p2p: &P2p, peer: PeerId, digest: &Digest) -> Result<Bytes, St
 
 /// The manifest's own `mediaType`, or the OCI type its shape implies (the field is optional
 /// in OCI manifests and indexes).
-fn media_type_of(body: &[u8]) -> Option<String> {
+pub(crate) fn media_type_of(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Shape {
