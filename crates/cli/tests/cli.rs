@@ -4,57 +4,12 @@
 //! Every agent started here listens for peers on `/ip4/127.0.0.1/tcp/0` (or a free port): the
 //! default, port 65003 on every interface, would collide between tests and with a real agent.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::{free_port, get, get_at, get_body, pollen, terminate, Agent, P2P_ANY_PORT};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A swarm address no other test or agent holds.
-const P2P_ANY_PORT: &str = "/ip4/127.0.0.1/tcp/0";
-
-fn pollen() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pollen"));
-    // Keep the caller's POLLEN_* settings out of the test.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("POLLEN_") {
-            c.env_remove(k);
-        }
-    }
-    // Each agent its own control socket (the default, /run/pollen/control.sock as root, is
-    // one per host and a second agent refuses to take it over).
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("pollen-cli-test-{}-{n}", std::process::id()));
-    c.env("POLLEN_CONTROL_SOCKET", dir.join("control.sock"));
-    c
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A raw HTTP/1.1 GET; returns the status line, or None while nothing listens.
-fn get(port: u16, path: &str) -> Option<String> {
-    get_at("127.0.0.1", port, path)
-}
-
-/// [`get`] on `host` (an IPv4 or IPv6 literal).
-fn get_at(host: &str, port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect((host, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.lines().next().map(str::to_string)
-}
 
 #[test]
 fn help_reads_well() {
@@ -203,129 +158,6 @@ fn bad_peer_to_peer_configuration_is_refused_with_a_reason() {
     );
 }
 
-/// A swarm key file made by `pollen swarm-key --out`, in `dir`.
-fn swarm_key_in(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("swarm.key");
-    let out = pollen()
-        .args(["swarm-key", "--out"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    path
-}
-
-#[test]
-fn swarm_key_prints_a_key_and_writes_a_file_once() {
-    let out = pollen().arg("swarm-key").output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[..2], ["/key/swarm/psk/1.0.0/", "/base16/"]);
-    assert!(lines[2].len() == 64 && lines[2].chars().all(|c| c.is_ascii_hexdigit()));
-    let again = pollen().arg("swarm-key").output().unwrap();
-    assert_ne!(again.stdout, text.as_bytes(), "two keys are the same");
-
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = swarm_key_in(dir.path());
-    let first = std::fs::read(&path).unwrap();
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    // A second run keeps the cluster's key.
-    assert_eq!(swarm_key_in(dir.path()), path);
-    assert_eq!(std::fs::read(&path).unwrap(), first);
-}
-
-#[test]
-fn without_a_swarm_key_the_swarm_listens_on_loopback_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = |args: &[&str]| {
-        pollen()
-            .arg("agent")
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    for args in [
-        &[][..],
-        &["--p2p-listen", "/ip4/0.0.0.0/tcp/0"],
-        &[
-            "--p2p-listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--p2p-listen",
-            "/ip6/::/tcp/0",
-        ],
-    ] {
-        let out = agent(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(
-            err.contains("without a swarm key")
-                && err.contains("pollen swarm-key")
-                && err.contains("--swarm-key")
-                && err.contains("--p2p false"),
-            "{err}"
-        );
-    }
-    // A key that others can read, or that is not a key, is refused naming the file.
-    use std::os::unix::fs::PermissionsExt;
-    let key = swarm_key_in(dir.path());
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = agent(&["--swarm-key", key.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("swarm.key") && err.contains("chmod 600"),
-        "{err}"
-    );
-    let bad = dir.path().join("bad.key");
-    std::fs::write(&bad, "/key/swarm/psk/1.0.0/\n/base16/\nxyz\n").unwrap();
-    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = agent(&["--swarm-key", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.key"));
-    let out = agent(&["--allow-peer", "not-a-peer", "--p2p-listen", P2P_ANY_PORT]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("allow-peer"));
-}
-
-#[test]
-fn agents_with_the_same_key_join_on_every_interface() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = swarm_key_in(dir.path());
-    let key = key.to_str().unwrap();
-    let p2p_port = free_port();
-    let a = Agent::start(&[
-        "--swarm-key",
-        key,
-        "--p2p-listen",
-        &format!("/ip4/0.0.0.0/tcp/{p2p_port}"),
-    ]);
-    let a_id = a.status_json().peer_id.unwrap();
-    let b = Agent::start_with_env(
-        &[
-            "--p2p-listen",
-            P2P_ANY_PORT,
-            "--bootstrap",
-            &format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
-        ],
-        &[("POLLEN_SWARM_KEY", key), ("POLLEN_ALLOW_PEER", &a_id)],
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.status_json().peers.contains(&a_id) {
-        assert!(Instant::now() < deadline, "b never connected to a");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn starts_with_defaults_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -386,105 +218,6 @@ fn starts_with_defaults_serves_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
 }
 
-/// An agent on free ports with `extra` flags, ready (its `/readyz` answers 200).
-struct Agent {
-    child: Child,
-    port: u16,
-    metrics: u16,
-    /// The admin address, `IP:PORT` or `[IPv6]:PORT`.
-    admin: String,
-    /// The control socket (preheat, doctor, the full status).
-    socket: std::path::PathBuf,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Agent {
-    fn start(extra: &[&str]) -> Agent {
-        Agent::start_with_env(extra, &[])
-    }
-
-    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let mut agent = Agent::start_in(dir.path(), extra, env);
-        agent._dir = Some(dir);
-        agent
-    }
-
-    /// An agent over the data dir `dir`, which outlives it (restart tests).
-    fn start_in(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
-        Agent::start_on("127.0.0.1", dir, extra, env)
-    }
-
-    /// An agent whose mirror and admin ports listen on `host` (an IP literal).
-    fn start_on(host: &str, dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
-        let (port, metrics) = (free_port(), free_port());
-        let at = |port: u16| std::net::SocketAddr::new(host.parse().unwrap(), port).to_string();
-        let mut c = pollen();
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c
-            .arg("agent")
-            .args(["--listen", &at(port)])
-            .args(["--metrics-listen", &at(metrics)])
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--control-socket")
-            .arg(dir.join("control.sock"))
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if get_at(host, metrics, "/readyz").is_some_and(|s| s.contains("200")) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "agent never became ready");
-            assert!(child.try_wait().unwrap().is_none(), "agent exited early");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent {
-            child,
-            port,
-            metrics,
-            admin: at(metrics),
-            socket: dir.join("control.sock"),
-            _dir: None,
-        }
-    }
-
-    fn admin(&self) -> String {
-        self.admin.clone()
-    }
-
-    fn socket(&self) -> String {
-        self.socket.display().to_string()
-    }
-
-    fn status(&self, json: bool) -> Output {
-        let mut c = pollen();
-        c.args(["status", "--admin", &self.admin()]);
-        if json {
-            c.arg("--json");
-        }
-        c.output().unwrap()
-    }
-
-    fn status_json(&self) -> pollen_agent::Status {
-        let out = self.status(true);
-        assert!(out.status.success(), "{out:?}");
-        serde_json::from_slice(&out.stdout).expect("pollen status --json is the agent's Status")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn status_reports_the_peer_id_and_json_parses() {
     let agent = Agent::start(&["--p2p-listen", P2P_ANY_PORT]);
@@ -512,25 +245,6 @@ fn status_reports_the_peer_id_and_json_parses() {
     assert_eq!(status.cache_quota, 20 << 30);
     assert!(status.roles.is_empty(), "{:?}", status.roles);
     assert!(text.contains("Roles         none"), "{text}");
-}
-
-#[test]
-fn status_over_the_control_socket_which_only_its_owner_may_open() {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let agent = Agent::start(&["--p2p-listen", P2P_ANY_PORT]);
-    let meta = std::fs::metadata(&agent.socket).unwrap();
-    assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
-    let out = pollen()
-        .args(["status", "--json", "--control-socket", &agent.socket()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let full: pollen_agent::Status = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(full.peer_id, agent.status_json().peer_id);
-    // The admin port has no doctor and no preheat.
-    let (status, _) = get_body(agent.metrics, "/doctor");
-    assert!(status.contains("404"), "{status}");
 }
 
 #[test]
@@ -801,44 +515,6 @@ fn an_ipv6_only_pair_of_agents() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(get_at("::1", b.port, "/v2/").unwrap().contains("200"));
-}
-
-/// A raw HTTP/1.1 GET: the status line and the body.
-fn get_body(port: u16, path: &str) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.lines().next().unwrap_or_default().to_string();
-    (status, raw[split + 4..].to_vec())
-}
-
-/// Stops an agent with SIGTERM and waits for a clean exit.
-fn terminate(agent: &mut Agent) {
-    assert!(Command::new("kill")
-        .args(["-TERM", &agent.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(s) = agent.child.try_wait().unwrap() {
-            assert!(s.success(), "{s}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "agent ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
