@@ -144,7 +144,7 @@ def plain_manifests():
                  "(DaemonSet),\n# the headless Service, the ServiceAccount and the "
                  "NetworkPolicy. First, once, the swarm key\n# (only pods holding it join "
                  "the swarm):\n#   kubectl -n kube-system create secret generic "
-                 "pollen-swarm-key --from-file=swarm.key=<(pollen swarm-key)"),
+                 "pollen-swarm-key \\\n#     --from-file=swarm.key=<(pollen swarm-key)"),
         "restore.yaml": HEADER.format(
             image=IMAGE,
             what="Before `kubectl delete -f deploy/kubernetes/pollen.yaml`: apply this, wait "
