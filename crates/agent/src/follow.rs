@@ -142,12 +142,29 @@ impl Follower {
 
     /// Waits until the fetch has response headers (or failed) and returns the blob's size.
     pub async fn wait_started(&mut self) -> Result<u64, FetchError> {
+        let stall = self.stall;
+        self.wait_for(
+            |p| match p {
+                Progress::Connecting => None,
+                Progress::Streaming { size, .. } => Some(Ok(*size)),
+                Progress::Done(blob) => Some(Ok(blob.size())),
+                Progress::Failed(e) => Some(Err(e.clone())),
+            },
+            || format!("upstream did not answer within {stall:?}"),
+        )
+        .await
+    }
+
+    /// Waits until `decide` returns an answer for the fetch's progress; each wait for a change
+    /// is bounded by the stall deadline (`timed_out` says what did not happen in time).
+    async fn wait_for<T>(
+        &mut self,
+        decide: impl Fn(&Progress) -> Option<Result<T, FetchError>>,
+        timed_out: impl Fn() -> String,
+    ) -> Result<T, FetchError> {
         loop {
-            match &*self.rx.borrow_and_update() {
-                Progress::Connecting => {}
-                Progress::Streaming { size, .. } => return Ok(*size),
-                Progress::Done(blob) => return Ok(blob.size()),
-                Progress::Failed(e) => return Err(e.clone()),
+            if let Some(answer) = decide(&self.rx.borrow_and_update()) {
+                return answer;
             }
             match timeout(self.stall, self.rx.changed()).await {
                 Ok(Ok(())) => {}
@@ -156,12 +173,7 @@ impl Follower {
                         "blob fetch ended without a result".into(),
                     ))
                 }
-                Err(_) => {
-                    return Err(FetchError::Upstream(format!(
-                        "upstream did not answer within {:?}",
-                        self.stall
-                    )))
-                }
+                Err(_) => return Err(FetchError::Upstream(timed_out())),
             }
         }
     }
@@ -181,27 +193,16 @@ impl Follower {
         if !self.verified_only {
             return Ok(());
         }
-        loop {
-            match &*self.rx.borrow_and_update() {
-                Progress::Streaming { verified: true, .. } | Progress::Done(_) => return Ok(()),
-                Progress::Failed(e) => return Err(e.clone()),
-                Progress::Connecting | Progress::Streaming { .. } => {}
-            }
-            match timeout(self.stall, self.rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    return Err(FetchError::Upstream(
-                        "blob fetch ended without a result".into(),
-                    ))
-                }
-                Err(_) => {
-                    return Err(FetchError::Upstream(format!(
-                        "blob fetch made no progress for {:?}",
-                        self.stall
-                    )))
-                }
-            }
-        }
+        let stall = self.stall;
+        self.wait_for(
+            |p| match p {
+                Progress::Streaming { verified: true, .. } | Progress::Done(_) => Some(Ok(())),
+                Progress::Failed(e) => Some(Err(e.clone())),
+                Progress::Connecting | Progress::Streaming { .. } => None,
+            },
+            || format!("blob fetch made no progress for {stall:?}"),
+        )
+        .await
     }
 }
 
