@@ -130,6 +130,7 @@ async fn run(data: &[u8]) {
         idle_timeout: Duration::from_secs(20),
         slot_timeout: Duration::from_secs(10),
         piece_size: Some(MIN_PIECE_SIZE),
+        ..SessionConfig::default()
     };
     let mut writers: Vec<Option<WriteHalf<DuplexStream>>> = Vec::new();
     let mut tasks = Vec::new();

@@ -31,6 +31,7 @@ fn cfg() -> SessionConfig {
         idle_timeout: Duration::from_secs(20),
         slot_timeout: Duration::from_secs(10),
         piece_size: Some(MIN_PIECE_SIZE),
+        ..SessionConfig::default()
     }
 }
 
