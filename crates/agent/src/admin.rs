@@ -38,31 +38,48 @@ enum Surface {
 /// Serves the read-only `/metrics`, `/status` (redacted), `/healthz` and `/readyz` on the TCP
 /// admin port until the task is dropped; `/doctor` and `POST /preheat` are 404 here.
 pub async fn serve_admin(agent: Agent, listener: tokio::net::TcpListener) {
-    let limit = ConnLimit::new(agent.ctx.cfg.max_admin_connections);
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            // Out of file descriptors and the like: back off instead of spinning.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        if let Some(place) = limit.admit().await {
-            tokio::spawn(serve_conn(agent.clone(), stream, place, Surface::Admin));
-        }
-    }
+    accept_loop(agent, Surface::Admin, listener).await
 }
 
 /// Serves every operator endpoint, `POST /preheat` and `/doctor` included, on the local
 /// control socket until the task is dropped. Who may connect is decided by the socket file's
 /// permissions (see the CLI's `--control-socket`).
 pub async fn serve_control(agent: Agent, listener: tokio::net::UnixListener) {
+    accept_loop(agent, Surface::Control, listener).await
+}
+
+/// A listener of either surface.
+trait Accept {
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Conn = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+/// Accepts connections for `surface` under the admin connection cap, each served on its own
+/// task.
+async fn accept_loop(agent: Agent, surface: Surface, listener: impl Accept) {
     let limit = ConnLimit::new(agent.ctx.cfg.max_admin_connections);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok(stream) = listener.accept().await else {
+            // Out of file descriptors and the like: back off instead of spinning.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         if let Some(place) = limit.admit().await {
-            tokio::spawn(serve_conn(agent.clone(), stream, place, Surface::Control));
+            tokio::spawn(serve_conn(agent.clone(), stream, place, surface));
         }
     }
 }
