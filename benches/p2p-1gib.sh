@@ -29,6 +29,7 @@
 #   BENCH_PERF=1 also record the last run with `perf record -g` (both agents) and print the top of
 #                `perf report` on stderr (perf slows the run: its figures are not comparable)
 #   BENCH_KEEP=1 keep the temp dir
+#   BENCH_SWARM_KEY=0  run both agents without a swarm key (allowed on loopback), to measure its cost
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -127,10 +128,14 @@ get() {
 
 # ---------------------------------------------------------------- sender
 # A swarm key, as every real cluster has (its private-network layer is part of what is measured).
-"$POLLEN_BIN" swarm-key --out "$T/swarm.key" 2>/dev/null || die "pollen swarm-key failed"
+KEY=()
+if [ "${BENCH_SWARM_KEY:-1}" != 0 ]; then
+    "$POLLEN_BIN" swarm-key --out "$T/swarm.key" 2>/dev/null || die "pollen swarm-key failed"
+    KEY=(--swarm-key "$T/swarm.key")
+fi
 A_LOG="$T/a.log"
 lib_start_agent "$POLLEN_BIN" "$T/a" "$A_PORT" "$A_ADMIN" "$A_LOG" "http://$REG" "$REG=http://$REG" \
-    --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$A_P2P" --mdns false --swarm-key "$T/swarm.key" "${EXTRA[@]}" >&2 ||
+    --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$A_P2P" --mdns false "${KEY[@]}" "${EXTRA[@]}" >&2 ||
     die "agent A did not become ready"
 A_PID=$AGENT_PID
 A_ID=$(admin "$A_ADMIN" /status | jq -r '.peer_id // empty')
@@ -161,7 +166,7 @@ for ((i = 1; i <= RUNS; i++)); do
     B_LOG="$T/b$i.log"
     lib_start_agent "$POLLEN_BIN" "$T/b" "$B_PORT" "$B_ADMIN" "$B_LOG" "$DEAD" "$REG=$DEAD" \
         --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$B_P2P" --mdns false \
-        --bootstrap "/ip4/127.0.0.1/tcp/$A_P2P/p2p/$A_ID" --swarm-key "$T/swarm.key" "${EXTRA[@]}" >&2 ||
+        --bootstrap "/ip4/127.0.0.1/tcp/$A_P2P/p2p/$A_ID" "${KEY[@]}" "${EXTRA[@]}" >&2 ||
         die "agent B did not become ready"
     B_PID=$AGENT_PID
     lib_wait_cmd 150 connected_to "$B_ADMIN" "$A_ID" || die "run $i: agent B did not connect to A"
