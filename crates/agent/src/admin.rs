@@ -8,7 +8,7 @@
 //!
 //! Both have a header read timeout and a connection cap ([`crate::listen`]).
 
-use crate::listen::{hold, Admitted, ConnLimit, InFlight, ADMIN_HEADER_TIMEOUT};
+use crate::listen::{hold, run_conn, Admitted, ConnLimit, InFlight, ADMIN_HEADER_TIMEOUT};
 use crate::{Agent, PreheatSpec};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -107,17 +107,7 @@ where
         .header_read_timeout(ADMIN_HEADER_TIMEOUT)
         .max_buf_size(MAX_ADMIN_HEAD);
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = evict.notified() => {
-            if inflight.idle() {
-                return;
-            }
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+    let result = run_conn(conn, &evict, &inflight, std::future::pending()).await;
     if let Err(e) = result {
         debug!(error = %e, ?surface, "admin connection ended with an error");
     }

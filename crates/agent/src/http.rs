@@ -2,7 +2,7 @@
 
 use crate::blobs;
 use crate::follow::Follower;
-use crate::listen::{ConnLimit, InFlight};
+use crate::listen::{run_conn, ConnLimit, InFlight};
 use crate::range::{self, RangeOutcome};
 use crate::request::{self, ApiRequest, Parsed};
 use crate::{manifests, Ctx};
@@ -70,24 +70,7 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
                 .max_header_size(max_head)
                 .max_buf_size(max_head.max(64 << 10));
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = drained(&mut draining) => {
-                    // Finish the response in progress, then close instead of keeping alive.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = evict.notified() => {
-                    // A newcomer needs the place: closed now if no response is in progress,
-                    // else after it (as when draining).
-                    if inflight.idle() {
-                        return;
-                    }
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let result = run_conn(conn, &evict, &inflight, drained(&mut draining)).await;
             if let Err(e) = result {
                 debug!(%peer, error = %e, "client connection ended with an error");
             }

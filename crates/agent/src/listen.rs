@@ -11,6 +11,7 @@
 //! connections also end by themselves after the header read timeout (hyper applies it to the
 //! wait for the next request too).
 
+use hyper_util::server::graceful::GracefulConnection;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,33 @@ impl InFlight {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Drives one HTTP connection to its end. When `stop` resolves (the agent drains) the response
+/// in progress is finished and the connection closed instead of kept alive; when a newcomer
+/// needs the connection's place (`evict`) the same happens, except that a connection with no
+/// response in progress closes at once.
+pub(crate) async fn run_conn<C: GracefulConnection>(
+    conn: C,
+    evict: &Notify,
+    inflight: &InFlight,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), C::Error> {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = stop => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = evict.notified() => {
+            if inflight.idle() {
+                return Ok(());
+            }
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 
