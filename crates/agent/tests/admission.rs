@@ -34,12 +34,7 @@ async fn member_in(
 /// A member holding a blob of `size` bytes, and the blob.
 async fn seeded(reg: &TestRegistry, size: usize, seed: u64) -> (Harness, bytes::Bytes, String) {
     let a = member(reg, agent_config(reg), None).await;
-    let layer = random_bytes(size, seed);
-    let digest = reg.add_blob("app", layer.clone());
-    let r = a.get(&blob_path(&a, &digest)).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.bytes(), &layer);
-    a.wait_stored(&digest).await;
+    let (layer, digest) = seed_blob(reg, &a, size, seed).await;
     (a, layer, digest)
 }
 

@@ -130,13 +130,25 @@ pub fn sources(h: &Harness) -> (f64, f64) {
 /// An agent with the blob complete, and the blob.
 pub async fn seeded(reg: &TestRegistry, size: usize, seed: u64) -> (Harness, bytes::Bytes, String) {
     let a = member(reg, agent_config(reg), None).await;
+    let (layer, digest) = seed_blob(reg, &a, size, seed).await;
+    (a, layer, digest)
+}
+
+/// A random blob of `size` bytes in the registry, pulled through `a` until it is stored there;
+/// the blob and its digest.
+pub async fn seed_blob(
+    reg: &TestRegistry,
+    a: &Harness,
+    size: usize,
+    seed: u64,
+) -> (bytes::Bytes, String) {
     let layer = random_bytes(size, seed);
     let digest = reg.add_blob("app", layer.clone());
-    let r = a.get(&blob_path(&a, &digest)).await;
+    let r = a.get(&blob_path(a, &digest)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.bytes(), &layer);
     a.wait_stored(&digest).await;
-    (a, layer, digest)
+    (layer, digest)
 }
 
 pub fn upstream_down(reg: &TestRegistry) {
