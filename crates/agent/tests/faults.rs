@@ -52,18 +52,7 @@ async fn truncated_transfer_resumes_with_a_range_request() {
     let path = format!("/v2/app/blobs/{digest}{}", h.ns());
     // Switch the fault off once the first (truncated) transfer is under way, so the resume
     // succeeds: the agent must ask for the rest, not start over.
-    let reg = h.reg.clone();
-    let d = digest.clone();
-    let watcher = tokio::spawn(async move {
-        for _ in 0..2000 {
-            if reg.stats().blob_get_count(&d) >= 1 {
-                reg.set_fault(Fault::None);
-                return true;
-            }
-            tokio::task::yield_now().await;
-        }
-        false
-    });
+    let watcher = after_first_get(&h.reg, &digest, Fault::None, 2000);
     let r = h.get(&path).await;
     assert!(watcher.await.unwrap());
     assert_eq!(r.bytes(), &layer);

@@ -167,21 +167,15 @@ async fn a_resumed_private_partial_streams_only_after_the_upstream_confirmed_the
 
     // A's fetch breaks after 2 MiB and the upstream then fails: a private partial is left.
     h.reg.set_fault(Fault::Truncate { after: 2 << 20 });
-    let reg = h.reg.clone();
-    let d = digest.clone();
-    let watcher = tokio::spawn(async move {
-        for _ in 0..100_000 {
-            if reg.stats().blob_get_count(&d) >= 1 {
-                reg.set_fault(Fault::Status {
-                    status: 503,
-                    count: 1000,
-                });
-                return true;
-            }
-            tokio::task::yield_now().await;
-        }
-        false
-    });
+    let watcher = after_first_get(
+        &h.reg,
+        &digest,
+        Fault::Status {
+            status: 503,
+            count: 1000,
+        },
+        100_000,
+    );
     let r = as_client(&h, Method::GET, &path, Some(ALICE)).await;
     assert!(watcher.await.unwrap());
     assert!(r.body.is_err(), "the failed fetch must not look complete");

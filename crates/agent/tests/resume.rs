@@ -26,21 +26,15 @@ async fn a_restarted_agent_resumes_without_refetching_verified_pieces() {
     // The first transfer breaks after 5 MiB and the upstream then fails: the pieces wholly
     // inside those 5 MiB are complete.
     h.reg.set_fault(Fault::Truncate { after: 5 << 20 });
-    let reg = h.reg.clone();
-    let d = digest.clone();
-    let watcher = tokio::spawn(async move {
-        for _ in 0..100_000 {
-            if reg.stats().blob_get_count(&d) >= 1 {
-                reg.set_fault(Fault::Status {
-                    status: 503,
-                    count: 1000,
-                });
-                return true;
-            }
-            tokio::task::yield_now().await;
-        }
-        false
-    });
+    let watcher = after_first_get(
+        &h.reg,
+        &digest,
+        Fault::Status {
+            status: 503,
+            count: 1000,
+        },
+        100_000,
+    );
     let r = h.get(&path).await;
     assert!(watcher.await.unwrap());
     assert!(r.body.is_err(), "the failed fetch must not look complete");

@@ -203,6 +203,28 @@ impl AgentClient {
 }
 
 /// A sample's value from Prometheus text, e.g. `pollen_upstream_requests_total`.
+/// Sets the registry's fault to `then` as soon as the first GET of `digest` has reached it (the
+/// fault in force before applies to that first transfer); the task answers whether that
+/// happened within `spins` yields.
+pub fn after_first_get(
+    reg: &TestRegistry,
+    digest: &str,
+    then: pollen_testreg::Fault,
+    spins: usize,
+) -> tokio::task::JoinHandle<bool> {
+    let (reg, digest) = (reg.clone(), digest.to_string());
+    tokio::spawn(async move {
+        for _ in 0..spins {
+            if reg.stats().blob_get_count(&digest) >= 1 {
+                reg.set_fault(then);
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    })
+}
+
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
