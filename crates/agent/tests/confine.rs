@@ -138,13 +138,7 @@ async fn one_peer_cannot_take_every_upload_slot() {
     let mut cfg = agent_config(&reg);
     cfg.p2p.max_upload_sessions = 4;
     let victim = member(&reg, cfg, None).await;
-    let layer = random_bytes(2 * PIECE, 21);
-    let digest = reg.add_blob("app", layer.clone());
-    assert_eq!(
-        victim.get(&blob_path(&victim, &digest)).await.bytes(),
-        &layer
-    );
-    victim.wait_stored(&digest).await;
+    let (_layer, digest) = seed_blob(&reg, &victim, 2 * PIECE, 21).await;
     let d: pollen_oci::Digest = digest.parse().unwrap();
 
     let (greedy, _d1) = attacker(&victim).await;
@@ -175,13 +169,7 @@ async fn one_peer_gets_a_bounded_number_of_sessions_and_preheats() {
     // The preheats below hang upstream for the whole test.
     cfg.upstream.response_timeout = Duration::from_secs(600);
     let victim = member(&reg, cfg, None).await;
-    let layer = random_bytes(PIECE, 22);
-    let digest = reg.add_blob("app", layer.clone());
-    assert_eq!(
-        victim.get(&blob_path(&victim, &digest)).await.bytes(),
-        &layer
-    );
-    victim.wait_stored(&digest).await;
+    let (_layer, digest) = seed_blob(&reg, &victim, PIECE, 22).await;
     let d: pollen_oci::Digest = digest.parse().unwrap();
     let (greedy, _dir) = attacker(&victim).await;
 
