@@ -19,6 +19,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use crate::bootstrap;
 use crate::config::SwarmConfig;
 use crate::node::{Counters, Error};
+use crate::redial::Redial;
 
 /// Providers dialled ahead of time per lookup: enough to start a download from several
 /// peers, few enough that a popular blob does not make us dial half the cluster.
@@ -70,6 +71,11 @@ pub(crate) struct EventLoop {
     /// host) from real ones when taking their identify addresses.
     remotes: HashMap<ConnectionId, Multiaddr>,
     bootstrap: BootstrapState,
+    /// When the next bootstrap round runs, and how that moves when a target is missing.
+    next_round: tokio::time::Instant,
+    redial: Redial,
+    /// The number of connected peers, for those who wait for the first one.
+    connected: tokio::sync::watch::Sender<(usize, usize)>,
     resolved_tx: mpsc::Sender<Vec<Multiaddr>>,
     resolved_rx: mpsc::Receiver<Vec<Multiaddr>>,
 }
@@ -87,6 +93,8 @@ struct BootstrapState {
     own: HashSet<Multiaddr>,
     /// A resolution task is running; rounds do not pile up behind a slow resolver.
     resolving: bool,
+    /// This round found a target missing (refused, timed out, no address).
+    missed: bool,
 }
 
 impl EventLoop {
@@ -95,9 +103,13 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         config: SwarmConfig,
         counters: Arc<Counters>,
+        connected: tokio::sync::watch::Sender<(usize, usize)>,
     ) -> EventLoop {
         let (resolved_tx, resolved_rx) = mpsc::channel(1);
         EventLoop {
+            next_round: tokio::time::Instant::now(),
+            redial: Redial::new(config.bootstrap_interval),
+            connected,
             swarm,
             commands,
             config,
@@ -149,8 +161,6 @@ impl EventLoop {
     }
 
     pub async fn run(mut self) {
-        let mut bootstrap_tick = tokio::time::interval(self.config.bootstrap_interval);
-        bootstrap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sweep_every = self
             .config
             .provider_ttl
@@ -166,7 +176,7 @@ impl EventLoop {
                     Some(Command::Shutdown { reply }) => break Some(reply),
                     Some(command) => self.on_command(command),
                 },
-                _ = bootstrap_tick.tick() => self.start_bootstrap_round(),
+                () = tokio::time::sleep_until(self.next_round) => self.start_bootstrap_round(),
                 Some(targets) = self.resolved_rx.recv() => self.dial_bootstrap(targets),
                 _ = sweep_tick.tick() => {
                     let removed = self.swarm.behaviour_mut().kad.store_mut().sweep(Instant::now());
@@ -240,6 +250,10 @@ impl EventLoop {
                     .insert(connection_id, endpoint.get_remote_address().clone());
                 if let Some(addr) = self.bootstrap.dialling.remove(&connection_id) {
                     self.bootstrap.peer_at.insert(addr, peer_id);
+                    if self.bootstrap.dialling.is_empty() && !self.bootstrap.missed {
+                        let wait = self.redial.settled();
+                        self.next_round = tokio::time::Instant::now() + wait;
+                    }
                 }
                 self.update_counters();
             }
@@ -251,6 +265,12 @@ impl EventLoop {
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 self.remotes.remove(&connection_id);
+                if self.swarm.connected_peers().next().is_none()
+                    && !self.config.bootstrap.is_empty()
+                {
+                    // Alone again (the peers restarted, a partition): look for them at once.
+                    self.next_round = tokio::time::Instant::now() + self.redial.lost_all();
+                }
                 self.update_counters();
             }
             SwarmEvent::OutgoingConnectionError {
@@ -263,7 +283,8 @@ impl EventLoop {
                         tracing::debug!(%addr, "bootstrap address is this node");
                         self.bootstrap.own.insert(addr);
                     } else {
-                        tracing::info!(%addr, %error, "bootstrap dial failed");
+                        self.retry_soon();
+                        tracing::info!(%addr, %error, "bootstrap dial failed; retrying");
                     }
                 } else {
                     tracing::debug!(peer = ?peer_id, %error, "dial failed");
@@ -367,9 +388,11 @@ impl EventLoop {
 
     /// Resolves the bootstrap entries off the loop; the targets come back on `resolved_rx`.
     fn start_bootstrap_round(&mut self) {
+        self.next_round = tokio::time::Instant::now() + self.config.bootstrap_interval;
         if self.config.bootstrap.is_empty() || self.bootstrap.resolving {
             return;
         }
+        self.bootstrap.missed = false;
         self.bootstrap.resolving = true;
         let entries = self.config.bootstrap.clone();
         let tx = self.resolved_tx.clone();
@@ -421,6 +444,35 @@ impl EventLoop {
         // Forget addresses the names no longer list (pods come and go).
         self.bootstrap.peer_at.retain(|a, _| current.contains(a));
         self.bootstrap.own.retain(|a| current.contains(a));
+        if current.is_empty() {
+            // The names have no address yet (a Service with no ready endpoint).
+            self.retry_soon();
+        } else if self.bootstrap.dialling.is_empty() && !self.bootstrap.missed {
+            self.next_round = tokio::time::Instant::now() + self.redial.settled();
+        }
+    }
+
+    /// A bootstrap target is missing: the next round comes after the backoff, not the steady
+    /// interval.
+    fn retry_soon(&mut self) {
+        self.bootstrap.missed = true;
+        let at = tokio::time::Instant::now() + self.redial.missing(jitter());
+        self.next_round = self.next_round.min(at);
+    }
+
+    /// Sends this node's provider records again once the routing table has its first peer:
+    /// announced while it had none (it started before its bootstrap peers, or identify had
+    /// not run yet), they reached nobody, and Kademlia republishes only every
+    /// half `provider_ttl`. The tracker role's record is among them, so without this a
+    /// tracker that started first stayed unknown for up to 30 s.
+    fn announce_again(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let keys: Vec<RecordKey> = kad.store_mut().provided_keys();
+        for key in keys {
+            if let Err(e) = kad.start_providing(key) {
+                tracing::debug!(error = %e, "announcing again failed");
+            }
+        }
     }
 
     fn update_counters(&mut self) {
@@ -432,7 +484,20 @@ impl EventLoop {
         c.connected_peers.store(connected, Ordering::Relaxed);
         c.routing_table_peers.store(routing, Ordering::Relaxed);
         c.provided_blobs.store(provided, Ordering::Relaxed);
+        let now = (connected, routing);
+        if routing > 0 && self.connected.borrow().1 == 0 {
+            // The first peer Kademlia can send records to.
+            self.announce_again();
+        }
+        self.connected
+            .send_if_modified(|n| std::mem::replace(n, now) != now);
     }
+}
+
+/// A random fraction in 0.0–1.0 (for spreading retries; not for anything secret).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    (RandomState::new().hash_one(0u8) % 1000) as f64 / 1000.0
 }
 
 fn is_loopback(addr: &Multiaddr) -> bool {

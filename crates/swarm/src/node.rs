@@ -106,6 +106,10 @@ pub struct Node {
     peer_id: PeerId,
     counters: Arc<Counters>,
     lookup_deadline: Duration,
+    /// (connected peers, routing-table peers), on every change.
+    connected: tokio::sync::watch::Receiver<(usize, usize)>,
+    /// Bootstrap entries or mDNS: this node has a way to find peers by itself.
+    discovers: bool,
 }
 
 impl Node {
@@ -141,7 +145,9 @@ impl Node {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let lookup_deadline = config.lookup_timeout + COMMAND_TIMEOUT;
-        let mut event_loop = EventLoop::new(swarm, rx, config, counters.clone());
+        let (connected_tx, connected) = tokio::sync::watch::channel((0, 0));
+        let discovers = config.mdns || !config.bootstrap.is_empty();
+        let mut event_loop = EventLoop::new(swarm, rx, config, counters.clone(), connected_tx);
         tokio::time::timeout(LISTEN_TIMEOUT, event_loop.wait_listening(listeners))
             .await
             .map_err(|_| Error::Timeout {
@@ -161,6 +167,8 @@ impl Node {
             peer_id,
             counters,
             lookup_deadline,
+            connected,
+            discovers,
         })
     }
 
@@ -267,6 +275,25 @@ impl Node {
             .accept(StreamProtocol::new(protocol))
             .map(IncomingStreams)
             .map_err(|_| Error::AlreadyAccepting)
+    }
+
+    /// Waits until this node is connected to at least one peer that is in its routing table
+    /// (identify has run, so lookups can ask it), or `deadline`; says whether it is. A node that starts before its bootstrap peers uses this not to go alone. A node
+    /// with no way to find peers (no bootstrap entry, no mDNS) does not wait.
+    pub async fn wait_connected(&self, deadline: tokio::time::Instant) -> bool {
+        if !self.discovers {
+            let (connected, routing) = *self.connected.borrow();
+            return connected > 0 && routing > 0;
+        }
+        let mut connected = self.connected.clone();
+        let first = connected.wait_for(|(c, r)| *c > 0 && *r > 0);
+        let connected = matches!(tokio::time::timeout_at(deadline, first).await, Ok(Ok(_)));
+        connected
+    }
+
+    /// A receiver that sees every change in the numbers of connected and routing-table peers.
+    pub fn connected_changes(&self) -> tokio::sync::watch::Receiver<(usize, usize)> {
+        self.connected.clone()
     }
 
     /// Counters for status and metrics.

@@ -96,6 +96,11 @@ impl ProviderStore {
         removed
     }
 
+    /// The keys this node itself announces.
+    pub fn provided_keys(&self) -> Vec<RecordKey> {
+        self.inner.provided().map(|r| r.key.clone()).collect()
+    }
+
     /// How many blobs this node itself announces.
     pub fn provided_count(&self) -> usize {
         self.inner.provided().count()
