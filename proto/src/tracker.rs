@@ -86,6 +86,14 @@ pub enum TrackerRequest {
     /// Instead of `Join`, on a stream of its own: the tracker's clock, answered by `Time`
     /// (`pollen doctor` measures clock skew between nodes with it).
     Time,
+    /// Instead of `Join`, on a stream of its own: does this tracker coordinate the blob,
+    /// answered by `Members`. An agent made a blob's fetcher asks the blob's next trackers
+    /// before it fetches: while a cluster is starting, agents' lists of trackers differ, and
+    /// another tracker may already coordinate the blob (docs/tracker.md).
+    Members {
+        #[serde(with = "digest_bytes")]
+        digest: Digest,
+    },
 }
 
 /// Tracker -> agent.
@@ -110,6 +118,16 @@ pub enum TrackerReply {
     FetchRange { size: u64, first: u32, end: u32 },
     /// Answers `Time`: the tracker's wall clock, in milliseconds since the Unix epoch.
     Time { unix_ms: u64 },
+    /// Answers `Members`: the blob's members now, the holders it remembers, and whether it
+    /// is itself asking the other trackers about the blob (its first member just arrived).
+    Members {
+        members: u32,
+        holders: u32,
+        probing: bool,
+    },
+    /// Answers `Join` instead of `Assign`: another tracker (a PeerId) has this blob's swarm
+    /// already; join that one. Sent only to a first member, never to a rejoin.
+    Redirect { tracker: Vec<u8> },
 }
 
 impl TrackerRequest {
@@ -147,7 +165,7 @@ impl TrackerRequest {
 
 impl TrackerReply {
     fn validate(&self) -> Result<(), String> {
-        let peers = match self {
+        let peers: &[Vec<u8>] = match self {
             TrackerReply::Assign { peers, .. } | TrackerReply::Peers { peers } => peers,
             TrackerReply::Fetch => return Ok(()),
             TrackerReply::FetchRange { first, end, .. } if first >= end => {
@@ -160,7 +178,10 @@ impl TrackerReply {
             TrackerReply::Resolved { error, .. } if error.len() > 512 => {
                 return Err("error message too long".into())
             }
-            TrackerReply::Resolved { .. } | TrackerReply::Time { .. } => return Ok(()),
+            TrackerReply::Resolved { .. }
+            | TrackerReply::Time { .. }
+            | TrackerReply::Members { .. } => return Ok(()),
+            TrackerReply::Redirect { tracker } => std::slice::from_ref(tracker),
         };
         if peers.len() > MAX_TRACKER_PEERS {
             return Err(format!(
@@ -305,6 +326,9 @@ mod tests {
             TrackerRequest::Progress { pieces: 9 },
             TrackerRequest::Leave { complete: true },
             TrackerRequest::Time,
+            TrackerRequest::Members {
+                digest: Digest::of(b"x"),
+            },
         ];
         for r in reqs {
             let f = encode_tracker_request(&r).unwrap();
@@ -319,6 +343,14 @@ mod tests {
             TrackerReply::Peers { peers: vec![] },
             TrackerReply::Time {
                 unix_ms: 1_700_000_000_123,
+            },
+            TrackerReply::Members {
+                members: 3,
+                holders: 1,
+                probing: true,
+            },
+            TrackerReply::Redirect {
+                tracker: vec![7; 38],
             },
         ];
         for r in replies {

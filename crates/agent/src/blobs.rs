@@ -380,6 +380,9 @@ impl BlobFetch<'_> {
         // The blob's tracker, if there is one, says who fetches from the upstream. Content
         // fetched with a client's own credentials is not shared, so it is not coordinated.
         let mut coordination = None;
+        if let Some(p2p) = self.ctx.p2p.as_ref().filter(|_| use_peers) {
+            p2p.wait_for_swarm().await;
+        }
         if use_peers && self.client_auth.is_none() {
             let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
             coordination = TrackerLink::join(self.ctx, self.digest, pieces).await;

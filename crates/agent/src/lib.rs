@@ -35,7 +35,7 @@ pub use listen::{DEFAULT_MAX_ADMIN_CONNECTIONS, DEFAULT_MAX_CONNECTIONS};
 pub use metrics::Metrics;
 pub use p2p::{
     P2pConfig, DEFAULT_BAN_DURATION, DEFAULT_MAX_PEERS_PER_BLOB, DEFAULT_PEER_STALL,
-    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SWARM_WAIT, DEFAULT_TRACKER,
 };
 pub use pollen_swarm::Node;
 pub use preheat::{PreheatEvent, PreheatSpec};
@@ -232,6 +232,7 @@ impl Agent {
             t.set_resolver(Arc::new(p2p::tracker::TagResolver(Arc::downgrade(
                 &agent.ctx,
             ))));
+            t.set_others(Arc::new(p2p::Others(Arc::downgrade(&agent.ctx))));
         }
         Ok(agent)
     }
@@ -241,9 +242,10 @@ impl Agent {
         let peers = (self.ctx.p2p.is_some()).then(|| {
             let accept = tokio::spawn(p2p::accept_loop(self.ctx.clone()));
             let reconcile = tokio::spawn(p2p::reconcile_loop(self.ctx.clone()));
+            let directory = tokio::spawn(p2p::directory_loop(self.ctx.clone()));
             let tracker = tokio::spawn(p2p::tracker_loop(self.ctx.clone()));
             let preheat = tokio::spawn(preheat::serve_loop(self.ctx.clone()));
-            AbortOnDrop(vec![accept, reconcile, tracker, preheat])
+            AbortOnDrop(vec![accept, reconcile, directory, tracker, preheat])
         });
         let gc = AbortOnDrop(vec![tokio::spawn(gc_loop(self.ctx.clone()))]);
         self.ctx.ready.store(true, Ordering::SeqCst);

@@ -8,9 +8,11 @@
 //! crate knows nothing of libp2p.
 
 mod policy;
+mod redirect;
 mod serve;
 
 pub use policy::{
-    BlobSummary, Resolver, Tracker, MAX_FETCHERS, MIN_SHARE, REJOIN_GRACE, SPLIT_WAIT,
+    BlobSummary, OtherTrackers, Resolver, Tracker, MAX_FETCHERS, MIN_SHARE, REJOIN_GRACE,
+    SPLIT_WAIT,
 };
 pub use serve::{serve, ServeError, DEFAULT_MEMBER_IDLE};

@@ -129,6 +129,22 @@ pub trait Resolver: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Digest, String>> + Send + 'a>>;
 }
 
+/// The other trackers, as this tracker's node sees them. Every agent is a tracker by default
+/// and an agent joins the tracker rendezvous hashing ranks first among those it knows; while
+/// a cluster starts, agents' lists differ for a moment, and a tracker may be asked about a
+/// blob whose swarm another tracker coordinates already. Before it makes a first member the
+/// fetcher, it asks the node (which knows libp2p) for such a tracker and sends the member
+/// there (`Redirect`).
+pub trait OtherTrackers: Send + Sync + 'static {
+    /// A tracker (its peer id bytes) that has members or holders of `digest`, if one of the
+    /// next trackers in this node's order does; or that is asking the same question and
+    /// ranks above this one (so of two trackers asking at once, one gives way).
+    fn coordinating<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send + 'a>>;
+}
+
 /// The tracker's state, shared by every agent stream it serves.
 #[derive(Default)]
 pub struct Tracker {
@@ -138,6 +154,8 @@ pub struct Tracker {
     closing: std::sync::atomic::AtomicBool,
     next_id: std::sync::atomic::AtomicU64,
     resolver: std::sync::OnceLock<std::sync::Arc<dyn Resolver>>,
+    others: std::sync::OnceLock<std::sync::Arc<dyn OtherTrackers>>,
+    pub(crate) redirects: crate::redirect::Redirects,
     /// The smallest share of a split fetch; 0: never split.
     split_min: u64,
 }
@@ -173,6 +191,16 @@ impl Tracker {
 
     pub(crate) fn resolver(&self) -> Option<std::sync::Arc<dyn Resolver>> {
         self.resolver.get().cloned()
+    }
+
+    /// Lets this tracker send a blob's first member to another tracker that has the blob's
+    /// swarm already (set once, when its node is built).
+    pub fn set_others(&self, others: std::sync::Arc<dyn OtherTrackers>) {
+        let _ = self.others.set(others);
+    }
+
+    pub(crate) fn others(&self) -> Option<std::sync::Arc<dyn OtherTrackers>> {
+        self.others.get().cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, BlobSwarm>> {
@@ -295,6 +323,14 @@ impl Tracker {
             blobs.remove(digest);
         }
         forget_idle(&mut blobs);
+    }
+
+    /// How many members the blob has now, and how many holders are remembered.
+    pub fn members_of(&self, digest: &Digest) -> (u32, u32) {
+        self.lock().get(digest).map_or((0, 0), |s| {
+            let n = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
+            (n(s.members.len()), n(s.holders.len()))
+        })
     }
 
     /// The blobs being coordinated now.

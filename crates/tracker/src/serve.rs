@@ -2,6 +2,8 @@
 //! in between, until `Leave` or the stream ends. Every wait is bounded.
 
 use crate::policy::{Member, Tracker, FETCH_DEFER, SPLIT_WAIT};
+use crate::redirect::Enter;
+use pollen_oci::Digest;
 use pollen_proto::{
     read_tracker_request, write_tracker_reply, ProtoError, TrackerReply, TrackerRequest,
 };
@@ -13,6 +15,10 @@ use tokio::time::timeout;
 
 /// How long a member may stay silent (agents send `Progress` every few seconds).
 pub const DEFAULT_MEMBER_IDLE: Duration = Duration::from_secs(60);
+
+/// The bound on asking the other trackers about a blob this one does not know: a first
+/// member waits at most this long for its answer.
+pub const REDIRECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a stream ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +72,34 @@ where
             .map_err(|_| ServeError::Timeout)?
             .map_err(ServeError::from);
         }
+        Some(TrackerRequest::Members { digest }) => {
+            let (members, holders) = tracker.members_of(&digest);
+            let probing = tracker.redirects.probing(&digest);
+            let reply = TrackerReply::Members {
+                members,
+                holders,
+                probing,
+            };
+            return timeout(idle, write_tracker_reply(&mut w, &reply))
+                .await
+                .map_err(|_| ServeError::Timeout)?
+                .map_err(ServeError::from);
+        }
         _ => {
             return Err(ServeError::Protocol(
-                "the first message must be Join, Resolve or Time".into(),
+                "the first message must be Join, Resolve, Time or Members".into(),
             ))
         }
     };
+    if !rejoin && !fetching && tracker.members_of(&digest) == (0, 0) {
+        if let Some(to) = elsewhere(&tracker, digest).await {
+            let reply = TrackerReply::Redirect { tracker: to };
+            return timeout(idle, write_tracker_reply(&mut w, &reply))
+                .await
+                .map_err(|_| ServeError::Timeout)?
+                .map_err(ServeError::from);
+        }
+    }
     let (tx, mut pushes) = mpsc::unbounded_channel();
     let member = Member {
         peer,
@@ -110,10 +138,11 @@ where
                         Some(
                             TrackerRequest::Join { .. }
                             | TrackerRequest::Resolve { .. }
-                            | TrackerRequest::Time,
+                            | TrackerRequest::Time
+                            | TrackerRequest::Members { .. },
                         ) => {
                             return Err(ServeError::Protocol(
-                                "Join, Resolve or Time on a member's stream".into(),
+                                "Join, Resolve, Time or Members on a member's stream".into(),
                             ))
                         }
                     }
@@ -156,6 +185,29 @@ where
     .await;
     tracker.leave(&digest, id, complete);
     result
+}
+
+/// Another tracker that has the blob's swarm, asked of the node within [`REDIRECT_WAIT`]; a
+/// member arriving while another's question runs waits for the same answer.
+async fn elsewhere(tracker: &Tracker, digest: Digest) -> Option<Vec<u8>> {
+    let others = tracker.others()?;
+    match tracker.redirects.enter(digest) {
+        Enter::Moved(to) => Some(to),
+        Enter::Wait(mut rx) => timeout(REDIRECT_WAIT, rx.wait_for(Option::is_some))
+            .await
+            .ok()?
+            .ok()?
+            .clone()
+            .flatten(),
+        Enter::Probe(guard) => {
+            let outcome = timeout(REDIRECT_WAIT, others.coordinating(&digest))
+                .await
+                .ok()
+                .flatten();
+            guard.finish(outcome.clone());
+            outcome
+        }
+    }
 }
 
 /// Answers a `Resolve` through the node's resolver, and ends the stream.

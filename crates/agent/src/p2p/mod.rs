@@ -8,17 +8,20 @@
 //! - [`peer_task`]: one session with one uploader, as a task that forwards its events.
 //! - [`manifest`]: manifests by digest, whole, checked against their digest.
 //! - [`tracker`]: the blob's tracker (rendezvous over live trackers) and the membership a
-//!   download holds there.
+//!   download holds there; [`settle`]: the tracker role's check that no other tracker has a
+//!   new blob's swarm already.
 
 mod download;
 pub(crate) mod manifest;
 mod peer_task;
 mod picker;
+mod settle;
 mod slot;
 mod source;
 pub(crate) mod tracker;
 
 pub(crate) use download::{PeerOutcome, PeerPhase};
+pub(crate) use settle::Others;
 pub(crate) use source::{PieceShare, StoreSource};
 
 use dashmap::DashMap;
@@ -35,6 +38,13 @@ pub const DEFAULT_MAX_PEERS_PER_BLOB: usize = 8;
 pub const DEFAULT_PEER_STALL: Duration = Duration::from_secs(10);
 /// Default [`P2pConfig::ban_duration`].
 pub const DEFAULT_BAN_DURATION: Duration = Duration::from_secs(600);
+/// Default [`P2pConfig::swarm_wait`]: long enough for a DaemonSet's agents, started in the
+/// same second, to find one another (bootstrap retries start at 50 ms), short enough that a
+/// pull on a node that really is alone is barely delayed.
+pub const DEFAULT_SWARM_WAIT: Duration = Duration::from_secs(5);
+/// Default [`P2pConfig::tracker`]: every agent coordinates the blobs that rendezvous hashing
+/// gives it, so a cluster installed with no role flags fetches each blob once.
+pub const DEFAULT_TRACKER: bool = true;
 /// Default [`P2pConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -67,6 +77,9 @@ pub struct P2pConfig {
     pub ban_duration: Duration,
     /// This node also coordinates blobs for others (`--tracker`).
     pub tracker: bool,
+    /// For how long after start a pull on a node with no peer yet waits for the first
+    /// connection instead of going to the upstream alone (`--swarm-wait`).
+    pub swarm_wait: Duration,
     /// As a tracker, the smallest share of a blob given to one more upstream fetcher
     /// (`--split-min`); 0 keeps one fetcher per blob.
     pub split_min: u64,
@@ -88,7 +101,8 @@ impl Default for P2pConfig {
             peer_stall: DEFAULT_PEER_STALL,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ban_duration: DEFAULT_BAN_DURATION,
-            tracker: false,
+            tracker: DEFAULT_TRACKER,
+            swarm_wait: DEFAULT_SWARM_WAIT,
             split_min: pollen_tracker::MIN_SHARE,
             seed: false,
             labels: Vec::new(),
@@ -111,6 +125,8 @@ pub(crate) struct P2p {
     /// Blobs this node is fetching from the upstream now: a busy node leaves the fetch of
     /// the next blob to another member (the tracker's `FETCH_DEFER`).
     pub upstream_fetches: std::sync::atomic::AtomicUsize,
+    /// When the swarm started: [`P2pConfig::swarm_wait`] counts from here.
+    started: tokio::time::Instant,
 }
 
 impl P2p {
@@ -125,8 +141,27 @@ impl P2p {
                 .then(|| Arc::new(pollen_tracker::Tracker::with_split_min(cfg.split_min))),
             directory: tracker::Directory::default(),
             upstream_fetches: std::sync::atomic::AtomicUsize::new(0),
+            started: tokio::time::Instant::now(),
             node,
             cfg,
+        }
+    }
+
+    /// Right after start, with no peer yet: waits (at most until `swarm_wait` after start)
+    /// for the first connection and a fresh list of trackers, so that a node which started
+    /// before its bootstrap peers joins the swarm's fetch instead of fetching alone beside it.
+    pub async fn wait_for_swarm(&self) {
+        let deadline = self.started + self.cfg.swarm_wait;
+        let stats = self.node.stats();
+        let joined = stats.connected_peers > 0 && stats.routing_table_peers > 0;
+        if joined || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        debug!("no peer yet: waiting for the swarm before fetching");
+        if self.node.wait_connected(deadline).await {
+            self.directory.refresh(self).await;
+        } else {
+            info!(waited = ?self.cfg.swarm_wait, "no peer reachable; fetching from the upstream alone");
         }
     }
 
@@ -226,21 +261,12 @@ pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
 }
 
 /// Keeps the provider records in step with the store: announces every complete blob and
-/// manifest at start and each new one, withdraws evicted ones; and the list of trackers
-/// fresh.
+/// manifest at start and each new one, withdraws evicted ones.
 pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
     let Some(p2p) = ctx.p2p.as_ref() else { return };
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
     loop {
         tick.tick().await;
-        // Keep the list of trackers warm (in the background: a slow query must not hold up
-        // the announcements).
-        let warm = ctx.clone();
-        tokio::spawn(async move {
-            if let Some(p2p) = warm.p2p.as_ref() {
-                p2p.directory.refresh(p2p).await;
-            }
-        });
         let store = ctx.store.clone();
         let Ok(now) = tokio::task::spawn_blocking(move || store.digests()).await else {
             continue;
@@ -271,6 +297,54 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
         }
     }
 }
+
+/// Keeps the list of trackers warm, so that a download joining its tracker (a rollout: every
+/// blob at once) does not wait for a Kademlia query: looked up again shortly after every
+/// change in this node's connections, every second during the first `DIRECTORY_STARTUP`
+/// (while a DaemonSet's agents are still finding one another every agent must end up with
+/// the same list, or two trackers would each make a fetcher), every 5 s after.
+pub(crate) async fn directory_loop(ctx: Arc<crate::Ctx>) {
+    let Some(p2p) = ctx.p2p.as_ref() else { return };
+    let mut changes = p2p.node.connected_changes();
+    let refreshing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let every = if p2p.started.elapsed() < DIRECTORY_STARTUP {
+            Duration::from_secs(1)
+        } else {
+            RECONCILE_INTERVAL
+        };
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return; // the swarm stopped
+                }
+                // A burst of connections is one lookup.
+                tokio::time::sleep(DIRECTORY_SETTLE).await;
+            }
+            () = tokio::time::sleep(every) => {}
+        }
+        // A lookup that waits for a peer that does not answer (one still starting) takes up
+        // to the lookup timeout; the next ones do not wait behind it.
+        if refreshing.load(std::sync::atomic::Ordering::Relaxed) < MAX_REFRESHES {
+            let (ctx, refreshing) = (ctx.clone(), refreshing.clone());
+            refreshing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Some(p2p) = ctx.p2p.as_ref() {
+                    p2p.directory.refresh(p2p).await;
+                }
+                refreshing.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+/// Tracker lookups of [`directory_loop`] running at once.
+const MAX_REFRESHES: usize = 4;
+
+/// See [`directory_loop`].
+const DIRECTORY_STARTUP: Duration = Duration::from_secs(30);
+/// See [`directory_loop`].
+const DIRECTORY_SETTLE: Duration = Duration::from_millis(100);
 
 /// The provider key under which seeds announce themselves (for preheat).
 pub(crate) fn seed_key() -> pollen_oci::Digest {

@@ -296,6 +296,18 @@ async fn connect(
             tokio::time::sleep(jittered(delay)).await;
             match timeout(JOIN_TIMEOUT, join_one(p2p, tracker, &join)).await {
                 Ok(Ok((conn, assignment))) => return Some((conn, assignment, tracker)),
+                Ok(Err(JoinError::Redirect(to))) => {
+                    // Another tracker has the blob's swarm already (agents' lists of
+                    // trackers differ for a moment while a cluster starts). It will not
+                    // redirect again: it has members.
+                    debug!(%digest, %tracker, %to, "redirected to the blob's swarm");
+                    if let Ok(Ok((conn, assignment))) =
+                        timeout(JOIN_TIMEOUT, join_one(p2p, to, &join)).await
+                    {
+                        return Some((conn, assignment, to));
+                    }
+                    break;
+                }
                 Ok(Err(JoinError::Unreachable(e))) => {
                     debug!(%digest, %tracker, error = %e, "tracker unreachable");
                     p2p.directory.invalidate();
@@ -319,6 +331,8 @@ enum JoinError {
     Unreachable(String),
     /// The stream opened and then broke.
     Dropped(String),
+    /// The tracker named another that has the blob's swarm.
+    Redirect(PeerId),
 }
 
 async fn join_one(
@@ -361,6 +375,12 @@ async fn join_one(
                 .filter(|p| *p != me)
                 .collect(),
         },
+        Some(TrackerReply::Redirect { tracker: to }) => {
+            return match PeerId::from_bytes(&to) {
+                Ok(to) if to != tracker => Err(JoinError::Redirect(to)),
+                _ => Err(JoinError::Dropped("a redirect to nowhere".into())),
+            }
+        }
         other => {
             return Err(JoinError::Dropped(format!(
                 "tracker answered {other:?} to Join"

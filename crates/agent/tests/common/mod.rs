@@ -52,6 +52,9 @@ pub fn config_for(reg: &TestRegistry) -> AgentConfig {
     cfg.upstream.registries.insert(reg.host(), vec![reg.url()]);
     cfg.upstream.response_timeout = Duration::from_secs(5);
     cfg.upstream.idle_timeout = Duration::from_secs(2);
+    // These tests name their trackers (`cfg.p2p.tracker = true`); the default, every agent a
+    // tracker, is what `startup.rs` tests.
+    cfg.p2p.tracker = false;
     cfg
 }
 

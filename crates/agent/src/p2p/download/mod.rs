@@ -272,7 +272,9 @@ impl<'a> PeerPhase<'a> {
                     Some(
                         TrackerReply::Assign { .. }
                         | TrackerReply::Resolved { .. }
-                        | TrackerReply::Time { .. },
+                        | TrackerReply::Time { .. }
+                        | TrackerReply::Members { .. }
+                        | TrackerReply::Redirect { .. },
                     ) => {}
                     None => {
                         // No tracker left (none found after this one died): carry on with

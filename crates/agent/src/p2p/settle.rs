@@ -1,0 +1,180 @@
+//! The tracker role's question to its node: does another tracker coordinate this blob
+//! already? ([`pollen_tracker::OtherTrackers`]).
+//!
+//! Every agent is a tracker by default, and the tracker of a blob is the one rendezvous
+//! hashing ranks first among the trackers an agent knows. While a cluster starts (a DaemonSet
+//! starts every agent in the same second), agents' lists differ for a moment: one that found
+//! trackers the others have not heard of yet may rank one of them first, join it, and be made
+//! a second fetcher beside the swarm's. A tracker asked about a blob it does not know asks the
+//! trackers ranked after it in its own list (which holds the others' choice: lists only grow
+//! while agents start) and sends the member to the one that has the blob's swarm.
+
+use super::P2p;
+use pollen_oci::Digest;
+use pollen_proto::{read_tracker_reply, write_tracker_request, TrackerReply, TrackerRequest};
+use pollen_swarm::PeerId;
+use std::cmp::Reverse;
+use std::time::Duration;
+use tokio::time::timeout;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+/// Trackers asked: a node that joined late may know several trackers the others do not, all
+/// ranked above the others' choice.
+const ASKED: usize = 8;
+/// The bound on each answer: inside a cluster a round trip is a millisecond; a tracker that
+/// does not answer in time is taken not to coordinate the blob.
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Waits before each try to ask one tracker.
+const RETRIES: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_millis(60),
+];
+
+/// What one tracker said: its members and remembered holders of the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub tracker: PeerId,
+    pub members: u32,
+    pub holders: u32,
+    pub probing: bool,
+}
+
+/// The other trackers as this node sees them (its tracker directory).
+pub(crate) struct Others(pub std::sync::Weak<crate::Ctx>);
+
+impl pollen_tracker::OtherTrackers for Others {
+    fn coordinating<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send + 'a>> {
+        Box::pin(async move {
+            let ctx = self.0.upgrade()?;
+            let p2p = ctx.p2p.as_ref()?;
+            let me = p2p.node.peer_id();
+            let order = super::tracker::rendezvous(digest, &p2p.directory.trackers(p2p).await);
+            let asked = order.iter().filter(|t| **t != me).take(ASKED);
+            let answers =
+                futures_util::future::join_all(asked.map(|t| members(p2p, *digest, *t))).await;
+            choose(me, &order, answers.into_iter().flatten()).map(|t| t.to_bytes())
+        })
+    }
+}
+
+/// The decision, apart from the asking: the tracker with the most members and holders (the
+/// higher-ranked one of equals); with none anywhere, a tracker asking the same question at this
+/// moment that rendezvous ranks above `me` (both trackers agree on which of the two ranks
+/// higher, whatever else their lists hold, so exactly one of them gives way).
+pub(crate) fn choose(
+    me: PeerId,
+    order: &[PeerId],
+    answers: impl IntoIterator<Item = Answer>,
+) -> Option<PeerId> {
+    let rank = |t: &PeerId| order.iter().position(|o| o == t).unwrap_or(usize::MAX);
+    let answers: Vec<Answer> = answers.into_iter().collect();
+    let held = answers
+        .iter()
+        .map(|a| (a.tracker, a.members.saturating_add(a.holders)))
+        .filter(|(_, n)| *n > 0)
+        .max_by_key(|(t, n)| (*n, Reverse(rank(t))))
+        .map(|(t, _)| t);
+    held.or_else(|| {
+        answers
+            .iter()
+            .filter(|a| a.probing && rank(&a.tracker) < rank(&me))
+            .min_by_key(|a| rank(&a.tracker))
+            .map(|a| a.tracker)
+    })
+}
+
+async fn members(p2p: &P2p, digest: Digest, tracker: PeerId) -> Option<Answer> {
+    // libp2p-stream drops an inbound stream that arrives while the acceptor is busy with the
+    // one before (docs/decisions.md), and every first member of a rollout asks at once: a
+    // broken stream is tried again, all within ANSWER_TIMEOUT.
+    let ask = async {
+        for delay in RETRIES {
+            tokio::time::sleep(delay).await;
+            let Ok(stream) = p2p
+                .node
+                .open_stream_on(tracker, pollen_proto::TRACKER_PROTOCOL)
+                .await
+            else {
+                return None;
+            };
+            let (mut r, mut w) = tokio::io::split(stream.compat());
+            let req = TrackerRequest::Members { digest };
+            if write_tracker_request(&mut w, &req).await.is_err() {
+                continue;
+            }
+            match read_tracker_reply(&mut r).await {
+                Ok(Some(TrackerReply::Members {
+                    members,
+                    holders,
+                    probing,
+                })) => return Some((members, holders, probing)),
+                Ok(_) => return None,
+                Err(_) => continue,
+            }
+        }
+        None
+    };
+    let (members, holders, probing) = timeout(ANSWER_TIMEOUT, ask).await.ok()??;
+    Some(Answer {
+        tracker,
+        members,
+        holders,
+        probing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(tracker: PeerId, members: u32, holders: u32, probing: bool) -> Answer {
+        Answer {
+            tracker,
+            members,
+            holders,
+            probing,
+        }
+    }
+
+    #[test]
+    fn sends_a_first_member_to_the_tracker_that_has_the_swarm() {
+        let order: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let me = order[0];
+        let none = [answer(order[1], 0, 0, false), answer(order[2], 0, 0, false)];
+        assert_eq!(choose(me, &order, none), None, "nobody else knows the blob");
+        let swarm = [answer(order[1], 1, 0, false), answer(order[2], 5, 0, false)];
+        assert_eq!(
+            choose(me, &order, swarm),
+            Some(order[2]),
+            "the larger swarm"
+        );
+        let held = [answer(order[2], 0, 2, false)];
+        assert_eq!(
+            choose(me, &order, held),
+            Some(order[2]),
+            "holders count too"
+        );
+        let equal = [answer(order[2], 1, 0, false), answer(order[1], 1, 0, false)];
+        assert_eq!(
+            choose(me, &order, equal),
+            Some(order[1]),
+            "equals: the higher rank"
+        );
+    }
+
+    #[test]
+    fn of_two_trackers_asking_at_once_the_lower_ranked_gives_way() {
+        let order: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let asking = |t: PeerId| [answer(t, 0, 0, true)];
+        assert_eq!(choose(order[1], &order, asking(order[0])), Some(order[0]));
+        assert_eq!(choose(order[0], &order, asking(order[1])), None);
+        // A swarm anywhere beats a question.
+        let both = [answer(order[0], 0, 0, true), answer(order[2], 2, 0, false)];
+        assert_eq!(choose(order[1], &order, both), Some(order[2]));
+    }
+}
