@@ -159,9 +159,12 @@ pub struct AgentArgs {
     /// Peers served at once; more wait for a slot, then are told to look elsewhere; 0 = serve no peers [default: 8]
     #[arg(long, env = "POLLEN_MAX_UPLOAD_SESSIONS", value_name = "N")]
     pub max_upload_sessions: Option<usize>,
-    /// Also coordinate blobs for other agents: tell each which peers to ask and which one fetches from the upstream [default: false]
+    /// Coordinate the blobs that rendezvous hashing gives this agent: tell each member which peers to ask and which one fetches from the upstream; on every agent by default, so a cluster fetches each blob once without any role flags [default: true, false with --p2p false]
     #[arg(long, env = "POLLEN_TRACKER", value_name = "true|false")]
     pub tracker: Option<bool>,
+    /// For how long after start a pull on an agent that has no peer yet waits for the swarm (its bootstrap peers may start a moment later) instead of fetching alone from the upstream; 0s = never wait [default: 5s]
+    #[arg(long, env = "POLLEN_SWARM_WAIT", value_name = "DURATION")]
+    pub swarm_wait: Option<String>,
     /// On a tracker: the smallest part of a large blob given to one more fetcher, so new bytes enter the swarm through several nodes' uploads (at most 4); 0 = one fetcher per blob [default: 8MiB]
     #[arg(long, env = "POLLEN_SPLIT_MIN", value_name = "BYTES")]
     pub split_min: Option<String>,
@@ -227,6 +230,7 @@ pub struct FileConfig {
     max_upload_sessions: Option<usize>,
     split_min: Option<Size>,
     tracker: Option<bool>,
+    swarm_wait: Option<String>,
     seed: Option<bool>,
     zone: Option<String>,
     rack: Option<String>,

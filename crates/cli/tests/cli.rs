@@ -243,8 +243,9 @@ fn status_reports_the_peer_id_and_json_parses() {
     assert!(!status.listen_addrs.is_empty());
     assert!(status.listen_addrs[0].starts_with("/ip4/127.0.0.1/tcp/"));
     assert_eq!(status.cache_quota, 20 << 30);
-    assert!(status.roles.is_empty(), "{:?}", status.roles);
-    assert!(text.contains("Roles         none"), "{text}");
+    // Every agent is a tracker by default (part 7).
+    assert_eq!(status.roles, ["tracker"]);
+    assert!(text.contains("Roles         tracker"), "{text}");
 }
 
 #[test]
@@ -274,6 +275,7 @@ fn roles_and_labels_from_the_environment() {
         &["--p2p-listen", P2P_ANY_PORT],
         &[
             ("POLLEN_SEED", "true"),
+            ("POLLEN_TRACKER", "false"),
             ("POLLEN_RACK", "r7"),
             ("POLLEN_LABEL", "team=storage;tier=hot"),
         ],

@@ -17,8 +17,11 @@ pub const DEFAULT_MDNS: bool = false;
 pub const DEFAULT_UPLOAD_LIMIT: &str = "0";
 pub const DEFAULT_DOWNLOAD_LIMIT: &str = "0";
 pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = pollen_peer::DEFAULT_MAX_UPLOAD_SESSIONS;
-/// A node coordinates blobs for others only when asked to (`--tracker true`).
-pub const DEFAULT_TRACKER: bool = false;
+/// Every agent coordinates the blobs that rendezvous hashing gives it (when peer-to-peer is
+/// on): a cluster installed with no role flags fetches each blob from the upstream once.
+pub const DEFAULT_TRACKER: bool = pollen_agent::DEFAULT_TRACKER;
+/// How long after start a pull waits for the first peer (`--swarm-wait`).
+pub const DEFAULT_SWARM_WAIT: &str = "5s";
 /// A tracker gives another fetcher a part of a blob once each part is at least this large.
 pub const DEFAULT_SPLIT_MIN: &str = "8MiB";
 /// A node is a seed only when asked to (`--seed true`).
@@ -118,7 +121,19 @@ pub(super) fn resolve(
             DEFAULT_SPLIT_MIN,
         ),
     )?;
-    let tracker = args.tracker.or(file.tracker).unwrap_or(DEFAULT_TRACKER);
+    // The default follows --p2p: only an explicit `--tracker true` with it off is an error.
+    let tracker = args
+        .tracker
+        .or(file.tracker)
+        .unwrap_or(DEFAULT_TRACKER && p2p_enabled);
+    let swarm_wait = super::parse_duration(
+        "swarm-wait",
+        &pick(
+            args.swarm_wait.clone(),
+            file.swarm_wait.clone(),
+            DEFAULT_SWARM_WAIT,
+        ),
+    )?;
     let seed = args.seed.or(file.seed).unwrap_or(DEFAULT_SEED);
     if !p2p_enabled && tracker {
         return Err(invalid(
@@ -137,6 +152,7 @@ pub(super) fn resolve(
         download_limit,
         max_upload_sessions,
         tracker,
+        swarm_wait,
         split_min,
         seed,
         labels: labels(args, file)?,

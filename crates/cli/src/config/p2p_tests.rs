@@ -34,14 +34,50 @@ fn resolve_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
 }
 
 #[test]
-fn no_roles_and_no_labels_by_default() {
+fn every_agent_coordinates_by_default_and_has_no_labels() {
     let s = Settings::resolve(args()).unwrap();
     let p2p = &s.agent.p2p;
-    assert!(!p2p.tracker && !p2p.seed);
-    assert_eq!((DEFAULT_TRACKER, DEFAULT_SEED), (false, false));
+    assert!(p2p.tracker && !p2p.seed);
+    assert_eq!((DEFAULT_TRACKER, DEFAULT_SEED), (true, false));
+    assert_eq!(p2p.swarm_wait, std::time::Duration::from_secs(5));
     assert!(p2p.labels.is_empty());
-    assert!(roles(p2p).is_empty());
+    assert_eq!(roles(p2p), ["tracker"]);
     assert!(label_strings(p2p).is_empty());
+}
+
+#[test]
+fn peer_to_peer_off_turns_the_default_tracker_off_and_an_explicit_one_is_an_error() {
+    let off = Settings::resolve(AgentArgs {
+        p2p: Some(false),
+        ..args()
+    })
+    .unwrap();
+    assert!(!off.agent.p2p.tracker);
+    let err = Settings::resolve(AgentArgs {
+        p2p: Some(false),
+        tracker: Some(true),
+        ..args()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tracker"), "{err}");
+}
+
+#[test]
+fn swarm_wait_takes_a_duration() {
+    let s = Settings::resolve(AgentArgs {
+        swarm_wait: Some("0s".into()),
+        ..args()
+    })
+    .unwrap();
+    assert_eq!(s.agent.p2p.swarm_wait, std::time::Duration::ZERO);
+    let err = Settings::resolve(AgentArgs {
+        swarm_wait: Some("soon".into()),
+        ..args()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("swarm-wait"), "{err}");
 }
 
 #[test]
@@ -83,7 +119,11 @@ fn roles_and_labels_from_flags() {
         ..args()
     })
     .unwrap();
-    assert_eq!(roles(&s.agent.p2p), ["seed"]);
+    assert_eq!(
+        roles(&s.agent.p2p),
+        ["tracker", "seed"],
+        "the tracker by default"
+    );
     assert_eq!(s.agent.p2p.labels, pairs(&[("empty", "")]));
 }
 
