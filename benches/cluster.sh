@@ -191,7 +191,9 @@ cb_start_agents() {
     for ((i = 1; i <= MN_NODES; i++)); do
         rm -rf "$MN_DIR/n$i/agent"
         args=()
-        [ "$i" -le 2 ] && args+=(--tracker true)
+        # Nodes 1 and 2 the trackers, the others not (every agent is one by default since
+        # part 7; the `defaults` scenario to come measures that).
+        if [ "$i" -le 2 ]; then args+=(--tracker true); else args+=(--tracker false); fi
         [ "$i" -eq 1 ] && args+=(--seed true)
         mn_start_agent "$i" "${args[@]}" || return 1
     done

@@ -13,9 +13,9 @@
 # shaped with `tc qdisc add dev eth0 root tbf rate RATE burst 256kb latency 50ms` (its egress:
 # everything the registry sends); nodes 1..N in namespaces at NET.11... Nothing is created in
 # the root namespace: deleting the namespaces deletes every link and the qdisc.
-# On every node: `pollen agent` (nodes 1..E2E_ROLLOUT_TRACKERS with --tracker true, every other
-# node --bootstrap to node 1) and a private containerd whose hosts.toml names the node-local
-# agent as the registry's mirror. The client is `ctr images pull` (fetch and unpack), as in step
+# On every node: `pollen agent` (nodes 1..E2E_ROLLOUT_TRACKERS with --tracker true, the others
+# with --tracker false, every other node --bootstrap to node 1) and a private containerd whose
+# hosts.toml names the node-local agent as the registry's mirror. The client is `ctr images pull` (fetch and unpack), as in step
 # g: one containerd per node is light enough here.
 #
 #   1. the image (a small file and E2E_ROLLOUT_LAYERS_MIB random layers) is pushed before any
@@ -233,7 +233,9 @@ rollout_main() {
         if [ "$i" -le "$RO_TRACKERS" ]; then
             mn_start_agent "$i" --tracker true || die "rollout: node $i's agent did not become ready"
         else
-            mn_start_agent "$i" || die "rollout: node $i's agent did not become ready"
+            # Named trackers only (every agent is one by default since part 7; this step
+            # tests the named set-up, crates/agent/tests/startup.rs the default).
+            mn_start_agent "$i" --tracker false || die "rollout: node $i's agent did not become ready"
         fi
         MN_PEER_ID[$i]=$(mn_admin "$i" /status | jq -r '.peer_id // empty')
         [ -n "${MN_PEER_ID[$i]}" ] || die "rollout: node $i's agent has no peer id"
