@@ -74,7 +74,7 @@ pub(crate) struct EventLoop {
     /// When the next bootstrap round runs, and how that moves when a target is missing.
     next_round: tokio::time::Instant,
     redial: Redial,
-    /// The number of connected peers, for those who wait for the first one.
+    /// (connected peers, routing-table peers), for those who wait for the first one.
     connected: tokio::sync::watch::Sender<(usize, usize)>,
     resolved_tx: mpsc::Sender<Vec<Multiaddr>>,
     resolved_rx: mpsc::Receiver<Vec<Multiaddr>>,

@@ -277,18 +277,22 @@ impl Node {
             .map_err(|_| Error::AlreadyAccepting)
     }
 
-    /// Waits until this node is connected to at least one peer that is in its routing table
-    /// (identify has run, so lookups can ask it), or `deadline`; says whether it is. A node that starts before its bootstrap peers uses this not to go alone. A node
-    /// with no way to find peers (no bootstrap entry, no mDNS) does not wait.
+    /// Connected to at least one peer that is in the routing table (identify has run, so a
+    /// lookup has someone to ask).
+    pub fn joined(&self) -> bool {
+        is_joined(&self.connected.borrow())
+    }
+
+    /// Waits until [`Node::joined`], or `deadline`; says whether it is. A node that starts
+    /// before its bootstrap peers uses this not to go alone. A node with no way to find peers
+    /// (no bootstrap entry, no mDNS) does not wait.
     pub async fn wait_connected(&self, deadline: tokio::time::Instant) -> bool {
         if !self.discovers {
-            let (connected, routing) = *self.connected.borrow();
-            return connected > 0 && routing > 0;
+            return self.joined();
         }
-        let mut connected = self.connected.clone();
-        let first = connected.wait_for(|(c, r)| *c > 0 && *r > 0);
-        let connected = matches!(tokio::time::timeout_at(deadline, first).await, Ok(Ok(_)));
-        connected
+        let mut changes = self.connected.clone();
+        let joined = tokio::time::timeout_at(deadline, changes.wait_for(is_joined)).await;
+        matches!(joined, Ok(Ok(_)))
     }
 
     /// A receiver that sees every change in the numbers of connected and routing-table peers.
@@ -338,6 +342,11 @@ impl Node {
 }
 
 /// Whether a listen address can only be reached from this host: `127.0.0.0/8` or `::1`.
+/// (connected peers, routing-table peers) says the node has joined the swarm.
+fn is_joined((connected, routing): &(usize, usize)) -> bool {
+    *connected > 0 && *routing > 0
+}
+
 pub fn is_loopback_listen(addr: &Multiaddr) -> bool {
     use libp2p::core::multiaddr::Protocol;
     match addr.iter().next() {

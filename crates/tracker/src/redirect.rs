@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 /// How long a blob sent to another tracker stays sent there.
 const MOVED_TTL: Duration = Duration::from_secs(30);
-/// Blobs remembered as moved; past this the oldest are forgotten.
+/// Blobs remembered as moved; past this, every move is forgotten (the probes running stay).
 const MAX_MOVED: usize = 4096;
 
 /// The answer of a probe: the tracker to send members to, or none (this tracker keeps it).

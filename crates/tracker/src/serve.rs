@@ -64,13 +64,7 @@ where
             let unix_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            return timeout(
-                idle,
-                write_tracker_reply(&mut w, &TrackerReply::Time { unix_ms }),
-            )
-            .await
-            .map_err(|_| ServeError::Timeout)?
-            .map_err(ServeError::from);
+            return reply_once(&mut w, &TrackerReply::Time { unix_ms }, idle).await;
         }
         Some(TrackerRequest::Members { digest }) => {
             let (members, holders) = tracker.members_of(&digest);
@@ -80,10 +74,7 @@ where
                 holders,
                 probing,
             };
-            return timeout(idle, write_tracker_reply(&mut w, &reply))
-                .await
-                .map_err(|_| ServeError::Timeout)?
-                .map_err(ServeError::from);
+            return reply_once(&mut w, &reply, idle).await;
         }
         _ => {
             return Err(ServeError::Protocol(
@@ -94,10 +85,7 @@ where
     if !rejoin && !fetching && tracker.members_of(&digest) == (0, 0) {
         if let Some(to) = elsewhere(&tracker, digest).await {
             let reply = TrackerReply::Redirect { tracker: to };
-            return timeout(idle, write_tracker_reply(&mut w, &reply))
-                .await
-                .map_err(|_| ServeError::Timeout)?
-                .map_err(ServeError::from);
+            return reply_once(&mut w, &reply, idle).await;
         }
     }
     let (tx, mut pushes) = mpsc::unbounded_channel();
@@ -187,6 +175,19 @@ where
     result
 }
 
+/// Writes the one reply of a one-shot exchange (`Time`, `Members`, `Resolve`) or a
+/// `Redirect`, within `idle`; the stream ends after it.
+async fn reply_once<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    reply: &TrackerReply,
+    idle: Duration,
+) -> Result<(), ServeError> {
+    timeout(idle, write_tracker_reply(w, reply))
+        .await
+        .map_err(|_| ServeError::Timeout)?
+        .map_err(ServeError::from)
+}
+
 /// Another tracker that has the blob's swarm, asked of the node within [`REDIRECT_WAIT`]; a
 /// member arriving while another's question runs waits for the same answer.
 async fn elsewhere(tracker: &Tracker, digest: Digest) -> Option<Vec<u8>> {
@@ -235,10 +236,7 @@ async fn resolve<W: AsyncWrite + Unpin>(
             error: e.chars().take(400).collect(),
         },
     };
-    timeout(idle, write_tracker_reply(w, &reply))
-        .await
-        .map_err(|_| ServeError::Timeout)??;
-    Ok(())
+    reply_once(w, &reply, idle).await
 }
 
 #[cfg(test)]

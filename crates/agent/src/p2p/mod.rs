@@ -152,9 +152,7 @@ impl P2p {
     /// before its bootstrap peers joins the swarm's fetch instead of fetching alone beside it.
     pub async fn wait_for_swarm(&self) {
         let deadline = self.started + self.cfg.swarm_wait;
-        let stats = self.node.stats();
-        let joined = stats.connected_peers > 0 && stats.routing_table_peers > 0;
-        if joined || tokio::time::Instant::now() >= deadline {
+        if self.node.joined() || tokio::time::Instant::now() >= deadline {
             return;
         }
         debug!("no peer yet: waiting for the swarm before fetching");
@@ -306,12 +304,12 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
 pub(crate) async fn directory_loop(ctx: Arc<crate::Ctx>) {
     let Some(p2p) = ctx.p2p.as_ref() else { return };
     let mut changes = p2p.node.connected_changes();
-    let refreshing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refreshing = Arc::new(tokio::sync::Semaphore::new(MAX_REFRESHES));
     loop {
         let every = if p2p.started.elapsed() < DIRECTORY_STARTUP {
-            Duration::from_secs(1)
+            DIRECTORY_STARTUP_EVERY
         } else {
-            RECONCILE_INTERVAL
+            DIRECTORY_EVERY
         };
         tokio::select! {
             changed = changes.changed() => {
@@ -325,14 +323,13 @@ pub(crate) async fn directory_loop(ctx: Arc<crate::Ctx>) {
         }
         // A lookup that waits for a peer that does not answer (one still starting) takes up
         // to the lookup timeout; the next ones do not wait behind it.
-        if refreshing.load(std::sync::atomic::Ordering::Relaxed) < MAX_REFRESHES {
-            let (ctx, refreshing) = (ctx.clone(), refreshing.clone());
-            refreshing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(slot) = refreshing.clone().try_acquire_owned() {
+            let ctx = ctx.clone();
             tokio::spawn(async move {
                 if let Some(p2p) = ctx.p2p.as_ref() {
                     p2p.directory.refresh(p2p).await;
                 }
-                refreshing.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                drop(slot);
             });
         }
     }
@@ -343,6 +340,10 @@ const MAX_REFRESHES: usize = 4;
 
 /// See [`directory_loop`].
 const DIRECTORY_STARTUP: Duration = Duration::from_secs(30);
+/// See [`directory_loop`].
+const DIRECTORY_STARTUP_EVERY: Duration = Duration::from_secs(1);
+/// See [`directory_loop`].
+const DIRECTORY_EVERY: Duration = Duration::from_secs(5);
 /// See [`directory_loop`].
 const DIRECTORY_SETTLE: Duration = Duration::from_millis(100);
 

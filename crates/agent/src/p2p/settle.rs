@@ -11,12 +11,11 @@
 
 use super::P2p;
 use pollen_oci::Digest;
-use pollen_proto::{read_tracker_reply, write_tracker_request, TrackerReply, TrackerRequest};
+use pollen_proto::{TrackerReply, TrackerRequest};
 use pollen_swarm::PeerId;
 use std::cmp::Reverse;
 use std::time::Duration;
 use tokio::time::timeout;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 /// Trackers asked: a node that joined late may know several trackers the others do not, all
 /// ranked above the others' choice.
@@ -24,13 +23,6 @@ const ASKED: usize = 8;
 /// The bound on each answer: inside a cluster a round trip is a millisecond; a tracker that
 /// does not answer in time is taken not to coordinate the blob.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(800);
-
-/// Waits before each try to ask one tracker.
-const RETRIES: [Duration; 3] = [
-    Duration::ZERO,
-    Duration::from_millis(20),
-    Duration::from_millis(60),
-];
 
 /// What one tracker said: its members and remembered holders of the blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,44 +80,26 @@ pub(crate) fn choose(
     })
 }
 
+/// One tracker's answer, within [`ANSWER_TIMEOUT`] (`ask` retries a stream that
+/// libp2p-stream dropped in a burst: every first member of a rollout asks at once).
 async fn members(p2p: &P2p, digest: Digest, tracker: PeerId) -> Option<Answer> {
-    // libp2p-stream drops an inbound stream that arrives while the acceptor is busy with the
-    // one before (docs/decisions.md), and every first member of a rollout asks at once: a
-    // broken stream is tried again, all within ANSWER_TIMEOUT.
-    let ask = async {
-        for delay in RETRIES {
-            tokio::time::sleep(delay).await;
-            let Ok(stream) = p2p
-                .node
-                .open_stream_on(tracker, pollen_proto::TRACKER_PROTOCOL)
-                .await
-            else {
-                return None;
-            };
-            let (mut r, mut w) = tokio::io::split(stream.compat());
-            let req = TrackerRequest::Members { digest };
-            if write_tracker_request(&mut w, &req).await.is_err() {
-                continue;
-            }
-            match read_tracker_reply(&mut r).await {
-                Ok(Some(TrackerReply::Members {
-                    members,
-                    holders,
-                    probing,
-                })) => return Some((members, holders, probing)),
-                Ok(_) => return None,
-                Err(_) => continue,
-            }
-        }
-        None
-    };
-    let (members, holders, probing) = timeout(ANSWER_TIMEOUT, ask).await.ok()??;
-    Some(Answer {
-        tracker,
-        members,
-        holders,
-        probing,
-    })
+    let req = TrackerRequest::Members { digest };
+    match timeout(ANSWER_TIMEOUT, super::tracker::ask(p2p, tracker, &req))
+        .await
+        .ok()??
+    {
+        TrackerReply::Members {
+            members,
+            holders,
+            probing,
+        } => Some(Answer {
+            tracker,
+            members,
+            holders,
+            probing,
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -485,9 +485,9 @@ async fn serve_conn(
     ended
 }
 
-/// One request on a stream of its own, one reply (`Resolve`, `Time`). A stream that breaks is
-/// tried again (libp2p-stream drops inbound streams in a burst, and every node asks at the
-/// same moment during a rollout); the whole is bounded by [`RESOLVE_TIMEOUT`].
+/// One request on a stream of its own, one reply (`Resolve`, `Time`, `Members`). A stream
+/// that breaks is tried again (libp2p-stream drops inbound streams in a burst, and every node
+/// asks at the same moment during a rollout); the whole is bounded by [`RESOLVE_TIMEOUT`].
 pub(crate) async fn ask(p2p: &P2p, tracker: PeerId, req: &TrackerRequest) -> Option<TrackerReply> {
     timeout(RESOLVE_TIMEOUT, async {
         for delay in JOIN_BACKOFF {
