@@ -198,6 +198,13 @@ YML
 # mn_start_agent N [EXTRA ARGS...]: node N's agent, with the run's swarm key; the others
 # bootstrap to node 1.
 mn_start_agent() {
+    mn_launch_agent "$@" && mn_wait_agent "$1"
+}
+
+# mn_launch_agent N [EXTRA ARGS...]: starts node N's agent as mn_start_agent does, without
+# waiting for it (a DaemonSet starts every agent at once: cluster.sh launches them all, then
+# waits for each with mn_wait_agent).
+mn_launch_agent() {
     local n=$1 ns data log extra=()
     shift
     ns=$(mn_ns "$n")
@@ -222,8 +229,13 @@ mn_start_agent() {
         --mdns false \
         "${extra[@]}" "$@"
     MN_AGENT_PID[$n]=$LIB_LAST_PID
-    if ! mn_wait_http "$ns" "http://127.0.0.1:$MN_ADMIN_PORT/readyz" 300 "${MN_AGENT_PID[$n]}"; then
-        tail -n 30 "$log" >&2
+}
+
+# mn_wait_agent N: node N's agent answers /readyz (its log's tail on stderr if it never does).
+mn_wait_agent() {
+    local n=$1
+    if ! mn_wait_http "$(mn_ns "$n")" "http://127.0.0.1:$MN_ADMIN_PORT/readyz" 300 "${MN_AGENT_PID[$n]}"; then
+        tail -n 30 "$MN_DIR/logs/agent-n$n.log" >&2
         return 1
     fi
 }
