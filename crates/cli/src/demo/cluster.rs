@@ -1,5 +1,5 @@
 //! The demo's cluster: an in-process registry behind a rate-limited uplink, serving a
-//! generated image, and N agents on loopback with the roles the docs recommend.
+//! generated image, and N agents on loopback on default roles (the first also a seed).
 
 use pollen_agent::{Agent, AgentConfig, Node};
 use pollen_store::Store;
@@ -90,8 +90,8 @@ fn one_host_limits(n: usize) -> Limits {
     }
 }
 
-/// Starts `n` agents that use `reg` as their upstream: the first is a tracker and a seed, the
-/// second (from four nodes up) a second tracker, so a tracker's failure has a successor.
+/// Starts `n` agents that use `reg` as their upstream, on default roles (each a tracker), the
+/// first also a seed.
 pub async fn agents(reg: &TestRegistry, n: usize) -> Result<Vec<Member>, String> {
     let mut members: Vec<Member> = Vec::with_capacity(n);
     let mut first_addr = None;
@@ -123,13 +123,10 @@ pub async fn agents(reg: &TestRegistry, n: usize) -> Result<Vec<Member>, String>
         let mut cfg = AgentConfig::default();
         cfg.upstream.default_mirrors = vec![reg.url()];
         cfg.upstream.registries.insert(reg.host(), vec![reg.url()]);
-        let roles = match i {
-            0 => "tracker, seed",
-            1 if n >= 4 => "tracker",
-            _ => "",
-        };
-        cfg.p2p.tracker = roles.contains("tracker");
-        cfg.p2p.seed = roles.contains("seed");
+        // Default roles, as a cluster installed with no role flags runs: every agent a
+        // tracker for the blobs rendezvous hashing gives it; the first also a seed.
+        let roles = if i == 0 { "tracker, seed" } else { "tracker" };
+        cfg.p2p.seed = i == 0;
         let store =
             Store::open(dir.path(), 1 << 40).map_err(|e| format!("opening a store: {e}"))?;
         let agent = Agent::new(cfg, store, Some(node)).map_err(|e| format!("{e}"))?;
