@@ -301,6 +301,7 @@ fn open_now(
             digest,
             client_auth,
             inflight: &inflight,
+            upstream_size: Arc::default(),
         };
         let outcome = fetch.run().await;
         // Out of the table before the outcome is told: a joiner that opens the blob again
@@ -337,6 +338,8 @@ pub(crate) struct BlobFetch<'a> {
     pub digest: Digest,
     pub client_auth: Option<http::HeaderValue>,
     pub inflight: &'a Inflight,
+    /// The upstream's answer to the size check, asked once per fetch (`sizes.rs`).
+    pub upstream_size: Arc<tokio::sync::OnceCell<Option<u64>>>,
 }
 
 impl BlobFetch<'_> {
@@ -381,11 +384,16 @@ impl BlobFetch<'_> {
         // fetched with a client's own credentials is not shared, so it is not coordinated.
         let mut coordination = None;
         if let Some(p2p) = self.ctx.p2p.as_ref().filter(|_| use_peers) {
+            // A download from peers needs the blob's trusted size before it opens its partial:
+            // asked now, beside joining the swarm, the answer is there when the first peer is
+            // (asked only then, its round trip held every downloader back, and a share handed
+            // on found fewer of a dead fetcher's pieces taken).
+            self.check_size_early();
             p2p.wait_for_swarm().await;
-        }
-        if use_peers && self.client_auth.is_none() {
-            let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
-            coordination = TrackerLink::join(self.ctx, self.digest, pieces).await;
+            if self.client_auth.is_none() {
+                let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
+                coordination = TrackerLink::join(self.ctx, self.digest, pieces).await;
+            }
         }
         let mut stopping = self.ctx.stopping.subscribe();
         let result = tokio::select! {

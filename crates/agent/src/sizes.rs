@@ -112,37 +112,33 @@ pub(crate) fn learn_manifest(ctx: &Ctx, body: &Bytes) {
 
 impl BlobFetch<'_> {
     /// The blob's size as this node can vouch for it: a verified manifest's descriptor, else
-    /// a `HEAD` to its own upstream (bounded by [`SIZE_CHECK_TIMEOUT`]). `None` when neither
-    /// answers (the upstream is down or does not know the blob).
+    /// a `HEAD` to its own upstream (bounded by [`SIZE_CHECK_TIMEOUT`], asked once per fetch).
+    /// `None` when neither answers (the upstream is down or does not know the blob).
     pub(crate) async fn trusted_size(&self) -> Option<(u64, SizeSource)> {
         if let Some(size) = self.ctx.sizes.get(&self.digest) {
             return Some((size, SizeSource::Descriptor));
         }
-        let req = pollen_upstream::FetchRequest {
-            route: self.route,
-            method: Method::HEAD,
-            path: format!("blobs/{}", self.digest),
-            accept: None,
-            range_start: 0,
-            range_end: None,
-            client_auth: self.client_auth.clone(),
-        };
-        let deadline = SIZE_CHECK_TIMEOUT.min(self.ctx.upstream().config().response_timeout);
-        let resp = timeout(deadline, self.ctx.upstream_fetch(&req))
-            .await
-            .ok()?
-            .ok()?;
-        if resp.status != StatusCode::OK {
-            return None;
+        let size = self.upstream_size.get_or_init(|| self.head_size()).await;
+        size.map(|size| (size, SizeSource::Upstream))
+    }
+
+    /// Starts the upstream's size check in the background when no verified manifest gave the
+    /// size; [`BlobFetch::trusted_size`] then waits for that one answer instead of asking again.
+    pub(crate) fn check_size_early(&self) {
+        if self.ctx.sizes.get(&self.digest).is_some() || self.upstream_size.initialized() {
+            return;
         }
-        let size = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()?;
-        Some((size, SizeSource::Upstream))
+        let cell = self.upstream_size.clone();
+        let (ctx, route) = (self.ctx.clone(), self.route.clone());
+        let (digest, auth) = (self.digest, self.client_auth.clone());
+        tokio::spawn(async move {
+            cell.get_or_init(|| head_size(&ctx, &route, digest, auth))
+                .await;
+        });
+    }
+
+    fn head_size(&self) -> impl std::future::Future<Output = Option<u64>> + '_ {
+        head_size(self.ctx, self.route, self.digest, self.client_auth.clone())
     }
 
     /// Refuses a size over `--max-blob-size`, naming the limit for the client.
@@ -156,6 +152,38 @@ impl BlobFetch<'_> {
         }
         Ok(())
     }
+}
+
+/// The `Content-Length` of a `HEAD` for the blob to this node's own upstream.
+async fn head_size(
+    ctx: &Ctx,
+    route: &pollen_upstream::Route,
+    digest: Digest,
+    client_auth: Option<http::HeaderValue>,
+) -> Option<u64> {
+    let req = pollen_upstream::FetchRequest {
+        route,
+        method: Method::HEAD,
+        path: format!("blobs/{digest}"),
+        accept: None,
+        range_start: 0,
+        range_end: None,
+        client_auth,
+    };
+    let deadline = SIZE_CHECK_TIMEOUT.min(ctx.upstream().config().response_timeout);
+    let resp = timeout(deadline, ctx.upstream_fetch(&req))
+        .await
+        .ok()?
+        .ok()?;
+    if resp.status != StatusCode::OK {
+        return None;
+    }
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
