@@ -423,8 +423,8 @@ impl BlobFetch<'_> {
         Ok(blob)
     }
 
-    /// Peers first, then the upstream for what they did not supply. A node fetching a share
-    /// of a split fetch (the tracker's choice) goes back to peers for the rest afterwards.
+    /// Peers first, then the upstream for what they did not supply. A node given a share of
+    /// a split fetch (the tracker's choice) fetches it beside the peer download.
     async fn fetch_pieces(
         &self,
         use_peers: bool,
@@ -434,43 +434,30 @@ impl BlobFetch<'_> {
     ) -> Result<(), FetchError> {
         let Some(p2p) = self.ctx.p2p.as_ref().filter(|_| use_peers) else {
             let why = "peer-to-peer is off";
-            return self.upstream(sink, coordination, None, why).await.map(drop);
+            return self.upstream(sink, coordination, why).await.map(drop);
         };
         let mut phase = PeerPhase::new(self, p2p);
         loop {
             let outcome = phase.run(sink, coordination).await;
             sources.extend(phase.map_sources.drain());
             phase.suspend(sink);
-            let share = match outcome? {
+            match outcome? {
                 PeerOutcome::Complete => return Ok(()),
                 PeerOutcome::Fallback(why) => {
-                    match self.upstream(sink, coordination, None, &why).await? {
-                        // The fetch was split: the other shares come from their fetchers.
-                        Some(_) => {
+                    match self.upstream(sink, coordination, &why).await? {
+                        // The fetch was split: this node fetches its share beside the peer
+                        // download; the other shares come from their fetchers.
+                        Some(share) => {
                             if let Some((_, assignment)) = coordination.as_mut() {
                                 assignment.fetch = false;
                             }
-                            continue;
+                            let size = sink.as_ref().map_or(0, |s| s.geometry.size());
+                            phase.give_share(size, share);
                         }
                         None => return Ok(()),
                     }
                 }
-                PeerOutcome::Share { size, pieces } => {
-                    if sink.is_none() {
-                        // The tracker's size is a claim; the upstream's first answer settles
-                        // it (a mismatch starts the blob afresh).
-                        let (size, confirmed) = match self.trusted_size().await {
-                            Some((trusted, _)) => (trusted, true),
-                            None => (size, false),
-                        };
-                        let geometry = self.geometry_of(size)?;
-                        *sink = Some(self.start_sink_with(geometry, confirmed).await?);
-                    }
-                    pieces
-                }
-            };
-            self.upstream(sink, coordination, Some(share), "a share of a split fetch")
-                .await?;
+            }
         }
     }
 

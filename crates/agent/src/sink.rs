@@ -73,11 +73,49 @@ pub(crate) enum Written {
     },
 }
 
-pub(crate) struct Sink {
+/// The queue to the writer thread, bounded in operations and in bytes.
+#[derive(Clone)]
+pub(crate) struct SinkTx {
     tx: mpsc::Sender<(Op, OwnedSemaphorePermit)>,
     budget: Arc<Semaphore>,
+}
+
+impl SinkTx {
+    /// Queues an operation; `false` when the writer has stopped.
+    pub async fn send(&self, op: Op) -> bool {
+        let kib = match &op {
+            Op::Append(b) => b.len(),
+            Op::Piece { piece, .. } => piece.bytes().len(),
+            Op::Hashes { hashes, .. } => hashes.len() * 32,
+            Op::Seek(_) | Op::Settle | Op::Confirm => 0,
+        }
+        .div_ceil(1024)
+        .clamp(1, WRITE_BUDGET_KIB) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(kib).await else {
+            return false;
+        };
+        self.tx.send((op, permit)).await.is_ok()
+    }
+}
+
+/// The upstream side of a download: the writer's append cursor and the pieces present. A
+/// transfer from the upstream takes one from the sink ([`Sink::appender`]) and gives it back
+/// ([`Sink::absorb`]); a share of a split fetch keeps its own while the peer download goes on
+/// beside it (which never asks peers for the share's pieces, so the two records agree).
+pub(crate) struct Appender {
+    pub tx: SinkTx,
     /// Where the upstream bytes go next (the append cursor, as sent to the writer).
     pub sent: u64,
+    pub geometry: PieceGeometry,
+    pub have: Bitfield,
+    pub confirmed: bool,
+    share: Arc<PieceShare>,
+}
+
+pub(crate) struct Sink {
+    tx: SinkTx,
+    /// The append cursor as of the last upstream transfer ([`Appender::sent`]).
+    sent: u64,
     pub geometry: PieceGeometry,
     /// Pieces present or on their way to the disk: resumed from disk, stored from peers (as
     /// the writer confirms), or appended from the upstream. Owned by the download task.
@@ -156,8 +194,7 @@ impl Sink {
             Ok(w.partial)
         });
         Sink {
-            tx,
-            budget,
+            tx: SinkTx { tx, budget },
             sent,
             geometry,
             have,
@@ -170,27 +207,31 @@ impl Sink {
         }
     }
 
-    /// This node appends the blob from the upstream: its new pieces go to one peer each
-    /// first (super-seeding, `pollen_peer::Spread`).
-    pub fn spread_as_fetcher(&self) {
-        self.share.spread.activate(&self.have);
-    }
-
     /// Queues an operation; `false` when the writer has stopped (its error comes from
     /// [`Sink::finish`] or [`Sink::suspend`]).
     pub async fn send(&self, op: Op) -> bool {
-        let kib = match &op {
-            Op::Append(b) => b.len(),
-            Op::Piece { piece, .. } => piece.bytes().len(),
-            Op::Hashes { hashes, .. } => hashes.len() * 32,
-            Op::Seek(_) | Op::Settle | Op::Confirm => 0,
+        self.tx.send(op).await
+    }
+
+    /// The upstream side, for a transfer: give it back with [`Sink::absorb`].
+    pub fn appender(&self) -> Appender {
+        Appender {
+            tx: self.tx.clone(),
+            sent: self.sent,
+            geometry: self.geometry,
+            have: self.have.clone(),
+            confirmed: self.confirmed,
+            share: self.share.clone(),
         }
-        .div_ceil(1024)
-        .clamp(1, WRITE_BUDGET_KIB) as u32;
-        let Ok(permit) = self.budget.clone().acquire_many_owned(kib).await else {
-            return false;
-        };
-        self.tx.send((op, permit)).await.is_ok()
+    }
+
+    /// Takes back what a transfer appended: its cursor, its pieces, its size confirmation.
+    pub fn absorb(&mut self, app: Appender) {
+        self.sent = app.sent;
+        for i in app.have.iter_ones() {
+            let _ = self.have.set(i);
+        }
+        self.confirmed |= app.confirmed;
     }
 
     async fn join(self) -> Result<(Partial, watch::Sender<Progress>, Arc<PieceShare>), FetchError> {
@@ -200,61 +241,6 @@ impl Sink {
             .await
             .map_err(|e| FetchError::Store(format!("writer task: {e}")))??;
         Ok((partial, self.progress, self.share))
-    }
-
-    /// The next upstream range: the first run of missing pieces (within `share`, when this
-    /// node fetches only part of the blob), from the append cursor when it is inside that run
-    /// (a transfer that broke there). `None` when nothing is missing.
-    pub fn next_range(&self, share: Option<&Range<u32>>) -> Option<(u64, u64)> {
-        let g = &self.geometry;
-        let (from, to) = share.map_or((0, g.count()), |r| (r.start, r.end.min(g.count())));
-        let first = self.have.iter_missing().find(|i| (from..to).contains(i))?;
-        let end_piece = (first..to).find(|i| self.have.get(*i)).unwrap_or(to);
-        let start = g.offset_of(first)?;
-        let end = g.offset_of(end_piece).unwrap_or(g.size());
-        Some(match self.sent > start && self.sent < end {
-            true => (self.sent, end),
-            false => (start, end),
-        })
-    }
-
-    /// Moves the append cursor to `offset` (the first byte of a piece) unless it is there.
-    pub async fn seek_to(&mut self, offset: u64) -> Result<(), FetchError> {
-        if offset == self.sent {
-            return Ok(());
-        }
-        let index = self
-            .geometry
-            .index_at(offset)
-            .filter(|i| self.geometry.offset_of(*i) == Some(offset))
-            .ok_or_else(|| FetchError::Store(format!("seek to {offset}: not a piece start")))?;
-        if !self.send(Op::Seek(index)).await {
-            return Err(FetchError::Store("the blob's writer stopped".into()));
-        }
-        self.sent = offset;
-        Ok(())
-    }
-
-    /// Records that the upstream supplied every byte up to `limit`: the run of missing pieces
-    /// that ends there (and does not start before piece `floor`, where this node's share of
-    /// the blob starts) is now appended.
-    pub fn appended_through(&mut self, limit: u64, floor: u32) {
-        let Some(mut i) = limit.checked_sub(1).and_then(|b| self.geometry.index_at(b)) else {
-            return;
-        };
-        while !self.have.get(i) && i >= floor {
-            let _ = self.have.set(i);
-            match i.checked_sub(1) {
-                Some(prev) => i = prev,
-                None => break,
-            }
-        }
-    }
-
-    /// Records that the upstream confirmed the size (see [`Sink::confirmed`]).
-    pub async fn confirm(&mut self) -> bool {
-        self.confirmed = true;
-        self.send(Op::Confirm).await
     }
 
     /// Keeps what was fetched for a later attempt: a checkpoint instead of a commit. A
@@ -302,6 +288,60 @@ impl Sink {
             .await
             .map_err(|e| FetchError::Store(format!("commit task: {e}")))?
             .map_err(FetchError::from)
+    }
+}
+
+impl Appender {
+    /// This node appends the blob from the upstream: its new pieces go to one peer each
+    /// first (super-seeding, `pollen_peer::Spread`).
+    pub fn spread_as_fetcher(&self) {
+        self.share.spread.activate(&self.have);
+    }
+
+    /// The next upstream range: the first run of missing pieces (within `share`, when this
+    /// node fetches only part of the blob), from the append cursor when it is inside that run
+    /// (a transfer that broke there). `None` when nothing is missing.
+    pub fn next_range(&self, share: Option<&Range<u32>>) -> Option<(u64, u64)> {
+        let g = &self.geometry;
+        let (from, to) = share.map_or((0, g.count()), |r| (r.start, r.end.min(g.count())));
+        let first = self.have.iter_missing().find(|i| (from..to).contains(i))?;
+        let end_piece = (first..to).find(|i| self.have.get(*i)).unwrap_or(to);
+        let start = g.offset_of(first)?;
+        let end = g.offset_of(end_piece).unwrap_or(g.size());
+        Some(match self.sent > start && self.sent < end {
+            true => (self.sent, end),
+            false => (start, end),
+        })
+    }
+
+    /// Moves the append cursor to `offset` (the first byte of a piece) unless it is there.
+    pub async fn seek_to(&mut self, offset: u64) -> Result<(), FetchError> {
+        if offset == self.sent {
+            return Ok(());
+        }
+        let index = self
+            .geometry
+            .index_at(offset)
+            .filter(|i| self.geometry.offset_of(*i) == Some(offset))
+            .ok_or_else(|| FetchError::Store(format!("seek to {offset}: not a piece start")))?;
+        if !self.tx.send(Op::Seek(index)).await {
+            return Err(FetchError::Store("the blob's writer stopped".into()));
+        }
+        self.sent = offset;
+        Ok(())
+    }
+
+    /// Records that the upstream supplied every byte up to `limit`: the run of missing pieces
+    /// that ends there (and does not start before piece `floor`, where this node's share of
+    /// the blob starts) is now appended.
+    pub fn appended_through(&mut self, limit: u64, floor: u32) {
+        mark_appended(&mut self.have, &self.geometry, limit, floor);
+    }
+
+    /// Records that the upstream confirmed the size (see [`Sink::confirmed`]).
+    pub async fn confirm(&mut self) -> bool {
+        self.confirmed = true;
+        self.tx.send(Op::Confirm).await
     }
 }
 
@@ -424,5 +464,57 @@ impl WriterThread {
             map_id: complete_map.filter(|_| self.adopted).map(|m| m.id()),
         };
         self.share.state.send_replace(state);
+    }
+}
+
+/// [`Appender::appended_through`] on a bitfield.
+fn mark_appended(have: &mut Bitfield, geometry: &PieceGeometry, limit: u64, floor: u32) {
+    // A range that ends inside a piece (a probe range shorter than a piece) leaves that
+    // piece unfinished: it is not present, and the next range resumes it at the cursor.
+    let last = match geometry.index_at(limit) {
+        Some(i) if geometry.offset_of(i) != Some(limit) => i.checked_sub(1),
+        _ => limit.checked_sub(1).and_then(|b| geometry.index_at(b)),
+    };
+    let Some(mut i) = last else {
+        return;
+    };
+    while !have.get(i) && i >= floor {
+        let _ = have.set(i);
+        match i.checked_sub(1) {
+            Some(prev) => i = prev,
+            None => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn marked(geometry: &PieceGeometry, have: &[u32], limit: u64, floor: u32) -> Vec<u32> {
+        let mut bits = Bitfield::new(geometry);
+        for i in have {
+            bits.set(*i).unwrap();
+        }
+        mark_appended(&mut bits, geometry, limit, floor);
+        bits.iter_ones().collect()
+    }
+
+    #[test]
+    fn a_range_marks_only_the_pieces_it_completed() {
+        // 8 MiB pieces, a 4 MiB probe range: piece 0 is half there, not present (it was
+        // marked, and never fetched again, before part 7).
+        let g = PieceGeometry::new(40 * MIB, (8 * MIB) as u32).unwrap();
+        assert_eq!(marked(&g, &[], 4 * MIB, 0), Vec::<u32>::new());
+        assert_eq!(marked(&g, &[], 8 * MIB, 0), vec![0]);
+        assert_eq!(marked(&g, &[], 20 * MIB, 0), vec![0, 1]);
+        // The run ends at a piece present already, and at the share's first piece.
+        assert_eq!(marked(&g, &[1], 32 * MIB, 0), vec![1, 2, 3]);
+        assert_eq!(marked(&g, &[], 32 * MIB, 2), vec![2, 3]);
+        // The blob's end completes its last (short) piece.
+        let g = PieceGeometry::new(20 * MIB + 5, (8 * MIB) as u32).unwrap();
+        assert_eq!(marked(&g, &[0, 1], 20 * MIB + 5, 0), vec![0, 1, 2]);
     }
 }

@@ -5,7 +5,7 @@
 use crate::blobs::{BlobFetch, Progress, Recent};
 use crate::error::FetchError;
 use crate::p2p::tracker::{Assignment, TrackerLink};
-use crate::sink::{Op, Sink};
+use crate::sink::{Appender, Op, Sink};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use pollen_proto::PieceGeometry;
@@ -23,23 +23,55 @@ const PROBE_RANGE: u64 = 4 << 20;
 /// Times a broken transfer is resumed before the fetch fails.
 const MAX_RESUMES: u32 = 3;
 
+/// Why appending from the upstream stopped short.
+enum Appending {
+    /// The writer stopped (its own error is reported by `Sink::finish`).
+    Stopped,
+    /// The upstream gives the blob another size than the one it was opened with.
+    Resized(u64),
+    /// A response body broke off (resumed with a range request, up to [`MAX_RESUMES`]).
+    Broken(String),
+    Failed(FetchError),
+}
+
 impl BlobFetch<'_> {
-    /// Fetches from the upstream what is missing (of `share`, or of the whole blob); returns
-    /// the share this node was left with when the tracker split the fetch meanwhile.
+    /// Fetches from the upstream what is missing; returns this node's share when the tracker
+    /// split the fetch at its first response (the caller fetches the share beside the peer
+    /// download, [`BlobFetch::fetch_share`]).
     pub(crate) async fn upstream(
         &self,
         sink: &mut Option<Sink>,
         coordination: &mut Option<(TrackerLink, Assignment)>,
-        share: Option<Range<u32>>,
         why: &str,
     ) -> Result<Option<Range<u32>>, FetchError> {
         if let Some((link, _)) = coordination.as_ref() {
             link.set_fetching();
         }
         let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
-        info!(digest = %self.digest, reason = %why, ?share, ?missing, "fetching from the upstream");
+        info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
         let _busy = self.ctx.p2p.as_ref().map(UpstreamFetch::start);
-        self.transfer(sink, coordination, share).await
+        self.transfer(sink, coordination).await
+    }
+
+    /// This node's share of a split fetch, appended through `app` while the peer download
+    /// carries on beside it (the node trades the other shares meanwhile).
+    pub(crate) async fn fetch_share(
+        &self,
+        app: &mut Appender,
+        share: &Range<u32>,
+    ) -> Result<(), FetchError> {
+        info!(digest = %self.digest, pieces = ?share, "fetching a share of a split fetch from the upstream");
+        let _busy = self.ctx.p2p.as_ref().map(UpstreamFetch::start);
+        match self.append_missing(app, Some(share), &mut 0).await {
+            Ok(()) => Ok(()),
+            Err(Appending::Stopped) => Err(FetchError::Store("the blob's writer stopped".into())),
+            Err(Appending::Resized(n)) => Err(FetchError::Upstream(format!(
+                "the upstream gives the blob {n} bytes, not the {} its download was opened with",
+                app.geometry.size()
+            ))),
+            Err(Appending::Failed(e)) => Err(e),
+            Err(Appending::Broken(why)) => Err(FetchError::Upstream(why)),
+        }
     }
 
     pub(crate) fn geometry_of(&self, size: u64) -> Result<PieceGeometry, FetchError> {
@@ -48,73 +80,31 @@ impl BlobFetch<'_> {
             .map_err(|e| FetchError::Upstream(format!("blob of {size} bytes: {e}")))
     }
 
-    /// Fetches every piece still missing (of `share`, if given) from the upstream, one range
-    /// request per run of missing pieces, resuming broken transfers. The first response tells
-    /// the blob's size; the blob's tracker may then split the fetch, and this node keeps only
-    /// its share (returned).
+    /// Fetches every piece still missing, opening the blob from the first response when no
+    /// peer opened it. A size that differs from the one the blob was opened with (a peer's
+    /// claim, a manifest's, an older answer) starts the blob afresh, once.
     async fn transfer(
         &self,
         sink: &mut Option<Sink>,
         coordination: &mut Option<(TrackerLink, Assignment)>,
-        mut share: Option<Range<u32>>,
     ) -> Result<Option<Range<u32>>, FetchError> {
-        let mut resumes = 0;
-        let mut reported = false;
-        let mut restarted = false;
+        let (mut restarted, mut resumes) = (false, 0);
         loop {
-            if std::mem::take(&mut reported) {
-                if let Some((link, assignment)) = coordination.as_mut() {
-                    share = link.share(assignment).await;
-                    if let Some(r) = &share {
-                        info!(digest = %self.digest, pieces = ?r, "the fetch is split; this node fetches a share");
-                    }
-                }
-            }
-            let (start, end) = match sink.as_ref() {
-                // A coordinated fetch may be split once the size is known: ask for a first
-                // range only, so no byte past this node's share is on its way by then.
-                None if coordination.is_some() => (0, self.probe_range()),
-                None => (0, None),
-                Some(s) => match s.next_range(share.as_ref()) {
-                    None => return Ok(share),
-                    Some((start, end)) => (start, (end < s.geometry.size()).then_some(end)),
-                },
-            };
-            if let Some(s) = sink.as_mut() {
-                s.seek_to(start).await?;
-            }
-            let req = FetchRequest {
-                route: self.route,
-                method: Method::GET,
-                path: format!("blobs/{}", self.digest),
-                accept: None,
-                range_start: start,
-                range_end: end,
-                client_auth: self.client_auth.clone(),
-            };
-            let resp = self.ctx.upstream_fetch(&req).await?;
-            let ranged = start > 0 || end.is_some();
-            let skip = match resp.status {
-                StatusCode::OK => start,
-                StatusCode::PARTIAL_CONTENT if ranged && range_start(&resp) == Some(start) => 0,
-                status if !status.is_success() => {
-                    return Err(FetchError::from_status(status, &resp.headers))
-                }
-                status => {
-                    return Err(FetchError::Upstream(format!(
-                        "unexpected upstream answer HTTP {status}"
-                    )))
+            let Some(s) = sink.as_mut() else {
+                match self.first_range(sink, coordination, &mut resumes).await? {
+                    Some(share) => return Ok(Some(share)),
+                    None => continue,
                 }
             };
-            if let Some(s) = sink.as_mut() {
-                let (told, opened) = (total_size(&resp), s.geometry.size());
-                if told == Some(opened) && !s.confirmed && !s.confirm().await {
-                    return Ok(None); // the writer's own error is reported by finish()
-                }
-                if let Some(n) = told.filter(|n| *n != opened) {
-                    // The size the blob was opened with (a peer's claim, a manifest's, or an
-                    // older upstream answer) is not the upstream's: what was downloaded
-                    // cannot be this blob. Start afresh, once.
+            let mut app = s.appender();
+            let result = self.append_missing(&mut app, None, &mut resumes).await;
+            s.absorb(app);
+            match result {
+                Ok(()) | Err(Appending::Stopped) => return Ok(None),
+                Err(Appending::Failed(e)) => return Err(e),
+                Err(Appending::Broken(why)) => return Err(FetchError::Upstream(why)),
+                Err(Appending::Resized(n)) => {
+                    let opened = s.geometry.size();
                     warn!(digest = %self.digest, upstream = n, opened, "the upstream's size differs; dropping the partial download");
                     if let Some(old) = sink.take() {
                         old.abandon().await;
@@ -125,60 +115,170 @@ impl BlobFetch<'_> {
                             "the upstream changed the blob's size twice".into(),
                         ));
                     }
-                    continue;
                 }
             }
-            let s = match sink {
-                Some(s) => s,
-                None => {
-                    let size = total_size(&resp).ok_or_else(|| {
-                        FetchError::Upstream("upstream sent a blob without its size".into())
-                    })?;
-                    let geometry = self.geometry_of(size)?;
-                    let s = sink.insert(self.start_sink(geometry).await?);
-                    // Large enough to be split: the tracker decides while the first range
-                    // streams, and the answer is taken before the next request.
-                    let split_min = self.ctx.p2p.as_ref().map_or(0, |p| p.cfg.split_min);
-                    let splittable = split_min > 0 && size >= split_min.saturating_mul(2);
-                    if let Some((link, _)) = coordination.as_mut().filter(|_| splittable) {
-                        let ranges =
-                            resp.status == StatusCode::PARTIAL_CONTENT || accepts_ranges(&resp);
-                        link.report_size(size, geometry.count(), ranges);
-                        reported = true;
-                    }
-                    s
-                }
+        }
+    }
+
+    /// The first request of a blob no peer opened: its response tells the size, opens the
+    /// blob and streams its first range. A coordinated fetch asks for a first range only and
+    /// reports the size: when the tracker splits the fetch, this node's share is returned.
+    /// The rest (and a broken first range) is the caller's to continue.
+    async fn first_range(
+        &self,
+        sink: &mut Option<Sink>,
+        coordination: &mut Option<(TrackerLink, Assignment)>,
+        resumes: &mut u32,
+    ) -> Result<Option<Range<u32>>, FetchError> {
+        let end = coordination.as_ref().and(self.probe_range());
+        let (resp, skip) = self.request(0, end).await?;
+        let size = total_size(&resp)
+            .ok_or_else(|| FetchError::Upstream("upstream sent a blob without its size".into()))?;
+        let geometry = self.geometry_of(size)?;
+        let s = sink.insert(self.start_sink(geometry).await?);
+        // Large enough to be split: the tracker decides while the first range streams, and
+        // the answer is taken after it.
+        let split_min = self.ctx.p2p.as_ref().map_or(0, |p| p.cfg.split_min);
+        let splittable = split_min > 0 && size >= split_min.saturating_mul(2);
+        let ranges = resp.status == StatusCode::PARTIAL_CONTENT || accepts_ranges(&resp);
+        let reported = match coordination.as_mut().filter(|_| splittable) {
+            Some((link, _)) => {
+                link.report_size(size, geometry.count(), ranges);
+                true
+            }
+            None => false,
+        };
+        let mut app = s.appender();
+        let mirror = resp.mirror.clone();
+        let result = self.take_range(resp, skip, end, None, &mut app).await;
+        s.absorb(app);
+        match result {
+            Ok(()) => {}
+            Err(Appending::Broken(why)) => {
+                *resumes += 1;
+                self.ctx.upstream().report_failure(&mirror);
+                warn!(digest = %self.digest, error = %why, "upstream transfer broke; resuming with a range request");
+            }
+            Err(Appending::Stopped) => return Ok(None),
+            Err(Appending::Failed(e)) => return Err(e),
+            Err(Appending::Resized(_)) => {} // the first response set the size
+        }
+        if !reported {
+            return Ok(None);
+        }
+        let Some((link, assignment)) = coordination.as_mut() else {
+            return Ok(None);
+        };
+        let share = link.share(assignment).await;
+        if let Some(r) = &share {
+            info!(digest = %self.digest, pieces = ?r, "the fetch is split; this node fetches a share");
+        }
+        Ok(share)
+    }
+
+    /// Appends every missing piece (of `share`, if given) from the upstream, one range request
+    /// per run of missing pieces, resuming broken transfers until `resumes` (counted
+    /// across the fetch) reaches [`MAX_RESUMES`].
+    async fn append_missing(
+        &self,
+        app: &mut Appender,
+        share: Option<&Range<u32>>,
+        resumes: &mut u32,
+    ) -> Result<(), Appending> {
+        loop {
+            let Some((start, end)) = app.next_range(share) else {
+                return Ok(());
             };
-            s.spread_as_fetcher();
-            let size = s.geometry.size();
-            let share_end = share
-                .as_ref()
-                .and_then(|r| s.geometry.offset_of(r.end))
-                .unwrap_or(size);
-            // A 200 to a range request sends the whole blob anyway: take all of it.
-            let end = end.filter(|_| resp.status == StatusCode::PARTIAL_CONTENT);
-            let limit = end.unwrap_or(size).min(share_end).min(size);
+            let size = app.geometry.size();
+            app.seek_to(start).await.map_err(Appending::Failed)?;
+            let end = (end < size).then_some(end);
+            let (resp, skip) = self.request(start, end).await.map_err(Appending::Failed)?;
+            let told = total_size(&resp);
+            if let Some(n) = told.filter(|n| *n != size) {
+                return Err(Appending::Resized(n));
+            }
+            if told.is_some() && !app.confirmed && !app.confirm().await {
+                return Err(Appending::Stopped);
+            }
             let mirror = resp.mirror.clone();
-            match self.pump(resp, skip, limit, s).await {
-                Ok(()) => {
-                    s.appended_through(limit, share.as_ref().map_or(0, |r| r.start));
-                    if !s.send(Op::Settle).await {
-                        return Ok(None); // the writer's own error is reported by finish()
-                    }
-                }
-                Err(PumpError::Store) => return Ok(None), // the writer's own error is reported by finish()
-                Err(PumpError::Upstream(why)) if resumes < MAX_RESUMES => {
-                    resumes += 1;
+            match self.take_range(resp, skip, end, share, app).await {
+                Err(Appending::Broken(why)) if *resumes < MAX_RESUMES => {
+                    *resumes += 1;
                     self.ctx.upstream().report_failure(&mirror);
-                    warn!(digest = %self.digest, offset = s.sent, error = %why, "upstream transfer broke; resuming with a range request");
+                    warn!(digest = %self.digest, offset = app.sent, error = %why, "upstream transfer broke; resuming with a range request");
                 }
-                Err(PumpError::Upstream(why)) => {
-                    return Err(FetchError::Upstream(format!(
+                Err(Appending::Broken(why)) => {
+                    return Err(Appending::Failed(FetchError::Upstream(format!(
                         "transfer failed {} times, last: {why}",
-                        resumes + 1
-                    )));
+                        *resumes + 1
+                    ))))
+                }
+                other => other?,
+            }
+        }
+    }
+
+    /// Asks the upstream for the blob from byte `start` (to `end`, if given); returns the
+    /// response and the bytes of it to skip (a 200 sends the blob from its first byte).
+    async fn request(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<(UpstreamResponse, u64), FetchError> {
+        let req = FetchRequest {
+            route: self.route,
+            method: Method::GET,
+            path: format!("blobs/{}", self.digest),
+            accept: None,
+            range_start: start,
+            range_end: end,
+            client_auth: self.client_auth.clone(),
+        };
+        let resp = self.ctx.upstream_fetch(&req).await?;
+        let ranged = start > 0 || end.is_some();
+        let skip = match resp.status {
+            StatusCode::OK => start,
+            StatusCode::PARTIAL_CONTENT if ranged && range_start(&resp) == Some(start) => 0,
+            status if !status.is_success() => {
+                return Err(FetchError::from_status(status, &resp.headers))
+            }
+            status => {
+                return Err(FetchError::Upstream(format!(
+                    "unexpected upstream answer HTTP {status}"
+                )))
+            }
+        };
+        Ok((resp, skip))
+    }
+
+    /// Streams one response into `app` (through the end of `share`, if given) and records the
+    /// pieces it completed.
+    async fn take_range(
+        &self,
+        resp: UpstreamResponse,
+        skip: u64,
+        end: Option<u64>,
+        share: Option<&Range<u32>>,
+        app: &mut Appender,
+    ) -> Result<(), Appending> {
+        app.spread_as_fetcher();
+        let size = app.geometry.size();
+        let share_end = share
+            .and_then(|r| app.geometry.offset_of(r.end))
+            .unwrap_or(size);
+        // A 200 to a range request sends the whole blob anyway: take all of it.
+        let end = end.filter(|_| resp.status == StatusCode::PARTIAL_CONTENT);
+        let limit = end.unwrap_or(size).min(share_end).min(size);
+        match self.pump(resp, skip, limit, app).await {
+            Ok(()) => {
+                app.appended_through(limit, share.map_or(0, |r| r.start));
+                match app.tx.send(Op::Settle).await {
+                    true => Ok(()),
+                    false => Err(Appending::Stopped),
                 }
             }
+            Err(PumpError::Store) => Err(Appending::Stopped),
+            Err(PumpError::Upstream(why)) => Err(Appending::Broken(why)),
         }
     }
 
@@ -200,7 +300,7 @@ impl BlobFetch<'_> {
         resp: UpstreamResponse,
         mut skip: u64,
         limit: u64,
-        sink: &mut Sink,
+        sink: &mut Appender,
     ) -> Result<(), PumpError> {
         let idle = self.ctx.upstream().config().idle_timeout;
         let mut body = resp.body;
@@ -237,7 +337,7 @@ impl BlobFetch<'_> {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             let start = sink.sent;
             sink.sent += data.len() as u64;
-            if !sink.send(Op::Append(data.clone())).await {
+            if !sink.tx.send(Op::Append(data.clone())).await {
                 return Err(PumpError::Store);
             }
             // Readers at the live edge take the chunk from memory now, while the disk write

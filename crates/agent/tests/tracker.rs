@@ -221,6 +221,34 @@ fn upstream_fetchers(agents: &[Harness]) -> (usize, f64) {
     )
 }
 
+/// Pieces small enough that a share is dozens of them.
+const SMALL_PIECE: usize = 64 << 10;
+
+/// Agent 0 a tracker, `n - 1` more bootstrapped to it; pieces of [`SMALL_PIECE`], fetches
+/// split in shares of 32 pieces or more.
+async fn small_piece_cluster(reg: &TestRegistry, n: usize) -> Vec<Harness> {
+    let mut agents: Vec<Harness> = Vec::new();
+    for i in 0..n {
+        let mut cfg = agent_config(reg);
+        cfg.p2p.tracker = i == 0;
+        cfg.p2p.session.piece_size = Some(SMALL_PIECE as u32);
+        cfg.p2p.split_min = 32 * SMALL_PIECE as u64;
+        let to = agents.first();
+        agents.push(member(reg, cfg, to).await);
+    }
+    agents
+}
+
+/// The upstream as the bottleneck: 1.6 MB/s per response, so a share of 32 small pieces takes
+/// over a second.
+fn slow_upstream(reg: &TestRegistry) {
+    reg.set_response_delay(Duration::from_millis(300));
+    reg.set_fault(Fault::Slow {
+        chunk: 64 << 10,
+        delay: Duration::from_millis(40),
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_large_blob_is_fetched_in_shares_by_several_agents_and_each_byte_once() {
     let reg = TestRegistry::start().await.unwrap();
@@ -246,33 +274,53 @@ async fn a_large_blob_is_fetched_in_shares_by_several_agents_and_each_byte_once(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_share_fetcher_takes_the_other_shares_from_peers_while_it_fetches_its_own() {
+    let reg = TestRegistry::start().await.unwrap();
+    let agents = small_piece_cluster(&reg, 5).await;
+    let share = 96 * SMALL_PIECE;
+    let size = 4 * share;
+    let layer = random_bytes(size, 312);
+    let digest = reg.add_blob("app", layer.clone());
+    slow_upstream(&reg);
+    let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
+    // A fetcher three quarters through its own share has half a share's worth of the other
+    // shares from peers already: it trades while it fetches (before part 7 it asked peers
+    // only once its share was done, and finished a share's time after the others).
+    eventually("a share fetcher receiving from peers mid-share", || async {
+        agents.iter().any(|h| {
+            let fetched = h.metric("pollen_upstream_bytes_total");
+            let received = h.metric("pollen_peer_bytes_received_total");
+            fetched > 0.0 && fetched <= 0.75 * share as f64 && received >= 0.5 * share as f64
+        })
+    })
+    .await;
+    for (i, pull) in pulls.into_iter().enumerate() {
+        let r = pull.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "agent {i}");
+        assert_eq!(r.bytes(), &layer, "agent {i}");
+    }
+    let (fetchers, total) = upstream_fetchers(&agents);
+    assert_eq!(fetchers, 4, "the blob is split across four fetchers");
+    assert!(
+        total <= 1.02 * size as f64,
+        "agents took {total} bytes from the upstream for a {size} byte blob"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_share_fetcher_killed_mid_pull_hands_its_share_on() {
     let reg = TestRegistry::start().await.unwrap();
     // Small pieces: a fetcher dies with a few pieces fetched and not passed on yet, and
     // those are all that is fetched twice.
-    let piece = 64 << 10;
-    let mut agents = Vec::new();
-    let mut cfg = agent_config(&reg);
-    cfg.p2p.tracker = true;
-    cfg.p2p.split_min = 32 * piece as u64;
-    agents.push(member(&reg, cfg, None).await);
-    for _ in 0..6 {
-        let mut cfg = agent_config(&reg);
-        cfg.p2p.session.piece_size = Some(piece as u32);
-        cfg.p2p.split_min = 32 * piece as u64;
-        agents.push(member(&reg, cfg, Some(&agents[0])).await);
-    }
+    let piece = SMALL_PIECE;
+    let mut agents = small_piece_cluster(&reg, 7).await;
     let tracker = agents.remove(0);
     let size = 384 * piece;
     let layer = random_bytes(size, 311);
     let digest = reg.add_blob("app", layer.clone());
     // The upstream is the bottleneck (as for a cluster behind a registry): a fetcher passes
     // its pieces on about as fast as it gets them, so it dies with few not passed on.
-    reg.set_response_delay(Duration::from_millis(300));
-    reg.set_fault(Fault::Slow {
-        chunk: 64 << 10,
-        delay: Duration::from_millis(40),
-    });
+    slow_upstream(&reg);
     let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
     // Two agents under way: the fetch is split; kill the second one mid-share.
     let under_way = || {

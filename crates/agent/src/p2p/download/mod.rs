@@ -3,13 +3,16 @@
 //! by [`super::picker`] ([`requests`]) and hands verified pieces to the blob's writer.
 //!
 //! It ends when every piece is present, or hands over to the upstream (the caller fetches the
-//! pieces still missing with range requests) when no piece arrived for `peer_stall`, when
-//! the blob's tracker hands this node the fetch, or when it gives this node a share of a
-//! split fetch (then the caller runs it again for the rest). Without a tracker (or when it assigned the
+//! pieces still missing with range requests) when no piece arrived for `peer_stall` or when
+//! the blob's tracker hands this node the fetch. Without a tracker (or when it assigned the
 //! fetch to this node) it also hands over at once when no peer has the blob or none is left.
+//! A share of a split fetch the tracker gives this node is fetched from the upstream beside
+//! the peer download, so the node takes the other shares from their fetchers meanwhile
+//! instead of after its own.
 
 mod connect;
 mod requests;
+mod share;
 
 use super::peer_task::{FromPeer, ToPeer};
 use super::slot::{count, random_order, Slot};
@@ -50,12 +53,6 @@ pub(crate) enum PeerOutcome {
     Complete,
     /// The upstream must supply what is missing, because of this.
     Fallback(String),
-    /// The tracker gave this node a share of a split fetch: pieces `pieces` of the blob of
-    /// `size` bytes from the upstream, then the rest from peers again.
-    Share {
-        size: u64,
-        pieces: std::ops::Range<u32>,
-    },
 }
 
 /// The state of one blob's peer download.
@@ -88,9 +85,12 @@ pub(crate) struct PeerPhase<'a> {
     coordinated: bool,
     /// The tracker made this node the fetcher: finish taking what peers have, then hand over.
     fetch_duty: bool,
-    /// The tracker gave this node a share of a split fetch (the blob's size, the pieces):
-    /// like `fetch_duty`, for those pieces only.
-    share: Option<(u64, Range<u32>)>,
+    /// The tracker gave this node a share of a split fetch (the blob's size, the pieces),
+    /// not started yet: like `fetch_duty`, for those pieces only.
+    pub(super) share: Option<(u64, Range<u32>)>,
+    /// The share being fetched from the upstream now, and its pieces (never asked of peers).
+    pub(super) share_task: Option<share::ShareTask<'a>>,
+    pub(super) fetching_share: Option<Range<u32>>,
     /// A provider lookup running in the background (a Kademlia query can take seconds; the
     /// loop keeps moving pieces meanwhile).
     lookup: Option<tokio::sync::oneshot::Receiver<Vec<PeerId>>>,
@@ -126,6 +126,8 @@ impl<'a> PeerPhase<'a> {
             coordinated: false,
             fetch_duty: false,
             share: None,
+            share_task: None,
+            fetching_share: None,
             lookup: None,
             providers: Vec::new(),
             failures: HashMap::new(),
@@ -172,7 +174,11 @@ impl<'a> PeerPhase<'a> {
             if sink.as_ref().is_some_and(|s| s.have.is_complete()) {
                 return Ok(PeerOutcome::Complete);
             }
-            if self.fetch_duty && !sink.as_ref().is_some_and(|s| self.peers_can_help(s, None)) {
+            let idle = self.share_task.is_none();
+            if idle
+                && self.fetch_duty
+                && !sink.as_ref().is_some_and(|s| self.peers_can_help(s, None))
+            {
                 // Taken once: if the fetch is then split, this node comes back for the rest
                 // of the blob as a downloader, not as the one fetching all of it.
                 self.fetch_duty = false;
@@ -180,16 +186,16 @@ impl<'a> PeerPhase<'a> {
                     "the tracker handed this node the fetch".into(),
                 ));
             }
-            if let Some((size, pieces)) = self.share.take() {
+            if let Some((size, pieces)) = self.share.take().filter(|_| idle) {
                 // A share just cut has nothing in the swarm yet; one handed on from a member
                 // that died may be partly held by peers: those pieces come from them.
-                if !sink
+                match sink
                     .as_ref()
                     .is_some_and(|s| self.peers_can_help(s, Some(&pieces)))
                 {
-                    return Ok(PeerOutcome::Share { size, pieces });
+                    true => self.share = Some((size, pieces)),
+                    false => self.start_share(size, pieces, sink, coordination).await?,
                 }
-                self.share = Some((size, pieces));
             }
             // A peer whose stream just failed to open is tried again shortly (libp2p-stream
             // drops streams in a burst): only with none of those either is nobody left.
@@ -199,13 +205,16 @@ impl<'a> PeerPhase<'a> {
                 .filter(|until| **until <= Instant::now() + RETRY_UNREACHABLE)
                 .min()
                 .copied();
-            if self.slots.is_empty() && self.writing.is_empty() && !self.coordinated {
+            let idle = self.share_task.is_none();
+            if idle && self.slots.is_empty() && self.writing.is_empty() && !self.coordinated {
                 match soon {
                     Some(at) => next_lookup = next_lookup.min(at),
                     None => return Ok(PeerOutcome::Fallback("no peer left to ask".into())),
                 }
             }
-            if self.last_progress.elapsed() >= stall {
+            // While this node fetches a share from the upstream it is not stalled: the share's
+            // end is progress, and the stall deadline runs from there.
+            if idle && self.last_progress.elapsed() >= stall {
                 if let Some(s) = sink.as_ref() {
                     let missing: Vec<(u32, bool, u16)> = s
                         .have
@@ -244,6 +253,13 @@ impl<'a> PeerPhase<'a> {
                     None => std::future::pending().await,
                 }
             };
+            let share_done = async {
+                match self.share_task.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let stall_at = idle.then(|| self.last_progress + stall);
             let looked_up = async {
                 match self.lookup.as_mut() {
                     Some(rx) => rx.await.unwrap_or_default(),
@@ -253,6 +269,7 @@ impl<'a> PeerPhase<'a> {
             tokio::select! {
                 Some((slot, msg)) = self.events.recv() => self.on_peer(slot, msg, sink).await?,
                 Some(w) = written => self.on_written(w, sink, coordination)?,
+                (app, result) = share_done => self.on_share_done(app, result, sink, coordination)?,
                 push = pushed => match push {
                     Some(TrackerReply::Fetch) => {
                         // Take what peers still have first: the upstream is asked only for
@@ -300,7 +317,7 @@ impl<'a> PeerPhase<'a> {
                         self.start_lookup();
                     }
                 }
-                () = sleep_until(self.last_progress + stall) => {}
+                () = sleep_opt(stall_at) => {}
             }
             if let Some(s) = sink.as_ref() {
                 self.fill_requests(s);

@@ -11,8 +11,14 @@ impl PeerPhase<'_> {
     /// Keeps every unchoked peer's pipeline full.
     pub(super) fn fill_requests(&mut self, sink: &Sink) {
         let mut done = sink.have.clone();
-        for i in &self.writing {
-            let _ = done.set(*i);
+        // Pieces being written, and those of the share this node fetches from the upstream.
+        for i in self
+            .writing
+            .iter()
+            .copied()
+            .chain(self.fetching_share.clone().into_iter().flatten())
+        {
+            let _ = done.set(i);
         }
         let now = Instant::now();
         let peers = self.slots.values().filter(|e| e.has.is_some()).count();
