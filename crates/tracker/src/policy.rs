@@ -232,7 +232,12 @@ impl Tracker {
         }
         swarm.check_orphan();
         let fetch = if fetching {
-            swarm.fetcher.get_or_insert(id);
+            // The fetcher itself on a new stream (its old one may not have ended here yet)
+            // takes its place back; another member fetching goes on beside it.
+            let same = swarm.fetcher.and_then(|f| swarm.members.get(&f));
+            if swarm.fetcher.is_none() || same.is_some_and(|m| m.peer == member.peer) {
+                swarm.fetcher = Some(id);
+            }
             swarm.orphaned = None;
             true
         } else if swarm.fetcher.is_none()
@@ -292,14 +297,18 @@ impl Tracker {
         swarm.check_orphan();
     }
 
-    /// Removes a member; a fetcher leaving unfinished hands the fetch on.
-    pub(crate) fn leave(&self, digest: &Digest, id: u64, complete: bool) {
+    /// Removes a member. A fetcher leaving unfinished keeps the fetch for [`REJOIN_GRACE`]:
+    /// its stream may have died with a replaced connection while it goes on fetching, and it
+    /// joins again saying so; a member made the fetcher meanwhile would fetch the blob a second
+    /// time (measured: 1.65 x egress in 1 of 100 start-ups). Returns `true` then: the caller
+    /// calls [`Tracker::recheck`] after the grace, which hands the fetch on if it did not.
+    pub(crate) fn leave(&self, digest: &Digest, id: u64, complete: bool) -> bool {
         let mut blobs = self.lock();
         let Some(swarm) = blobs.get_mut(digest) else {
-            return;
+            return false;
         };
         let Some(member) = swarm.members.remove(&id) else {
-            return;
+            return false;
         };
         if complete {
             swarm.holders.retain(|(p, _)| *p != member.peer);
@@ -312,17 +321,32 @@ impl Tracker {
             swarm.shares.iter_mut().for_each(|s| s.owner = None);
         }
         let handed = !complete && !self.is_closing() && swarm.hand_on_shares(id);
+        let mut orphaned = false;
         if swarm.fetcher == Some(id) && !handed {
             swarm.fetcher = None;
             if !complete && swarm.holders.is_empty() && !self.is_closing() {
-                swarm.hand_on();
+                swarm.orphaned = Some(Instant::now());
+                orphaned = true;
             }
         }
         swarm.expire_holders();
-        if swarm.members.is_empty() && swarm.holders.is_empty() {
+        if swarm.members.is_empty() && swarm.holders.is_empty() && !orphaned {
             blobs.remove(digest);
         }
         forget_idle(&mut blobs);
+        orphaned
+    }
+
+    /// A fetcher's grace after its stream ended is over: if it has not joined again, the
+    /// best member is told to fetch (see [`Tracker::leave`]).
+    pub(crate) fn recheck(&self, digest: &Digest) {
+        let mut blobs = self.lock();
+        if let Some(swarm) = blobs.get_mut(digest) {
+            swarm.check_orphan();
+            if swarm.members.is_empty() && swarm.holders.is_empty() && swarm.fetcher.is_none() {
+                blobs.remove(digest);
+            }
+        }
     }
 
     /// How many members the blob has now, and how many holders are remembered.

@@ -1,7 +1,7 @@
 //! One agent's tracker stream: `Join`, then `Progress` now and then, pushes from the tracker
 //! in between, until `Leave` or the stream ends. Every wait is bounded.
 
-use crate::policy::{Member, Tracker, FETCH_DEFER, SPLIT_WAIT};
+use crate::policy::{Member, Tracker, FETCH_DEFER, REJOIN_GRACE, SPLIT_WAIT};
 use crate::redirect::Enter;
 use pollen_oci::Digest;
 use pollen_proto::{
@@ -171,7 +171,13 @@ where
         }
     }
     .await;
-    tracker.leave(&digest, id, complete);
+    if tracker.leave(&digest, id, complete) {
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REJOIN_GRACE).await;
+            tracker.recheck(&digest);
+        });
+    }
     result
 }
 

@@ -56,6 +56,9 @@ const PROGRESS_CHECK: Duration = Duration::from_millis(250);
 const SIZED_TIMEOUT: Duration = Duration::from_secs(1);
 /// The bound on resolving a tag through its tracker; past it the agent asks the upstream.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a lost stream, the bound on joining the same tracker again before the next one is
+/// tried (a live tracker answers within a round trip; a dead one refuses or stays silent).
+const LOST_RETRY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a tracker waits for a silent member.
 pub(crate) const MEMBER_IDLE: Duration = Duration::from_secs(30);
 
@@ -270,10 +273,12 @@ impl TrackerLink {
 }
 
 /// Opens a membership at the blob's tracker: the first of the live trackers by rendezvous that
-/// answers (never `lost`, the one that just died). A tracker whose stream cannot be opened is
-/// skipped at once; one whose stream breaks gets a few more tries, because libp2p-stream drops
-/// an inbound stream that arrives while the acceptor is busy with the previous one, so a burst
-/// of joins loses some (docs/decisions.md).
+/// answers. After losing the stream to `lost`, that tracker is asked once more first, briefly:
+/// a replaced connection ends streams while the tracker lives, and it keeps a fetcher's fetch
+/// for it through its grace, where the next tracker would make a second fetcher. A tracker
+/// whose stream cannot be opened is skipped at once; one whose stream breaks gets a few more
+/// tries, because libp2p-stream drops an inbound stream that arrives while the acceptor is
+/// busy with the previous one, so a burst of joins loses some (docs/decisions.md).
 async fn connect(
     p2p: &P2p,
     digest: Digest,
@@ -291,11 +296,20 @@ async fn connect(
         busy: p2p.upstream_fetches.load(Ordering::Relaxed) > 0,
     };
     let order = rendezvous(&digest, &trackers);
-    for tracker in order.into_iter().filter(|t| Some(*t) != lost).take(3) {
-        for delay in JOIN_BACKOFF {
-            tokio::time::sleep(jittered(delay)).await;
-            match timeout(JOIN_TIMEOUT, join_one(p2p, tracker, &join)).await {
-                Ok(Ok((conn, assignment))) => return Some((conn, assignment, tracker)),
+    let again = lost.map(|t| (t, &JOIN_BACKOFF[..1], LOST_RETRY_TIMEOUT));
+    let next = order
+        .into_iter()
+        .filter(|t| Some(*t) != lost)
+        .take(3)
+        .map(|t| (t, &JOIN_BACKOFF[..], JOIN_TIMEOUT));
+    for (tracker, backoff, limit) in again.into_iter().chain(next) {
+        for delay in backoff {
+            tokio::time::sleep(jittered(*delay)).await;
+            match timeout(limit, join_one(p2p, tracker, &join)).await {
+                Ok(Ok((conn, assignment))) => {
+                    debug!(%digest, %tracker, fetch = assignment.fetch, "joined the blob's tracker");
+                    return Some((conn, assignment, tracker));
+                }
                 Ok(Err(JoinError::Redirect(to))) => {
                     // Another tracker has the blob's swarm already (agents' lists of
                     // trackers differ for a moment while a cluster starts). It will not

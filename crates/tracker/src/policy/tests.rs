@@ -98,8 +98,8 @@ fn first_joiner_fetches_and_later_ones_are_pointed_at_it() {
     assert_eq!(t.summary()[0].members, 3);
 }
 
-#[test]
-fn a_fetcher_that_dies_hands_the_fetch_to_a_seed_first() {
+#[tokio::test(start_paused = true)]
+async fn a_fetcher_that_dies_hands_the_fetch_to_a_seed_first() {
     let t = Tracker::new();
     let d = Digest::of(b"blob");
     let (a, _ra) = member(1, false, "x");
@@ -109,10 +109,48 @@ fn a_fetcher_that_dies_hands_the_fetch_to_a_seed_first() {
     t.progress(&d, id_b, 50);
     let (s, mut rs) = member(3, true, "x");
     t.join(d, s, false, false);
-    t.leave(&d, id_a, false);
+    assert!(t.leave(&d, id_a, false), "the fetcher gets its grace");
+    t.recheck(&d);
+    assert!(!told_to_fetch(&mut rs), "not before the grace is over");
+    tokio::time::advance(REJOIN_GRACE).await;
+    t.recheck(&d);
     assert!(told_to_fetch(&mut rs), "the seed takes over");
     assert!(!told_to_fetch(&mut rb));
     assert!(t.summary()[0].fetching);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetcher_whose_stream_broke_joins_again_and_keeps_the_fetch() {
+    let t = Tracker::new();
+    let d = Digest::of(b"blob");
+    let (a, _ra) = member(1, false, "x");
+    let (id_a, r, _) = t.join(d, a, false, false);
+    assert!(assign(r).0);
+    assert!(t.leave(&d, id_a, false));
+    let (b, mut rb) = member(2, false, "x");
+    let (_, r, _) = t.join(d, b, false, false);
+    assert!(
+        !assign(r).0,
+        "a newcomer during the grace is not made a second fetcher"
+    );
+    let (a, _ra) = member(1, false, "x");
+    let (_, r, _) = t.join(d, a, true, false);
+    assert!(assign(r).0, "the fetcher is back");
+    tokio::time::advance(REJOIN_GRACE).await;
+    t.recheck(&d);
+    assert!(!told_to_fetch(&mut rb), "nobody else fetches");
+
+    // Its new stream may arrive before the old one's end: it is the fetcher either way.
+    let d2 = Digest::of(b"other");
+    let (a, _ra) = member(1, false, "x");
+    let (id_old, _, _) = t.join(d2, a, false, false);
+    let (a, _ra) = member(1, false, "x");
+    let (_, r, _) = t.join(d2, a, true, false);
+    assert!(assign(r).0);
+    assert!(
+        !t.leave(&d2, id_old, false),
+        "the old stream no longer holds the fetch"
+    );
 }
 
 #[test]
@@ -142,13 +180,20 @@ fn a_member_already_fetching_keeps_the_fetch_after_a_tracker_change() {
     assert!(assign(r).0, "it is fetching already; it goes on");
 }
 
-#[test]
-fn state_is_dropped_when_the_last_member_leaves_without_it() {
+#[tokio::test(start_paused = true)]
+async fn state_is_dropped_when_the_last_member_leaves_without_it() {
     let t = Tracker::new();
     let d = Digest::of(b"blob");
     let (a, _ra) = member(1, false, "x");
     let (id, _, _) = t.join(d, a, false, false);
-    t.leave(&d, id, false);
+    let (b, _rb) = member(2, false, "x");
+    let (id_b, _, _) = t.join(d, b, false, false);
+    t.leave(&d, id_b, false);
+    assert_eq!(t.summary().len(), 1);
+    // The last one was the fetcher: kept through its grace, then dropped.
+    assert!(t.leave(&d, id, false));
+    tokio::time::advance(REJOIN_GRACE).await;
+    t.recheck(&d);
     assert!(t.summary().is_empty());
 }
 
