@@ -94,7 +94,7 @@ pub(crate) async fn get_with(
             let key = (CredKey::of(client_auth.as_ref()), format!("{d}"));
             ctx.manifests
                 .flights
-                .run(key, || fetch(ctx, route, reference, client_auth))
+                .run(key, || fetch(ctx, route, reference, client_auth, None))
                 .await
         }
         Reference::Tag(tag) => get_tag(ctx, route, tag, client_auth, cluster).await,
@@ -190,7 +190,7 @@ async fn resolve(
     };
     let by_tag = Reference::Tag(tag.to_string());
     if tracker.is_none() && last.is_none() {
-        return fetch(ctx, route, &by_tag, client_auth).await;
+        return fetch(ctx, route, &by_tag, client_auth, None).await;
     }
     let hint = async {
         match tracker {
@@ -210,7 +210,7 @@ async fn resolve(
     };
     let Some(digest) = digest_header(&headers) else {
         // A registry that does not say the digest on HEAD: the GET by tag tells it.
-        return fetch(ctx, route, &by_tag, client_auth).await;
+        return fetch(ctx, route, &by_tag, client_auth, None).await;
     };
     if let Some(m) = load(ctx, &digest).await {
         if !access::may_vouch(ctx, route, &digest) {
@@ -218,12 +218,14 @@ async fn resolve(
         }
         return Ok(m);
     }
+    let mut holder = None;
     if tracker.is_some() {
         // Wait (bounded by the tracker's own timeout) for the tracker's node to hold the body.
         let hinted = match hinted {
             Some(h) => h,
             None => hint.await,
         };
+        holder = tracker.filter(|_| hinted == Some(digest));
         if let Some(other) = hinted.filter(|h| *h != digest) {
             ctx.metrics.tag_hint_mismatch.inc();
             warn!(
@@ -236,7 +238,7 @@ async fn resolve(
             );
         }
     }
-    fetch(ctx, route, &Reference::Digest(digest), client_auth).await
+    fetch(ctx, route, &Reference::Digest(digest), client_auth, holder).await
 }
 
 /// The `Docker-Content-Digest` of an upstream's answer, if it names a valid digest.
@@ -270,15 +272,17 @@ async fn load(ctx: &Ctx, digest: &Digest) -> Option<Manifest> {
     .flatten()
 }
 
+/// A manifest from peers (by digest; `holder` asked first) or else from the upstream.
 async fn fetch(
     ctx: &Ctx,
     route: &Route,
     reference: &Reference,
     client_auth: Option<HeaderValue>,
+    holder: Option<pollen_swarm::PeerId>,
 ) -> Result<Manifest, FetchError> {
     let private = client_auth.is_some();
     if let (Reference::Digest(d), Some(p2p)) = (reference, &ctx.p2p) {
-        if let Some((body, media_type)) = crate::p2p::manifest::fetch(p2p, d).await {
+        if let Some((body, media_type)) = crate::p2p::manifest::fetch(p2p, d, holder).await {
             ctx.metrics.peer_bytes_received.inc_by(body.len() as u64);
             return keep(ctx, *d, media_type, body).await;
         }

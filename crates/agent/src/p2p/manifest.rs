@@ -18,14 +18,32 @@ const MAX_TRIES: usize = 3;
 /// The bound on getting a manifest from one peer.
 const PER_PEER: Duration = Duration::from_secs(5);
 
-/// The manifest and its media type from a peer, or `None` (ask the upstream).
-pub(crate) async fn fetch(p2p: &P2p, digest: &Digest) -> Option<(Bytes, String)> {
+/// The manifest and its media type from a peer, or `None` (ask the upstream): from `holder` first (the node that
+/// resolved its tag for the cluster holds it, and is asked before its provider record has
+/// reached anyone), then from up to [`MAX_TRIES`] providers Kademlia names.
+pub(crate) async fn fetch(
+    p2p: &P2p,
+    digest: &Digest,
+    holder: Option<PeerId>,
+) -> Option<(Bytes, String)> {
+    // Twice: a connection that closes under the first try (a replaced one) is no reason to
+    // pay the upstream for a manifest the holder has.
+    let holder_twice = holder.into_iter().chain(holder);
+    if let Some(found) = try_peers(p2p, digest, holder_twice).await {
+        return Some(found);
+    }
     let providers = p2p.node.find_providers(digest).await.ok()?;
-    let candidates = providers
-        .into_iter()
-        .filter(|p| !p2p.bans.is_banned(digest, p))
-        .take(MAX_TRIES);
-    for peer in candidates {
+    let others = providers.into_iter().filter(|p| Some(*p) != holder);
+    try_peers(p2p, digest, others.take(MAX_TRIES)).await
+}
+
+/// The first of `peers` (not banned for the digest) that sends the manifest.
+async fn try_peers(
+    p2p: &P2p,
+    digest: &Digest,
+    peers: impl Iterator<Item = PeerId>,
+) -> Option<(Bytes, String)> {
+    for peer in peers.filter(|p| !p2p.bans.is_banned(digest, p)) {
         match timeout(PER_PEER, from_peer(p2p, peer, digest)).await {
             Ok(Ok(body)) => {
                 if Digest::of(&body) != *digest {
