@@ -263,10 +263,18 @@ fn pushed(rx: &mut mpsc::UnboundedReceiver<TrackerReply>) -> Vec<TrackerReply> {
 }
 
 fn range_of(replies: &[TrackerReply]) -> Option<(u32, u32)> {
-    replies.iter().find_map(|r| match r {
-        TrackerReply::FetchRange { first, end, .. } => Some((*first, *end)),
-        _ => None,
-    })
+    ranges(replies).first().copied()
+}
+
+/// Every `FetchRange` among `replies`, in order.
+fn ranges(replies: &[TrackerReply]) -> Vec<(u32, u32)> {
+    replies
+        .iter()
+        .filter_map(|r| match r {
+            TrackerReply::FetchRange { first, end, .. } => Some((*first, *end)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -349,4 +357,47 @@ fn small_blobs_and_upstreams_without_ranges_are_not_split() {
         assert_eq!(range_of(&[mine]), Some((0, 64)), "{name}: the whole blob");
         assert!(pushed(&mut rb).is_empty(), "{name}");
     }
+}
+
+#[test]
+fn a_large_blob_is_dealt_out_in_stripes_from_its_start() {
+    let t = Tracker::new();
+    let d = Digest::of(b"huge");
+    let (a, mut ra) = member(1, false, "z");
+    let (id_a, _, _) = t.join(d, a, false, false);
+    let mut others = Vec::new();
+    for peer in 2..=4 {
+        let (m, rx) = member(peer, false, "z");
+        t.join(d, m, false, false);
+        others.push(rx);
+    }
+    pushed(&mut ra);
+    others.iter_mut().for_each(|rx| drop(pushed(rx)));
+    // 16 x the smallest share: 4 fetchers, 4 stripes each, dealt in turn.
+    let mine = t.sized(&d, id_a, 16 * MIN_SHARE, 1600, true);
+    let mut fetcher = ranges(&[mine]);
+    fetcher.extend(ranges(&pushed(&mut ra)));
+    assert_eq!(fetcher, [(0, 100), (400, 500), (800, 900), (1200, 1300)]);
+    let mut all = fetcher;
+    for (i, rx) in others.iter_mut().enumerate() {
+        let got = pushed(rx);
+        let stripes = ranges(&got);
+        let start = 100 * (i as u32 + 1);
+        assert_eq!(stripes.first(), Some(&(start, start + 100)), "in order");
+        assert_eq!(stripes.len(), 4);
+        let named: Vec<_> = got
+            .iter()
+            .filter_map(|r| match r {
+                TrackerReply::Peers { peers } => Some(peers.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].len(), 3, "each other fetcher named once");
+        all.extend(stripes);
+    }
+    all.sort_unstable();
+    let covered: u32 = all.iter().map(|(a, b)| b - a).sum();
+    assert_eq!(covered, 1600);
+    assert!(all.windows(2).all(|w| w[0].1 == w[1].0), "every piece once");
 }

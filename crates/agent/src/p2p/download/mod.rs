@@ -25,7 +25,7 @@ use crate::sizes::SizeSource;
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::{Bitfield, HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -85,9 +85,9 @@ pub(crate) struct PeerPhase<'a> {
     coordinated: bool,
     /// The tracker made this node the fetcher: finish taking what peers have, then hand over.
     fetch_duty: bool,
-    /// The tracker gave this node a share of a split fetch (the blob's size, the pieces),
-    /// not started yet: like `fetch_duty`, for those pieces only.
-    pub(super) share: Option<(u64, Range<u32>)>,
+    /// Stripes of a split fetch the tracker gave this node (the blob's size, the pieces), not
+    /// started yet, in the order given: like `fetch_duty`, for those pieces only.
+    pub(super) shares: VecDeque<(u64, Range<u32>)>,
     /// The share being fetched from the upstream now, and its pieces (never asked of peers).
     pub(super) share_task: Option<share::ShareTask<'a>>,
     pub(super) fetching_share: Option<Range<u32>>,
@@ -125,7 +125,7 @@ impl<'a> PeerPhase<'a> {
             named: Vec::new(),
             coordinated: false,
             fetch_duty: false,
-            share: None,
+            shares: VecDeque::new(),
             share_task: None,
             fetching_share: None,
             lookup: None,
@@ -186,15 +186,16 @@ impl<'a> PeerPhase<'a> {
                     "the tracker handed this node the fetch".into(),
                 ));
             }
-            if let Some((size, pieces)) = self.share.take().filter(|_| idle) {
-                // A share just cut has nothing in the swarm yet; one handed on from a member
-                // that died may be partly held by peers: those pieces come from them.
-                match sink
-                    .as_ref()
-                    .is_some_and(|s| self.peers_can_help(s, Some(&pieces)))
-                {
-                    true => self.share = Some((size, pieces)),
-                    false => self.start_share(size, pieces, sink, coordination).await?,
+            if idle {
+                // A stripe just cut has nothing in the swarm yet; one handed on from a member
+                // that died may be partly held by peers: those pieces come from them first.
+                let ready = self.shares.iter().position(|(_, pieces)| {
+                    !sink
+                        .as_ref()
+                        .is_some_and(|s| self.peers_can_help(s, Some(pieces)))
+                });
+                if let Some((size, pieces)) = ready.and_then(|i| self.shares.remove(i)) {
+                    self.start_share(size, pieces, sink, coordination).await?;
                 }
             }
             // A peer whose stream just failed to open is tried again shortly (libp2p-stream
@@ -284,7 +285,7 @@ impl<'a> PeerPhase<'a> {
                         self.connect(&[]);
                     }
                     Some(TrackerReply::FetchRange { size, first, end }) => {
-                        self.share = Some((size, first..end));
+                        self.shares.push_back((size, first..end));
                     }
                     Some(
                         TrackerReply::Assign { .. }
