@@ -128,6 +128,10 @@ pub enum TrackerReply {
     /// Answers `Join` instead of `Assign`: another tracker (a PeerId) has this blob's swarm
     /// already; join that one. Sent only to a first member, never to a rejoin.
     Redirect { tracker: Vec<u8> },
+    /// The upstream has headroom over the swarm (its fetchers get pieces much faster than
+    /// downloaders get them from peers): fetch pieces `first..end` from the upstream now, even
+    /// those peers hold, within the cluster's `--upstream-budget`.
+    FetchAlso { size: u64, first: u32, end: u32 },
 }
 
 impl TrackerRequest {
@@ -168,13 +172,16 @@ impl TrackerReply {
         let peers: &[Vec<u8>] = match self {
             TrackerReply::Assign { peers, .. } | TrackerReply::Peers { peers } => peers,
             TrackerReply::Fetch => return Ok(()),
-            TrackerReply::FetchRange { first, end, .. } if first >= end => {
-                return Err(format!("empty piece range {first}..{end}"))
+            TrackerReply::FetchRange { first, end, .. }
+            | TrackerReply::FetchAlso { first, end, .. } => {
+                return match () {
+                    () if first >= end => Err(format!("empty piece range {first}..{end}")),
+                    () if *end > crate::MAX_PIECES => {
+                        Err(format!("piece range ends at {end}, past the most pieces"))
+                    }
+                    () => Ok(()),
+                }
             }
-            TrackerReply::FetchRange { end, .. } if *end > crate::MAX_PIECES => {
-                return Err(format!("piece range ends at {end}, past the most pieces"))
-            }
-            TrackerReply::FetchRange { .. } => return Ok(()),
             TrackerReply::Resolved { error, .. } if error.len() > 512 => {
                 return Err("error message too long".into())
             }
@@ -351,6 +358,11 @@ mod tests {
             },
             TrackerReply::Redirect {
                 tracker: vec![7; 38],
+            },
+            TrackerReply::FetchAlso {
+                size: 1 << 30,
+                first: 448,
+                end: 512,
             },
         ];
         for r in replies {

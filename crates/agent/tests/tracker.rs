@@ -227,12 +227,22 @@ const SMALL_PIECE: usize = 64 << 10;
 /// Agent 0 a tracker, `n - 1` more bootstrapped to it; pieces of [`SMALL_PIECE`], fetches
 /// split in shares of 32 pieces or more.
 async fn small_piece_cluster(reg: &TestRegistry, n: usize) -> Vec<Harness> {
+    small_piece_cluster_with(reg, n, |_| {}).await
+}
+
+/// [`small_piece_cluster`], each agent's configuration changed by `tweak` too.
+async fn small_piece_cluster_with(
+    reg: &TestRegistry,
+    n: usize,
+    tweak: impl Fn(&mut pollen_agent::AgentConfig),
+) -> Vec<Harness> {
     let mut agents: Vec<Harness> = Vec::new();
     for i in 0..n {
         let mut cfg = agent_config(reg);
         cfg.p2p.tracker = i == 0;
         cfg.p2p.session.piece_size = Some(SMALL_PIECE as u32);
         cfg.p2p.split_min = 32 * SMALL_PIECE as u64;
+        tweak(&mut cfg);
         let to = agents.first();
         agents.push(member(reg, cfg, to).await);
     }
@@ -304,6 +314,49 @@ async fn a_share_fetcher_takes_the_other_shares_from_peers_while_it_fetches_its_
     assert!(
         total <= 1.02 * size as f64,
         "agents took {total} bytes from the upstream for a {size} byte blob"
+    );
+}
+
+/// Six agents whose uploads are throttled pull a 12 MiB blob from a fast upstream with
+/// `budget`: the upstream's bytes sent, against the blob's size.
+async fn throttled_pull(budget: f64) -> f64 {
+    let reg = TestRegistry::start().await.unwrap();
+    let agents = small_piece_cluster_with(&reg, 6, |cfg| {
+        cfg.p2p.upstream_budget = budget;
+        cfg.p2p.upload_limit = 1 << 20;
+    })
+    .await;
+    let size = 192 * SMALL_PIECE;
+    let layer = random_bytes(size, 313);
+    let digest = reg.add_blob("app", layer.clone());
+    // Every agent asks before the first response (the split waits for members).
+    reg.set_response_delay(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
+    for (i, pull) in pulls.into_iter().enumerate() {
+        let r = pull.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "agent {i}");
+        assert_eq!(r.bytes(), &layer, "agent {i}");
+    }
+    let egress = reg.stats().blob_bytes_sent as f64 / size as f64;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("budget {budget}: every agent done in {secs:.1} s, upstream sent {egress:.3} x");
+    egress
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fast_upstream_sends_more_within_the_budget_and_once_with_budget_one() {
+    // Peers upload 1 MiB/s each, the upstream sends at loopback speed: the share fetchers get
+    // pieces far faster than downloaders get them from peers.
+    let once = throttled_pull(1.0).await;
+    assert!(
+        once <= 1.02,
+        "budget 1: the upstream sent {once:.3} x the blob"
+    );
+    let twice = throttled_pull(2.0).await;
+    assert!(
+        twice > 1.1 && twice <= 2.02,
+        "budget 2: the upstream sent {twice:.3} x the blob"
     );
 }
 

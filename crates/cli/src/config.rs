@@ -168,6 +168,9 @@ pub struct AgentArgs {
     /// On a tracker: the smallest part of a large blob given to one more fetcher, so new bytes enter the swarm through several nodes' uploads (at most 4); 0 = one fetcher per blob [default: 8MiB]
     #[arg(long, env = "POLLEN_SPLIT_MIN", value_name = "BYTES")]
     pub split_min: Option<String>,
+    /// On a tracker: the most the registry may send of a large blob, in copies of it, while its fetchers get pieces much faster than the others get them from peers (a fast in-region registry); e.g. 4 lets about three nodes pull a blob directly besides the split fetch; 1 = each byte once [default: 1]
+    #[arg(long, env = "POLLEN_UPSTREAM_BUDGET", value_name = "MULTIPLE")]
+    pub upstream_budget: Option<f64>,
     /// Preferred by trackers for fetching from the upstream; typically a node with a good uplink and a large cache [default: false]
     #[arg(long, env = "POLLEN_SEED", value_name = "true|false")]
     pub seed: Option<bool>,
@@ -229,6 +232,7 @@ pub struct FileConfig {
     download_limit: Option<Size>,
     max_upload_sessions: Option<usize>,
     split_min: Option<Size>,
+    upstream_budget: Option<f64>,
     tracker: Option<bool>,
     swarm_wait: Option<String>,
     seed: Option<bool>,

@@ -12,7 +12,7 @@ mod redirect;
 mod serve;
 
 pub use policy::{
-    BlobSummary, OtherTrackers, Resolver, Tracker, MAX_FETCHERS, MIN_SHARE, REJOIN_GRACE,
-    SPLIT_WAIT,
+    BlobSummary, OtherTrackers, Resolver, Tracker, DEFAULT_UPSTREAM_BUDGET, HEADROOM, MAX_FETCHERS,
+    MIN_SHARE, REJOIN_GRACE, SPLIT_WAIT,
 };
 pub use serve::{serve, ServeError, DEFAULT_MEMBER_IDLE};

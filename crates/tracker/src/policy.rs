@@ -20,8 +20,10 @@
 //! - **Split**: once the fetcher knows a large blob's size, parts of it go to other members
 //!   ([`split`]).
 
+mod budget;
 mod split;
 
+pub use budget::{DEFAULT_UPSTREAM_BUDGET, HEADROOM};
 use split::Share;
 pub use split::{MAX_FETCHERS, MIN_SHARE, SPLIT_WAIT};
 
@@ -71,8 +73,12 @@ struct BlobSwarm {
     holders: Vec<(Vec<u8>, Instant)>,
     /// Since when members rejoined without a fetcher (after a tracker failover).
     orphaned: Option<Instant>,
-    /// The blob's size, once the fetcher reported it.
+    /// The blob's size and pieces, once the fetcher reported them.
     size: Option<u64>,
+    count: u32,
+    /// When the fetch was split (rates for `--upstream-budget` count from there).
+    split_at: Option<Instant>,
+    boost: budget::Boost,
     /// The ranges of a split fetch (empty: the fetcher fetches it all).
     shares: Vec<Share>,
 }
@@ -158,6 +164,8 @@ pub struct Tracker {
     pub(crate) redirects: crate::redirect::Redirects,
     /// The smallest share of a split fetch; 0: never split.
     split_min: u64,
+    /// The most the upstream may send of a blob, in copies of it (at most 1: only the split).
+    upstream_budget: f64,
 }
 
 impl Tracker {
@@ -171,6 +179,15 @@ impl Tracker {
         Tracker {
             split_min,
             ..Tracker::default()
+        }
+    }
+
+    /// A tracker that lets the upstream send a large blob up to `budget` times while it has
+    /// headroom over the swarm (`--upstream-budget`; `budget::boost`).
+    pub fn with_upstream_budget(self, budget: f64) -> Tracker {
+        Tracker {
+            upstream_budget: budget,
+            ..self
         }
     }
 
@@ -261,6 +278,7 @@ impl Tracker {
             }
         }
         let deferred = busy && !fetch && swarm.fetcher.is_none() && swarm.holders.is_empty();
+        swarm.count_rate(id, member.pieces, Instant::now());
         swarm.members.insert(id, member);
         (id, TrackerReply::Assign { fetch, peers }, deferred)
     }
@@ -295,6 +313,9 @@ impl Tracker {
             m.pieces = pieces;
         }
         swarm.check_orphan();
+        let now = Instant::now();
+        swarm.reported(id, pieces, now);
+        swarm.boost(self.upstream_budget, now);
     }
 
     /// Removes a member. A fetcher leaving unfinished keeps the fetch for [`REJOIN_GRACE`]:
@@ -310,6 +331,7 @@ impl Tracker {
         let Some(member) = swarm.members.remove(&id) else {
             return false;
         };
+        swarm.forget_rate(id);
         if complete {
             swarm.holders.retain(|(p, _)| *p != member.peer);
             if swarm.holders.len() >= MAX_HOLDERS {

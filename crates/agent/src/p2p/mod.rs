@@ -45,6 +45,9 @@ pub const DEFAULT_SWARM_WAIT: Duration = Duration::from_secs(5);
 /// Default [`P2pConfig::tracker`]: every agent coordinates the blobs that rendezvous hashing
 /// gives it, so a cluster installed with no role flags fetches each blob once.
 pub const DEFAULT_TRACKER: bool = true;
+/// As a tracker, the registry may send a large blob this many times in all while it has
+/// headroom over the swarm (`--upstream-budget`; 1: each byte once).
+pub const DEFAULT_UPSTREAM_BUDGET: f64 = pollen_tracker::DEFAULT_UPSTREAM_BUDGET;
 /// Default [`P2pConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -83,6 +86,9 @@ pub struct P2pConfig {
     /// As a tracker, the smallest share of a blob given to one more upstream fetcher
     /// (`--split-min`); 0 keeps one fetcher per blob.
     pub split_min: u64,
+    /// As a tracker, the most the upstream may send of a large blob, in copies of it, while it
+    /// has headroom over the swarm (`--upstream-budget`); 1 sends each byte once.
+    pub upstream_budget: f64,
     /// This node is a seed (`--seed`): preferred by trackers for fetching from the upstream.
     pub seed: bool,
     /// `zone`, `rack` and other labels (`--zone`, `--rack`, `--label k=v`): trackers name
@@ -104,6 +110,7 @@ impl Default for P2pConfig {
             tracker: DEFAULT_TRACKER,
             swarm_wait: DEFAULT_SWARM_WAIT,
             split_min: pollen_tracker::MIN_SHARE,
+            upstream_budget: DEFAULT_UPSTREAM_BUDGET,
             seed: false,
             labels: Vec::new(),
         }
@@ -136,9 +143,10 @@ impl P2p {
             downloads: RateLimiter::new(cfg.download_limit),
             bans: Bans::new(cfg.ban_duration),
             provided: dashmap::DashSet::new(),
-            tracker: cfg
-                .tracker
-                .then(|| Arc::new(pollen_tracker::Tracker::with_split_min(cfg.split_min))),
+            tracker: cfg.tracker.then(|| {
+                let t = pollen_tracker::Tracker::with_split_min(cfg.split_min);
+                Arc::new(t.with_upstream_budget(cfg.upstream_budget))
+            }),
             directory: tracker::Directory::default(),
             upstream_fetches: std::sync::atomic::AtomicUsize::new(0),
             started: tokio::time::Instant::now(),

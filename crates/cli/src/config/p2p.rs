@@ -24,6 +24,11 @@ pub const DEFAULT_TRACKER: bool = pollen_agent::DEFAULT_TRACKER;
 pub const DEFAULT_SWARM_WAIT: &str = "5s";
 /// A tracker gives another fetcher a part of a blob once each part is at least this large.
 pub const DEFAULT_SPLIT_MIN: &str = "8MiB";
+/// A tracker lets the registry send each byte once (`--upstream-budget`; docs/tracker.md says
+/// why 1 and what more buys).
+pub const DEFAULT_UPSTREAM_BUDGET: f64 = pollen_agent::DEFAULT_UPSTREAM_BUDGET;
+/// Beyond this many copies a node might as well pull directly.
+pub const MAX_UPSTREAM_BUDGET: f64 = 1000.0;
 /// A node is a seed only when asked to (`--seed true`).
 pub const DEFAULT_SEED: bool = false;
 /// The smallest non-zero rate limit. Piece bodies are sent in 64 KiB chunks; much below one
@@ -121,6 +126,18 @@ pub(super) fn resolve(
             DEFAULT_SPLIT_MIN,
         ),
     )?;
+    let upstream_budget = args
+        .upstream_budget
+        .or(file.upstream_budget)
+        .unwrap_or(DEFAULT_UPSTREAM_BUDGET);
+    if !(1.0..=MAX_UPSTREAM_BUDGET).contains(&upstream_budget) {
+        return Err(invalid(
+            "upstream-budget",
+            format!(
+                "{upstream_budget} is not a multiple of the blob's size from 1 to {MAX_UPSTREAM_BUDGET}; 1 sends each byte once"
+            ),
+        ));
+    }
     // The default follows --p2p: only an explicit `--tracker true` with it off is an error.
     let tracker = args
         .tracker
@@ -154,6 +171,7 @@ pub(super) fn resolve(
         tracker,
         swarm_wait,
         split_min,
+        upstream_budget,
         seed,
         labels: labels(args, file)?,
         ..Default::default()

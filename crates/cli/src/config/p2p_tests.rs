@@ -81,6 +81,30 @@ fn swarm_wait_takes_a_duration() {
 }
 
 #[test]
+fn upstream_budget_is_a_multiple_from_one() {
+    let s = Settings::resolve(args()).unwrap();
+    assert_eq!(
+        s.agent.p2p.upstream_budget, 1.0,
+        "each byte once by default"
+    );
+    let s = Settings::resolve(AgentArgs {
+        upstream_budget: Some(4.0),
+        ..args()
+    })
+    .unwrap();
+    assert_eq!(s.agent.p2p.upstream_budget, 4.0);
+    for bad in [0.5, f64::NAN, 1e9] {
+        let err = Settings::resolve(AgentArgs {
+            upstream_budget: Some(bad),
+            ..args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("upstream-budget"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn roles_and_labels_from_flags() {
     let s = Settings::resolve(AgentArgs {
         tracker: Some(true),

@@ -96,6 +96,7 @@ impl Tracker {
                 .map_or(whole, |s| fetch_range(size, &s.range));
         }
         swarm.size = Some(size);
+        swarm.count = count;
         let mut helpers: Vec<(bool, u64)> = swarm
             .members
             .iter()
@@ -133,6 +134,7 @@ impl Tracker {
         if parts > 1 {
             swarm.name_fetchers();
         }
+        swarm.start_rates(tokio::time::Instant::now());
         swarm
             .shares
             .first()

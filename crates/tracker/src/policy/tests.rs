@@ -401,3 +401,62 @@ fn a_large_blob_is_dealt_out_in_stripes_from_its_start() {
     assert_eq!(covered, 1600);
     assert!(all.windows(2).all(|w| w[0].1 == w[1].0), "every piece once");
 }
+
+/// A blob of 1600 pieces split four ways among members 1-4 on a tracker with `budget`, and two
+/// more members (5, 6) downloading; after a second in which fetchers gained `fetched` pieces
+/// and downloaders `received` each, the stripes each downloader was told to fetch as well.
+async fn boosted(budget: f64, fetched: u32, received: [u32; 2]) -> Vec<Vec<(u32, u32)>> {
+    let t = Tracker::new().with_upstream_budget(budget);
+    let d = Digest::of(b"boost");
+    let mut ids = Vec::new();
+    let mut rxs = Vec::new();
+    for peer in 1..=6 {
+        let (m, rx) = member(peer, false, "z");
+        let (id, _, _) = t.join(d, m, false, false);
+        ids.push(id);
+        rxs.push(rx);
+    }
+    t.sized(&d, ids[0], 16 * MIN_SHARE, 1600, true);
+    rxs.iter_mut().for_each(|rx| drop(pushed(rx)));
+    let mut also = vec![Vec::new(), Vec::new()];
+    for step in 1..=4 {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        for id in &ids[..4] {
+            t.progress(&d, *id, fetched * step / 2);
+        }
+        for (i, id) in ids[4..].iter().enumerate() {
+            t.progress(&d, *id, received[i] * step / 2);
+        }
+        for (i, rx) in rxs[4..].iter_mut().enumerate() {
+            for r in pushed(rx) {
+                if let TrackerReply::FetchAlso { first, end, .. } = r {
+                    also[i].push((first, end));
+                }
+            }
+        }
+    }
+    also
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_upstream_gets_the_slowest_downloaders_fetching_the_blob_too() {
+    // Fetchers 400 pieces a second, downloaders 40 and 100: the upstream has headroom. The
+    // slowest downloader fetches every stripe, the last dealt first; budget 2 is spent then.
+    let every: Vec<(u32, u32)> = (0..16).rev().map(|i| (i * 100, i * 100 + 100)).collect();
+    let also = boosted(2.0, 400, [40, 100]).await;
+    assert_eq!(also[0], every, "the slowest, every stripe, the last first");
+    assert!(also[1].is_empty(), "the budget is spent");
+    let also = boosted(3.0, 400, [40, 100]).await;
+    assert_eq!(also, vec![every.clone(), every], "budget 3: both");
+    // Budget 1.1: 160 extra pieces, one stripe of 100.
+    let also = boosted(1.1, 400, [40, 100]).await;
+    assert_eq!(also.concat(), vec![(1500, 1600)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_extra_fetch_when_the_swarm_keeps_up_or_the_budget_is_one() {
+    let registry_bound = boosted(2.0, 100, [80, 90]).await;
+    assert!(registry_bound.concat().is_empty(), "{registry_bound:?}");
+    let edge = boosted(1.0, 400, [40, 100]).await;
+    assert!(edge.concat().is_empty(), "{edge:?}");
+}

@@ -85,9 +85,10 @@ pub(crate) struct PeerPhase<'a> {
     coordinated: bool,
     /// The tracker made this node the fetcher: finish taking what peers have, then hand over.
     fetch_duty: bool,
-    /// Stripes of a split fetch the tracker gave this node (the blob's size, the pieces), not
-    /// started yet, in the order given: like `fetch_duty`, for those pieces only.
-    pub(super) shares: VecDeque<(u64, Range<u32>)>,
+    /// Stripes of a split fetch the tracker gave this node (the blob's size, the pieces, and
+    /// whether to fetch them even where peers hold them: `FetchAlso`), not started yet, in the
+    /// order given: like `fetch_duty`, for those pieces only.
+    pub(super) shares: VecDeque<(u64, Range<u32>, bool)>,
     /// The share being fetched from the upstream now, and its pieces (never asked of peers).
     pub(super) share_task: Option<share::ShareTask<'a>>,
     pub(super) fetching_share: Option<Range<u32>>,
@@ -189,12 +190,13 @@ impl<'a> PeerPhase<'a> {
             if idle {
                 // A stripe just cut has nothing in the swarm yet; one handed on from a member
                 // that died may be partly held by peers: those pieces come from them first.
-                let ready = self.shares.iter().position(|(_, pieces)| {
-                    !sink
-                        .as_ref()
-                        .is_some_and(|s| self.peers_can_help(s, Some(pieces)))
+                let ready = self.shares.iter().position(|(_, pieces, also)| {
+                    *also
+                        || !sink
+                            .as_ref()
+                            .is_some_and(|s| self.peers_can_help(s, Some(pieces)))
                 });
-                if let Some((size, pieces)) = ready.and_then(|i| self.shares.remove(i)) {
+                if let Some((size, pieces, _)) = ready.and_then(|i| self.shares.remove(i)) {
                     self.start_share(size, pieces, sink, coordination).await?;
                 }
             }
@@ -285,7 +287,11 @@ impl<'a> PeerPhase<'a> {
                         self.connect(&[]);
                     }
                     Some(TrackerReply::FetchRange { size, first, end }) => {
-                        self.shares.push_back((size, first..end));
+                        self.shares.push_back((size, first..end, false));
+                    }
+                    Some(TrackerReply::FetchAlso { size, first, end }) => {
+                        debug!(digest = %self.fetch.digest, first, end, "the upstream has headroom: fetching a stripe from it too");
+                        self.shares.push_back((size, first..end, true));
                     }
                     Some(
                         TrackerReply::Assign { .. }

@@ -20,7 +20,7 @@ impl PeerPhase<'_> {
     /// The caller's upstream fetch was split: this node fetches `pieces` beside the peer
     /// download when the phase runs again.
     pub fn give_share(&mut self, size: u64, pieces: Range<u32>) {
-        self.shares.push_back((size, pieces));
+        self.shares.push_back((size, pieces, false));
     }
 
     /// Starts fetching a share from the upstream beside the peer download (opening the blob
