@@ -63,7 +63,7 @@ enum Command {
     /// Try Pollen without a registry or root: a cluster of agents in one process pulls a
     /// generated image at once, then the same pull without Pollen, and the numbers
     #[command(
-        after_help = "Examples:\n  pollen demo\n  pollen demo --nodes 16 --size 512MiB --rate 100Mbit/s\n  pollen demo --nodes 4 --size 32MiB --no-direct\n\nEverything runs on loopback inside this process (an in-process registry with a shared,\nrate-limited uplink; each agent with its own cache and libp2p node in a temporary\ndirectory) and is removed at the end, also on Ctrl-C. Exits non-zero if any pull failed or\nany blob did not match its digest."
+        after_help = "Examples:\n  pollen demo\n  pollen demo --nodes 16 --size 512MiB --rate 100Mbit/s\n  pollen demo --nodes 4 --size 32MiB --no-direct\n\nEverything runs on loopback inside this process (an in-process registry with a shared,\nrate-limited uplink; each agent with its own cache and libp2p node in a temporary\ndirectory) and is removed at the end, also on Ctrl-C. Exits non-zero if any pull failed or\nany blob did not match its digest. The agents log nothing unless RUST_LOG is set\n(e.g. RUST_LOG=pollen_agent=debug), then to stderr."
     )]
     Demo(demo::DemoArgs),
     /// Check everything that decides whether this node's pulls go through Pollen and work:
@@ -99,7 +99,13 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(*args),
         Command::Status(args) => status::run(args),
         Command::Preheat(args) => preheat::run(args),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => {
+            // The agents' logs, for a demo that goes wrong: only when asked for.
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_logging(LogFormat::Text);
+            }
+            demo::run(args)
+        }
         Command::SwarmKey(args) => swarm_key::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::ContainerdConfig(args) => runtime::run_containerd(args),
