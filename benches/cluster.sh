@@ -38,9 +38,11 @@
 # do on these links) and max-time / T_min; CPU use of the whole machine during the run (from
 # /proc/stat), so a run where the CPU and not the links was the limit shows it.
 # Output in OUT (default benches/results): results.json (one object per run), results.md
-# (the table), SCENARIO-CONTENDER.csv (time, node, bytes received: every node's veth sampled
-# twice a second) and SCENARIO.svg (bytes received over time, one line per node, a panel per
-# contender).
+# (the table, and for pollen a per-node timeline: peers connected when the pulls start, first
+# blob bytes, 99.5 % received, done; the registry's first and last bytes), SCENARIO-CONTENDER.csv
+# (time, node, bytes: every node's veth sampled twice a second, bytes received; node 0 is the
+# registry, bytes sent) and SCENARIO.svg (bytes received over time, one line per node, a panel
+# per contender).
 #
 # Scenarios (N nodes; links in Mbit/s; layers in MiB):
 #   rollout     N=12, registry 50 up, nodes 200/200, layers 16 8 8: the registry is the limit
@@ -163,7 +165,8 @@ cb_counters() {
         sh $(for ((i = 1; i <= MN_NODES; i++)); do printf 'v%s ' "$i"; done) vreg vcache
 }
 
-# cb_sampler FILE T0: every 0.5 s, "seconds node bytes_received" per node, until killed.
+# cb_sampler FILE T0: every 0.5 s, "seconds node bytes_received" per node and "seconds 0
+# bytes_sent" for the registry, until killed.
 cb_sampler() {
     local file=$1 t0=$2 t line n
     while :; do
@@ -171,7 +174,11 @@ cb_sampler() {
         n=0
         while read -r line; do
             n=$((n + 1))
-            [ "$n" -le "$MN_NODES" ] && printf '%s %s %s\n' "$t" "$n" "${line#* }"
+            if [ "$n" -le "$MN_NODES" ]; then
+                printf '%s %s %s\n' "$t" "$n" "${line#* }"
+            elif [ "$n" -eq $((MN_NODES + 1)) ]; then
+                printf '%s 0 %s\n' "$t" "${line% *}"
+            fi
         done < <(cb_counters)
         sleep 0.5
     done >>"$file"
@@ -232,6 +239,19 @@ cb_puller_target() {
     esac
 }
 
+# cb_peers: a JSON array, each agent's connected peers now (its pollen_connected_peers; null
+# where the metrics did not answer).
+cb_peers() {
+    local i v out="["
+    for ((i = 1; i <= MN_NODES; i++)); do
+        v=$(mn_in "$(mn_ns "$i")" curl -s --max-time 2 "http://127.0.0.1:$MN_ADMIN_PORT/metrics" |
+            awk '$1 == "pollen_connected_peers" { print $2 + 0; exit }')
+        out+="${v:-null}"
+        [ "$i" -lt "$MN_NODES" ] && out+=","
+    done
+    echo "$out]"
+}
+
 # cb_run SCENARIO CONTENDER: one run; appends its JSON object to OUT/runs.jsonl.
 cb_run() {
     local scen=$1 who=$2 i p base query t0 delay kill_at sampler csv busy0 busy1 idle0 idle1
@@ -246,6 +266,8 @@ cb_run() {
     rm -f "$MN_DIR"/logs/pull-n*.out "$MN_DIR"/logs/pull-n*.killed
     # shellcheck disable=SC2034 # read through a nameref in cb_record
     mapfile -t before < <(cb_counters)
+    CB_PEERS="[]"
+    [ "$who" = pollen ] && CB_PEERS=$(cb_peers)
     read -r busy0 idle0 < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
     t0=$EPOCHREALTIME
     cb_sampler "$csv" "$t0" &
@@ -313,7 +335,8 @@ cb_record() {
     jq -nc --arg s "$scen" --arg c "$who" --argjson n "$MN_NODES" --argjson f "$CB_F" \
         --argjson reg "$CB_REG" --argjson up "$CB_UP" --argjson down "$CB_DOWN" --argjson tmin "$CB_TMIN" \
         --argjson egress "$reg_egress" --argjson sent "$sent_json" --argjson nodes "$times_json" \
-        --argjson survivors "$survivors" --argjson ok "$ok" --argjson cpu "$cpu" --argjson quick "$CB_QUICK" '
+        --argjson survivors "$survivors" --argjson ok "$ok" --argjson cpu "$cpu" --argjson quick "$CB_QUICK" \
+        --argjson peers "$CB_PEERS" '
         ([$nodes[] | select(.secs != null) | .secs] | sort) as $t
         | def pct(p): if ($t | length) == 0 then null else $t[((($t | length) - 1) * p | floor)] end;
         {scenario: $s, contender: $c, nodes: $n, quick: ($quick == 1), image_blob_bytes: $f,
@@ -322,7 +345,8 @@ cb_record() {
          p50_secs: pct(0.5), p95_secs: pct(0.95), max_secs: (if $ok == $survivors then $t[-1] else null end),
          max_over_t_min: (if $ok == $survivors and $ok > 0 then ($t[-1] / $tmin * 100 | round / 100) else null end),
          registry_egress_bytes: $egress, egress_over_f: ($egress / $f * 1000 | round / 1000),
-         bytes_sent_per_node: $sent, cpu_busy_percent: $cpu, per_node: $nodes}' >>"$CB_OUT/runs.jsonl"
+         bytes_sent_per_node: $sent, cpu_busy_percent: $cpu, per_node: $nodes,
+         peers_at_start: $peers}' >>"$CB_OUT/runs.jsonl"
     jq -r '"  \(.contender): \(.verified)/\(.survivors) verified; max \(.max_secs // "-") s (\(.max_over_t_min // "-") x T_min), p50 \(.p50_secs // "-") s; registry egress \(.egress_over_f) x F; CPU \(.cpu_busy_percent)%"' \
         <<<"$(tail -n 1 "$CB_OUT/runs.jsonl")"
 }
@@ -407,6 +431,40 @@ cb_svg_all() {
     done
 }
 
+# cb_timeline SCENARIO CONTENDER: where the time went, node by node, from the run's CSV (so at
+# the sampler's 0.5 s resolution): peers each agent had when the pulls started, when its first
+# blob bytes came (1 % of F), when it had 99.5 % of them, when its puller was done; and the
+# registry's first and last bytes.
+cb_timeline() {
+    local scen=$1 who=$2 csv="$CB_OUT/$1-$2.csv" run f fin peers
+    [ -s "$csv" ] || return 0
+    run=$(jq -c --arg s "$scen" --arg c "$who" '[.[] | select(.scenario == $s and .contender == $c)][0]' "$CB_OUT/results.json")
+    f=$(jq '.image_blob_bytes' <<<"$run")
+    fin=$(jq -r '[.per_node[] | (.secs // "-")] | join(" ")' <<<"$run")
+    peers=$(jq -r '[(.peers_at_start // [])[] | (. // "-")] | join(" ")' <<<"$run")
+    echo
+    echo "Timeline of $scen ($who): seconds from the pulls' start, sampled every 0.5 s"
+    echo
+    echo "| node | peers at start | first blob bytes | 99.5 % received | done |"
+    echo "|---|---|---|---|---|"
+    awk -v f="$f" -v fin="$fin" -v peers="$peers" '
+        !(($2) in base) { base[$2] = $3; if ($2 > n) n = $2 }
+        { d = $3 - base[$2]; got[$2] = d; k[$2]++; t[$2, k[$2]] = $1; v[$2, k[$2]] = d
+          if (!(($2) in first) && d >= f / 100) first[$2] = $1 }
+        function reached(i, want,   j) {
+            for (j = 1; j <= k[i]; j++) if (v[i, j] >= want) return t[i, j]
+            return "-"
+        }
+        END {
+            split(fin, dn, " "); split(peers, pr, " ")
+            if (0 in base) printf "| registry | - | %s | %s (last byte) | - |\n", ((0 in first) ? first[0] : "-"), reached(0, got[0])
+            for (i = 1; i <= n; i++) {
+                want = 0.995 * (got[i] < f ? got[i] : f)
+                printf "| %d | %s | %s | %s | %s |\n", i, ((i in pr) ? pr[i] : "-"), ((i in first) ? first[i] : "-"), reached(i, want), ((i in dn) ? dn[i] : "-")
+            }
+        }' "$csv"
+}
+
 # cb_report: results.json and results.md from runs.jsonl.
 cb_report() {
     jq -s . "$CB_OUT/runs.jsonl" >"$CB_OUT/results.json"
@@ -440,6 +498,8 @@ cb_report() {
         echo
         jq -r 'group_by(.scenario)[] | (map({(.contender): .max_secs}) | add) as $m | select($m.pollen != null)
             | "\(.[0].scenario): time until every node has the image, direct / pollen = \(if $m.direct then "\($m.direct / $m.pollen * 10 | round / 10)" else "-" end), central cache / pollen = \(if $m.cache then "\($m.cache / $m.pollen * 10 | round / 10)" else "-" end)"' "$CB_OUT/results.json"
+        jq -r '.[] | select(.contender | startswith("pollen")) | "\(.scenario) \(.contender)"' "$CB_OUT/results.json" |
+            while read -r scen who; do cb_timeline "$scen" "$who"; done
     } >"$CB_OUT/results.md"
     cat "$CB_OUT/results.md"
 }
