@@ -179,6 +179,10 @@ impl Sink {
                         break;
                     }
                     let Ok((more, _permit)) = rx.try_recv() else {
+                        // Nothing more to write now: take in the hashes of pieces just
+                        // completed, or they would be announced only with the next bytes
+                        // (behind a thin uplink, a whole read later).
+                        result = w.partial.settle().map(|()| 0);
                         break;
                     };
                     result = w.apply(more, &done_tx);

@@ -360,6 +360,40 @@ async fn a_fast_upstream_sends_more_within_the_budget_and_once_with_budget_one()
     );
 }
 
+/// A thin uplink: the fetcher's pieces arrive 1.4 s apart, longer than `peer_stall`. The
+/// others wait for the swarm at its own pace instead of each going to the upstream (before
+/// part 7 a fixed deadline sent them there: one upstream fetch per node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_swarm_is_waited_for_at_its_pace_not_fetched_around() {
+    init_logs();
+    let reg = TestRegistry::start().await.unwrap();
+    let agents = small_piece_cluster_with(&reg, 3, |cfg| {
+        cfg.p2p.peer_stall = Duration::from_secs(1);
+    })
+    .await;
+    let size = 6 * SMALL_PIECE;
+    let layer = random_bytes(size, 314);
+    let digest = reg.add_blob("app", layer.clone());
+    // Half a piece, then 0.7 s: the first piece after 0.7 s, each next one 1.4 s later.
+    reg.set_fault(Fault::Slow {
+        chunk: SMALL_PIECE / 2,
+        delay: Duration::from_millis(700),
+    });
+    let pulls = get_on_each(agents.iter(), |h| blob_path(h, &digest));
+    for (i, pull) in pulls.into_iter().enumerate() {
+        let r = pull.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "agent {i}");
+        assert_eq!(r.bytes(), &layer, "agent {i}");
+    }
+    assert_eq!(
+        reg.stats().blob_get_count(&digest),
+        1,
+        "fetched around the swarm"
+    );
+    let (fetchers, _) = upstream_fetchers(&agents);
+    assert_eq!(fetchers, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_share_fetcher_killed_mid_pull_hands_its_share_on() {
     let reg = TestRegistry::start().await.unwrap();

@@ -69,8 +69,9 @@ pub struct P2pConfig {
     pub max_upload_sessions: usize,
     /// Peers one blob is downloaded from at once.
     pub max_peers_per_blob: usize,
-    /// How long a download may go without a new piece from any peer before the agent fetches
-    /// the pieces still missing from the upstream itself.
+    /// How long a download may go without a new piece (stored here or announced by a peer)
+    /// before the agent fetches the pieces still missing from the upstream itself; where the
+    /// swarm's pace is slower the wait follows it, up to four times this.
     pub peer_stall: Duration,
     /// How long a piece request may stay unanswered before the piece is also asked of another
     /// peer (the first answer wins, the other request is cancelled).

@@ -43,6 +43,12 @@ pub(crate) fn random_order(count: u32) -> Vec<u64> {
     (0..count).map(|i| keyed.hash_one(i)).collect()
 }
 
+/// Whether `has` holds a piece this node lacks and no peer in sight held: the swarm moved on.
+pub(crate) fn brings_new(availability: &[u16], has: &Bitfield, mine: &Bitfield) -> bool {
+    has.iter_ones()
+        .any(|i| !mine.get(i) && availability.get(i as usize) == Some(&0))
+}
+
 /// Adds (`delta` 1) or removes (-1) a peer's pieces from the availability counts.
 pub(crate) fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
     for i in has.iter_ones() {

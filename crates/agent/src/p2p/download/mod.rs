@@ -13,9 +13,10 @@
 mod connect;
 mod requests;
 mod share;
+mod stall;
 
 use super::peer_task::{FromPeer, ToPeer};
-use super::slot::{count, random_order, Slot};
+use super::slot::{brings_new, count, random_order, Slot};
 use super::tracker::{Assignment, TrackerLink};
 use super::P2p;
 use crate::blobs::BlobFetch;
@@ -25,6 +26,7 @@ use crate::sizes::SizeSource;
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::{Bitfield, HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
+use stall::StallWatch;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
@@ -77,7 +79,8 @@ pub(crate) struct PeerPhase<'a> {
     pub map_sources: HashSet<PeerId>,
     /// Peers not to dial again before the instant.
     retired: HashMap<PeerId, Instant>,
-    last_progress: Instant,
+    /// Whether the peers have stalled (the fall-back to the upstream).
+    stall: StallWatch,
     /// Peers the tracker named, tried before Kademlia's.
     named: Vec<PeerId>,
     /// A tracker coordinates this blob and another node fetches it: wait for peers rather than
@@ -122,7 +125,7 @@ impl<'a> PeerPhase<'a> {
             known: Bitfield::default(),
             map_sources: HashSet::new(),
             retired: HashMap::new(),
-            last_progress: Instant::now(),
+            stall: StallWatch::new(p2p.cfg.peer_stall, Instant::now()),
             named: Vec::new(),
             coordinated: false,
             fetch_duty: false,
@@ -158,7 +161,7 @@ impl<'a> PeerPhase<'a> {
             }
             self.coordinated = true;
         }
-        self.last_progress = Instant::now();
+        self.stall.restart(Instant::now());
         if let Some(s) = sink.as_mut() {
             self.adopt_sink(s);
         }
@@ -169,7 +172,6 @@ impl<'a> PeerPhase<'a> {
         } else if !self.connect_providers().await {
             return Ok(PeerOutcome::Fallback("no peer has announced it".into()));
         }
-        let stall = self.p2p.cfg.peer_stall;
         let mut next_lookup = Instant::now() + LOOKUP_INTERVAL;
         loop {
             if sink.as_ref().is_some_and(|s| s.have.is_complete()) {
@@ -217,7 +219,7 @@ impl<'a> PeerPhase<'a> {
             }
             // While this node fetches a share from the upstream it is not stalled: the share's
             // end is progress, and the stall deadline runs from there.
-            if idle && self.last_progress.elapsed() >= stall {
+            if idle && self.stall.stalled(Instant::now()) {
                 if let Some(s) = sink.as_ref() {
                     let missing: Vec<(u32, bool, u16)> = s
                         .have
@@ -229,9 +231,7 @@ impl<'a> PeerPhase<'a> {
                         .collect();
                     debug!(digest = %self.fetch.digest, ?missing, peers = self.slots.len(), "stalled: missing pieces (index, hash known, peers with it)");
                 }
-                return Ok(PeerOutcome::Fallback(format!(
-                    "no piece from peers for {stall:?}"
-                )));
+                return Ok(PeerOutcome::Fallback(self.stall.describe(Instant::now())));
             }
             if self.slots.is_empty() && self.coordinated {
                 next_lookup = next_lookup.min(Instant::now() + RETRY_SOON);
@@ -262,7 +262,7 @@ impl<'a> PeerPhase<'a> {
                     None => std::future::pending().await,
                 }
             };
-            let stall_at = idle.then(|| self.last_progress + stall);
+            let stall_at = idle.then(|| self.stall.deadline());
             let looked_up = async {
                 match self.lookup.as_mut() {
                     Some(rx) => rx.await.unwrap_or_default(),
@@ -422,6 +422,9 @@ impl<'a> PeerPhase<'a> {
             }
             return Ok(());
         }
+        if brings_new(&self.availability, &have.bitfield, &s.have) {
+            self.stall.announced(Instant::now());
+        }
         count(&mut self.availability, &have.bitfield, 1);
         if let Some(entry) = self.slots.get_mut(&slot) {
             debug!(slot, peer = %entry.task.peer, pieces = have.bitfield.count_ones(), "peer session open");
@@ -461,16 +464,28 @@ impl<'a> PeerPhase<'a> {
             }
             Event::HaveMore(pieces) => {
                 if let Some(has) = self.slots.get_mut(&slot).and_then(|e| e.has.as_mut()) {
+                    let mut fresh = false;
                     for i in pieces {
                         if has.set(i).unwrap_or(false) {
                             if let Some(a) = self.availability.get_mut(i as usize) {
+                                fresh |= *a == 0 && !s.have.get(i);
                                 *a = a.saturating_add(1);
                             }
                         }
                     }
+                    if fresh {
+                        self.stall.announced(Instant::now());
+                    }
                 }
             }
             Event::Have(have) => {
+                // Checked before this peer's old pieces are taken out of the counts: only
+                // pieces nobody held count as the swarm moving on.
+                if have.geometry == s.geometry
+                    && brings_new(&self.availability, &have.bitfield, &s.have)
+                {
+                    self.stall.announced(Instant::now());
+                }
                 if let Some(old) = self.slots.get_mut(&slot).and_then(|e| e.has.take()) {
                     count(&mut self.availability, &old, -1);
                 }
@@ -576,7 +591,7 @@ impl<'a> PeerPhase<'a> {
                 match result {
                     PieceResult::Stored | PieceResult::Duplicate => {
                         let _ = s.have.set(index);
-                        self.last_progress = Instant::now();
+                        self.stall.stored(Instant::now());
                         if let Some((link, _)) = coordination {
                             link.set_pieces(s.have.count_ones());
                         }

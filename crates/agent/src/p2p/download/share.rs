@@ -75,7 +75,8 @@ impl PeerPhase<'_> {
                 link.set_pieces(s.have.count_ones());
             }
         }
-        self.last_progress = Instant::now();
+        // The share's end is progress; its length says nothing of the swarm's pace.
+        self.stall.restart(Instant::now());
         Ok(())
     }
 }
