@@ -223,9 +223,13 @@ async fn idle_connection(from: [u8; 4], to: SocketAddr) -> TcpStream {
     socket.connect(to).await.unwrap()
 }
 
-/// Whether the agent kept the connection for a handshake (it sends its private-network nonce
-/// first) or closed it at once.
+/// Whether the agent kept the connection for a handshake (it answers the multistream-select
+/// header that begins one) or closed it at once.
 async fn kept(conn: &mut TcpStream) -> bool {
+    use tokio::io::AsyncWriteExt;
+    if conn.write_all(b"\x13/multistream/1.0.0\n").await.is_err() {
+        return false;
+    }
     let mut buf = [0u8; 64];
     match tokio::time::timeout(DEADLINE, conn.read(&mut buf)).await {
         Ok(Ok(n)) => n > 0,

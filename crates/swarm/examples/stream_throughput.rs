@@ -5,11 +5,11 @@
 //! ```sh
 //! cargo run --release -j2 -p pollen-swarm --example stream_throughput -- --security tls
 //! cargo run --release -j2 -p pollen-swarm --example stream_throughput -- --security noise
-//! cargo run --release -j2 -p pollen-swarm --example stream_throughput -- --pnet false
+//! cargo run --release -j2 -p pollen-swarm --example stream_throughput -- --swarm-key false
 //! ```
 //!
-//! `--pnet` (default true, as agents run) puts the private-network layer of the swarm key under
-//! the security upgrade.
+//! `--swarm-key` (default true, as agents run) makes both nodes prove a swarm key on the
+//! connection (`pollen-swarm`'s `proof.rs`).
 //!
 //! Both nodes run in this process on one tokio runtime (one worker per core), as two agents
 //! would share a 2-core machine. One node writes `--size` bytes in `--write-size` writes to a
@@ -24,7 +24,7 @@ use pollen_swarm::{Node, Security, SwarmConfig, SwarmKey};
 
 struct Args {
     security: Security,
-    pnet: bool,
+    swarm_key: bool,
     size: u64,
     write_size: usize,
     runs: usize,
@@ -33,7 +33,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         security: Security::Tls,
-        pnet: true,
+        swarm_key: true,
         size: 1 << 30,
         write_size: 1 << 20,
         runs: 1,
@@ -47,7 +47,11 @@ fn parse_args() -> Args {
             "--security" => {
                 args.security = value.parse().unwrap_or_else(|e| usage(&format!("{e}")))
             }
-            "--pnet" => args.pnet = value.parse().unwrap_or_else(|_| usage("--pnet true|false")),
+            "--swarm-key" => {
+                args.swarm_key = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--swarm-key true|false"))
+            }
             "--size" => args.size = value.parse().unwrap_or_else(|_| usage("--size BYTES")),
             "--write-size" => {
                 args.write_size = value
@@ -62,7 +66,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("{msg}\nusage: stream_throughput [--security tls|noise] [--pnet true|false] [--size BYTES] [--write-size BYTES] [--runs N]");
+    eprintln!("{msg}\nusage: stream_throughput [--security tls|noise] [--swarm-key true|false] [--size BYTES] [--write-size BYTES] [--runs N]");
     std::process::exit(2)
 }
 
@@ -82,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = SwarmConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         security: args.security,
-        swarm_key: args.pnet.then(SwarmKey::generate).transpose()?,
+        swarm_key: args.swarm_key.then(SwarmKey::generate).transpose()?,
         ..SwarmConfig::default()
     };
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -112,9 +116,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     println!(
-        "security={} pnet={} size={} write_size={} cores={}",
+        "security={} swarm_key={} size={} write_size={} cores={}",
         args.security,
-        args.pnet,
+        args.swarm_key,
         args.size,
         args.write_size,
         std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -145,7 +145,7 @@ pub struct SwarmConfig {
     pub lookup_timeout: Duration,
     /// How often bootstrap names are re-resolved and missing bootstrap peers re-dialled.
     pub bootstrap_interval: Duration,
-    /// The private network's key; without one the node may listen on loopback only
+    /// The swarm's key, proved on every connection; without one the node may listen on loopback only
     /// ([`crate::Node::start`] refuses anything else).
     pub swarm_key: Option<SwarmKey>,
     /// When not empty, the only peers we keep a connection with (besides the key).

@@ -1,7 +1,6 @@
-//! The swarm key: a 32-byte secret shared by every node of a cluster (libp2p private network,
-//! `pnet`). Every connection starts with a nonce exchange and is then XSalsa20-encrypted with
-//! it, *before* the TLS or noise handshake, so a host without the key cannot complete a
-//! handshake, learn a PeerId, open a stream or put a record in the DHT.
+//! The swarm key: a 32-byte secret shared by every node of a cluster. Every connection proves
+//! it inside the security handshake ([`crate::proof`]) before any protocol runs, so a host
+//! without the key cannot open a stream, put a record in the DHT or act as a tracker.
 //!
 //! The file format is the one go-libp2p and IPFS use (`ipfs-swarm-key-gen` writes it):
 //!
@@ -35,16 +34,21 @@ const MAX_KEY_FILE_BYTES: u64 = 512;
 #[error("{0}")]
 pub struct KeyError(String);
 
-/// The shared secret of a private swarm. `Debug` and `Display` show only its fingerprint.
+/// The shared secret of a private swarm. `Debug` shows only its fingerprint.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SwarmKey(PreSharedKey);
+pub struct SwarmKey([u8; KEY_BYTES]);
 
 impl SwarmKey {
     /// A new random key, from the kernel's random source.
     pub fn generate() -> std::io::Result<SwarmKey> {
         let mut bytes = [0u8; KEY_BYTES];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        Ok(SwarmKey(PreSharedKey::new(bytes)))
+        Ok(SwarmKey(bytes))
+    }
+
+    /// A key from its 32 bytes (tests; a real key comes from a file or [`SwarmKey::generate`]).
+    pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> SwarmKey {
+        SwarmKey(bytes)
     }
 
     /// Parses the text of a key file (see the module doc for the format).
@@ -68,7 +72,7 @@ impl SwarmKey {
                 "the second line must be {KEY_FILE_ENCODING} (the only encoding supported)"
             )));
         }
-        parse_hex(hex).map(|bytes| SwarmKey(PreSharedKey::new(bytes)))
+        parse_hex(hex).map(SwarmKey)
     }
 
     /// Reads and parses a key file, refusing one that other users can read or write.
@@ -94,16 +98,17 @@ impl SwarmKey {
 
     /// The key in the file format (the secret itself: write it only to a protected file).
     pub fn to_key_file(&self) -> String {
-        self.0.to_key_file()
+        PreSharedKey::new(self.0).to_key_file()
     }
 
     /// A 16-byte fingerprint (go-libp2p's), safe to log: equal keys have equal fingerprints.
     pub fn fingerprint(&self) -> String {
-        self.0.fingerprint().to_string()
+        PreSharedKey::new(self.0).fingerprint().to_string()
     }
 
-    pub(crate) fn psk(&self) -> PreSharedKey {
-        self.0
+    /// The secret itself, for [`crate::proof`] only.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.0
     }
 }
 

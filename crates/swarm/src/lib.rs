@@ -30,6 +30,7 @@ pub mod key;
 pub mod limits;
 mod muxer;
 mod node;
+mod proof;
 mod redial;
 mod store;
 mod tls;

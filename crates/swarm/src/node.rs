@@ -157,7 +157,7 @@ impl Node {
         tokio::spawn(event_loop.run());
         match &config_key {
             Some(fingerprint) => {
-                tracing::info!(%peer_id, swarm_key = %fingerprint, "swarm started (private network)")
+                tracing::info!(%peer_id, swarm_key = %fingerprint, "swarm started (swarm key required)")
             }
             None => tracing::info!(%peer_id, "swarm started without a swarm key (loopback only)"),
         }

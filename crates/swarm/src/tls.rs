@@ -26,6 +26,9 @@ use libp2p::futures::{AsyncRead, AsyncWrite, FutureExt};
 use libp2p::identity::Keypair;
 use libp2p::tls::certificate;
 use libp2p::PeerId;
+
+use crate::key::SwarmKey;
+use crate::proof::{self, Role, EXPORTER_LABEL, PROOF_BYTES};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::aws_lc_rs::cipher_suite::{
@@ -43,11 +46,12 @@ use rustls::{
 /// The ALPN protocol of libp2p's TLS handshake.
 const P2P_ALPN: &[u8] = b"libp2p";
 
-/// The upgrade: libp2p TLS 1.3 with AES-GCM first.
+/// The upgrade: libp2p TLS 1.3 with AES-GCM first, and with a swarm key, its proof.
 #[derive(Clone)]
 pub struct Config {
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    swarm_key: Option<SwarmKey>,
 }
 
 impl Config {
@@ -91,8 +95,21 @@ impl Config {
         Ok(Config {
             server: Arc::new(server),
             client: Arc::new(client),
+            swarm_key: None,
         })
     }
+
+    /// Every connection must prove `key` right after the handshake ([`crate::proof`]).
+    pub fn with_swarm_key(mut self, key: Option<SwarmKey>) -> Config {
+        self.swarm_key = key;
+        self
+    }
+}
+
+/// What this session exports for the key proof: the same on both ends of this session only.
+fn exported<D>(conn: &rustls::ConnectionCommon<D>) -> io::Result<[u8; PROOF_BYTES]> {
+    conn.export_keying_material([0u8; PROOF_BYTES], EXPORTER_LABEL, None)
+        .map_err(io::Error::other)
 }
 
 /// Our certificate, presented to every peer in both roles.
@@ -146,8 +163,12 @@ where
 
     fn upgrade_inbound(self, socket: C, _: Self::Info) -> Self::Future {
         async move {
-            let stream = TlsAcceptor::from(self.server).accept(socket).await?;
+            let mut stream = TlsAcceptor::from(self.server).accept(socket).await?;
             let peer = remote_peer_id(stream.get_ref().1)?;
+            if let Some(key) = &self.swarm_key {
+                let session = exported(stream.get_ref().1)?;
+                proof::exchange(&mut stream, key, &session, Role::Listener).await?;
+            }
             Ok((peer, stream.into()))
         }
         .boxed()
@@ -165,10 +186,14 @@ where
     fn upgrade_outbound(self, socket: C, _: Self::Info) -> Self::Future {
         async move {
             let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
-            let stream = TlsConnector::from(self.client)
+            let mut stream = TlsConnector::from(self.client)
                 .connect(name, socket)
                 .await?;
             let peer = remote_peer_id(stream.get_ref().1)?;
+            if let Some(key) = &self.swarm_key {
+                let session = exported(stream.get_ref().1)?;
+                proof::exchange(&mut stream, key, &session, Role::Dialer).await?;
+            }
             Ok((peer, stream.into()))
         }
         .boxed()
@@ -376,6 +401,61 @@ mod tests {
         let mut buf = [0u8; 5];
         ss.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");
+    }
+
+    /// Whether an upgraded connection carries the other end's "hi" intact.
+    async fn talks<S: AsyncRead + AsyncWrite + Unpin>(up: io::Result<(PeerId, S)>) -> bool {
+        let Ok((_, mut stream)) = up else {
+            return false;
+        };
+        let mut buf = [0u8; 2];
+        let exchanged = async {
+            stream.write_all(b"hi").await?;
+            stream.flush().await?;
+            stream.read_exact(&mut buf).await
+        };
+        let within = std::time::Duration::from_secs(5);
+        matches!(tokio::time::timeout(within, exchanged).await, Ok(Ok(()))) && &buf == b"hi"
+    }
+
+    /// A dialer and a listener, each with its swarm key or none: whether each end talks.
+    async fn keyed_pair(a: Option<SwarmKey>, b: Option<SwarmKey>) -> (bool, bool) {
+        let (ka, kb) = keys();
+        let (c, s) = tcp_pair().await;
+        let client = Config::new(&ka).unwrap().with_swarm_key(a);
+        let server = Config::new(&kb).unwrap().with_swarm_key(b);
+        tokio::join!(
+            async { talks(client.upgrade_outbound(c, TLS).await).await },
+            async { talks(server.upgrade_inbound(s, TLS).await).await },
+        )
+    }
+
+    #[tokio::test]
+    async fn only_holders_of_the_same_swarm_key_talk() {
+        let (k1, k2) = (SwarmKey::from_bytes([1; 32]), SwarmKey::from_bytes([2; 32]));
+        assert_eq!(keyed_pair(Some(k1), Some(k1)).await, (true, true));
+        assert_eq!(keyed_pair(Some(k1), Some(k2)).await, (false, false));
+        assert_eq!(keyed_pair(None, Some(k1)).await, (false, false));
+        assert_eq!(keyed_pair(Some(k1), None).await, (false, false));
+        assert_eq!(keyed_pair(None, None).await, (true, true));
+    }
+
+    #[tokio::test]
+    async fn a_stock_libp2p_node_without_the_key_is_refused_by_a_keyed_server() {
+        let (ka, kb) = keys();
+        let (c, s) = tcp_pair().await;
+        let client = libp2p::tls::Config::new(&ka).unwrap();
+        let server = Config::new(&kb)
+            .unwrap()
+            .with_swarm_key(Some(SwarmKey::from_bytes([3; 32])));
+        let (_, server) = tokio::join!(
+            async {
+                let up = client.upgrade_outbound(c, TLS).await;
+                talks(up.map_err(io::Error::other)).await
+            },
+            async { talks(server.upgrade_inbound(s, TLS).await).await },
+        );
+        assert!(!server);
     }
 
     #[tokio::test]

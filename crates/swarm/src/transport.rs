@@ -6,9 +6,9 @@
 //! multiaddrs name hosts (`/dns4/…`); `dns:NAME:PORT` bootstraps are resolved by the node
 //! itself so that every record of the name is dialled, not just the first.
 //!
-//! With a swarm key ([`crate::key`]) the raw socket is wrapped in libp2p's `pnet` before
-//! anything else is said: a stranger's bytes never reach the TLS or noise parser, and the
-//! whole exchange, handshake included, is bounded by [`UPGRADE_TIMEOUT`].
+//! With a swarm key ([`crate::key`]) every connection proves it inside the security handshake
+//! ([`crate::proof`]) before the muxer is negotiated; the whole exchange, handshake and proof
+//! included, is bounded by [`UPGRADE_TIMEOUT`].
 
 use std::time::Duration;
 
@@ -17,15 +17,14 @@ use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
 use libp2p::futures::{AsyncRead, AsyncWrite};
 use libp2p::identity::Keypair;
-use libp2p::pnet::PnetConfig;
 use libp2p::{dns, noise, tcp, PeerId, Transport};
 
 use crate::config::Security;
 use crate::key::SwarmKey;
-use crate::{muxer, tls};
+use crate::{muxer, proof, tls};
 
-/// The bound on the TCP connect + private-network nonces + security handshake + muxer
-/// negotiation of one connection.
+/// The bound on the TCP connect + security handshake + swarm key proof + muxer negotiation
+/// of one connection.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
@@ -46,27 +45,25 @@ pub fn build(
             tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)).boxed()
         }
     };
-    match swarm_key {
-        Some(swarm_key) => {
-            let pnet = PnetConfig::new(swarm_key.psk());
-            let private = base
-                .and_then(move |socket, _| pnet.handshake(socket))
-                .boxed();
-            secure(private, key, security)
-        }
-        None => secure(base, key, security),
-    }
+    secure(base, key, security, swarm_key)
 }
 
 /// The security upgrade and the muxer on top of `base`.
-fn secure<S>(base: Boxed<S>, key: &Keypair, security: Security) -> Result<BoxedTransport, String>
+fn secure<S>(
+    base: Boxed<S>,
+    key: &Keypair,
+    security: Security,
+    swarm_key: Option<SwarmKey>,
+) -> Result<BoxedTransport, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let muxer = muxer::Config::new();
     let transport = match security {
         Security::Tls => {
-            let tls = tls::Config::new(key).map_err(|e| format!("TLS configuration: {e}"))?;
+            let tls = tls::Config::new(key)
+                .map_err(|e| format!("TLS configuration: {e}"))?
+                .with_swarm_key(swarm_key);
             base.upgrade(Version::V1Lazy)
                 .authenticate(tls)
                 .multiplex(muxer)
@@ -74,7 +71,11 @@ where
                 .boxed()
         }
         Security::Noise => {
-            let noise = noise::Config::new(key).map_err(|e| format!("noise configuration: {e}"))?;
+            let mut noise =
+                noise::Config::new(key).map_err(|e| format!("noise configuration: {e}"))?;
+            if let Some(swarm_key) = &swarm_key {
+                noise = noise.with_prologue(proof::noise_prologue(swarm_key));
+            }
             base.upgrade(Version::V1Lazy)
                 .authenticate(noise)
                 .multiplex(muxer)

@@ -95,7 +95,7 @@ fn one_host_limits(n: usize) -> Limits {
 pub async fn agents(reg: &TestRegistry, n: usize) -> Result<Vec<Member>, String> {
     let mut members: Vec<Member> = Vec::with_capacity(n);
     let mut first_addr = None;
-    // A private network like a real cluster's, with a key made for this run.
+    // A swarm key like a real cluster's, made for this run.
     let swarm_key =
         SwarmKey::generate().map_err(|e| format!("generating the demo's swarm key: {e}"))?;
     for i in 0..n {
