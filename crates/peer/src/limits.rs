@@ -33,6 +33,14 @@ pub(crate) const UPLOAD_CHUNK: usize = 64 * 1024;
 /// any tenth of a second.
 const BURST: Duration = Duration::from_millis(50);
 
+/// A blob of one piece no larger than this is served without an upload slot (unless uploads
+/// are off: no slots at all). A slot is held until its session ends, so a fetcher busy passing
+/// on a large layer kept an image's config blob (a few hundred bytes) waiting behind those
+/// sessions until the downloaders gave up on it and fetched it from the registry themselves
+/// (`pollen demo`: 3 runs in 30 took 10 s longer). Such a session costs one small piece; the
+/// byte rate, the stream and connection caps still bound it.
+pub const SLOTLESS_MAX_BYTES: u64 = 1 << 20;
+
 /// Sessions that may wait (choked) per upload slot. A waiting session costs a stream and no
 /// piece bytes, and it receives `Have` and the piece hashes this node vouches for: with one
 /// waiting place per slot, a fetcher whose slots were taken by a dozen downloaders (of this
@@ -56,6 +64,8 @@ pub struct UploadLimits {
     slots: Arc<Semaphore>,
     /// Slots at most one peer holds ([`PEER_SHARE_DIVISOR`]).
     per_peer: usize,
+    /// The cap on slots: 0 turns uploads off, small blobs included.
+    max_sessions: usize,
     /// Slots held per peer now.
     held: Mutex<HashMap<PeerKey, usize>>,
     /// Told whenever a peer's slot is released, for that peer's waiting sessions.
@@ -75,6 +85,7 @@ impl UploadLimits {
         UploadLimits {
             slots: Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS))),
             per_peer: max_sessions.div_ceil(PEER_SHARE_DIVISOR).max(1),
+            max_sessions,
             held: Mutex::new(HashMap::new()),
             released: Notify::new(),
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -127,6 +138,12 @@ impl UploadLimits {
 
     fn under_share(&self, who: Option<&PeerKey>) -> bool {
         who.is_none_or(|w| self.held_map().get(w).copied().unwrap_or(0) < self.per_peer)
+    }
+
+    /// Whether a session for a blob cut by `geometry` is served without a slot
+    /// ([`SLOTLESS_MAX_BYTES`]).
+    pub(crate) fn slotless(&self, geometry: &pollen_proto::PieceGeometry) -> bool {
+        self.max_sessions > 0 && geometry.count() <= 1 && geometry.size() <= SLOTLESS_MAX_BYTES
     }
 
     /// A free slot for `who`, now, or `None` (none free, or `who` holds its share).

@@ -125,24 +125,28 @@ where
         .await;
         return Ok(summary(ServeEnd::UnknownBlob));
     };
-    let slot = match limits.try_slot(who.as_ref()) {
-        Some(permit) => Slot::Held { _permit: permit },
-        None => match limits.enter_queue() {
-            Some(place) => Slot::Waiting {
-                _place: place,
-                until: after(Instant::now(), cfg.slot_timeout),
+    let slot = if limits.slotless(&view.geometry) {
+        Slot::Free
+    } else {
+        match limits.try_slot(who.as_ref()) {
+            Some(permit) => Slot::Held { _permit: permit },
+            None => match limits.enter_queue() {
+                Some(place) => Slot::Waiting {
+                    _place: place,
+                    until: after(Instant::now(), cfg.slot_timeout),
+                },
+                None => {
+                    refuse(
+                        &mut writer,
+                        ErrorCode::Busy,
+                        "all upload slots are taken",
+                        cfg,
+                    )
+                    .await;
+                    return Ok(summary(ServeEnd::Busy));
+                }
             },
-            None => {
-                refuse(
-                    &mut writer,
-                    ErrorCode::Busy,
-                    "all upload slots are taken",
-                    cfg,
-                )
-                .await;
-                return Ok(summary(ServeEnd::Busy));
-            }
-        },
+        }
     };
     Uploader::new(summary(ServeEnd::Closed), view, limits, cfg, slot, who)
         .run(reader, writer)

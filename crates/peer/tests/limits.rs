@@ -93,11 +93,64 @@ async fn a_choked_session_gets_busy_when_no_slot_frees_up() {
     assert_eq!(within(server_b).await.unwrap().unwrap().end, ServeEnd::Busy);
 }
 
+/// A slot is held until its session ends: a node busy passing on a large layer must still
+/// serve an image's small config blob at once, not after the layer's downloaders leave.
+#[tokio::test]
+async fn a_small_blob_is_served_while_every_slot_is_taken() {
+    let source = MemorySource::new();
+    let layer = blob(6 * PS as usize);
+    let layer = source.add_complete(layer.clone(), geometry(layer.len()));
+    let config = blob(385);
+    let small = source.add_complete(config.clone(), geometry(config.len()));
+    let limits = Arc::new(UploadLimits::new(1, 0));
+
+    let (stream_a, _server_a) = serve_one(&source, &limits);
+    let (mut a, _) = within(Session::open(stream_a, layer.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+
+    // The one slot is A's; a second session for the layer waits, one for the config does not.
+    let (stream_b, _server_b) = serve_one(&source, &limits);
+    let (mut b, _) = within(Session::open(stream_b, layer.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    let (stream_c, server_c) = serve_one(&source, &limits);
+    let (mut c, have_c) = within(Session::open(stream_c, small.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(within(c.next_event()).await.unwrap(), Event::Unchoked);
+    let (got, _) = within(download(&mut c, &have_c, None, None))
+        .await
+        .unwrap();
+    assert_eq!(got, config);
+    within(c.close()).await;
+    assert_eq!(within(server_c).await.unwrap().unwrap().pieces_sent, 1);
+    assert!(b.is_choked(), "the layer's second session still waits for A's slot");
+
+    // With uploads off (no slots), small blobs are refused too.
+    let none = Arc::new(UploadLimits::new(0, 0));
+    let (stream, _server) = serve_one(&source, &none);
+    let err = within(Session::open(stream, small.digest(), &cfg()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, SessionError::Refused(ErrorCode::Busy)),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_interest_with_busy() {
-    let data = blob(PS as usize);
+    // Two pieces: a blob of one small piece would be served without a slot.
+    let data = blob(2 * PS as usize);
     let source = MemorySource::new();
-    let seed = source.add_complete(data, geometry(PS as usize));
+    let seed = source.add_complete(data, geometry(2 * PS as usize));
     let limits = Arc::new(UploadLimits::new(1, 0).with_max_waiting(0));
 
     let (stream_a, _server_a) = serve_one(&source, &limits);

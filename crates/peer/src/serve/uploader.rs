@@ -36,6 +36,8 @@ pub(super) enum Slot {
     Held {
         _permit: SlotPermit,
     },
+    /// A small blob, served without a slot ([`crate::limits::SLOTLESS_MAX_BYTES`]).
+    Free,
     /// Waiting for a slot until `until`.
     Waiting {
         _place: QueuePlace,
@@ -93,7 +95,7 @@ impl Uploader {
         slot: Slot,
         who: Option<PeerKey>,
     ) -> Uploader {
-        let held = matches!(slot, Slot::Held { .. });
+        let held = matches!(slot, Slot::Held { .. } | Slot::Free);
         Uploader {
             geometry: view.geometry,
             ann: Announcer::new(summary.digest, view.geometry),
@@ -133,7 +135,7 @@ impl Uploader {
                 self.limits.clone(),
                 self.who.clone(),
             ))),
-            Slot::Held { .. } => None,
+            Slot::Held { .. } | Slot::Free => None,
         };
         loop {
             if let Some(w) = writer.take() {
@@ -373,7 +375,7 @@ impl Uploader {
             .then(|| after(self.last_request, self.cfg.idle_timeout));
         let slot = match self.slot {
             Slot::Waiting { until, .. } => Some(until),
-            Slot::Held { .. } => None,
+            Slot::Held { .. } | Slot::Free => None,
         };
         idle.into_iter().chain(slot).min()
     }
