@@ -124,13 +124,14 @@ async fn a_small_blob_is_served_while_every_slot_is_taken() {
         .await
         .unwrap();
     assert_eq!(within(c.next_event()).await.unwrap(), Event::Unchoked);
-    let (got, _) = within(download(&mut c, &have_c, None, None))
-        .await
-        .unwrap();
+    let (got, _) = within(download(&mut c, &have_c, None, None)).await.unwrap();
     assert_eq!(got, config);
     within(c.close()).await;
     assert_eq!(within(server_c).await.unwrap().unwrap().pieces_sent, 1);
-    assert!(b.is_choked(), "the layer's second session still waits for A's slot");
+    assert!(
+        b.is_choked(),
+        "the layer's second session still waits for A's slot"
+    );
 
     // With uploads off (no slots), small blobs are refused too.
     let none = Arc::new(UploadLimits::new(0, 0));
