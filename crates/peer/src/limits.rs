@@ -41,6 +41,13 @@ const BURST: Duration = Duration::from_millis(50);
 /// byte rate, the stream and connection caps still bound it.
 pub const SLOTLESS_MAX_BYTES: u64 = 1 << 20;
 
+/// A session holding a slot that has asked for nothing this long gives the slot up while
+/// other sessions wait for one (it is sent `Choked` and queues again). A slot was kept until
+/// its session ended, so downloaders of a layer holding every slot of a node, most of them idle
+/// (they took their pieces elsewhere), starved a node that asked only later: it got nothing for
+/// `peer_stall` and went to the registry (`pollen demo`: 2 runs in 14).
+pub const SLOT_YIELD_AFTER: Duration = Duration::from_secs(1);
+
 /// Sessions that may wait (choked) per upload slot. A waiting session costs a stream and no
 /// piece bytes, and it receives `Have` and the piece hashes this node vouches for: with one
 /// waiting place per slot, a fetcher whose slots were taken by a dozen downloaders (of this
@@ -182,6 +189,11 @@ impl UploadLimits {
             // Another session of the same peer took its last share meanwhile: the slot goes
             // back to the queue, and this one waits again.
         }
+    }
+
+    /// Whether some session waits for a slot now.
+    pub(crate) fn someone_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// A place in the queue of sessions waiting for a slot, if the queue is not full.

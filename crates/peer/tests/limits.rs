@@ -66,13 +66,15 @@ async fn a_choked_session_gets_busy_when_no_slot_frees_up() {
     let data = blob(2 * PS as usize);
     let source = MemorySource::new();
     let seed = source.add_complete(data, geometry(2 * PS as usize));
-    let limits = Arc::new(UploadLimits::new(1, 0));
+    // 1 KiB/s: A's piece takes a minute to send, so A's slot stays busy (not idle) throughout.
+    let limits = Arc::new(UploadLimits::new(1, 1024));
 
     let (stream_a, _server_a) = serve_one(&source, &limits);
     let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
         .await
         .unwrap();
     assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+    a.request(0).unwrap();
 
     let (stream_b, server_b) = serve_one(&source, &limits);
     let (mut b, _) = within(Session::open(stream_b, seed.digest(), &cfg()))
@@ -91,6 +93,48 @@ async fn a_choked_session_gets_busy_when_no_slot_frees_up() {
     let slot = cfg().slot_timeout;
     assert!(start.elapsed() >= slot && start.elapsed() <= slot + Duration::from_millis(100));
     assert_eq!(within(server_b).await.unwrap().unwrap().end, ServeEnd::Busy);
+}
+
+/// A session that holds the only slot and asks for nothing gives it up to one that waits,
+/// and gets it back in turn: an idle downloader must not starve a node that asks later.
+#[tokio::test(start_paused = true)]
+async fn an_idle_slot_holder_yields_to_a_waiting_session() {
+    let data = blob(3 * PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data.clone(), geometry(data.len()));
+    let limits = Arc::new(UploadLimits::new(1, 0));
+
+    let (stream_a, server_a) = serve_one(&source, &limits);
+    let (mut a, have_a) = within(Session::open(stream_a, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+    let (stream_b, _server_b) = serve_one(&source, &limits);
+    let (mut b, have_b) = within(Session::open(stream_b, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    // A asks nothing: after SLOT_YIELD_AFTER it is choked and B unchoked, long before B's
+    // slot deadline.
+    let start = Instant::now();
+    assert!(matches!(
+        within(a.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    assert_eq!(within(b.next_event()).await.unwrap(), Event::Unchoked);
+    assert!(start.elapsed() < cfg().slot_timeout);
+    let (got, _) = within(download(&mut b, &have_b, None, None)).await.unwrap();
+    assert_eq!(got, data);
+    within(b.close()).await;
+    // B left: A has the slot again and is served.
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+    let (got, _) = within(download(&mut a, &have_a, None, None)).await.unwrap();
+    assert_eq!(got, data);
+    within(a.close()).await;
+    assert_eq!(within(server_a).await.unwrap().unwrap().pieces_sent, 3);
 }
 
 /// A slot is held until its session ends: a node busy passing on a large layer must still

@@ -7,7 +7,7 @@ use super::job::{self, JobError, PieceJob, Sent};
 use super::{ServeEnd, ServeSummary};
 use crate::config::{after, SessionConfig};
 use crate::error::SessionError;
-use crate::limits::{PeerKey, QueuePlace, SlotPermit, UploadLimits};
+use crate::limits::{PeerKey, QueuePlace, SlotPermit, UploadLimits, SLOT_YIELD_AFTER};
 use crate::source::{BlobView, PieceReader, PieceState};
 use crate::spread::Seat;
 use pollen_proto::{
@@ -82,6 +82,8 @@ pub(super) struct Uploader {
     /// False once the source dropped its watch sender (the last state stays valid).
     watching: bool,
     state_dirty: bool,
+    /// An idle slot holder found nobody waiting: it looks again from this instant.
+    yield_checked: Instant,
     last_request: Instant,
     ending: Option<Ending>,
 }
@@ -115,6 +117,7 @@ impl Uploader {
             watching: true,
             state_dirty: true,
             last_request: Instant::now(),
+            yield_checked: Instant::now(),
             ending: None,
         }
     }
@@ -130,14 +133,18 @@ impl Uploader {
         let mut writer = Some(writer);
         let mut job: Option<Job<S>> = None;
         let mut read = Some(read_next(reader));
-        let mut slot_wait: Option<BoxFut<Option<SlotPermit>>> = match self.slot {
-            Slot::Waiting { .. } => Some(Box::pin(UploadLimits::wait_slot(
-                self.limits.clone(),
-                self.who.clone(),
-            ))),
-            Slot::Held { .. } | Slot::Free => None,
-        };
+        let mut slot_wait: Option<BoxFut<Option<SlotPermit>>> = None;
         loop {
+            // Waiting for a slot, from the start or since this session gave its own up.
+            if slot_wait.is_none()
+                && self.ending.is_none()
+                && matches!(self.slot, Slot::Waiting { .. })
+            {
+                slot_wait = Some(Box::pin(UploadLimits::wait_slot(
+                    self.limits.clone(),
+                    self.who.clone(),
+                )));
+            }
             if let Some(w) = writer.take() {
                 match self.next_job(w) {
                     Ok(started) => job = Some(started),
@@ -364,24 +371,55 @@ impl Uploader {
         self.choke_news = Some(Reply::Unchoked);
     }
 
-    /// The earliest of the idle deadline (nothing queued or being written) and the deadline
-    /// for getting a slot; `None` when neither applies.
+    /// The earliest of the idle deadline (nothing queued or being written), the deadline for
+    /// getting a slot, and the moment an idle slot holder looks whether to give it up; `None`
+    /// when none applies.
     fn deadline(&self, writing: bool) -> Option<Instant> {
         if self.ending.is_some() {
             // Only the last frame is left to write, bounded by the stall deadline.
             return None;
         }
-        let idle = (self.queue.is_empty() && !writing)
-            .then(|| after(self.last_request, self.cfg.idle_timeout));
+        let idle = self.queue.is_empty() && !writing;
+        let end = idle.then(|| after(self.last_request, self.cfg.idle_timeout));
         let slot = match self.slot {
             Slot::Waiting { until, .. } => Some(until),
+            Slot::Held { .. } if idle => Some(self.yield_at()),
             Slot::Held { .. } | Slot::Free => None,
         };
-        idle.into_iter().chain(slot).min()
+        end.into_iter().chain(slot).min()
+    }
+
+    /// When an idle slot holder next looks whether others wait ([`SLOT_YIELD_AFTER`]).
+    fn yield_at(&self) -> Instant {
+        after(self.last_request, SLOT_YIELD_AFTER).max(self.yield_checked)
+    }
+
+    /// Gives the slot up to a waiting session: `Choked` now, back in the queue. Kept when the
+    /// queue has no room (the session would only be refused).
+    fn yield_slot(&mut self, now: Instant) {
+        match self.limits.enter_queue() {
+            Some(place) => {
+                self.slot = Slot::Waiting {
+                    _place: place,
+                    until: after(now, self.cfg.slot_timeout),
+                };
+                self.unchoked = false;
+                self.state_dirty = true;
+                self.choke_news = Some(Reply::Choked);
+            }
+            None => self.yield_checked = after(now, SLOT_YIELD_AFTER),
+        }
     }
 
     fn on_deadline(&mut self, writing: bool) {
         let now = Instant::now();
+        let idle = self.queue.is_empty() && !writing;
+        if idle && matches!(self.slot, Slot::Held { .. }) && self.yield_at() <= now {
+            match self.limits.someone_waiting() {
+                true => self.yield_slot(now),
+                false => self.yield_checked = after(now, SLOT_YIELD_AFTER),
+            }
+        }
         if matches!(self.slot, Slot::Waiting { until, .. } if until <= now) {
             self.end_with(
                 ErrorCode::Busy,
