@@ -1,8 +1,10 @@
 //! Node-wide upload limits, shared by every uploader session: a cap on sessions being served
 //! (upload slots) and a byte rate.
 //!
-//! **Slots.** A session that gets a slot is unchoked and keeps the slot until it ends (an idle
-//! downloader is ended by the idle deadline, which returns the slot). A session over the cap
+//! **Slots.** A session that gets a slot is unchoked and keeps the slot while it asks for
+//! pieces; one that has asked for nothing for [`SLOT_YIELD_AFTER`] while others wait gives it
+//! up (choked, queued again), and a blob of one small piece needs no slot
+//! ([`SLOTLESS_MAX_BYTES`]). A session over the cap
 //! stays choked (it is told so with an explicit `Choked` after `Have`), still answers map
 //! requests and pushes `HaveMore`, and waits in FIFO order for a slot; if none frees up within
 //! the slot deadline it gets `Error Busy`. At most `max_waiting` sessions wait; beyond that an

@@ -14,7 +14,9 @@
 //! # Choking and deadlines
 //! Sessions start choked. One that gets an upload slot ([`UploadLimits`]) at once is sent
 //! `Unchoked` right after `Have`; one over the cap is sent `Choked` and waits for a slot, up to
-//! `slot_timeout`, then `Error Busy`. A slot is kept until the session ends. `GetPiece`s
+//! `slot_timeout`, then `Error Busy`. A slot is kept while the session asks for pieces; after
+//! `SLOT_YIELD_AFTER` without a request, with others waiting, the session is sent `Choked` and
+//! queues again. A blob of one small piece is served without a slot. `GetPiece`s
 //! arriving while choked are dropped (the protocol's rule). The session ends quietly after
 //! `idle_timeout` without a request while nothing is queued or being written; every write and
 //! every source read is bounded by `stall_timeout`.
