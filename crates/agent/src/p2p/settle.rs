@@ -28,6 +28,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_millis(800);
 /// (counted from the first question; within the tracker's own 1 s bound on the whole probe).
 const REASK_EVERY: Duration = Duration::from_millis(25);
 const REASK_UNTIL: Duration = Duration::from_millis(900);
+/// The bound on looking the trackers up again when this one knows no other (within the
+/// tracker's 1 s bound on the whole probe, leaving time to ask them).
+const FRESH_LOOKUP: Duration = Duration::from_millis(400);
 
 /// What one tracker said: its members and remembered holders of the blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +53,16 @@ impl pollen_tracker::OtherTrackers for Others {
             let ctx = self.0.upgrade()?;
             let p2p = ctx.p2p.as_ref()?;
             let me = p2p.node.peer_id();
-            let order = super::tracker::rendezvous(digest, &p2p.directory.trackers(p2p).await);
             let started = tokio::time::Instant::now();
+            let mut known = p2p.directory.trackers(p2p).await;
+            if !known.iter().any(|t| *t != me) {
+                // A member chose this tracker from its own list, so there are trackers; a list
+                // of none (looked up, and kept a moment, before this node found its peers)
+                // would make this one a fetcher beside the swarm's: look again, briefly.
+                let _ = timeout(FRESH_LOOKUP, p2p.directory.refresh(p2p)).await;
+                known = p2p.directory.trackers(p2p).await;
+            }
+            let order = super::tracker::rendezvous(digest, &known);
             let asked: Vec<PeerId> = order
                 .iter()
                 .filter(|t| **t != me)
