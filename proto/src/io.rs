@@ -154,17 +154,30 @@ async fn read_exactly<R>(reader: &mut R, buf: &mut BytesMut, len: usize) -> Resu
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    // Reads go into memory this function zeroed itself, each byte once. Reading into spare
+    // capacity instead (`read_buf`) let a futures-io stream under tokio-util's compat layer
+    // zero all the room left on every read: two to three times each piece's size in memset.
     let end = buf.len() + len;
-    while buf.len() < end {
-        let want = end - buf.len();
-        if buf.capacity() == buf.len() {
-            // Double, but never past what the frame still needs.
-            buf.reserve(want.min(buf.capacity().max(INITIAL_BUFFER)));
+    let mut filled = buf.len();
+    while filled < end {
+        if buf.len() == filled {
+            let want = end - filled;
+            if buf.capacity() == buf.len() {
+                // Double, but never past what the frame still needs.
+                buf.reserve(want.min(buf.capacity().max(INITIAL_BUFFER)));
+            }
+            let room = (buf.capacity() - buf.len()).min(want);
+            buf.resize(buf.len() + room, 0);
         }
-        let n = (&mut *reader).take(want as u64).read_buf(buf).await?;
+        let n = match buf.get_mut(filled..) {
+            Some(dst) => reader.read(dst).await?,
+            None => 0,
+        };
         if n == 0 {
+            buf.truncate(filled);
             return Err(eof("inside a frame or piece body").into());
         }
+        filled += n;
     }
     Ok(())
 }
