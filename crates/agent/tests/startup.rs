@@ -10,7 +10,7 @@ use common::cluster::*;
 use common::*;
 use http::StatusCode;
 use pollen_agent::Node;
-use pollen_swarm::{Bootstrap, SwarmConfig};
+use pollen_swarm::{Bootstrap, Limits, SwarmConfig, SwarmKey};
 use pollen_testreg::{Fault, TestRegistry};
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -34,12 +34,28 @@ fn free_addr() -> pollen_swarm::Multiaddr {
     format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
 }
 
-/// Agent `i` of a cluster bootstrapped to `first` (agent 0 listens there), default roles.
+/// Every agent here connects from 127.0.0.1: the per-address limits (meant for one node per
+/// address, as in a cluster) are raised as `pollen demo` raises them, so that a burst of
+/// handshakes between agents on one address is not what the test measures.
+fn one_host_limits() -> Limits {
+    let d = Limits::default();
+    let per_ip = (AGENTS as u32 * d.max_connections_per_peer).max(d.max_connections_per_ip);
+    Limits {
+        max_connections: d.max_connections.max(per_ip),
+        max_pending_per_ip: d.max_pending_incoming,
+        max_connections_per_ip: per_ip,
+        ..d
+    }
+}
+
+/// Agent `i` of a cluster bootstrapped to `first` (agent 0 listens there), default roles, in
+/// the run's own swarm (`key`): an agent of an earlier run still shutting down cannot join.
 async fn start_agent(
     reg: TestRegistry,
     i: usize,
     first: pollen_swarm::Multiaddr,
     delay: Duration,
+    key: SwarmKey,
 ) -> Harness {
     init_logs();
     tokio::time::sleep(delay).await;
@@ -53,6 +69,8 @@ async fn start_agent(
         bootstrap: vec![Bootstrap::Addr(first)],
         provider_ttl: Duration::from_secs(4),
         lookup_timeout: Duration::from_secs(5),
+        swarm_key: Some(key),
+        limits: one_host_limits(),
         ..SwarmConfig::default()
     };
     let node = Node::start(dir.path(), swarm).await.expect("swarm starts");
@@ -79,11 +97,12 @@ async fn rollout(run: usize) -> (u64, u64) {
         delay: Duration::from_millis(5),
     });
     let first = free_addr();
+    let key = SwarmKey::generate().unwrap();
     let t0 = Instant::now();
     let starts: Vec<_> = (0..AGENTS)
         .map(|i| {
             let delay = Duration::from_millis(random_below(START_SPREAD.as_millis() as u64));
-            tokio::spawn(start_agent(reg.clone(), i, first.clone(), delay))
+            tokio::spawn(start_agent(reg.clone(), i, first.clone(), delay, key))
         })
         .collect();
     let mut agents = Vec::new();
