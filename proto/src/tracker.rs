@@ -174,13 +174,13 @@ impl TrackerReply {
             TrackerReply::Fetch => return Ok(()),
             TrackerReply::FetchRange { first, end, .. }
             | TrackerReply::FetchAlso { first, end, .. } => {
-                return match () {
-                    () if first >= end => Err(format!("empty piece range {first}..{end}")),
-                    () if *end > crate::MAX_PIECES => {
-                        Err(format!("piece range ends at {end}, past the most pieces"))
-                    }
-                    () => Ok(()),
+                if first >= end {
+                    return Err(format!("empty piece range {first}..{end}"));
                 }
+                if *end > crate::MAX_PIECES {
+                    return Err(format!("piece range ends at {end}, past the most pieces"));
+                }
+                return Ok(());
             }
             TrackerReply::Resolved { error, .. } if error.len() > 512 => {
                 return Err("error message too long".into())

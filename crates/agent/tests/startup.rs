@@ -34,20 +34,6 @@ fn free_addr() -> pollen_swarm::Multiaddr {
     format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
 }
 
-/// Every agent here connects from 127.0.0.1: the per-address limits (meant for one node per
-/// address, as in a cluster) are raised as `pollen demo` raises them, so that a burst of
-/// handshakes between agents on one address is not what the test measures.
-fn one_host_limits() -> Limits {
-    let d = Limits::default();
-    let per_ip = (AGENTS as u32 * d.max_connections_per_peer).max(d.max_connections_per_ip);
-    Limits {
-        max_connections: d.max_connections.max(per_ip),
-        max_pending_per_ip: d.max_pending_incoming,
-        max_connections_per_ip: per_ip,
-        ..d
-    }
-}
-
 /// Agent `i` of a cluster bootstrapped to `first` (agent 0 listens there), default roles, in
 /// the run's own swarm (`key`): an agent of an earlier run still shutting down cannot join.
 async fn start_agent(
@@ -70,7 +56,9 @@ async fn start_agent(
         provider_ttl: Duration::from_secs(4),
         lookup_timeout: Duration::from_secs(5),
         swarm_key: Some(key),
-        limits: one_host_limits(),
+        // Every agent here connects from 127.0.0.1, as in `pollen demo`: a burst of
+        // handshakes between agents on one address is not what the test measures.
+        limits: Limits::one_host(AGENTS),
         ..SwarmConfig::default()
     };
     let node = Node::start(dir.path(), swarm).await.expect("swarm starts");

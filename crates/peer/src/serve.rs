@@ -129,26 +129,22 @@ where
     };
     let slot = if limits.slotless(&view.geometry) {
         Slot::Free
-    } else {
-        match limits.try_slot(who.as_ref()) {
-            Some(permit) => Slot::Held { _permit: permit },
-            None => match limits.enter_queue() {
-                Some(place) => Slot::Waiting {
-                    _place: place,
-                    until: after(Instant::now(), cfg.slot_timeout),
-                },
-                None => {
-                    refuse(
-                        &mut writer,
-                        ErrorCode::Busy,
-                        "all upload slots are taken",
-                        cfg,
-                    )
-                    .await;
-                    return Ok(summary(ServeEnd::Busy));
-                }
-            },
+    } else if let Some(permit) = limits.try_slot(who.as_ref()) {
+        Slot::Held { _permit: permit }
+    } else if let Some(place) = limits.enter_queue() {
+        Slot::Waiting {
+            _place: place,
+            until: after(Instant::now(), cfg.slot_timeout),
         }
+    } else {
+        refuse(
+            &mut writer,
+            ErrorCode::Busy,
+            "all upload slots are taken",
+            cfg,
+        )
+        .await;
+        return Ok(summary(ServeEnd::Busy));
     };
     Uploader::new(summary(ServeEnd::Closed), view, limits, cfg, slot, who)
         .run(reader, writer)

@@ -63,6 +63,23 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// For `agents` nodes that all connect from one address (`pollen demo`, tests on
+    /// loopback): the per-address limits, meant for one node per address, grow with them.
+    pub fn one_host(agents: usize) -> Limits {
+        let defaults = Limits::default();
+        let agents = u32::try_from(agents).unwrap_or(u32::MAX);
+        let per_ip = agents
+            .saturating_mul(defaults.max_connections_per_peer)
+            .max(defaults.max_connections_per_ip);
+        Limits {
+            max_connections: defaults.max_connections.max(per_ip),
+            max_pending_incoming: defaults.max_pending_incoming.max(agents),
+            max_pending_per_ip: defaults.max_pending_incoming.max(agents),
+            max_connections_per_ip: per_ip,
+            ..defaults
+        }
+    }
+
     /// libp2p's behaviour for the totals and the per-peer limit.
     pub(crate) fn totals(&self) -> connection_limits::Behaviour {
         connection_limits::Behaviour::new(

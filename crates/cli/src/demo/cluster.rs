@@ -73,23 +73,6 @@ fn random_bytes(len: usize, state: &mut u64) -> Vec<u8> {
     out
 }
 
-/// Every agent of the demo connects from 127.0.0.1, so the per-address limits (meant for one
-/// agent per address) grow with the number of agents.
-fn one_host_limits(n: usize) -> Limits {
-    let defaults = Limits::default();
-    let agents = u32::try_from(n).unwrap_or(u32::MAX);
-    let per_ip = agents
-        .saturating_mul(defaults.max_connections_per_peer)
-        .max(defaults.max_connections_per_ip);
-    Limits {
-        max_connections: defaults.max_connections.max(per_ip),
-        max_pending_incoming: defaults.max_pending_incoming.max(agents),
-        max_pending_per_ip: defaults.max_pending_incoming.max(agents),
-        max_connections_per_ip: per_ip,
-        ..defaults
-    }
-}
-
 /// Starts `n` agents that use `reg` as their upstream, on default roles (each a tracker), the
 /// first also a seed.
 pub async fn agents(reg: &TestRegistry, n: usize) -> Result<Vec<Member>, String> {
@@ -103,7 +86,8 @@ pub async fn agents(reg: &TestRegistry, n: usize) -> Result<Vec<Member>, String>
         let mut swarm = SwarmConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?],
             swarm_key: Some(swarm_key),
-            limits: one_host_limits(n),
+            // Every agent of the demo connects from 127.0.0.1.
+            limits: Limits::one_host(n),
             ..SwarmConfig::default()
         };
         if let Some(addr) = &first_addr {

@@ -426,10 +426,7 @@ impl Uploader {
                 "no upload slot came free",
                 Ok(ServeEnd::Busy),
             );
-        } else if self.queue.is_empty()
-            && !writing
-            && after(self.last_request, self.cfg.idle_timeout) <= now
-        {
+        } else if idle && after(self.last_request, self.cfg.idle_timeout) <= now {
             self.end_quietly(Ok(ServeEnd::Idle));
         }
     }
