@@ -53,6 +53,7 @@ pub use config::{
 pub use error::SessionError;
 pub use limits::{
     PeerKey, RateLimiter, UploadLimits, DEFAULT_MAX_UPLOAD_SESSIONS, PEER_SHARE_DIVISOR,
+    SLOTLESS_MAX_BYTES, SLOT_YIELD_AFTER,
 };
 pub use serve::{serve, serve_peer, ServeEnd, ServeSummary};
 pub use session::{Event, Have, RequestError, Session};

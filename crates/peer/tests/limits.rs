@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use pollen_peer::testing::MemorySource;
-use pollen_peer::{Event, RequestError, ServeEnd, Session, SessionError, UploadLimits};
+use pollen_peer::{
+    Event, RequestError, ServeEnd, Session, SessionError, UploadLimits, SLOT_YIELD_AFTER,
+};
 use pollen_proto::{read_reply, write_request, ErrorCode, Reply, Request};
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +137,56 @@ async fn an_idle_slot_holder_yields_to_a_waiting_session() {
     assert_eq!(got, data);
     within(a.close()).await;
     assert_eq!(within(server_a).await.unwrap().unwrap().pieces_sent, 3);
+}
+
+/// A session given a slot that another gave up keeps it for a while, so it can ask for pieces:
+/// it is not handed on again at once because it asked for nothing before it had the slot.
+#[tokio::test(start_paused = true)]
+async fn a_slot_just_granted_is_not_given_up_at_once() {
+    let data = blob(3 * PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data.clone(), geometry(data.len()));
+    let limits = Arc::new(UploadLimits::new(1, 0));
+    let (stream_a, _server_a) = serve_one(&source, &limits);
+    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    let (stream_b, _server_b) = serve_one(&source, &limits);
+    let (mut b, _) = within(Session::open(stream_b, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    let (stream_c, _server_c) = serve_one(&source, &limits);
+    let _c = within(Session::open(stream_c, seed.digest(), &cfg()))
+        .await
+        .unwrap();
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    // A, idle, gives its slot up; B, first in the queue, gets it and keeps it for
+    // SLOT_YIELD_AFTER even though A and C wait and B has asked for nothing yet.
+    assert!(matches!(
+        within(a.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    let yielded = Instant::now();
+    assert_eq!(within(b.next_event()).await.unwrap(), Event::Unchoked);
+    assert!(
+        yielded.elapsed() < SLOT_YIELD_AFTER,
+        "B was unchoked only {:?} after A gave the slot up",
+        yielded.elapsed()
+    );
+    let granted = Instant::now();
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    assert!(
+        granted.elapsed() >= SLOT_YIELD_AFTER,
+        "B gave its slot up {:?} after getting it",
+        granted.elapsed()
+    );
 }
 
 /// A slot is held until its session ends: a node busy passing on a large layer must still
