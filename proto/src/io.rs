@@ -6,6 +6,7 @@
 //! announces a large frame and then stalls costs almost nothing. None of these functions has a
 //! timeout: wrap each call in `tokio::time::timeout`, or a silent peer holds the session open.
 
+use crate::buffer::PieceBuf;
 use crate::codec::{self, payload_len, PREFIX_LEN};
 use crate::error::ProtoError;
 use crate::message::{Reply, Request};
@@ -117,9 +118,10 @@ where
         len: len.into(),
         max: MAX_PIECE_SIZE.into(),
     })?;
-    // The length is our own geometry's, for a piece we asked for: allocate it at once.
-    let mut body = BytesMut::with_capacity(len);
-    read_exactly(reader, &mut body, len).await?;
+    // The length is our own geometry's, for a piece we asked for: take the whole buffer at
+    // once (aligned and recycled, see `PieceBuf`).
+    let mut body = PieceBuf::take(len);
+    fill(reader, body.as_mut_slice()).await?;
     Ok(body.freeze())
 }
 
@@ -158,23 +160,36 @@ where
     // capacity instead (`read_buf`) let a futures-io stream under tokio-util's compat layer
     // zero all the room left on every read: two to three times each piece's size in memset.
     let end = buf.len() + len;
-    let mut filled = buf.len();
-    while filled < end {
-        if buf.len() == filled {
-            let want = end - filled;
-            if buf.capacity() == buf.len() {
-                // Double, but never past what the frame still needs.
-                buf.reserve(want.min(buf.capacity().max(INITIAL_BUFFER)));
-            }
-            let room = (buf.capacity() - buf.len()).min(want);
-            buf.resize(buf.len() + room, 0);
+    while buf.len() < end {
+        let filled = buf.len();
+        let want = end - filled;
+        if buf.capacity() == filled {
+            // Double, but never past what the frame still needs.
+            buf.reserve(want.min(buf.capacity().max(INITIAL_BUFFER)));
         }
-        let n = match buf.get_mut(filled..) {
-            Some(dst) => reader.read(dst).await?,
-            None => 0,
+        let room = (buf.capacity() - filled).min(want);
+        buf.resize(filled + room, 0);
+        let result = match buf.get_mut(filled..) {
+            Some(dst) => fill(reader, dst).await,
+            None => Ok(()),
         };
-        if n == 0 {
+        if let Err(e) = result {
             buf.truncate(filled);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Fills `dst` from `reader` (memory initialised already, so no layer below zeroes it again).
+async fn fill<R>(reader: &mut R, dst: &mut [u8]) -> Result<(), ProtoError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut filled = 0;
+    while let Some(rest) = dst.get_mut(filled..).filter(|r| !r.is_empty()) {
+        let n = reader.read(rest).await?;
+        if n == 0 {
             return Err(eof("inside a frame or piece body").into());
         }
         filled += n;

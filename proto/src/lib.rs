@@ -34,6 +34,7 @@
 //! ```
 
 mod bitfield;
+mod buffer;
 mod builder;
 mod codec;
 mod error;
@@ -46,6 +47,7 @@ mod serde_util;
 mod tracker;
 
 pub use bitfield::Bitfield;
+pub use buffer::{PieceBuf, DIRECT_ALIGN};
 pub use builder::{BuildError, PieceMapBuilder};
 pub use codec::{decode_reply, decode_request, encode_reply, encode_request};
 pub use error::{GeometryError, ProtoError};

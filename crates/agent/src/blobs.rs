@@ -32,9 +32,9 @@ use tracing::{info, warn};
 pub(crate) enum Progress {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// Bytes `0..written` of `size` are in `file`; none of them verified yet. The chunk
-    /// received last is also kept in memory (it may not be on disk yet), so readers at the
-    /// live edge take it without waiting for the disk or reading it back.
+    /// Bytes `0..written` of `size` are in `file`; none of them verified yet. The chunks
+    /// received last are also kept in memory (the upstream's may not be on disk yet), so
+    /// readers at the live edge take them without waiting for the disk or reading it back.
     Streaming {
         size: u64,
         written: u64,
@@ -48,31 +48,32 @@ pub(crate) enum Progress {
     Failed(FetchError),
 }
 
-/// The chunks received last, starting at byte `start` of the blob.
+/// Chunks of the blob kept in memory, each at its own offset: the upstream's chunk received
+/// last, or the pieces from peers stored last. Clients at (or near) the live edge read them
+/// here instead of from the file, which the writer fills past the page cache.
 #[derive(Clone, Default)]
 pub(crate) struct Recent {
-    pub start: u64,
-    pub chunks: Arc<[Bytes]>,
+    chunks: Arc<[(u64, Bytes)]>,
 }
 
 impl Recent {
-    pub fn end(&self) -> u64 {
-        self.start + self.chunks.iter().map(|c| c.len() as u64).sum::<u64>()
+    pub fn new(chunks: impl IntoIterator<Item = (u64, Bytes)>) -> Recent {
+        Recent {
+            chunks: chunks.into_iter().collect(),
+        }
     }
 
-    /// Bytes from `pos` (inclusive) up to `limit` (exclusive) out of one in-memory chunk.
+    /// Bytes from `pos` (inclusive) up to `limit` (exclusive) out of the chunk holding `pos`.
     pub fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
-        let mut offset = self.start;
-        for chunk in self.chunks.iter() {
-            let end = offset + chunk.len() as u64;
-            if pos >= offset && pos < end && pos < limit {
-                let from = (pos - offset) as usize;
-                let to = (end.min(limit) - offset) as usize;
-                return Some(chunk.slice(from..to));
+        self.chunks.iter().find_map(|(offset, chunk)| {
+            let end = offset.checked_add(chunk.len() as u64)?;
+            if pos < *offset || pos >= end || pos >= limit {
+                return None;
             }
-            offset = end;
-        }
-        None
+            let from = usize::try_from(pos - offset).ok()?;
+            let to = usize::try_from(end.min(limit) - offset).ok()?;
+            Some(chunk.slice(from..to))
+        })
     }
 }
 
@@ -510,13 +511,16 @@ mod tests {
 
     #[test]
     fn recent_slices_stay_inside_chunks_and_limits() {
-        let recent = Recent {
-            start: 100,
-            chunks: vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")].into(),
-        };
-        assert_eq!(recent.slice(100, 200).as_deref(), Some(&b"abcd"[..]));
-        assert_eq!(recent.slice(102, 200).as_deref(), Some(&b"cd"[..]));
-        assert_eq!(recent.slice(104, 200).as_deref(), Some(&b"efgh"[..]));
+        // Two pieces that are not neighbours (peers deliver out of order).
+        let recent = Recent::new([
+            (104, Bytes::from_static(b"efgh")),
+            (100, Bytes::from_static(b"abcd")),
+            (200, Bytes::from_static(b"wxyz")),
+        ]);
+        assert_eq!(recent.slice(100, 300).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(recent.slice(102, 300).as_deref(), Some(&b"cd"[..]));
+        assert_eq!(recent.slice(104, 300).as_deref(), Some(&b"efgh"[..]));
+        assert_eq!(recent.slice(201, 300).as_deref(), Some(&b"xyz"[..]));
         assert_eq!(
             recent.slice(105, 107).as_deref(),
             Some(&b"fg"[..]),
@@ -528,11 +532,12 @@ mod tests {
             "nothing readable at the limit"
         );
         assert_eq!(
-            recent.slice(99, 200),
+            recent.slice(99, 300),
             None,
-            "before the batch: read the file"
+            "before the chunks: read the file"
         );
-        assert_eq!(recent.slice(108, 200), None, "past the batch");
+        assert_eq!(recent.slice(108, 300), None, "in a gap: read the file");
+        assert_eq!(recent.slice(204, 300), None, "past the chunks");
         assert_eq!(Recent::default().slice(0, 10), None);
     }
 }

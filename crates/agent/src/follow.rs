@@ -10,7 +10,8 @@
 
 use crate::blobs::Progress;
 use crate::error::FetchError;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use pollen_proto::PieceBuf;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -93,7 +94,7 @@ impl Follower {
                         false => n.min(size.saturating_sub(1)),
                     };
                     let cap = |n: u64| self.end.map_or(n, |end| n.min(end));
-                    if let Some(bytes) = recent.slice(self.pos, cap(hold(recent.end()))) {
+                    if let Some(bytes) = recent.slice(self.pos, cap(hold(u64::MAX))) {
                         self.pos += bytes.len() as u64;
                         return Some(Ok(bytes));
                     }
@@ -109,8 +110,9 @@ impl Follower {
                 let len = (readable - self.pos).min(CHUNK as u64) as usize;
                 let pos = self.pos;
                 let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = BytesMut::zeroed(len);
-                    file.read_exact_at(&mut buf, pos).map(|_| buf.freeze())
+                    let mut buf = PieceBuf::take(len);
+                    file.read_exact_at(buf.as_mut_slice(), pos)
+                        .map(|_| buf.freeze())
                 })
                 .await;
                 return Some(match read {

@@ -16,6 +16,7 @@ mod flight;
 mod follow;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gather;
 mod http;
 mod listen;
 mod manifests;

@@ -4,8 +4,11 @@
 
 use crate::blobs::{BlobFetch, Progress, Recent};
 use crate::error::FetchError;
+use crate::gather::Gather;
 use crate::p2p::tracker::{Assignment, TrackerLink};
 use crate::sink::{Appender, Op, Sink};
+use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use pollen_proto::PieceGeometry;
@@ -294,7 +297,8 @@ impl BlobFetch<'_> {
     }
 
     /// Moves one response body into the sink up to `limit`, skipping `skip` bytes a 200
-    /// resends on resume.
+    /// resends on resume. The bytes go out in page-aligned chunks (`gather.rs`), and at
+    /// once whenever the upstream has nothing more waiting.
     async fn pump(
         &self,
         resp: UpstreamResponse,
@@ -304,17 +308,26 @@ impl BlobFetch<'_> {
     ) -> Result<(), PumpError> {
         let idle = self.ctx.upstream().config().idle_timeout;
         let mut body = resp.body;
-        while sink.sent < limit {
-            let frame = match timeout(idle, body.frame()).await {
-                Err(_) => return Err(PumpError::Upstream(format!("no bytes for {idle:?}"))),
-                Ok(None) => {
-                    return Err(PumpError::Upstream(format!(
-                        "body ended at byte {} of {limit}",
-                        sink.sent
-                    )))
-                }
-                Ok(Some(Err(e))) => return Err(PumpError::Upstream(e.to_string())),
+        let mut gather = Gather::new(sink.sent);
+        let mut ready = Vec::new();
+        // A frame that was already waiting when the last one was taken.
+        let mut waiting = None;
+        while gather.end() < limit {
+            let next = match waiting.take() {
+                Some(next) => Ok(next),
+                None => timeout(idle, body.frame()).await,
+            };
+            let frame = match next {
                 Ok(Some(Ok(frame))) => frame,
+                broken => {
+                    // Keep what arrived; the next range resumes after it.
+                    self.deliver(gather.flush(true), sink).await?;
+                    return Err(PumpError::Upstream(match broken {
+                        Err(_) => format!("no bytes for {idle:?}"),
+                        Ok(Some(Err(e))) => e.to_string(),
+                        _ => format!("body ended at byte {} of {limit}", sink.sent),
+                    }));
+                }
             };
             let Ok(mut data) = frame.into_data() else {
                 continue;
@@ -324,33 +337,46 @@ impl BlobFetch<'_> {
                 skip -= n;
                 data = data.slice(n as usize..);
             }
-            let room = limit - sink.sent;
+            let room = limit - gather.end();
             if data.len() as u64 > room {
                 data.truncate(room as usize);
-            }
-            if data.is_empty() {
-                continue;
             }
             self.ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
             self.inflight
                 .from_upstream
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            let start = sink.sent;
-            sink.sent += data.len() as u64;
-            if !sink.tx.send(Op::Append(data.clone())).await {
-                return Err(PumpError::Store);
+            gather.push(&data, &mut ready);
+            waiting = body.frame().now_or_never();
+            if waiting.is_none() {
+                ready.extend(gather.flush(false));
             }
-            // Readers at the live edge take the chunk from memory now, while the disk write
-            // and the hash proceed on their own threads.
-            self.inflight.progress().send_modify(|p| {
-                if let Progress::Streaming { recent, .. } = p {
-                    *recent = Recent {
-                        start,
-                        chunks: vec![data].into(),
-                    };
-                }
-            });
+            for chunk in ready.drain(..) {
+                self.deliver(Some(chunk), sink).await?;
+            }
         }
+        self.deliver(gather.flush(true), sink).await
+    }
+
+    /// Sends a gathered chunk to the writer and lets readers at the live edge take it from
+    /// memory now, while the disk write and the hashes proceed on their own threads.
+    async fn deliver(
+        &self,
+        chunk: Option<(u64, Bytes)>,
+        sink: &mut Appender,
+    ) -> Result<(), PumpError> {
+        let Some((start, data)) = chunk else {
+            return Ok(());
+        };
+        debug_assert_eq!(start, sink.sent, "chunks follow the append cursor");
+        sink.sent += data.len() as u64;
+        if !sink.tx.send(Op::Append(data.clone())).await {
+            return Err(PumpError::Store);
+        }
+        self.inflight.progress().send_modify(|p| {
+            if let Progress::Streaming { recent, .. } = p {
+                *recent = Recent::new([(start, data)]);
+            }
+        });
         Ok(())
     }
 }

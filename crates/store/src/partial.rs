@@ -18,6 +18,7 @@
 //! size is reserved up front, so a claimed size cannot evict anything), and a partial nobody
 //! resumes is evicted like a blob (least recently used, or unused for `--cache-max-age`).
 
+use crate::direct::DataWriter;
 use crate::hash::HashSink;
 use crate::index::{Key, Slot, PARTIAL_DIR};
 pub(crate) use crate::partial_state::scan;
@@ -50,6 +51,8 @@ pub struct Partial {
     digest: Digest,
     dir: PathBuf,
     file: Arc<File>,
+    /// Writes the blob's bytes (past the page cache where it can: `direct.rs`).
+    writer: DataWriter,
     have: Bitfield,
     map: PartialPieceMap,
     /// Pieces whose hash this node computed from the upstream's bytes (this run): the only
@@ -156,11 +159,13 @@ impl Store {
             .next()
             .and_then(|i| geometry.offset_of(i))
             .unwrap_or(geometry.size());
+        let writer = DataWriter::new(file.clone(), &data, true);
         let mut partial = Partial {
             store: self.clone(),
             digest,
             dir,
             file,
+            writer,
             have,
             map,
             produced,
@@ -314,8 +319,8 @@ impl Partial {
             .geometry()
             .offset_of(index)
             .ok_or(StoreError::PieceMismatch { index })?;
-        self.file
-            .write_all_at(data, offset)
+        self.writer
+            .write_at(data, offset)
             .map_err(|e| StoreError::io("writing", &self.dir, e))?;
         self.mark(index, data.len() as u64)?;
         self.catch_up_whole(Some((offset, data)));
@@ -343,8 +348,8 @@ impl Partial {
             })?;
             let n = ((range.end - self.cursor) as usize).min(chunk.len() - pos);
             let now = chunk.slice(pos..pos + n);
-            self.file
-                .write_all_at(&now, self.cursor)
+            self.writer
+                .write_at(&now, self.cursor)
                 .map_err(|e| StoreError::io("writing", &self.dir, e))?;
             self.pieces.data(now)?;
             self.cursor += n as u64;

@@ -2,10 +2,9 @@
 //! piece as their pieces are verified.
 
 use crate::Ctx;
-use bytes::BytesMut;
 use pollen_oci::{Digest, MAX_MANIFEST_BYTES};
 use pollen_peer::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState, Spread};
-use pollen_proto::{PieceGeometry, PieceMap};
+use pollen_proto::{PieceBuf, PieceGeometry, PieceMap};
 use pollen_store::{Blob, Kind};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -106,8 +105,9 @@ impl PieceReader for FileReader {
         Box::pin(async move {
             let range = range.ok_or_else(|| std::io::Error::other("piece index past the blob"))?;
             tokio::task::spawn_blocking(move || {
-                let mut buf = BytesMut::zeroed((range.end - range.start) as usize);
-                file.read_exact_at(&mut buf, range.start)?;
+                // A recycled buffer: no fresh pages and no zeroing per piece served.
+                let mut buf = PieceBuf::take((range.end - range.start) as usize);
+                file.read_exact_at(buf.as_mut_slice(), range.start)?;
                 Ok(buf.freeze())
             })
             .await
