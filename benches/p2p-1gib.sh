@@ -28,6 +28,11 @@
 #   BENCH_AGENT_ARGS  extra arguments for both agents (e.g. "--piece-size 4MiB"), split on spaces
 #   BENCH_PERF=1 also record the last run with `perf record -g` (both agents) and print the top of
 #                `perf report` on stderr (perf slows the run: its figures are not comparable)
+#   BENCH_FLAME=DIR  with BENCH_PERF=1: flame graphs of that run in DIR (p2p-sender.svg,
+#                p2p-receiver.svg; needs `cargo install inferno`)
+#
+# Before the runs, the floor for the same bytes (benches/lib.sh): sha256sum and b3sum of A's
+# cached copy, dd of a new file through the page cache and with O_DIRECT.
 #   BENCH_KEEP=1 keep the temp dir
 #   BENCH_SWARM_KEY=0  run both agents without a swarm key (allowed on loopback), to measure its cost
 set -Eeuo pipefail
@@ -36,6 +41,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 # shellcheck source=tests/e2e/lib.sh
 source "$REPO/tests/e2e/lib.sh"
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 
 OUT=${1:-}
 RUNS=${BENCH_RUNS:-3}
@@ -146,6 +153,8 @@ if [ "$code" != 200 ] || [ "$size" != "$SIZE" ]; then die "agent A: HTTP $code, 
 wait_file "$T/a/blobs/sha256/$HEX"
 lib_wait_cmd 150 provides "$A_ADMIN" || die "agent A does not announce the blob"
 A_BASE_UP=$(metric "$A_ADMIN" pollen_upstream_bytes_total)
+lib_log "the floor: hashing A's copy, writing a file of its size"
+bench_floor "$T/a/blobs/sha256/$HEX" "$T" "$T/floor.rows"
 
 # ---------------------------------------------------------------- runs
 : >"$T/runs"
@@ -199,6 +208,12 @@ for ((i = 1; i <= RUNS; i++)); do
         lib_log "perf report of the last run (both agents, self time):"
         perf report -i "$T/perf.data" --no-children --sort pid,dso,sym --stdio 2>/dev/null |
             grep -v '^#' | grep -E '^ +[0-9.]+%' | head -n 40 >&2 || true
+        if [ -n "${BENCH_FLAME:-}" ]; then
+            mkdir -p "$BENCH_FLAME"
+            bench_flame "$T/perf.data" "$A_PID" "p2p sender (agent A), ${MIB} MiB" "$BENCH_FLAME/p2p-sender.svg"
+            bench_flame "$T/perf.data" "$B_PID" "p2p receiver (agent B), ${MIB} MiB" "$BENCH_FLAME/p2p-receiver.svg"
+            lib_log "flame graphs in $BENCH_FLAME"
+        fi
     fi
     thread_delta "$T/a.threads0" "$T/a.threads1" >"$T/a.threads.run$i"
     thread_delta "$T/b.threads0" "$T/b.threads1" >"$T/b.threads.run$i"
@@ -257,6 +272,10 @@ report() {
     awk -v ah="$ah" -v bh="$bh" 'BEGIN {
         printf "| peak RSS (VmHWM), sender A during the run | %.1f MiB |\n", ah / 1024
         printf "| peak RSS (VmHWM), receiver B | %.1f MiB |\n", bh / 1024 }'
+    echo
+    echo "Receiver CPU per GiB against the hashing floor (SHA-256 + BLAKE3 CPU of the same bytes: openssl and b3sum): $(awk -v b="$bc" -v f="$(bench_floor_cpu "$T/floor.rows")" 'BEGIN { if (f > 0) printf "%.2f x", b / f; else print "n/a" }')."
+    echo
+    bench_floor_table "$T/floor.rows" "$SIZE"
     echo
     echo "Floor, measured just before each run: writing a new ${MIB} MiB file with \`dd bs=1M\` on the same filesystem took" \
         "$(awk '{ printf "%s%.3f s", (NR > 1 ? ", " : ""), $1 }' "$T/floor.times") ($(findmnt -n -o FSTYPE,SOURCE --target "$T" | tr -s ' '))."

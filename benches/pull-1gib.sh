@@ -20,18 +20,27 @@
 #   BENCH_RUNS   measured runs per scenario (default 5; the median is reported)
 #   BENCH_MIB    blob size in MiB (default 1024)
 #   BENCH_FLOOR_RUNS  repetitions of each floor measurement (default BENCH_RUNS; the median is reported)
+#   BENCH_AGENT_ARGS  extra arguments for the agent (e.g. "--p2p false"; default: the agent's
+#                defaults, peer-to-peer and the tracker role on), split on spaces
 #   BENCH_KEEP=1 keep the temp dir
+#
+# Also reported: the agent's CPU seconds per GiB served, cold (median per run) and warm (over
+# the warm runs), user and sys; and the hashing floor of the same bytes (benches/lib.sh:
+# openssl SHA-256, sha256sum, b3sum of the agent's cached copy; dd with and without O_DIRECT).
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 # shellcheck source=tests/e2e/lib.sh
 source "$REPO/tests/e2e/lib.sh"
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 
 OUT=${1:-}
 RUNS=${BENCH_RUNS:-5}
 MIB=${BENCH_MIB:-1024}
 FLOOR_RUNS=${BENCH_FLOOR_RUNS:-$RUNS}
+read -r -a EXTRA <<<"${BENCH_AGENT_ARGS:-}"
 T=""
 
 cleanup() {
@@ -133,7 +142,7 @@ start_agent() {
     rm -rf "$T/agent-data"
     sync
     lib_start_agent "$POLLEN_BIN" "$T/agent-data" "$AGENT_PORT" "$METRICS_PORT" "$T/agent.log" \
-        "http://$REG" "$REG=http://$REG" >&2 || die "the agent did not become ready"
+        "http://$REG" "$REG=http://$REG" "${EXTRA[@]}" >&2 || die "the agent did not become ready"
 }
 
 # start_proxy: a second docker-registry, in proxy (pull-through cache) mode for the first
@@ -215,6 +224,7 @@ measure() {
     "$start"
     fetch "$url" "${p}fill"
     wait_file "$file"
+    proc_stats "${!pidvar}" >"$T/${p}fill.stats"
     got=$(curl -fsS "$url" | sha256sum | cut -d' ' -f1)
     [ "sha256:$got" = "$DIGEST" ] || die "warm response from $name hashes to sha256:$got, expected $DIGEST"
     for ((i = 1; i <= RUNS; i++)); do fetch "$url" "${p}warm"; done
@@ -224,6 +234,8 @@ measure() {
 
 measure "the agent" "" start_agent AGENT_PID "$AGENT_URL" "$AGENT_FILE"
 AGENT_UP=$UPSTREAM_GETS
+lib_log "the hashing floor of the same bytes (the agent's copy, from the page cache)"
+bench_floor "$AGENT_FILE" "$T" "$T/floor.rows"
 measure "the docker-registry proxy" p start_proxy PROXY_PID "$PROXY_URL" "$PROXY_FILE"
 PROXY_UP=$UPSTREAM_GETS
 
@@ -257,6 +269,19 @@ stats_line() {
         printf "%s peak RSS (VmHWM), cold runs: median %.1f MiB, max %.1f MiB; %s CPU per cold run: median %.2f s (user %.2f s, sys %.2f s).\n", w, m / 1024, x / 1024, tolower(w), c, u, s
         printf "Warm %s after 1 filling + %d warm runs: VmHWM %.1f MiB, CPU %.2f s in total.\n", tolower(w), runs, wm / 1024, wc }'
 }
+# cpu_per_gib: the agent's CPU per GiB served, cold and warm, against the hashing floor.
+cpu_per_gib() {
+    local g f
+    g=$(awk -v s="$SIZE" 'BEGIN { print s / 1073741824 }')
+    f=$(bench_floor_cpu "$T/floor.rows")
+    read -r _ fc fu fs <"$T/fill.stats"
+    read -r _ wc wu ws <"$T/warm.stats"
+    awk -v g="$g" -v f="$f" -v runs="$RUNS" -v c="$(median "$T/cold.stats" 2)" -v u="$(median "$T/cold.stats" 3)" \
+        -v s="$(median "$T/cold.stats" 4)" -v fc="$fc" -v fu="$fu" -v fs="$fs" -v wc="$wc" -v wu="$wu" -v ws="$ws" 'BEGIN {
+        printf "Agent CPU per GiB served: cold %.2f s (user %.2f, sys %.2f; %.2f x the hashing floor of %.2f s: SHA-256 + BLAKE3),", c / g, u / g, s / g, c / (f > 0 ? f : 1), f / g
+        n = runs * g; printf " warm %.2f s (user %.2f, sys %.2f).\n", (wc - fc) / n, (wu - fu) / n, (ws - fs) / n }'
+    echo
+}
 # floor_item LABEL FILE
 floor_item() {
     local t mm
@@ -269,7 +294,7 @@ floor_item() {
 report() {
     echo "## pull-1gib: one ${MIB} MiB blob over loopback"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), $(docker-registry --version 2>/dev/null | awk '{ print $1, $3 }'), agent \`$POLLEN_BIN\`."
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), $(docker-registry --version 2>/dev/null | awk '{ print $1, $3 }'), agent \`$POLLEN_BIN\`${EXTRA[*]:+ with \`${EXTRA[*]}\`}."
     echo "Blob: $SIZE bytes of /dev/urandom, $DIGEST. Client: curl, body discarded. Median of $RUNS runs (min–max in brackets)."
     echo "\"vs direct\" and \"vs proxy cold\" are throughput ratios (> 1 = faster)."
     echo
@@ -282,10 +307,13 @@ report() {
     row "docker-registry proxy (pull-through cache), warm" "$T/pwarm.times" 0
     echo
     stats_line "Agent" "$T/cold.stats" "$T/warm.stats"
+    cpu_per_gib
     stats_line "Proxy" "$T/pcold.stats" "$T/pwarm.stats"
     echo "Cold runs, from the request to the cache's copy being committed (renamed into place; 0.05 s polling after the response):" \
         "$(floor_item "agent" "$T/cold.fill"), $(floor_item "proxy" "$T/pcold.fill")." \
         "Cold stats above are read at that point. Upstream GETs of the blob during the $RUNS cold runs (200s in the registry's access log): agent $AGENT_UP, proxy $PROXY_UP."
+    echo
+    bench_floor_table "$T/floor.rows" "$SIZE"
     echo
     echo "Floor: writing a new ${MIB} MiB file on the data dirs' filesystem ($(findmnt -n -o FSTYPE,SOURCE --target "$T" | tr -s ' ')), median of $FLOOR_RUNS:" \
         "$(floor_item "\`dd bs=1M\`" "$T/floor-dd.times");" \
