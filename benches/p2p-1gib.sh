@@ -34,6 +34,7 @@
 # Before the runs, the floor for the same bytes (benches/lib.sh): sha256sum and b3sum of A's
 # cached copy, dd of a new file through the page cache and with O_DIRECT.
 #   BENCH_KEEP=1 keep the temp dir
+#   BENCH_FANOUT=N  also N receivers at once, BENCH_RUNS times (A's upload shared; see the report)
 #   BENCH_SWARM_KEY=0  run both agents without a swarm key (allowed on loopback), to measure its cost
 set -Eeuo pipefail
 
@@ -156,6 +157,15 @@ A_BASE_UP=$(metric "$A_ADMIN" pollen_upstream_bytes_total)
 lib_log "the floor: hashing A's copy, writing a file of its size"
 bench_floor "$T/a/blobs/sha256/$HEX" "$T" "$T/floor.rows"
 
+# start_receiver DIR LOG PORT ADMIN P2P: a receiver with an empty data dir, bootstrapped to A,
+# its upstream a port nobody listens on (only A can supply the blob); sets AGENT_PID.
+start_receiver() {
+    lib_start_agent "$POLLEN_BIN" "$1" "$3" "$4" "$2" "$DEAD" "$REG=$DEAD" \
+        --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$5" --mdns false \
+        --bootstrap "/ip4/127.0.0.1/tcp/$A_P2P/p2p/$A_ID" "${KEY[@]}" "${EXTRA[@]}" >&2 ||
+        die "a receiving agent did not become ready (log: $2)"
+}
+
 # ---------------------------------------------------------------- runs
 : >"$T/runs"
 for ((i = 1; i <= RUNS; i++)); do
@@ -173,10 +183,7 @@ for ((i = 1; i <= RUNS; i++)); do
     rm -f "$T/floor"
     sync
     B_LOG="$T/b$i.log"
-    lib_start_agent "$POLLEN_BIN" "$T/b" "$B_PORT" "$B_ADMIN" "$B_LOG" "$DEAD" "$REG=$DEAD" \
-        --p2p true --p2p-listen "/ip4/127.0.0.1/tcp/$B_P2P" --mdns false \
-        --bootstrap "/ip4/127.0.0.1/tcp/$A_P2P/p2p/$A_ID" "${KEY[@]}" "${EXTRA[@]}" >&2 ||
-        die "agent B did not become ready"
+    start_receiver "$T/b" "$B_LOG" "$B_PORT" "$B_ADMIN" "$B_P2P"
     B_PID=$AGENT_PID
     lib_wait_cmd 150 connected_to "$B_ADMIN" "$A_ID" || die "run $i: agent B did not connect to A"
     # Peak RSS of A from here on (5 = reset VmHWM to the current RSS).
@@ -237,10 +244,74 @@ for ((i = 1; i <= RUNS; i++)); do
     lib_log "  CPU by thread, B: $(head -n 8 "$T/b.threads.run$i" | paste -sd' ')"
     lib_stop_pid "$B_PID"
 done
+# ---------------------------------------------------------------- fan-out
+# BENCH_FANOUT=N (N >= 2): N fresh receivers ask A for the blob at the same moment, BENCH_RUNS
+# times: how A's upload is shared (each receiver's time; slowest against fastest) and whether
+# the total holds (N x the blob over the slowest time, against one receiver alone above).
+FANOUT=${BENCH_FANOUT:-0}
+: >"$T/fanout"
+: >"$T/fanout.runs"
+for ((i = 1; i <= RUNS && FANOUT >= 2; i++)); do
+    ports=()
+    pids=()
+    for ((r = 1; r <= FANOUT; r++)); do
+        lib_pick_port 5300 F_PORT
+        lib_pick_port 5400 F_ADMIN
+        lib_pick_port 5500 F_P2P
+        rm -rf "$T/f$r"
+        start_receiver "$T/f$r" "$T/f$i-$r.log" "$F_PORT" "$F_ADMIN" "$F_P2P"
+        pids+=("$AGENT_PID")
+        ports+=("$F_PORT")
+        lib_wait_cmd 150 connected_to "$F_ADMIN" "$A_ID" || die "fan-out run $i: receiver $r did not connect to A"
+    done
+    A_SENT0=$(metric "$A_ADMIN" pollen_peer_bytes_sent_total)
+    read -r _ a_cpu0 _ _ < <(lib_proc_stats "$A_PID")
+    t0=$EPOCHREALTIME
+    curls=()
+    for ((r = 0; r < FANOUT; r++)); do
+        get "${ports[$r]}" >"$T/fan.$r" &
+        curls+=("$!")
+    done
+    for c in "${curls[@]}"; do wait "$c" || die "fan-out run $i: a curl failed"; done
+    wall=$(since "$t0")
+    read -r _ a_cpu1 _ _ < <(lib_proc_stats "$A_PID")
+    a_sent=$(($(metric "$A_ADMIN" pollen_peer_bytes_sent_total) - A_SENT0))
+    for ((r = 0; r < FANOUT; r++)); do
+        read -r code size total _ <"$T/fan.$r"
+        if [ "$code" != 200 ] || [ "$size" != "$SIZE" ]; then die "fan-out run $i: receiver $((r + 1)) answered HTTP $code with $size bytes"; fi
+        echo "$i $((r + 1)) $total" >>"$T/fanout"
+    done
+    awk -v w="$wall" -v c0="$a_cpu0" -v c1="$a_cpu1" -v s="$a_sent" 'BEGIN { printf "%s %.2f %s\n", w, c1 - c0, s }' >>"$T/fanout.runs"
+    lib_log "  fan-out run $i: $(awk -v i="$i" '$1 == i { printf "%s ", $3 }' "$T/fanout")s; A sent $a_sent bytes"
+    for p in "${pids[@]}"; do lib_stop_pid "$p"; done
+done
+
 A_UP=$(metric "$A_ADMIN" pollen_upstream_bytes_total)
 [ "$A_UP" = "$A_BASE_UP" ] || lib_log "note: agent A fetched $((A_UP - A_BASE_UP)) more bytes from the registry during the runs"
 
 # ---------------------------------------------------------------- report
+fanout_report() {
+    echo "### Fan-out: $FANOUT receivers at once from A (median of $RUNS runs)"
+    echo
+    echo "| figure | median (min–max) |"
+    echo "| --- | --- |"
+    # Per run: slowest and fastest receiver, total throughput, fairness.
+    awk '{ t[$1, $2] = $3; if ($2 > n) n = $2; if ($1 > runs) runs = $1 }
+        END { for (i = 1; i <= runs; i++) { lo = 1e9; hi = 0
+                for (r = 1; r <= n; r++) { if (t[i, r] < lo) lo = t[i, r]; if (t[i, r] > hi) hi = t[i, r] }
+                print hi, lo, lo / hi } }' "$T/fanout" >"$T/fanout.sum"
+    awk -v n="$FANOUT" -v s="$SIZE" -v one="$(lib_median "$T/runs" 1)" -v g="$(awk -v s="$SIZE" 'BEGIN { print s / 1073741824 }')" \
+        -v hi="$(lib_median "$T/fanout.sum" 1)" -v lo="$(lib_median "$T/fanout.sum" 2)" -v fair="$(lib_median "$T/fanout.sum" 3)" \
+        -v fmm="$(lib_minmax "$T/fanout.sum" 3)" -v c="$(lib_median "$T/fanout.runs" 2)" -v sent="$(lib_median "$T/fanout.runs" 3)" 'BEGIN {
+        split(fmm, m, " ")
+        printf "| slowest receiver: time | %.3f s (%.2f GB/s) |\n", hi, s / hi / 1e9
+        printf "| fastest receiver: time | %.3f s (%.2f GB/s) |\n", lo, s / lo / 1e9
+        printf "| fairness: fastest time / slowest time | %.2f (%.2f–%.2f) |\n", fair, m[1], m[2]
+        printf "| total: %d x the blob over the slowest time | %.2f GB/s (one receiver alone: %.2f GB/s) |\n", n, n * s / hi / 1e9, s / one / 1e9
+        printf "| sender A: CPU per GiB sent | %.2f s (%d piece bytes sent per run) |\n", c / (sent / 1073741824), sent }'
+    echo
+}
+
 report() {
     local t f c ac bc ah bh mm gib
     t=$(lib_median "$T/runs" 1)
@@ -284,6 +355,7 @@ report() {
     echo "A: $(head -n 6 "$T/a.threads.run$RUNS" | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')."
     echo "B: $(head -n 8 "$T/b.threads.run$RUNS" | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')."
     echo
+    if [ -s "$T/fanout.runs" ]; then fanout_report; fi
     echo "Every run (B's curl time s, first byte s, commit s, CPU s of A, of B, VmHWM kB of A, of B, piece bytes B received, A sent, user/sys s of A, of B):"
     echo
     sed 's/^/    /' "$T/runs"

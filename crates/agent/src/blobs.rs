@@ -17,11 +17,10 @@ use crate::Ctx;
 use bytes::Bytes;
 use pollen_oci::Digest;
 use pollen_proto::PieceGeometry;
-use pollen_store::{Blob, Kind};
+use pollen_store::{Blob, DataFile, Kind};
 use pollen_swarm::PeerId;
 use pollen_upstream::Route;
 use std::collections::HashSet;
-use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -38,7 +37,7 @@ pub(crate) enum Progress {
     Streaming {
         size: u64,
         written: u64,
-        file: Arc<File>,
+        data: DataFile,
         recent: Recent,
         /// The digest has been checked: the last byte may go out (the fsync is pending).
         verified: bool,
@@ -48,18 +47,34 @@ pub(crate) enum Progress {
     Failed(FetchError),
 }
 
-/// Chunks of the blob kept in memory, each at its own offset: the upstream's chunk received
-/// last, or the pieces from peers stored last. Clients at (or near) the live edge read them
-/// here instead of from the file, which the writer fills past the page cache.
+/// Bytes of a blob in flight kept in memory after they arrived, at most (but always the
+/// newest chunk): clients near the live edge read them there, not back from the disk. Pieces
+/// from peers arrive out of order, so the piece that extends the readable prefix often makes
+/// several stored earlier readable at once.
+pub(crate) const RECENT_BYTES: usize = 16 << 20;
+
+/// Chunks of the blob kept in memory, each at its own offset: the upstream's chunks and the
+/// pieces from peers that arrived last ([`RECENT_BYTES`]).
 #[derive(Clone, Default)]
 pub(crate) struct Recent {
     chunks: Arc<[(u64, Bytes)]>,
 }
 
 impl Recent {
-    pub fn new(chunks: impl IntoIterator<Item = (u64, Bytes)>) -> Recent {
+    /// These chunks and `newer` ones, the oldest dropped beyond [`RECENT_BYTES`].
+    pub fn with(&self, newer: impl IntoIterator<Item = (u64, Bytes)>) -> Recent {
+        let all: Vec<(u64, Bytes)> = self.chunks.iter().cloned().chain(newer).collect();
+        let mut bytes = 0;
+        let keep = all
+            .iter()
+            .rev()
+            .take_while(|(_, c)| {
+                bytes += c.len();
+                bytes - c.len() < RECENT_BYTES
+            })
+            .count();
         Recent {
-            chunks: chunks.into_iter().collect(),
+            chunks: all.into_iter().rev().take(keep).rev().collect(),
         }
     }
 
@@ -512,7 +527,7 @@ mod tests {
     #[test]
     fn recent_slices_stay_inside_chunks_and_limits() {
         // Two pieces that are not neighbours (peers deliver out of order).
-        let recent = Recent::new([
+        let recent = Recent::default().with([
             (104, Bytes::from_static(b"efgh")),
             (100, Bytes::from_static(b"abcd")),
             (200, Bytes::from_static(b"wxyz")),
@@ -539,5 +554,28 @@ mod tests {
         assert_eq!(recent.slice(108, 300), None, "in a gap: read the file");
         assert_eq!(recent.slice(204, 300), None, "past the chunks");
         assert_eq!(Recent::default().slice(0, 10), None);
+    }
+
+    #[test]
+    fn recent_keeps_the_newest_chunks_within_its_bound() {
+        let chunk = |n: u8| Bytes::from(vec![n; RECENT_BYTES / 4]);
+        let mut recent = Recent::default();
+        for n in 0..6u8 {
+            recent = recent.with([(u64::from(n) * (RECENT_BYTES / 4) as u64, chunk(n))]);
+        }
+        let kept: Vec<u64> = recent.chunks.iter().map(|(o, _)| *o).collect();
+        let q = (RECENT_BYTES / 4) as u64;
+        assert_eq!(
+            kept,
+            vec![2 * q, 3 * q, 4 * q, 5 * q],
+            "the newest, up to the bound"
+        );
+        let big = Bytes::from(vec![9; RECENT_BYTES * 2]);
+        let recent = recent.with([(0, big)]);
+        assert_eq!(
+            recent.chunks.len(),
+            1,
+            "the newest chunk stays even when too big"
+        );
     }
 }

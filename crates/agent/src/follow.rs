@@ -12,9 +12,9 @@ use crate::blobs::Progress;
 use crate::error::FetchError;
 use bytes::Bytes;
 use pollen_proto::PieceBuf;
+use pollen_store::DataFile;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -64,7 +64,7 @@ impl Follower {
             }
             let state = self.rx.borrow_and_update().clone();
             let current = match &state {
-                Progress::Streaming { file, .. } => Some(file),
+                Progress::Streaming { data, .. } => Some(data.file()),
                 Progress::Done(blob) => Some(blob.file()),
                 _ => None,
             };
@@ -84,7 +84,7 @@ impl Follower {
                 Progress::Streaming {
                     size,
                     written,
-                    file,
+                    data,
                     recent,
                     verified,
                 } if *verified || !self.verified_only => {
@@ -98,11 +98,15 @@ impl Follower {
                         self.pos += bytes.len() as u64;
                         return Some(Ok(bytes));
                     }
-                    (Some(file.clone()), cap(hold(*written)), false)
+                    (Some(data.clone()), cap(hold(*written)), false)
                 }
                 // A short range of a blob not verified yet: wait for the verdict.
                 Progress::Streaming { .. } => (None, 0, false),
-                Progress::Done(blob) => (Some(blob.file().clone()), blob.size(), true),
+                Progress::Done(blob) => (
+                    Some(DataFile::cached(blob.file().clone())),
+                    blob.size(),
+                    true,
+                ),
                 Progress::Failed(e) => return Some(Err(abort(e))),
             };
             let readable = self.end.map_or(readable, |end| readable.min(end));

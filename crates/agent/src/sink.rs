@@ -23,12 +23,6 @@ const WRITE_QUEUE: usize = 16;
 const WRITE_BUDGET_KIB: usize = 32 << 10;
 /// Most bytes written before readers are told about them.
 const PUBLISH_BATCH: usize = 1 << 20;
-/// Pieces from peers kept in memory after they are stored, in bytes at most (and at least
-/// the last piece): clients near the live edge read them there, not back from the disk (the
-/// writer goes past the page cache). Pieces arrive out of order, so the piece that extends
-/// the readable prefix often makes several earlier-stored ones readable at once.
-const RECENT_BYTES: usize = 16 << 20;
-
 /// A change to the partial blob.
 pub(crate) enum Op {
     /// The next bytes from the upstream, at the append cursor.
@@ -144,14 +138,14 @@ impl Sink {
         let share = Arc::new(PieceShare {
             geometry,
             state: watch::channel(PieceState::empty(&geometry)).0,
-            file: partial.file().clone(),
+            data: partial.data(),
             spread: Spread::new(geometry),
         });
         let progress = inflight.progress().clone();
         progress.send_replace(Progress::Streaming {
             size: geometry.size(),
             written: partial.readable(),
-            file: partial.file().clone(),
+            data: partial.data(),
             recent: Recent::default(),
             verified: false,
         });
@@ -164,7 +158,7 @@ impl Sink {
             published: (u32::MAX, u32::MAX, u32::MAX),
             progress: progress.clone(),
             share: share.clone(),
-            recent: Window::default(),
+            stored: Vec::new(),
         };
         w.publish();
         inflight.set_share(share.clone());
@@ -364,36 +358,8 @@ struct WriterThread {
     published: (u32, u32, u32),
     progress: watch::Sender<Progress>,
     share: Arc<PieceShare>,
-    /// The pieces from peers written last, for clients at the live edge.
-    recent: Window,
-}
-
-/// The pieces stored last, newest at the back, [`RECENT_BYTES`] at most (but always the
-/// newest).
-#[derive(Default)]
-struct Window {
-    pieces: std::collections::VecDeque<(u64, Bytes)>,
-    bytes: usize,
-    /// Changed since it was last published.
-    fresh: bool,
-}
-
-impl Window {
-    fn push(&mut self, offset: u64, bytes: Bytes) {
-        self.bytes += bytes.len();
-        self.pieces.push_back((offset, bytes));
-        while self.bytes > RECENT_BYTES && self.pieces.len() > 1 {
-            if let Some((_, old)) = self.pieces.pop_front() {
-                self.bytes -= old.len();
-            }
-        }
-        self.fresh = true;
-    }
-
-    /// The window as readers see it, if it changed since the last call.
-    fn take_fresh(&mut self) -> Option<Recent> {
-        std::mem::take(&mut self.fresh).then(|| Recent::new(self.pieces.iter().cloned()))
-    }
+    /// Pieces from peers stored since the last publish, for clients at the live edge.
+    stored: Vec<(u64, Bytes)>,
 }
 
 impl WriterThread {
@@ -443,7 +409,7 @@ impl WriterThread {
                 if result == PieceResult::Stored {
                     self.share.spread.received(index);
                     if let Some(offset) = self.partial.geometry().offset_of(index) {
-                        self.recent.push(offset, piece.bytes().clone());
+                        self.stored.push((offset, piece.bytes().clone()));
                     }
                 }
                 match error {
@@ -457,15 +423,15 @@ impl WriterThread {
     /// Tells clients how far they may read, and peers what this node can serve.
     fn publish(&mut self) {
         let readable = self.partial.readable();
-        let fresh = self.recent.take_fresh();
+        let stored = std::mem::take(&mut self.stored);
         self.progress.send_modify(|p| {
             if let Progress::Streaming {
                 written, recent, ..
             } = p
             {
                 *written = readable;
-                if let Some(window) = fresh {
-                    *recent = window;
+                if !stored.is_empty() {
+                    *recent = recent.with(stored);
                 }
             }
         });

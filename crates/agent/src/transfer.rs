@@ -2,7 +2,7 @@
 //! this node's share of a split fetch), streamed into the blob's writer, resumed when a
 //! transfer breaks.
 
-use crate::blobs::{BlobFetch, Progress, Recent};
+use crate::blobs::{BlobFetch, Progress};
 use crate::error::FetchError;
 use crate::gather::Gather;
 use crate::p2p::tracker::{Assignment, TrackerLink};
@@ -374,7 +374,7 @@ impl BlobFetch<'_> {
         }
         self.inflight.progress().send_modify(|p| {
             if let Progress::Streaming { recent, .. } = p {
-                *recent = Recent::new([(start, data)]);
+                *recent = recent.with([(start, data)]);
             }
         });
         Ok(())

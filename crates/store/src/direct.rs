@@ -11,9 +11,11 @@
 //! before. A filesystem that refuses `O_DIRECT` (at open or at the first write) is written
 //! through the page cache only.
 //!
-//! Readers keep using the ordinary descriptor: the kernel keeps the two coherent (a direct
-//! write invalidates the cached pages it covers), and durability is unchanged (`fsync` on
-//! either descriptor flushes the file and the device cache).
+//! The kernel keeps the two descriptors coherent (a direct write invalidates the cached pages
+//! it covers), and durability is unchanged (`fsync` on either descriptor flushes the file and
+//! the device cache). Readers of a blob in flight ([`DataFile`]) read aligned runs directly
+//! too: bytes written past the page cache are not in it, and reading them through it would
+//! fill it after all (a client that fell behind the live edge, a peer asking for a piece).
 
 use pollen_proto::DIRECT_ALIGN;
 use std::fs::{File, OpenOptions};
@@ -28,7 +30,8 @@ const STAGE: usize = 1 << 20;
 /// Writes to one data file: direct where it can, through the page cache where it must.
 pub(crate) struct DataWriter {
     file: Arc<File>,
-    direct: Option<File>,
+    /// The same file opened with `O_DIRECT`, for reading and writing.
+    direct: Option<Arc<File>>,
     /// Aligned room for copies (allocated on first use).
     stage: Option<pollen_proto::PieceBuf>,
 }
@@ -40,12 +43,14 @@ impl DataWriter {
         let direct = direct
             .then(|| {
                 OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .custom_flags(libc::O_DIRECT)
                     .open(path)
                     .ok()
             })
-            .flatten();
+            .flatten()
+            .map(Arc::new);
         DataWriter {
             file,
             direct,
@@ -57,6 +62,14 @@ impl DataWriter {
     #[cfg(test)]
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// The file for readers, with the direct descriptor while writes use one.
+    pub fn reader(&self) -> DataFile {
+        DataFile {
+            file: self.file.clone(),
+            direct: self.direct.clone(),
+        }
     }
 
     /// Writes all of `data` at `offset`.
@@ -112,6 +125,55 @@ impl DataWriter {
     }
 }
 
+/// A data file for readers: aligned runs read directly where the file has a direct
+/// descriptor (a blob in flight, written past the page cache), the rest through the page
+/// cache.
+#[derive(Clone, Debug)]
+pub struct DataFile {
+    file: Arc<File>,
+    direct: Option<Arc<File>>,
+}
+
+impl DataFile {
+    /// A file read through the page cache only (a committed blob).
+    pub fn cached(file: Arc<File>) -> DataFile {
+        DataFile { file, direct: None }
+    }
+
+    /// The ordinary descriptor (also what tells two downloads of a blob apart).
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Fills `buf` from `offset`. Direct for the aligned part when `buf` is page-aligned
+    /// memory (`pollen_proto::PieceBuf`) and `offset` a page boundary.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let aligned = match &self.direct {
+            Some(_)
+                if offset.is_multiple_of(DIRECT_ALIGN as u64)
+                    && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) =>
+            {
+                buf.len() / DIRECT_ALIGN * DIRECT_ALIGN
+            }
+            _ => 0,
+        };
+        let (head, tail) = buf.split_at_mut(aligned);
+        if let (Some(direct), false) = (&self.direct, head.is_empty()) {
+            match direct.read_exact_at(head, offset) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return self.file.read_exact_at(buf, offset)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if tail.is_empty() {
+            return Ok(());
+        }
+        self.file.read_exact_at(tail, offset + aligned as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +226,16 @@ mod tests {
                 let mut back = vec![0u8; len];
                 file.read_exact_at(&mut back, offset).unwrap();
                 assert!(back == data, "case {n} (direct {direct}) reads back");
+                // And through the reader, into aligned memory or not.
+                for skew in [0, 1] {
+                    let mut buf = pollen_proto::PieceBuf::take(len + skew);
+                    let room = &mut buf.as_mut_slice()[skew..];
+                    w.reader().read_exact_at(room, offset).unwrap();
+                    assert!(
+                        *room == data[..],
+                        "case {n} (direct {direct}, skew {skew}) reads"
+                    );
+                }
             }
             assert_eq!(w.is_direct(), was_direct);
             assert!(direct || !was_direct);

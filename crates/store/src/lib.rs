@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{info, warn};
 
+pub use direct::DataFile;
 pub use partial::Partial;
 pub use writer::Writer;
 

@@ -18,7 +18,7 @@
 //! size is reserved up front, so a claimed size cannot evict anything), and a partial nobody
 //! resumes is evicted like a blob (least recently used, or unused for `--cache-max-age`).
 
-use crate::direct::DataWriter;
+use crate::direct::{DataFile, DataWriter};
 use crate::hash::HashSink;
 use crate::index::{Key, Slot, PARTIAL_DIR};
 pub(crate) use crate::partial_state::scan;
@@ -236,6 +236,11 @@ impl Partial {
     }
     pub fn file(&self) -> &Arc<File> {
         &self.file
+    }
+    /// The data file for readers of the blob in flight (direct reads where it was written
+    /// past the page cache).
+    pub fn data(&self) -> DataFile {
+        self.writer.reader()
     }
     /// Whether the size is confirmed (see [`Store::partial_with`]).
     pub fn confirmed(&self) -> bool {

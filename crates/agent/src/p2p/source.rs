@@ -5,8 +5,7 @@ use crate::Ctx;
 use pollen_oci::{Digest, MAX_MANIFEST_BYTES};
 use pollen_peer::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState, Spread};
 use pollen_proto::{PieceBuf, PieceGeometry, PieceMap};
-use pollen_store::{Blob, Kind};
-use std::fs::File;
+use pollen_store::{Blob, DataFile, Kind};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -15,7 +14,7 @@ use tokio::sync::watch;
 pub(crate) struct PieceShare {
     pub geometry: PieceGeometry,
     pub state: watch::Sender<PieceState>,
-    pub file: Arc<File>,
+    pub data: DataFile,
     /// Super-seeding across this blob's upload sessions, on while this node fetches it from
     /// the upstream.
     pub spread: Arc<Spread>,
@@ -57,7 +56,7 @@ impl PieceSource for StoreSource {
         let inflight = self.ctx.blobs.get(digest).map(|e| e.value().clone());
         if let Some(share) = inflight.as_ref().and_then(|i| i.share()) {
             let reader = FileReader {
-                file: share.file.clone(),
+                file: share.data.clone(),
                 geometry: share.geometry,
                 _pin: None,
             };
@@ -82,7 +81,7 @@ impl PieceSource for StoreSource {
         }
         let (tx, rx) = watch::channel(PieceState::complete(&geometry, map.hashes().into()));
         let reader = FileReader {
-            file: blob.file().clone(),
+            file: DataFile::cached(blob.file().clone()),
             geometry,
             _pin: Some(Box::new((blob, tx))),
         };
@@ -91,7 +90,7 @@ impl PieceSource for StoreSource {
 }
 
 struct FileReader {
-    file: Arc<File>,
+    file: DataFile,
     geometry: PieceGeometry,
     /// For a complete blob, what the session keeps alive: the blob's pin against eviction and
     /// the state sender (so the session does not see its state channel close).
