@@ -198,6 +198,38 @@ async fn ranges_cold_and_warm() {
     assert_eq!(r.json()["errors"][0]["code"], "RANGE_INVALID");
 }
 
+/// A cached blob is read in chunks, the next read while the last is sent: whole and in
+/// ranges that start off a page boundary and cross chunk boundaries, the bytes are exact.
+#[tokio::test]
+async fn a_cached_blob_reads_back_exactly_across_chunks() {
+    let h = Harness::start().await;
+    let layer = random_bytes((5 << 20) + 123, 8);
+    let digest = h.reg.add_blob("app", layer.clone());
+    let path = format!("/v2/app/blobs/{digest}{}", h.ns());
+    for _ in 0..2 {
+        let r = h.get(&path).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.bytes(), &layer);
+    }
+    let n = layer.len();
+    for (from, to) in [
+        (100, (3 << 20) + 5),
+        (2 << 20, n - 1),
+        (4097, n - 2),
+        (n - 5000, n - 1),
+    ] {
+        let r = h
+            .send(
+                Method::GET,
+                &path,
+                &[("range", &format!("bytes={from}-{to}"))],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "bytes={from}-{to}");
+        assert_eq!(r.bytes(), &layer.slice(from..to + 1), "bytes={from}-{to}");
+    }
+}
+
 #[tokio::test]
 async fn docker_hub_style_requests_get_the_library_prefix() {
     let h = Harness::start().await;
