@@ -28,6 +28,7 @@
 #   BENCH_AGENT_ARGS  extra arguments for both agents (e.g. "--piece-size 4MiB"), split on spaces
 #   BENCH_PERF=1 also record the last run with `perf record -g` (both agents) and print the top of
 #                `perf report` on stderr (perf slows the run: its figures are not comparable)
+#   BENCH_PERF_CALLGRAPH  perf's call-graph option (default -g; "--call-graph dwarf" sees through Rust frames)
 #   BENCH_FLAME=DIR  with BENCH_PERF=1: flame graphs of that run in DIR (p2p-sender.svg,
 #                p2p-receiver.svg; needs `cargo install inferno`)
 #
@@ -195,7 +196,8 @@ for ((i = 1; i <= RUNS; i++)); do
     threads "$B_PID" >"$T/b.threads0"
     PERF_PID=""
     if [ "${BENCH_PERF:-0}" = "1" ] && [ "$i" -eq "$RUNS" ]; then
-        lib_start_bg perf "$T/perf.log" perf record -F 999 -g -o "$T/perf.data" -p "$A_PID,$B_PID"
+        read -r -a CALLGRAPH <<<"${BENCH_PERF_CALLGRAPH:--g}"
+        lib_start_bg perf "$T/perf.log" perf record -F 999 "${CALLGRAPH[@]}" -o "$T/perf.data" -p "$A_PID,$B_PID"
         PERF_PID=$LIB_LAST_PID
         sleep 1
     fi
