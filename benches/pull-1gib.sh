@@ -224,9 +224,9 @@ measure() {
     "$start"
     fetch "$url" "${p}fill"
     wait_file "$file"
-    proc_stats "${!pidvar}" >"$T/${p}fill.stats"
     got=$(curl -fsS "$url" | sha256sum | cut -d' ' -f1)
     [ "sha256:$got" = "$DIGEST" ] || die "warm response from $name hashes to sha256:$got, expected $DIGEST"
+    proc_stats "${!pidvar}" >"$T/${p}fill.stats"
     for ((i = 1; i <= RUNS; i++)); do fetch "$url" "${p}warm"; done
     proc_stats "${!pidvar}" >"$T/${p}warm.stats"
     lib_stop_pid "${!pidvar}"

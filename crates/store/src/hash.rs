@@ -10,6 +10,17 @@ use std::thread::JoinHandle;
 const PARALLEL_HASH_MIN: u64 = 4 << 20;
 /// Chunks queued for the hashing thread.
 const HASH_QUEUE: usize = 16;
+/// Largest chunk queued for a hashing thread. Bytes arrive in chunks as large as a piece
+/// (up to 64 MiB), and a queue counted in chunks would hold its length in pieces; sliced, it
+/// holds about its length in MiB (slices of one piece share its buffer).
+const QUEUED_CHUNK: usize = 1 << 20;
+
+/// `data` in slices of at most [`QUEUED_CHUNK`] (no copy).
+pub(crate) fn queued_slices(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..data.len())
+        .step_by(QUEUED_CHUNK)
+        .map(|at| data.slice(at..(at + QUEUED_CHUNK).min(data.len())))
+}
 
 /// Where written bytes go to be hashed.
 pub(crate) enum HashSink {
@@ -46,7 +57,9 @@ impl HashSink {
             HashSink::Thread { tx, .. } => {
                 // The thread only ends when the sender is dropped, so a send cannot fail
                 // unless it panicked; finish() then reports a mismatch.
-                let _ = tx.send(data.clone());
+                for slice in queued_slices(data) {
+                    let _ = tx.send(slice);
+                }
             }
         }
     }
@@ -61,3 +74,19 @@ impl HashSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_slices_cover_the_bytes_in_bounded_pieces() {
+        let data = Bytes::from((0..(2 * QUEUED_CHUNK + 5)).map(|i| i as u8).collect::<Vec<_>>());
+        let slices: Vec<Bytes> = queued_slices(&data).collect();
+        assert_eq!(slices.len(), 3);
+        assert!(slices.iter().all(|s| s.len() <= QUEUED_CHUNK));
+        assert_eq!(slices.concat(), data.to_vec());
+        assert_eq!(queued_slices(&Bytes::new()).count(), 0);
+    }
+}
+

@@ -67,7 +67,10 @@ impl PieceHashThread {
 
     /// Bytes of the current piece.
     pub fn data(&self, bytes: Bytes) -> Result<(), StoreError> {
-        self.send(Job::Data(bytes))
+        for slice in crate::hash::queued_slices(&bytes) {
+            self.send(Job::Data(slice))?;
+        }
+        Ok(())
     }
 
     /// The current piece, `index`, is complete.

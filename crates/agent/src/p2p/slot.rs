@@ -10,6 +10,10 @@ use tokio::time::Instant;
 /// (at least one), so a busy or slow peer — the fetcher everyone asks at first — does not
 /// hold pieces hostage that other peers will soon have (docs/tracker.md).
 const REQUESTS_PER_PEER: usize = 4;
+/// Most piece bytes requested ahead per peer: the pieces in flight are buffered in memory, and
+/// a blob's pieces grow with its size (4 MiB up to 64 MiB), so the count alone would let a
+/// 30 GB layer hold 256 MiB in flight per peer.
+const PIPELINE_BYTES: u64 = 16 << 20;
 /// How much of a peer's measured rate is kept requested ahead.
 const PIPELINE_SECONDS: f64 = 1.0;
 
@@ -32,8 +36,15 @@ impl Slot {
         };
         let secs = since.elapsed().as_secs_f64().max(0.05);
         let ahead = self.delivered as f64 / secs * PIPELINE_SECONDS / piece_len.max(1) as f64;
-        (ahead.ceil() as usize).clamp(1, REQUESTS_PER_PEER)
+        (ahead.ceil() as usize).clamp(1, pipeline_cap(piece_len))
     }
+}
+
+/// Most requests outstanding per peer for pieces of `piece_len` bytes: [`REQUESTS_PER_PEER`],
+/// fewer where that many would hold more than [`PIPELINE_BYTES`], never none.
+fn pipeline_cap(piece_len: u64) -> usize {
+    let by_bytes = usize::try_from(PIPELINE_BYTES / piece_len.max(1)).unwrap_or(usize::MAX);
+    by_bytes.clamp(1, REQUESTS_PER_PEER)
 }
 
 /// A random rank per piece (std's randomly keyed hasher: no extra dependency for a shuffle).
@@ -59,5 +70,20 @@ pub(crate) fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
                 a.saturating_sub(1)
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipeline_holds_at_most_its_bytes_but_always_one_piece() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(pipeline_cap(MIB), REQUESTS_PER_PEER);
+        assert_eq!(pipeline_cap(4 * MIB), 4);
+        assert_eq!(pipeline_cap(8 * MIB), 2);
+        assert_eq!(pipeline_cap(64 * MIB), 1);
+        assert_eq!(pipeline_cap(0), REQUESTS_PER_PEER);
     }
 }
