@@ -310,7 +310,7 @@ fanout_report() {
         printf "| fastest receiver: time | %.3f s (%.2f GB/s) |\n", lo, s / lo / 1e9
         printf "| fairness: fastest time / slowest time | %.2f (%.2f–%.2f) |\n", fair, m[1], m[2]
         printf "| total: %d x the blob over the slowest time | %.2f GB/s (one receiver alone: %.2f GB/s) |\n", n, n * s / hi / 1e9, s / one / 1e9
-        printf "| sender A: CPU per GiB sent | %.2f s (%d piece bytes sent per run) |\n", c / (sent / 1073741824), sent }'
+        printf "| sender A: CPU per GiB sent | %.2f s (%.0f piece bytes sent per run) |\n", c / (sent / 1073741824), sent }'
     echo
 }
 
