@@ -81,7 +81,11 @@ mod tests {
 
     #[test]
     fn queued_slices_cover_the_bytes_in_bounded_pieces() {
-        let data = Bytes::from((0..(2 * QUEUED_CHUNK + 5)).map(|i| i as u8).collect::<Vec<_>>());
+        let data = Bytes::from(
+            (0..(2 * QUEUED_CHUNK + 5))
+                .map(|i| i as u8)
+                .collect::<Vec<_>>(),
+        );
         let slices: Vec<Bytes> = queued_slices(&data).collect();
         assert_eq!(slices.len(), 3);
         assert!(slices.iter().all(|s| s.len() <= QUEUED_CHUNK));
@@ -89,4 +93,3 @@ mod tests {
         assert_eq!(queued_slices(&Bytes::new()).count(), 0);
     }
 }
-
