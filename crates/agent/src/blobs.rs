@@ -63,19 +63,15 @@ pub(crate) struct Recent {
 impl Recent {
     /// These chunks and `newer` ones, the oldest dropped beyond [`RECENT_BYTES`].
     pub fn with(&self, newer: impl IntoIterator<Item = (u64, Bytes)>) -> Recent {
-        let all: Vec<(u64, Bytes)> = self.chunks.iter().cloned().chain(newer).collect();
-        let mut bytes = 0;
-        let keep = all
-            .iter()
-            .rev()
-            .take_while(|(_, c)| {
-                bytes += c.len();
-                bytes - c.len() < RECENT_BYTES
-            })
-            .count();
-        Recent {
-            chunks: all.into_iter().rev().take(keep).rev().collect(),
+        let mut all: Vec<(u64, Bytes)> = self.chunks.iter().cloned().chain(newer).collect();
+        let mut bytes: usize = all.iter().map(|(_, c)| c.len()).sum();
+        let mut oldest_kept = 0;
+        while bytes > RECENT_BYTES && oldest_kept + 1 < all.len() {
+            bytes -= all.get(oldest_kept).map_or(0, |(_, c)| c.len());
+            oldest_kept += 1;
         }
+        all.drain(..oldest_kept);
+        Recent { chunks: all.into() }
     }
 
     /// Bytes from `pos` (inclusive) up to `limit` (exclusive) out of the chunk holding `pos`.

@@ -75,10 +75,8 @@ impl DataWriter {
     /// Writes all of `data` at `offset`.
     pub fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
         let aligned = match self.direct {
-            Some(_) if offset.is_multiple_of(DIRECT_ALIGN as u64) => {
-                data.len() / DIRECT_ALIGN * DIRECT_ALIGN
-            }
-            _ => 0,
+            Some(_) => aligned_head(offset, data.len()),
+            None => 0,
         };
         let (head, tail) = data.split_at(aligned);
         if !head.is_empty() {
@@ -149,11 +147,8 @@ impl DataFile {
     /// memory (`pollen_proto::PieceBuf`) and `offset` a page boundary.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let aligned = match &self.direct {
-            Some(_)
-                if offset.is_multiple_of(DIRECT_ALIGN as u64)
-                    && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) =>
-            {
-                buf.len() / DIRECT_ALIGN * DIRECT_ALIGN
+            Some(_) if (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) => {
+                aligned_head(offset, buf.len())
             }
             _ => 0,
         };
@@ -171,6 +166,14 @@ impl DataFile {
             return Ok(());
         }
         self.file.read_exact_at(tail, offset + aligned as u64)
+    }
+}
+
+/// How much of `len` bytes at `offset` can go direct: whole pages from a page boundary.
+fn aligned_head(offset: u64, len: usize) -> usize {
+    match offset.is_multiple_of(DIRECT_ALIGN as u64) {
+        true => len / DIRECT_ALIGN * DIRECT_ALIGN,
+        false => 0,
     }
 }
 
