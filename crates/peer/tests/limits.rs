@@ -20,16 +20,10 @@ async fn the_second_session_is_choked_while_the_first_runs() {
     let seed = source.add_complete(data.clone(), geometry(data.len()));
     let limits = Arc::new(UploadLimits::new(1, 0));
 
-    let (stream_a, server_a) = serve_one(&source, &limits);
-    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut a, _, server_a) = open_served(&source, &limits, seed.digest()).await;
     assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
 
-    let (stream_b, server_b) = serve_one(&source, &limits);
-    let (mut b, have_b) = within(Session::open(stream_b, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut b, have_b, server_b) = open_served(&source, &limits, seed.digest()).await;
     assert_eq!(
         within(b.next_event()).await.unwrap(),
         Event::Choked { dropped: vec![] }
@@ -71,17 +65,11 @@ async fn a_choked_session_gets_busy_when_no_slot_frees_up() {
     // 1 KiB/s: A's piece takes a minute to send, so A's slot stays busy (not idle) throughout.
     let limits = Arc::new(UploadLimits::new(1, 1024));
 
-    let (stream_a, _server_a) = serve_one(&source, &limits);
-    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut a, _, _server_a) = open_served(&source, &limits, seed.digest()).await;
     assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
     a.request(0).unwrap();
 
-    let (stream_b, server_b) = serve_one(&source, &limits);
-    let (mut b, _) = within(Session::open(stream_b, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut b, _, server_b) = open_served(&source, &limits, seed.digest()).await;
     assert!(matches!(
         within(b.next_event()).await.unwrap(),
         Event::Choked { .. }
@@ -106,15 +94,9 @@ async fn an_idle_slot_holder_yields_to_a_waiting_session() {
     let seed = source.add_complete(data.clone(), geometry(data.len()));
     let limits = Arc::new(UploadLimits::new(1, 0));
 
-    let (stream_a, server_a) = serve_one(&source, &limits);
-    let (mut a, have_a) = within(Session::open(stream_a, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut a, have_a, server_a) = open_served(&source, &limits, seed.digest()).await;
     assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
-    let (stream_b, _server_b) = serve_one(&source, &limits);
-    let (mut b, have_b) = within(Session::open(stream_b, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut b, have_b, _server_b) = open_served(&source, &limits, seed.digest()).await;
     assert!(matches!(
         within(b.next_event()).await.unwrap(),
         Event::Choked { .. }
@@ -147,14 +129,8 @@ async fn a_slot_just_granted_is_not_given_up_at_once() {
     let source = MemorySource::new();
     let seed = source.add_complete(data.clone(), geometry(data.len()));
     let limits = Arc::new(UploadLimits::new(1, 0));
-    let (stream_a, _server_a) = serve_one(&source, &limits);
-    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
-        .await
-        .unwrap();
-    let (stream_b, _server_b) = serve_one(&source, &limits);
-    let (mut b, _) = within(Session::open(stream_b, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut a, _, _server_a) = open_served(&source, &limits, seed.digest()).await;
+    let (mut b, _, _server_b) = open_served(&source, &limits, seed.digest()).await;
     let (stream_c, _server_c) = serve_one(&source, &limits);
     let _c = within(Session::open(stream_c, seed.digest(), &cfg()))
         .await
@@ -200,25 +176,16 @@ async fn a_small_blob_is_served_while_every_slot_is_taken() {
     let small = source.add_complete(config.clone(), geometry(config.len()));
     let limits = Arc::new(UploadLimits::new(1, 0));
 
-    let (stream_a, _server_a) = serve_one(&source, &limits);
-    let (mut a, _) = within(Session::open(stream_a, layer.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut a, _, _server_a) = open_served(&source, &limits, layer.digest()).await;
     assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
 
     // The one slot is A's; a second session for the layer waits, one for the config does not.
-    let (stream_b, _server_b) = serve_one(&source, &limits);
-    let (mut b, _) = within(Session::open(stream_b, layer.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut b, _, _server_b) = open_served(&source, &limits, layer.digest()).await;
     assert!(matches!(
         within(b.next_event()).await.unwrap(),
         Event::Choked { .. }
     ));
-    let (stream_c, server_c) = serve_one(&source, &limits);
-    let (mut c, have_c) = within(Session::open(stream_c, small.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut c, have_c, server_c) = open_served(&source, &limits, small.digest()).await;
     assert_eq!(within(c.next_event()).await.unwrap(), Event::Unchoked);
     let (got, _) = within(download(&mut c, &have_c, None, None)).await.unwrap();
     assert_eq!(got, config);
@@ -250,10 +217,7 @@ async fn a_full_queue_answers_interest_with_busy() {
     let seed = source.add_complete(data, geometry(2 * PS as usize));
     let limits = Arc::new(UploadLimits::new(1, 0).with_max_waiting(0));
 
-    let (stream_a, _server_a) = serve_one(&source, &limits);
-    let (mut a, _) = within(Session::open(stream_a, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut a, _, _server_a) = open_served(&source, &limits, seed.digest()).await;
     assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
 
     let (mut stream_b, server_b) = serve_one(&source, &limits);
@@ -295,10 +259,7 @@ async fn the_rate_limit_paces_piece_bytes() {
     let seed = source.add_complete(data.clone(), geometry(data.len()));
     let limits = Arc::new(UploadLimits::new(4, rate));
 
-    let (stream, server) = serve_one(&source, &limits);
-    let (mut session, have) = within(Session::open(stream, seed.digest(), &cfg()))
-        .await
-        .unwrap();
+    let (mut session, have, server) = open_served(&source, &limits, seed.digest()).await;
     let start = Instant::now();
     let (got, _) = within(download(&mut session, &have, None, None))
         .await

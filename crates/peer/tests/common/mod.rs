@@ -76,6 +76,21 @@ pub fn serve_one(
     (client, task)
 }
 
+/// A session opened against a new server of `source` under `limits` (the server's task too).
+pub async fn open_served(
+    source: &Arc<MemorySource>,
+    limits: &Arc<UploadLimits>,
+    digest: Digest,
+) -> (
+    Session,
+    Have,
+    JoinHandle<Result<ServeSummary, SessionError>>,
+) {
+    let (stream, server) = serve_one(source, limits);
+    let (session, have) = within(Session::open(stream, digest, &cfg())).await.unwrap();
+    (session, have, server)
+}
+
 /// What [`download`] saw.
 #[derive(Debug, Default)]
 pub struct Stats {
