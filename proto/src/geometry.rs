@@ -13,8 +13,16 @@ use std::ops::Range;
 pub(crate) const AUTO_MIN_PIECE_SIZE: u32 = 256 * 1024;
 
 /// The automatic choice doubles the piece size until a blob has at most this many pieces, so
-/// bitfields and piece maps stay small (64 bytes and 16 KiB).
+/// bitfields and piece maps of small blobs stay small (64 bytes and 16 KiB)...
 pub(crate) const TARGET_PIECES: u64 = 512;
+
+/// ...but stops at this size, and a bigger blob has more pieces instead (a 30 GiB layer has
+/// 7,680: a 960-byte bitfield, a 240 KiB piece map). A piece is received, verified and
+/// written whole, so a node's buffers per transfer are counted in pieces: with the piece size
+/// growing with the blob, a 30 GiB layer meant 64 MiB pieces and a receiver's memory grew with
+/// the blob (94 MiB at 4 GiB against 53 MiB at 1 GiB). Each hop of the swarm also waits for a
+/// whole piece, so smaller pieces shorten the pipeline through the swarm as well.
+pub(crate) const AUTO_MAX_PIECE_SIZE: u32 = 4 * 1024 * 1024;
 
 /// A blob of `size` bytes cut into pieces of `piece_size` bytes; the last piece is shorter
 /// when `size` is not a multiple. Piece `i` covers bytes `i * piece_size ..` of the blob.
@@ -60,10 +68,11 @@ impl PieceGeometry {
     /// The geometry every agent uses for a blob of `size` bytes, or the override's (a cluster
     /// must then set the same override everywhere).
     ///
-    /// The automatic piece size is the smallest power of two from 4 MiB to 64 MiB that gives at
-    /// most 512 pieces; a blob over 32 GiB keeps 64 MiB pieces and has more (up to
-    /// `MAX_PIECES`, i.e. 4 TiB). A blob smaller than 4 MiB is one piece of exactly its size
-    /// (the piece size stays 4 MiB, so the rule has no special case and `piece_size > 0`).
+    /// The automatic piece size is the smallest power of two from 256 KiB to 4 MiB that gives
+    /// at most 512 pieces; a blob over 2 GiB keeps 4 MiB pieces and has more, up to
+    /// `MAX_PIECES` (256 GiB), and only past that do pieces grow again (to 64 MiB, i.e. 4 TiB).
+    /// A blob smaller than 256 KiB is one piece of exactly its size (the piece size stays
+    /// 256 KiB, so the rule has no special case and `piece_size > 0`).
     pub fn choose(
         size: u64,
         piece_size_override: Option<u32>,
@@ -71,8 +80,12 @@ impl PieceGeometry {
         if let Some(piece_size) = piece_size_override {
             return PieceGeometry::new(size, piece_size);
         }
+        let pieces = |piece_size: u32| size.div_ceil(u64::from(piece_size));
         let mut piece_size = AUTO_MIN_PIECE_SIZE;
-        while piece_size < MAX_PIECE_SIZE && size.div_ceil(u64::from(piece_size)) > TARGET_PIECES {
+        while piece_size < AUTO_MAX_PIECE_SIZE && pieces(piece_size) > TARGET_PIECES {
+            piece_size *= 2;
+        }
+        while piece_size < MAX_PIECE_SIZE && pieces(piece_size) > u64::from(MAX_PIECES) {
             piece_size *= 2;
         }
         PieceGeometry::new(size, piece_size)
@@ -181,12 +194,7 @@ mod tests {
                 .piece_size(),
             4 * MIB as u32
         );
-        let g = PieceGeometry::choose(2048 * MIB + 1, None).unwrap();
-        assert_eq!(g.piece_size(), 8 * MIB as u32);
-        assert_eq!(g.count(), 257);
-        let g = PieceGeometry::choose(32 * 1024 * MIB, None).unwrap();
-        assert_eq!((g.piece_size(), g.count()), (64 * MIB as u32, 512));
-        for size in [1, 5 * MIB, 700 * MIB, 3000 * MIB, 20_000 * MIB] {
+        for size in [1, 5 * MIB, 700 * MIB, 2048 * MIB] {
             let g = PieceGeometry::choose(size, None).unwrap();
             assert!(g.piece_size().is_power_of_two());
             assert!(g.count() <= 512, "{size}: {}", g.count());
@@ -194,10 +202,21 @@ mod tests {
     }
 
     #[test]
+    fn past_2_gib_blobs_get_more_4_mib_pieces_not_bigger_ones() {
+        let g = PieceGeometry::choose(2048 * MIB + 1, None).unwrap();
+        assert_eq!((g.piece_size(), g.count()), (4 * MIB as u32, 513));
+        let g = PieceGeometry::choose(30 * 1024 * MIB, None).unwrap();
+        assert_eq!((g.piece_size(), g.count()), (4 * MIB as u32, 7_680));
+        let g = PieceGeometry::choose(256 * 1024 * MIB, None).unwrap();
+        assert_eq!((g.piece_size(), g.count()), (4 * MIB as u32, MAX_PIECES));
+        let g = PieceGeometry::choose(256 * 1024 * MIB + 1, None).unwrap();
+        assert_eq!(g.piece_size(), 8 * MIB as u32);
+    }
+
+    #[test]
     fn huge_blobs_are_capped_at_max_pieces() {
         let g = PieceGeometry::choose(100 * 1024 * MIB, None).unwrap();
-        assert_eq!(g.piece_size(), MAX_PIECE_SIZE);
-        assert_eq!(g.count(), 1_600);
+        assert_eq!((g.piece_size(), g.count()), (4 * MIB as u32, 25_600));
         let g = PieceGeometry::choose(crate::MAX_BLOB_SIZE, None).unwrap();
         assert_eq!(g.count(), MAX_PIECES);
         assert_eq!(g.len_of(MAX_PIECES - 1), Some(MAX_PIECE_SIZE));
