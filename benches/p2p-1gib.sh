@@ -37,6 +37,10 @@
 #   BENCH_KEEP=1 keep the temp dir
 #   BENCH_FANOUT=N  also N receivers at once, BENCH_RUNS times (A's upload shared; see the report)
 #   BENCH_SWARM_KEY=0  run both agents without a swarm key (allowed on loopback), to measure its cost
+#   BENCH_SENDER_RATE=RATE  shape A's upload (what leaves its p2p port) to RATE (tc syntax, e.g.
+#                800mbit) with an htb class on `lo`, so that the link and not the CPU is the
+#                bottleneck, as in a real cluster; with BENCH_FANOUT this shows whether N receivers
+#                share the link fairly and fill it. Needs root; the qdisc is removed at the end.
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,10 +58,12 @@ T=""
 A_LOG=""
 B_LOG=""
 
+SHAPED=0
 cleanup() {
     local rc=$?
     set +eE
     lib_stop_all
+    if [ "$SHAPED" = 1 ]; then tc qdisc del dev lo root 2>/dev/null; fi
     if [ -n "$T" ] && [ -d "$T" ]; then
         if [ "$rc" -ne 0 ]; then
             for f in "$A_LOG" "$B_LOG"; do
@@ -136,6 +142,17 @@ get() {
 }
 
 # ---------------------------------------------------------------- sender
+# shape_sender RATE: everything A sends from its p2p port goes through one htb class of RATE
+# (fq_codel inside, as a NIC's queue would), everything else on lo stays unshaped.
+shape_sender() {
+    tc qdisc show dev lo | grep -q 'noqueue' || die "lo already has a qdisc; refusing to replace it"
+    SHAPED=1
+    tc qdisc add dev lo root handle 1: htb default 10
+    tc class add dev lo parent 1: classid 1:10 htb rate 100gbit
+    tc class add dev lo parent 1: classid 1:20 htb rate "$1" ceil "$1"
+    tc qdisc add dev lo parent 1:20 fq_codel
+    tc filter add dev lo parent 1: protocol ip u32 match ip sport "$A_P2P" 0xffff flowid 1:20
+}
 # A swarm key, as every real cluster has (its private-network layer is part of what is measured).
 KEY=()
 if [ "${BENCH_SWARM_KEY:-1}" != 0 ]; then
@@ -157,6 +174,11 @@ lib_wait_cmd 150 provides "$A_ADMIN" || die "agent A does not announce the blob"
 A_BASE_UP=$(metric "$A_ADMIN" pollen_upstream_bytes_total)
 lib_log "the floor: hashing A's copy, writing a file of its size"
 bench_floor "$T/a/blobs/sha256/$HEX" "$T" "$T/floor.rows"
+if [ -n "${BENCH_SENDER_RATE:-}" ]; then
+    lib_ensure_tools tc=iproute2 || die "tc is missing"
+    shape_sender "$BENCH_SENDER_RATE"
+    lib_log "A's upload shaped to $BENCH_SENDER_RATE"
+fi
 
 # start_receiver DIR LOG PORT ADMIN P2P: a receiver with an empty data dir, bootstrapped to A,
 # its upstream a port nobody listens on (only A can supply the blob); sets AGENT_PID.
@@ -329,6 +351,7 @@ report() {
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), agent \`$POLLEN_BIN\`${EXTRA[*]:+ with \`${EXTRA[*]}\`}."
     echo "Blob: $SIZE bytes of /dev/urandom, $DIGEST. Client: curl through B, body discarded. Median of $RUNS runs (min–max in brackets)."
+    if [ -n "${BENCH_SENDER_RATE:-}" ]; then echo "A's upload shaped to $BENCH_SENDER_RATE (htb on lo, fq_codel)."; fi
     echo
     echo "| figure | median |"
     echo "| --- | --- |"

@@ -11,9 +11,14 @@ use tokio::time::Instant;
 /// hold pieces hostage that other peers will soon have (docs/tracker.md).
 const REQUESTS_PER_PEER: usize = 4;
 /// Most piece bytes requested ahead per peer: the pieces in flight are buffered in memory, and
-/// a blob's pieces grow with its size (4 MiB up to 64 MiB), so the count alone would let a
-/// 30 GB layer hold 256 MiB in flight per peer.
+/// an overridden piece size can be up to 64 MiB, so the count alone could hold 256 MiB in
+/// flight per peer.
 const PIPELINE_BYTES: u64 = 16 << 20;
+/// Most piece bytes a download holds in flight over all its peers: requested and not yet
+/// received, or received and not yet written. Each is a buffer in memory, so without this a
+/// node downloading from many peers at once would hold [`PIPELINE_BYTES`] for each. 48 MiB is
+/// 3 peers at full pipeline, and covers a 4 ms round trip at 100 Gbit/s.
+const DOWNLOAD_BYTES: u64 = 48 << 20;
 /// How much of a peer's measured rate is kept requested ahead.
 const PIPELINE_SECONDS: f64 = 1.0;
 
@@ -73,6 +78,13 @@ pub(crate) fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
     }
 }
 
+/// Most pieces of `piece_len` bytes a download keeps in flight over all its peers (see
+/// [`DOWNLOAD_BYTES`]), never fewer than one peer's full pipeline.
+pub(crate) fn download_cap(piece_len: u64) -> usize {
+    let by_bytes = usize::try_from(DOWNLOAD_BYTES / piece_len.max(1)).unwrap_or(usize::MAX);
+    by_bytes.max(pipeline_cap(piece_len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +97,15 @@ mod tests {
         assert_eq!(pipeline_cap(8 * MIB), 2);
         assert_eq!(pipeline_cap(64 * MIB), 1);
         assert_eq!(pipeline_cap(0), REQUESTS_PER_PEER);
+    }
+
+    #[test]
+    fn a_download_holds_at_most_its_bytes_over_all_peers_but_one_full_pipeline() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(download_cap(MIB), 48);
+        assert_eq!(download_cap(4 * MIB), 12);
+        assert_eq!(download_cap(64 * MIB), 1);
+        assert_eq!(download_cap(16 * MIB), 3);
+        assert_eq!(download_cap(0), 48 << 20);
     }
 }

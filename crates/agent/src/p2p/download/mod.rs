@@ -70,6 +70,9 @@ pub(crate) struct PeerPhase<'a> {
     requests: HashMap<u32, Vec<(usize, Instant)>>,
     /// Pieces received and queued for the writer.
     writing: HashSet<u32>,
+    /// Which peer is offered the download's budget of requests first, turn by turn, so that
+    /// with the budget spent the first peers in order do not keep it.
+    first_turn: usize,
     availability: Vec<u16>,
     /// This node's random order of the pieces (the picker's tie-break).
     tie_break: Vec<u64>,
@@ -120,6 +123,7 @@ impl<'a> PeerPhase<'a> {
             written: None,
             requests: HashMap::new(),
             writing: HashSet::new(),
+            first_turn: 0,
             availability: Vec::new(),
             tie_break: Vec::new(),
             known: Bitfield::default(),

@@ -3,13 +3,23 @@
 use super::PeerPhase;
 use crate::p2p::peer_task::ToPeer;
 use crate::p2p::picker::{pick, PickState};
+use crate::p2p::slot::download_cap;
 use crate::sink::Sink;
 use std::ops::Range;
 use tokio::time::Instant;
 
 impl PeerPhase<'_> {
-    /// Keeps every unchoked peer's pipeline full.
+    /// Keeps every unchoked peer's pipeline full, within the download's budget of pieces in
+    /// flight (requested, or received and being written).
     pub(super) fn fill_requests(&mut self, sink: &Sink) {
+        let piece_len = u64::from(sink.geometry.piece_size());
+        let budget = download_cap(piece_len);
+        let mut in_flight = self
+            .slots
+            .values()
+            .map(|e| e.outstanding)
+            .sum::<usize>()
+            .saturating_add(self.writing.len());
         let mut done = sink.have.clone();
         // Pieces being written, and those of the share this node fetches from the upstream.
         for i in self
@@ -24,12 +34,20 @@ impl PeerPhase<'_> {
         let peers = self.slots.values().filter(|e| e.has.is_some()).count();
         let mut slots: Vec<usize> = self.slots.keys().copied().collect();
         slots.sort_unstable();
+        if !slots.is_empty() {
+            self.first_turn = self.first_turn.wrapping_add(1);
+            let turn = self.first_turn % slots.len();
+            slots.rotate_left(turn);
+        }
         for slot in slots {
             while let Some(entry) = self.slots.get(&slot) {
                 let Some(has) = entry.has.as_ref().filter(|_| entry.unchoked) else {
                     break;
                 };
-                if entry.outstanding >= entry.pipeline(u64::from(sink.geometry.piece_size())) {
+                if in_flight >= budget {
+                    return;
+                }
+                if entry.outstanding >= entry.pipeline(piece_len) {
                     break;
                 }
                 let state = PickState {
@@ -49,6 +67,7 @@ impl PeerPhase<'_> {
                     break;
                 }
                 self.requests.entry(index).or_default().push((slot, now));
+                in_flight = in_flight.saturating_add(1);
                 if let Some(entry) = self.slots.get_mut(&slot) {
                     entry.outstanding += 1;
                     entry.first_request.get_or_insert(now);
