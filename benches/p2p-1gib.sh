@@ -38,7 +38,7 @@
 #   BENCH_FANOUT=N  also N receivers at once, BENCH_RUNS times (A's upload shared; see the report)
 #   BENCH_SWARM_KEY=0  run both agents without a swarm key (allowed on loopback), to measure its cost
 #   BENCH_SENDER_RATE=RATE  shape A's upload (what leaves its p2p port) to RATE (tc syntax, e.g.
-#                800mbit) with an htb class on `lo`, so that the link and not the CPU is the
+#                800mbit) with an htb class on `lo` (one FIFO), so that the link and not the CPU is the
 #                bottleneck, as in a real cluster; with BENCH_FANOUT this shows whether N receivers
 #                share the link fairly and fill it. Needs root; the qdisc is removed at the end.
 set -Eeuo pipefail
@@ -143,14 +143,13 @@ get() {
 
 # ---------------------------------------------------------------- sender
 # shape_sender RATE: everything A sends from its p2p port goes through one htb class of RATE
-# (fq_codel inside, as a NIC's queue would), everything else on lo stays unshaped.
+# (one FIFO: this kernel has no fq_codel or sfq), everything else on lo stays unshaped.
 shape_sender() {
     tc qdisc show dev lo | grep -q 'noqueue' || die "lo already has a qdisc; refusing to replace it"
     SHAPED=1
     tc qdisc add dev lo root handle 1: htb default 10
-    tc class add dev lo parent 1: classid 1:10 htb rate 100gbit
-    tc class add dev lo parent 1: classid 1:20 htb rate "$1" ceil "$1"
-    tc qdisc add dev lo parent 1:20 fq_codel
+    tc class add dev lo parent 1: classid 1:10 htb rate 100gbit quantum 200000
+    tc class add dev lo parent 1: classid 1:20 htb rate "$1" ceil "$1" quantum 200000
     tc filter add dev lo parent 1: protocol ip u32 match ip sport "$A_P2P" 0xffff flowid 1:20
 }
 # A swarm key, as every real cluster has (its private-network layer is part of what is measured).
@@ -351,7 +350,7 @@ report() {
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), agent \`$POLLEN_BIN\`${EXTRA[*]:+ with \`${EXTRA[*]}\`}."
     echo "Blob: $SIZE bytes of /dev/urandom, $DIGEST. Client: curl through B, body discarded. Median of $RUNS runs (min–max in brackets)."
-    if [ -n "${BENCH_SENDER_RATE:-}" ]; then echo "A's upload shaped to $BENCH_SENDER_RATE (htb on lo, fq_codel)."; fi
+    if [ -n "${BENCH_SENDER_RATE:-}" ]; then echo "A's upload shaped to $BENCH_SENDER_RATE (one htb class on lo)."; fi
     echo
     echo "| figure | median |"
     echo "| --- | --- |"

@@ -4,7 +4,7 @@
 //! body; the session loop keeps reading requests meanwhile. One piece per job is what makes
 //! `Cancel` work: a queued piece stays cancellable until a job takes it.
 
-use super::super::limits::{UploadLimits, UPLOAD_CHUNK};
+use super::super::limits::UploadLimits;
 use crate::error::SessionError;
 use crate::source::PieceReader;
 use pollen_proto::{write_piece_header, write_reply, Reply};
@@ -81,7 +81,7 @@ where
             )));
         }
         within(stall, write_piece_header(w, piece.index, piece.len)).await?;
-        for chunk in body.chunks(UPLOAD_CHUNK) {
+        for chunk in body.chunks(limits.chunk()) {
             limits.throttle(chunk.len()).await;
             within(stall, w.write_all(chunk)).await?;
             sent.bytes += chunk.len() as u64;
