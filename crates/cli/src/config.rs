@@ -147,7 +147,7 @@ pub struct AgentArgs {
         value_delimiter = ';'
     )]
     pub allow_peer: Vec<String>,
-    /// Piece size override, 64KiB to 64MiB; every agent of a cluster must use the same [default: automatic, 4MiB to 64MiB by blob size]
+    /// Piece size override, 64KiB to 64MiB; every agent of a cluster must use the same [default: automatic, 256KiB to 4MiB by blob size; past 2GiB more pieces, not bigger]
     #[arg(long, env = "POLLEN_PIECE_SIZE", value_name = "BYTES")]
     pub piece_size: Option<String>,
     /// Piece bytes sent to peers per second, all peers together, e.g. 100MiB; 0 = unlimited [default: 0]
