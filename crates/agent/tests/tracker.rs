@@ -604,3 +604,38 @@ async fn a_tag_pulled_everywhere_at_once_costs_one_get_and_a_head_per_node() {
         "the others get the body from the tracker's node"
     );
 }
+
+/// A tracker knows holders only from its members. A node that fetched the blob while it knew
+/// no tracker is known to Kademlia alone; the node the tracker then makes the fetcher must
+/// take the blob from it, not from the upstream (down here, so that would fail outright).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fetcher_takes_the_blob_from_a_holder_its_tracker_never_knew() {
+    let reg = TestRegistry::start().await.unwrap();
+    let seed = member(&reg, agent_config(&reg), None).await;
+    let size = 6 * PIECE + 3;
+    let (layer, digest) = seed_blob(&reg, &seed, size, 310).await;
+    eventually("the seed to announce the blob", || async {
+        status(&seed).await.provided_blobs >= 1
+    })
+    .await;
+    let mut cfg = agent_config(&reg);
+    cfg.p2p.tracker = true;
+    let tracker = member(&reg, cfg, Some(&seed)).await;
+    let b = member(&reg, agent_config(&reg), Some(&seed)).await;
+    let t = node(&tracker).peer_id().to_string();
+    eventually("B to know the tracker", || async {
+        status(&b).await.trackers.contains(&t)
+    })
+    .await;
+    upstream_down(&reg);
+    let r = b.get(&blob_path(&b, &digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes(), &layer);
+    assert_eq!(sources(&b), (size as f64, 0.0), "every byte from the seed");
+    // The tracker coordinated the blob (so B was made its fetcher), and knows B holds it now.
+    let tracked = status(&tracker).await.tracked_blobs;
+    assert!(
+        tracked.iter().any(|tb| tb.digest == digest),
+        "the tracker never coordinated the blob: {tracked:?}"
+    );
+}

@@ -13,7 +13,34 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 
+/// The bound on the Kademlia lookup a fetcher makes before it goes to the upstream. With no
+/// provider anywhere (the usual case: a new blob) the lookup ends after a few round trips
+/// inside a cluster; this only caps a lookup held up by peers that do not answer.
+const FETCHER_LOOKUP: Duration = Duration::from_millis(500);
+
 impl PeerPhase<'_> {
+    /// Whether Kademlia knows holders of the blob that the tracker, which made this node the
+    /// fetcher, does not (they become this download's providers). A tracker knows holders
+    /// only from its members: a node that has held the blob since before this tracker took
+    /// it on (a seed of an earlier rollout whose tracker has gone, a node that fetched it
+    /// while it knew no tracker) is known to Kademlia alone, and going to the upstream past
+    /// it costs the registry the whole blob (or fails outright when the registry is down).
+    pub(super) async fn holders_the_tracker_missed(&mut self) -> bool {
+        let digest = self.fetch.digest;
+        let found = tokio::time::timeout(FETCHER_LOOKUP, lookup(&self.p2p.node, digest))
+            .await
+            .unwrap_or_default();
+        for p in &found {
+            if !self.providers.contains(p) {
+                self.providers.push(*p);
+            }
+        }
+        if !found.is_empty() {
+            debug!(%digest, providers = found.len(), "made the fetcher, but Kademlia knows holders: fetching from them");
+        }
+        !found.is_empty()
+    }
+
     /// Looks the blob's providers up and starts sessions with new ones; false if there are
     /// none at all.
     pub(super) async fn connect_providers(&mut self) -> bool {

@@ -151,7 +151,7 @@ impl<'a> PeerPhase<'a> {
     ) -> Result<PeerOutcome, FetchError> {
         if let Some((_, assignment)) = coordination.as_ref() {
             debug!(digest = %self.fetch.digest, fetch = assignment.fetch, peers = assignment.peers.len(), "the tracker's assignment");
-            if assignment.fetch {
+            if assignment.fetch && !self.holders_the_tracker_missed().await {
                 // Nobody holds the blob (the tracker would have named the holders instead):
                 // the members it names have at most what this node will fetch.
                 return Ok(PeerOutcome::Fallback(
