@@ -25,7 +25,7 @@ use libp2p::{connection_limits, Multiaddr, PeerId};
 /// blobs it fetches and to those fetching from it; a thousand is far beyond a busy node of a
 /// large cluster and well below the default file-descriptor limit.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
-/// Inbound connections still in their handshake (private-network nonce, TLS/noise, yamux).
+/// Inbound connections still in their handshake (TLS or noise with the swarm key proof, yamux).
 /// Handshakes take milliseconds inside a cluster; this many at once is a burst of starts.
 pub const DEFAULT_MAX_PENDING_INCOMING: u32 = 128;
 /// Established connections to one peer. Two nodes dialling each other at once end up with
