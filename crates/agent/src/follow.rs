@@ -8,8 +8,8 @@
 //! from the upstream's bytes are of bytes nobody has verified yet); until then it waits, with
 //! the same stall deadline as any reader.
 
-use crate::blobs::Progress;
 use crate::error::FetchError;
+use crate::inflight::Progress;
 use bytes::Bytes;
 use pollen_proto::PieceBuf;
 use pollen_store::DataFile;

@@ -18,6 +18,7 @@ mod follow;
 pub mod fuzzing;
 mod gather;
 mod http;
+mod inflight;
 mod listen;
 mod manifests;
 mod metrics;
@@ -116,7 +117,7 @@ pub(crate) struct Ctx {
     /// The upstream client with its configuration; replaced whole by [`Agent::reload`]
     /// (SIGHUP), so a request sees either the old configuration or the new one.
     upstream: std::sync::RwLock<Arc<Upstream>>,
-    blobs: DashMap<Digest, Arc<blobs::Inflight>>,
+    blobs: DashMap<Digest, Arc<inflight::Inflight>>,
     manifests: manifests::Manifests,
     metrics: Metrics,
     ready: AtomicBool,
@@ -230,9 +231,7 @@ impl Agent {
             }),
         };
         if let Some(t) = agent.ctx.p2p.as_ref().and_then(|p| p.tracker.as_ref()) {
-            t.set_resolver(Arc::new(p2p::tracker::TagResolver(Arc::downgrade(
-                &agent.ctx,
-            ))));
+            t.set_resolver(Arc::new(manifests::TagResolver(Arc::downgrade(&agent.ctx))));
             t.set_others(Arc::new(p2p::Others(Arc::downgrade(&agent.ctx))));
         }
         Ok(agent)

@@ -8,7 +8,8 @@
 //! Progress comes back as [`PreheatEvent`]s, one stream per target and blob
 //! (`/pollen/preheat/1`).
 
-use crate::blobs::{self, Progress};
+use crate::blobs;
+use crate::inflight::Progress;
 use crate::p2p::tracker::{jittered, JOIN_BACKOFF};
 use crate::{manifests, Ctx};
 use pollen_oci::{

@@ -4,8 +4,8 @@
 //! they may read ([`Progress`]) and the peers which pieces it can serve ([`PieceState`]).
 //! The network side never waits on the disk or a hash.
 
-use crate::blobs::{Inflight, Progress, Recent};
 use crate::error::FetchError;
+use crate::inflight::{Inflight, Progress, Recent};
 use crate::p2p::PieceShare;
 use bytes::Bytes;
 use pollen_peer::{PieceState, Spread};

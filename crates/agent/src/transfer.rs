@@ -2,9 +2,10 @@
 //! this node's share of a split fetch), streamed into the blob's writer, resumed when a
 //! transfer breaks.
 
-use crate::blobs::{BlobFetch, Progress};
+use crate::blobs::BlobFetch;
 use crate::error::FetchError;
 use crate::gather::Gather;
+use crate::inflight::Progress;
 use crate::p2p::tracker::{Assignment, TrackerLink};
 use crate::sink::{Appender, Op, Sink};
 use bytes::Bytes;

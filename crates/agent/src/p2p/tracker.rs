@@ -565,35 +565,6 @@ pub(crate) async fn ask_resolve(
     }
 }
 
-/// The tracker's side: resolves tags for the cluster through this node's own manifest path.
-pub(crate) struct TagResolver(pub std::sync::Weak<Ctx>);
-
-impl pollen_tracker::Resolver for TagResolver {
-    fn resolve<'a>(
-        &'a self,
-        registry: Option<&'a str>,
-        name: &'a str,
-        tag: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Digest, String>> + Send + 'a>>
-    {
-        Box::pin(async move {
-            let ctx = self.0.upgrade().ok_or(crate::confine::FAILED)?;
-            // A member names the registry: only one this node is configured for, and the
-            // member learns nothing of why a lookup failed (the cause is logged here).
-            let route = crate::confine::peer_route(ctx.upstream().config(), registry, name)
-                .ok_or(crate::confine::REFUSED)?;
-            let reference = pollen_oci::Reference::Tag(tag.to_string());
-            crate::manifests::get_with(&ctx, &route, &reference, None, false)
-                .await
-                .map(|m| m.digest)
-                .map_err(|e| {
-                    debug!(registry = %route.registry, error = ?e, "resolving a tag for a member failed");
-                    crate::confine::FAILED.to_string()
-                })
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
