@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use crate::bootstrap;
 use crate::config::SwarmConfig;
-use crate::node::{Counters, Error};
+use crate::error::Error;
 use crate::redial::Redial;
+use crate::stats::Counters;
 
 /// Providers dialled ahead of time per lookup: enough to start a download from several
 /// peers, few enough that a popular blob does not make us dial half the cluster.

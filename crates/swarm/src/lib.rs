@@ -24,6 +24,7 @@
 mod behaviour;
 mod bootstrap;
 pub mod config;
+mod error;
 mod event_loop;
 pub mod identity;
 pub mod key;
@@ -32,13 +33,16 @@ mod muxer;
 mod node;
 mod proof;
 mod redial;
+mod stats;
 mod store;
 mod tls;
 mod transport;
 
 pub use config::{Bootstrap, Security, SwarmConfig};
+pub use error::Error;
 pub use identity::IdentityError;
 pub use key::{KeyError, SwarmKey};
 pub use libp2p::{multiaddr, Multiaddr, PeerId, Stream};
 pub use limits::Limits;
-pub use node::{is_loopback_listen, Error, IncomingStreams, Node, Stats};
+pub use node::{is_loopback_listen, IncomingStreams, Node};
+pub use stats::Stats;

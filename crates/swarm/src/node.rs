@@ -7,7 +7,7 @@
 //! directly, so a busy event loop never delays piece traffic.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::Behaviour;
 use crate::config::SwarmConfig;
+use crate::error::Error;
 use crate::event_loop::{Command, EventLoop};
-use crate::identity::{self, IdentityError};
+use crate::identity;
+use crate::stats::{Counters, Stats};
 use crate::transport;
 
 /// The bound on a request to the event loop that needs no network round trip.
@@ -35,54 +37,6 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Commands waiting for the event loop; a full queue makes callers wait (bounded by their
 /// deadlines), not the loop.
 const COMMAND_QUEUE: usize = 256;
-
-/// Why a swarm call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
-    #[error("building the transport: {0}")]
-    Transport(String),
-    #[error("setting up the swarm: {0}")]
-    Setup(#[source] std::io::Error),
-    /// Without a swarm key anyone who reaches the port could join, so only loopback is allowed.
-    #[error("no swarm key, and {addr} is not a loopback address: anyone who can reach it could join the swarm; run `pollen swarm-key` once, give the file to every agent with --swarm-key FILE (or listen on 127.0.0.1 only, or turn peer-to-peer off with --p2p false)")]
-    NoSwarmKey { addr: Multiaddr },
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: Multiaddr, reason: String },
-    #[error("the swarm has stopped")]
-    Stopped,
-    #[error("{what} took longer than {after:?}")]
-    Timeout { what: &'static str, after: Duration },
-    #[error("cannot announce the blob: {0}")]
-    Provide(String),
-    #[error("opening a stream to {peer}: {source}")]
-    OpenStream {
-        peer: PeerId,
-        #[source]
-        source: libp2p_stream::OpenStreamError,
-    },
-    #[error("incoming streams of this protocol are already being accepted by another caller")]
-    AlreadyAccepting,
-}
-
-/// Counters for `pollen status` and metrics, read without asking the event loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
-    /// Peers we have at least one connection to.
-    pub connected_peers: usize,
-    /// Peers in the Kademlia routing table (known and recently reachable).
-    pub routing_table_peers: usize,
-    /// Blobs this node announces as provider.
-    pub provided_blobs: usize,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub connected_peers: AtomicUsize,
-    pub routing_table_peers: AtomicUsize,
-    pub provided_blobs: AtomicUsize,
-}
 
 /// Streams of the pieces protocol opened by other nodes.
 pub struct IncomingStreams(libp2p_stream::IncomingStreams);
