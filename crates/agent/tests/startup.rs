@@ -29,8 +29,14 @@ fn random_below(n: u64) -> u64 {
 
 /// A loopback address with a free port for the bootstrap target, known before it starts.
 fn free_addr() -> pollen_swarm::Multiaddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
+    // Below the kernel's ephemeral range (32768-60999 by default): agent 0 listens here only
+    // after the others have begun dialling it, and a dial's own ephemeral port must not take
+    // the port first (a connect to a local port nobody listens on can even connect to itself).
+    let start = 20_000 + random_below(10_000) as u16;
+    let port = (start..32_000)
+        .chain(20_000..start)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range");
     format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
 }
 
