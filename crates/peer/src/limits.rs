@@ -222,7 +222,6 @@ impl UploadLimits {
         &self.rate
     }
 
-    /// Waits until `bytes` more may be sent under the node's rate.
     /// How much of a piece body to write (and charge) at a time: see [`LIMITED_CHUNK`].
     pub(crate) fn chunk(&self) -> usize {
         if self.rate.rate() == 0 {
@@ -232,6 +231,7 @@ impl UploadLimits {
         }
     }
 
+    /// Waits until `bytes` more may be sent under the node's rate.
     pub(crate) async fn throttle(&self, bytes: usize) {
         self.rate.acquire(bytes as u64).await;
     }

@@ -12,9 +12,9 @@
 //!
 //! Every dial takes a fresh local port ([`FreshPorts`]). libp2p would otherwise dial from the
 //! listening port, which helps NAT traversal and nothing else here, and costs a lot: two
-//! connections to the same peer share one four-tuple, so the second dial fails with
-//! `EADDRINUSE`, and after a connection we closed the tuple sits in `TIME_WAIT` for a minute,
-//! during which the peer cannot be dialled again at all.
+//! connections to the same peer would share one four-tuple, and a redial needs the tuple of
+//! a connection that may still be closing: both fail with `EADDRINUSE` (seen in the admission
+//! tests as bootstrap dials refused again and again for 30 s).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

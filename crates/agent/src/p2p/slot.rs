@@ -48,8 +48,12 @@ impl Slot {
 /// Most requests outstanding per peer for pieces of `piece_len` bytes: [`REQUESTS_PER_PEER`],
 /// fewer where that many would hold more than [`PIPELINE_BYTES`], never none.
 fn pipeline_cap(piece_len: u64) -> usize {
-    let by_bytes = usize::try_from(PIPELINE_BYTES / piece_len.max(1)).unwrap_or(usize::MAX);
-    by_bytes.clamp(1, REQUESTS_PER_PEER)
+    pieces_within(PIPELINE_BYTES, piece_len).clamp(1, REQUESTS_PER_PEER)
+}
+
+/// Whole pieces of `piece_len` bytes within `bytes`.
+fn pieces_within(bytes: u64, piece_len: u64) -> usize {
+    usize::try_from(bytes / piece_len.max(1)).unwrap_or(usize::MAX)
 }
 
 /// A random rank per piece (std's randomly keyed hasher: no extra dependency for a shuffle).
@@ -81,8 +85,7 @@ pub(crate) fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
 /// Most pieces of `piece_len` bytes a download keeps in flight over all its peers (see
 /// [`DOWNLOAD_BYTES`]), never fewer than one peer's full pipeline.
 pub(crate) fn download_cap(piece_len: u64) -> usize {
-    let by_bytes = usize::try_from(DOWNLOAD_BYTES / piece_len.max(1)).unwrap_or(usize::MAX);
-    by_bytes.max(pipeline_cap(piece_len))
+    pieces_within(DOWNLOAD_BYTES, piece_len).max(pipeline_cap(piece_len))
 }
 
 #[cfg(test)]

@@ -30,15 +30,20 @@ impl PeerPhase<'_> {
         let found = tokio::time::timeout(FETCHER_LOOKUP, lookup(&self.p2p.node, digest))
             .await
             .unwrap_or_default();
-        for p in &found {
-            if !self.providers.contains(p) {
-                self.providers.push(*p);
-            }
-        }
+        self.remember(&found);
         if !found.is_empty() {
             debug!(%digest, providers = found.len(), "made the fetcher, but Kademlia knows holders: fetching from them");
         }
         !found.is_empty()
+    }
+
+    /// Adds `providers` to the peers this download may ask (once each).
+    fn remember(&mut self, providers: &[PeerId]) {
+        for p in providers {
+            if !self.providers.contains(p) {
+                self.providers.push(*p);
+            }
+        }
     }
 
     /// Looks the blob's providers up and starts sessions with new ones; false if there are
@@ -69,11 +74,7 @@ impl PeerPhase<'_> {
         let now = Instant::now();
         self.retired.retain(|_, until| *until > now);
         let connected: HashSet<PeerId> = self.slots.values().map(|s| s.task.peer).collect();
-        for p in providers {
-            if !self.providers.contains(p) {
-                self.providers.push(*p);
-            }
-        }
+        self.remember(providers);
         let mut candidates = self.named.clone();
         candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
         let fresh = candidates.iter().filter(|p| {
