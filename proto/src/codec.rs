@@ -102,6 +102,7 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply, ProtoError> {
 
 /// Reads the payload length from a frame's prefix, refusing one above `max` before anything is
 /// allocated for it.
+#[cfg(feature = "io")]
 pub(crate) fn payload_len(prefix: [u8; PREFIX_LEN], max: u32) -> Result<usize, ProtoError> {
     let len = u32::from_le_bytes(prefix);
     if len > max {

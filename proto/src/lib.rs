@@ -39,6 +39,7 @@ mod builder;
 mod codec;
 mod error;
 mod geometry;
+#[cfg(feature = "io")]
 mod io;
 mod message;
 mod piecemap;
@@ -52,21 +53,26 @@ pub use builder::{BuildError, PieceMapBuilder};
 pub use codec::{decode_reply, decode_request, encode_reply, encode_request};
 pub use error::{GeometryError, ProtoError};
 pub use geometry::PieceGeometry;
+#[cfg(feature = "io")]
 pub use io::{
     read_piece_body, read_reply, read_request, write_piece, write_piece_header, write_reply,
     write_request,
 };
 pub use message::{ErrorCode, Reply, Request};
 pub use piecemap::{HashedPiece, PartialPieceMap, PieceHasher, PieceMap, PieceMapId};
+#[cfg(feature = "io")]
 pub use preheat::{
     read_preheat_reply, read_preheat_request, write_preheat_reply, write_preheat_request,
-    PreheatReply, PreheatRequest, MAX_PREHEAT_NAME, PREHEAT_PROTOCOL,
 };
+pub use preheat::{PreheatReply, PreheatRequest, MAX_PREHEAT_NAME, PREHEAT_PROTOCOL};
 pub use tracker::{
     decode_tracker_reply, decode_tracker_request, encode_tracker_reply, encode_tracker_request,
-    read_tracker_reply, read_tracker_request, write_tracker_reply, write_tracker_request,
     TrackerReply, TrackerRequest, MAX_LABELS, MAX_LABEL_LEN, MAX_PEER_ID_LEN, MAX_TRACKER_FRAME,
     MAX_TRACKER_PEERS, TRACKER_PROTOCOL,
+};
+#[cfg(feature = "io")]
+pub use tracker::{
+    read_tracker_reply, read_tracker_request, write_tracker_reply, write_tracker_request,
 };
 
 /// The libp2p protocol id. The version is part of the id: an incompatible change to anything in

@@ -2,11 +2,15 @@
 //! with `pollen preheat --all-nodes`) to fetch a blob into its cache before a rollout, and
 //! hears how far it got. One stream per blob; framing and limits as the tracker protocol.
 
+#[cfg(feature = "io")]
 use crate::error::ProtoError;
 use crate::serde_util::digest_bytes;
-use crate::tracker::{read_small, write_small, Small};
+use crate::tracker::Small;
+#[cfg(feature = "io")]
+use crate::tracker::{read_small, write_small};
 use pollen_oci::Digest;
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The libp2p protocol id of preheat requests.
@@ -66,6 +70,7 @@ impl Small for PreheatReply {
     }
 }
 
+#[cfg(feature = "io")]
 pub async fn write_preheat_request<W>(w: &mut W, req: &PreheatRequest) -> Result<(), ProtoError>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -73,6 +78,7 @@ where
     write_small(w, req).await
 }
 
+#[cfg(feature = "io")]
 pub async fn read_preheat_request<R>(r: &mut R) -> Result<Option<PreheatRequest>, ProtoError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -80,6 +86,7 @@ where
     read_small(r).await
 }
 
+#[cfg(feature = "io")]
 pub async fn write_preheat_reply<W>(w: &mut W, reply: &PreheatReply) -> Result<(), ProtoError>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -87,6 +94,7 @@ where
     write_small(w, reply).await
 }
 
+#[cfg(feature = "io")]
 pub async fn read_preheat_reply<R>(r: &mut R) -> Result<Option<PreheatReply>, ProtoError>
 where
     R: AsyncRead + Unpin + ?Sized,

@@ -9,10 +9,12 @@
 
 use crate::codec::{decode_payload, encode_frame};
 use crate::error::ProtoError;
+#[cfg(feature = "io")]
 use crate::io::read_frame;
 use crate::serde_util::digest_bytes;
 use pollen_oci::Digest;
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// The libp2p protocol id of the tracker.
@@ -225,6 +227,7 @@ pub(crate) fn decode_small<T: Small>(payload: &[u8]) -> Result<T, ProtoError> {
     Ok(msg)
 }
 
+#[cfg(feature = "io")]
 pub(crate) async fn write_small<W, T>(w: &mut W, msg: &T) -> Result<(), ProtoError>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -235,6 +238,7 @@ where
     Ok(())
 }
 
+#[cfg(feature = "io")]
 pub(crate) async fn read_small<R, T>(r: &mut R) -> Result<Option<T>, ProtoError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -279,6 +283,7 @@ pub fn decode_tracker_reply(payload: &[u8]) -> Result<TrackerReply, ProtoError> 
 }
 
 /// Writes one tracker request and flushes it.
+#[cfg(feature = "io")]
 pub async fn write_tracker_request<W>(w: &mut W, req: &TrackerRequest) -> Result<(), ProtoError>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -287,6 +292,7 @@ where
 }
 
 /// Writes one tracker reply and flushes it.
+#[cfg(feature = "io")]
 pub async fn write_tracker_reply<W>(w: &mut W, reply: &TrackerReply) -> Result<(), ProtoError>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -295,6 +301,7 @@ where
 }
 
 /// Reads the next tracker request; `Ok(None)` on a clean close between frames.
+#[cfg(feature = "io")]
 pub async fn read_tracker_request<R>(r: &mut R) -> Result<Option<TrackerRequest>, ProtoError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -303,6 +310,7 @@ where
 }
 
 /// Reads the next tracker reply; `Ok(None)` on a clean close between frames.
+#[cfg(feature = "io")]
 pub async fn read_tracker_reply<R>(r: &mut R) -> Result<Option<TrackerReply>, ProtoError>
 where
     R: AsyncRead + Unpin + ?Sized,

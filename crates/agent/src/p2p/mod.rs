@@ -3,8 +3,8 @@
 //!
 //! - [`source`]: the store and the blobs in flight as a [`pollen_peer::PieceSource`], so a
 //!   piece is served as soon as it is verified, long before its blob is complete.
-//! - [`download`]: one blob's download from peers, a single-writer event loop.
-//! - [`picker`]: which piece to ask which peer for next (pure, unit-tested).
+//! - [`download`]: one blob's download from peers, a single-writer event loop that carries out
+//!   what `pollen_core::download` (peers, requests, the picker, the stall watch) decides.
 //! - [`peer_task`]: one session with one uploader, as a task that forwards its events.
 //! - [`manifest`]: manifests by digest, whole, checked against their digest.
 //! - [`tracker`]: the blob's tracker (rendezvous over live trackers) and the membership a
@@ -14,9 +14,7 @@
 mod download;
 pub(crate) mod manifest;
 mod peer_task;
-mod picker;
 mod settle;
-mod slot;
 mod source;
 pub(crate) mod tracker;
 

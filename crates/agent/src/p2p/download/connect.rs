@@ -5,7 +5,6 @@
 
 use super::{PeerPhase, MAX_BACKOFF};
 use crate::p2p::peer_task::PeerTask;
-use crate::p2p::slot::{count, Slot};
 use crate::sink::Sink;
 use pollen_swarm::PeerId;
 use std::collections::HashSet;
@@ -73,7 +72,7 @@ impl PeerPhase<'_> {
         let digest = self.fetch.digest;
         let now = Instant::now();
         self.retired.retain(|_, until| *until > now);
-        let connected: HashSet<PeerId> = self.slots.values().map(|s| s.task.peer).collect();
+        let connected: HashSet<PeerId> = self.tasks.values().map(|t| t.peer).collect();
         self.remember(providers);
         let mut candidates = self.named.clone();
         candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
@@ -86,7 +85,7 @@ impl PeerPhase<'_> {
             .p2p
             .cfg
             .max_peers_per_blob
-            .saturating_sub(self.slots.len());
+            .saturating_sub(self.tasks.len());
         for peer in fresh.take(room).copied().collect::<Vec<_>>() {
             debug!(%digest, %peer, "dialling a peer for the blob");
             let slot = self.next_slot;
@@ -98,19 +97,10 @@ impl PeerPhase<'_> {
                 slot,
                 self.events_tx.clone(),
             );
-            self.slots.insert(
-                slot,
-                Slot {
-                    task,
-                    has: None,
-                    unchoked: false,
-                    outstanding: 0,
-                    delivered: 0,
-                    first_request: None,
-                },
-            );
+            self.tasks.insert(slot, task);
+            self.x.add(slot);
         }
-        !candidates.is_empty() || !self.slots.is_empty()
+        !candidates.is_empty() || !self.tasks.is_empty()
     }
 
     /// Ends every session while this node fetches its share from the upstream (the sessions
@@ -118,37 +108,30 @@ impl PeerPhase<'_> {
     /// [`PeerPhase::run`] dials the same peers again at once.
     pub fn suspend(&mut self, sink: &mut Option<Sink>) {
         let now = Instant::now();
-        for (_, entry) in self.slots.drain() {
-            self.retired.insert(entry.task.peer, now);
+        for (_, task) in self.tasks.drain() {
+            self.retired.insert(task.peer, now);
         }
-        self.requests.clear();
-        self.availability.iter_mut().for_each(|a| *a = 0);
+        self.x.clear();
         if let (Some(s), Some(w)) = (sink.as_mut(), self.written.take()) {
             s.written = Some(w);
         }
     }
 
     pub(super) fn drop_slot(&mut self, slot: usize, retry_after: Duration) {
-        let Some(entry) = self.slots.remove(&slot) else {
+        let Some(task) = self.tasks.remove(&slot) else {
             return;
         };
-        if let Some(has) = &entry.has {
-            count(&mut self.availability, has, -1);
-        }
-        self.requests.retain(|_, reqs| {
-            reqs.retain(|(s, _)| *s != slot);
-            !reqs.is_empty()
-        });
+        self.x.remove(slot);
         // Each failure in a row doubles the wait (a dead peer is not dialled twice a second
         // for ever), up to MAX_BACKOFF: a busy uploader (all its slots taken) frees one soon,
         // and waiting longer would run into peer_stall. A session that opens resets it.
-        let failures = self.failures.entry(entry.task.peer).or_default();
+        let failures = self.failures.entry(task.peer).or_default();
         let backoff = retry_after
             .saturating_mul(1 << (*failures).min(5))
             .min(MAX_BACKOFF);
         *failures += 1;
         self.retired
-            .insert(entry.task.peer, Instant::now() + backoff.max(retry_after));
+            .insert(task.peer, Instant::now() + backoff.max(retry_after));
     }
 }
 

@@ -1,6 +1,6 @@
 //! One blob's download from peers: a single-writer event loop (no locks) over the events of
 //! its peer tasks and the writer's verdicts, which keeps every peer busy with requests picked
-//! by [`super::picker`] ([`requests`]) and hands verified pieces to the blob's writer.
+//! by `pollen_core::download` ([`requests`]) and hands verified pieces to the blob's writer.
 //!
 //! It ends when every piece is present, or hands over to the upstream (the caller fetches the
 //! pieces still missing with range requests) when no piece arrived for `peer_stall` or when
@@ -13,20 +13,19 @@
 mod connect;
 mod requests;
 mod share;
-mod stall;
 
+use super::peer_task::PeerTask;
 use super::peer_task::{FromPeer, ToPeer};
-use super::slot::{brings_new, count, random_order, Slot};
 use super::tracker::{Assignment, TrackerLink};
 use super::P2p;
 use crate::blobs::BlobFetch;
 use crate::error::FetchError;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use crate::sizes::SizeSource;
+use pollen_core::download::Exchange;
 use pollen_peer::{Event, Have, SessionError};
-use pollen_proto::{Bitfield, HashedPiece, TrackerReply};
+use pollen_proto::{HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
-use stall::StallWatch;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
@@ -61,29 +60,18 @@ pub(crate) enum PeerOutcome {
 pub(crate) struct PeerPhase<'a> {
     fetch: &'a BlobFetch<'a>,
     p2p: &'a P2p,
-    slots: HashMap<usize, Slot>,
+    /// The decisions: who has what, what is requested of whom, whether the peers stalled.
+    x: Exchange,
+    /// Each peer's session, by the slot the exchange knows it by.
+    tasks: HashMap<usize, PeerTask>,
     next_slot: usize,
     events_tx: mpsc::Sender<(usize, FromPeer)>,
     events: mpsc::Receiver<(usize, FromPeer)>,
     written: Option<mpsc::UnboundedReceiver<Written>>,
-    /// Outstanding requests by piece.
-    requests: HashMap<u32, Vec<(usize, Instant)>>,
-    /// Pieces received and queued for the writer.
-    writing: HashSet<u32>,
-    /// Which peer is offered the download's budget of requests first, turn by turn, so that
-    /// with the budget spent the first peers in order do not keep it.
-    first_turn: usize,
-    availability: Vec<u16>,
-    /// This node's random order of the pieces (the picker's tie-break).
-    tie_break: Vec<u64>,
-    /// Pieces whose hash is known: only those are requested (they can be checked).
-    known: Bitfield,
     /// Peers whose hashes were taken into the map: to blame if the blob fails its digest.
     pub map_sources: HashSet<PeerId>,
     /// Peers not to dial again before the instant.
     retired: HashMap<PeerId, Instant>,
-    /// Whether the peers have stalled (the fall-back to the upstream).
-    stall: StallWatch,
     /// Peers the tracker named, tried before Kademlia's.
     named: Vec<PeerId>,
     /// A tracker coordinates this blob and another node fetches it: wait for peers rather than
@@ -116,20 +104,14 @@ impl<'a> PeerPhase<'a> {
         PeerPhase {
             fetch,
             p2p,
-            slots: HashMap::new(),
+            x: Exchange::new(p2p.cfg.peer_stall, now()),
+            tasks: HashMap::new(),
             next_slot: 0,
             events_tx,
             events,
             written: None,
-            requests: HashMap::new(),
-            writing: HashSet::new(),
-            first_turn: 0,
-            availability: Vec::new(),
-            tie_break: Vec::new(),
-            known: Bitfield::default(),
             map_sources: HashSet::new(),
             retired: HashMap::new(),
-            stall: StallWatch::new(p2p.cfg.peer_stall, Instant::now()),
             named: Vec::new(),
             coordinated: false,
             fetch_duty: false,
@@ -165,7 +147,7 @@ impl<'a> PeerPhase<'a> {
             }
             self.coordinated = true;
         }
-        self.stall.restart(Instant::now());
+        self.x.stall.restart(now());
         if let Some(s) = sink.as_mut() {
             self.adopt_sink(s);
         }
@@ -215,7 +197,7 @@ impl<'a> PeerPhase<'a> {
                 .min()
                 .copied();
             let idle = self.share_task.is_none();
-            if idle && self.slots.is_empty() && self.writing.is_empty() && !self.coordinated {
+            if idle && self.tasks.is_empty() && self.x.writing.is_empty() && !self.coordinated {
                 match soon {
                     Some(at) => next_lookup = next_lookup.min(at),
                     None => return Ok(PeerOutcome::Fallback("no peer left to ask".into())),
@@ -223,21 +205,21 @@ impl<'a> PeerPhase<'a> {
             }
             // While this node fetches a share from the upstream it is not stalled: the share's
             // end is progress, and the stall deadline runs from there.
-            if idle && self.stall.stalled(Instant::now()) {
+            if idle && self.x.stall.stalled(now()) {
                 if let Some(s) = sink.as_ref() {
                     let missing: Vec<(u32, bool, u16)> = s
                         .have
                         .iter_missing()
                         .map(|i| {
-                            let seen = self.availability.get(i as usize).copied().unwrap_or(0);
-                            (i, self.known.get(i), seen)
+                            let seen = self.x.availability.get(i as usize).copied().unwrap_or(0);
+                            (i, self.x.known.get(i), seen)
                         })
                         .collect();
-                    debug!(digest = %self.fetch.digest, ?missing, peers = self.slots.len(), "stalled: missing pieces (index, hash known, peers with it)");
+                    debug!(digest = %self.fetch.digest, ?missing, peers = self.tasks.len(), "stalled: missing pieces (index, hash known, peers with it)");
                 }
-                return Ok(PeerOutcome::Fallback(self.stall.describe(Instant::now())));
+                return Ok(PeerOutcome::Fallback(self.x.stall.describe(now())));
             }
-            if self.slots.is_empty() && self.coordinated {
+            if self.tasks.is_empty() && self.coordinated {
                 next_lookup = next_lookup.min(Instant::now() + RETRY_SOON);
             }
             // A peer that turned us away (not started on the blob yet, a dropped stream) is
@@ -247,7 +229,7 @@ impl<'a> PeerPhase<'a> {
                 .values()
                 .min()
                 .copied()
-                .filter(|_| self.slots.len() < self.p2p.cfg.max_peers_per_blob);
+                .filter(|_| self.tasks.len() < self.p2p.cfg.max_peers_per_blob);
             let written = async {
                 match self.written.as_mut() {
                     Some(w) => w.recv().await,
@@ -266,7 +248,7 @@ impl<'a> PeerPhase<'a> {
                     None => std::future::pending().await,
                 }
             };
-            let stall_at = idle.then(|| self.stall.deadline());
+            let stall_at = idle.then(|| Instant::from_std(self.x.stall.deadline()));
             let looked_up = async {
                 match self.lookup.as_mut() {
                     Some(rx) => rx.await.unwrap_or_default(),
@@ -324,7 +306,7 @@ impl<'a> PeerPhase<'a> {
                     // Peers whose retry time came are dialled again at once; new ones are
                     // looked up while there is room.
                     self.connect(&[]);
-                    if self.slots.len() < self.p2p.cfg.max_peers_per_blob {
+                    if self.tasks.len() < self.p2p.cfg.max_peers_per_blob {
                         self.start_lookup();
                     }
                 }
@@ -338,14 +320,8 @@ impl<'a> PeerPhase<'a> {
 
     fn adopt_sink(&mut self, sink: &mut Sink) {
         self.written = sink.written.take();
-        self.known = sink.known.clone();
-        self.availability = vec![0; sink.geometry.count() as usize];
-        self.tie_break = random_order(sink.geometry.count());
-        for slot in self.slots.values() {
-            if let Some(has) = &slot.has {
-                count(&mut self.availability, has, 1);
-            }
-        }
+        let count = sink.geometry.count();
+        self.x.adopt(count, sink.known.clone(), random_order(count));
     }
 
     async fn on_peer(
@@ -358,9 +334,9 @@ impl<'a> PeerPhase<'a> {
             FromPeer::Opened(have) => self.on_opened(slot, have, sink).await?,
             FromPeer::Piece(piece) => self.on_piece(slot, piece, sink).await?,
             FromPeer::Event(event) => self.on_event(slot, event, sink).await?,
-            FromPeer::NotRequested(index) => self.forget_request(index, slot),
+            FromPeer::NotRequested(index) => self.x.forget_request(index, slot),
             FromPeer::Ended(e) => {
-                let opened = self.slots.get(&slot).is_some_and(|s| s.has.is_some());
+                let opened = self.x.peers.get(&slot).is_some_and(|s| s.has.is_some());
                 let retry = if e.is_peer_fault() {
                     self.ban(slot, &format!("broke the protocol: {e}"));
                     RETRY_AFTER
@@ -426,15 +402,11 @@ impl<'a> PeerPhase<'a> {
             }
             return Ok(());
         }
-        if brings_new(&self.availability, &have.bitfield, &s.have) {
-            self.stall.announced(Instant::now());
+        if let Some(task) = self.tasks.get(&slot) {
+            debug!(slot, peer = %task.peer, pieces = have.bitfield.count_ones(), "peer session open");
+            self.failures.remove(&task.peer);
         }
-        count(&mut self.availability, &have.bitfield, 1);
-        if let Some(entry) = self.slots.get_mut(&slot) {
-            debug!(slot, peer = %entry.task.peer, pieces = have.bitfield.count_ones(), "peer session open");
-            self.failures.remove(&entry.task.peer);
-            entry.has = Some(have.bitfield);
-        }
+        self.x.opened(slot, have.bitfield, &s.have, now());
         Ok(())
     }
 
@@ -466,53 +438,14 @@ impl<'a> PeerPhase<'a> {
             Event::Hashes { first, hashes } => {
                 self.add_hashes(s, slot, first, hashes).await?;
             }
-            Event::HaveMore(pieces) => {
-                if let Some(has) = self.slots.get_mut(&slot).and_then(|e| e.has.as_mut()) {
-                    let mut fresh = false;
-                    for i in pieces {
-                        if has.set(i).unwrap_or(false) {
-                            if let Some(a) = self.availability.get_mut(i as usize) {
-                                fresh |= *a == 0 && !s.have.get(i);
-                                *a = a.saturating_add(1);
-                            }
-                        }
-                    }
-                    if fresh {
-                        self.stall.announced(Instant::now());
-                    }
-                }
-            }
+            Event::HaveMore(pieces) => self.x.have_more(slot, &pieces, &s.have, now()),
             Event::Have(have) => {
-                // Checked before this peer's old pieces are taken out of the counts: only
-                // pieces nobody held count as the swarm moving on.
-                if have.geometry == s.geometry
-                    && brings_new(&self.availability, &have.bitfield, &s.have)
-                {
-                    self.stall.announced(Instant::now());
-                }
-                if let Some(old) = self.slots.get_mut(&slot).and_then(|e| e.has.take()) {
-                    count(&mut self.availability, &old, -1);
-                }
-                if have.geometry == s.geometry {
-                    count(&mut self.availability, &have.bitfield, 1);
-                    if let Some(entry) = self.slots.get_mut(&slot) {
-                        entry.has = Some(have.bitfield);
-                    }
-                }
+                let same = have.geometry == s.geometry;
+                self.x
+                    .have(slot, same.then_some(have.bitfield), &s.have, now());
             }
-            Event::Choked { dropped } => {
-                for index in dropped {
-                    self.forget_request(index, slot);
-                }
-                if let Some(entry) = self.slots.get_mut(&slot) {
-                    entry.unchoked = false;
-                }
-            }
-            Event::Unchoked => {
-                if let Some(entry) = self.slots.get_mut(&slot) {
-                    entry.unchoked = true;
-                }
-            }
+            Event::Choked { dropped } => self.x.choked(slot, true, &dropped),
+            Event::Unchoked => self.x.choked(slot, false, &[]),
         }
         Ok(())
     }
@@ -527,21 +460,19 @@ impl<'a> PeerPhase<'a> {
             return Ok(());
         };
         let index = piece.index();
-        if let Some(entry) = self.slots.get_mut(&slot) {
-            entry.delivered += piece.bytes().len() as u64;
-            debug!(slot, peer = %entry.task.peer, index, "piece received");
+        let len = piece.bytes().len() as u64;
+        if let Some(task) = self.tasks.get(&slot) {
+            debug!(slot, peer = %task.peer, index, "piece received");
         }
-        self.forget_request(index, slot);
-        for (other, _) in self.requests.remove(&index).unwrap_or_default() {
-            if let Some(o) = self.slots.get_mut(&other) {
-                o.task.send(ToPeer::Cancel(index));
-                o.outstanding = o.outstanding.saturating_sub(1);
+        let (cancels, fresh) = self.x.received(slot, index, len, &s.have);
+        for other in cancels {
+            if let Some(task) = self.tasks.get(&other) {
+                task.send(ToPeer::Cancel(index));
             }
         }
-        if s.have.get(index) || !self.writing.insert(index) {
+        if !fresh {
             return Ok(());
         }
-        let len = piece.bytes().len() as u64;
         self.fetch.ctx.metrics.peer_bytes_received.inc_by(len);
         self.fetch.count_from_peers(len);
         if !s.send(Op::Piece { piece, slot }).await {
@@ -557,11 +488,11 @@ impl<'a> PeerPhase<'a> {
         first: u32,
         hashes: Vec<[u8; 32]>,
     ) -> Result<(), FetchError> {
-        if (first..).take(hashes.len()).all(|i| self.known.get(i)) {
+        if (first..).take(hashes.len()).all(|i| self.x.known.get(i)) {
             return Ok(());
         }
-        if let Some(entry) = self.slots.get(&slot) {
-            self.map_sources.insert(entry.task.peer);
+        if let Some(task) = self.tasks.get(&slot) {
+            self.map_sources.insert(task.peer);
         }
         if !sink
             .send(Op::Hashes {
@@ -591,11 +522,11 @@ impl<'a> PeerPhase<'a> {
                 slot,
                 result,
             } => {
-                self.writing.remove(&index);
+                let stored = matches!(result, PieceResult::Stored | PieceResult::Duplicate);
+                self.x.written(index, stored, now());
                 match result {
                     PieceResult::Stored | PieceResult::Duplicate => {
                         let _ = s.have.set(index);
-                        self.stall.stored(Instant::now());
                         if let Some((link, _)) = coordination {
                             link.set_pieces(s.have.count_ones());
                         }
@@ -613,7 +544,7 @@ impl<'a> PeerPhase<'a> {
             Written::Hashes { slot, result } => match result {
                 Ok(known) => {
                     s.known = known.clone();
-                    self.known = known;
+                    self.x.known = known;
                 }
                 Err(e) => {
                     self.ban(slot, &format!("piece hashes contradict the map: {e}"));
@@ -625,9 +556,9 @@ impl<'a> PeerPhase<'a> {
     }
 
     fn ban(&mut self, slot: usize, why: &str) {
-        if let Some(entry) = self.slots.get(&slot) {
+        if let Some(task) = self.tasks.get(&slot) {
             self.fetch.ctx.metrics.peer_bans.inc();
-            self.p2p.bans.ban(self.fetch.digest, entry.task.peer, why);
+            self.p2p.bans.ban(self.fetch.digest, task.peer, why);
         }
     }
 }
@@ -637,4 +568,16 @@ async fn sleep_opt(at: Option<Instant>) {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The decisions' clock: tokio's (paused in tests), as the core's `std` instant.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// A random rank per piece (std's randomly keyed hasher: no extra dependency for a shuffle).
+fn random_order(count: u32) -> Vec<u64> {
+    use std::hash::{BuildHasher, RandomState};
+    let keyed = RandomState::new();
+    (0..count).map(|i| keyed.hash_one(i)).collect()
 }

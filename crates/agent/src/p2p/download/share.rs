@@ -76,7 +76,7 @@ impl PeerPhase<'_> {
             }
         }
         // The share's end is progress; its length says nothing of the swarm's pace.
-        self.stall.restart(Instant::now());
+        self.x.stall.restart(Instant::now().into_std());
         Ok(())
     }
 }

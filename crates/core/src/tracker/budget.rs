@@ -17,11 +17,10 @@
 //! rate) never triggers it, so a budget above 1 costs nothing there. Off by default
 //! ([`DEFAULT_UPSTREAM_BUDGET`]).
 
-use super::BlobSwarm;
+use super::{BlobSwarm, Push};
 use pollen_proto::TrackerReply;
 use std::collections::HashMap;
-use std::time::Duration;
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How much faster than the median downloader the fetchers must get pieces before the
 /// upstream counts as having headroom. Below 2 the difference is within what the order of
@@ -88,22 +87,22 @@ impl BlobSwarm {
     /// report (`None` before it reported).
     fn rate(&self, id: u64) -> Option<f64> {
         let ((since, then), (at, now)) = self.boost.base.get(&id)?;
-        let secs = at.duration_since(*since).as_secs_f64();
+        let secs = at.saturating_duration_since(*since).as_secs_f64();
         (secs > 0.0).then(|| f64::from(now.saturating_sub(*then)) / secs)
     }
 
     /// The budget rule, on a member's progress: tells one more member to fetch a stripe from
     /// the upstream if the upstream has headroom and `budget` allows.
-    pub(super) fn boost(&mut self, budget: f64, now: Instant) {
+    pub(super) fn boost(&mut self, budget: f64, now: Instant, out: &mut Vec<Push>) {
         let (Some(size), Some(split_at)) = (self.size, self.split_at) else {
             return;
         };
         if budget <= 1.0
-            || now.duration_since(split_at) < MEASURE_FOR
+            || now.saturating_duration_since(split_at) < MEASURE_FOR
             || self
                 .boost
                 .last
-                .is_some_and(|t| now.duration_since(t) < BOOST_EVERY)
+                .is_some_and(|t| now.saturating_duration_since(t) < BOOST_EVERY)
         {
             return;
         }
@@ -134,8 +133,7 @@ impl BlobSwarm {
             .iter()
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
             .map(|d| d.2);
-        let Some((id, member)) = slowest.and_then(|id| self.members.get(&id).map(|m| (id, m)))
-        else {
+        let Some(id) = slowest.filter(|id| self.members.contains_key(id)) else {
             return;
         };
         let mut given = 0;
@@ -149,9 +147,7 @@ impl BlobSwarm {
                 first: stripe.start,
                 end: stripe.end,
             };
-            if member.tx.send(also).is_err() {
-                break;
-            }
+            out.push((id, also));
             self.boost.extra = self.boost.extra.saturating_add(cost);
             given += 1;
         }
@@ -164,7 +160,7 @@ impl BlobSwarm {
 
 /// Whether the fetchers' median rate is at least [`HEADROOM`] times the downloaders' median
 /// (any rate beats downloaders that got nothing).
-pub(crate) fn has_headroom(fetchers: &[f64], downloaders: &[f64]) -> bool {
+pub fn has_headroom(fetchers: &[f64], downloaders: &[f64]) -> bool {
     match (median(fetchers), median(downloaders)) {
         (Some(f), Some(d)) => f > 0.0 && f >= HEADROOM * d,
         _ => false,

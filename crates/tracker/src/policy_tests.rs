@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn member(peer: u8, seed: bool, zone: &str) -> (Member, mpsc::UnboundedReceiver<TrackerReply>) {
     let (tx, rx) = mpsc::unbounded_channel();

@@ -20,22 +20,22 @@
 
 use pollen_proto::Bitfield;
 use std::collections::HashMap;
-use tokio::time::{Duration, Instant};
+use std::time::{Duration, Instant};
 
 /// Copies of one piece requested at once in end-game.
-pub(crate) const MAX_COPIES: usize = 2;
+pub const MAX_COPIES: usize = 2;
 
 /// End-game starts when every missing piece is requested and no more than this many are
 /// missing: with few pieces and deep pipelines "everything requested" is true from the start,
 /// and duplicating every request then would double the bytes sent.
-pub(crate) const END_GAME_PIECES: u32 = 4;
+pub const END_GAME_PIECES: u32 = 4;
 
 /// Pieces of the streaming window (see the module docs for why it yields to rarest-first when
 /// a piece has a single holder: measured with `examples/swarm_bound.rs`, docs/tracker.md).
-pub(crate) const WINDOW: u32 = 4;
+pub const WINDOW: u32 = 4;
 
 /// What the download knows when it picks, borrowed from its state.
-pub(crate) struct PickState<'a> {
+pub struct PickState<'a> {
     /// Pieces stored, or received and being written.
     pub done: &'a Bitfield,
     /// Pieces whose hash is known: a piece is only requested once it can be checked.
@@ -55,7 +55,7 @@ pub(crate) struct PickState<'a> {
 }
 
 /// The next piece to ask peer `slot` (which has `peer_has`) for, if any.
-pub(crate) fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Option<u32> {
+pub fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Option<u32> {
     let count = s.done.count();
     let wanted = |i: &u32| {
         !s.done.get(*i)

@@ -11,7 +11,7 @@
 //! the fall-back to the upstream by no more than that.
 
 use std::time::Duration;
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// How many usual gaps between new pieces may pass before the swarm counts as stalled.
 pub const GAP_FACTOR: u32 = 8;

@@ -15,11 +15,12 @@
 //! enter at the sum of the fetchers' uploads. A stripe whose member dies goes to another
 //! member, which fetches only the pieces of it that it does not hold.
 
-use super::{BlobSwarm, Tracker};
+use super::{BlobSwarm, Push, Swarms};
 use pollen_oci::Digest;
 use pollen_proto::{TrackerReply, MAX_TRACKER_PEERS};
 use std::collections::HashSet;
 use std::ops::Range;
+use std::time::Instant;
 
 /// Most members fetching parts of one blob at once: more parallel range requests than this
 /// rarely speed up a registry, and every downloader needs a session with each of them (they
@@ -43,7 +44,7 @@ pub(super) struct Share {
 }
 
 /// `count` pieces cut into `parts` contiguous ranges whose lengths differ by at most one.
-pub(crate) fn cut(count: u32, parts: usize) -> Vec<Range<u32>> {
+pub fn cut(count: u32, parts: usize) -> Vec<Range<u32>> {
     let parts = u32::try_from(parts)
         .unwrap_or(u32::MAX)
         .clamp(1, count.max(1));
@@ -66,26 +67,40 @@ fn fetch_range(size: u64, range: &Range<u32>) -> TrackerReply {
     }
 }
 
-impl Tracker {
+/// What a fetcher reports once it knows the blob (`TrackerRequest::Sized`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sized {
+    pub size: u64,
+    pub count: u32,
+    /// Whether the upstream answers range requests (otherwise the fetch is not split).
+    pub ranges: bool,
+}
+
+impl Swarms {
     /// The fetcher `id` of `digest` learnt the blob's size: splits the fetch if it is worth it
     /// and returns this member's own range (the whole blob when it is not split).
-    pub(crate) fn sized(
-        &self,
+    pub fn sized(
+        &mut self,
+        now: Instant,
         digest: &Digest,
         id: u64,
-        size: u64,
-        count: u32,
-        ranges: bool,
+        blob: Sized,
+        out: &mut Vec<Push>,
     ) -> TrackerReply {
+        let Sized {
+            size,
+            count,
+            ranges,
+        } = blob;
         let whole = fetch_range(size, &(0..count));
-        let mut blobs = self.lock();
         // Members fetching (part of) another blob now carry that one into the swarm.
-        let busy: HashSet<Vec<u8>> = blobs
+        let busy: HashSet<Vec<u8>> = self
+            .blobs
             .iter()
             .filter(|(d, _)| *d != digest)
             .flat_map(|(_, s)| s.fetching_members().map(|m| m.peer.clone()))
             .collect();
-        let Some(swarm) = blobs.get_mut(digest) else {
+        let Some(swarm) = self.blobs.get_mut(digest) else {
             return whole;
         };
         if swarm.fetcher != Some(id) || !swarm.shares.is_empty() {
@@ -127,14 +142,14 @@ impl Tracker {
         // In order: each member fetches its stripes front to back. The fetcher's first one is
         // this call's answer; its others follow as pushes.
         for share in swarm.shares.iter().skip(1) {
-            if let Some(m) = share.owner.and_then(|o| swarm.members.get(&o)) {
-                let _ = m.tx.send(fetch_range(size, &share.range));
+            if let Some(owner) = share.owner.filter(|o| swarm.members.contains_key(o)) {
+                out.push((owner, fetch_range(size, &share.range)));
             }
         }
         if parts > 1 {
-            swarm.name_fetchers();
+            swarm.name_fetchers(out);
         }
-        swarm.start_rates(tokio::time::Instant::now());
+        swarm.start_rates(now);
         swarm
             .shares
             .first()
@@ -154,7 +169,7 @@ impl BlobSwarm {
 
     /// Tells every member which members fetch parts of the blob: each vouches for its own
     /// range's hashes, so every downloader needs a session with each of them.
-    fn name_fetchers(&self) {
+    fn name_fetchers(&self, out: &mut Vec<Push>) {
         let mut owners: Vec<(u64, Vec<u8>)> = Vec::new();
         for o in self.shares.iter().filter_map(|s| s.owner) {
             if let Some(m) = self
@@ -165,7 +180,7 @@ impl BlobSwarm {
                 owners.push((o, m.peer.clone()));
             }
         }
-        for (mid, m) in &self.members {
+        for mid in self.members.keys() {
             let peers: Vec<Vec<u8>> = owners
                 .iter()
                 .filter(|(o, _)| o != mid)
@@ -173,7 +188,7 @@ impl BlobSwarm {
                 .take(MAX_TRACKER_PEERS)
                 .collect();
             if !peers.is_empty() {
-                let _ = m.tx.send(TrackerReply::Peers { peers });
+                out.push((*mid, TrackerReply::Peers { peers }));
             }
         }
     }
@@ -182,7 +197,7 @@ impl BlobSwarm {
     /// remaining member (not fetching already, not busy with another blob, seeds first, then
     /// the most pieces), which
     /// fetches what of them it lacks. Returns whether `gone` owned a share.
-    pub(super) fn hand_on_shares(&mut self, gone: u64) -> bool {
+    pub(super) fn hand_on_shares(&mut self, gone: u64, out: &mut Vec<Push>) -> bool {
         let Some(size) = self.size else {
             return false;
         };
@@ -206,13 +221,13 @@ impl BlobSwarm {
                         std::cmp::Reverse(**mid),
                     )
                 })
-                .map(|(mid, m)| (*mid, m.tx.clone()));
+                .map(|(mid, _)| *mid);
             let Some(share) = self.shares.get_mut(i) else {
                 continue;
             };
-            share.owner = next.as_ref().map(|(mid, _)| *mid);
-            if let Some((mid, tx)) = next {
-                let _ = tx.send(fetch_range(size, &share.range));
+            share.owner = next;
+            if let Some(mid) = next {
+                out.push((mid, fetch_range(size, &share.range)));
                 if self.fetcher == Some(gone) {
                     self.fetcher = Some(mid);
                 }

@@ -1,0 +1,354 @@
+//! One blob's download from peers, as the decisions see it: which peers hold what, which
+//! pieces are requested from whom, and what to ask next. The agent's `PeerPhase` feeds it the
+//! sessions' events and sends the requests and cancels it returns; the simulator feeds it
+//! simulated ones. Sessions, the blob's writer and the tracker stay with the caller.
+
+use crate::picker::{pick, PickState};
+use crate::stall::StallWatch;
+use pollen_proto::Bitfield;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Most piece requests kept outstanding per peer: enough to keep a fast link busy while each
+/// piece is verified and written. A peer gets as many as it delivers in [`PIPELINE_SECONDS`]
+/// (at least one), so a busy or slow peer — the fetcher everyone asks at first — does not
+/// hold pieces hostage that other peers will soon have (docs/tracker.md).
+pub const REQUESTS_PER_PEER: usize = 4;
+/// Most piece bytes requested ahead per peer: the pieces in flight are buffered in memory, and
+/// an overridden piece size can be up to 64 MiB, so the count alone could hold 256 MiB in
+/// flight per peer.
+pub const PIPELINE_BYTES: u64 = 16 << 20;
+/// Most piece bytes a download holds in flight over all its peers: requested and not yet
+/// received, or received and not yet written. Each is a buffer in memory, so without this a
+/// node downloading from many peers at once would hold [`PIPELINE_BYTES`] for each. 48 MiB is
+/// 3 peers at full pipeline, and covers a 4 ms round trip at 100 Gbit/s.
+pub const DOWNLOAD_BYTES: u64 = 48 << 20;
+/// How much of a peer's measured rate is kept requested ahead.
+pub const PIPELINE_SECONDS: f64 = 1.0;
+
+/// One peer's session in the download.
+#[derive(Debug, Default)]
+pub struct Peer {
+    /// Its pieces, once its session opened.
+    pub has: Option<Bitfield>,
+    pub unchoked: bool,
+    pub outstanding: usize,
+    /// Piece bytes this peer delivered, since its first request.
+    pub delivered: u64,
+    pub first_request: Option<Instant>,
+}
+
+impl Peer {
+    /// Requests to keep outstanding: what the peer delivers in [`PIPELINE_SECONDS`].
+    pub fn pipeline(&self, piece_len: u64, now: Instant) -> usize {
+        let Some(since) = self.first_request else {
+            return 1;
+        };
+        let secs = now.saturating_duration_since(since).as_secs_f64().max(0.05);
+        let ahead = self.delivered as f64 / secs * PIPELINE_SECONDS / piece_len.max(1) as f64;
+        (ahead.ceil() as usize).clamp(1, pipeline_cap(piece_len))
+    }
+}
+
+/// Most requests outstanding per peer for pieces of `piece_len` bytes: [`REQUESTS_PER_PEER`],
+/// fewer where that many would hold more than [`PIPELINE_BYTES`], never none.
+pub fn pipeline_cap(piece_len: u64) -> usize {
+    pieces_within(PIPELINE_BYTES, piece_len).clamp(1, REQUESTS_PER_PEER)
+}
+
+/// Most pieces of `piece_len` bytes a download keeps in flight over all its peers (see
+/// [`DOWNLOAD_BYTES`]), never fewer than one peer's full pipeline.
+pub fn download_cap(piece_len: u64) -> usize {
+    pieces_within(DOWNLOAD_BYTES, piece_len).max(pipeline_cap(piece_len))
+}
+
+/// Whole pieces of `piece_len` bytes within `bytes`.
+fn pieces_within(bytes: u64, piece_len: u64) -> usize {
+    usize::try_from(bytes / piece_len.max(1)).unwrap_or(usize::MAX)
+}
+
+/// Whether `has` holds a piece this node lacks and no peer in sight held: the swarm moved on.
+pub fn brings_new(availability: &[u16], has: &Bitfield, mine: &Bitfield) -> bool {
+    has.iter_ones()
+        .any(|i| !mine.get(i) && availability.get(i as usize) == Some(&0))
+}
+
+/// Adds (`delta` 1) or removes (-1) a peer's pieces from the availability counts.
+pub fn count(availability: &mut [u16], has: &Bitfield, delta: i32) {
+    for i in has.iter_ones() {
+        if let Some(a) = availability.get_mut(i as usize) {
+            *a = if delta > 0 {
+                a.saturating_add(1)
+            } else {
+                a.saturating_sub(1)
+            };
+        }
+    }
+}
+
+/// The peers of one blob's download and the requests made of them.
+pub struct Exchange {
+    /// By slot (the caller's handle for a session); ordered, so turns are deterministic.
+    pub peers: BTreeMap<usize, Peer>,
+    /// Outstanding requests by piece: which slot, since when.
+    pub requests: HashMap<u32, Vec<(usize, Instant)>>,
+    /// Pieces received and handed to the writer, not yet stored.
+    pub writing: BTreeSet<u32>,
+    /// Which peer is offered the download's budget of requests first, turn by turn, so that
+    /// with the budget spent the first peers in order do not keep it.
+    first_turn: usize,
+    /// How many connected peers have each piece.
+    pub availability: Vec<u16>,
+    /// This node's random order of the pieces (the picker's tie-break).
+    pub tie_break: Vec<u64>,
+    /// Pieces whose hash is known: only those are requested (they can be checked).
+    pub known: Bitfield,
+    /// Whether the peers have stalled (the fall-back to the upstream).
+    pub stall: StallWatch,
+}
+
+impl Exchange {
+    pub fn new(peer_stall: Duration, now: Instant) -> Exchange {
+        Exchange {
+            peers: BTreeMap::new(),
+            requests: HashMap::new(),
+            writing: BTreeSet::new(),
+            first_turn: 0,
+            availability: Vec::new(),
+            tie_break: Vec::new(),
+            known: Bitfield::default(),
+            stall: StallWatch::new(peer_stall, now),
+        }
+    }
+
+    /// The blob's geometry is known: counts start (peers already open are counted).
+    pub fn adopt(&mut self, count_pieces: u32, known: Bitfield, tie_break: Vec<u64>) {
+        self.known = known;
+        self.availability = vec![0; count_pieces as usize];
+        self.tie_break = tie_break;
+        for peer in self.peers.values() {
+            if let Some(has) = &peer.has {
+                count(&mut self.availability, has, 1);
+            }
+        }
+    }
+
+    /// A session was started (not open yet).
+    pub fn add(&mut self, slot: usize) {
+        self.peers.insert(slot, Peer::default());
+    }
+
+    /// A session ended: its pieces and requests are forgotten.
+    pub fn remove(&mut self, slot: usize) -> bool {
+        let Some(peer) = self.peers.remove(&slot) else {
+            return false;
+        };
+        if let Some(has) = &peer.has {
+            count(&mut self.availability, has, -1);
+        }
+        self.requests.retain(|_, reqs| {
+            reqs.retain(|(s, _)| *s != slot);
+            !reqs.is_empty()
+        });
+        true
+    }
+
+    /// Every session ends at once (the download hands over to the upstream).
+    pub fn clear(&mut self) {
+        self.peers.clear();
+        self.requests.clear();
+        self.availability.iter_mut().for_each(|a| *a = 0);
+    }
+
+    /// A peer's session opened with its pieces (`mine`: this node's).
+    pub fn opened(&mut self, slot: usize, has: Bitfield, mine: &Bitfield, now: Instant) {
+        if brings_new(&self.availability, &has, mine) {
+            self.stall.announced(now);
+        }
+        count(&mut self.availability, &has, 1);
+        if let Some(peer) = self.peers.get_mut(&slot) {
+            peer.has = Some(has);
+        }
+    }
+
+    /// A peer announced more pieces.
+    pub fn have_more(&mut self, slot: usize, pieces: &[u32], mine: &Bitfield, now: Instant) {
+        let Some(has) = self.peers.get_mut(&slot).and_then(|p| p.has.as_mut()) else {
+            return;
+        };
+        let mut fresh = false;
+        for &i in pieces {
+            if has.set(i).unwrap_or(false) {
+                if let Some(a) = self.availability.get_mut(i as usize) {
+                    fresh |= *a == 0 && !mine.get(i);
+                    *a = a.saturating_add(1);
+                }
+            }
+        }
+        if fresh {
+            self.stall.announced(now);
+        }
+    }
+
+    /// A peer replaced its whole bitfield (`None`: of another geometry, not counted).
+    pub fn have(&mut self, slot: usize, has: Option<Bitfield>, mine: &Bitfield, now: Instant) {
+        // Checked before this peer's old pieces are taken out of the counts: only pieces
+        // nobody held count as the swarm moving on.
+        if has
+            .as_ref()
+            .is_some_and(|h| brings_new(&self.availability, h, mine))
+        {
+            self.stall.announced(now);
+        }
+        if let Some(old) = self.peers.get_mut(&slot).and_then(|p| p.has.take()) {
+            count(&mut self.availability, &old, -1);
+        }
+        if let Some(has) = has {
+            count(&mut self.availability, &has, 1);
+            if let Some(peer) = self.peers.get_mut(&slot) {
+                peer.has = Some(has);
+            }
+        }
+    }
+
+    /// The peer choked this node (`dropped`: the requests it will not serve) or unchoked it.
+    pub fn choked(&mut self, slot: usize, choked: bool, dropped: &[u32]) {
+        for &index in dropped {
+            self.forget_request(index, slot);
+        }
+        if let Some(peer) = self.peers.get_mut(&slot) {
+            peer.unchoked = !choked;
+        }
+    }
+
+    /// A piece arrived from `slot`: returns the other requests for it to cancel, and whether
+    /// the piece is new (to hand to the writer; `mine`: pieces stored).
+    pub fn received(
+        &mut self,
+        slot: usize,
+        index: u32,
+        len: u64,
+        mine: &Bitfield,
+    ) -> (Vec<usize>, bool) {
+        if let Some(peer) = self.peers.get_mut(&slot) {
+            peer.delivered = peer.delivered.saturating_add(len);
+        }
+        self.forget_request(index, slot);
+        let mut cancels = Vec::new();
+        for (other, _) in self.requests.remove(&index).unwrap_or_default() {
+            if let Some(o) = self.peers.get_mut(&other) {
+                o.outstanding = o.outstanding.saturating_sub(1);
+                cancels.push(other);
+            }
+        }
+        let fresh = !mine.get(index) && self.writing.insert(index);
+        (cancels, fresh)
+    }
+
+    /// The writer stored (or refused) a piece handed to it.
+    pub fn written(&mut self, index: u32, stored: bool, now: Instant) {
+        self.writing.remove(&index);
+        if stored {
+            self.stall.stored(now);
+        }
+    }
+
+    /// The requests to send now: every unchoked peer's pipeline filled, within the download's
+    /// budget of pieces in flight. `done`: pieces stored, or not to ask peers for (a share
+    /// this node fetches from the upstream). The caller sends each as `(slot, piece)`, and
+    /// calls [`Exchange::forget_request`] for one it could not send.
+    pub fn fill(
+        &mut self,
+        done: &Bitfield,
+        piece_len: u64,
+        request_timeout: Duration,
+        now: Instant,
+    ) -> Vec<(usize, u32)> {
+        let budget = download_cap(piece_len);
+        let mut in_flight = self
+            .peers
+            .values()
+            .map(|p| p.outstanding)
+            .sum::<usize>()
+            .saturating_add(self.writing.len());
+        let mut done = done.clone();
+        for &i in &self.writing {
+            let _ = done.set(i);
+        }
+        let open = self.peers.values().filter(|p| p.has.is_some()).count();
+        let mut slots: Vec<usize> = self.peers.keys().copied().collect();
+        if !slots.is_empty() {
+            self.first_turn = self.first_turn.wrapping_add(1);
+            let turn = self.first_turn % slots.len();
+            slots.rotate_left(turn);
+        }
+        let mut sent = Vec::new();
+        for slot in slots {
+            while let Some(peer) = self.peers.get(&slot) {
+                let Some(has) = peer.has.as_ref().filter(|_| peer.unchoked) else {
+                    break;
+                };
+                if in_flight >= budget || peer.outstanding >= peer.pipeline(piece_len, now) {
+                    break;
+                }
+                let state = PickState {
+                    done: &done,
+                    known: &self.known,
+                    requests: &self.requests,
+                    availability: &self.availability,
+                    tie_break: &self.tie_break,
+                    peers: open,
+                    request_timeout,
+                    now,
+                };
+                let Some(index) = pick(&state, slot, has) else {
+                    break;
+                };
+                self.requests.entry(index).or_default().push((slot, now));
+                in_flight = in_flight.saturating_add(1);
+                if let Some(peer) = self.peers.get_mut(&slot) {
+                    peer.outstanding += 1;
+                    peer.first_request.get_or_insert(now);
+                }
+                sent.push((slot, index));
+            }
+            if in_flight >= budget {
+                break;
+            }
+        }
+        sent
+    }
+
+    /// Whether peers can still supply a missing piece (of `only`, if given; `mine`: pieces
+    /// stored): one is requested or being written, or a connected peer announced one whose
+    /// hash is known.
+    pub fn can_help(&self, mine: &Bitfield, only: Option<&Range<u32>>) -> bool {
+        let within = |i: &u32| only.is_none_or(|r| r.contains(i));
+        self.requests.keys().any(within)
+            || self.writing.iter().any(within)
+            || mine.iter_missing().filter(within).any(|i| {
+                self.availability.get(i as usize).is_some_and(|a| *a > 0) && self.known.get(i)
+            })
+    }
+
+    /// A request is no longer outstanding (answered, refused, or never sent).
+    pub fn forget_request(&mut self, index: u32, slot: usize) {
+        if let Some(reqs) = self.requests.get_mut(&index) {
+            let before = reqs.len();
+            reqs.retain(|(s, _)| *s != slot);
+            if reqs.len() < before {
+                if let Some(peer) = self.peers.get_mut(&slot) {
+                    peer.outstanding = peer.outstanding.saturating_sub(1);
+                }
+            }
+            if reqs.is_empty() {
+                self.requests.remove(&index);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "download_tests.rs"]
+mod tests;
