@@ -130,7 +130,7 @@ pub struct BlobSummary {
 }
 
 /// What a join answers.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Joined {
     /// The member's id in this tracker, for its later events.
     pub id: u64,

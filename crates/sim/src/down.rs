@@ -1,0 +1,591 @@
+//! A node's life (start, kill, restart) and its downloads: the agent's `PeerPhase` loop,
+//! carried out over simulated sessions with pollen-core's `Exchange` deciding which piece to
+//! ask whom for, and the same hand-over rules (the tracker's fetch duty, shares of a split
+//! fetch, the stall watch) sending it to the registry.
+
+use crate::topo::End;
+use crate::world::{nanos, Ev, Fetch, Owner, Phase, Session, Slots, ToTracker, Why, World};
+use pollen_core::download::Exchange;
+use pollen_core::spread::Claims;
+use pollen_proto::{Bitfield, TrackerReply};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// How often a member reports its pieces when they changed (the agent's PROGRESS_CHECK),
+/// and the keepalive when they did not.
+const TICK: Duration = Duration::from_millis(250);
+const KEEPALIVE: Duration = Duration::from_secs(5);
+/// The agent's retry times (`p2p/download/mod.rs`).
+const RETRY_SOON: Duration = Duration::from_millis(300);
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl World {
+    pub(crate) fn start(&mut self, n: usize, restart: bool) {
+        let now = self.instant();
+        let layers = self.s.layers as usize;
+        let stall = self.s.peer_stall;
+        let blobs: Vec<usize> = (0..layers).map(|l| self.blob_of(n, l)).collect();
+        let geometries: Vec<_> = blobs.iter().map(|b| self.geometry(*b)).collect();
+        let Some(node) = self.nodes.get_mut(n) else {
+            return;
+        };
+        if node.alive || (restart && node.fetches.is_empty()) {
+            return;
+        }
+        node.alive = true;
+        node.epoch += 1;
+        node.slots = Slots::default();
+        if node.fetches.is_empty() {
+            node.fetches = blobs
+                .iter()
+                .zip(&geometries)
+                .map(|(&blob, g)| Fetch::new(blob, Bitfield::new(g), Claims::new(*g), stall, now))
+                .collect();
+        }
+        let seed = self.s.seed;
+        for (layer, (f, g)) in node.fetches.iter_mut().zip(&geometries).enumerate() {
+            // Each node's own random order of the pieces, as the agent's RandomState gives.
+            let order = mix(seed ^ ((n as u64) << 20) ^ layer as u64);
+            f.reset(Claims::new(*g), stall, now, order);
+        }
+        let epoch = node.epoch;
+        for layer in 0..layers {
+            if self.fetch(n, layer).is_some_and(|f| f.phase == Phase::Done) {
+                continue;
+            }
+            let pieces = self.fetch(n, layer).map_or(0, |f| f.have.count_ones());
+            let busy = self.busy(n);
+            let msg = ToTracker::Join {
+                fetching: false,
+                rejoin: false,
+                busy,
+                pieces,
+            };
+            self.send_tracker(n, layer, msg);
+            self.after(
+                nanos(TICK),
+                Ev::Tick {
+                    node: n,
+                    epoch,
+                    layer,
+                },
+            );
+        }
+    }
+
+    /// SIGKILL: every session and request of the node ends; its pieces stay on disk.
+    pub(crate) fn kill(&mut self, n: usize) {
+        if !self.nodes.get(n).is_some_and(|x| x.alive) {
+            return;
+        }
+        self.stats.kills += 1;
+        let involved: Vec<usize> = (0..self.sessions.len())
+            .filter(|&sid| {
+                self.sessions
+                    .get(sid)
+                    .is_some_and(|s| s.open && (s.up == n || s.down == n))
+            })
+            .collect();
+        if let Some(node) = self.nodes.get_mut(n) {
+            node.alive = false;
+            node.epoch += 1;
+        }
+        for sid in involved {
+            let Some((up, down)) = self.sessions.get(sid).map(|s| (s.up, s.down)) else {
+                continue;
+            };
+            self.end_session(sid);
+            if up == n {
+                let delay = self.topo.latency(up, down);
+                self.after(delay, Ev::Ended(sid));
+            }
+        }
+        let layers = self.nodes.get(n).map_or(0, |x| x.fetches.len());
+        for layer in 0..layers {
+            if let Some(conn) = self.fetch_mut(n, layer).and_then(|f| f.upstream_conn) {
+                self.net.close(self.now, conn);
+            }
+        }
+        self.tracker_node_died(n);
+    }
+
+    /// Whether the node fetches a blob from the upstream now (the tracker's `busy`).
+    pub fn busy(&self, n: usize) -> bool {
+        self.nodes
+            .get(n)
+            .is_some_and(|x| x.fetches.iter().any(|f| f.upstream.is_some()))
+    }
+
+    pub(crate) fn on_tracker_reply(&mut self, n: usize, layer: usize, reply: TrackerReply) {
+        let count = self.fetch(n, layer).map_or(0, |f| f.have.count());
+        match reply {
+            TrackerReply::Assign { fetch, peers } => {
+                self.name(n, layer, &peers);
+                if fetch {
+                    self.become_fetcher(n, layer);
+                } else if self
+                    .fetch(n, layer)
+                    .is_some_and(|f| f.phase == Phase::Joining)
+                {
+                    self.enter_peers(n, layer);
+                }
+            }
+            TrackerReply::Peers { peers } => {
+                self.name(n, layer, &peers);
+                self.connect(n, layer);
+            }
+            TrackerReply::Fetch => {
+                if let Some(f) = self.fetch_mut(n, layer) {
+                    f.fetch_duty = true;
+                }
+                self.check(n, layer);
+            }
+            TrackerReply::FetchRange { first, end, .. }
+            | TrackerReply::FetchAlso { first, end, .. } => {
+                let also = matches!(reply, TrackerReply::FetchAlso { .. });
+                let Some(f) = self.fetch_mut(n, layer) else {
+                    return;
+                };
+                if f.awaiting_share && !also {
+                    f.awaiting_share = false;
+                    f.answer = Some(first..end.min(count));
+                    if !f.probing {
+                        self.after_probe(n, layer);
+                    }
+                } else {
+                    f.shares.push_back((first..end.min(count), also));
+                    self.check(n, layer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn name(&mut self, n: usize, layer: usize, peers: &[Vec<u8>]) {
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        for p in peers {
+            if let Some(peer) = crate::world::node_of(p).filter(|p| *p != n) {
+                if !f.named.contains(&peer) {
+                    f.named.push(peer);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn enter_peers(&mut self, n: usize, layer: usize) {
+        let now = self.instant();
+        if let Some(f) = self.fetch_mut(n, layer) {
+            f.phase = Phase::Peers;
+            f.x.stall.restart(now);
+        }
+        self.connect(n, layer);
+        self.check(n, layer);
+    }
+
+    /// Starts sessions with named peers not connected or retired, while there is room.
+    pub(crate) fn connect(&mut self, n: usize, layer: usize) {
+        let (now, max) = (self.now, self.s.max_peers);
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.phase != Phase::Peers {
+            return;
+        }
+        f.retired.retain(|_, until| *until > now);
+        let room = max.saturating_sub(f.sessions.len());
+        let fresh: Vec<usize> = f
+            .named
+            .iter()
+            .filter(|p| !f.sessions.contains_key(p) && !f.retired.contains_key(p))
+            .take(room)
+            .copied()
+            .collect();
+        for peer in fresh {
+            self.open_session(n, layer, peer);
+        }
+    }
+
+    fn open_session(&mut self, n: usize, layer: usize, peer: usize) {
+        let sid = self.sessions.len();
+        let path = self.topo.path(End::Node(peer), n);
+        let conn = self.open_conn(&path, Owner::Session(sid));
+        let g = self.geometry(self.blob_of(n, layer));
+        self.sessions.push(Session {
+            up: peer,
+            down: n,
+            layer,
+            conn,
+            seat: 0,
+            open: true,
+            unchoked: false,
+            waiting: false,
+            announced: Bitfield::new(&g),
+            dirty: false,
+            pending: Vec::new(),
+            queued: 0,
+            last_request: self.now,
+            yield_check: None,
+        });
+        if let Some(f) = self.fetch_mut(n, layer) {
+            f.sessions.insert(peer, sid);
+            f.x.add(sid);
+        }
+        let delay = self.topo.latency(n, peer);
+        self.after(delay, Ev::Open(sid));
+    }
+
+    /// The downloader's end of a session is gone: forget it, and dial the peer again later.
+    fn drop_session(&mut self, sid: usize, retry: Duration) {
+        let Some((up, down, layer)) = self.sessions.get(sid).map(|s| (s.up, s.down, s.layer))
+        else {
+            return;
+        };
+        let now = self.now;
+        let Some(f) = self.fetch_mut(down, layer) else {
+            return;
+        };
+        if f.sessions.get(&up) != Some(&sid) {
+            return;
+        }
+        f.sessions.remove(&up);
+        f.x.remove(sid);
+        let failures = f.failures.entry(up).or_default();
+        let backoff = retry
+            .saturating_mul(1 << (*failures).min(5))
+            .min(MAX_BACKOFF.max(retry));
+        *failures += 1;
+        f.retired.insert(up, now + nanos(backoff));
+    }
+
+    pub(crate) fn on_refused(&mut self, sid: usize) {
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.open = false;
+        }
+        self.drop_session(sid, RETRY_SOON);
+    }
+
+    pub(crate) fn on_ended(&mut self, sid: usize) {
+        let down = self.sessions.get(sid).map(|s| (s.down, s.layer));
+        self.drop_session(sid, RETRY_AFTER);
+        if let Some((down, layer)) = down {
+            self.check(down, layer);
+        }
+    }
+
+    pub(crate) fn on_opened(&mut self, sid: usize, has: Bitfield) {
+        let Some((down, layer, open)) = self.sessions.get(sid).map(|s| (s.down, s.layer, s.open))
+        else {
+            return;
+        };
+        let now = self.instant();
+        let Some(f) = self.fetch_mut(down, layer).filter(|_| open) else {
+            return;
+        };
+        if !f.sessions.values().any(|s| *s == sid) {
+            return;
+        }
+        f.opened = true;
+        for i in has.iter_ones() {
+            let _ = f.x.known.set(i);
+        }
+        f.failures.clear();
+        let have = f.have.clone();
+        f.x.opened(sid, has, &have, now);
+        self.check(down, layer);
+    }
+
+    pub(crate) fn on_have_more(&mut self, sid: usize, pieces: Vec<u32>) {
+        let Some((down, layer, open)) = self.sessions.get(sid).map(|s| (s.down, s.layer, s.open))
+        else {
+            return;
+        };
+        let now = self.instant();
+        let Some(f) = self.fetch_mut(down, layer).filter(|_| open) else {
+            return;
+        };
+        for &i in &pieces {
+            let _ = f.x.known.set(i);
+        }
+        let new = pieces.iter().any(|&i| !f.have.get(i));
+        let have = f.have.clone();
+        f.x.have_more(sid, &pieces, &have, now);
+        if new {
+            self.fill(down, layer);
+        }
+    }
+
+    pub(crate) fn on_choke(&mut self, sid: usize, choked: bool, dropped: &[u32]) {
+        let Some((down, layer, open)) = self.sessions.get(sid).map(|s| (s.down, s.layer, s.open))
+        else {
+            return;
+        };
+        if let Some(f) = self.fetch_mut(down, layer).filter(|_| open) {
+            f.x.choked(sid, choked, dropped);
+        }
+        self.fill(down, layer);
+    }
+
+    /// A piece arrived over a session.
+    pub(crate) fn piece_from_peer(&mut self, sid: usize, piece: u32) {
+        let Some((up, down, layer)) = self.sessions.get(sid).map(|s| (s.up, s.down, s.layer))
+        else {
+            return;
+        };
+        let len = u64::from(
+            self.geometry(self.blob_of(down, layer))
+                .len_of(piece)
+                .unwrap_or(0),
+        );
+        self.uploaded(sid, piece, len);
+        if let Some(node) = self.nodes.get_mut(down) {
+            node.received += len;
+        }
+        let Some(f) = self.fetch_mut(down, layer) else {
+            return;
+        };
+        let have = f.have.clone();
+        let (cancels, fresh) = f.x.received(sid, piece, len, &have);
+        for other in cancels {
+            if let Some(o) = self.sessions.get(other).map(|s| s.up) {
+                let delay = self.topo.latency(down, o);
+                self.after(delay, Ev::Cancel(other, piece));
+            }
+        }
+        let _ = up;
+        if fresh {
+            self.store(down, layer, piece, true);
+        } else {
+            self.fill(down, layer);
+        }
+    }
+
+    /// A verified piece lands: peers hear of it, the download goes on or completes.
+    pub(crate) fn store(&mut self, n: usize, layer: usize, piece: u32, from_peer: bool) {
+        let now = self.instant();
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if !f.have.set(piece).unwrap_or(false) {
+            return;
+        }
+        let _ = f.x.known.set(piece);
+        if from_peer {
+            f.claims.received(piece);
+        }
+        f.x.written(piece, true, now);
+        let complete = f.have.is_complete();
+        self.announce(n, layer, piece);
+        if complete {
+            self.finish(n, layer);
+        } else {
+            self.check(n, layer);
+        }
+    }
+
+    fn finish(&mut self, n: usize, layer: usize) {
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.phase == Phase::Done {
+            return;
+        }
+        f.phase = Phase::Done;
+        f.opened = true;
+        let sessions: Vec<usize> = f.sessions.values().copied().collect();
+        f.sessions.clear();
+        f.x.clear();
+        self.send_tracker(n, layer, ToTracker::Leave(true));
+        if let Some(f) = self.fetch_mut(n, layer) {
+            f.member = None;
+        }
+        for sid in sessions {
+            if let Some(up) = self.sessions.get(sid).map(|s| s.up) {
+                let delay = self.topo.latency(n, up);
+                self.after(delay, Ev::Close(sid));
+            }
+        }
+        let now = self.now;
+        if let Some(node) = self.nodes.get_mut(n) {
+            if node.fetches.iter().all(|f| f.phase == Phase::Done) {
+                node.done_at = Some(now);
+            }
+        }
+    }
+
+    /// The peer phase's rules, after anything that may change them (`PeerPhase::run`).
+    pub(crate) fn check(&mut self, n: usize, layer: usize) {
+        let now = self.instant();
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.phase != Phase::Peers {
+            return;
+        }
+        let idle = f.upstream.is_none();
+        if idle && f.fetch_duty && !f.x.can_help(&f.have, None) {
+            f.fetch_duty = false;
+            return self.fall_back(n, layer, Why::HandedOn);
+        }
+        if idle {
+            let ready = f
+                .shares
+                .iter()
+                .position(|(r, also)| *also || !f.x.can_help(&f.have, Some(r)));
+            if let Some((range, _)) = ready.and_then(|i| f.shares.remove(i)) {
+                let missing: Vec<u32> = range.filter(|i| !f.have.get(*i)).collect();
+                if !missing.is_empty() {
+                    self.start_upstream(n, layer, Why::Share, missing);
+                }
+            } else if f.x.stall.stalled(now) {
+                return self.fall_back(n, layer, Why::Stalled);
+            }
+        }
+        self.fill(n, layer);
+    }
+
+    /// Hands the rest of the blob to the upstream (the peer phase's `Fallback`).
+    fn fall_back(&mut self, n: usize, layer: usize, why: Why) {
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        let sessions: Vec<usize> = f.sessions.values().copied().collect();
+        f.sessions.clear();
+        f.x.clear();
+        f.phase = Phase::Upstream;
+        let missing: Vec<u32> = f.have.iter_missing().collect();
+        for sid in sessions {
+            if let Some(up) = self.sessions.get(sid).map(|s| s.up) {
+                let delay = self.topo.latency(n, up);
+                self.after(delay, Ev::Close(sid));
+            }
+        }
+        self.start_upstream(n, layer, why, missing);
+    }
+
+    /// Sends the requests the exchange decides on.
+    pub(crate) fn fill(&mut self, n: usize, layer: usize) {
+        let (now, timeout) = (self.instant(), self.s.request_timeout);
+        let piece_len = u64::from(self.geometry(self.blob_of(n, layer)).piece_size());
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.phase != Phase::Peers {
+            return;
+        }
+        let mut done = f.have.clone();
+        if let Some((pieces, _)) = &f.upstream {
+            for &i in pieces {
+                let _ = done.set(i);
+            }
+        }
+        let requests = f.x.fill(&done, piece_len, timeout, now);
+        for (sid, piece) in requests {
+            if let Some(up) = self.sessions.get(sid).map(|s| s.up) {
+                let delay = self.topo.latency(n, up);
+                self.after(delay, Ev::Request(sid, piece));
+            }
+        }
+    }
+
+    /// Progress to the tracker, redials, the stall watch: every [`TICK`].
+    pub(crate) fn tick(&mut self, n: usize, layer: usize) {
+        let now = self.now;
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.phase == Phase::Done {
+            return;
+        }
+        let pieces = f.have.count_ones();
+        if f.member.is_some() && (pieces != f.pieces_told || now >= f.told_at + nanos(KEEPALIVE)) {
+            f.pieces_told = pieces;
+            f.told_at = now;
+            self.send_tracker(n, layer, ToTracker::Progress(pieces));
+        }
+        self.connect(n, layer);
+        self.check(n, layer);
+        let epoch = self.epoch(n);
+        self.after(
+            nanos(TICK),
+            Ev::Tick {
+                node: n,
+                epoch,
+                layer,
+            },
+        );
+    }
+}
+
+impl Fetch {
+    pub fn new(
+        blob: usize,
+        have: Bitfield,
+        claims: Claims,
+        stall: Duration,
+        now: std::time::Instant,
+    ) -> Fetch {
+        Fetch {
+            blob,
+            phase: Phase::Joining,
+            have,
+            x: Exchange::new(stall, now),
+            opened: false,
+            claims,
+            member: None,
+            named: Vec::new(),
+            sessions: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            uploads: Vec::new(),
+            shares: VecDeque::new(),
+            upstream: None,
+            upstream_conn: None,
+            probing: false,
+            awaiting_share: false,
+            answer: None,
+            fetch_duty: false,
+            pieces_told: 0,
+            told_at: 0,
+            stall_check: None,
+            reveal_at: None,
+            done_at: None,
+        }
+    }
+
+    /// After a restart: what was stored stays, everything in flight is gone.
+    fn reset(&mut self, claims: Claims, stall: Duration, now: std::time::Instant, order: u64) {
+        let count = self.have.count();
+        let known = self.have.clone();
+        let tie_break = (0..u64::from(count)).map(|i| mix(i ^ order)).collect();
+        self.x = Exchange::new(stall, now);
+        self.x.adopt(count, known, tie_break);
+        self.opened = self.phase == Phase::Done || self.have.count_ones() > 0;
+        self.claims = claims;
+        self.member = None;
+        self.sessions.clear();
+        self.retired.clear();
+        self.failures.clear();
+        self.uploads.clear();
+        self.shares.clear();
+        self.upstream = None;
+        self.upstream_conn = None;
+        self.probing = false;
+        self.awaiting_share = false;
+        self.answer = None;
+        self.fetch_duty = false;
+        if self.phase != Phase::Done {
+            self.phase = Phase::Joining;
+        }
+    }
+}
+
+/// A 64-bit mix for each node's tie-break order of the pieces.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

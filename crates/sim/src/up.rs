@@ -1,0 +1,409 @@
+//! A node serving a blob: upload slots as the agent's `UploadLimits` hands them out (at most
+//! `--upload-slots` unchoked, half of them per peer, four waiting per slot, FIFO; an idle
+//! holder yields after `SLOT_YIELD_AFTER` to one waiting), announcements sent when the
+//! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
+
+use crate::world::{nanos, Ev, Phase, World};
+use std::time::Duration;
+
+/// The agent's constants (`pollen_peer::limits`).
+const WAITING_PER_SLOT: usize = 4;
+const PEER_SHARE_DIVISOR: usize = 2;
+const SLOT_YIELD_AFTER: Duration = Duration::from_secs(1);
+
+impl World {
+    /// A downloader's session arrives at the uploader.
+    pub(crate) fn on_open(&mut self, sid: usize) {
+        let Some((up, down, layer, open)) = self
+            .sessions
+            .get(sid)
+            .map(|s| (s.up, s.down, s.layer, s.open))
+        else {
+            return;
+        };
+        let back = self.topo.latency(up, down);
+        let ready = self.fetch(up, layer).is_some_and(|f| f.opened);
+        if !open || !self.nodes.get(up).is_some_and(|n| n.alive) || !ready {
+            // Dead, or not started on the blob yet: turned away, dialled again soon.
+            self.after(back, Ev::Refused(sid));
+            return;
+        }
+        let slots = self.s.upload_slots;
+        let per_peer = slots.div_ceil(PEER_SHARE_DIVISOR).max(1);
+        let Some(node) = self.nodes.get_mut(up) else {
+            return;
+        };
+        let mine = node.slots.per_peer.get(&down).copied().unwrap_or(0);
+        let unchoked = node.slots.held < slots && mine < per_peer;
+        let waiting = !unchoked && node.slots.waiting.len() < slots * WAITING_PER_SLOT;
+        if !unchoked && !waiting {
+            self.after(back, Ev::Refused(sid));
+            return;
+        }
+        if unchoked {
+            node.slots.held += 1;
+            *node.slots.per_peer.entry(down).or_default() += 1;
+        } else {
+            node.slots.waiting.push_back(sid);
+        }
+        let now = self.instant();
+        let Some(f) = self.fetch_mut(up, layer) else {
+            return;
+        };
+        let seat = f.claims.seat(now);
+        f.uploads.push(sid);
+        let (shown, next) = f.claims.visible(seat, &f.have, now, unchoked);
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.seat = seat;
+            s.unchoked = unchoked;
+            s.waiting = waiting;
+            s.announced = shown.clone();
+        }
+        self.reveal_later(up, layer, next);
+        self.after(back, Ev::Opened(sid, shown));
+        if unchoked {
+            self.after(
+                back,
+                Ev::Choke {
+                    sid,
+                    choked: false,
+                    dropped: Vec::new(),
+                },
+            );
+        } else {
+            self.holders_may_yield(up);
+        }
+    }
+
+    pub(crate) fn on_request(&mut self, sid: usize, piece: u32) {
+        let now = self.now;
+        let Some(s) = self.sessions.get_mut(sid).filter(|s| s.open && s.unchoked) else {
+            return; // the agent drops a request that arrives while choked
+        };
+        let (up, layer, conn) = (s.up, s.layer, s.conn);
+        let has = self.fetch(up, layer).is_some_and(|f| f.have.get(piece));
+        let len = self
+            .geometry(self.blob_of(up, layer))
+            .len_of(piece)
+            .unwrap_or(0);
+        if !has {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.queued += 1;
+            s.last_request = now;
+        }
+        self.net.send(now, conn, u64::from(len), u64::from(piece));
+    }
+
+    pub(crate) fn on_cancel(&mut self, sid: usize, piece: u32) {
+        let now = self.now;
+        let Some(s) = self.sessions.get(sid).filter(|s| s.open) else {
+            return;
+        };
+        if self.net.cancel(now, s.conn, u64::from(piece)) {
+            if let Some(s) = self.sessions.get_mut(sid) {
+                s.queued = s.queued.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The downloader ended the session (done, or gone to the upstream).
+    pub(crate) fn on_close(&mut self, sid: usize) {
+        self.end_session(sid);
+    }
+
+    /// The uploader's side of a session ends: its slot and super-seeding seat are freed.
+    pub(crate) fn end_session(&mut self, sid: usize) {
+        let now = self.now;
+        let Some(s) = self.sessions.get_mut(sid).filter(|s| s.open) else {
+            return;
+        };
+        s.open = false;
+        let (up, down, layer, conn, seat) = (s.up, s.down, s.layer, s.conn, s.seat);
+        let (unchoked, waiting) = (s.unchoked, s.waiting);
+        s.unchoked = false;
+        s.waiting = false;
+        self.net.close(now, conn);
+        let mut freed = false;
+        if let Some(f) = self.fetch_mut(up, layer) {
+            f.uploads.retain(|x| *x != sid);
+            freed = f.claims.leave(seat);
+        }
+        if let Some(node) = self.nodes.get_mut(up) {
+            if unchoked {
+                release(&mut node.slots, down);
+            }
+            if waiting {
+                node.slots.waiting.retain(|x| *x != sid);
+            }
+        }
+        if freed {
+            self.reveal(up, layer);
+        }
+        if unchoked && self.nodes.get(up).is_some_and(|n| n.alive) {
+            self.grant(up);
+        }
+    }
+
+    /// Free slots go to waiting sessions, first come first served, within each peer's share.
+    fn grant(&mut self, up: usize) {
+        let slots = self.s.upload_slots;
+        let per_peer = slots.div_ceil(PEER_SHARE_DIVISOR).max(1);
+        let mut granted = Vec::new();
+        if let Some(node) = self.nodes.get_mut(up) {
+            let mut skipped = std::collections::VecDeque::new();
+            while node.slots.held < slots {
+                let Some(sid) = node.slots.waiting.pop_front() else {
+                    break;
+                };
+                let Some(down) = self.sessions.get(sid).map(|s| s.down) else {
+                    continue;
+                };
+                if node.slots.per_peer.get(&down).copied().unwrap_or(0) >= per_peer {
+                    skipped.push_back(sid);
+                    continue;
+                }
+                node.slots.held += 1;
+                *node.slots.per_peer.entry(down).or_default() += 1;
+                granted.push(sid);
+            }
+            skipped.append(&mut node.slots.waiting);
+            node.slots.waiting = skipped;
+        }
+        for sid in granted {
+            let Some(s) = self.sessions.get_mut(sid) else {
+                continue;
+            };
+            s.unchoked = true;
+            s.waiting = false;
+            s.last_request = self.now;
+            let (down, layer) = (s.down, s.layer);
+            let delay = self.topo.latency(up, down);
+            self.after(
+                delay,
+                Ev::Choke {
+                    sid,
+                    choked: false,
+                    dropped: Vec::new(),
+                },
+            );
+            self.news(sid);
+            let _ = layer;
+        }
+    }
+
+    /// Someone waits for a slot: each idle holder looks whether to give its slot up.
+    fn holders_may_yield(&mut self, up: usize) {
+        let yield_after = nanos(SLOT_YIELD_AFTER);
+        let holders: Vec<(usize, u64)> = self
+            .nodes
+            .get(up)
+            .map(|n| {
+                n.fetches
+                    .iter()
+                    .flat_map(|f| f.uploads.iter().copied())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|sid| {
+                let s = self.sessions.get(sid)?;
+                (s.open && s.unchoked && s.queued == 0 && s.yield_check.is_none())
+                    .then_some((sid, s.last_request.saturating_add(yield_after)))
+            })
+            .collect();
+        for (sid, at) in holders {
+            if let Some(s) = self.sessions.get_mut(sid) {
+                s.yield_check = Some(at);
+            }
+            self.at(at, Ev::YieldCheck(sid));
+        }
+    }
+
+    pub(crate) fn yield_check(&mut self, sid: usize) {
+        let now = self.now;
+        let yield_after = nanos(SLOT_YIELD_AFTER);
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        s.yield_check = None;
+        let idle = s.open && s.unchoked && s.queued == 0;
+        if !idle || now < s.last_request.saturating_add(yield_after) {
+            return;
+        }
+        let (up, down) = (s.up, s.down);
+        let someone = self
+            .nodes
+            .get(up)
+            .is_some_and(|n| !n.slots.waiting.is_empty());
+        let room = self
+            .nodes
+            .get(up)
+            .is_some_and(|n| n.slots.waiting.len() < self.s.upload_slots * WAITING_PER_SLOT);
+        if !someone || !room {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.unchoked = false;
+            s.waiting = true;
+        }
+        if let Some(node) = self.nodes.get_mut(up) {
+            release(&mut node.slots, down);
+            node.slots.waiting.push_back(sid);
+        }
+        let delay = self.topo.latency(up, down);
+        self.after(
+            delay,
+            Ev::Choke {
+                sid,
+                choked: true,
+                dropped: Vec::new(),
+            },
+        );
+        self.grant(up);
+    }
+
+    /// A piece finished crossing a session: counted, and the writer is free for news.
+    pub(crate) fn uploaded(&mut self, sid: usize, piece: u32, len: u64) {
+        let now = self.instant();
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        s.queued = s.queued.saturating_sub(1);
+        let (up, layer, seat, queued) = (s.up, s.layer, s.seat, s.queued);
+        if let Some(node) = self.nodes.get_mut(up) {
+            node.sent += len;
+        }
+        let mut spread = false;
+        if let Some(f) = self.fetch_mut(up, layer) {
+            f.claims.sent(seat, piece, now);
+            spread = f.claims.is_active();
+        }
+        // A super-seeded session that sent a piece has room for a new one: look again.
+        if spread || self.sessions.get(sid).is_some_and(|s| s.dirty) {
+            self.news(sid);
+        }
+        if queued == 0
+            && self
+                .nodes
+                .get(up)
+                .is_some_and(|n| !n.slots.waiting.is_empty())
+        {
+            self.holders_may_yield(up);
+        }
+    }
+
+    /// A piece was stored: each upload session of the blob hears of it when its writer is
+    /// free (the agent's announcer sends news between pieces).
+    pub(crate) fn announce(&mut self, n: usize, layer: usize, piece: u32) {
+        let uploads = self
+            .fetch(n, layer)
+            .map(|f| f.uploads.clone())
+            .unwrap_or_default();
+        for sid in uploads {
+            let Some(s) = self.sessions.get_mut(sid).filter(|s| s.open) else {
+                continue;
+            };
+            s.pending.push(piece);
+            s.dirty = true;
+            if s.queued == 0 {
+                self.news(sid);
+            }
+        }
+    }
+
+    /// Sends a session what its downloader has not heard of yet.
+    fn news(&mut self, sid: usize) {
+        let now = self.instant();
+        let Some(s) = self.sessions.get_mut(sid).filter(|s| s.open) else {
+            return;
+        };
+        s.dirty = false;
+        let (up, down, layer, seat, unchoked) = (s.up, s.down, s.layer, s.seat, s.unchoked);
+        let pending = std::mem::take(&mut s.pending);
+        let Some(f) = self
+            .nodes
+            .get_mut(up)
+            .and_then(|n| n.fetches.get_mut(layer))
+        else {
+            return;
+        };
+        let (fresh, next) = if f.claims.is_active() {
+            let (shown, next) = f.claims.visible(seat, &f.have, now, unchoked);
+            let announced = &self.sessions.get(sid).map(|s| s.announced.clone());
+            let fresh: Vec<u32> = shown
+                .iter_ones()
+                .filter(|i| !announced.as_ref().is_some_and(|a| a.get(*i)))
+                .collect();
+            (fresh, next)
+        } else {
+            (pending, None)
+        };
+        self.reveal_later(up, layer, next);
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        let fresh: Vec<u32> = fresh
+            .into_iter()
+            .filter(|i| s.announced.set(*i).unwrap_or(false))
+            .collect();
+        if !fresh.is_empty() {
+            let delay = self.topo.latency(up, down);
+            self.after(delay, Ev::HaveMore(sid, fresh));
+        }
+    }
+
+    /// Super-seeding shows more at `next`: every session looks again then.
+    fn reveal_later(&mut self, n: usize, layer: usize, next: Option<std::time::Instant>) {
+        let Some(at) = next.map(|t| self.to_nanos(t)) else {
+            return;
+        };
+        let now = self.now;
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.reveal_at.is_some_and(|r| r <= at && r >= now) {
+            return;
+        }
+        f.reveal_at = Some(at);
+        self.at(at, Ev::Reveal { node: n, layer });
+    }
+
+    pub(crate) fn reveal(&mut self, n: usize, layer: usize) {
+        if !self.nodes.get(n).is_some_and(|x| x.alive) {
+            return;
+        }
+        let now = self.now;
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.reveal_at.is_some_and(|r| r <= now) {
+            f.reveal_at = None;
+        }
+        if f.phase == Phase::Joining && !f.opened {
+            return;
+        }
+        for sid in f.uploads.clone() {
+            let idle = self.sessions.get(sid).is_some_and(|s| s.queued == 0);
+            match idle {
+                true => self.news(sid),
+                false => {
+                    if let Some(s) = self.sessions.get_mut(sid) {
+                        s.dirty = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn release(slots: &mut crate::world::Slots, down: usize) {
+    slots.held = slots.held.saturating_sub(1);
+    if let Some(n) = slots.per_peer.get_mut(&down) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            slots.per_peer.remove(&down);
+        }
+    }
+}
