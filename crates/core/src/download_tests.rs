@@ -152,3 +152,25 @@ fn only_pieces_nobody_held_count_as_the_swarm_moving_on() {
         "piece 3 is new"
     );
 }
+
+#[test]
+fn peers_that_keep_this_node_waiting_do_not_use_up_its_room() {
+    let t0 = Instant::now();
+    let mut x = exchange(4, 3, t0);
+    assert_eq!(x.dial_room(4), 1, "three serving");
+    x.choked(0, true, &[]);
+    x.choked(1, true, &[]);
+    assert_eq!(
+        x.dial_room(4),
+        3,
+        "two wait for a slot: room for three more"
+    );
+    x.add(3);
+    assert_eq!(x.dial_room(4), 2, "a session not open yet counts");
+    for slot in 4..8 {
+        x.add(slot);
+        x.opened(slot, field(4, []), &field(4, []), t0);
+        x.choked(slot, true, &[]);
+    }
+    assert_eq!(x.dial_room(4), 0, "never more than twice the peers in all");
+}

@@ -42,6 +42,9 @@ pub struct PickState<'a> {
     pub known: &'a Bitfield,
     /// Outstanding requests by piece: which peer slot, since when.
     pub requests: &'a HashMap<u32, Vec<(usize, Instant)>>,
+    /// The pieces with at least one outstanding request (the keys of `requests`), so a scan
+    /// over the blob tests bits, not the map.
+    pub requested: &'a Bitfield,
     /// How many connected peers have each piece.
     pub availability: &'a [u16],
     /// Peers whose pieces are known: with fewer than two there is nobody to trade with, and
@@ -54,50 +57,70 @@ pub struct PickState<'a> {
     pub now: Instant,
 }
 
+/// Pieces from `from` on that are missing, known, held by the peer and not requested yet, in
+/// order: eight at a time from the bitfields' bytes (a blob has up to 65,536 pieces, and the
+/// picker runs for every request).
+fn fresh<'a>(
+    s: &'a PickState<'_>,
+    peer_has: &'a Bitfield,
+    from: u32,
+) -> impl Iterator<Item = u32> + 'a {
+    let count = s.done.count();
+    let bytes = |b: &'a Bitfield| b.as_bytes();
+    let (done, known, has, requested) = (
+        bytes(s.done),
+        bytes(s.known),
+        bytes(peer_has),
+        bytes(s.requested),
+    );
+    let byte = |v: &[u8], at: usize| v.get(at).copied().unwrap_or(0);
+    (from as usize / 8..count.div_ceil(8) as usize).flat_map(move |at| {
+        let mask = !byte(done, at) & byte(known, at) & byte(has, at) & !byte(requested, at);
+        (0..8u32)
+            .filter(move |bit| mask & (0x80 >> bit) != 0)
+            .map(move |bit| at as u32 * 8 + bit)
+            .filter(move |i| *i >= from && *i < count)
+    })
+}
+
 /// The next piece to ask peer `slot` (which has `peer_has`) for, if any.
 pub fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Option<u32> {
     let count = s.done.count();
-    let wanted = |i: &u32| {
-        !s.done.get(*i)
-            && s.known.get(*i)
-            && peer_has.get(*i)
-            && !s
-                .requests
-                .get(i)
-                .is_some_and(|r| r.iter().any(|(p, _)| *p == slot))
-    };
-    let unrequested = |i: &u32| s.requests.get(i).is_none_or(|r| r.is_empty());
     let first_missing = s.done.iter_missing().next()?;
     let window_end = first_missing.saturating_add(WINDOW).min(count);
     let spread = |i: &u32| s.peers < 2 || s.availability.get(*i as usize).is_some_and(|a| *a >= 2);
-    if let Some(i) = (first_missing..window_end).find(|i| wanted(i) && unrequested(i) && spread(i))
+    if let Some(i) = fresh(s, peer_has, first_missing)
+        .take_while(|i| *i < window_end)
+        .find(spread)
     {
         return Some(i);
     }
-    let rarest = (first_missing..count)
-        .filter(|i| wanted(i) && unrequested(i))
-        .min_by_key(|i| {
-            let at = *i as usize;
-            (
-                s.availability.get(at).copied().unwrap_or(0),
-                s.tie_break.get(at).copied().unwrap_or(0),
-                *i,
-            )
-        });
+    let rarest = fresh(s, peer_has, first_missing).min_by_key(|i| {
+        let at = *i as usize;
+        (
+            s.availability.get(at).copied().unwrap_or(0),
+            s.tie_break.get(at).copied().unwrap_or(0),
+            *i,
+        )
+    });
     if rarest.is_some() {
         return rarest;
     }
     // Nothing unrequested that this peer has: duplicate a stale or (end-game) scarce request.
-    let missing = s.done.count() - s.done.count_ones();
-    let end_game = missing <= END_GAME_PIECES
-        && (0..s.done.count()).all(|i| s.done.get(i) || !unrequested(&i));
-    (first_missing..count)
-        .filter(wanted)
-        .filter_map(|i| {
-            let reqs = s.requests.get(&i)?;
+    let missing = count - s.done.count_ones();
+    let end_game = missing <= END_GAME_PIECES && s.done.iter_missing().all(|i| s.requested.get(i));
+    s.requests
+        .iter()
+        .filter(|(i, reqs)| {
+            !s.done.get(**i)
+                && s.known.get(**i)
+                && peer_has.get(**i)
+                && !reqs.iter().any(|(p, _)| *p == slot)
+        })
+        .filter_map(|(i, reqs)| {
             let oldest = reqs.iter().map(|(_, t)| *t).min()?;
             let stale = s.now.saturating_duration_since(oldest) >= s.request_timeout;
-            (stale || (end_game && reqs.len() < MAX_COPIES)).then_some((reqs.len(), oldest, i))
+            (stale || (end_game && reqs.len() < MAX_COPIES)).then_some((reqs.len(), oldest, *i))
         })
         .min()
         .map(|(_, _, i)| i)
@@ -140,11 +163,14 @@ mod tests {
             }
         }
         fn pick(&self, slot: usize, has: &Bitfield) -> Option<u32> {
+            let count = self.done.count();
+            let requested = field(count, &self.requests.keys().copied().collect::<Vec<_>>());
             pick(
                 &PickState {
                     done: &self.done,
                     known: &self.known,
                     requests: &self.requests,
+                    requested: &requested,
                     availability: &self.availability,
                     tie_break: &self.tie_break,
                     peers: self.peers,

@@ -85,6 +85,23 @@ impl Claims {
         self.active
     }
 
+    /// Pieces not announced yet, owned and unsent, owned and sent, and announced to all.
+    pub fn counts(&self) -> [usize; 4] {
+        let mut out = [0; 4];
+        for claim in &self.pieces {
+            let at = match claim {
+                Claim::Free => 0,
+                Claim::Owned { sent: None, .. } => 1,
+                Claim::Owned { sent: Some(_), .. } => 2,
+                Claim::Public => 3,
+            };
+            if let Some(n) = out.get_mut(at) {
+                *n += 1;
+            }
+        }
+        out
+    }
+
     /// Piece `index` came from a peer, not from the upstream: the swarm has it already, so
     /// it is announced to everyone.
     pub fn received(&mut self, index: u32) {

@@ -416,7 +416,7 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
             .filter(|l| newcomer.labels.contains(l))
             .count()
     };
-    let mut members: Vec<(u8, usize, u32, &Vec<u8>)> = swarm
+    let mut members: Vec<(u8, usize, u32, u64, &Vec<u8>)> = swarm
         .members
         .iter()
         .filter(|(_, m)| m.peer != newcomer.peer)
@@ -424,7 +424,14 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
             let fetching =
                 swarm.fetcher == Some(*id) || swarm.shares.iter().any(|s| s.owner == Some(*id));
             let class = if fetching { 1 } else { 2 };
-            (class, usize::MAX - shared(m), u32::MAX - m.pieces, &m.peer)
+            let order = pair_order(&newcomer.peer, &m.peer);
+            (
+                class,
+                usize::MAX - shared(m),
+                u32::MAX - m.pieces,
+                order,
+                &m.peer,
+            )
         })
         .collect();
     members.sort();
@@ -436,11 +443,25 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
         .filter(|p| **p != newcomer.peer)
         .cloned()
         .collect();
-    for (_, _, _, p) in members {
+    for (_, _, _, _, p) in members {
         if !out.contains(p) {
             out.push(p.clone());
         }
     }
     out.truncate(PEERS_PER_ASSIGN);
     out
+}
+
+/// A rank of `member` that differs from newcomer to newcomer but not from run to run: members
+/// alike in everything else (a cluster starting together: no pieces anywhere) are named to
+/// each newcomer in its own order. Ordered by peer id, every node was given the same 16 peers
+/// and asked them first, and their upload slots and waiting queues were full while the rest
+/// of the swarm sat idle (pollen-sim, 300 nodes).
+fn pair_order(newcomer: &[u8], member: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same order on every tracker and in every run.
+    let mut h = std::hash::DefaultHasher::new();
+    newcomer.hash(&mut h);
+    member.hash(&mut h);
+    h.finish()
 }

@@ -50,26 +50,7 @@ const BURST: Duration = Duration::from_millis(50);
 /// byte rate, the stream and connection caps still bound it.
 pub const SLOTLESS_MAX_BYTES: u64 = 1 << 20;
 
-/// A session holding a slot that has asked for nothing this long gives the slot up while
-/// other sessions wait for one (it is sent `Choked` and queues again). A slot was kept until
-/// its session ended, so downloaders of a layer holding every slot of a node, most of them idle
-/// (they took their pieces elsewhere), starved a node that asked only later: it got nothing for
-/// `peer_stall` and went to the registry (`pollen demo`: 2 runs in 14).
-pub const SLOT_YIELD_AFTER: Duration = Duration::from_secs(1);
-
-/// Sessions that may wait (choked) per upload slot. A waiting session costs a stream and no
-/// piece bytes, and it receives `Have` and the piece hashes this node vouches for: with one
-/// waiting place per slot, a fetcher whose slots were taken by a dozen downloaders (of this
-/// and other blobs) turned the rest away, and those could not check the pieces other peers
-/// held until some node completed the blob (benches/cluster.sh, peer-bound: nodes then went
-/// to the upstream after `peer_stall`).
-pub const WAITING_PER_SLOT: usize = 4;
-
-/// A peer's fair share of the upload slots: at most this fraction of them (rounded up, at
-/// least one) are held by sessions of one peer at once, so a peer that opens many sessions
-/// leaves room for the others (with the default 8 slots: 4 per peer). Its further sessions wait
-/// (choked) behind the other peers' sessions until one of its own ends.
-pub const PEER_SHARE_DIVISOR: usize = 2;
+pub use pollen_core::upload::{PEER_SHARE_DIVISOR, SLOT_YIELD_AFTER};
 
 /// Who a session serves, for the per-peer share of the slots (the agent passes the PeerId's
 /// bytes); sessions without one are not counted per peer.
@@ -95,17 +76,17 @@ pub struct UploadLimits {
 
 impl UploadLimits {
     /// At most `max_sessions` sessions unchoked at once (0 refuses every session with `Busy`),
-    /// at most [`WAITING_PER_SLOT`] times as many more waiting for a slot, and piece bodies
+    /// at most `pollen_core::upload::WAITING_PER_SLOT` times as many more waiting for a slot, and piece bodies
     /// sent at no more than `bytes_per_sec` in total (0: unlimited).
     pub fn new(max_sessions: usize, bytes_per_sec: u64) -> UploadLimits {
         UploadLimits {
             slots: Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS))),
-            per_peer: max_sessions.div_ceil(PEER_SHARE_DIVISOR).max(1),
+            per_peer: pollen_core::upload::per_peer(max_sessions),
             max_sessions,
             held: Mutex::new(HashMap::new()),
             released: Notify::new(),
             waiting: Arc::new(AtomicUsize::new(0)),
-            max_waiting: max_sessions.saturating_mul(WAITING_PER_SLOT),
+            max_waiting: pollen_core::upload::max_waiting(max_sessions),
             rate: RateLimiter::new(bytes_per_sec),
             bytes_sent: AtomicU64::new(0),
             pieces_sent: AtomicU64::new(0),
@@ -202,12 +183,22 @@ impl UploadLimits {
 
     /// Whether some session waits for a slot now.
     pub(crate) fn someone_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
+        pollen_core::upload::may_yield(self.waiting.load(Ordering::Relaxed))
     }
 
     /// A place in the queue of sessions waiting for a slot, if the queue is not full.
     pub(crate) fn enter_queue(&self) -> Option<QueuePlace> {
-        let max = self.max_waiting;
+        self.enter_queue_within(self.max_waiting)
+    }
+
+    /// A place in the queue for a holder giving its slot up: the slot takes a waiting session
+    /// out, so the queue may run over by one place per slot
+    /// (`pollen_core::upload::may_yield`).
+    pub(crate) fn yield_place(&self) -> Option<QueuePlace> {
+        self.enter_queue_within(self.max_waiting.saturating_add(self.max_sessions))
+    }
+
+    fn enter_queue_within(&self, max: usize) -> Option<QueuePlace> {
         self.waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)

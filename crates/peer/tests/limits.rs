@@ -121,6 +121,34 @@ async fn an_idle_slot_holder_yields_to_a_waiting_session() {
     assert_eq!(within(server_a).await.unwrap().unwrap().pieces_sent, 3);
 }
 
+/// With the waiting queue full, an idle holder still gives its slot up: the slot it frees takes
+/// a session out of the queue. Kept, a fetcher's slots stayed with idle holders while the
+/// sessions that needed its pieces waited (pollen-sim, 300 nodes).
+#[tokio::test(start_paused = true)]
+async fn an_idle_holder_yields_even_when_the_queue_is_full() {
+    let data = blob(3 * PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data.clone(), geometry(data.len()));
+    let limits = Arc::new(UploadLimits::new(1, 0).with_max_waiting(1));
+    let (mut a, _, _server_a) = open_served(&source, &limits, seed.digest()).await;
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+    let (mut b, have_b, _server_b) = open_served(&source, &limits, seed.digest()).await;
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    // The queue (one place) is full with B; A asks nothing and yields all the same.
+    let start = Instant::now();
+    assert!(matches!(
+        within(a.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    assert_eq!(within(b.next_event()).await.unwrap(), Event::Unchoked);
+    assert!(start.elapsed() < cfg().slot_timeout);
+    let (got, _) = within(download(&mut b, &have_b, None, None)).await.unwrap();
+    assert_eq!(got, data);
+}
+
 /// A session given a slot that another gave up keeps it for a while, so it can ask for pieces:
 /// it is not handed on again at once because it asked for nothing before it had the slot.
 #[tokio::test(start_paused = true)]

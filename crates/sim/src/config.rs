@@ -126,6 +126,9 @@ pub struct Scenario {
     /// Simulated time after which the run stops
     #[arg(long, value_parser = units::duration, default_value = DEFAULT_UNTIL)]
     pub until: Duration,
+    /// Prints a line of progress to stderr every this much simulated time
+    #[arg(long, value_parser = units::duration)]
+    pub progress: Option<Duration>,
     /// One JSON object on stdout instead of the report
     #[arg(long)]
     pub json: bool,

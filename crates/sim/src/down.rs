@@ -195,7 +195,7 @@ impl World {
             return;
         }
         f.retired.retain(|_, until| *until > now);
-        let room = max.saturating_sub(f.sessions.len());
+        let room = f.x.dial_room(max);
         let fresh: Vec<usize> = f
             .named
             .iter()
@@ -409,8 +409,9 @@ impl World {
         }
         let now = self.now;
         if let Some(node) = self.nodes.get_mut(n) {
-            if node.fetches.iter().all(|f| f.phase == Phase::Done) {
+            if node.done_at.is_none() && node.fetches.iter().all(|f| f.phase == Phase::Done) {
                 node.done_at = Some(now);
+                self.done += 1;
             }
         }
     }

@@ -4,12 +4,7 @@
 //! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
 
 use crate::world::{nanos, Ev, Phase, World};
-use std::time::Duration;
-
-/// The agent's constants (`pollen_peer::limits`).
-const WAITING_PER_SLOT: usize = 4;
-const PEER_SHARE_DIVISOR: usize = 2;
-const SLOT_YIELD_AFTER: Duration = Duration::from_secs(1);
+use pollen_core::upload::{max_waiting, may_yield, per_peer, yield_room, SLOT_YIELD_AFTER};
 
 impl World {
     /// A downloader's session arrives at the uploader.
@@ -29,13 +24,13 @@ impl World {
             return;
         }
         let slots = self.s.upload_slots;
-        let per_peer = slots.div_ceil(PEER_SHARE_DIVISOR).max(1);
+        let share = per_peer(slots);
         let Some(node) = self.nodes.get_mut(up) else {
             return;
         };
         let mine = node.slots.per_peer.get(&down).copied().unwrap_or(0);
-        let unchoked = node.slots.held < slots && mine < per_peer;
-        let waiting = !unchoked && node.slots.waiting.len() < slots * WAITING_PER_SLOT;
+        let unchoked = node.slots.held < slots && mine < share;
+        let waiting = !unchoked && node.slots.waiting.len() < max_waiting(slots);
         if !unchoked && !waiting {
             self.after(back, Ev::Refused(sid));
             return;
@@ -149,7 +144,7 @@ impl World {
     /// Free slots go to waiting sessions, first come first served, within each peer's share.
     fn grant(&mut self, up: usize) {
         let slots = self.s.upload_slots;
-        let per_peer = slots.div_ceil(PEER_SHARE_DIVISOR).max(1);
+        let share = per_peer(slots);
         let mut granted = Vec::new();
         if let Some(node) = self.nodes.get_mut(up) {
             let mut skipped = std::collections::VecDeque::new();
@@ -160,7 +155,7 @@ impl World {
                 let Some(down) = self.sessions.get(sid).map(|s| s.down) else {
                     continue;
                 };
-                if node.slots.per_peer.get(&down).copied().unwrap_or(0) >= per_peer {
+                if node.slots.per_peer.get(&down).copied().unwrap_or(0) >= share {
                     skipped.push_back(sid);
                     continue;
                 }
@@ -229,19 +224,19 @@ impl World {
         };
         s.yield_check = None;
         let idle = s.open && s.unchoked && s.queued == 0;
-        if !idle || now < s.last_request.saturating_add(yield_after) {
+        if !idle {
+            return;
+        }
+        let due = s.last_request.saturating_add(yield_after);
+        if now < due {
+            // A request came since: look again a second after it (the uploader's deadline).
+            s.yield_check = Some(due);
+            self.at(due, Ev::YieldCheck(sid));
             return;
         }
         let (up, down) = (s.up, s.down);
-        let someone = self
-            .nodes
-            .get(up)
-            .is_some_and(|n| !n.slots.waiting.is_empty());
-        let room = self
-            .nodes
-            .get(up)
-            .is_some_and(|n| n.slots.waiting.len() < self.s.upload_slots * WAITING_PER_SLOT);
-        if !someone || !room {
+        let waiting = self.nodes.get(up).map_or(0, |n| n.slots.waiting.len());
+        if !may_yield(waiting) || waiting >= yield_room(self.s.upload_slots) {
             return;
         }
         if let Some(s) = self.sessions.get_mut(sid) {

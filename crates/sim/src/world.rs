@@ -267,6 +267,8 @@ pub struct World {
     pub conns: Vec<Owner>,
     pub hosts: Vec<Option<crate::track::Host>>,
     pub stats: Stats,
+    /// Nodes done.
+    pub done: usize,
 }
 
 pub fn nanos(d: Duration) -> Nanos {
@@ -322,6 +324,7 @@ impl World {
             conns: Vec::new(),
             hosts,
             stats: Stats::default(),
+            done: 0,
         };
         w.plan();
         w
@@ -383,16 +386,14 @@ impl World {
     pub fn run(&mut self) {
         let until = nanos(self.s.until);
         let mut delivered = Vec::new();
-        let trace = std::env::var("POLLEN_SIM_TRACE")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok());
-        let mut next_trace = 0;
+        let every = self.s.progress.map(nanos).filter(|e| *e > 0);
+        let mut next_progress = 0;
         loop {
-            if let Some(every) = trace.filter(|_| self.now >= next_trace) {
-                self.trace();
-                next_trace = self.now + (every * 1e9) as Nanos;
+            if let Some(every) = every.filter(|_| self.now >= next_progress) {
+                self.progress();
+                next_progress = self.now.saturating_add(every);
             }
-            if self.nodes.iter().all(|n| n.done_at.is_some()) {
+            if self.done >= self.nodes.len() {
                 break;
             }
             let next_ev = self.queue.peek().map(|Reverse(t)| t.at);
@@ -420,40 +421,30 @@ impl World {
         }
     }
 
-    /// Each node's pieces per layer and phase, on stderr (`POLLEN_SIM_TRACE=SECONDS`).
-    fn trace(&self) {
-        let line: Vec<String> = self
+    /// One line of progress on stderr (`--progress`): nodes done, pieces held, flows.
+    fn progress(&self) {
+        let mut totals: Vec<u32> = self
             .nodes
             .iter()
-            .take(16)
-            .map(|n| {
-                n.fetches
-                    .iter()
-                    .map(|f| format!("{}{}", f.have.count_ones(), &format!("{:?}", f.phase)[..1]))
-                    .collect::<Vec<_>>()
-                    .join("/")
-            })
+            .map(|n| n.fetches.iter().map(|f| f.have.count_ones()).sum())
             .collect();
-        eprintln!("{:7.3}s {}", self.now as f64 / 1e9, line.join(" "));
-        if let Some(f) = self.nodes.first().and_then(|n| n.fetches.get(1)) {
-            for (peer, sid) in &f.sessions {
-                let p = f.x.peers.get(sid);
-                let s = self.sessions.get(*sid);
-                eprintln!(
-                    "   peer {peer} sid {sid} has {:?} unchoked {:?} out {:?} | up: unchoked {:?} waiting {:?} queued {:?} announced {:?}",
-                    p.and_then(|p| p.has.as_ref()).map(|h| h.count_ones()),
-                    p.map(|p| p.unchoked),
-                    p.map(|p| p.outstanding),
-                    s.map(|s| s.unchoked), s.map(|s| s.waiting), s.map(|s| s.queued), s.map(|s| s.announced.count_ones())
-                );
-            }
-            eprintln!(
-                "   requests {:?} writing {:?} missing {:?}",
-                f.x.requests.len(),
-                f.x.writing.len(),
-                f.have.iter_missing().take(8).collect::<Vec<_>>()
-            );
-        }
+        totals.sort_unstable();
+        let q = |p: usize| {
+            totals
+                .get(totals.len().saturating_sub(1) * p / 100)
+                .copied()
+                .unwrap_or(0)
+        };
+        let done = self.nodes.iter().filter(|n| n.done_at.is_some()).count();
+        eprintln!(
+            "{:8.2} s  done {done}/{}  pieces per node min {} p50 {} max {}  flows {}",
+            self.now as f64 / 1e9,
+            self.nodes.len(),
+            q(0),
+            q(50),
+            q(100),
+            self.net.active_flows()
+        );
     }
 
     fn dispatch(&mut self, ev: Ev) {

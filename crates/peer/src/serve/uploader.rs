@@ -394,10 +394,10 @@ impl Uploader {
         after(self.last_request, SLOT_YIELD_AFTER).max(self.yield_checked)
     }
 
-    /// Gives the slot up to a waiting session: `Choked` now, back in the queue. Kept when the
-    /// queue has no room (the session would only be refused).
+    /// Gives the slot up to a waiting session: `Choked` now, back in the queue (even a full
+    /// one: `pollen_core::upload::may_yield`). Kept only past the queue's overrun bound.
     fn yield_slot(&mut self, now: Instant) {
-        match self.limits.enter_queue() {
+        match self.limits.yield_place() {
             Some(place) => {
                 self.slot = Slot::Waiting {
                     _place: place,

@@ -81,11 +81,7 @@ impl PeerPhase<'_> {
                 && !self.retired.contains_key(p)
                 && !self.p2p.bans.is_banned(&digest, p)
         });
-        let room = self
-            .p2p
-            .cfg
-            .max_peers_per_blob
-            .saturating_sub(self.tasks.len());
+        let room = self.x.dial_room(self.p2p.cfg.max_peers_per_blob);
         for peer in fresh.take(room).copied().collect::<Vec<_>>() {
             debug!(%digest, %peer, "dialling a peer for the blob");
             let slot = self.next_slot;

@@ -229,7 +229,7 @@ impl<'a> PeerPhase<'a> {
                 .values()
                 .min()
                 .copied()
-                .filter(|_| self.tasks.len() < self.p2p.cfg.max_peers_per_blob);
+                .filter(|_| self.x.dial_room(self.p2p.cfg.max_peers_per_blob) > 0);
             let written = async {
                 match self.written.as_mut() {
                     Some(w) => w.recv().await,
@@ -306,7 +306,7 @@ impl<'a> PeerPhase<'a> {
                     // Peers whose retry time came are dialled again at once; new ones are
                     // looked up while there is room.
                     self.connect(&[]);
-                    if self.tasks.len() < self.p2p.cfg.max_peers_per_blob {
+                    if self.x.dial_room(self.p2p.cfg.max_peers_per_blob) > 0 {
                         self.start_lookup();
                     }
                 }
