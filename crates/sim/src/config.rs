@@ -86,18 +86,36 @@ pub struct Scenario {
     /// When the killed nodes die: at random within this window from the start
     #[arg(long, value_parser = units::duration, default_value = "10s")]
     pub churn_window: Duration,
+    /// When the churn window opens
+    #[arg(long, value_parser = units::duration, default_value = "0s")]
+    pub churn_from: Duration,
     /// How long a killed node stays down
     #[arg(long, value_parser = units::duration, default_value = "5s")]
     pub churn_down: Duration,
     /// Nodes start at random within this window (a DaemonSet rollout); 0: all at once
     #[arg(long, value_parser = units::duration, default_value = "0s")]
     pub stagger: Duration,
+    /// Time from a pull's start to its layer requests (the manifest and the config blob
+    /// before them)
+    #[arg(long, value_parser = units::duration, default_value = "0s")]
+    pub pull_overhead: Duration,
+    /// Nodes that host trackers: the first N (default: every node, the agent's default)
+    #[arg(long)]
+    pub trackers: Option<usize>,
     /// Nodes that preheat the image (they start first, as seeds)
     #[arg(long, default_value_t = 0)]
     pub preheat: usize,
     /// How long before the others the preheating nodes start
     #[arg(long, value_parser = units::duration, default_value = "30s")]
     pub preheat_lead: Duration,
+    /// Cores of one machine that hosts every node (an emulated cluster, like
+    /// benches/cluster.sh); each byte moved costs --cpu-per-gib of it. Off by default
+    #[arg(long)]
+    pub host_cpu: Option<f64>,
+    /// CPU seconds the host spends per GiB moved between two nodes or from the registry
+    /// (everything on the way: agents, client, registry, veths and shaping)
+    #[arg(long, default_value_t = 14.0)]
+    pub cpu_per_gib: f64,
     /// Upload slots per node (the agent's --max-upload-sessions)
     #[arg(long, default_value_t = 8)]
     pub upload_slots: usize,
@@ -173,11 +191,17 @@ impl Scenario {
         if self.racks > self.nodes || self.zones > self.racks {
             return Err("give at most one rack per node and one zone per rack".into());
         }
+        if self.trackers.is_some_and(|t| t == 0 || t > self.nodes) {
+            return Err("--trackers must be from 1 to --nodes".into());
+        }
         if self.preheat > self.nodes {
             return Err("--preheat must be at most --nodes".into());
         }
         if !(self.slow_factor > 0.0 && self.slow_factor <= 1.0) {
             return Err("--slow-factor must be above 0 and at most 1".into());
+        }
+        if self.host_cpu.is_some_and(|c| c <= 0.0) || self.cpu_per_gib <= 0.0 {
+            return Err("--host-cpu and --cpu-per-gib must be above 0".into());
         }
         if self.upload_slots == 0 || self.max_peers == 0 {
             return Err("--upload-slots and --max-peers must be at least 1".into());

@@ -25,6 +25,8 @@ pub struct Topology {
     racks: Vec<Option<(LinkId, LinkId)>>,
     zones: Vec<Option<(LinkId, LinkId)>>,
     registry: LinkId,
+    /// The host's CPU as a link every transfer crosses (`--host-cpu`).
+    cpu: Option<LinkId>,
     latency: Nanos,
     rack_latency: Nanos,
     zone_latency: Nanos,
@@ -75,6 +77,9 @@ impl Topology {
             racks,
             zones,
             registry: net.add_link(s.registry_up),
+            cpu: s
+                .host_cpu
+                .map(|cores| net.add_link(cores / s.cpu_per_gib * (1u64 << 30) as f64)),
             latency: nanos(s.latency),
             rack_latency: nanos(s.rack_latency),
             zone_latency: nanos(s.zone_latency),
@@ -122,6 +127,7 @@ impl Topology {
             }
         }
         path.push(dst.down);
+        path.extend(self.cpu);
         path
     }
 

@@ -27,7 +27,8 @@ impl World {
         }
         let digest = self.blobs.get(blob)?.digest;
         let key = u64::from_be_bytes(digest.as_bytes().get(..8)?.try_into().ok()?);
-        let host = (0..self.nodes.len())
+        let hosts = self.s.trackers.unwrap_or(self.nodes.len());
+        let host = (0..hosts)
             .filter(|n| self.nodes.get(*n).is_some_and(|x| x.alive))
             .max_by_key(|n| mix(key ^ (*n as u64)))?;
         if let Some(b) = self.blobs.get_mut(blob) {

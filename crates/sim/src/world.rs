@@ -335,12 +335,13 @@ impl World {
         let mut order: Vec<usize> = (0..self.s.nodes).collect();
         self.rng.shuffle(&mut order);
         let stagger = nanos(self.s.stagger);
-        let lead = nanos(self.s.preheat_lead);
+        let lead = nanos(self.s.preheat_lead).saturating_add(nanos(self.s.pull_overhead));
+        let overhead = nanos(self.s.pull_overhead);
         for (rank, &n) in order.iter().enumerate() {
             let seed = rank < self.s.preheat;
             let jitter = (self.rng.unit() * stagger as f64) as Nanos;
             let at = if seed || self.s.preheat == 0 {
-                jitter
+                overhead + jitter
             } else {
                 lead + jitter
             };
@@ -350,11 +351,14 @@ impl World {
             self.at(at, Ev::Start(n));
         }
         let killed = (self.s.churn * self.s.nodes as f64).round() as usize;
-        let mut victims: Vec<usize> = (0..self.s.nodes).collect();
+        // Nodes hosting trackers are spared when only some do (as benches/cluster.sh kills
+        // plain members).
+        let first = self.s.trackers.filter(|t| *t < self.s.nodes).unwrap_or(0);
+        let mut victims: Vec<usize> = (first..self.s.nodes).collect();
         self.rng.shuffle(&mut victims);
-        let window = nanos(self.s.churn_window);
+        let (from, window) = (nanos(self.s.churn_from), nanos(self.s.churn_window));
         for &n in victims.iter().take(killed) {
-            let at = (self.rng.unit() * window as f64) as Nanos;
+            let at = from + (self.rng.unit() * window as f64) as Nanos;
             self.at(at, Ev::Kill(n));
             self.at(at + nanos(self.s.churn_down), Ev::Restart(n));
         }
@@ -436,14 +440,18 @@ impl World {
                 .unwrap_or(0)
         };
         let done = self.nodes.iter().filter(|n| n.done_at.is_some()).count();
+        let rate: f64 = (0..self.conns.len())
+            .map(|c| self.net.rate(ConnId(u32::try_from(c).unwrap_or(u32::MAX))))
+            .sum();
         eprintln!(
-            "{:8.2} s  done {done}/{}  pieces per node min {} p50 {} max {}  flows {}",
+            "{:8.2} s  done {done}/{}  pieces per node min {} p50 {} max {}  flows {} moving {:.2} GB/s",
             self.now as f64 / 1e9,
             self.nodes.len(),
             q(0),
             q(50),
             q(100),
-            self.net.active_flows()
+            self.net.active_flows(),
+            rate / 1e9
         );
     }
 
