@@ -19,6 +19,8 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 const RETRY_SOON: Duration = Duration::from_millis(300);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A join nobody answered (no tracker alive yet) is sent again after this long.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
 
 impl World {
     pub(crate) fn start(&mut self, n: usize, restart: bool) {
@@ -108,6 +110,23 @@ impl World {
             }
         }
         self.tracker_node_died(n);
+    }
+
+    /// Asks the blob's tracker to join (again, when no tracker answered).
+    fn join(&mut self, n: usize, layer: usize) {
+        let now = self.now;
+        let pieces = self.fetch(n, layer).map_or(0, |f| f.have.count_ones());
+        let busy = self.busy(n);
+        if let Some(f) = self.fetch_mut(n, layer) {
+            f.join_sent = Some(now);
+        }
+        let msg = ToTracker::Join {
+            fetching: false,
+            rejoin: false,
+            busy,
+            pieces,
+        };
+        self.send_tracker(n, layer, msg);
     }
 
     /// Whether the node fetches a blob from the upstream now (the tracker's `busy`).
@@ -500,6 +519,15 @@ impl World {
         if f.phase == Phase::Done {
             return;
         }
+        let unanswered = f.member.is_none()
+            && f.phase == Phase::Joining
+            && f.join_sent.is_none_or(|at| now >= at + nanos(JOIN_RETRY));
+        if unanswered {
+            self.join(n, layer);
+        }
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
         let pieces = f.have.count_ones();
         if f.member.is_some() && (pieces != f.pieces_told || now >= f.told_at + nanos(KEEPALIVE)) {
             f.pieces_told = pieces;
@@ -549,6 +577,7 @@ impl Fetch {
             answer: None,
             fetch_duty: false,
             pieces_told: 0,
+            join_sent: None,
             told_at: 0,
             stall_check: None,
             reveal_at: None,
@@ -577,6 +606,7 @@ impl Fetch {
         self.awaiting_share = false;
         self.answer = None;
         self.fetch_duty = false;
+        self.join_sent = None;
         if self.phase != Phase::Done {
             self.phase = Phase::Joining;
         }

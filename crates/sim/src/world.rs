@@ -79,6 +79,9 @@ pub struct Fetch {
     pub answer: Option<Range<u32>>,
     pub fetch_duty: bool,
     pub pieces_told: u32,
+    /// When the last `Join` went out without an answer yet (joined again after a second,
+    /// as the agent looks for a tracker again).
+    pub join_sent: Option<Nanos>,
     pub told_at: Nanos,
     pub stall_check: Option<Nanos>,
     pub reveal_at: Option<Nanos>,
