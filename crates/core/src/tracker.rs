@@ -247,16 +247,28 @@ impl Swarms {
             0 => usize::MAX,
             n => n,
         };
-        // The most recent joiners: they know the fewest peers yet.
-        for mid in swarm
-            .members
-            .keys()
-            .rev()
-            .filter(|mid| swarm.fetcher != Some(**mid))
-            .take(fanout)
-        {
+        // The most recent joiners sharing a label (rack, zone) with it first: a rack's nodes
+        // trade among themselves, and its uplink carries each piece about once; then the most
+        // recent others (they know the fewest peers yet).
+        let shares_label = |m: &Member| m.labels.iter().any(|l| member.labels.contains(l));
+        let told: Vec<u64> = {
+            let candidates = || {
+                swarm
+                    .members
+                    .iter()
+                    .rev()
+                    .filter(|(mid, _)| swarm.fetcher != Some(**mid))
+            };
+            candidates()
+                .filter(|(_, m)| shares_label(m))
+                .chain(candidates().filter(|(_, m)| !shares_label(m)))
+                .take(fanout)
+                .map(|(mid, _)| *mid)
+                .collect()
+        };
+        for mid in told {
             out.push((
-                *mid,
+                mid,
                 TrackerReply::Peers {
                     peers: vec![member.peer.clone()],
                 },
@@ -469,3 +481,7 @@ fn pair_order(newcomer: &[u8], member: &[u8]) -> u64 {
     member.hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;

@@ -8,8 +8,11 @@ use std::time::Duration;
 /// other sessions wait for one (it is sent `Choked` and queues again). A slot was kept until
 /// its session ended, so downloaders of a layer holding every slot of a node, most of them idle
 /// (they took their pieces elsewhere), starved a node that asked only later: it got nothing for
-/// `peer_stall` and went to the registry (`pollen demo`: 2 runs in 14).
-pub const SLOT_YIELD_AFTER: Duration = Duration::from_secs(1);
+/// `peer_stall` and went to the registry (`pollen demo`: 2 runs in 14). Half a second, not the
+/// first second: at 600 nodes pulling 3 GB at 300 MB/s, p99 17.0-17.3 s against 18.7-19.5 s
+/// (pollen-sim, three seeds); at 300 ms slots changed hands faster than pieces arrived and
+/// the tail grew (p99 22-24 s, stalls sent nodes to the registry).
+pub const SLOT_YIELD_AFTER: Duration = Duration::from_millis(500);
 
 /// Sessions that may wait (choked) per upload slot. A waiting session costs a stream and no
 /// piece bytes, and it receives `Have` and the piece hashes this node vouches for: with one

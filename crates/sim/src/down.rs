@@ -19,6 +19,10 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 const RETRY_SOON: Duration = Duration::from_millis(300);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often a download with room for more peers looks for providers (the agent's
+/// LOOKUP_INTERVAL), and how many a lookup finds (Kademlia's k).
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
+const LOOKUP_RESULTS: usize = 20;
 /// A join nobody answered (no tracker alive yet) is sent again after this long.
 const JOIN_RETRY: Duration = Duration::from_secs(1);
 
@@ -534,6 +538,7 @@ impl World {
             f.told_at = now;
             self.send_tracker(n, layer, ToTracker::Progress(pieces));
         }
+        self.lookup(n, layer);
         self.connect(n, layer);
         self.check(n, layer);
         let epoch = self.epoch(n);
@@ -545,6 +550,41 @@ impl World {
                 layer,
             },
         );
+    }
+
+    /// Kademlia's answer to a provider lookup, modelled: up to [`LOOKUP_RESULTS`] random
+    /// nodes that have started on the blob (they announce it when their download starts).
+    fn lookup(&mut self, n: usize, layer: usize) {
+        let (now, max) = (self.now, self.s.max_peers);
+        let due = self.fetch(n, layer).is_some_and(|f| {
+            f.phase == Phase::Peers && now >= f.next_lookup && f.x.dial_room(max) > 0
+        });
+        if !due {
+            return;
+        }
+        let blob = self.blob_of(n, layer);
+        let mut found = Vec::new();
+        for _ in 0..LOOKUP_RESULTS * 3 {
+            if found.len() >= LOOKUP_RESULTS {
+                break;
+            }
+            let peer = self.rng.below(self.nodes.len());
+            let provider = peer != n
+                && self.nodes.get(peer).is_some_and(|p| p.alive)
+                && self.blob_of(peer, layer) == blob
+                && self.fetch(peer, layer).is_some_and(|f| f.opened);
+            if provider && !found.contains(&peer) {
+                found.push(peer);
+            }
+        }
+        if let Some(f) = self.fetch_mut(n, layer) {
+            f.next_lookup = now + nanos(LOOKUP_INTERVAL);
+            for peer in found {
+                if !f.named.contains(&peer) {
+                    f.named.push(peer);
+                }
+            }
+        }
     }
 }
 
@@ -578,6 +618,7 @@ impl Fetch {
             fetch_duty: false,
             pieces_told: 0,
             join_sent: None,
+            next_lookup: 0,
             told_at: 0,
             stall_check: None,
             reveal_at: None,

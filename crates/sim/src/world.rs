@@ -82,6 +82,8 @@ pub struct Fetch {
     /// When the last `Join` went out without an answer yet (joined again after a second,
     /// as the agent looks for a tracker again).
     pub join_sent: Option<Nanos>,
+    /// When the next provider lookup is due (the agent's LOOKUP_INTERVAL).
+    pub next_lookup: Nanos,
     pub told_at: Nanos,
     pub stall_check: Option<Nanos>,
     pub reveal_at: Option<Nanos>,
