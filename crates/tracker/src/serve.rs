@@ -105,14 +105,27 @@ where
     let mut sized: Option<(u64, u32, bool)> = None;
     let mut split_at = None;
     let mut complete = false;
+    // The member's requests are read by a task of their own: a read dropped half-way by
+    // another branch of the loop below (a push, a timer) lost the frame's first bytes, and
+    // the rest was read as a frame of its own.
+    let (req_tx, mut reqs) = mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        loop {
+            let req = read_tracker_request(&mut r).await;
+            let last = !matches!(req, Ok(Some(_)));
+            if req_tx.send(req).await.is_err() || last {
+                break;
+            }
+        }
+    });
     let result = async {
         timeout(idle, write_tracker_reply(&mut w, &assign))
             .await
             .map_err(|_| ServeError::Timeout)??;
         loop {
             tokio::select! {
-                req = timeout(idle, read_tracker_request(&mut r)) => {
-                    match req.map_err(|_| ServeError::Timeout)?? {
+                req = timeout(idle, reqs.recv()) => {
+                    match req.map_err(|_| ServeError::Timeout)?.unwrap_or(Ok(None))? {
                         Some(TrackerRequest::Progress { pieces }) => tracker.progress(&digest, id, pieces),
                         Some(TrackerRequest::Sized { size, count, ranges }) => {
                             sized = Some((size, count, ranges));
@@ -171,6 +184,7 @@ where
         }
     }
     .await;
+    reader.abort();
     if tracker.leave(&digest, id, complete) {
         let tracker = tracker.clone();
         tokio::spawn(async move {
@@ -287,6 +301,54 @@ mod tests {
         assert_eq!(
             read_tracker_reply(&mut b).await.unwrap(),
             Some(TrackerReply::Fetch)
+        );
+    }
+
+    /// A request that arrives in pieces, with a push to send in between, is read whole: the
+    /// read of the next request is never dropped half-way by another branch of the loop (it
+    /// was: the rest of the frame was then read as a new one, and the stream ended as broken).
+    #[tokio::test]
+    async fn a_request_split_around_a_push_is_read_whole() {
+        let t = Arc::new(Tracker::new());
+        let idle = Duration::from_secs(5);
+        let (mut a, a_srv) = tokio::io::duplex(4096);
+        let (mut b, b_srv) = tokio::io::duplex(4096);
+        let (mut c, c_srv) = tokio::io::duplex(4096);
+        let task_b = tokio::spawn(serve(t.clone(), vec![2], b_srv, idle));
+        tokio::spawn(serve(t.clone(), vec![1], a_srv, idle));
+        tokio::spawn(serve(t.clone(), vec![3], c_srv, idle));
+        write_tracker_request(&mut a, &join(false)).await.unwrap();
+        read_tracker_reply(&mut a).await.unwrap();
+        write_tracker_request(&mut b, &join(false)).await.unwrap();
+        read_tracker_reply(&mut b).await.unwrap();
+        // B sends the first bytes of a Progress only.
+        let frame =
+            pollen_proto::encode_tracker_request(&TrackerRequest::Progress { pieces: 7 }).unwrap();
+        let (head, tail) = frame.split_at(2);
+        tokio::io::AsyncWriteExt::write_all(&mut b, head)
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        // C joins: the tracker pushes C to B while B's frame is half read.
+        write_tracker_request(&mut c, &join(false)).await.unwrap();
+        read_tracker_reply(&mut c).await.unwrap();
+        assert_eq!(
+            read_tracker_reply(&mut b).await.unwrap(),
+            Some(TrackerReply::Peers {
+                peers: vec![vec![3]]
+            })
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut b, tail)
+            .await
+            .unwrap();
+        write_tracker_request(&mut b, &TrackerRequest::Leave { complete: true })
+            .await
+            .unwrap();
+        task_b.await.unwrap().unwrap();
+        assert_eq!(
+            t.members_of(&Digest::of(b"b")),
+            (2, 1),
+            "B left complete: a holder"
         );
     }
 

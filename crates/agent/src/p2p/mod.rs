@@ -65,7 +65,8 @@ pub struct P2pConfig {
     pub download_limit: u64,
     /// Peers served at once; more wait (choked) for a slot, then get `Busy`.
     pub max_upload_sessions: usize,
-    /// Peers one blob is downloaded from at once.
+    /// Peers one blob is downloaded from at once (sessions waiting choked for a slot do not
+    /// count, up to twice as many sessions in all: `Exchange::dial_room`).
     pub max_peers_per_blob: usize,
     /// How long a download may go without a new piece (stored here or announced by a peer)
     /// before the agent fetches the pieces still missing from the upstream itself; where the
