@@ -241,39 +241,7 @@ impl Swarms {
             false
         };
         let peers = rank(swarm, &member);
-        // Tell the members already downloading about the newcomer: nodes that start together
-        // trade pieces with each other, not only with the fetcher (docs/tracker.md).
-        let fanout = match self.newcomer_fanout {
-            0 => usize::MAX,
-            n => n,
-        };
-        // The most recent joiners sharing a label (rack, zone) with it first: a rack's nodes
-        // trade among themselves, and its uplink carries each piece about once; then the most
-        // recent others (they know the fewest peers yet).
-        let shares_label = |m: &Member| m.labels.iter().any(|l| member.labels.contains(l));
-        let told: Vec<u64> = {
-            let candidates = || {
-                swarm
-                    .members
-                    .iter()
-                    .rev()
-                    .filter(|(mid, _)| swarm.fetcher != Some(**mid))
-            };
-            candidates()
-                .filter(|(_, m)| shares_label(m))
-                .chain(candidates().filter(|(_, m)| !shares_label(m)))
-                .take(fanout)
-                .map(|(mid, _)| *mid)
-                .collect()
-        };
-        for mid in told {
-            out.push((
-                mid,
-                TrackerReply::Peers {
-                    peers: vec![member.peer.clone()],
-                },
-            ));
-        }
+        tell_members(swarm, &member, self.newcomer_fanout, out);
         let deferred = busy && !fetch && swarm.fetcher.is_none() && swarm.holders.is_empty();
         swarm.count_rate(id, member.pieces, now);
         swarm.members.insert(id, member);
@@ -402,6 +370,40 @@ impl Swarms {
             .collect();
         out.sort_by_key(|s| s.digest);
         out
+    }
+}
+
+/// Names the newcomer to members already downloading, so nodes that start together trade
+/// pieces with each other, not only with the fetcher: at most `fanout` of them (0: all), the
+/// most recent joiners sharing a label with it (rack, zone) first, so a rack's nodes trade among
+/// themselves and its uplink carries each piece about once; then the most recent others (they
+/// know the fewest peers yet).
+fn tell_members(swarm: &BlobSwarm, member: &Member, fanout: usize, out: &mut Vec<Push>) {
+    let fanout = match fanout {
+        0 => usize::MAX,
+        n => n,
+    };
+    let shares_label = |m: &Member| m.labels.iter().any(|l| member.labels.contains(l));
+    let candidates = || {
+        swarm
+            .members
+            .iter()
+            .rev()
+            .filter(|(mid, _)| swarm.fetcher != Some(**mid))
+    };
+    let told: Vec<u64> = candidates()
+        .filter(|(_, m)| shares_label(m))
+        .chain(candidates().filter(|(_, m)| !shares_label(m)))
+        .take(fanout)
+        .map(|(mid, _)| *mid)
+        .collect();
+    for mid in told {
+        out.push((
+            mid,
+            TrackerReply::Peers {
+                peers: vec![member.peer.clone()],
+            },
+        ));
     }
 }
 

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod config;
 mod down;
 mod fetch;
+mod life;
 pub mod net;
 pub mod report;
 pub mod rng;

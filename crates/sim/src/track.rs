@@ -81,45 +81,9 @@ impl World {
                 busy,
                 pieces,
             } => {
-                if !self.live(node, epoch) {
-                    return;
-                }
-                let m = Member {
-                    peer: self
-                        .nodes
-                        .get(node)
-                        .map(|n| n.peer_id.clone())
-                        .unwrap_or_default(),
-                    seed: self.nodes.get(node).is_some_and(|n| n.seed),
-                    labels: vec![("rack".into(), format!("r{}", self.topo.rack_of(node)))],
-                    pieces,
-                    busy,
-                };
-                let now = self.instant();
-                let Some((joined, out)) = self.in_host(host, |s| {
-                    let mut out = Vec::new();
-                    let j = s.join(now, digest, m, fetching, rejoin, &mut out);
-                    (j, out)
-                }) else {
-                    return;
-                };
-                if let Some(h) = self.hosts.get_mut(host).and_then(Option::as_mut) {
-                    h.members.insert(joined.id, (node, layer));
-                }
-                if let Some(f) = self.fetch_mut(node, layer) {
-                    f.member = Some((host, joined.id));
-                }
-                self.reply(host, node, layer, joined.assign);
-                self.push(host, out);
-                if joined.deferred {
-                    self.after(
-                        nanos(FETCH_DEFER),
-                        Ev::Deferred {
-                            host,
-                            blob,
-                            id: joined.id,
-                        },
-                    );
+                if self.live(node, epoch) {
+                    let join = (fetching, rejoin, busy, pieces);
+                    self.tracker_join(host, node, layer, blob, digest, join);
                 }
             }
             ToTracker::Progress(pieces) => {
@@ -152,6 +116,55 @@ impl World {
                 };
                 self.leave(host, blob, id, complete);
             }
+        }
+    }
+
+    /// A `Join` reaches the tracker: the member is registered, answered and named to others.
+    fn tracker_join(
+        &mut self,
+        host: usize,
+        node: usize,
+        layer: usize,
+        blob: usize,
+        digest: pollen_oci::Digest,
+        (fetching, rejoin, busy, pieces): (bool, bool, bool, u32),
+    ) {
+        let m = Member {
+            peer: self
+                .nodes
+                .get(node)
+                .map(|n| n.peer_id.clone())
+                .unwrap_or_default(),
+            seed: self.nodes.get(node).is_some_and(|n| n.seed),
+            labels: vec![("rack".into(), format!("r{}", self.topo.rack_of(node)))],
+            pieces,
+            busy,
+        };
+        let now = self.instant();
+        let Some((joined, out)) = self.in_host(host, |s| {
+            let mut out = Vec::new();
+            let j = s.join(now, digest, m, fetching, rejoin, &mut out);
+            (j, out)
+        }) else {
+            return;
+        };
+        if let Some(h) = self.hosts.get_mut(host).and_then(Option::as_mut) {
+            h.members.insert(joined.id, (node, layer));
+        }
+        if let Some(f) = self.fetch_mut(node, layer) {
+            f.member = Some((host, joined.id));
+        }
+        self.reply(host, node, layer, joined.assign);
+        self.push(host, out);
+        if joined.deferred {
+            self.after(
+                nanos(FETCH_DEFER),
+                Ev::Deferred {
+                    host,
+                    blob,
+                    id: joined.id,
+                },
+            );
         }
     }
 
