@@ -266,6 +266,10 @@ impl World {
             return;
         };
         s.queued = s.queued.saturating_sub(1);
+        // Time spent sending is not idle time (the agent's uploader counts idleness from the
+        // last frame written): over a slow uplink a holder whose only piece took longer than
+        // `SLOT_YIELD_AFTER` to send gave its slot up the moment the piece was through.
+        s.last_request = s.last_request.max(self.now);
         let (up, layer, seat, queued) = (s.up, s.layer, s.seat, s.queued);
         if let Some(node) = self.nodes.get_mut(up) {
             node.sent += len;

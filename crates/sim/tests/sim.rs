@@ -85,3 +85,23 @@ fn a_rack_link_is_counted_and_bounds_the_pull() {
     assert!(r.max_secs >= 1.0);
     assert!(r.rack_in_mean_over_f >= 1.0, "{}", r.rack_in_mean_over_f);
 }
+
+#[test]
+fn a_holder_sending_a_slow_piece_keeps_its_slot() {
+    // benches/cluster.sh's peer-bound: 40 Mbit/s uplinks, so a piece takes longer to send than
+    // SLOT_YIELD_AFTER. Counting idleness from the last request, holders yielded as each piece
+    // went through and, on these seeds, nodes stalled and went to the registry.
+    for seed in [1, 2, 4] {
+        let r = run(&format!(
+            "--nodes 12 --layer-sizes 16MiB,8MiB,8MiB --registry-up 500Mbit --node-up 40Mbit \
+             --node-down 200Mbit --trackers 2 --seed {seed}"
+        ));
+        assert_eq!(r.done, 12);
+        let stalled = r
+            .upstream_requests
+            .iter()
+            .find(|(why, _)| why == "stalled")
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(stalled, 0, "seed {seed}: {:?}", r.upstream_requests);
+    }
+}
