@@ -72,3 +72,56 @@ fn members_alike_are_named_in_each_newcomers_own_order() {
         "the same order on every tracker, in every run"
     );
 }
+
+/// The list as it was computed before only the best members were sorted: every holder, then
+/// every member in rank order, each peer once, cut at `PEERS_PER_ASSIGN`.
+fn rank_by_full_sort(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
+    let mut keys = rank_keys(swarm, newcomer);
+    keys.sort();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let holders = swarm.holders.iter().rev().map(|(p, _)| p);
+    for p in holders.chain(keys.iter().map(|k| k.4)) {
+        if *p != newcomer.peer && !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out.truncate(PEERS_PER_ASSIGN);
+    out
+}
+
+#[test]
+fn ranking_only_the_best_members_gives_the_full_ranking() {
+    let t0 = Instant::now();
+    let d = Digest::of(b"rank");
+    let mut s = Swarms::new(MIN_SHARE, DEFAULT_UPSTREAM_BUDGET);
+    for i in 0..120u8 {
+        let mut m = member(i, if i % 3 == 0 { "a" } else { "b" });
+        m.pieces = u32::from(i % 7);
+        s.join(t0, d, m, false, false, &mut Vec::new());
+    }
+    // The same peer a member twice (a rejoin whose old stream has not ended here yet).
+    s.join(t0, d, member(5, "a"), false, false, &mut Vec::new());
+    let newcomer = member(250, "a");
+    let Some(swarm) = s.blobs.get_mut(&d) else {
+        panic!("the swarm exists");
+    };
+    assert_eq!(rank(swarm, &newcomer), rank_by_full_sort(swarm, &newcomer));
+    assert_eq!(rank(swarm, &newcomer).len(), PEERS_PER_ASSIGN);
+    // Holders come first, and holders that are members too are listed once.
+    for i in [3u8, 6, 9, 200] {
+        swarm.holders.push((vec![i; 38], t0));
+    }
+    let listed = rank(swarm, &newcomer);
+    assert_eq!(listed, rank_by_full_sort(swarm, &newcomer));
+    assert_eq!(listed.first(), Some(&vec![200u8; 38]));
+    // Fewer members than the list holds: all of them, ranked.
+    let mut few = Swarms::new(MIN_SHARE, DEFAULT_UPSTREAM_BUDGET);
+    for i in 0..5u8 {
+        few.join(t0, d, member(i, "b"), false, false, &mut Vec::new());
+    }
+    let Some(small) = few.blobs.get(&d) else {
+        panic!("the swarm exists");
+    };
+    assert_eq!(rank(small, &newcomer), rank_by_full_sort(small, &newcomer));
+    assert_eq!(rank(small, &newcomer).len(), 5);
+}
