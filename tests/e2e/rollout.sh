@@ -199,7 +199,7 @@ rollout_main() {
     mn_net_up || die "rollout: setting up the namespaces failed"
     mn_in "$MN_REG_NS" tc qdisc add dev eth0 root tbf rate "$RO_RATE" burst 256kb latency 50ms ||
         die "rollout: tc tbf on the registry's link failed"
-    check "the registry's link is shaped: $(tc -n "$MN_REG_NS" qdisc show dev eth0 | head -n 1)" \
+    check "the registry's link is shaped: $(tc -n "$MN_REG_NS" qdisc show dev eth0 | sed -n 1p)" \
         mn_in "$MN_REG_NS" sh -c 'tc qdisc show dev eth0 | grep -q "^qdisc tbf"' || true
     mn_start_registry || die "rollout: docker-registry on $MN_REG did not start"
     mn_check_reach

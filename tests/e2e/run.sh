@@ -325,7 +325,7 @@ done < <(find "$AGENT_DATA/blobs/sha256" -type f -print0 2>/dev/null)
 check "all $nfiles files under agent data dir blobs/sha256/ hash to their names" [ "$bad" -eq 0 ] || true
 if curl -fsS "http://$METRICS/metrics" >"$T/logs/metrics-after-ctr.txt"; then
     pass "agent /metrics answers 200 ($(grep -vc '^#' "$T/logs/metrics-after-ctr.txt") samples)"
-    grep -v '^#' "$T/logs/metrics-after-ctr.txt" | head -n 25 | sed 's/^/    /'
+    grep -v '^#' "$T/logs/metrics-after-ctr.txt" | sed -n '1,25s/^/    /p'
 else
     fail "agent /metrics answers 200"
 fi
@@ -475,7 +475,7 @@ no_panic() { ! grep -qi "panicked" "$AGENT_LOG"; }
 check "agent log has no panic" no_panic || true
 if curl -fsS "http://$METRICS/metrics" >"$T/logs/metrics-final.txt"; then
     echo "  agent metrics at the end:"
-    grep -v '^#' "$T/logs/metrics-final.txt" | head -n 30 | sed 's/^/    /'
+    grep -v '^#' "$T/logs/metrics-final.txt" | sed -n '1,30s/^/    /p'
 fi
 
 # ---------------------------------------------------------------- f. disk full

@@ -4,19 +4,10 @@
 //! a tracker take the one-way latency between the two nodes and no bandwidth.
 
 use crate::alloc::measure;
-use crate::world::{nanos, Ev, Phase, ToTracker, World};
+use crate::world::{nanos, Ev, Host, Phase, ToTracker, World};
 use pollen_core::tracker::{Member, Push, Sized, Swarms, FETCH_DEFER, REJOIN_GRACE, SPLIT_WAIT};
 use pollen_proto::TrackerReply;
 use std::collections::BTreeMap;
-
-/// One node's tracker role.
-pub struct Host {
-    pub swarms: Swarms,
-    /// Member ids to (node, layer).
-    pub members: BTreeMap<u64, (usize, usize)>,
-    /// Heap the swarms hold now.
-    pub bytes: i64,
-}
 
 impl World {
     /// The node hosting `blob`'s tracker, chosen now if none (or a dead one) has it.

@@ -119,6 +119,15 @@ pub struct Slots {
     pub waiting: VecDeque<usize>,
 }
 
+/// One node's tracker role (`track.rs` drives it).
+pub struct Host {
+    pub swarms: pollen_core::tracker::Swarms,
+    /// Member ids to (node, layer).
+    pub members: BTreeMap<u64, (usize, usize)>,
+    /// Heap the swarms hold now.
+    pub bytes: i64,
+}
+
 pub struct Node {
     pub alive: bool,
     pub epoch: u32,
@@ -270,7 +279,7 @@ pub struct World {
     pub nodes: Vec<Node>,
     pub sessions: Vec<Session>,
     pub conns: Vec<Owner>,
-    pub hosts: Vec<Option<crate::track::Host>>,
+    pub hosts: Vec<Option<Host>>,
     pub stats: Stats,
     /// Nodes done.
     pub done: usize,
