@@ -13,8 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// How long a member may stay silent (agents send `Progress` every few seconds).
-pub const DEFAULT_MEMBER_IDLE: Duration = Duration::from_secs(60);
+/// How long a tracker waits for a silent member, or for a write to it (agents send
+/// `Progress` every few seconds, so 30 s of silence is a member gone). The agent serves with it.
+pub const DEFAULT_MEMBER_IDLE: Duration = Duration::from_secs(30);
 
 /// The bound on asking the other trackers about a blob this one does not know: a first
 /// member waits at most this long for its answer.

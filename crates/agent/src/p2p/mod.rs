@@ -386,7 +386,7 @@ pub(crate) async fn tracker_loop(ctx: Arc<crate::Ctx>) {
                 tracker,
                 peer.to_bytes(),
                 stream.compat(),
-                tracker::MEMBER_IDLE,
+                pollen_tracker::DEFAULT_MEMBER_IDLE,
             )
             .await;
             if let Err(e) = r {

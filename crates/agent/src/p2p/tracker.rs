@@ -59,8 +59,6 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a lost stream, the bound on joining the same tracker again before the next one is
 /// tried (a live tracker answers within a round trip; a dead one refuses or stays silent).
 const LOST_RETRY_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a tracker waits for a silent member.
-pub(crate) const MEMBER_IDLE: Duration = Duration::from_secs(30);
 
 /// The provider key under which trackers announce themselves.
 pub(crate) fn tracker_key() -> Digest {
@@ -365,7 +363,7 @@ async fn join_one(
             local,
             me.to_bytes(),
             theirs,
-            MEMBER_IDLE,
+            pollen_tracker::DEFAULT_MEMBER_IDLE,
         ));
         let (r, w) = tokio::io::split(ours);
         (Box::new(r), Box::new(w))
