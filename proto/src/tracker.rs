@@ -35,6 +35,9 @@ pub const MAX_LABEL_LEN: usize = 64;
 /// Longest encoded libp2p PeerId (an identity multihash of an Ed25519 key is 38 bytes).
 pub const MAX_PEER_ID_LEN: usize = 64;
 
+/// Longest `Resolved` error in bytes; [`TrackerReply::resolve_failed`] clips to it.
+pub const MAX_RESOLVE_ERROR: usize = 512;
+
 /// Agent -> tracker. The wire tag of a variant is its position: append only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrackerRequest {
@@ -184,7 +187,7 @@ impl TrackerReply {
                 }
                 return Ok(());
             }
-            TrackerReply::Resolved { error, .. } if error.len() > 512 => {
+            TrackerReply::Resolved { error, .. } if error.len() > MAX_RESOLVE_ERROR => {
                 return Err("error message too long".into())
             }
             TrackerReply::Resolved { .. }
@@ -318,9 +321,42 @@ where
     read_small(r).await
 }
 
+impl TrackerReply {
+    /// A failed `Resolve`, its message clipped on a character boundary to what the reader
+    /// accepts: clipped by characters, 400 of them outside ASCII were up to 1,600 bytes and
+    /// the agent refused the whole reply instead of reading why.
+    pub fn resolve_failed(error: &str) -> TrackerReply {
+        let mut end = error.len().min(MAX_RESOLVE_ERROR);
+        while !error.is_char_boundary(end) {
+            end = end.saturating_sub(1);
+        }
+        TrackerReply::Resolved {
+            digest: None,
+            error: error.get(..end).unwrap_or_default().to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_resolve_error_is_clipped_to_what_readers_accept() {
+        for error in ["é".repeat(400), "x".repeat(2000), "ab€".repeat(300)] {
+            let reply = TrackerReply::resolve_failed(&error);
+            let frame = encode_tracker_reply(&reply).expect("encodes");
+            let back = decode_tracker_reply(frame.get(4..).unwrap_or_default())
+                .expect("a reader accepts it");
+            let TrackerReply::Resolved { error: clipped, .. } = back else {
+                panic!("not a Resolved: {back:?}");
+            };
+            assert!(clipped.len() <= MAX_RESOLVE_ERROR && clipped.len() > MAX_RESOLVE_ERROR - 4);
+            assert!(error.starts_with(&clipped));
+        }
+        let short = TrackerReply::resolve_failed("no such tag");
+        assert!(matches!(short, TrackerReply::Resolved { error, .. } if error == "no such tag"));
+    }
 
     fn join(labels: Vec<(String, String)>) -> TrackerRequest {
         TrackerRequest::Join {

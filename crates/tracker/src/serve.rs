@@ -252,10 +252,7 @@ async fn resolve<W: AsyncWrite + Unpin>(
             digest: Some(d),
             error: String::new(),
         },
-        Err(e) => TrackerReply::Resolved {
-            digest: None,
-            error: e.chars().take(400).collect(),
-        },
+        Err(e) => TrackerReply::resolve_failed(&e),
     };
     reply_once(w, &reply, idle).await
 }
