@@ -3,7 +3,9 @@
 //! (the tracker's fetch duty, shares of a split fetch, the stall watch) sending it to the
 //! registry.
 
+use crate::net::Nanos;
 use crate::topo::End;
+use crate::wait::Wait;
 use crate::world::{nanos, Ev, Owner, Phase, Session, ToTracker, Why, World};
 use pollen_proto::{Bitfield, TrackerReply};
 use std::time::Duration;
@@ -283,12 +285,18 @@ impl World {
     }
 
     fn finish(&mut self, n: usize, layer: usize) {
+        let at = self.now;
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
         if f.phase == Phase::Done {
             return;
         }
+        let ended = f.wait.take();
+        self.count_wait(ended, at);
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
         f.phase = Phase::Done;
         f.opened = true;
         let sessions: Vec<usize> = f.sessions.values().copied().collect();
@@ -367,10 +375,13 @@ impl World {
     pub(crate) fn fill(&mut self, n: usize, layer: usize) {
         let (now, timeout) = (self.instant(), self.s.request_timeout);
         let piece_len = u64::from(self.geometry(self.blob_of(n, layer)).piece_size());
+        let at = self.now;
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
         if f.phase != Phase::Peers {
+            let ended = f.wait.take();
+            self.count_wait(ended, at);
             return;
         }
         let mut done = f.have.clone();
@@ -380,11 +391,22 @@ impl World {
             }
         }
         let requests = f.x.fill(&done, piece_len, timeout, now);
+        let ended = f.wait.replace((Wait::of(&f.x, &done), at));
+        self.count_wait(ended, at);
         for (sid, piece) in requests {
             if let Some(up) = self.sessions.get(sid).map(|s| s.up) {
                 let delay = self.topo.latency(n, up);
                 self.after(delay, Ev::Request(sid, piece));
             }
+        }
+    }
+}
+
+impl World {
+    /// Adds the time a download spent in the state that just ended.
+    fn count_wait(&mut self, ended: Option<(Wait, Nanos)>, at: Nanos) {
+        if let Some((state, since)) = ended {
+            self.stats.waits.add(state, at.saturating_sub(since));
         }
     }
 }

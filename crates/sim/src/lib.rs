@@ -18,6 +18,7 @@ pub mod topo;
 mod track;
 pub mod units;
 mod up;
+pub mod wait;
 pub mod world;
 
 #[global_allocator]

@@ -243,6 +243,7 @@ impl Fetch {
             stall_check: None,
             reveal_at: None,
             done_at: None,
+            wait: None,
         }
     }
 
@@ -268,6 +269,7 @@ impl Fetch {
         self.answer = None;
         self.fetch_duty = false;
         self.join_sent = None;
+        self.wait = None;
         if self.phase != Phase::Done {
             self.phase = Phase::Joining;
         }

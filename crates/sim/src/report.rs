@@ -26,6 +26,9 @@ pub struct Report {
     pub tracker_msgs_per_node_per_sec: f64,
     pub upstream_requests: Vec<(String, u64)>,
     pub kills: u64,
+    /// Shares of the nodes' download time from peers: receiving, choked (the pieces they lack
+    /// are offered only over sessions waiting for a slot), nothing offered, other (`wait.rs`).
+    pub peer_time: crate::wait::WaitTotals,
     pub events: u64,
     pub net_recomputes: u64,
     pub wall_secs: f64,
@@ -120,6 +123,7 @@ impl Report {
                 .map(|(k, v)| (why(k), *v))
                 .collect(),
             kills: w.stats.kills,
+            peer_time: w.stats.waits.shares(),
             events: w.stats.events,
             net_recomputes: w.net.recomputes(),
             wall_secs,
@@ -144,6 +148,7 @@ impl Report {
              per node            sent {sent:.2} x (max {sentmax:.2}), received {recv:.3} x the image\n\
              racks               each received {rack:.3} x the image (max {rackmax:.3})\n\
              upstream requests   {reqs}\n\
+             time from peers     receiving {recv_t:.0} %, choked {choked:.0} %, nothing offered {nothing:.0} %, other {other:.0} %\n\
              tracker             peak {tmem:.1} MiB, {tmsg:.2} messages per node per second\n\
              simulator           {wall:.1} s wall, {events} events, {recomputes} rate recomputes, peak RSS {rss:.0} MiB\n",
             done = self.done,
@@ -160,6 +165,10 @@ impl Report {
             rack = self.rack_in_mean_over_f,
             rackmax = self.rack_in_max_over_f,
             reqs = if reqs.is_empty() { "none".into() } else { reqs.join(", ") },
+            recv_t = self.peer_time.receiving * 100.0,
+            choked = self.peer_time.choked * 100.0,
+            nothing = self.peer_time.nothing_offered * 100.0,
+            other = self.peer_time.other * 100.0,
             tmem = mib(self.tracker_peak_bytes as f64),
             tmsg = self.tracker_msgs_per_node_per_sec,
             wall = self.wall_secs,

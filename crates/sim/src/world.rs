@@ -88,6 +88,8 @@ pub struct Fetch {
     pub stall_check: Option<Nanos>,
     pub reveal_at: Option<Nanos>,
     pub done_at: Option<Nanos>,
+    /// The download's state since the last request round, and since when (`wait.rs`).
+    pub wait: Option<(crate::wait::Wait, Nanos)>,
 }
 
 /// One piece-exchange session: `down` downloads a blob from `up`.
@@ -263,6 +265,7 @@ pub struct Stats {
     pub tracker_peak: i64,
     pub upstream_requests: BTreeMap<Why, u64>,
     pub kills: u64,
+    pub waits: crate::wait::WaitTotals,
 }
 
 pub struct World {

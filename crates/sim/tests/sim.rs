@@ -105,3 +105,19 @@ fn a_holder_sending_a_slow_piece_keeps_its_slot() {
         assert_eq!(stalled, 0, "seed {seed}: {:?}", r.upstream_requests);
     }
 }
+
+#[test]
+fn the_time_from_peers_is_split_into_shares_that_add_up() {
+    let r = run(&format!("{BUSY} --seed 3"));
+    let t = r.peer_time;
+    let shares = [t.receiving, t.choked, t.nothing_offered, t.other];
+    assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{t:?}");
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{t:?}");
+    assert!(
+        t.receiving > 0.5,
+        "a swarm with peers mostly receives: {t:?}"
+    );
+    // Alone, a node has no peer to receive from or wait for.
+    let alone = run("--nodes 1 --image 100MB --layers 1").peer_time;
+    assert_eq!((alone.receiving, alone.choked), (0.0, 0.0), "{alone:?}");
+}
