@@ -239,8 +239,18 @@ impl World {
                 .unwrap_or(0),
         );
         self.uploaded(sid, piece, len);
+        let now = self.now;
         if let Some(node) = self.nodes.get_mut(down) {
             node.received += len;
+            // Bytes after the first piece: what crossed the link between the first and the last.
+            let (bytes, span) = &mut node.from_peers;
+            match span {
+                Some((_, last)) => {
+                    *bytes += len;
+                    *last = now;
+                }
+                None => *span = Some((now, now)),
+            }
         }
         let Some(f) = self.fetch_mut(down, layer) else {
             return;

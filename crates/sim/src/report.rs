@@ -29,6 +29,9 @@ pub struct Report {
     /// Shares of the nodes' download time from peers: receiving, choked (the pieces they lack
     /// are offered only over sessions waiting for a slot), nothing offered, other (`wait.rs`).
     pub peer_time: crate::wait::WaitTotals,
+    /// The rate at which a node took bytes from peers, from its first piece from a peer to
+    /// its last, over its download link (mean over nodes): how much of its link it used.
+    pub peer_rate_over_downlink: f64,
     pub events: u64,
     pub net_recomputes: u64,
     pub wall_secs: f64,
@@ -58,6 +61,27 @@ pub fn t_min(w: &World) -> f64 {
         bound = bound.max(f / rack);
     }
     bound
+}
+
+/// Each node's bytes from peers after its first piece from a peer, over the time from that
+/// piece to its last, over its download link; the mean over nodes that took at least a tenth
+/// of a second's worth.
+fn peer_rate_over_downlink(w: &World) -> f64 {
+    let ratios: Vec<f64> = w
+        .nodes
+        .iter()
+        .zip(&w.topo.rates)
+        .filter_map(|(n, (_, down))| {
+            let (bytes, span) = n.from_peers;
+            let (first, last) = span?;
+            let secs = last.saturating_sub(first) as f64 / 1e9;
+            (secs > 0.0 && bytes as f64 >= *down / 10.0).then(|| bytes as f64 / secs / down)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return 0.0;
+    }
+    ratios.iter().sum::<f64>() / ratios.len() as f64
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -124,6 +148,7 @@ impl Report {
                 .collect(),
             kills: w.stats.kills,
             peer_time: w.stats.waits.shares(),
+            peer_rate_over_downlink: peer_rate_over_downlink(w),
             events: w.stats.events,
             net_recomputes: w.net.recomputes(),
             wall_secs,
@@ -148,7 +173,7 @@ impl Report {
              per node            sent {sent:.2} x (max {sentmax:.2}), received {recv:.3} x the image\n\
              racks               each received {rack:.3} x the image (max {rackmax:.3})\n\
              upstream requests   {reqs}\n\
-             time from peers     receiving {recv_t:.0} %, choked {choked:.0} %, nothing offered {nothing:.0} %, other {other:.0} %\n\
+             time from peers     receiving {recv_t:.0} %, choked {choked:.0} %, nothing offered {nothing:.0} %, other {other:.0} %;\n                     from the first piece to the last, {util:.0} % of the download link\n\
              tracker             peak {tmem:.1} MiB, {tmsg:.2} messages per node per second\n\
              simulator           {wall:.1} s wall, {events} events, {recomputes} rate recomputes, peak RSS {rss:.0} MiB\n",
             done = self.done,
@@ -169,6 +194,7 @@ impl Report {
             choked = self.peer_time.choked * 100.0,
             nothing = self.peer_time.nothing_offered * 100.0,
             other = self.peer_time.other * 100.0,
+            util = self.peer_rate_over_downlink * 100.0,
             tmem = mib(self.tracker_peak_bytes as f64),
             tmsg = self.tracker_msgs_per_node_per_sec,
             wall = self.wall_secs,

@@ -140,6 +140,8 @@ pub struct Node {
     pub done_at: Option<Nanos>,
     pub sent: u64,
     pub received: u64,
+    /// Piece bytes from peers after the first piece, and when the first and the last arrived.
+    pub from_peers: (u64, Option<(Nanos, Nanos)>),
     pub peer_id: Vec<u8>,
 }
 
@@ -321,6 +323,7 @@ impl World {
                 done_at: None,
                 sent: 0,
                 received: 0,
+                from_peers: (0, None),
                 // As long as a libp2p ed25519 PeerId's bytes, so the tracker's memory is real.
                 peer_id: peer_id(i),
             })

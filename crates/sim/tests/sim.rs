@@ -117,6 +117,12 @@ fn the_time_from_peers_is_split_into_shares_that_add_up() {
         t.receiving > 0.5,
         "a swarm with peers mostly receives: {t:?}"
     );
+    // No node takes bytes from peers faster than its link.
+    assert!(
+        r.peer_rate_over_downlink > 0.0 && r.peer_rate_over_downlink <= 1.0 + 1e-9,
+        "{}",
+        r.peer_rate_over_downlink
+    );
     // Alone, a node has no peer to receive from or wait for.
     let alone = run("--nodes 1 --image 100MB --layers 1").peer_time;
     assert_eq!((alone.receiving, alone.choked), (0.0, 0.0), "{alone:?}");
