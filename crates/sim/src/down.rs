@@ -175,12 +175,11 @@ impl World {
     }
 
     pub(crate) fn on_opened(&mut self, sid: usize, has: Bitfield) {
-        let Some((down, layer, open)) = self.sessions.get(sid).map(|s| (s.down, s.layer, s.open))
-        else {
+        let Some((down, layer)) = self.open_download(sid) else {
             return;
         };
         let now = self.instant();
-        let Some(f) = self.fetch_mut(down, layer).filter(|_| open) else {
+        let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
         if !f.sessions.values().any(|s| *s == sid) {
@@ -196,13 +195,20 @@ impl World {
         self.check(down, layer);
     }
 
+    /// The downloading node and layer of a session still open.
+    fn open_download(&self, sid: usize) -> Option<(usize, usize)> {
+        self.sessions
+            .get(sid)
+            .filter(|s| s.open)
+            .map(|s| (s.down, s.layer))
+    }
+
     pub(crate) fn on_have_more(&mut self, sid: usize, pieces: Vec<u32>) {
-        let Some((down, layer, open)) = self.sessions.get(sid).map(|s| (s.down, s.layer, s.open))
-        else {
+        let Some((down, layer)) = self.open_download(sid) else {
             return;
         };
         let now = self.instant();
-        let Some(f) = self.fetch_mut(down, layer).filter(|_| open) else {
+        let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
         for &i in &pieces {

@@ -54,15 +54,7 @@ impl World {
             if self.fetch(n, layer).is_some_and(|f| f.phase == Phase::Done) {
                 continue;
             }
-            let pieces = self.fetch(n, layer).map_or(0, |f| f.have.count_ones());
-            let busy = self.busy(n);
-            let msg = ToTracker::Join {
-                fetching: false,
-                rejoin: false,
-                busy,
-                pieces,
-            };
-            self.send_tracker(n, layer, msg);
+            self.send_join(n, layer);
             self.after(
                 nanos(TICK),
                 Ev::Tick {
@@ -110,14 +102,18 @@ impl World {
         self.tracker_node_died(n);
     }
 
-    /// Asks the blob's tracker to join (again, when no tracker answered).
+    /// Asks the blob's tracker to join again (no tracker answered), and notes when.
     fn join(&mut self, n: usize, layer: usize) {
         let now = self.now;
-        let pieces = self.fetch(n, layer).map_or(0, |f| f.have.count_ones());
-        let busy = self.busy(n);
         if let Some(f) = self.fetch_mut(n, layer) {
             f.join_sent = Some(now);
         }
+        self.send_join(n, layer);
+    }
+
+    fn send_join(&mut self, n: usize, layer: usize) {
+        let pieces = self.fetch(n, layer).map_or(0, |f| f.have.count_ones());
+        let busy = self.busy(n);
         let msg = ToTracker::Join {
             fetching: false,
             rejoin: false,
