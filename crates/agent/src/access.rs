@@ -16,7 +16,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use pollen_oci::Digest;
 use pollen_upstream::{FetchRequest, Route};
 use sha2::{Digest as _, Sha256};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long the upstream's yes to (credentials, registry, repository) is believed: short, so a
 /// revoked pull secret or token stops opening the cache within a minute, long enough that an

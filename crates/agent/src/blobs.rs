@@ -10,8 +10,6 @@
 
 use crate::error::FetchError;
 use crate::inflight::{Inflight, Owner, Progress};
-use crate::p2p::tracker::{Assignment, TrackerLink};
-use crate::p2p::{PeerOutcome, PeerPhase};
 use crate::sink::Sink;
 use crate::Ctx;
 use pollen_oci::Digest;
@@ -212,9 +210,7 @@ fn open_now(
                 }
                 warn!(%digest, registry = %route.registry, error = ?e, "blob fetch failed");
                 tx.send_replace(Progress::Failed(e));
-                if let Some(p2p) = &ctx.p2p {
-                    p2p.unprovide(digest);
-                }
+                ctx.peers().unprovide(digest);
             }
         }
     });
@@ -245,12 +241,10 @@ impl BlobFetch<'_> {
     async fn run(&self) -> Result<Blob, FetchError> {
         match self.attempt(true).await {
             Err((FetchError::Corrupt(why), sources)) if !sources.is_empty() => {
-                if let Some(p2p) = &self.ctx.p2p {
-                    for peer in sources {
-                        self.ctx.metrics.peer_bans.inc();
-                        p2p.bans
-                            .ban(self.digest, peer, "its piece map failed the blob's digest");
-                    }
+                for peer in sources {
+                    self.ctx.metrics.peer_bans.inc();
+                    let why = "its piece map failed the blob's digest";
+                    self.ctx.peers().ban(self.digest, peer, why);
                 }
                 warn!(digest = %self.digest, error = %why, "blob from peers failed its digest; fetching it from the upstream");
                 self.attempt(false).await.map_err(|(e, _)| e)
@@ -260,7 +254,7 @@ impl BlobFetch<'_> {
     }
 
     async fn attempt(&self, use_peers: bool) -> Result<Blob, (FetchError, HashSet<PeerId>)> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         // A partial download left by an earlier run (or an earlier failed fetch) resumes
         // where it stopped: only the missing pieces are asked for.
         let mut sink = match self.ctx.store.partial_geometry(&self.digest) {
@@ -275,24 +269,13 @@ impl BlobFetch<'_> {
             info!(digest = %self.digest, pieces = s.have.count_ones(), "resuming a partial download");
         }
         let mut sources = HashSet::new();
-        // The blob's tracker, if there is one, says who fetches from the upstream. Content
-        // fetched with a client's own credentials is not shared, so it is not coordinated.
-        let mut coordination = None;
-        if let Some(p2p) = self.ctx.p2p.as_ref().filter(|_| use_peers) {
-            // A download from peers needs the blob's trusted size before it opens its partial:
-            // asked now, beside joining the swarm, the answer is there when the first peer is
-            // (asked only then, its round trip held every downloader back, and a share handed
-            // on found fewer of a dead fetcher's pieces taken).
-            self.check_size_early();
-            p2p.wait_for_swarm().await;
-            if self.client_auth.is_none() {
-                let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
-                coordination = TrackerLink::join(self.ctx, self.digest, pieces).await;
-            }
-        }
+        // The blob's tracker, if there is one, says who fetches from the upstream.
+        let peers = self.ctx.peers_if(use_peers);
+        let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
+        let mut coordination = peers.enter(self, pieces).await;
         let mut stopping = self.ctx.stopping.subscribe();
         let result = tokio::select! {
-            r = self.fetch_pieces(use_peers, &mut sink, &mut sources, &mut coordination) => r,
+            r = peers.download(self, &mut sink, &mut sources, &mut coordination) => r,
             _ = stopping.wait_for(|s| *s) => Err(FetchError::Upstream("the agent is shutting down".into())),
         };
         if let Err(e) = result {
@@ -316,48 +299,6 @@ impl BlobFetch<'_> {
             "blob fetched and verified"
         );
         Ok(blob)
-    }
-
-    /// Peers first, then the upstream for what they did not supply. A node given a share of
-    /// a split fetch (the tracker's choice) fetches it beside the peer download.
-    async fn fetch_pieces(
-        &self,
-        use_peers: bool,
-        sink: &mut Option<Sink>,
-        sources: &mut HashSet<PeerId>,
-        coordination: &mut Option<(TrackerLink, Assignment)>,
-    ) -> Result<(), FetchError> {
-        let Some(p2p) = self.ctx.p2p.as_ref().filter(|_| use_peers) else {
-            let why = "peer-to-peer is off";
-            return self.upstream(sink, coordination, why).await.map(drop);
-        };
-        let mut phase = PeerPhase::new(self, p2p);
-        loop {
-            let outcome = phase.run(sink, coordination).await;
-            sources.extend(phase.map_sources.drain());
-            phase.suspend(sink);
-            match outcome? {
-                PeerOutcome::Complete => return Ok(()),
-                PeerOutcome::Fallback(why) => {
-                    match self.upstream(sink, coordination, &why).await? {
-                        // The fetch was split: this node fetches its share beside the peer
-                        // download; the other shares come from their fetchers.
-                        Some(share) => {
-                            if let Some((_, assignment)) = coordination.as_mut() {
-                                assignment.fetch = false;
-                            }
-                            let size = sink.as_ref().map_or(0, |s| s.geometry.size());
-                            phase.give_share(size, share);
-                        }
-                        None => return Ok(()),
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn ctx_arc(&self) -> Arc<Ctx> {
-        self.ctx.clone()
     }
 
     pub fn count_from_peers(&self, bytes: u64) {
@@ -387,13 +328,8 @@ impl BlobFetch<'_> {
                 .await
                 .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
         let sink = Sink::start(partial, self.inflight);
-        if let Some(p2p) = self
-            .ctx
-            .p2p
-            .as_ref()
-            .filter(|_| !self.ctx.private.contains(&digest))
-        {
-            p2p.provide(digest);
+        if !self.ctx.private.contains(&digest) {
+            self.ctx.peers().provide(digest);
         }
         Ok(sink)
     }

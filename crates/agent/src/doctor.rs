@@ -50,7 +50,7 @@ pub const CACHE_TTL: Duration = Duration::from_secs(10);
 /// A reload (new upstreams) makes the last answer stale at once.
 #[derive(Default)]
 pub(crate) struct Cache {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, u64, Vec<Check>)>>,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, Vec<Check>)>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -64,7 +64,7 @@ impl Cache {
             }
         }
         let checks = run(ctx).await;
-        *last = Some((std::time::Instant::now(), generation, checks.clone()));
+        *last = Some((tokio::time::Instant::now(), generation, checks.clone()));
         checks
     }
 
@@ -346,7 +346,7 @@ pub(crate) fn free_space(path: &std::path::Path) -> Result<u64, String> {
 /// did not answer.
 async fn tracker_clock(p2p: &p2p::P2p, tracker: pollen_swarm::PeerId) -> Option<(String, i64)> {
     let sent = std::time::SystemTime::now();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let Some(TrackerReply::Time { unix_ms }) =
         p2p::tracker::ask(p2p, tracker, &TrackerRequest::Time).await
     else {
@@ -362,7 +362,7 @@ async fn tracker_clock(p2p: &p2p::P2p, tracker: pollen_swarm::PeerId) -> Option<
 
 /// Peers connected over libp2p and trackers found (each asked for its clock).
 async fn swarm(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
-    let Some(p2p) = &ctx.p2p else {
+    let Some(p2p) = &ctx.peers().swarm() else {
         return vec![check(
             "peers",
             Verdict::Ok,

@@ -190,7 +190,7 @@ async fn blob(
     let upstream = ctx.upstream();
     let cfg = upstream.config();
     let stall = (cfg.response_timeout + cfg.idle_timeout) * (route.mirrors.len() as u32 + 1);
-    let asked = std::time::Instant::now();
+    let asked = tokio::time::Instant::now();
     let (rx, cached) = blobs::open(ctx, route, digest, client_auth);
     let mut follower = Follower::new(rx, 0, None, stall);
     let size = match follower.wait_started().await {

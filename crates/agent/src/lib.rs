@@ -23,6 +23,7 @@ mod listen;
 mod manifests;
 mod metrics;
 mod p2p;
+mod peers;
 mod preheat;
 mod private;
 mod range;
@@ -121,8 +122,8 @@ pub(crate) struct Ctx {
     manifests: manifests::Manifests,
     metrics: Metrics,
     ready: AtomicBool,
-    /// The swarm, when peer-to-peer is on.
-    p2p: Option<p2p::P2p>,
+    /// The swarm, or [`peers::NoPeers`] when peer-to-peer is off.
+    peers: Arc<dyn peers::Peers>,
     /// Content fetched with a client's own credentials: never shared with peers.
     private: private::Private,
     /// Which client credentials the upstream lately let read which repository.
@@ -171,7 +172,24 @@ async fn gc_loop(ctx: Arc<Ctx>) {
     }
 }
 
+/// The fetch path's view of no swarm (see [`peers`]).
+static NO_PEERS: peers::NoPeers = peers::NoPeers;
+
 impl Ctx {
+    /// The swarm as the fetch path sees it.
+    pub(crate) fn peers(&self) -> &dyn peers::Peers {
+        &*self.peers
+    }
+
+    /// [`Ctx::peers`], or no peers at all (a blob's second attempt after its peers' map failed
+    /// the digest).
+    pub(crate) fn peers_if(&self, use_peers: bool) -> &dyn peers::Peers {
+        match use_peers {
+            true => self.peers(),
+            false => &NO_PEERS,
+        }
+    }
+
     /// The upstream client and its configuration (routes, mirrors, credentials, timeouts) as
     /// of now.
     pub(crate) fn upstream(&self) -> Arc<Upstream> {
@@ -188,7 +206,7 @@ impl Ctx {
         req: &pollen_upstream::FetchRequest<'_>,
     ) -> Result<pollen_upstream::UpstreamResponse, pollen_upstream::UpstreamError> {
         self.metrics.upstream_requests.inc();
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let result = self.upstream().fetch(req).await;
         self.metrics
             .upstream_response
@@ -207,14 +225,19 @@ impl Agent {
         let upstream =
             Upstream::new(cfg.upstream.clone()).map_err(|e| AgentError::Tls(e.to_string()))?;
         let metrics = Metrics::new();
+        let swarm = swarm.map(|node| {
+            let mut p2p_cfg = cfg.p2p.clone();
+            p2p_cfg.session.max_blob_size = cfg.max_blob_size;
+            p2p::P2p::new(node, p2p_cfg)
+        });
+        let peers: Arc<dyn peers::Peers> = match &swarm {
+            Some(p2p) => p2p.clone(),
+            None => Arc::new(peers::NoPeers),
+        };
         let agent = Agent {
             ctx: Arc::new(Ctx {
                 manifests: manifests::Manifests::default(),
-                p2p: swarm.map(|node| {
-                    let mut p2p_cfg = cfg.p2p.clone();
-                    p2p_cfg.session.max_blob_size = cfg.max_blob_size;
-                    p2p::P2p::new(node, p2p_cfg)
-                }),
+                peers,
                 sizes: sizes::KnownSizes::default(),
                 stopping: tokio::sync::watch::channel(false).0,
                 draining: tokio::sync::watch::channel(false).0,
@@ -230,21 +253,23 @@ impl Agent {
                 ready: AtomicBool::new(false),
             }),
         };
-        if let Some(t) = agent.ctx.p2p.as_ref().and_then(|p| p.tracker.as_ref()) {
+        if let Some((p2p, t)) = swarm.as_ref().and_then(|p| Some((p, p.tracker.as_ref()?))) {
             t.set_resolver(Arc::new(manifests::TagResolver(Arc::downgrade(&agent.ctx))));
-            t.set_others(Arc::new(p2p::Others(Arc::downgrade(&agent.ctx))));
+            t.set_others(Arc::new(p2p::Others(Arc::downgrade(p2p))));
         }
         Ok(agent)
     }
 
     /// Serves the mirror API on `listener`, and pieces to peers, until the task is dropped.
     pub async fn serve(&self, listener: tokio::net::TcpListener) {
-        let peers = (self.ctx.p2p.is_some()).then(|| {
-            let accept = tokio::spawn(p2p::accept_loop(self.ctx.clone()));
-            let reconcile = tokio::spawn(p2p::reconcile_loop(self.ctx.clone()));
-            let directory = tokio::spawn(p2p::directory_loop(self.ctx.clone()));
-            let tracker = tokio::spawn(p2p::tracker_loop(self.ctx.clone()));
-            let preheat = tokio::spawn(preheat::serve_loop(self.ctx.clone()));
+        // The swarm's own tasks: serving pieces, tracking, preheat requests.
+        let peers = self.ctx.peers.swarm().map(|p2p| {
+            let ctx = &self.ctx;
+            let accept = tokio::spawn(p2p::accept_loop(ctx.clone(), p2p.clone()));
+            let reconcile = tokio::spawn(p2p::reconcile_loop(ctx.clone(), p2p.clone()));
+            let directory = tokio::spawn(p2p::directory_loop(p2p.clone()));
+            let tracker = tokio::spawn(p2p::tracker_loop(p2p.clone()));
+            let preheat = tokio::spawn(preheat::serve_loop(ctx.clone(), p2p));
             AbortOnDrop(vec![accept, reconcile, directory, tracker, preheat])
         });
         let gc = AbortOnDrop(vec![tokio::spawn(gc_loop(self.ctx.clone()))]);
@@ -271,19 +296,14 @@ impl Agent {
     /// resumes there) and ends; then the swarm stops. Returns when done, or after `deadline`.
     pub async fn shutdown(&self, deadline: Duration) {
         self.ctx.ready.store(false, Ordering::SeqCst);
-        if let Some(tracker) = self.ctx.p2p.as_ref().and_then(|p| p.tracker.as_ref()) {
-            // Members' streams close with this node: not their fetchers dying.
-            tracker.close();
-        }
+        self.ctx.peers.stop();
         self.ctx.stopping.send_replace(true);
         let until = tokio::time::Instant::now() + deadline;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         while !self.ctx.blobs.is_empty() && tokio::time::Instant::now() < until {
             tick.tick().await;
         }
-        if let Some(p2p) = &self.ctx.p2p {
-            let _ = p2p.node.shutdown().await;
-        }
+        self.ctx.peers.shutdown().await;
     }
 
     /// Preheats an image on the seeds (or every agent): see [`PreheatSpec`]. Progress arrives
@@ -327,10 +347,7 @@ impl Agent {
         let fresh = Upstream::new(cfg.upstream).map_err(|e| AgentError::Tls(e.to_string()))?;
         *self.ctx.upstream.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         self.ctx.doctor.invalidate();
-        if let Some(p2p) = &self.ctx.p2p {
-            p2p.uploads.rate().set_rate(cfg.p2p.upload_limit);
-            p2p.downloads.set_rate(cfg.p2p.download_limit);
-        }
+        (self.ctx.peers).set_rates(cfg.p2p.upload_limit, cfg.p2p.download_limit);
         Ok(())
     }
 
@@ -350,20 +367,12 @@ impl Agent {
     /// Brings the gauges and counters kept elsewhere (upload limits, bans, the swarm) into
     /// the metrics before a scrape.
     pub fn refresh_peer_metrics(&self) {
-        let (Some(p2p), m) = (&self.ctx.p2p, &self.ctx.metrics) else {
-            return;
-        };
-        let sent = p2p.uploads.bytes_sent();
-        m.peer_bytes_sent
-            .inc_by(sent.saturating_sub(m.peer_bytes_sent.get()));
-        m.banned_peers.set(p2p.bans.active() as i64);
-        m.connected_peers
-            .set(p2p.node.stats().connected_peers as i64);
+        self.ctx.peers.refresh_metrics(&self.ctx.metrics);
     }
 
     /// The swarm node, when peer-to-peer is on.
-    pub fn node(&self) -> Option<&Node> {
-        self.ctx.p2p.as_ref().map(|p| &p.node)
+    pub fn node(&self) -> Option<Node> {
+        self.ctx.peers.swarm().map(|p| p.node.clone())
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -192,7 +192,7 @@ mod tests {
         closer.await.unwrap();
         assert_eq!(limit.open(), 2);
         // b is now the oldest; it ignores the request: the newcomer is refused in time.
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         assert!(limit.admit().await.is_none());
         assert!(started.elapsed() < EVICT_WAIT * 10);
         drop((b, c));

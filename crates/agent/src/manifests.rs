@@ -14,7 +14,7 @@ use pollen_oci::{is_manifest_media_type, Digest, Reference, MANIFEST_ACCEPT, MAX
 use pollen_store::Kind;
 use pollen_upstream::{collect_limited, FetchRequest, Route};
 use std::os::unix::fs::FileExt;
-use std::time::Instant;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 /// A manifest ready to serve.
@@ -185,7 +185,7 @@ async fn resolve(
     last: Option<Digest>,
 ) -> Result<Manifest, FetchError> {
     let tracker = match cluster && client_auth.is_none() {
-        true => crate::p2p::tracker::tag_tracker(ctx, route, tag).await,
+        true => ctx.peers().tag_tracker(route, tag).await,
         false => None,
     };
     let by_tag = Reference::Tag(tag.to_string());
@@ -194,7 +194,7 @@ async fn resolve(
     }
     let hint = async {
         match tracker {
-            Some(t) => crate::p2p::tracker::ask_resolve(ctx, t, route, tag).await,
+            Some(t) => ctx.peers().ask_resolve(t, route, tag).await,
             None => None,
         }
     };
@@ -281,8 +281,8 @@ async fn fetch(
     holder: Option<pollen_swarm::PeerId>,
 ) -> Result<Manifest, FetchError> {
     let private = client_auth.is_some();
-    if let (Reference::Digest(d), Some(p2p)) = (reference, &ctx.p2p) {
-        if let Some((body, media_type)) = crate::p2p::manifest::fetch(p2p, d, holder).await {
+    if let Reference::Digest(d) = reference {
+        if let Some((body, media_type)) = ctx.peers().manifest(d, holder).await {
             ctx.metrics.peer_bytes_received.inc_by(body.len() as u64);
             return keep(ctx, *d, media_type, body).await;
         }
@@ -352,8 +352,8 @@ async fn keep(
     })
     .await
     .map_err(|e| FetchError::Store(e.to_string()))??;
-    if let Some(p2p) = ctx.p2p.as_ref().filter(|_| !ctx.private.contains(&digest)) {
-        p2p.provide(digest);
+    if !ctx.private.contains(&digest) {
+        ctx.peers().provide(digest);
     }
     Ok(Manifest {
         digest,

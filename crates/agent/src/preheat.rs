@@ -11,6 +11,7 @@
 use crate::blobs;
 use crate::inflight::Progress;
 use crate::p2p::tracker::{jittered, JOIN_BACKOFF};
+use crate::p2p::P2p;
 use crate::{manifests, Ctx};
 use pollen_oci::{
     manifest_content, platform_matches, Digest, ImageRef, ManifestContent, Reference,
@@ -107,7 +108,7 @@ async fn run(
     .map_err(|e| e.to_string())?;
     let blobs = resolve(ctx, &route, &image.reference, &spec.platforms).await?;
     let targets = targets(ctx, spec.all_nodes).await;
-    let me = ctx.p2p.as_ref().map(|p| p.node.peer_id());
+    let me = ctx.peers().swarm().map(|p| p.node.peer_id());
     let name = |t: &Option<PeerId>| t.map_or("this node".to_string(), |p| p.to_string());
     let plan = PreheatEvent::Plan {
         blobs: blobs.iter().map(|d| d.to_string()).collect(),
@@ -213,7 +214,7 @@ fn local_arch() -> &'static str {
 
 /// The seeds (or every connected agent, and this one); this node alone when there are none.
 async fn targets(ctx: &Ctx, all_nodes: bool) -> Vec<Option<PeerId>> {
-    let Some(p2p) = ctx.p2p.as_ref() else {
+    let Some(p2p) = ctx.peers().swarm() else {
         return vec![None];
     };
     let me = p2p.node.peer_id();
@@ -323,7 +324,7 @@ async fn fetch_there(
     digest: Digest,
     report: &Reporter<'_>,
 ) -> Result<(), String> {
-    let p2p = ctx.p2p.as_ref().ok_or("peer-to-peer is off")?;
+    let p2p = ctx.peers().swarm().ok_or("peer-to-peer is off")?;
     let req = PreheatRequest::Fetch {
         registry: image.registry.clone(),
         name: image.name.as_str().to_string(),
@@ -369,8 +370,7 @@ async fn fetch_there(
 }
 
 /// Serves preheat requests from other agents until the swarm stops.
-pub(crate) async fn serve_loop(ctx: Arc<Ctx>) {
-    let Some(p2p) = ctx.p2p.as_ref() else { return };
+pub(crate) async fn serve_loop(ctx: Arc<Ctx>, p2p: Arc<P2p>) {
     let mut incoming = match p2p.node.incoming_streams_on(PREHEAT_PROTOCOL) {
         Ok(i) => i,
         Err(e) => {

@@ -104,7 +104,7 @@ pub(crate) async fn collect(ctx: &Ctx, full: bool) -> Status {
         })
         .collect();
     s.blobs_in_flight.sort_by(|a, b| a.digest.cmp(&b.digest));
-    if let Some(p2p) = &ctx.p2p {
+    if let Some(p2p) = &ctx.peers().swarm() {
         if p2p.cfg.tracker {
             s.roles.push("tracker".into());
         }

@@ -6,7 +6,7 @@ use crate::blobs::BlobFetch;
 use crate::error::FetchError;
 use crate::gather::Gather;
 use crate::inflight::Progress;
-use crate::p2p::tracker::{Assignment, TrackerLink};
+use crate::peers::Coordination;
 use crate::sink::{Appender, Op, Sink};
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -45,7 +45,7 @@ impl BlobFetch<'_> {
     pub(crate) async fn upstream(
         &self,
         sink: &mut Option<Sink>,
-        coordination: &mut Option<(TrackerLink, Assignment)>,
+        coordination: &mut Coordination,
         why: &str,
     ) -> Result<Option<Range<u32>>, FetchError> {
         if let Some((link, _)) = coordination.as_ref() {
@@ -53,7 +53,7 @@ impl BlobFetch<'_> {
         }
         let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
         info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
-        let _busy = self.ctx.p2p.as_ref().map(UpstreamFetch::start);
+        let _busy = self.ctx.peers().upstream_busy();
         self.transfer(sink, coordination).await
     }
 
@@ -65,7 +65,7 @@ impl BlobFetch<'_> {
         share: &Range<u32>,
     ) -> Result<(), FetchError> {
         info!(digest = %self.digest, pieces = ?share, "fetching a share of a split fetch from the upstream");
-        let _busy = self.ctx.p2p.as_ref().map(UpstreamFetch::start);
+        let _busy = self.ctx.peers().upstream_busy();
         match self.append_missing(app, Some(share), &mut 0).await {
             Ok(()) => Ok(()),
             Err(Appending::Stopped) => Err(FetchError::Store("the blob's writer stopped".into())),
@@ -90,7 +90,7 @@ impl BlobFetch<'_> {
     async fn transfer(
         &self,
         sink: &mut Option<Sink>,
-        coordination: &mut Option<(TrackerLink, Assignment)>,
+        coordination: &mut Coordination,
     ) -> Result<Option<Range<u32>>, FetchError> {
         let (mut restarted, mut resumes) = (false, 0);
         loop {
@@ -131,7 +131,7 @@ impl BlobFetch<'_> {
     async fn first_range(
         &self,
         sink: &mut Option<Sink>,
-        coordination: &mut Option<(TrackerLink, Assignment)>,
+        coordination: &mut Coordination,
         resumes: &mut u32,
     ) -> Result<Option<Range<u32>>, FetchError> {
         let end = coordination.as_ref().and(self.probe_range());
@@ -142,7 +142,7 @@ impl BlobFetch<'_> {
         let s = sink.insert(self.start_sink(geometry).await?);
         // Large enough to be split: the tracker decides while the first range streams, and
         // the answer is taken after it.
-        let split_min = self.ctx.p2p.as_ref().map_or(0, |p| p.cfg.split_min);
+        let split_min = self.ctx.peers().split_min();
         let splittable = split_min > 0 && size >= split_min.saturating_mul(2);
         let ranges = resp.status == StatusCode::PARTIAL_CONTENT || accepts_ranges(&resp);
         let reported = match coordination.as_mut().filter(|_| splittable) {
@@ -289,12 +289,12 @@ impl BlobFetch<'_> {
     /// The first range of a coordinated fetch: [`PROBE_RANGE`], or half the smallest share
     /// when shares are smaller (`--split-min`); the whole blob when fetches are never split.
     fn probe_range(&self) -> Option<u64> {
-        let split_min = self.ctx.p2p.as_ref()?.cfg.split_min;
+        let split_min = self.ctx.peers().split_min();
         (split_min > 0).then(|| PROBE_RANGE.min(split_min / 2).max(1))
     }
 
     fn piece_size(&self) -> Option<u32> {
-        self.ctx.p2p.as_ref().and_then(|p| p.cfg.session.piece_size)
+        self.ctx.peers().piece_size()
     }
 
     /// Moves one response body into the sink up to `limit`, skipping `skip` bytes a 200
@@ -379,22 +379,6 @@ impl BlobFetch<'_> {
             }
         });
         Ok(())
-    }
-}
-
-/// Counts this node's upstream transfers while it lives (see `P2p::upstream_fetches`).
-struct UpstreamFetch<'a>(&'a crate::p2p::P2p);
-
-impl UpstreamFetch<'_> {
-    fn start(p2p: &crate::p2p::P2p) -> UpstreamFetch<'_> {
-        p2p.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-        UpstreamFetch(p2p)
-    }
-}
-
-impl Drop for UpstreamFetch<'_> {
-    fn drop(&mut self) {
-        self.0.upstream_fetches.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

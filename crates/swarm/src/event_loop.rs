@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use libp2p::core::transport::ListenerId;
 use libp2p::futures::StreamExt;
@@ -180,7 +180,7 @@ impl EventLoop {
                 () = tokio::time::sleep_until(self.next_round) => self.start_bootstrap_round(),
                 Some(targets) = self.resolved_rx.recv() => self.dial_bootstrap(targets),
                 _ = sweep_tick.tick() => {
-                    let removed = self.swarm.behaviour_mut().kad.store_mut().sweep(Instant::now());
+                    let removed = self.swarm.behaviour_mut().kad.store_mut().sweep(Instant::now().into_std());
                     if removed > 0 {
                         tracing::debug!(removed, "dropped expired provider records");
                     }

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+// libp2p records carry std instants; the event loop passes tokio's clock in (`into_std`).
 use std::time::Instant;
 
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore, Result};

@@ -7,8 +7,9 @@
 use pollen_oci::Digest;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How long a blob sent to another tracker stays sent there.
 const MOVED_TTL: Duration = Duration::from_secs(30);

@@ -6,7 +6,8 @@ use dashmap::DashMap;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Longest challenge header we parse; real ones are a few hundred bytes.
 const MAX_CHALLENGE_LEN: usize = 4096;

@@ -15,8 +15,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::time::timeout;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 /// Redirects followed per request; registries redirect blobs once, to their storage.

@@ -1,7 +1,7 @@
 //! The parsers of an upstream's authentication answers, reachable from the fuzz targets
 //! (`fuzz/`) and nothing else: not part of the API, hidden from the docs.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// A `WWW-Authenticate` header parsed (`auth::parse_challenge`), as its debug text (so this
 /// seam does not follow every change of the type).

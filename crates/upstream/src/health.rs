@@ -2,7 +2,8 @@
 //! timeout, and is retried after a backoff.
 
 use dashmap::DashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 

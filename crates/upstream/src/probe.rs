@@ -9,8 +9,9 @@ use crate::{FetchRequest, Upstream};
 use http::header::{AUTHORIZATION, DATE, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::time::timeout;
+use tokio::time::Instant;
 
 /// How much of a blob the throughput probe reads: enough for TCP to leave slow start on a
 /// fast link, little enough that a doctor run costs the registry nothing noticeable.
@@ -170,7 +171,7 @@ impl Upstream {
         let first_byte = started.elapsed();
         let mut body = resp.body;
         let mut bytes = 0u64;
-        let deadline = tokio::time::Instant::now() + THROUGHPUT_PROBE_TIME;
+        let deadline = Instant::now() + THROUGHPUT_PROBE_TIME;
         while bytes < THROUGHPUT_PROBE_BYTES {
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) | Ok(None) => break,

@@ -12,13 +12,13 @@
 //!   new blob's swarm already.
 
 mod download;
+mod fetching;
 pub(crate) mod manifest;
 mod peer_task;
 mod settle;
 mod source;
 pub(crate) mod tracker;
 
-pub(crate) use download::{PeerOutcome, PeerPhase};
 pub(crate) use settle::Others;
 pub(crate) use source::{PieceShare, StoreSource};
 
@@ -27,7 +27,8 @@ use pollen_oci::Digest;
 use pollen_peer::{RateLimiter, SessionConfig, UploadLimits, DEFAULT_MAX_UPLOAD_SESSIONS};
 use pollen_swarm::{Node, PeerId};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Default [`P2pConfig::max_peers_per_blob`].
@@ -134,11 +135,14 @@ pub(crate) struct P2p {
     pub upstream_fetches: std::sync::atomic::AtomicUsize,
     /// When the swarm started: [`P2pConfig::swarm_wait`] counts from here.
     started: tokio::time::Instant,
+    /// This swarm, for the tasks it starts (which outlive a borrow of it).
+    me: std::sync::Weak<P2p>,
 }
 
 impl P2p {
-    pub fn new(node: Node, cfg: P2pConfig) -> P2p {
-        P2p {
+    pub fn new(node: Node, cfg: P2pConfig) -> Arc<P2p> {
+        Arc::new_cyclic(|me| P2p {
+            me: me.clone(),
             uploads: Arc::new(UploadLimits::new(cfg.max_upload_sessions, cfg.upload_limit)),
             downloads: RateLimiter::new(cfg.download_limit),
             bans: Bans::new(cfg.ban_duration),
@@ -152,7 +156,7 @@ impl P2p {
             started: tokio::time::Instant::now(),
             node,
             cfg,
-        }
+        })
     }
 
     /// Right after start, with no peer yet: waits (at most until `swarm_wait` after start)
@@ -235,8 +239,7 @@ impl Bans {
 
 /// Accepts pieces streams from other nodes and serves each in a task of its own, until the
 /// swarm stops.
-pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
-    let Some(p2p) = ctx.p2p.as_ref() else { return };
+pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>, p2p: Arc<P2p>) {
     let mut incoming = match p2p.node.incoming_streams() {
         Ok(i) => i,
         Err(e) => {
@@ -268,8 +271,7 @@ pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>) {
 
 /// Keeps the provider records in step with the store: announces every complete blob and
 /// manifest at start and each new one, withdraws evicted ones.
-pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
-    let Some(p2p) = ctx.p2p.as_ref() else { return };
+pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>, p2p: Arc<P2p>) {
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
     loop {
         tick.tick().await;
@@ -309,8 +311,7 @@ pub(crate) async fn reconcile_loop(ctx: Arc<crate::Ctx>) {
 /// change in this node's connections, every second during the first `DIRECTORY_STARTUP`
 /// (while a DaemonSet's agents are still finding one another every agent must end up with
 /// the same list, or two trackers would each make a fetcher), every 5 s after.
-pub(crate) async fn directory_loop(ctx: Arc<crate::Ctx>) {
-    let Some(p2p) = ctx.p2p.as_ref() else { return };
+pub(crate) async fn directory_loop(p2p: Arc<P2p>) {
     let mut changes = p2p.node.connected_changes();
     let refreshing = Arc::new(tokio::sync::Semaphore::new(MAX_REFRESHES));
     loop {
@@ -332,11 +333,9 @@ pub(crate) async fn directory_loop(ctx: Arc<crate::Ctx>) {
         // A lookup that waits for a peer that does not answer (one still starting) takes up
         // to the lookup timeout; the next ones do not wait behind it.
         if let Ok(slot) = refreshing.clone().try_acquire_owned() {
-            let ctx = ctx.clone();
+            let p2p = p2p.clone();
             tokio::spawn(async move {
-                if let Some(p2p) = ctx.p2p.as_ref() {
-                    p2p.directory.refresh(p2p).await;
-                }
+                p2p.directory.refresh(&p2p).await;
                 drop(slot);
             });
         }
@@ -362,11 +361,11 @@ pub(crate) fn seed_key() -> pollen_oci::Digest {
 
 /// Serves the tracker role: announces it, and serves every member stream, until the swarm
 /// stops.
-pub(crate) async fn tracker_loop(ctx: Arc<crate::Ctx>) {
-    if let Some(p2p) = ctx.p2p.as_ref().filter(|p| p.cfg.seed) {
+pub(crate) async fn tracker_loop(p2p: Arc<P2p>) {
+    if p2p.cfg.seed {
         p2p.announce(seed_key());
     }
-    let Some((p2p, tracker)) = ctx.p2p.as_ref().and_then(|p| Some((p, p.tracker.clone()?))) else {
+    let Some(tracker) = p2p.tracker.clone() else {
         return;
     };
     let mut incoming = match p2p.node.incoming_streams_on(pollen_proto::TRACKER_PROTOCOL) {

@@ -2,7 +2,7 @@
 //! on a peer: it sends requests in, and gets the session's checked events out, tagged with the
 //! peer's slot in the download.
 
-use crate::Ctx;
+use super::P2p;
 use pollen_oci::Digest;
 use pollen_peer::{Event, Have, Session, SessionError};
 use pollen_proto::HashedPiece;
@@ -43,14 +43,14 @@ pub(crate) struct PeerTask {
 
 impl PeerTask {
     pub fn spawn(
-        ctx: Arc<Ctx>,
+        p2p: Arc<P2p>,
         peer: PeerId,
         digest: Digest,
         slot: usize,
         events: mpsc::Sender<(usize, FromPeer)>,
     ) -> PeerTask {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let task = tokio::spawn(run(ctx, peer, digest, slot, rx, events));
+        let task = tokio::spawn(run(p2p, peer, digest, slot, rx, events));
         PeerTask { peer, tx, task }
     }
 
@@ -68,14 +68,13 @@ impl Drop for PeerTask {
 }
 
 async fn run(
-    ctx: Arc<Ctx>,
+    p2p: Arc<P2p>,
     peer: PeerId,
     digest: Digest,
     slot: usize,
     mut rx: mpsc::Receiver<ToPeer>,
     events: mpsc::Sender<(usize, FromPeer)>,
 ) {
-    let Some(p2p) = ctx.p2p.as_ref() else { return };
     let send = |msg| events.send((slot, msg));
     let stream = match p2p.node.open_stream(peer).await {
         Ok(s) => s,

@@ -42,7 +42,7 @@ pub(crate) struct Answer {
 }
 
 /// The other trackers as this node sees them (its tracker directory).
-pub(crate) struct Others(pub std::sync::Weak<crate::Ctx>);
+pub(crate) struct Others(pub std::sync::Weak<P2p>);
 
 impl pollen_tracker::OtherTrackers for Others {
     fn coordinating<'a>(
@@ -50,8 +50,7 @@ impl pollen_tracker::OtherTrackers for Others {
         digest: &'a Digest,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send + 'a>> {
         Box::pin(async move {
-            let ctx = self.0.upgrade()?;
-            let p2p = ctx.p2p.as_ref()?;
+            let p2p = &self.0.upgrade()?;
             let me = p2p.node.peer_id();
             let started = tokio::time::Instant::now();
             let mut known = p2p.directory.trackers(p2p).await;

@@ -41,7 +41,7 @@ impl StoreSource {
             .filter(|s| *s <= MAX_MANIFEST_BYTES)?;
         let mut body = vec![0u8; size];
         blob.file().read_exact_at(&mut body, 0).ok()?;
-        let piece_size = self.ctx.p2p.as_ref().and_then(|p| p.cfg.session.piece_size);
+        let piece_size = self.ctx.peers().piece_size();
         let geometry = PieceGeometry::choose(blob.size(), piece_size).ok()?;
         let map = PieceMap::of(*digest, geometry, &body).ok()?;
         Some((blob, map))

@@ -3,7 +3,6 @@
 //! A tracker role on this node is reached through the same code over an in-process pipe.
 
 use super::P2p;
-use crate::Ctx;
 use pollen_oci::Digest;
 use pollen_proto::{
     read_tracker_reply, write_tracker_request, TrackerReply, TrackerRequest, TRACKER_PROTOCOL,
@@ -187,17 +186,17 @@ impl TrackerLink {
     /// Joins the blob's tracker (trying the next by rendezvous if one does not answer), or
     /// `None` when there is no tracker: the download then coordinates through Kademlia only.
     pub async fn join(
-        ctx: &Arc<Ctx>,
+        p2p: &Arc<P2p>,
         digest: Digest,
         pieces: u32,
     ) -> Option<(TrackerLink, Assignment)> {
         let state = Arc::new(MemberState::default());
         state.pieces.store(pieces, Ordering::Relaxed);
-        let (conn, assignment, tracker) = connect(ctx.p2p.as_ref()?, digest, &state, None).await?;
+        let (conn, assignment, tracker) = connect(p2p, digest, &state, None).await?;
         let (out, out_rx) = mpsc::unbounded_channel();
         let (push_tx, pushes) = mpsc::unbounded_channel();
         let task = tokio::spawn(run_link(
-            ctx.clone(),
+            p2p.clone(),
             digest,
             (conn, tracker),
             out_rx,
@@ -416,7 +415,7 @@ enum Ended {
 /// Runs the membership: over one tracker connection at a time, joining the next tracker when
 /// one is lost, until the download leaves or no tracker is left.
 async fn run_link(
-    ctx: Arc<Ctx>,
+    p2p: Arc<P2p>,
     digest: Digest,
     (mut conn, mut tracker): (Conn, PeerId),
     mut out: mpsc::UnboundedReceiver<TrackerRequest>,
@@ -427,11 +426,10 @@ async fn run_link(
         if let Ended::Left = serve_conn(conn, &mut out, &pushes, &state).await {
             return;
         }
-        let Some(p2p) = ctx.p2p.as_ref() else { return };
         p2p.directory.invalidate();
         let fetching = state.fetching.load(Ordering::Relaxed);
         let Some((next, assignment, next_tracker)) =
-            connect(p2p, digest, &state, Some(tracker)).await
+            connect(&p2p, digest, &state, Some(tracker)).await
         else {
             return; // no tracker left: the download carries on with Kademlia alone
         };
@@ -525,11 +523,10 @@ pub(crate) async fn ask(p2p: &P2p, tracker: PeerId, req: &TrackerRequest) -> Opt
 /// The tag's tracker (rendezvous over the tag's name), or `None` when there is no tracker or
 /// this node is the tag's tracker (it resolves the tag itself).
 pub(crate) async fn tag_tracker(
-    ctx: &Ctx,
+    p2p: &P2p,
     route: &pollen_upstream::Route,
     tag: &str,
 ) -> Option<PeerId> {
-    let p2p = ctx.p2p.as_ref()?;
     let key = Digest::of(format!("tag {}/{}:{tag}", route.registry, route.name).as_bytes());
     let trackers = p2p.directory.trackers(p2p).await;
     let tracker = *rendezvous(&key, &trackers).first()?;
@@ -540,12 +537,11 @@ pub(crate) async fn tag_tracker(
 /// once for the cluster (and announce it). The digest it answers is a hint, never used as
 /// the tag's digest (anyone may announce the tracker key): `None` when it could not answer.
 pub(crate) async fn ask_resolve(
-    ctx: &Ctx,
+    p2p: &P2p,
     tracker: PeerId,
     route: &pollen_upstream::Route,
     tag: &str,
 ) -> Option<Digest> {
-    let p2p = ctx.p2p.as_ref()?;
     let req = TrackerRequest::Resolve {
         registry: (route.registry != pollen_oci::DOCKER_HUB).then(|| route.registry.clone()),
         name: route.name.as_str().to_string(),

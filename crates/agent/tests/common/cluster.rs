@@ -95,7 +95,7 @@ pub async fn member_keyed(
     h
 }
 
-pub fn node(h: &Harness) -> &Node {
+pub fn node(h: &Harness) -> Node {
     h.agent.node().expect("agent has a swarm")
 }
 

@@ -86,13 +86,8 @@ impl PeerPhase<'_> {
             debug!(%digest, %peer, "dialling a peer for the blob");
             let slot = self.next_slot;
             self.next_slot += 1;
-            let task = PeerTask::spawn(
-                self.fetch.ctx_arc(),
-                peer,
-                digest,
-                slot,
-                self.events_tx.clone(),
-            );
+            let task =
+                PeerTask::spawn(self.p2p.clone(), peer, digest, slot, self.events_tx.clone());
             self.tasks.insert(slot, task);
             self.x.add(slot);
         }

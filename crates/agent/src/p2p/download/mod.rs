@@ -28,6 +28,7 @@ use pollen_proto::{HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -59,7 +60,7 @@ pub(crate) enum PeerOutcome {
 /// The state of one blob's peer download.
 pub(crate) struct PeerPhase<'a> {
     fetch: &'a BlobFetch<'a>,
-    p2p: &'a P2p,
+    p2p: &'a Arc<P2p>,
     /// The decisions: who has what, what is requested of whom, whether the peers stalled.
     x: Exchange,
     /// Each peer's session, by the slot the exchange knows it by.
@@ -99,7 +100,7 @@ pub(crate) struct PeerPhase<'a> {
 }
 
 impl<'a> PeerPhase<'a> {
-    pub fn new(fetch: &'a BlobFetch<'a>, p2p: &'a P2p) -> PeerPhase<'a> {
+    pub fn new(fetch: &'a BlobFetch<'a>, p2p: &'a Arc<P2p>) -> PeerPhase<'a> {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         PeerPhase {
             fetch,
