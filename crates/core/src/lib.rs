@@ -1,6 +1,6 @@
 //! The swarm's decisions, sans I/O: the tracker's membership and fetch assignment
-//! ([`tracker`]), the downloader's choice of peers and pieces ([`picker`], [`download`]) and
-//! when it gives up on peers ([`stall`]); the uploader's super-seeding ([`spread`]) and slots ([`upload`]).
+//! ([`tracker`]), the downloader's choice of peers and pieces ([`picker`], [`download`]),
+//! when it gives up on peers ([`stall`]) and what it does next ([`phase`]); the uploader's super-seeding ([`spread`]) and slots ([`upload`]).
 //!
 //! Everything here is a state machine that takes events with the time they happened and
 //! returns what to do: no sockets, no tasks, and no clock of its own (the shape of quinn-proto
@@ -15,6 +15,7 @@
 //! simulator a fixed origin plus simulated time.
 
 pub mod download;
+pub mod phase;
 pub mod picker;
 pub mod spread;
 pub mod stall;

@@ -7,6 +7,7 @@ use crate::net::Nanos;
 use crate::topo::End;
 use crate::wait::Wait;
 use crate::world::{nanos, Ev, Owner, Phase, Session, ToTracker, Why, World};
+use pollen_core::phase::{Facts, Step};
 use pollen_proto::{Bitfield, TrackerReply};
 use std::time::Duration;
 
@@ -346,24 +347,31 @@ impl World {
         if f.phase != Phase::Peers {
             return;
         }
-        let idle = f.upstream.is_none();
-        if idle && f.fetch_duty && !f.x.can_help(&f.have, None) {
-            f.fetch_duty = false;
-            return self.fall_back(n, layer, Why::HandedOn);
-        }
-        if idle {
-            let ready = f
-                .shares
-                .iter()
-                .position(|(r, also)| *also || !f.x.can_help(&f.have, Some(r)));
-            if let Some((range, _)) = ready.and_then(|i| f.shares.remove(i)) {
-                let missing: Vec<u32> = range.filter(|i| !f.have.get(*i)).collect();
-                if !missing.is_empty() {
-                    self.start_upstream(n, layer, Why::Share, missing);
-                }
-            } else if f.x.stall.stalled(now) {
-                return self.fall_back(n, layer, Why::Stalled);
+        // Every simulated download has a tracker, and a session that fails to open is not
+        // modelled: never alone, nothing to retry.
+        let facts = Facts {
+            mine: Some(&f.have),
+            fetching_share: f.upstream.is_some(),
+            fetch_duty: f.fetch_duty,
+            coordinated: true,
+            retry_soon: false,
+        };
+        let shares = f.shares.iter().map(|(r, also)| (r, *also));
+        match f.x.next_step(facts, shares, now) {
+            Step::HandOver => {
+                f.fetch_duty = false;
+                return self.fall_back(n, layer, Why::HandedOn);
             }
+            Step::StartShare(i) => {
+                if let Some((range, _)) = f.shares.remove(i) {
+                    let missing: Vec<u32> = range.filter(|i| !f.have.get(*i)).collect();
+                    if !missing.is_empty() {
+                        self.start_upstream(n, layer, Why::Share, missing);
+                    }
+                }
+            }
+            Step::Stalled | Step::NobodyLeft => return self.fall_back(n, layer, Why::Stalled),
+            Step::Complete | Step::RetrySoon | Step::Continue => {}
         }
         self.fill(n, layer);
     }

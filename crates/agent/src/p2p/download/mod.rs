@@ -23,6 +23,7 @@ use crate::error::FetchError;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use crate::sizes::SizeSource;
 use pollen_core::download::Exchange;
+use pollen_core::phase::{Facts, Step};
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::{HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
@@ -161,34 +162,6 @@ impl<'a> PeerPhase<'a> {
         }
         let mut next_lookup = Instant::now() + LOOKUP_INTERVAL;
         loop {
-            if sink.as_ref().is_some_and(|s| s.have.is_complete()) {
-                return Ok(PeerOutcome::Complete);
-            }
-            let idle = self.share_task.is_none();
-            if idle
-                && self.fetch_duty
-                && !sink.as_ref().is_some_and(|s| self.peers_can_help(s, None))
-            {
-                // Taken once: if the fetch is then split, this node comes back for the rest
-                // of the blob as a downloader, not as the one fetching all of it.
-                self.fetch_duty = false;
-                return Ok(PeerOutcome::Fallback(
-                    "the tracker handed this node the fetch".into(),
-                ));
-            }
-            if idle {
-                // A stripe just cut has nothing in the swarm yet; one handed on from a member
-                // that died may be partly held by peers: those pieces come from them first.
-                let ready = self.shares.iter().position(|(_, pieces, also)| {
-                    *also
-                        || !sink
-                            .as_ref()
-                            .is_some_and(|s| self.peers_can_help(s, Some(pieces)))
-                });
-                if let Some((size, pieces, _)) = ready.and_then(|i| self.shares.remove(i)) {
-                    self.start_share(size, pieces, sink, coordination).await?;
-                }
-            }
             // A peer whose stream just failed to open is tried again shortly (libp2p-stream
             // drops streams in a burst): only with none of those either is nobody left.
             let soon = self
@@ -197,29 +170,36 @@ impl<'a> PeerPhase<'a> {
                 .filter(|until| **until <= Instant::now() + RETRY_UNREACHABLE)
                 .min()
                 .copied();
+            match self.next_step(sink.as_ref(), soon.is_some()) {
+                Step::Complete => return Ok(PeerOutcome::Complete),
+                Step::HandOver => {
+                    // Taken once: if the fetch is then split, this node comes back for the
+                    // rest of the blob as a downloader, not as the one fetching all of it.
+                    self.fetch_duty = false;
+                    return Ok(PeerOutcome::Fallback(
+                        "the tracker handed this node the fetch".into(),
+                    ));
+                }
+                Step::StartShare(i) => {
+                    if let Some((size, pieces, _)) = self.shares.remove(i) {
+                        self.start_share(size, pieces, sink, coordination).await?;
+                    }
+                }
+                Step::NobodyLeft => {
+                    return Ok(PeerOutcome::Fallback("no peer left to ask".into()));
+                }
+                Step::RetrySoon => {
+                    if let Some(at) = soon {
+                        next_lookup = next_lookup.min(at);
+                    }
+                }
+                Step::Stalled => {
+                    self.log_stall(sink.as_ref());
+                    return Ok(PeerOutcome::Fallback(self.x.stall.describe(now())));
+                }
+                Step::Continue => {}
+            }
             let idle = self.share_task.is_none();
-            if idle && self.tasks.is_empty() && self.x.writing.is_empty() && !self.coordinated {
-                match soon {
-                    Some(at) => next_lookup = next_lookup.min(at),
-                    None => return Ok(PeerOutcome::Fallback("no peer left to ask".into())),
-                }
-            }
-            // While this node fetches a share from the upstream it is not stalled: the share's
-            // end is progress, and the stall deadline runs from there.
-            if idle && self.x.stall.stalled(now()) {
-                if let Some(s) = sink.as_ref() {
-                    let missing: Vec<(u32, bool, u16)> = s
-                        .have
-                        .iter_missing()
-                        .map(|i| {
-                            let seen = self.x.availability.get(i as usize).copied().unwrap_or(0);
-                            (i, self.x.known.get(i), seen)
-                        })
-                        .collect();
-                    debug!(digest = %self.fetch.digest, ?missing, peers = self.tasks.len(), "stalled: missing pieces (index, hash known, peers with it)");
-                }
-                return Ok(PeerOutcome::Fallback(self.x.stall.describe(now())));
-            }
             if self.tasks.is_empty() && self.coordinated {
                 next_lookup = next_lookup.min(Instant::now() + RETRY_SOON);
             }
@@ -317,6 +297,32 @@ impl<'a> PeerPhase<'a> {
                 self.fill_requests(s);
             }
         }
+    }
+
+    /// The core's decision ([`Exchange::next_step`]) from this phase's state.
+    fn next_step(&self, sink: Option<&Sink>, retry_soon: bool) -> Step {
+        let facts = Facts {
+            mine: sink.map(|s| &s.have),
+            fetching_share: self.share_task.is_some(),
+            fetch_duty: self.fetch_duty,
+            coordinated: self.coordinated,
+            retry_soon,
+        };
+        let shares = self.shares.iter().map(|(_, pieces, also)| (pieces, *also));
+        self.x.next_step(facts, shares, now())
+    }
+
+    fn log_stall(&self, sink: Option<&Sink>) {
+        let Some(s) = sink else { return };
+        let missing: Vec<(u32, bool, u16)> = s
+            .have
+            .iter_missing()
+            .map(|i| {
+                let seen = self.x.availability.get(i as usize).copied().unwrap_or(0);
+                (i, self.x.known.get(i), seen)
+            })
+            .collect();
+        debug!(digest = %self.fetch.digest, ?missing, peers = self.tasks.len(), "stalled: missing pieces (index, hash known, peers with it)");
     }
 
     fn adopt_sink(&mut self, sink: &mut Sink) {

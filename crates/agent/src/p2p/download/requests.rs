@@ -3,7 +3,6 @@
 use super::PeerPhase;
 use crate::p2p::peer_task::ToPeer;
 use crate::sink::Sink;
-use std::ops::Range;
 
 impl PeerPhase<'_> {
     /// Keeps every unchoked peer's pipeline full, within the download's budget of pieces in
@@ -25,10 +24,5 @@ impl PeerPhase<'_> {
                 self.x.forget_request(index, slot);
             }
         }
-    }
-
-    /// Whether peers can still supply a missing piece (of `only`, if given).
-    pub(super) fn peers_can_help(&self, sink: &Sink, only: Option<&Range<u32>>) -> bool {
-        self.x.can_help(&sink.have, only)
     }
 }
