@@ -1,7 +1,10 @@
-//! The uploader's slot rules: how many sessions of a node may be unchoked, how many wait,
-//! what share one peer gets, and when an idle holder gives its slot to a waiting session.
-//! `pollen_peer::UploadLimits` enforces them with a semaphore; the simulator with counters.
+//! The uploader's slots: how many sessions of a node may be unchoked, how many wait, what
+//! share one peer gets, who is unchoked next, and when an idle holder gives its slot to a
+//! waiting session. [`Slots`] keeps that state for one node; `pollen_peer::UploadLimits`
+//! drives it for real sessions (waking the one granted a slot), the simulator for simulated
+//! ones.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// A session holding a slot that has asked for nothing this long gives the slot up while
@@ -53,6 +56,148 @@ pub fn yield_room(slots: usize) -> usize {
     max_waiting(slots).saturating_add(slots)
 }
 
+/// How a new session is admitted ([`Slots::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It holds a slot now: unchoked.
+    Unchoked,
+    /// It waits (choked) in the queue.
+    Waiting,
+    /// Every slot is taken and the queue is full: turned away (`Busy`).
+    Busy,
+}
+
+/// One node's upload slots. Sessions are known by a ticket the caller chooses (unique among
+/// the sessions holding or waiting) and by their peer, for the per-peer share (`None`: not
+/// counted per peer). Slots go to waiting sessions first come first served, skipping those
+/// whose peer holds its share already (they keep their place).
+#[derive(Debug, Clone)]
+pub struct Slots<K> {
+    slots: usize,
+    per_peer: usize,
+    max_waiting: usize,
+    held: usize,
+    by_peer: BTreeMap<K, usize>,
+    waiting: VecDeque<(u64, Option<K>)>,
+}
+
+impl<K: Ord + Clone> Slots<K> {
+    /// `slots` unchoked at most (0: every session is turned away), with the default share
+    /// per peer ([`per_peer`]) and queue ([`max_waiting`]).
+    pub fn new(slots: usize) -> Slots<K> {
+        Slots {
+            slots,
+            per_peer: per_peer(slots),
+            max_waiting: max_waiting(slots),
+            held: 0,
+            by_peer: BTreeMap::new(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The most slots one peer holds at once (at least one).
+    pub fn with_per_peer(mut self, per_peer: usize) -> Slots<K> {
+        self.per_peer = per_peer.max(1);
+        self
+    }
+
+    /// The most sessions that wait before new ones are turned away.
+    pub fn with_max_waiting(mut self, max_waiting: usize) -> Slots<K> {
+        self.max_waiting = max_waiting;
+        self
+    }
+
+    /// Sessions waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Slots held now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    fn under_share(&self, peer: Option<&K>) -> bool {
+        peer.is_none_or(|p| self.by_peer.get(p).copied().unwrap_or(0) < self.per_peer)
+    }
+
+    fn take(&mut self, peer: Option<&K>) {
+        self.held += 1;
+        if let Some(p) = peer {
+            *self.by_peer.entry(p.clone()).or_default() += 1;
+        }
+    }
+
+    /// A new session: a slot if one is free and its peer is under its share, else a place in
+    /// the queue if there is room.
+    pub fn admit(&mut self, ticket: u64, peer: Option<&K>) -> Admission {
+        if self.held < self.slots && self.under_share(peer) {
+            self.take(peer);
+            return Admission::Unchoked;
+        }
+        if self.waiting.len() < self.max_waiting {
+            self.waiting.push_back((ticket, peer.cloned()));
+            return Admission::Waiting;
+        }
+        Admission::Busy
+    }
+
+    /// A holder's slot is free (its session ended). The caller then [`Slots::grant`]s it.
+    pub fn release(&mut self, peer: Option<&K>) {
+        self.held = self.held.saturating_sub(1);
+        if let Some(n) = peer.and_then(|p| self.by_peer.get_mut(p)) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                if let Some(p) = peer {
+                    self.by_peer.remove(p);
+                }
+            }
+        }
+    }
+
+    /// A waiting session left the queue (it ended, or gave up). False if it was not waiting
+    /// (it was granted a slot meanwhile: the caller releases that slot).
+    pub fn leave(&mut self, ticket: u64) -> bool {
+        let before = self.waiting.len();
+        self.waiting.retain(|(t, _)| *t != ticket);
+        self.waiting.len() < before
+    }
+
+    /// Free slots to waiting sessions, in order, within each peer's share: the sessions
+    /// unchoked now (ticket and peer).
+    pub fn grant(&mut self) -> Vec<(u64, Option<K>)> {
+        let mut granted = Vec::new();
+        let mut skipped = VecDeque::new();
+        while self.held < self.slots {
+            let Some((ticket, peer)) = self.waiting.pop_front() else {
+                break;
+            };
+            if !self.under_share(peer.as_ref()) {
+                skipped.push_back((ticket, peer));
+                continue;
+            }
+            self.take(peer.as_ref());
+            granted.push((ticket, peer));
+        }
+        skipped.append(&mut self.waiting);
+        self.waiting = skipped;
+        granted
+    }
+
+    /// An idle holder gives its slot up if someone waits ([`may_yield`]) and the queue has
+    /// not run over by a place per slot ([`yield_room`]): it queues again at the back. True
+    /// if it did; the caller then [`Slots::grant`]s the slot.
+    pub fn yield_slot(&mut self, ticket: u64, peer: Option<&K>) -> bool {
+        let waiting = self.waiting.len();
+        if !may_yield(waiting) || waiting >= yield_room(self.slots) {
+            return false;
+        }
+        self.release(peer);
+        self.waiting.push_back((ticket, peer.cloned()));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +214,51 @@ mod tests {
             "a full queue does not keep an idle holder's slot"
         );
         assert!(!may_yield(0));
+    }
+
+    #[test]
+    fn slots_go_first_come_first_served_within_each_peers_share() {
+        let mut s: Slots<&str> = Slots::new(4).with_max_waiting(3);
+        let (a, b) = (Some(&"a"), Some(&"b"));
+        assert_eq!(s.admit(1, a), Admission::Unchoked);
+        assert_eq!(s.admit(2, a), Admission::Unchoked);
+        assert_eq!(
+            s.admit(3, a),
+            Admission::Waiting,
+            "a holds its share (2 of 4)"
+        );
+        assert_eq!(s.admit(4, b), Admission::Unchoked);
+        assert_eq!(s.admit(5, None), Admission::Unchoked);
+        assert_eq!(s.admit(6, b), Admission::Waiting);
+        assert_eq!(s.admit(7, None), Admission::Waiting);
+        assert_eq!(s.admit(8, None), Admission::Busy, "the queue is full");
+        assert_eq!(s.held(), 4);
+        // b's slot frees: a's waiting session is first but a holds its share, so b's goes.
+        s.release(b);
+        assert_eq!(s.grant(), vec![(6, Some("b"))]);
+        assert_eq!(s.waiting(), 2);
+        // a's slot frees: a's own waiting session takes it, the skipped one kept its place.
+        s.release(a);
+        assert_eq!(s.grant(), vec![(3, Some("a"))]);
+        assert!(s.leave(7));
+        assert!(!s.leave(7), "gone already");
+        assert_eq!(s.waiting(), 0);
+    }
+
+    #[test]
+    fn an_idle_holder_yields_only_to_someone_waiting_and_within_the_overrun() {
+        let mut s: Slots<u32> = Slots::new(1).with_max_waiting(1);
+        assert_eq!(s.admit(1, Some(&1)), Admission::Unchoked);
+        assert!(!s.yield_slot(1, Some(&1)), "nobody waits");
+        assert_eq!(s.admit(2, Some(&2)), Admission::Waiting);
+        assert!(s.yield_slot(1, Some(&1)));
+        assert_eq!(s.grant(), vec![(2, Some(2))]);
+        assert_eq!(s.waiting(), 1, "the holder queued again");
+    }
+
+    #[test]
+    fn no_slots_turns_every_session_away() {
+        let mut s: Slots<u32> = Slots::new(0);
+        assert_eq!(s.admit(1, None), Admission::Busy);
     }
 }

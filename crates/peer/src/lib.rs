@@ -42,6 +42,7 @@ mod error;
 mod limits;
 mod serve;
 mod session;
+mod slots;
 mod source;
 mod spread;
 #[cfg(feature = "testing")]

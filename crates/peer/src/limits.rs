@@ -16,11 +16,11 @@
 //! bytes are "in debt". Grants are reserved in arrival order, so concurrent sessions share the
 //! rate fairly chunk by chunk, and it uses `tokio::time` so tests run it on a paused clock.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::slots::{Admitted, SlotTable};
+use pollen_core::upload::Slots;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Default cap on sessions being served at once (see [`UploadLimits::default`]).
@@ -52,23 +52,13 @@ pub const SLOTLESS_MAX_BYTES: u64 = 1 << 20;
 
 pub use pollen_core::upload::{PEER_SHARE_DIVISOR, SLOT_YIELD_AFTER};
 
-/// Who a session serves, for the per-peer share of the slots (the agent passes the PeerId's
-/// bytes); sessions without one are not counted per peer.
-pub type PeerKey = Vec<u8>;
+pub use crate::slots::PeerKey;
 
 /// Limits and counters shared by all uploader sessions of a node (hold it in an `Arc`).
 pub struct UploadLimits {
-    slots: Arc<Semaphore>,
-    /// Slots at most one peer holds ([`PEER_SHARE_DIVISOR`]).
-    per_peer: usize,
+    slots: Arc<SlotTable>,
     /// The cap on slots: 0 turns uploads off, small blobs included.
     max_sessions: usize,
-    /// Slots held per peer now.
-    held: Mutex<HashMap<PeerKey, usize>>,
-    /// Told whenever a peer's slot is released, for that peer's waiting sessions.
-    released: Notify,
-    waiting: Arc<AtomicUsize>,
-    max_waiting: usize,
     rate: RateLimiter,
     bytes_sent: AtomicU64,
     pieces_sent: AtomicU64,
@@ -80,23 +70,27 @@ impl UploadLimits {
     /// sent at no more than `bytes_per_sec` in total (0: unlimited).
     pub fn new(max_sessions: usize, bytes_per_sec: u64) -> UploadLimits {
         UploadLimits {
-            slots: Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS))),
-            per_peer: pollen_core::upload::per_peer(max_sessions),
+            slots: Arc::new(SlotTable::new(max_sessions)),
             max_sessions,
-            held: Mutex::new(HashMap::new()),
-            released: Notify::new(),
-            waiting: Arc::new(AtomicUsize::new(0)),
-            max_waiting: pollen_core::upload::max_waiting(max_sessions),
             rate: RateLimiter::new(bytes_per_sec),
             bytes_sent: AtomicU64::new(0),
             pieces_sent: AtomicU64::new(0),
         }
     }
 
-    /// Sets how many sessions may wait (choked) for a slot before new ones get `Busy`.
-    pub fn with_max_waiting(mut self, max_waiting: usize) -> UploadLimits {
-        self.max_waiting = max_waiting;
+    fn configure(self, f: impl FnOnce(Slots<PeerKey>) -> Slots<PeerKey>) -> UploadLimits {
+        self.slots.configure(f);
         self
+    }
+
+    /// Sets how many sessions may wait (choked) for a slot before new ones get `Busy`.
+    pub fn with_max_waiting(self, max_waiting: usize) -> UploadLimits {
+        self.configure(|s| s.with_max_waiting(max_waiting))
+    }
+
+    /// Sets the most slots one peer may hold at once (at least one).
+    pub fn with_max_per_peer(self, per_peer: usize) -> UploadLimits {
+        self.configure(|s| s.with_per_peer(per_peer))
     }
 
     /// Piece bytes sent by all sessions so far (for metrics; counted as written, so a session
@@ -110,101 +104,20 @@ impl UploadLimits {
         self.pieces_sent.load(Ordering::Relaxed)
     }
 
-    /// Sets the most slots one peer may hold at once (at least one).
-    pub fn with_max_per_peer(mut self, per_peer: usize) -> UploadLimits {
-        self.per_peer = per_peer.max(1);
-        self
-    }
-
-    fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<PeerKey, usize>> {
-        // Poisoned only by a panic elsewhere mid-update of a counter; the map stays usable.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Counts a slot for `who` if it is under its share; false (nothing counted) otherwise.
-    fn take_share(&self, who: Option<&PeerKey>) -> bool {
-        let Some(who) = who else { return true };
-        let mut held = self.held_map();
-        let n = held.entry(who.clone()).or_insert(0);
-        if *n >= self.per_peer {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn under_share(&self, who: Option<&PeerKey>) -> bool {
-        who.is_none_or(|w| self.held_map().get(w).copied().unwrap_or(0) < self.per_peer)
-    }
-
     /// Whether a session for a blob cut by `geometry` is served without a slot
     /// ([`SLOTLESS_MAX_BYTES`]).
     pub(crate) fn slotless(&self, geometry: &pollen_proto::PieceGeometry) -> bool {
         self.max_sessions > 0 && geometry.count() <= 1 && geometry.size() <= SLOTLESS_MAX_BYTES
     }
 
-    /// A free slot for `who`, now, or `None` (none free, or `who` holds its share).
-    pub(crate) fn try_slot(self: &Arc<Self>, who: Option<&PeerKey>) -> Option<SlotPermit> {
-        if !self.under_share(who) {
-            return None;
-        }
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
-        self.take_share(who).then(|| SlotPermit {
-            _permit: permit,
-            who: who.cloned(),
-            limits: self.clone(),
-        })
-    }
-
-    /// Waits for a slot for `who`: while `who` holds its share it waits for one of its own to
-    /// end (so the other peers' sessions go first), then for a free slot (FIFO); `None` if the
-    /// limits were torn down.
-    pub(crate) async fn wait_slot(self: Arc<Self>, who: Option<PeerKey>) -> Option<SlotPermit> {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !self.under_share(who.as_ref()) {
-                released.await;
-                continue;
-            }
-            let permit = self.slots.clone().acquire_owned().await.ok()?;
-            if self.take_share(who.as_ref()) {
-                return Some(SlotPermit {
-                    _permit: permit,
-                    who,
-                    limits: self.clone(),
-                });
-            }
-            // Another session of the same peer took its last share meanwhile: the slot goes
-            // back to the queue, and this one waits again.
-        }
+    /// A new session for `who`: a slot now, a place in the queue, or `Busy`.
+    pub(crate) fn admit(&self, who: Option<PeerKey>) -> Admitted {
+        self.slots.admit(who)
     }
 
     /// Whether some session waits for a slot now.
     pub(crate) fn someone_waiting(&self) -> bool {
-        pollen_core::upload::may_yield(self.waiting.load(Ordering::Relaxed))
-    }
-
-    /// A place in the queue of sessions waiting for a slot, if the queue is not full.
-    pub(crate) fn enter_queue(&self) -> Option<QueuePlace> {
-        self.enter_queue_within(self.max_waiting)
-    }
-
-    /// A place in the queue for a holder giving its slot up: the slot takes a waiting session
-    /// out, so the queue may run over by one place per slot
-    /// (`pollen_core::upload::may_yield`).
-    pub(crate) fn yield_place(&self) -> Option<QueuePlace> {
-        self.enter_queue_within(self.max_waiting.saturating_add(self.max_sessions))
-    }
-
-    fn enter_queue_within(&self, max: usize) -> Option<QueuePlace> {
-        self.waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| QueuePlace(self.waiting.clone()))
+        self.slots.someone_waiting()
     }
 
     /// The node's upload rate limit in bytes per second (0: unlimited); see
@@ -237,37 +150,6 @@ impl Default for UploadLimits {
     /// [`DEFAULT_MAX_UPLOAD_SESSIONS`] slots, no rate limit.
     fn default() -> UploadLimits {
         UploadLimits::new(DEFAULT_MAX_UPLOAD_SESSIONS, 0)
-    }
-}
-
-/// An upload slot, counted against its peer's share until dropped.
-pub(crate) struct SlotPermit {
-    _permit: OwnedSemaphorePermit,
-    who: Option<PeerKey>,
-    limits: Arc<UploadLimits>,
-}
-
-impl Drop for SlotPermit {
-    fn drop(&mut self) {
-        if let Some(who) = &self.who {
-            let mut held = self.limits.held_map();
-            if let Some(n) = held.get_mut(who) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    held.remove(who);
-                }
-            }
-        }
-        self.limits.released.notify_waiters();
-    }
-}
-
-/// Held while a session waits for a slot; leaving the queue (a slot, or the end) frees it.
-pub(crate) struct QueuePlace(Arc<AtomicUsize>);
-
-impl Drop for QueuePlace {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -409,38 +291,81 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO, "lifted again");
     }
 
+    fn queued(a: Admitted) -> crate::slots::QueuePlace {
+        match a {
+            Admitted::Queued(place) => place,
+            _ => panic!("expected a place in the queue"),
+        }
+    }
+
+    fn slot(a: Admitted) -> crate::slots::SlotPermit {
+        match a {
+            Admitted::Slot(permit) => permit,
+            _ => panic!("expected a slot"),
+        }
+    }
+
     #[test]
     fn queue_is_bounded() {
         let limits = UploadLimits::new(1, 0).with_max_waiting(2);
-        let a = limits.enter_queue();
-        let b = limits.enter_queue();
-        assert!(a.is_some() && b.is_some());
-        assert!(limits.enter_queue().is_none());
+        let _held = slot(limits.admit(None));
+        let a = queued(limits.admit(None));
+        let _b = queued(limits.admit(None));
+        assert!(matches!(limits.admit(None), Admitted::Busy));
         drop(a);
-        assert!(limits.enter_queue().is_some());
-        assert!(Arc::new(limits).try_slot(None).is_some());
+        assert!(matches!(limits.admit(None), Admitted::Queued(_)));
     }
 
     #[tokio::test]
     async fn one_peer_holds_at_most_its_share() {
         let limits = Arc::new(UploadLimits::new(4, 0));
         let (a, b) = (b"a".to_vec(), b"b".to_vec());
-        let a1 = limits.try_slot(Some(&a)).unwrap();
-        let _a2 = limits.try_slot(Some(&a)).unwrap();
-        assert!(
-            limits.try_slot(Some(&a)).is_none(),
-            "a holds its share (2 of 4)"
-        );
-        let waiting = tokio::spawn(limits.clone().wait_slot(Some(a.clone())));
-        let _b1 = limits.try_slot(Some(&b)).expect("b is served");
-        let _b2 = limits.try_slot(Some(&b)).expect("b is served");
+        let a1 = slot(limits.admit(Some(a.clone())));
+        let _a2 = slot(limits.admit(Some(a.clone())));
+        let waiting = queued(limits.admit(Some(a.clone())));
+        let waiting = tokio::spawn(waiting.granted());
+        let _b1 = slot(limits.admit(Some(b.clone())));
+        let _b2 = slot(limits.admit(Some(b.clone())));
         tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        assert!(!waiting.is_finished(), "a holds its share (2 of 4)");
         drop(a1);
         let a3 = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .unwrap()
             .unwrap();
         assert!(a3.is_some(), "a's waiting session gets the slot a freed");
+    }
+
+    #[tokio::test]
+    async fn a_slot_granted_to_a_session_that_left_goes_to_the_next() {
+        let limits = UploadLimits::new(1, 0);
+        let held = slot(limits.admit(None));
+        let first = queued(limits.admit(None));
+        let second = queued(limits.admit(None));
+        drop(held); // granted to `first`, which leaves without taking it
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(5), second.granted()).await;
+        assert!(got.unwrap().is_some(), "the slot was handed on, not lost");
+    }
+
+    #[tokio::test]
+    async fn an_idle_holder_gives_its_slot_up_only_to_someone_waiting() {
+        let limits = UploadLimits::new(1, 0);
+        let held = slot(limits.admit(None));
+        let held = match held.give_up() {
+            Err(kept) => kept,
+            Ok(_) => panic!("nobody waits: the holder keeps its slot"),
+        };
+        let waiter = queued(limits.admit(None));
+        assert!(limits.someone_waiting());
+        let Ok(requeued) = held.give_up() else {
+            panic!("someone waits: the slot goes to them");
+        };
+        let took = tokio::time::timeout(Duration::from_secs(5), waiter.granted()).await;
+        let took = took.unwrap().expect("the waiting session got the slot");
+        assert!(limits.someone_waiting(), "the holder queued again");
+        drop(took);
+        let back = tokio::time::timeout(Duration::from_secs(5), requeued.granted()).await;
+        assert!(back.unwrap().is_some(), "and gets it back when it frees");
     }
 }

@@ -34,6 +34,7 @@ mod uploader;
 use crate::config::{after, SessionConfig};
 use crate::error::SessionError;
 use crate::limits::{PeerKey, UploadLimits};
+use crate::slots::Admitted;
 use crate::source::PieceSource;
 use pollen_oci::Digest;
 use pollen_proto::{read_request, write_reply, ErrorCode, ProtoError, Reply, Request};
@@ -127,26 +128,29 @@ where
         .await;
         return Ok(summary(ServeEnd::UnknownBlob));
     };
-    let slot = if limits.slotless(&view.geometry) {
-        Slot::Free
-    } else if let Some(permit) = limits.try_slot(who.as_ref()) {
-        Slot::Held { _permit: permit }
-    } else if let Some(place) = limits.enter_queue() {
-        Slot::Waiting {
-            _place: place,
-            until: after(Instant::now(), cfg.slot_timeout),
-        }
-    } else {
-        refuse(
-            &mut writer,
-            ErrorCode::Busy,
-            "all upload slots are taken",
-            cfg,
-        )
-        .await;
-        return Ok(summary(ServeEnd::Busy));
+    let admitted = match limits.slotless(&view.geometry) {
+        true => None,
+        false => Some(limits.admit(who)),
     };
-    Uploader::new(summary(ServeEnd::Closed), view, limits, cfg, slot, who)
+    let slot = match admitted {
+        None => Slot::Free,
+        Some(Admitted::Slot(permit)) => Slot::Held { permit },
+        Some(Admitted::Queued(place)) => Slot::Waiting {
+            place: Some(place),
+            until: after(Instant::now(), cfg.slot_timeout),
+        },
+        Some(Admitted::Busy) => {
+            refuse(
+                &mut writer,
+                ErrorCode::Busy,
+                "all upload slots are taken",
+                cfg,
+            )
+            .await;
+            return Ok(summary(ServeEnd::Busy));
+        }
+    };
+    Uploader::new(summary(ServeEnd::Closed), view, limits, cfg, slot)
         .run(reader, writer)
         .await
 }

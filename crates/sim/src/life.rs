@@ -35,7 +35,7 @@ impl World {
         }
         node.alive = true;
         node.epoch += 1;
-        node.slots = Slots::default();
+        node.slots = Slots::new(self.s.upload_slots);
         if node.fetches.is_empty() {
             node.fetches = blobs
                 .iter()

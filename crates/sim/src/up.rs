@@ -4,7 +4,7 @@
 //! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
 
 use crate::world::{nanos, Ev, Phase, World};
-use pollen_core::upload::{max_waiting, may_yield, per_peer, yield_room, SLOT_YIELD_AFTER};
+use pollen_core::upload::{Admission, SLOT_YIELD_AFTER};
 
 impl World {
     /// A downloader's session arrives at the uploader.
@@ -23,24 +23,17 @@ impl World {
             self.after(back, Ev::Refused(sid));
             return;
         }
-        let slots = self.s.upload_slots;
-        let share = per_peer(slots);
         let Some(node) = self.nodes.get_mut(up) else {
             return;
         };
-        let mine = node.slots.per_peer.get(&down).copied().unwrap_or(0);
-        let unchoked = node.slots.held < slots && mine < share;
-        let waiting = !unchoked && node.slots.waiting.len() < max_waiting(slots);
-        if !unchoked && !waiting {
-            self.after(back, Ev::Refused(sid));
-            return;
-        }
-        if unchoked {
-            node.slots.held += 1;
-            *node.slots.per_peer.entry(down).or_default() += 1;
-        } else {
-            node.slots.waiting.push_back(sid);
-        }
+        let (unchoked, waiting) = match node.slots.admit(sid as u64, Some(&down)) {
+            Admission::Unchoked => (true, false),
+            Admission::Waiting => (false, true),
+            Admission::Busy => {
+                self.after(back, Ev::Refused(sid));
+                return;
+            }
+        };
         let now = self.instant();
         let Some(f) = self.fetch_mut(up, layer) else {
             return;
@@ -127,10 +120,10 @@ impl World {
         }
         if let Some(node) = self.nodes.get_mut(up) {
             if unchoked {
-                release(&mut node.slots, down);
+                node.slots.release(Some(&down));
             }
             if waiting {
-                node.slots.waiting.retain(|x| *x != sid);
+                node.slots.leave(sid as u64);
             }
         }
         if freed {
@@ -143,30 +136,9 @@ impl World {
 
     /// Free slots go to waiting sessions, first come first served, within each peer's share.
     fn grant(&mut self, up: usize) {
-        let slots = self.s.upload_slots;
-        let share = per_peer(slots);
-        let mut granted = Vec::new();
-        if let Some(node) = self.nodes.get_mut(up) {
-            let mut skipped = std::collections::VecDeque::new();
-            while node.slots.held < slots {
-                let Some(sid) = node.slots.waiting.pop_front() else {
-                    break;
-                };
-                let Some(down) = self.sessions.get(sid).map(|s| s.down) else {
-                    continue;
-                };
-                if node.slots.per_peer.get(&down).copied().unwrap_or(0) >= share {
-                    skipped.push_back(sid);
-                    continue;
-                }
-                node.slots.held += 1;
-                *node.slots.per_peer.entry(down).or_default() += 1;
-                granted.push(sid);
-            }
-            skipped.append(&mut node.slots.waiting);
-            node.slots.waiting = skipped;
-        }
-        for sid in granted {
+        let granted = self.nodes.get_mut(up).map(|n| n.slots.grant());
+        let granted = granted.into_iter().flatten();
+        for sid in granted.filter_map(|(t, _)| usize::try_from(t).ok()) {
             let Some(s) = self.sessions.get_mut(sid) else {
                 continue;
             };
@@ -235,17 +207,16 @@ impl World {
             return;
         }
         let (up, down) = (s.up, s.down);
-        let waiting = self.nodes.get(up).map_or(0, |n| n.slots.waiting.len());
-        if !may_yield(waiting) || waiting >= yield_room(self.s.upload_slots) {
+        let yielded = self
+            .nodes
+            .get_mut(up)
+            .is_some_and(|n| n.slots.yield_slot(sid as u64, Some(&down)));
+        if !yielded {
             return;
         }
         if let Some(s) = self.sessions.get_mut(sid) {
             s.unchoked = false;
             s.waiting = true;
-        }
-        if let Some(node) = self.nodes.get_mut(up) {
-            release(&mut node.slots, down);
-            node.slots.waiting.push_back(sid);
         }
         let delay = self.topo.latency(up, down);
         self.after(
@@ -283,12 +254,7 @@ impl World {
         if spread || self.sessions.get(sid).is_some_and(|s| s.dirty) {
             self.news(sid);
         }
-        if queued == 0
-            && self
-                .nodes
-                .get(up)
-                .is_some_and(|n| !n.slots.waiting.is_empty())
-        {
+        if queued == 0 && self.nodes.get(up).is_some_and(|n| n.slots.waiting() > 0) {
             self.holders_may_yield(up);
         }
     }
@@ -393,16 +359,6 @@ impl World {
                     }
                 }
             }
-        }
-    }
-}
-
-fn release(slots: &mut crate::world::Slots, down: usize) {
-    slots.held = slots.held.saturating_sub(1);
-    if let Some(n) = slots.per_peer.get_mut(&down) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            slots.per_peer.remove(&down);
         }
     }
 }

@@ -113,13 +113,9 @@ pub struct Session {
     pub yield_check: Option<Nanos>,
 }
 
-/// A node's upload slots (the agent's `UploadLimits`).
-#[derive(Default)]
-pub struct Slots {
-    pub held: usize,
-    pub per_peer: BTreeMap<usize, usize>,
-    pub waiting: VecDeque<usize>,
-}
+/// A node's upload slots, by session id and downloading node (the agent's `UploadLimits`
+/// keeps the same core state).
+pub type Slots = pollen_core::upload::Slots<usize>;
 
 /// One node's tracker role (`track.rs` drives it).
 pub struct Host {
@@ -319,7 +315,7 @@ impl World {
                 seed: false,
                 image: i % s.images,
                 fetches: Vec::new(),
-                slots: Slots::default(),
+                slots: Slots::new(s.upload_slots),
                 done_at: None,
                 sent: 0,
                 received: 0,

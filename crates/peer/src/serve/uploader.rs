@@ -7,7 +7,8 @@ use super::job::{self, JobError, PieceJob, Sent};
 use super::{ServeEnd, ServeSummary};
 use crate::config::{after, SessionConfig};
 use crate::error::SessionError;
-use crate::limits::{PeerKey, QueuePlace, SlotPermit, UploadLimits, SLOT_YIELD_AFTER};
+use crate::limits::{UploadLimits, SLOT_YIELD_AFTER};
+use crate::slots::{QueuePlace, SlotPermit};
 use crate::source::{BlobView, PieceReader, PieceState};
 use crate::spread::Seat;
 use pollen_proto::{
@@ -30,17 +31,18 @@ type Job<S> = BoxFut<(WriteHalf<S>, Result<Sent, JobError>)>;
 /// The pending read of the next request: gives the read half back with the request.
 type NextRequest<S> = BoxFut<(ReadHalf<S>, Result<Option<Request>, ProtoError>)>;
 
-/// The session's upload slot. The permit and the queue place are held only to be released
-/// when the slot changes or the session ends.
+/// The session's upload slot. The permit and the queue place release the slot or leave the
+/// queue when dropped.
 pub(super) enum Slot {
     Held {
-        _permit: SlotPermit,
+        permit: SlotPermit,
     },
     /// A small blob, served without a slot ([`crate::limits::SLOTLESS_MAX_BYTES`]).
     Free,
-    /// Waiting for a slot until `until`.
+    /// Waiting for a slot until `until`. The place moves into the wait for the grant once
+    /// the session's loop starts waiting.
     Waiting {
-        _place: QueuePlace,
+        place: Option<QueuePlace>,
         until: Instant,
     },
 }
@@ -70,8 +72,6 @@ pub(super) struct Uploader {
     reveal_at: Option<Instant>,
     reader: Arc<dyn PieceReader>,
     limits: Arc<UploadLimits>,
-    /// The peer served, for its share of the slots.
-    who: Option<PeerKey>,
     cfg: SessionConfig,
     /// `GetPiece`s accepted and not yet taken by a job, in arrival order.
     queue: VecDeque<u32>,
@@ -95,7 +95,6 @@ impl Uploader {
         limits: Arc<UploadLimits>,
         cfg: &SessionConfig,
         slot: Slot,
-        who: Option<PeerKey>,
     ) -> Uploader {
         let held = matches!(slot, Slot::Held { .. } | Slot::Free);
         Uploader {
@@ -107,7 +106,6 @@ impl Uploader {
             reveal_at: None,
             reader: view.reader,
             limits,
-            who,
             cfg: cfg.clone(),
             queue: VecDeque::new(),
             unchoked: held,
@@ -136,14 +134,12 @@ impl Uploader {
         let mut slot_wait: Option<BoxFut<Option<SlotPermit>>> = None;
         loop {
             // Waiting for a slot, from the start or since this session gave its own up.
-            if slot_wait.is_none()
-                && self.ending.is_none()
-                && matches!(self.slot, Slot::Waiting { .. })
+            if let (None, None, Slot::Waiting { place, .. }) =
+                (&slot_wait, &self.ending, &mut self.slot)
             {
-                slot_wait = Some(Box::pin(UploadLimits::wait_slot(
-                    self.limits.clone(),
-                    self.who.clone(),
-                )));
+                if let Some(place) = place.take() {
+                    slot_wait = Some(Box::pin(place.granted()));
+                }
             }
             if let Some(w) = writer.take() {
                 match self.next_job(w) {
@@ -364,7 +360,7 @@ impl Uploader {
     }
 
     fn grant(&mut self, permit: SlotPermit) {
-        self.slot = Slot::Held { _permit: permit };
+        self.slot = Slot::Held { permit };
         self.unchoked = true;
         // Super-seeding: an unchoked session may take new pieces now.
         self.state_dirty = true;
@@ -397,17 +393,23 @@ impl Uploader {
     /// Gives the slot up to a waiting session: `Choked` now, back in the queue (even a full
     /// one: `pollen_core::upload::may_yield`). Kept only past the queue's overrun bound.
     fn yield_slot(&mut self, now: Instant) {
-        match self.limits.yield_place() {
-            Some(place) => {
+        let Slot::Held { permit } = std::mem::replace(&mut self.slot, Slot::Free) else {
+            return;
+        };
+        match permit.give_up() {
+            Ok(place) => {
                 self.slot = Slot::Waiting {
-                    _place: place,
+                    place: Some(place),
                     until: after(now, self.cfg.slot_timeout),
                 };
                 self.unchoked = false;
                 self.state_dirty = true;
                 self.choke_news = Some(Reply::Choked);
             }
-            None => self.yield_checked = after(now, SLOT_YIELD_AFTER),
+            Err(permit) => {
+                self.slot = Slot::Held { permit };
+                self.yield_checked = after(now, SLOT_YIELD_AFTER);
+            }
         }
     }
 
