@@ -1,6 +1,7 @@
 //! The swarm's decisions, sans I/O: the tracker's membership and fetch assignment
 //! ([`tracker`]), the downloader's choice of peers and pieces ([`picker`], [`download`]),
-//! when it gives up on peers ([`stall`]) and what it does next ([`phase`]); the uploader's super-seeding ([`spread`]) and slots ([`upload`]).
+//! when it gives up on peers ([`stall`]), what it does next ([`phase`]) and when it tries a
+//! peer or the bootstrap again ([`retry`]); the uploader's super-seeding ([`spread`]) and slots ([`upload`]).
 //!
 //! Everything here is a state machine that takes events with the time they happened and
 //! returns what to do: no sockets, no tasks, and no clock of its own (the shape of quinn-proto
@@ -17,6 +18,7 @@
 pub mod download;
 pub mod phase;
 pub mod picker;
+pub mod retry;
 pub mod spread;
 pub mod stall;
 pub mod tracker;

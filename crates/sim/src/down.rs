@@ -6,15 +6,11 @@
 use crate::net::Nanos;
 use crate::topo::End;
 use crate::wait::Wait;
-use crate::world::{nanos, Ev, Owner, Phase, Session, ToTracker, Why, World};
+use crate::world::{Ev, Owner, Phase, Session, ToTracker, Why, World};
 use pollen_core::phase::{Facts, Step};
+use pollen_core::retry::{RETRY_AFTER, RETRY_SOON};
 use pollen_proto::{Bitfield, TrackerReply};
 use std::time::Duration;
-
-/// The agent's retry times (`p2p/download/mod.rs`).
-pub(crate) const RETRY_SOON: Duration = Duration::from_millis(300);
-const RETRY_AFTER: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl World {
     pub(crate) fn on_tracker_reply(&mut self, n: usize, layer: usize, reply: TrackerReply) {
@@ -87,19 +83,19 @@ impl World {
 
     /// Starts sessions with named peers not connected or retired, while there is room.
     pub(crate) fn connect(&mut self, n: usize, layer: usize) {
-        let (now, max) = (self.now, self.s.max_peers);
+        let (now, max) = (self.instant(), self.s.max_peers);
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
         if f.phase != Phase::Peers {
             return;
         }
-        f.retired.retain(|_, until| *until > now);
+        f.retry.expire(now);
         let room = f.x.dial_room(max);
         let fresh: Vec<usize> = f
             .named
             .iter()
-            .filter(|p| !f.sessions.contains_key(p) && !f.retired.contains_key(p))
+            .filter(|p| !f.sessions.contains_key(p) && !f.retry.waits(p))
             .take(room)
             .copied()
             .collect();
@@ -143,7 +139,7 @@ impl World {
         else {
             return;
         };
-        let now = self.now;
+        let now = self.instant();
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
@@ -152,12 +148,7 @@ impl World {
         }
         f.sessions.remove(&up);
         f.x.remove(sid);
-        let failures = f.failures.entry(up).or_default();
-        let backoff = retry
-            .saturating_mul(1 << (*failures).min(5))
-            .min(MAX_BACKOFF.max(retry));
-        *failures += 1;
-        f.retired.insert(up, now + nanos(backoff));
+        f.retry.ended(up, retry, now);
     }
 
     pub(crate) fn on_refused(&mut self, sid: usize) {
@@ -180,6 +171,7 @@ impl World {
             return;
         };
         let now = self.instant();
+        let up = self.sessions.get(sid).map(|s| s.up);
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
@@ -190,7 +182,9 @@ impl World {
         for i in has.iter_ones() {
             let _ = f.x.known.set(i);
         }
-        f.failures.clear();
+        if let Some(up) = up {
+            f.retry.opened(&up);
+        }
         let have = f.have.clone();
         f.x.opened(sid, has, &have, now);
         self.check(down, layer);

@@ -222,8 +222,7 @@ impl Fetch {
             member: None,
             named: Vec::new(),
             sessions: BTreeMap::new(),
-            retired: BTreeMap::new(),
-            failures: BTreeMap::new(),
+            retry: Default::default(),
             uploads: Vec::new(),
             shares: VecDeque::new(),
             upstream: None,
@@ -254,8 +253,7 @@ impl Fetch {
         self.claims = claims;
         self.member = None;
         self.sessions.clear();
-        self.retired.clear();
-        self.failures.clear();
+        self.retry.clear();
         self.uploads.clear();
         self.shares.clear();
         self.upstream = None;

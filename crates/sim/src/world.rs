@@ -61,8 +61,7 @@ pub struct Fetch {
     pub named: Vec<usize>,
     /// Download sessions by peer node.
     pub sessions: BTreeMap<usize, usize>,
-    pub retired: BTreeMap<usize, Nanos>,
-    pub failures: BTreeMap<usize, u32>,
+    pub retry: pollen_core::retry::PeerRetry<usize>,
     /// Upload sessions of this blob (session ids).
     pub uploads: Vec<usize>,
     /// Stripes the tracker gave this node: pieces, and whether to fetch them even where peers

@@ -19,8 +19,8 @@ use crate::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use crate::bootstrap;
 use crate::config::SwarmConfig;
 use crate::error::Error;
-use crate::redial::Redial;
 use crate::stats::Counters;
+use pollen_core::retry::Bootstrap;
 
 /// Providers dialled ahead of time per lookup: enough to start a download from several
 /// peers, few enough that a popular blob does not make us dial half the cluster.
@@ -74,7 +74,7 @@ pub(crate) struct EventLoop {
     bootstrap: BootstrapState,
     /// When the next bootstrap round runs, and how that moves when a target is missing.
     next_round: tokio::time::Instant,
-    redial: Redial,
+    redial: Bootstrap,
     /// (connected peers, routing-table peers), for those who wait for the first one.
     connected: tokio::sync::watch::Sender<(usize, usize)>,
     resolved_tx: mpsc::Sender<Vec<Multiaddr>>,
@@ -109,7 +109,7 @@ impl EventLoop {
         let (resolved_tx, resolved_rx) = mpsc::channel(1);
         EventLoop {
             next_round: tokio::time::Instant::now(),
-            redial: Redial::new(config.bootstrap_interval),
+            redial: Bootstrap::new(config.bootstrap_interval),
             connected,
             swarm,
             commands,

@@ -32,7 +32,6 @@ pub mod limits;
 mod muxer;
 mod node;
 mod proof;
-mod redial;
 mod stats;
 mod store;
 mod tls;

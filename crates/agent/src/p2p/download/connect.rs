@@ -3,13 +3,12 @@
 //! session away, dialled again when their retry time comes, backing off while they keep
 //! refusing.
 
-use super::{PeerPhase, MAX_BACKOFF};
+use super::{now, PeerPhase};
 use crate::p2p::peer_task::PeerTask;
 use crate::sink::Sink;
 use pollen_swarm::PeerId;
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio::time::Instant;
 use tracing::debug;
 
 /// The bound on the Kademlia lookup a fetcher makes before it goes to the upstream. With no
@@ -70,16 +69,13 @@ impl PeerPhase<'_> {
     /// while there is room; false if there is no peer at all.
     pub(super) fn connect(&mut self, providers: &[PeerId]) -> bool {
         let digest = self.fetch.digest;
-        let now = Instant::now();
-        self.retired.retain(|_, until| *until > now);
+        self.retry.expire(now());
         let connected: HashSet<PeerId> = self.tasks.values().map(|t| t.peer).collect();
         self.remember(providers);
         let mut candidates = self.named.clone();
         candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
         let fresh = candidates.iter().filter(|p| {
-            !connected.contains(p)
-                && !self.retired.contains_key(p)
-                && !self.p2p.bans.is_banned(&digest, p)
+            !connected.contains(p) && !self.retry.waits(p) && !self.p2p.bans.is_banned(&digest, p)
         });
         let room = self.x.dial_room(self.p2p.cfg.max_peers_per_blob);
         for peer in fresh.take(room).copied().collect::<Vec<_>>() {
@@ -98,9 +94,9 @@ impl PeerPhase<'_> {
     /// would only stall meanwhile) and gives the writer's verdicts back to the sink; the next
     /// [`PeerPhase::run`] dials the same peers again at once.
     pub fn suspend(&mut self, sink: &mut Option<Sink>) {
-        let now = Instant::now();
+        let now = now();
         for (_, task) in self.tasks.drain() {
-            self.retired.insert(task.peer, now);
+            self.retry.hold(task.peer, now);
         }
         self.x.clear();
         if let (Some(s), Some(w)) = (sink.as_mut(), self.written.take()) {
@@ -113,16 +109,7 @@ impl PeerPhase<'_> {
             return;
         };
         self.x.remove(slot);
-        // Each failure in a row doubles the wait (a dead peer is not dialled twice a second
-        // for ever), up to MAX_BACKOFF: a busy uploader (all its slots taken) frees one soon,
-        // and waiting longer would run into peer_stall. A session that opens resets it.
-        let failures = self.failures.entry(task.peer).or_default();
-        let backoff = retry_after
-            .saturating_mul(1 << (*failures).min(5))
-            .min(MAX_BACKOFF);
-        *failures += 1;
-        self.retired
-            .insert(task.peer, Instant::now() + backoff.max(retry_after));
+        self.retry.ended(task.peer, retry_after, now());
     }
 }
 

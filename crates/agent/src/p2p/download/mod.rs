@@ -24,6 +24,7 @@ use crate::sink::{Op, PieceResult, Sink, Written};
 use crate::sizes::SizeSource;
 use pollen_core::download::Exchange;
 use pollen_core::phase::{Facts, Step};
+use pollen_core::retry::{PeerRetry, RETRY_AFTER, RETRY_SOON};
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::{HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
@@ -37,16 +38,9 @@ use tracing::debug;
 
 /// How often providers are looked up again while the download has room for more peers.
 const LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
-/// A peer that ended its session is not dialled again for this long.
-const RETRY_AFTER: Duration = Duration::from_secs(10);
-/// A peer that did not have the blob yet (a fetcher whose download has not started) is asked
-/// again after this long, and providers are looked up this often while no peer is connected
-/// in a coordinated download.
-const RETRY_SOON: Duration = Duration::from_millis(300);
-/// A peer whose stream could not be opened is dialled again after this long.
+/// A peer whose stream could not be opened is dialled again after this long (the other
+/// waits are the core's: `pollen_core::retry`).
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
-/// The longest a peer that turned sessions away in a row waits before it is dialled again.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Events waiting for the loop (each can hold a piece).
 const EVENT_QUEUE: usize = 4;
 
@@ -72,8 +66,8 @@ pub(crate) struct PeerPhase<'a> {
     written: Option<mpsc::UnboundedReceiver<Written>>,
     /// Peers whose hashes were taken into the map: to blame if the blob fails its digest.
     pub map_sources: HashSet<PeerId>,
-    /// Peers not to dial again before the instant.
-    retired: HashMap<PeerId, Instant>,
+    /// Peers not to dial again yet.
+    retry: PeerRetry<PeerId>,
     /// Peers the tracker named, tried before Kademlia's.
     named: Vec<PeerId>,
     /// A tracker coordinates this blob and another node fetches it: wait for peers rather than
@@ -93,8 +87,6 @@ pub(crate) struct PeerPhase<'a> {
     lookup: Option<tokio::sync::oneshot::Receiver<Vec<PeerId>>>,
     /// Providers found by lookups, dialled again when their retry time comes.
     providers: Vec<PeerId>,
-    /// Sessions in a row that ended before any piece, by peer.
-    failures: HashMap<PeerId, u32>,
     /// Where the size the blob was opened with here came from (`None`: a peer's claim, or
     /// opened before this phase).
     size_source: Option<SizeSource>,
@@ -113,7 +105,7 @@ impl<'a> PeerPhase<'a> {
             events,
             written: None,
             map_sources: HashSet::new(),
-            retired: HashMap::new(),
+            retry: PeerRetry::default(),
             named: Vec::new(),
             coordinated: false,
             fetch_duty: false,
@@ -122,7 +114,6 @@ impl<'a> PeerPhase<'a> {
             fetching_share: None,
             lookup: None,
             providers: Vec::new(),
-            failures: HashMap::new(),
             size_source: None,
         }
     }
@@ -164,12 +155,7 @@ impl<'a> PeerPhase<'a> {
         loop {
             // A peer whose stream just failed to open is tried again shortly (libp2p-stream
             // drops streams in a burst): only with none of those either is nobody left.
-            let soon = self
-                .retired
-                .values()
-                .filter(|until| **until <= Instant::now() + RETRY_UNREACHABLE)
-                .min()
-                .copied();
+            let soon = self.retry.next_by(now() + RETRY_UNREACHABLE);
             match self.next_step(sink.as_ref(), soon.is_some()) {
                 Step::Complete => return Ok(PeerOutcome::Complete),
                 Step::HandOver => {
@@ -190,7 +176,7 @@ impl<'a> PeerPhase<'a> {
                 }
                 Step::RetrySoon => {
                     if let Some(at) = soon {
-                        next_lookup = next_lookup.min(at);
+                        next_lookup = next_lookup.min(Instant::from_std(at));
                     }
                 }
                 Step::Stalled => {
@@ -206,10 +192,9 @@ impl<'a> PeerPhase<'a> {
             // A peer that turned us away (not started on the blob yet, a dropped stream) is
             // dialled again when its retry time comes, not at the next lookup.
             let redial = self
-                .retired
-                .values()
-                .min()
-                .copied()
+                .retry
+                .next()
+                .map(Instant::from_std)
                 .filter(|_| self.x.dial_room(self.p2p.cfg.max_peers_per_blob) > 0);
             let written = async {
                 match self.written.as_mut() {
@@ -411,7 +396,7 @@ impl<'a> PeerPhase<'a> {
         }
         if let Some(task) = self.tasks.get(&slot) {
             debug!(slot, peer = %task.peer, pieces = have.bitfield.count_ones(), "peer session open");
-            self.failures.remove(&task.peer);
+            self.retry.opened(&task.peer);
         }
         self.x.opened(slot, have.bitfield, &s.have, now());
         Ok(())

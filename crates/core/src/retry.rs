@@ -1,0 +1,194 @@
+//! When to try again: a download's peers that ended a session or turned it away
+//! ([`PeerRetry`]), and a node's bootstrap rounds while it starts ([`Bootstrap`]). The agent's
+//! download and its swarm, and the simulator, take these waits from here.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A peer that turned a session away (not started on the blob yet, a dropped stream) is
+/// dialled again after this long, and providers are looked up this often while a coordinated
+/// download has no peer.
+pub const RETRY_SOON: Duration = Duration::from_millis(300);
+/// A peer that ended its session is not dialled again for this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// The longest a peer that turned sessions away in a row waits before it is dialled again: a
+/// busy uploader (all its slots taken) frees one soon, and waiting longer would run into
+/// `peer_stall`.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Doublings of a peer's wait at most (with [`MAX_BACKOFF`] the cap is reached well before).
+const MAX_DOUBLINGS: u32 = 5;
+
+/// The peers of one download that are not dialled again before a time.
+#[derive(Debug, Clone)]
+pub struct PeerRetry<P> {
+    until: BTreeMap<P, Instant>,
+    /// Sessions in a row that ended before opening, by peer.
+    failures: BTreeMap<P, u32>,
+}
+
+impl<P: Ord + Clone> Default for PeerRetry<P> {
+    fn default() -> Self {
+        PeerRetry {
+            until: BTreeMap::new(),
+            failures: BTreeMap::new(),
+        }
+    }
+}
+
+impl<P: Ord + Clone> PeerRetry<P> {
+    /// A session with `peer` ended (`retry_after`: [`RETRY_SOON`] when it was turned away,
+    /// [`RETRY_AFTER`] when it ran and ended). Each failure in a row doubles the wait, so a
+    /// dead peer is not dialled twice a second for ever, up to [`MAX_BACKOFF`] (never below
+    /// `retry_after`).
+    pub fn ended(&mut self, peer: P, retry_after: Duration, now: Instant) {
+        let failures = self.failures.entry(peer.clone()).or_default();
+        let backoff = retry_after
+            .saturating_mul(1 << (*failures).min(MAX_DOUBLINGS))
+            .min(MAX_BACKOFF.max(retry_after));
+        *failures = failures.saturating_add(1);
+        self.until.insert(peer, now + backoff);
+    }
+
+    /// A session with `peer` opened: its next failure waits the least again.
+    pub fn opened(&mut self, peer: &P) {
+        self.failures.remove(peer);
+    }
+
+    /// `peer` is not dialled before `at` (a session closed by this node, to be dialled again
+    /// at the next look).
+    pub fn hold(&mut self, peer: P, at: Instant) {
+        self.until.insert(peer, at);
+    }
+
+    /// Forgets the waits that are over.
+    pub fn expire(&mut self, now: Instant) {
+        self.until.retain(|_, until| *until > now);
+    }
+
+    /// Whether `peer` still waits (as of the last [`PeerRetry::expire`]).
+    pub fn waits(&self, peer: &P) -> bool {
+        self.until.contains_key(peer)
+    }
+
+    /// The earliest retry, if any peer waits.
+    pub fn next(&self) -> Option<Instant> {
+        self.until.values().min().copied()
+    }
+
+    /// The earliest retry no later than `by`.
+    pub fn next_by(&self, by: Instant) -> Option<Instant> {
+        self.until.values().filter(|t| **t <= by).min().copied()
+    }
+
+    /// Forgets every peer (the download starts afresh).
+    pub fn clear(&mut self) {
+        self.until.clear();
+        self.failures.clear();
+    }
+}
+
+/// The first retry after a bootstrap target could not be reached.
+pub const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The longest wait between bootstrap retries while a target is missing.
+pub const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// When the next bootstrap round runs: soon and then less soon while a bootstrap target is
+/// missing, every `steady` interval once all are connected.
+///
+/// A DaemonSet starts every agent in the same second, and the bootstrap Service may have no
+/// ready endpoint yet: the first dial is refused, or the name has no address. Waiting the
+/// steady interval (30 s) then left a node alone for its first pulls, fetching whole blobs
+/// from the registry beside the swarm (part 7).
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    steady: Duration,
+    /// The wait after the next failed round.
+    backoff: Duration,
+}
+
+impl Bootstrap {
+    pub fn new(steady: Duration) -> Bootstrap {
+        Bootstrap {
+            steady,
+            backoff: FIRST_RETRY,
+        }
+    }
+
+    /// Every target answered (or there are none): the next round after the steady interval,
+    /// and the next failure starts the backoff from the beginning.
+    pub fn settled(&mut self) -> Duration {
+        self.backoff = FIRST_RETRY;
+        self.steady
+    }
+
+    /// A target was refused, timed out or had no address: the wait before the next round,
+    /// doubling each time up to [`MAX_RETRY`] (never beyond the steady interval), stretched by
+    /// `jitter` (0.0–1.0, a random fraction of half the wait) so a cluster's retries spread.
+    pub fn missing(&mut self, jitter: f64) -> Duration {
+        let wait = self.backoff.min(self.steady);
+        self.backoff = (self.backoff * 2).min(MAX_RETRY);
+        wait + wait.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+    }
+
+    /// Every connection is gone: retry at once, as after a fresh start.
+    pub fn lost_all(&mut self) -> Duration {
+        self.backoff = FIRST_RETRY;
+        Duration::ZERO
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_keeps_failing_waits_longer_up_to_the_cap() {
+        let t0 = Instant::now();
+        let mut r = PeerRetry::default();
+        let waits: Vec<u128> = (0..5)
+            .map(|_| {
+                r.ended("p", RETRY_SOON, t0);
+                (r.next().unwrap() - t0).as_millis()
+            })
+            .collect();
+        assert_eq!(waits, [300, 600, 1200, 2000, 2000]);
+        r.opened(&"p");
+        r.ended("p", RETRY_SOON, t0);
+        assert_eq!(r.next(), Some(t0 + RETRY_SOON), "an open session resets it");
+        r.ended("q", RETRY_AFTER, t0);
+        assert!(r.waits(&"q"));
+        assert_eq!(
+            r.next_by(t0 + Duration::from_secs(1)),
+            Some(t0 + RETRY_SOON)
+        );
+        r.expire(t0 + Duration::from_secs(5));
+        assert!(!r.waits(&"p") && r.waits(&"q"), "q waits its 10 s");
+    }
+
+    #[test]
+    fn bootstrap_backs_off_from_tens_of_milliseconds_to_a_few_seconds() {
+        let mut r = Bootstrap::new(Duration::from_secs(30));
+        let waits: Vec<_> = (0..10).map(|_| r.missing(0.0).as_millis()).collect();
+        assert_eq!(
+            waits,
+            [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+        );
+        assert_eq!(r.settled(), Duration::from_secs(30));
+        assert_eq!(r.missing(0.0), FIRST_RETRY, "a success resets the backoff");
+    }
+
+    #[test]
+    fn bootstrap_jitter_stretches_by_at_most_half_and_the_steady_interval_caps() {
+        let mut r = Bootstrap::new(Duration::from_millis(120));
+        assert_eq!(r.missing(1.0), Duration::from_millis(75));
+        assert_eq!(r.missing(7.0), Duration::from_millis(150), "clamped jitter");
+        assert_eq!(
+            r.missing(0.0),
+            Duration::from_millis(120),
+            "never beyond steady"
+        );
+        r.missing(0.0);
+        assert_eq!(r.lost_all(), Duration::ZERO);
+        assert_eq!(r.missing(0.0), FIRST_RETRY);
+    }
+}
