@@ -108,7 +108,7 @@ pub(crate) async fn confirm(
 pub(crate) fn may_vouch(ctx: &Ctx, route: &Route, digest: &Digest) -> bool {
     vouches(
         &ctx.private,
-        ctx.upstream().config(),
+        ctx.origin.current().config(),
         &route.registry,
         digest,
     )
@@ -145,7 +145,7 @@ pub(crate) async fn head(
         range_end: None,
         client_auth: client_auth.cloned(),
     };
-    let resp = ctx.upstream_fetch(&req).await?;
+    let resp = ctx.origin.fetch(&req).await?;
     if !resp.status.is_success() {
         return Err(FetchError::from_status(resp.status, &resp.headers));
     }

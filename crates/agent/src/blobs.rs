@@ -1,6 +1,6 @@
 //! Blobs: one upstream fetch per digest however many clients ask, streamed to all of them.
 //!
-//! The first request for a missing blob starts a download task and registers an [`Inflight`]
+//! The first request for a missing blob starts a download task (a [`BlobFetch`]) and registers an [`Inflight`]
 //! under the digest; later requests join it. The task gets the pieces from peers first
 //! ([`crate::p2p`]) and the rest from the upstream ([`crate::transfer`]), one range request
 //! per run of missing pieces; the blob's writer ([`crate::sink`]) publishes the progress on a
@@ -9,19 +9,15 @@
 //! cancel the fetch for the others (or for the cache).
 
 use crate::error::FetchError;
+use crate::fetch::BlobFetch;
 use crate::inflight::{Inflight, Owner, Progress};
-use crate::sink::Sink;
 use crate::Ctx;
 use pollen_oci::Digest;
-use pollen_proto::PieceGeometry;
-use pollen_store::{Blob, Kind};
-use pollen_swarm::PeerId;
+use pollen_store::Kind;
 use pollen_upstream::Route;
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// A receiver for a blob: already complete when cached, else following its one fetch. Content
 /// fetched with a client's own credentials (private) reaches the receiver only after the
@@ -189,7 +185,14 @@ fn open_now(
     let route = route.clone();
     tokio::spawn(async move {
         let fetch = BlobFetch {
-            ctx: &ctx,
+            store: &ctx.store,
+            origin: &ctx.origin,
+            peers: ctx.peers(),
+            metrics: &ctx.metrics,
+            sizes: &ctx.sizes,
+            max_blob_size: ctx.cfg.max_blob_size,
+            private: &ctx.private,
+            stopping: &ctx.stopping,
             route: &route,
             digest,
             client_auth,
@@ -219,118 +222,5 @@ fn open_now(
         cached: false,
         started: true,
         other_owner: false,
-    }
-}
-
-/// One blob fetch and everything it works with.
-pub(crate) struct BlobFetch<'a> {
-    pub ctx: &'a Arc<Ctx>,
-    pub route: &'a Route,
-    pub digest: Digest,
-    pub client_auth: Option<http::HeaderValue>,
-    pub inflight: &'a Inflight,
-    /// The upstream's answer to the size check, asked once per fetch (`sizes.rs`).
-    pub upstream_size: Arc<tokio::sync::OnceCell<Option<u64>>>,
-}
-
-impl BlobFetch<'_> {
-    /// Fetches the blob into the store: pieces from peers first, the rest from the upstream.
-    /// A digest mismatch after peers supplied the piece map bans those peers and fetches the
-    /// blob again from the upstream alone. On failure what was fetched is kept as a partial
-    /// blob, so the next attempt continues from there.
-    async fn run(&self) -> Result<Blob, FetchError> {
-        match self.attempt(true).await {
-            Err((FetchError::Corrupt(why), sources)) if !sources.is_empty() => {
-                for peer in sources {
-                    self.ctx.metrics.peer_bans.inc();
-                    let why = "its piece map failed the blob's digest";
-                    self.ctx.peers().ban(self.digest, peer, why);
-                }
-                warn!(digest = %self.digest, error = %why, "blob from peers failed its digest; fetching it from the upstream");
-                self.attempt(false).await.map_err(|(e, _)| e)
-            }
-            other => other.map_err(|(e, _)| e),
-        }
-    }
-
-    async fn attempt(&self, use_peers: bool) -> Result<Blob, (FetchError, HashSet<PeerId>)> {
-        let started = tokio::time::Instant::now();
-        // A partial download left by an earlier run (or an earlier failed fetch) resumes
-        // where it stopped: only the missing pieces are asked for.
-        let mut sink = match self.ctx.store.partial_geometry(&self.digest) {
-            Some(geometry) => Some(
-                self.start_sink(geometry)
-                    .await
-                    .map_err(|e| (e, HashSet::new()))?,
-            ),
-            None => None,
-        };
-        if let Some(s) = sink.as_ref().filter(|s| s.have.count_ones() > 0) {
-            info!(digest = %self.digest, pieces = s.have.count_ones(), "resuming a partial download");
-        }
-        let mut sources = HashSet::new();
-        // The blob's tracker, if there is one, says who fetches from the upstream.
-        let peers = self.ctx.peers_if(use_peers);
-        let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
-        let mut coordination = peers.enter(self, pieces).await;
-        let mut stopping = self.ctx.stopping.subscribe();
-        let result = tokio::select! {
-            r = peers.download(self, &mut sink, &mut sources, &mut coordination) => r,
-            _ = stopping.wait_for(|s| *s) => Err(FetchError::Upstream("the agent is shutting down".into())),
-        };
-        if let Err(e) = result {
-            if let Some(s) = sink.take() {
-                s.suspend().await;
-            }
-            return Err((e, sources));
-        }
-        let sink =
-            sink.ok_or_else(|| (FetchError::Upstream("no transfer".into()), HashSet::new()))?;
-        let blob = sink.finish().await.map_err(|e| (e, sources))?;
-        if let Some((link, _)) = coordination {
-            link.leave(true).await;
-        }
-        info!(
-            digest = %self.digest,
-            registry = %self.route.registry,
-            bytes = blob.size(),
-            from_peers = self.inflight.from_peers.load(Ordering::Relaxed),
-            secs = started.elapsed().as_secs_f64(),
-            "blob fetched and verified"
-        );
-        Ok(blob)
-    }
-
-    pub fn count_from_peers(&self, bytes: u64) {
-        self.inflight.from_peers.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// Opens (or resumes) the partial blob with a size the upstream confirmed and starts its
-    /// writer.
-    pub async fn start_sink(&self, geometry: PieceGeometry) -> Result<Sink, FetchError> {
-        self.start_sink_with(geometry, true).await
-    }
-
-    /// Opens (or resumes) the partial blob and starts its writer; from here on peers can be
-    /// served its pieces, so the blob is announced. `confirmed`: the size is trusted
-    /// ([`crate::sizes`]); otherwise the partial is not recorded until the upstream confirms it.
-    pub async fn start_sink_with(
-        &self,
-        geometry: PieceGeometry,
-        confirmed: bool,
-    ) -> Result<Sink, FetchError> {
-        self.check_size(geometry.size())?;
-        let store = self.ctx.store.clone();
-        let digest = self.digest;
-        // Reopening re-verifies pieces already on disk: blocking work.
-        let partial =
-            tokio::task::spawn_blocking(move || store.partial_with(digest, geometry, confirmed))
-                .await
-                .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
-        let sink = Sink::start(partial, self.inflight);
-        if !self.ctx.private.contains(&digest) {
-            self.ctx.peers().provide(digest);
-        }
-        Ok(sink)
     }
 }

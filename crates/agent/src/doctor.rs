@@ -105,7 +105,7 @@ fn configured_mirrors(cfg: &pollen_upstream::UpstreamConfig) -> Vec<(String, Vec
 /// each registry's mirrors read for a moment, one mirror at a time so they do not share the
 /// link; and the clock offsets the answers showed.
 async fn mirrors(ctx: &Ctx, clocks: &mut Vec<(String, i64)>) -> Vec<Check> {
-    let upstream = ctx.upstream();
+    let upstream = ctx.origin.current();
     let registries = configured_mirrors(upstream.config());
     let all: Vec<(&str, &str)> = registries
         .iter()

@@ -138,14 +138,14 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
             r
         }
         ApiRequest::Manifest { name, reference } => {
-            let route = match Route::resolve(ctx.upstream().config(), ns.as_deref(), &name) {
+            let route = match Route::resolve(ctx.origin.current().config(), ns.as_deref(), &name) {
                 Ok(r) => r,
                 Err(e) => return route_error(ctx, "manifest", e),
             };
             manifest(ctx, &route, &reference, client_auth, head).await
         }
         ApiRequest::Blob { name, digest } => {
-            let route = match Route::resolve(ctx.upstream().config(), ns.as_deref(), &name) {
+            let route = match Route::resolve(ctx.origin.current().config(), ns.as_deref(), &name) {
                 Ok(r) => r,
                 Err(e) => return route_error(ctx, "blob", e),
             };
@@ -187,7 +187,7 @@ async fn blob(
     head: bool,
     range_header: Option<&str>,
 ) -> Response<Body> {
-    let upstream = ctx.upstream();
+    let upstream = ctx.origin.current();
     let cfg = upstream.config();
     let stall = (cfg.response_timeout + cfg.idle_timeout) * (route.mirrors.len() as u32 + 1);
     let asked = tokio::time::Instant::now();

@@ -12,6 +12,7 @@ mod blobs;
 mod confine;
 pub mod doctor;
 mod error;
+mod fetch;
 mod flight;
 mod follow;
 #[doc(hidden)]
@@ -22,8 +23,8 @@ mod inflight;
 mod listen;
 mod manifests;
 mod metrics;
+mod origin;
 mod p2p;
-mod peers;
 mod preheat;
 mod private;
 mod range;
@@ -115,15 +116,14 @@ impl Default for AgentConfig {
 pub(crate) struct Ctx {
     cfg: AgentConfig,
     store: Store,
-    /// The upstream client with its configuration; replaced whole by [`Agent::reload`]
-    /// (SIGHUP), so a request sees either the old configuration or the new one.
-    upstream: std::sync::RwLock<Arc<Upstream>>,
+    /// The upstream, counted; its client is replaced whole by [`Agent::reload`].
+    origin: Arc<origin::Origin>,
     blobs: DashMap<Digest, Arc<inflight::Inflight>>,
     manifests: manifests::Manifests,
     metrics: Metrics,
     ready: AtomicBool,
-    /// The swarm, or [`peers::NoPeers`] when peer-to-peer is off.
-    peers: Arc<dyn peers::Peers>,
+    /// The swarm, or [`fetch::NoPeers`] when peer-to-peer is off.
+    peers: Arc<dyn fetch::Peers>,
     /// Content fetched with a client's own credentials: never shared with peers.
     private: private::Private,
     /// Which client credentials the upstream lately let read which repository.
@@ -172,49 +172,10 @@ async fn gc_loop(ctx: Arc<Ctx>) {
     }
 }
 
-/// The fetch path's view of no swarm (see [`peers`]).
-static NO_PEERS: peers::NoPeers = peers::NoPeers;
-
 impl Ctx {
     /// The swarm as the fetch path sees it.
-    pub(crate) fn peers(&self) -> &dyn peers::Peers {
+    pub(crate) fn peers(&self) -> &dyn fetch::Peers {
         &*self.peers
-    }
-
-    /// [`Ctx::peers`], or no peers at all (a blob's second attempt after its peers' map failed
-    /// the digest).
-    pub(crate) fn peers_if(&self, use_peers: bool) -> &dyn peers::Peers {
-        match use_peers {
-            true => self.peers(),
-            false => &NO_PEERS,
-        }
-    }
-
-    /// The upstream client and its configuration (routes, mirrors, credentials, timeouts) as
-    /// of now.
-    pub(crate) fn upstream(&self) -> Arc<Upstream> {
-        self.upstream
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Every request to an upstream goes through here: counted, timed to its headers, and
-    /// counted again when no mirror gave a usable answer.
-    pub(crate) async fn upstream_fetch(
-        &self,
-        req: &pollen_upstream::FetchRequest<'_>,
-    ) -> Result<pollen_upstream::UpstreamResponse, pollen_upstream::UpstreamError> {
-        self.metrics.upstream_requests.inc();
-        let started = tokio::time::Instant::now();
-        let result = self.upstream().fetch(req).await;
-        self.metrics
-            .upstream_response
-            .observe(started.elapsed().as_secs_f64());
-        if result.as_ref().map_or(true, |r| r.status.is_server_error()) {
-            self.metrics.upstream_failures.inc();
-        }
-        result
     }
 }
 
@@ -225,14 +186,15 @@ impl Agent {
         let upstream =
             Upstream::new(cfg.upstream.clone()).map_err(|e| AgentError::Tls(e.to_string()))?;
         let metrics = Metrics::new();
+        let origin = Arc::new(origin::Origin::new(upstream, metrics.clone()));
         let swarm = swarm.map(|node| {
             let mut p2p_cfg = cfg.p2p.clone();
             p2p_cfg.session.max_blob_size = cfg.max_blob_size;
             p2p::P2p::new(node, p2p_cfg)
         });
-        let peers: Arc<dyn peers::Peers> = match &swarm {
+        let peers: Arc<dyn fetch::Peers> = match &swarm {
             Some(p2p) => p2p.clone(),
-            None => Arc::new(peers::NoPeers),
+            None => Arc::new(fetch::NoPeers),
         };
         let agent = Agent {
             ctx: Arc::new(Ctx {
@@ -247,7 +209,7 @@ impl Agent {
                 access: access::Access::default(),
                 cfg,
                 store,
-                upstream: std::sync::RwLock::new(Arc::new(upstream)),
+                origin,
                 blobs: DashMap::new(),
                 metrics,
                 ready: AtomicBool::new(false),
@@ -345,7 +307,7 @@ impl Agent {
     /// ignored (it needs a restart).
     pub fn reload(&self, cfg: AgentConfig) -> Result<(), AgentError> {
         let fresh = Upstream::new(cfg.upstream).map_err(|e| AgentError::Tls(e.to_string()))?;
-        *self.ctx.upstream.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        self.ctx.origin.replace(fresh);
         self.ctx.doctor.invalidate();
         (self.ctx.peers).set_rates(cfg.p2p.upload_limit, cfg.p2p.download_limit);
         Ok(())

@@ -296,7 +296,7 @@ async fn fetch(
         range_end: None,
         client_auth,
     };
-    let resp = ctx.upstream_fetch(&req).await?;
+    let resp = ctx.origin.fetch(&req).await?;
     if !resp.status.is_success() {
         return Err(FetchError::from_status(resp.status, &resp.headers));
     }
@@ -314,7 +314,7 @@ async fn fetch(
     let body = collect_limited(
         resp.body,
         MAX_MANIFEST_BYTES,
-        ctx.upstream().config().idle_timeout,
+        ctx.origin.current().config().idle_timeout,
     )
     .await
     .map_err(FetchError::Upstream)?;
@@ -377,7 +377,7 @@ impl pollen_tracker::Resolver for TagResolver {
             let ctx = self.0.upgrade().ok_or(crate::confine::FAILED)?;
             // A member names the registry: only one this node is configured for, and the
             // member learns nothing of why a lookup failed (the cause is logged here).
-            let route = crate::confine::peer_route(ctx.upstream().config(), registry, name)
+            let route = crate::confine::peer_route(ctx.origin.current().config(), registry, name)
                 .ok_or(crate::confine::REFUSED)?;
             let reference = Reference::Tag(tag.to_string());
             get_with(&ctx, &route, &reference, None, false)

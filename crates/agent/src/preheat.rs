@@ -101,7 +101,7 @@ async fn run(
 ) -> Result<(), String> {
     let image = ImageRef::parse(&spec.image).map_err(|e| format!("image {:?}: {e}", spec.image))?;
     let route = Route::resolve(
-        ctx.upstream().config(),
+        ctx.origin.current().config(),
         image.registry.as_deref(),
         &image.name,
     )
@@ -422,7 +422,7 @@ async fn serve_one(
     } = req;
     let result = async {
         let Some(route) =
-            crate::confine::peer_route(ctx.upstream().config(), registry.as_deref(), &name)
+            crate::confine::peer_route(ctx.origin.current().config(), registry.as_deref(), &name)
         else {
             warn!(%peer, registry = ?registry, "refusing a peer's preheat for a registry not configured here");
             return Err(crate::confine::REFUSED.to_string());

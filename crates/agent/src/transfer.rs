@@ -2,11 +2,11 @@
 //! this node's share of a split fetch), streamed into the blob's writer, resumed when a
 //! transfer breaks.
 
-use crate::blobs::BlobFetch;
 use crate::error::FetchError;
+use crate::fetch::BlobFetch;
+use crate::fetch::Coordination;
 use crate::gather::Gather;
 use crate::inflight::Progress;
-use crate::peers::Coordination;
 use crate::sink::{Appender, Op, Sink};
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -53,7 +53,7 @@ impl BlobFetch<'_> {
         }
         let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
         info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
-        let _busy = self.ctx.peers().upstream_busy();
+        let _busy = self.peers.upstream_busy();
         self.transfer(sink, coordination).await
     }
 
@@ -65,7 +65,7 @@ impl BlobFetch<'_> {
         share: &Range<u32>,
     ) -> Result<(), FetchError> {
         info!(digest = %self.digest, pieces = ?share, "fetching a share of a split fetch from the upstream");
-        let _busy = self.ctx.peers().upstream_busy();
+        let _busy = self.peers.upstream_busy();
         match self.append_missing(app, Some(share), &mut 0).await {
             Ok(()) => Ok(()),
             Err(Appending::Stopped) => Err(FetchError::Store("the blob's writer stopped".into())),
@@ -142,7 +142,7 @@ impl BlobFetch<'_> {
         let s = sink.insert(self.start_sink(geometry).await?);
         // Large enough to be split: the tracker decides while the first range streams, and
         // the answer is taken after it.
-        let split_min = self.ctx.peers().split_min();
+        let split_min = self.peers.split_min();
         let splittable = split_min > 0 && size >= split_min.saturating_mul(2);
         let ranges = resp.status == StatusCode::PARTIAL_CONTENT || accepts_ranges(&resp);
         let reported = match coordination.as_mut().filter(|_| splittable) {
@@ -160,7 +160,7 @@ impl BlobFetch<'_> {
             Ok(()) => {}
             Err(Appending::Broken(why)) => {
                 *resumes += 1;
-                self.ctx.upstream().report_failure(&mirror);
+                self.origin.current().report_failure(&mirror);
                 warn!(digest = %self.digest, error = %why, "upstream transfer broke; resuming with a range request");
             }
             Err(Appending::Stopped) => return Ok(None),
@@ -208,7 +208,7 @@ impl BlobFetch<'_> {
             match self.take_range(resp, skip, end, share, app).await {
                 Err(Appending::Broken(why)) if *resumes < MAX_RESUMES => {
                     *resumes += 1;
-                    self.ctx.upstream().report_failure(&mirror);
+                    self.origin.current().report_failure(&mirror);
                     warn!(digest = %self.digest, offset = app.sent, error = %why, "upstream transfer broke; resuming with a range request");
                 }
                 Err(Appending::Broken(why)) => {
@@ -238,7 +238,7 @@ impl BlobFetch<'_> {
             range_end: end,
             client_auth: self.client_auth.clone(),
         };
-        let resp = self.ctx.upstream_fetch(&req).await?;
+        let resp = self.origin.fetch(&req).await?;
         let ranged = start > 0 || end.is_some();
         let skip = match resp.status {
             StatusCode::OK => start,
@@ -289,12 +289,12 @@ impl BlobFetch<'_> {
     /// The first range of a coordinated fetch: [`PROBE_RANGE`], or half the smallest share
     /// when shares are smaller (`--split-min`); the whole blob when fetches are never split.
     fn probe_range(&self) -> Option<u64> {
-        let split_min = self.ctx.peers().split_min();
+        let split_min = self.peers.split_min();
         (split_min > 0).then(|| PROBE_RANGE.min(split_min / 2).max(1))
     }
 
     fn piece_size(&self) -> Option<u32> {
-        self.ctx.peers().piece_size()
+        self.peers.piece_size()
     }
 
     /// Moves one response body into the sink up to `limit`, skipping `skip` bytes a 200
@@ -307,7 +307,7 @@ impl BlobFetch<'_> {
         limit: u64,
         sink: &mut Appender,
     ) -> Result<(), PumpError> {
-        let idle = self.ctx.upstream().config().idle_timeout;
+        let idle = self.origin.current().config().idle_timeout;
         let mut body = resp.body;
         let mut gather = Gather::new(sink.sent);
         let mut ready = Vec::new();
@@ -342,7 +342,7 @@ impl BlobFetch<'_> {
             if data.len() as u64 > room {
                 data.truncate(room as usize);
             }
-            self.ctx.metrics.upstream_bytes.inc_by(data.len() as u64);
+            self.metrics.upstream_bytes.inc_by(data.len() as u64);
             self.inflight
                 .from_upstream
                 .fetch_add(data.len() as u64, Ordering::Relaxed);

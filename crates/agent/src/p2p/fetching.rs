@@ -1,12 +1,12 @@
-//! The swarm as the fetch path sees it: [`crate::peers::Peers`] for [`P2p`].
+//! The swarm as the fetch path sees it: [`crate::fetch::Peers`] for [`P2p`].
 
 use super::download::{PeerOutcome, PeerPhase};
 use super::tracker::{self, TrackerLink};
 use super::P2p;
-use crate::blobs::BlobFetch;
 use crate::error::FetchError;
+use crate::fetch::BlobFetch;
+use crate::fetch::{Coordination, Peers, UpstreamBusy};
 use crate::metrics::Metrics;
-use crate::peers::{Coordination, Peers, UpstreamBusy};
 use crate::sink::Sink;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;

@@ -18,10 +18,10 @@ use super::peer_task::PeerTask;
 use super::peer_task::{FromPeer, ToPeer};
 use super::tracker::{Assignment, TrackerLink};
 use super::P2p;
-use crate::blobs::BlobFetch;
 use crate::error::FetchError;
+use crate::fetch::BlobFetch;
+use crate::fetch::SizeSource;
 use crate::sink::{Op, PieceResult, Sink, Written};
-use crate::sizes::SizeSource;
 use pollen_core::download::Exchange;
 use pollen_core::phase::{Facts, Step};
 use pollen_core::retry::{PeerRetry, RETRY_AFTER, RETRY_SOON};
@@ -465,7 +465,7 @@ impl<'a> PeerPhase<'a> {
         if !fresh {
             return Ok(());
         }
-        self.fetch.ctx.metrics.peer_bytes_received.inc_by(len);
+        self.fetch.metrics.peer_bytes_received.inc_by(len);
         self.fetch.count_from_peers(len);
         if !s.send(Op::Piece { piece, slot }).await {
             return Err(FetchError::Store("the blob's writer stopped".into()));
@@ -524,7 +524,7 @@ impl<'a> PeerPhase<'a> {
                         }
                     }
                     PieceResult::Mismatch => {
-                        self.fetch.ctx.metrics.piece_verification_failures.inc();
+                        self.fetch.metrics.piece_verification_failures.inc();
                         self.ban(slot, &format!("piece {index} does not match its hash"));
                         self.drop_slot(slot, RETRY_AFTER);
                     }
@@ -549,7 +549,7 @@ impl<'a> PeerPhase<'a> {
 
     fn ban(&mut self, slot: usize, why: &str) {
         if let Some(task) = self.tasks.get(&slot) {
-            self.fetch.ctx.metrics.peer_bans.inc();
+            self.fetch.metrics.peer_bans.inc();
             self.p2p.bans.ban(self.fetch.digest, task.peer, why);
         }
     }

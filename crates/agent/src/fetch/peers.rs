@@ -1,16 +1,7 @@
-//! The one seam between the agent's fetch path and the swarm.
-//!
-//! Blobs, manifests and the upstream transfer ask peers for content, announce what they hold
-//! and learn the swarm's piece rules through [`Peers`] only. An agent with peer-to-peer on
-//! passes its swarm (`crate::p2p::P2p`); with it off, and for the second attempt of a blob
-//! whose peers supplied a map that failed the digest, it passes [`NoPeers`], which answers as
-//! a swarm with nobody in it would. So the fetch path has one code path whether or not there
-//! is a swarm, and no `Option` to check.
-//!
-//! What exists only with a swarm (its background tasks, preheat, the doctor's and status'
-//! view of peers and trackers) reaches the swarm through [`Peers::swarm`].
+//! The seam between a fetch and the swarm: [`Peers`], the swarm's side (`crate::p2p`) or
+//! [`NoPeers`] (see the module above).
 
-use crate::blobs::BlobFetch;
+use super::BlobFetch;
 use crate::error::FetchError;
 use crate::metrics::Metrics;
 use crate::p2p::tracker::{Assignment, TrackerLink};

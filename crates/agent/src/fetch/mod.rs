@@ -1,0 +1,163 @@
+//! One blob fetch ([`BlobFetch`]) and the seams it works through: storage (`Store`), the
+//! upstream ([`Origin`]), the swarm ([`Peers`], in `peers.rs`) and tokio's clock. The
+//! single-flight table around it is `blobs.rs`; its upstream half is `transfer.rs`, its size
+//! checks `size.rs`.
+//!
+//! Blobs, manifests and the upstream transfer ask peers for content, announce what they hold
+//! and learn the swarm's piece rules through [`Peers`] only. An agent with peer-to-peer on
+//! passes its swarm (`crate::p2p::P2p`); with it off, and for the second attempt of a blob
+//! whose peers supplied a map that failed the digest, [`NoPeers`], which answers as a swarm
+//! with nobody in it would. So the fetch path has one code path whether or not there is a
+//! swarm, and no `Option` to check. What exists only with a swarm (its background tasks,
+//! preheat, the doctor's and status' view of peers and trackers) reaches it through
+//! [`Peers::swarm`].
+
+mod peers;
+mod size;
+
+pub(crate) use peers::{Coordination, NoPeers, Peers, UpstreamBusy};
+pub(crate) use size::SizeSource;
+
+use crate::error::FetchError;
+use crate::inflight::Inflight;
+use crate::metrics::Metrics;
+use crate::origin::Origin;
+use crate::private::Private;
+use crate::sink::Sink;
+use crate::sizes::KnownSizes;
+use pollen_oci::Digest;
+use pollen_proto::PieceGeometry;
+use pollen_store::{Blob, Store};
+use pollen_swarm::PeerId;
+use pollen_upstream::Route;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// One blob fetch, and the seams it works through: nothing else of the agent reaches it.
+pub(crate) struct BlobFetch<'a> {
+    /// Storage: the partial blob and, once verified, the blob.
+    pub store: &'a Store,
+    /// The upstream, counted.
+    pub origin: &'a Arc<Origin>,
+    /// The swarm, or [`NoPeers`].
+    pub peers: &'a dyn Peers,
+    pub metrics: &'a Metrics,
+    /// Blob sizes from verified manifests ([`crate::sizes`]), and the largest this node takes.
+    pub sizes: &'a KnownSizes,
+    pub max_blob_size: u64,
+    /// Content fetched with a client's own credentials: never announced.
+    pub private: &'a Private,
+    /// Set when the agent stops: the fetch checkpoints what it has and ends.
+    pub stopping: &'a watch::Sender<bool>,
+    pub route: &'a Route,
+    pub digest: Digest,
+    pub client_auth: Option<http::HeaderValue>,
+    pub inflight: &'a Inflight,
+    /// The upstream's answer to the size check, asked once per fetch (`sizes.rs`).
+    pub upstream_size: Arc<tokio::sync::OnceCell<Option<u64>>>,
+}
+
+impl BlobFetch<'_> {
+    /// Fetches the blob into the store: pieces from peers first, the rest from the upstream.
+    /// A digest mismatch after peers supplied the piece map bans those peers and fetches the
+    /// blob again from the upstream alone. On failure what was fetched is kept as a partial
+    /// blob, so the next attempt continues from there.
+    pub async fn run(&self) -> Result<Blob, FetchError> {
+        match self.attempt(true).await {
+            Err((FetchError::Corrupt(why), sources)) if !sources.is_empty() => {
+                for peer in sources {
+                    self.metrics.peer_bans.inc();
+                    let why = "its piece map failed the blob's digest";
+                    self.peers.ban(self.digest, peer, why);
+                }
+                warn!(digest = %self.digest, error = %why, "blob from peers failed its digest; fetching it from the upstream");
+                self.attempt(false).await.map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    async fn attempt(&self, use_peers: bool) -> Result<Blob, (FetchError, HashSet<PeerId>)> {
+        let started = tokio::time::Instant::now();
+        // A partial download left by an earlier run (or an earlier failed fetch) resumes
+        // where it stopped: only the missing pieces are asked for.
+        let mut sink = match self.store.partial_geometry(&self.digest) {
+            Some(geometry) => Some(
+                self.start_sink(geometry)
+                    .await
+                    .map_err(|e| (e, HashSet::new()))?,
+            ),
+            None => None,
+        };
+        if let Some(s) = sink.as_ref().filter(|s| s.have.count_ones() > 0) {
+            info!(digest = %self.digest, pieces = s.have.count_ones(), "resuming a partial download");
+        }
+        let mut sources = HashSet::new();
+        // The blob's tracker, if there is one, says who fetches from the upstream.
+        let peers = if use_peers { self.peers } else { &NoPeers };
+        let pieces = sink.as_ref().map_or(0, |s| s.have.count_ones());
+        let mut coordination = peers.enter(self, pieces).await;
+        let mut stopping = self.stopping.subscribe();
+        let result = tokio::select! {
+            r = peers.download(self, &mut sink, &mut sources, &mut coordination) => r,
+            _ = stopping.wait_for(|s| *s) => Err(FetchError::Upstream("the agent is shutting down".into())),
+        };
+        if let Err(e) = result {
+            if let Some(s) = sink.take() {
+                s.suspend().await;
+            }
+            return Err((e, sources));
+        }
+        let sink =
+            sink.ok_or_else(|| (FetchError::Upstream("no transfer".into()), HashSet::new()))?;
+        let blob = sink.finish().await.map_err(|e| (e, sources))?;
+        if let Some((link, _)) = coordination {
+            link.leave(true).await;
+        }
+        info!(
+            digest = %self.digest,
+            registry = %self.route.registry,
+            bytes = blob.size(),
+            from_peers = self.inflight.from_peers.load(Ordering::Relaxed),
+            secs = started.elapsed().as_secs_f64(),
+            "blob fetched and verified"
+        );
+        Ok(blob)
+    }
+
+    pub fn count_from_peers(&self, bytes: u64) {
+        self.inflight.from_peers.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Opens (or resumes) the partial blob with a size the upstream confirmed and starts its
+    /// writer.
+    pub async fn start_sink(&self, geometry: PieceGeometry) -> Result<Sink, FetchError> {
+        self.start_sink_with(geometry, true).await
+    }
+
+    /// Opens (or resumes) the partial blob and starts its writer; from here on peers can be
+    /// served its pieces, so the blob is announced. `confirmed`: the size is trusted
+    /// ([`crate::sizes`]); otherwise the partial is not recorded until the upstream confirms it.
+    pub async fn start_sink_with(
+        &self,
+        geometry: PieceGeometry,
+        confirmed: bool,
+    ) -> Result<Sink, FetchError> {
+        self.check_size(geometry.size())?;
+        let store = self.store.clone();
+        let digest = self.digest;
+        // Reopening re-verifies pieces already on disk: blocking work.
+        let partial =
+            tokio::task::spawn_blocking(move || store.partial_with(digest, geometry, confirmed))
+                .await
+                .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
+        let sink = Sink::start(partial, self.inflight);
+        if !self.private.contains(&digest) {
+            self.peers.provide(digest);
+        }
+        Ok(sink)
+    }
+}
