@@ -1,5 +1,6 @@
 use super::*;
 use pollen_proto::PieceGeometry;
+use std::collections::BTreeSet;
 
 const MIB: u64 = 1 << 20;
 
@@ -173,4 +174,23 @@ fn peers_that_keep_this_node_waiting_do_not_use_up_its_room() {
         x.choked(slot, true, &[]);
     }
     assert_eq!(x.dial_room(4), 0, "never more than twice the peers in all");
+}
+
+#[test]
+fn a_busy_node_keeps_one_piece_in_flight_and_asks_at_most_its_share_of_peers() {
+    let t0 = Instant::now();
+    let none = field(64, []);
+    let timeout = Duration::from_secs(5);
+    let mut x = exchange(64, 3, t0);
+    let busy = x.fill_within(&none, MIB, timeout, t0, BUSY_BUDGET, usize::MAX);
+    assert_eq!(busy.len(), BUSY_BUDGET, "fetching from the upstream: one piece from peers");
+    let mut y = exchange(64, 3, t0);
+    let asked = y.fill_within(&none, MIB, timeout, t0, download_cap(MIB), 2);
+    let peers: BTreeSet<usize> = asked.iter().map(|(slot, _)| *slot).collect();
+    assert_eq!(peers.len(), 2, "two of three peers asked: {asked:?}");
+    assert_eq!(y.active_peers(), 2);
+    // A peer with nothing outstanding is not active: its place goes to the next fill.
+    let (slot, index) = asked[0];
+    y.received(slot, index, MIB, &none);
+    assert_eq!(y.active_peers(), 1);
 }

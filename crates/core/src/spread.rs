@@ -147,6 +147,14 @@ impl Claims {
         let mut load = self.release_if_stalled(seat, now);
         let mut out = Bitfield::new(&self.geometry);
         let mut next: Option<Instant> = None;
+        // Nothing new left to hand out: pieces sent once are everyone's now, so this node's
+        // upload serves copies instead of idling until [`REVEAL_SENT_AFTER`]. (At 600 nodes
+        // pulling 3 GB at 300 MB/s, fetchers that had sent their whole share ran their uplinks
+        // at a third while hundreds of pieces sat at two nodes for seconds; pollen-sim.)
+        let hungry = may_claim
+            && !have
+                .iter_ones()
+                .any(|i| self.pieces.get(i as usize) == Some(&Claim::Free));
         for index in have.iter_ones() {
             let Some(claim) = self.pieces.get(index as usize).copied() else {
                 continue;
@@ -154,6 +162,10 @@ impl Claims {
             let show = match claim {
                 Claim::Public => true,
                 Claim::Owned { seat: s, .. } if s == seat => true,
+                Claim::Owned { sent: Some(_), .. } if hungry => {
+                    self.set(index, Claim::Public);
+                    true
+                }
                 Claim::Owned { seat: s, sent } => {
                     let at = self.reveal_at(s, sent, now);
                     if now >= at {

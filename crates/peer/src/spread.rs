@@ -81,8 +81,17 @@ impl Seat {
     }
 
     /// The session sent piece `index`: progress, and if it owned the piece, a free place.
+    /// While super-seeding, the other sessions look again: once this node has nothing new to
+    /// hand out, the pieces it sent are everyone's (`Claims::visible`).
     pub(crate) fn sent(&self, index: u32, now: Instant) {
-        self.spread.lock().sent(self.id, index, now.into_std());
+        let active = {
+            let mut claims = self.spread.lock();
+            claims.sent(self.id, index, now.into_std());
+            claims.is_active()
+        };
+        if active {
+            self.spread.news.send_modify(|n| *n += 1);
+        }
     }
 }
 
@@ -228,6 +237,32 @@ mod tests {
         let now = Instant::now();
         assert!(ones(&choked.visible(&full, now, false).0).is_empty());
         assert_eq!(ones(&open.visible(&full, now, true).0), vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn with_nothing_new_to_hand_out_pieces_sent_once_are_everyones() {
+        let g = geometry(8);
+        let spread = Spread::new(g);
+        spread.activate(&Bitfield::new(&g));
+        let mut have = Bitfield::new(&g);
+        for i in 0..4 {
+            have.set(i).unwrap();
+        }
+        let now = Instant::now();
+        let (a, mut b) = (spread.seat(), spread.seat());
+        assert_eq!(ones(&a.visible(&have, now, true).0), vec![0, 1]);
+        assert_eq!(ones(&b.visible(&have, now, true).0), vec![2, 3]);
+        a.sent(0, now);
+        tokio::time::timeout(Duration::from_secs(5), b.changed())
+            .await
+            .expect("a piece sent while super-seeding wakes the other sessions");
+        // Every piece here is claimed: b has nothing new to take, so what a sent is b's to
+        // announce now, not after REVEAL_SENT_AFTER; what a has not sent yet stays a's.
+        assert_eq!(ones(&b.visible(&have, now, true).0), vec![0, 2, 3]);
+        // With a free piece left, the rule does not apply: b takes the free piece instead.
+        have.set(4).unwrap();
+        let c = spread.seat();
+        assert_eq!(ones(&c.visible(&have, now, true).0), vec![0, 4]);
     }
 
     #[test]

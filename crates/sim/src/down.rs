@@ -7,6 +7,7 @@ use crate::net::Nanos;
 use crate::topo::End;
 use crate::wait::Wait;
 use crate::world::{Ev, Owner, Phase, Session, ToTracker, Why, World};
+use pollen_core::download::{download_cap, BUSY_BUDGET, NODE_ACTIVE_PEERS};
 use pollen_core::phase::{Facts, Step};
 use pollen_core::retry::{RETRY_AFTER, RETRY_SOON};
 use pollen_proto::{Bitfield, TrackerReply};
@@ -394,6 +395,18 @@ impl World {
         let (now, timeout) = (self.instant(), self.s.request_timeout);
         let piece_len = u64::from(self.geometry(self.blob_of(n, layer)).piece_size());
         let at = self.now;
+        // The agent's downloads share these limits (node-wide): fewer pieces in flight while
+        // the node fetches from the upstream, and at most NODE_ACTIVE_PEERS peers asked.
+        let busy = self.busy(n);
+        let others: usize = self.nodes.get(n).map_or(0, |nd| {
+            nd.fetches
+                .iter()
+                .enumerate()
+                .filter(|(l, _)| *l != layer)
+                .map(|(_, f)| f.x.active_peers())
+                .sum()
+        });
+        let max_active = NODE_ACTIVE_PEERS.saturating_sub(others).max(1);
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
@@ -408,7 +421,12 @@ impl World {
                 let _ = done.set(i);
             }
         }
-        let requests = f.x.fill(&done, piece_len, timeout, now);
+        let budget = match busy {
+            true => BUSY_BUDGET.min(download_cap(piece_len)),
+            false => download_cap(piece_len),
+        };
+        let requests =
+            f.x.fill_within(&done, piece_len, timeout, now, budget, max_active);
         let ended = f.wait.replace((Wait::of(&f.x, &done), at));
         self.count_wait(ended, at);
         for (sid, piece) in requests {

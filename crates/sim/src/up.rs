@@ -254,6 +254,10 @@ impl World {
         if spread || self.sessions.get(sid).is_some_and(|s| s.dirty) {
             self.news(sid);
         }
+        if spread {
+            // Idle sessions may now see the piece just sent (`Claims::visible`).
+            self.reveal(up, layer);
+        }
         if queued == 0 && self.nodes.get(up).is_some_and(|n| n.slots.waiting() > 0) {
             self.holders_may_yield(up);
         }

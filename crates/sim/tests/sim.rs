@@ -113,8 +113,11 @@ fn the_time_from_peers_is_split_into_shares_that_add_up() {
     let shares = [t.receiving, t.choked, t.nothing_offered, t.other];
     assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{t:?}");
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{t:?}");
+    // Receiving is the largest share. (It was over half; with the upstream fetchers asking
+    // peers for one piece at a time and nodes asking at most NODE_ACTIVE_PEERS peers, this
+    // set-up finishes in 3.2 s instead of 4.2 s and receives 35 % of the time.)
     assert!(
-        t.receiving > 0.5,
+        t.receiving > t.choked && t.receiving > 0.3,
         "a swarm with peers mostly receives: {t:?}"
     );
     // No node takes bytes from peers faster than its link.

@@ -133,6 +133,9 @@ pub(crate) struct P2p {
     /// Blobs this node is fetching from the upstream now: a busy node leaves the fetch of
     /// the next blob to another member (the tracker's `FETCH_DEFER`).
     pub upstream_fetches: std::sync::atomic::AtomicUsize,
+    /// Peers asked for pieces now, over all downloads: each adds its own
+    /// (`pollen_core::download::NODE_ACTIVE_PEERS` bounds the sum).
+    pub active_peers: std::sync::atomic::AtomicUsize,
     /// When the swarm started: [`P2pConfig::swarm_wait`] counts from here.
     started: tokio::time::Instant,
     /// This swarm, for the tasks it starts (which outlive a borrow of it).
@@ -153,6 +156,7 @@ impl P2p {
             }),
             directory: tracker::Directory::default(),
             upstream_fetches: std::sync::atomic::AtomicUsize::new(0),
+            active_peers: std::sync::atomic::AtomicUsize::new(0),
             started: tokio::time::Instant::now(),
             node,
             cfg,

@@ -99,6 +99,7 @@ impl PeerPhase<'_> {
             self.retry.hold(task.peer, now);
         }
         self.x.clear();
+        self.report_active();
         if let (Some(s), Some(w)) = (sink.as_mut(), self.written.take()) {
             s.written = Some(w);
         }

@@ -87,6 +87,9 @@ pub(crate) struct PeerPhase<'a> {
     lookup: Option<tokio::sync::oneshot::Receiver<Vec<PeerId>>>,
     /// Providers found by lookups, dialled again when their retry time comes.
     providers: Vec<PeerId>,
+    /// Peers this download has requests outstanding with, as last added to the node's count
+    /// (`P2p::active_peers`).
+    active: usize,
     /// Where the size the blob was opened with here came from (`None`: a peer's claim, or
     /// opened before this phase).
     size_source: Option<SizeSource>,
@@ -115,6 +118,7 @@ impl<'a> PeerPhase<'a> {
             lookup: None,
             providers: Vec::new(),
             size_source: None,
+            active: 0,
         }
     }
 
@@ -563,6 +567,13 @@ async fn sleep_opt(at: Option<Instant>) {
 }
 
 /// The decisions' clock: tokio's (paused in tests), as the core's `std` instant.
+impl Drop for PeerPhase<'_> {
+    fn drop(&mut self) {
+        self.x.clear();
+        self.report_active();
+    }
+}
+
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }

@@ -1,12 +1,16 @@
-//! Sends the requests the exchange decides on, and asks it whether peers can still help.
+//! Sends the requests the exchange decides on, within the node-wide limits.
 
 use super::PeerPhase;
 use crate::p2p::peer_task::ToPeer;
 use crate::sink::Sink;
+use pollen_core::download::{download_cap, BUSY_BUDGET, NODE_ACTIVE_PEERS};
+use std::sync::atomic::Ordering;
 
 impl PeerPhase<'_> {
     /// Keeps every unchoked peer's pipeline full, within the download's budget of pieces in
-    /// flight (`pollen_core::download::Exchange::fill`).
+    /// flight (`pollen_core::download::Exchange::fill_within`): one piece while this node
+    /// fetches from the upstream (`BUSY_BUDGET`), and requests to at most the peers the node's
+    /// other downloads leave of `NODE_ACTIVE_PEERS`.
     pub(super) fn fill_requests(&mut self, sink: &Sink) {
         let piece_len = u64::from(sink.geometry.piece_size());
         let mut done = sink.have.clone();
@@ -15,7 +19,20 @@ impl PeerPhase<'_> {
             let _ = done.set(i);
         }
         let timeout = self.p2p.cfg.request_timeout;
-        for (slot, index) in self.x.fill(&done, piece_len, timeout, super::now()) {
+        let budget = match self.p2p.upstream_fetches.load(Ordering::Relaxed) > 0 {
+            true => BUSY_BUDGET.min(download_cap(piece_len)),
+            false => download_cap(piece_len),
+        };
+        let others = self
+            .p2p
+            .active_peers
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.active);
+        let max_active = NODE_ACTIVE_PEERS.saturating_sub(others).max(1);
+        let requests =
+            self.x
+                .fill_within(&done, piece_len, timeout, super::now(), budget, max_active);
+        for (slot, index) in requests {
             let sent = self
                 .tasks
                 .get(&slot)
@@ -24,5 +41,18 @@ impl PeerPhase<'_> {
                 self.x.forget_request(index, slot);
             }
         }
+        self.report_active();
+    }
+
+    /// Brings this download's share of the node's active peers up to date.
+    pub(super) fn report_active(&mut self) {
+        let now = self.x.active_peers();
+        let total = &self.p2p.active_peers;
+        match now.cmp(&self.active) {
+            std::cmp::Ordering::Greater => total.fetch_add(now - self.active, Ordering::Relaxed),
+            std::cmp::Ordering::Less => total.fetch_sub(self.active - now, Ordering::Relaxed),
+            std::cmp::Ordering::Equal => return,
+        };
+        self.active = now;
     }
 }
