@@ -183,7 +183,11 @@ fn a_busy_node_keeps_one_piece_in_flight_and_asks_at_most_its_share_of_peers() {
     let timeout = Duration::from_secs(5);
     let mut x = exchange(64, 3, t0);
     let busy = x.fill_within(&none, MIB, timeout, t0, BUSY_BUDGET, usize::MAX);
-    assert_eq!(busy.len(), BUSY_BUDGET, "fetching from the upstream: one piece from peers");
+    assert_eq!(
+        busy.len(),
+        BUSY_BUDGET,
+        "fetching from the upstream: one piece from peers"
+    );
     let mut y = exchange(64, 3, t0);
     let asked = y.fill_within(&none, MIB, timeout, t0, download_cap(MIB), 2);
     let peers: BTreeSet<usize> = asked.iter().map(|(slot, _)| *slot).collect();
