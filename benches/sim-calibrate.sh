@@ -2,7 +2,7 @@
 # The simulator's prediction of every benches/cluster.sh scenario beside the time measured
 # there (benches/README.md, "Part 9": the median over the part-9 runs of pollen's max seconds
 # until every node has the image). The emulated cluster runs on one 2-core machine, so the simulator gets
-# that machine's CPU (--host-cpu 2 --cpu-per-gib 10) and the pull's manifest-and-config phase
+# that machine's CPU (--host-cpu 2 --cpu-per-gib 9) and the pull's manifest-and-config phase
 # (--pull-overhead 1s); docs/simulator.md says why.
 #
 #   benches/sim-calibrate.sh            # builds pollen-sim (release) if needed
@@ -14,7 +14,7 @@ SIM=${POLLEN_SIM:-target/release/pollen-sim}
 [ -x "$SIM" ] || cargo build --release -j2 -p pollen-sim >&2
 command -v jq >/dev/null || { echo "sim-calibrate.sh: needs jq" >&2; exit 1; }
 
-base=(--host-cpu 2 --cpu-per-gib 10 --pull-overhead 1s --json)
+base=(--host-cpu 2 --cpu-per-gib 9 --pull-overhead 1s --json)
 rollout=(--nodes 12 --layer-sizes "16MiB,8MiB,8MiB" --registry-up 50Mbit --node-up 200Mbit --node-down 200Mbit)
 
 # row NAME MEASURED SURVIVORS ARGS...: the simulated max over the nodes that finish (all but
@@ -33,12 +33,12 @@ row() {
 
 echo "| scenario | measured max s | simulated max s | simulated / measured |"
 echo "|---|---|---|---|"
-row rollout 6.95 12 "${rollout[@]}" --trackers 2
-row peer-bound 9.20 12 --nodes 12 --layer-sizes 16MiB,8MiB,8MiB --registry-up 500Mbit --node-up 40Mbit --node-down 200Mbit --trackers 2
-row edge 7.46 8 --nodes 8 --layer-sizes 8MiB,8MiB --registry-up 20Mbit --node-up 200Mbit --node-down 200Mbit --trackers 2
-row staggered 10.81 12 "${rollout[@]}" --stagger 10s --trackers 2
+row rollout 6.48 12 "${rollout[@]}" --trackers 2
+row peer-bound 8.75 12 --nodes 12 --layer-sizes 16MiB,8MiB,8MiB --registry-up 500Mbit --node-up 40Mbit --node-down 200Mbit --trackers 2
+row edge 7.30 8 --nodes 8 --layer-sizes 8MiB,8MiB --registry-up 20Mbit --node-up 200Mbit --node-down 200Mbit --trackers 2
+row staggered 10.79 12 "${rollout[@]}" --stagger 10s --trackers 2
 # cluster.sh kills the last quarter (plain members) at T_min / 2 = 2.68 s, for good.
-row churn 6.56 9 "${rollout[@]}" --churn 0.25 --churn-from 2.68s --churn-window 1ms --churn-down 1h --until 120s --trackers 2
-row big-layer 49.86 8 --nodes 8 --layer-sizes 1024MiB --registry-up 200Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
-row fast-registry 10.68 8 --nodes 8 --layer-sizes 256MiB --registry-up 5000Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
-row defaults 6.88 12 "${rollout[@]}"
+row churn 6.20 9 "${rollout[@]}" --churn 0.25 --churn-from 2.68s --churn-window 1ms --churn-down 1h --until 120s --trackers 2
+row big-layer 48.41 8 --nodes 8 --layer-sizes 1024MiB --registry-up 200Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
+row fast-registry 9.70 8 --nodes 8 --layer-sizes 256MiB --registry-up 5000Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
+row defaults 6.70 12 "${rollout[@]}"

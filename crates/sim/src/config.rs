@@ -113,9 +113,9 @@ pub struct Scenario {
     #[arg(long)]
     pub host_cpu: Option<f64>,
     /// CPU seconds the host spends per GiB moved between two nodes or from the registry
-    /// (everything on the way: agents, client, registry, veths and shaping); 10 is fitted to
+    /// (everything on the way: agents, client, registry, veths and shaping); 9 is fitted to
     /// benches/cluster.sh on a 2-core VM
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 9.0)]
     pub cpu_per_gib: f64,
     /// Upload slots per node (the agent's --max-upload-sessions)
     #[arg(long, default_value_t = 8)]
