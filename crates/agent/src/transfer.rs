@@ -3,8 +3,7 @@
 //! transfer breaks.
 
 use crate::error::FetchError;
-use crate::fetch::BlobFetch;
-use crate::fetch::Coordination;
+use crate::fetch::{BlobFetch, Coordination, UpstreamBusy};
 use crate::gather::Gather;
 use crate::inflight::Progress;
 use crate::sink::{Appender, Op, Sink};
@@ -53,7 +52,7 @@ impl BlobFetch<'_> {
         }
         let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
         info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
-        let _busy = self.peers.upstream_busy();
+        let _busy = UpstreamBusy::start(self.peers);
         self.transfer(sink, coordination).await
     }
 
@@ -65,7 +64,7 @@ impl BlobFetch<'_> {
         share: &Range<u32>,
     ) -> Result<(), FetchError> {
         info!(digest = %self.digest, pieces = ?share, "fetching a share of a split fetch from the upstream");
-        let _busy = self.peers.upstream_busy();
+        let _busy = UpstreamBusy::start(self.peers);
         match self.append_missing(app, Some(share), &mut 0).await {
             Ok(()) => Ok(()),
             Err(Appending::Stopped) => Err(FetchError::Store("the blob's writer stopped".into())),

@@ -145,12 +145,11 @@ impl<K: Ord + Clone> Slots<K> {
     /// A holder's slot is free (its session ended). The caller then [`Slots::grant`]s it.
     pub fn release(&mut self, peer: Option<&K>) {
         self.held = self.held.saturating_sub(1);
-        if let Some(n) = peer.and_then(|p| self.by_peer.get_mut(p)) {
+        let Some(p) = peer else { return };
+        if let Some(n) = self.by_peer.get_mut(p) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                if let Some(p) = peer {
-                    self.by_peer.remove(p);
-                }
+                self.by_peer.remove(p);
             }
         }
     }

@@ -36,9 +36,6 @@ pub(crate) trait Peers: Send + Sync {
     fn piece_size(&self) -> Option<u32>;
     /// The smallest share of a split upstream fetch; 0: fetches are never split.
     fn split_min(&self) -> u64;
-    /// This node fetches from the upstream while the returned guard lives (a busy node is
-    /// given the next fetch last).
-    fn upstream_busy(&self) -> UpstreamBusy<'_>;
     /// Counts an upstream transfer in (`true`) or out (`false`); see [`UpstreamBusy`].
     fn count_upstream(&self, started: bool);
 
@@ -82,7 +79,8 @@ pub(crate) trait Peers: Send + Sync {
     fn refresh_metrics(&self, metrics: &Metrics);
 }
 
-/// Counts an upstream transfer while it lives.
+/// Counts an upstream transfer while it lives: a node fetching from the upstream is given the
+/// next fetch last, and asks peers for less ([`Peers::count_upstream`]).
 pub(crate) struct UpstreamBusy<'a>(&'a dyn Peers);
 
 impl<'a> UpstreamBusy<'a> {
@@ -113,9 +111,6 @@ impl Peers for NoPeers {
     }
     fn split_min(&self) -> u64 {
         0
-    }
-    fn upstream_busy(&self) -> UpstreamBusy<'_> {
-        UpstreamBusy::start(self)
     }
     fn count_upstream(&self, _: bool) {}
     fn enter<'a>(&'a self, _: &'a BlobFetch<'a>, _: u32) -> BoxFuture<'a, Coordination> {

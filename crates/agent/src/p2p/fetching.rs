@@ -5,7 +5,7 @@ use super::tracker::{self, TrackerLink};
 use super::P2p;
 use crate::error::FetchError;
 use crate::fetch::BlobFetch;
-use crate::fetch::{Coordination, Peers, UpstreamBusy};
+use crate::fetch::{Coordination, NoPeers, Peers};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 use bytes::Bytes;
@@ -43,10 +43,6 @@ impl Peers for P2p {
         self.cfg.split_min
     }
 
-    fn upstream_busy(&self) -> UpstreamBusy<'_> {
-        UpstreamBusy::start(self)
-    }
-
     fn count_upstream(&self, started: bool) {
         match started {
             true => self.upstream_fetches.fetch_add(1, Ordering::Relaxed),
@@ -78,11 +74,9 @@ impl Peers for P2p {
         coordination: &'a mut Coordination,
     ) -> BoxFuture<'a, Result<(), FetchError>> {
         async move {
+            // Only while the swarm is being dropped is there no `Arc` to it left.
             let Some(me) = self.swarm() else {
-                return fetch
-                    .upstream(sink, coordination, "the swarm stopped")
-                    .await
-                    .map(drop);
+                return NoPeers.download(fetch, sink, sources, coordination).await;
             };
             download(fetch, &me, sink, sources, coordination).await
         }

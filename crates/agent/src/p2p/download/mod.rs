@@ -569,8 +569,8 @@ async fn sleep_opt(at: Option<Instant>) {
 /// The decisions' clock: tokio's (paused in tests), as the core's `std` instant.
 impl Drop for PeerPhase<'_> {
     fn drop(&mut self) {
-        self.x.clear();
-        self.report_active();
+        let total = &self.p2p.active_peers;
+        total.fetch_sub(self.active, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
