@@ -76,9 +76,15 @@ pub use tracker::{
 };
 
 /// The libp2p protocol id. The version is part of the id: an incompatible change to anything in
-/// this crate's wire format gets a new id (`/pollen/pieces/2`), and libp2p's multistream-select
-/// negotiates the newest one both sides speak. There is no in-band version field.
-pub const PROTOCOL: &str = "/pollen/pieces/1";
+/// this crate's wire format gets a new id, and libp2p's multistream-select negotiates the
+/// newest one both sides speak. There is no in-band version field. Version 2 added
+/// `Request::Holding`.
+pub const PROTOCOL: &str = "/pollen/pieces/2";
+
+/// The id before `Request::Holding`: an agent still accepts it, and opens it to a peer that
+/// does not speak [`PROTOCOL`] (an older agent during a rolling upgrade), never sending
+/// `Holding` on it. Its messages are otherwise the same.
+pub const LEGACY_PROTOCOL: &str = "/pollen/pieces/1";
 
 /// Smallest piece size a geometry may have (for tests and explicit overrides); below it the
 /// per-piece overhead (a hash, a frame, a request) outweighs the payload.

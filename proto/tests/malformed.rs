@@ -63,6 +63,7 @@ enum EvilRequest {
     GetPiece { index: u32 },
     Cancel { index: u32 },
     NotInterested,
+    Holding { slots: u32 },
     Extra,
 }
 

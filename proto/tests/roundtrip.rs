@@ -29,6 +29,8 @@ fn all_requests() -> Vec<Request> {
         },
         Request::Cancel { index: 300 },
         Request::NotInterested,
+        Request::Holding { slots: 0 },
+        Request::Holding { slots: u32::MAX },
     ]
 }
 
@@ -130,6 +132,7 @@ fn wire_bytes_are_pinned() {
         [4, 0, 0, 0, 3, 0xfb, 0x2c, 0x01]
     );
     assert_eq!(frame(&Request::NotInterested), [1, 0, 0, 0, 4]);
+    assert_eq!(frame(&Request::Holding { slots: 6 }), [2, 0, 0, 0, 5, 6]);
     let d = Digest::of(b"");
     let mut interest = vec![33, 0, 0, 0, 0];
     interest.extend_from_slice(d.as_bytes());
@@ -262,7 +265,7 @@ async fn session_over_a_stream() {
                             write_piece(&mut up, *index, body).await.unwrap();
                         }
                     }
-                    Request::Cancel { .. } => {}
+                    Request::Cancel { .. } | Request::Holding { .. } => {}
                     Request::NotInterested => break,
                 }
                 requests.push(req);

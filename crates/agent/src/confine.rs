@@ -36,7 +36,8 @@ pub(crate) fn peer_route(
     configured.then_some(route)
 }
 
-/// Counts what each peer has open, up to a cap per peer.
+/// Counts what each peer has open, up to a cap per peer. Clones share the counts.
+#[derive(Clone)]
 pub(crate) struct PerPeer<K: Hash + Eq + Clone> {
     open: Arc<DashMap<K, usize>>,
     cap: usize,

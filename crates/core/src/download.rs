@@ -304,6 +304,12 @@ impl Exchange {
         )
     }
 
+    /// Peers that gave this download an upload slot: what the node tells the uploaders it
+    /// waits at, summed over its downloads (`upload::Slots::holding`).
+    pub fn unchoked_peers(&self) -> usize {
+        self.peers.values().filter(|p| p.unchoked).count()
+    }
+
     /// Peers with requests outstanding.
     pub fn active_peers(&self) -> usize {
         self.peers.values().filter(|p| p.outstanding > 0).count()

@@ -69,8 +69,15 @@ pub enum Admission {
 
 /// One node's upload slots. Sessions are known by a ticket the caller chooses (unique among
 /// the sessions holding or waiting) and by their peer, for the per-peer share (`None`: not
-/// counted per peer). Slots go to waiting sessions first come first served, skipping those
-/// whose peer holds its share already (they keep their place).
+/// counted per peer). A free slot goes to the waiting session whose downloader holds the
+/// fewest slots elsewhere ([`Slots::holding`]), first come first served among equals,
+/// skipping those whose peer holds its share already (they keep their place).
+///
+/// First come first served alone let the nodes that got slots first keep them for the whole
+/// pull (a holder that asks gives nothing up) while the rest waited behind one another in
+/// every uploader's queue: at 600 nodes pulling 3 GB at 300 MB/s, 21 nodes had no piece at
+/// 2 s and the slowest got 180 MB/s to the fastest's 290 (pollen-sim: p99 14.6 s; 13.1 s with
+/// the fewest-held first, 13.6 s with only "holds fewer than six" known).
 #[derive(Debug, Clone)]
 pub struct Slots<K> {
     slots: usize,
@@ -78,7 +85,16 @@ pub struct Slots<K> {
     max_waiting: usize,
     held: usize,
     by_peer: BTreeMap<K, usize>,
-    waiting: VecDeque<(u64, Option<K>)>,
+    waiting: VecDeque<Waiting<K>>,
+}
+
+/// A session in the queue.
+#[derive(Debug, Clone)]
+struct Waiting<K> {
+    ticket: u64,
+    peer: Option<K>,
+    /// Slots its downloader said it holds at other uploaders (0 until it says).
+    holding: u32,
 }
 
 impl<K: Ord + Clone> Slots<K> {
@@ -136,7 +152,7 @@ impl<K: Ord + Clone> Slots<K> {
             return Admission::Unchoked;
         }
         if self.waiting.len() < self.max_waiting {
-            self.waiting.push_back((ticket, peer.cloned()));
+            self.queue(ticket, peer);
             return Admission::Waiting;
         }
         Admission::Busy
@@ -154,45 +170,65 @@ impl<K: Ord + Clone> Slots<K> {
         }
     }
 
+    fn queue(&mut self, ticket: u64, peer: Option<&K>) {
+        self.waiting.push_back(Waiting {
+            ticket,
+            peer: peer.cloned(),
+            holding: 0,
+        });
+    }
+
     /// A waiting session left the queue (it ended, or gave up). False if it was not waiting
     /// (it was granted a slot meanwhile: the caller releases that slot).
     pub fn leave(&mut self, ticket: u64) -> bool {
         let before = self.waiting.len();
-        self.waiting.retain(|(t, _)| *t != ticket);
+        self.waiting.retain(|w| w.ticket != ticket);
         self.waiting.len() < before
     }
 
-    /// Free slots to waiting sessions, in order, within each peer's share: the sessions
-    /// unchoked now (ticket and peer).
+    /// A session's downloader holds `slots` upload slots now (at any uploader, over all its
+    /// downloads; `Request::Holding`): while it waits, that is its place among the waiting.
+    /// Ignored for a session not waiting. Not checked, and no check is possible: a peer that
+    /// says 0 to be served first still gets at most its share of this node's slots.
+    pub fn holding(&mut self, ticket: u64, slots: u32) {
+        if let Some(w) = self.waiting.iter_mut().find(|w| w.ticket == ticket) {
+            w.holding = slots;
+        }
+    }
+
+    /// Free slots to waiting sessions, the fewest held elsewhere first and in queue order
+    /// among equals, within each peer's share: the sessions unchoked now (ticket and peer).
     pub fn grant(&mut self) -> Vec<(u64, Option<K>)> {
         let mut granted = Vec::new();
-        let mut skipped = VecDeque::new();
         while self.held < self.slots {
-            let Some((ticket, peer)) = self.waiting.pop_front() else {
+            let next = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| self.under_share(w.peer.as_ref()))
+                .min_by_key(|(i, w)| (w.holding, *i))
+                .map(|(i, _)| i);
+            let Some(w) = next.and_then(|i| self.waiting.remove(i)) else {
                 break;
             };
-            if !self.under_share(peer.as_ref()) {
-                skipped.push_back((ticket, peer));
-                continue;
-            }
-            self.take(peer.as_ref());
-            granted.push((ticket, peer));
+            self.take(w.peer.as_ref());
+            granted.push((w.ticket, w.peer));
         }
-        skipped.append(&mut self.waiting);
-        self.waiting = skipped;
         granted
     }
 
     /// An idle holder gives its slot up if someone waits ([`may_yield`]) and the queue has
-    /// not run over by a place per slot ([`yield_room`]): it queues again at the back. True
-    /// if it did; the caller then [`Slots::grant`]s the slot.
-    pub fn yield_slot(&mut self, ticket: u64, peer: Option<&K>) -> bool {
+    /// not run over by a place per slot ([`yield_room`]): it queues again at the back, placed
+    /// by the slots its downloader last said it holds (`holding`: counting this one, which it
+    /// has not heard it lost). True if it did; the caller then [`Slots::grant`]s the slot.
+    pub fn yield_slot(&mut self, ticket: u64, peer: Option<&K>, holding: u32) -> bool {
         let waiting = self.waiting.len();
         if !may_yield(waiting) || waiting >= yield_room(self.slots) {
             return false;
         }
         self.release(peer);
-        self.waiting.push_back((ticket, peer.cloned()));
+        self.queue(ticket, peer);
+        self.holding(ticket, holding);
         true
     }
 }
@@ -248,11 +284,36 @@ mod tests {
     fn an_idle_holder_yields_only_to_someone_waiting_and_within_the_overrun() {
         let mut s: Slots<u32> = Slots::new(1).with_max_waiting(1);
         assert_eq!(s.admit(1, Some(&1)), Admission::Unchoked);
-        assert!(!s.yield_slot(1, Some(&1)), "nobody waits");
+        assert!(!s.yield_slot(1, Some(&1), 0), "nobody waits");
         assert_eq!(s.admit(2, Some(&2)), Admission::Waiting);
-        assert!(s.yield_slot(1, Some(&1)));
+        assert!(s.yield_slot(1, Some(&1), 0));
         assert_eq!(s.grant(), vec![(2, Some(2))]);
         assert_eq!(s.waiting(), 1, "the holder queued again");
+    }
+
+    #[test]
+    fn a_free_slot_goes_to_the_waiting_downloader_holding_fewest_elsewhere() {
+        let mut s: Slots<u32> = Slots::new(2).with_per_peer(1);
+        assert_eq!(s.admit(1, Some(&1)), Admission::Unchoked);
+        assert_eq!(s.admit(2, Some(&2)), Admission::Unchoked);
+        for (ticket, peer) in [(3, 3), (4, 4), (5, 5), (6, 1)] {
+            assert_eq!(s.admit(ticket, Some(&peer)), Admission::Waiting);
+        }
+        s.holding(3, 5);
+        s.holding(4, 2);
+        s.holding(5, 2);
+        s.holding(6, 0);
+        s.holding(99, 0); // not waiting: ignored
+        s.release(Some(&2));
+        // Ticket 6 holds nothing elsewhere, but its peer (1) holds its share of one here.
+        assert_eq!(s.grant(), vec![(4, Some(4))], "fewest held, first in line");
+        s.release(Some(&1));
+        assert_eq!(s.grant(), vec![(6, Some(1))], "its peer's share freed");
+        s.release(Some(&4));
+        assert_eq!(s.grant(), vec![(5, Some(5))]);
+        // A holder that yields queues by what its downloader last said.
+        assert!(s.yield_slot(5, Some(&5), 7));
+        assert_eq!(s.grant(), vec![(3, Some(3))], "5 holds more than 3 now");
     }
 
     #[test]

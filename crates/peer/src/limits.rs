@@ -115,6 +115,11 @@ impl UploadLimits {
         self.slots.admit(who)
     }
 
+    /// Session `ticket`'s downloader holds `slots` slots now (`Request::Holding`).
+    pub(crate) fn holding(&self, ticket: u64, slots: u32) {
+        self.slots.holding(ticket, slots);
+    }
+
     /// Whether some session waits for a slot now.
     pub(crate) fn someone_waiting(&self) -> bool {
         self.slots.someone_waiting()
@@ -337,6 +342,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_freed_slot_goes_to_the_waiting_session_whose_node_holds_fewest() {
+        let limits = UploadLimits::new(1, 0);
+        let held = slot(limits.admit(None));
+        let rich = queued(limits.admit(None));
+        let poor = queued(limits.admit(None));
+        limits.holding(rich.ticket(), 6);
+        limits.holding(poor.ticket(), 1);
+        let rich = tokio::spawn(rich.granted());
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), poor.granted()).await;
+        let _permit = got
+            .unwrap()
+            .expect("the later session holding fewer went first");
+        tokio::task::yield_now().await;
+        assert!(
+            !rich.is_finished(),
+            "the earlier one, holding more, still waits"
+        );
+    }
+
+    #[tokio::test]
     async fn a_slot_granted_to_a_session_that_left_goes_to_the_next() {
         let limits = UploadLimits::new(1, 0);
         let held = slot(limits.admit(None));
@@ -352,13 +378,13 @@ mod tests {
     async fn an_idle_holder_gives_its_slot_up_only_to_someone_waiting() {
         let limits = UploadLimits::new(1, 0);
         let held = slot(limits.admit(None));
-        let held = match held.give_up() {
+        let held = match held.give_up(0) {
             Err(kept) => kept,
             Ok(_) => panic!("nobody waits: the holder keeps its slot"),
         };
         let waiter = queued(limits.admit(None));
         assert!(limits.someone_waiting());
-        let Ok(requeued) = held.give_up() else {
+        let Ok(requeued) = held.give_up(0) else {
             panic!("someone waits: the slot goes to them");
         };
         let took = tokio::time::timeout(Duration::from_secs(5), waiter.granted()).await;

@@ -290,6 +290,16 @@ impl Session {
         true
     }
 
+    /// Tells the uploader how many upload slots this node holds now (`Request::Holding`), so
+    /// it hands a free slot to whoever holds fewest. Only on `pollen_proto::PROTOCOL`
+    /// streams: an uploader speaking `LEGACY_PROTOCOL` does not know the message.
+    pub fn holding(&mut self, slots: u32) -> Result<(), RequestError> {
+        if self.ended {
+            return Err(RequestError::Closed);
+        }
+        send(&self.outbox, Request::Holding { slots })
+    }
+
     /// Asks for the piece map, once per session (later calls do nothing). The answer is
     /// [`Event::Map`] from a seed, else [`Event::Hashes`] (possibly empty), followed by more
     /// `Hashes` as a fetching peer's map grows.

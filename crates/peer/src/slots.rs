@@ -115,6 +115,12 @@ impl SlotTable {
         }
     }
 
+    /// The downloader of session `ticket` holds `slots` slots now ([`Slots::holding`]): its
+    /// place among the waiting.
+    pub fn holding(&self, ticket: u64, slots: u32) {
+        self.book().slots.holding(ticket, slots);
+    }
+
     /// Whether some session waits for a slot now ([`may_yield`]).
     pub fn someone_waiting(&self) -> bool {
         may_yield(self.book().slots.waiting())
@@ -131,12 +137,21 @@ pub(crate) struct SlotPermit {
 }
 
 impl SlotPermit {
-    /// An idle holder gives its slot to a waiting session and queues again at the back, if
-    /// the core says so ([`Slots::yield_slot`]); otherwise the permit comes back.
-    pub fn give_up(mut self) -> Result<QueuePlace, SlotPermit> {
+    /// The session's ticket in the table (the same while it waits again after giving up).
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// An idle holder gives its slot to a waiting session and queues again at the back,
+    /// placed by `holding` (what its downloader last said), if the core says so
+    /// ([`Slots::yield_slot`]); otherwise the permit comes back.
+    pub fn give_up(mut self, holding: u32) -> Result<QueuePlace, SlotPermit> {
         let table = self.table.clone();
         let mut book = table.book();
-        if !book.slots.yield_slot(self.ticket, self.who.as_ref()) {
+        if !book
+            .slots
+            .yield_slot(self.ticket, self.who.as_ref(), holding)
+        {
             drop(book);
             return Err(self);
         }
@@ -167,6 +182,11 @@ pub(crate) struct QueuePlace {
 }
 
 impl QueuePlace {
+    /// The session's ticket in the table.
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
     /// Waits until this session is granted a slot.
     pub async fn granted(mut self) -> Option<SlotPermit> {
         (&mut self.rx).await.ok()?;

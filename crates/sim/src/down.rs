@@ -125,6 +125,7 @@ impl World {
             queued: 0,
             last_request: self.now,
             yield_check: None,
+            holding: 0,
         });
         if let Some(f) = self.fetch_mut(n, layer) {
             f.sessions.insert(peer, sid);
@@ -132,6 +133,9 @@ impl World {
         }
         let delay = self.topo.latency(n, peer);
         self.after(delay, Ev::Open(sid));
+        // The agent's session says `Holding` right after `Interest`.
+        let held = self.nodes.get(n).map_or(0, |x| x.told_holding);
+        self.after(delay, Ev::Holding(sid, held));
     }
 
     /// The downloader's end of a session is gone: forget it, and dial the peer again later.
@@ -314,6 +318,7 @@ impl World {
         let sessions: Vec<usize> = f.sessions.values().copied().collect();
         f.sessions.clear();
         f.x.clear();
+        self.tell_holding(n);
         self.send_tracker(n, layer, ToTracker::Leave(true));
         if let Some(f) = self.fetch_mut(n, layer) {
             f.member = None;
@@ -387,11 +392,41 @@ impl World {
                 self.after(delay, Ev::Close(sid));
             }
         }
+        self.tell_holding(n);
         self.start_upstream(n, layer, why, missing);
+    }
+
+    /// The slots node `n` holds (over its downloads), told to the uploaders of its sessions
+    /// when it changed (the agent tells the sessions that wait; telling the others too changes
+    /// nothing, their uploaders ignore it).
+    pub(crate) fn tell_holding(&mut self, n: usize) {
+        let Some(node) = self.nodes.get(n) else {
+            return;
+        };
+        let held: usize = node.fetches.iter().map(|f| f.x.unchoked_peers()).sum();
+        let held = u32::try_from(held).unwrap_or(u32::MAX);
+        if held == node.told_holding {
+            return;
+        }
+        let sids: Vec<usize> = node
+            .fetches
+            .iter()
+            .flat_map(|f| f.sessions.values().copied())
+            .collect();
+        if let Some(node) = self.nodes.get_mut(n) {
+            node.told_holding = held;
+        }
+        for sid in sids {
+            if let Some(up) = self.sessions.get(sid).map(|s| s.up) {
+                let delay = self.topo.latency(n, up);
+                self.after(delay, Ev::Holding(sid, held));
+            }
+        }
     }
 
     /// Sends the requests the exchange decides on.
     pub(crate) fn fill(&mut self, n: usize, layer: usize) {
+        self.tell_holding(n);
         let (now, timeout) = (self.instant(), self.s.request_timeout);
         let piece_len = u64::from(self.geometry(self.blob_of(n, layer)).piece_size());
         let at = self.now;

@@ -36,6 +36,7 @@ impl World {
         node.alive = true;
         node.epoch += 1;
         node.slots = Slots::new(self.s.upload_slots);
+        node.told_holding = 0;
         if node.fetches.is_empty() {
             node.fetches = blobs
                 .iter()

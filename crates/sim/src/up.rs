@@ -160,6 +160,18 @@ impl World {
         }
     }
 
+    /// A downloader said how many slots it holds: its session's place in this node's queue.
+    pub(crate) fn on_holding(&mut self, sid: usize, slots: u32) {
+        let Some(s) = self.sessions.get_mut(sid).filter(|s| s.open) else {
+            return;
+        };
+        s.holding = slots;
+        let up = s.up;
+        if let Some(node) = self.nodes.get_mut(up).filter(|n| n.alive) {
+            node.slots.holding(sid as u64, slots);
+        }
+    }
+
     /// Someone waits for a slot: each idle holder looks whether to give its slot up.
     fn holders_may_yield(&mut self, up: usize) {
         let yield_after = nanos(SLOT_YIELD_AFTER);
@@ -206,11 +218,11 @@ impl World {
             self.at(due, Ev::YieldCheck(sid));
             return;
         }
-        let (up, down) = (s.up, s.down);
+        let (up, down, holding) = (s.up, s.down, s.holding);
         let yielded = self
             .nodes
             .get_mut(up)
-            .is_some_and(|n| n.slots.yield_slot(sid as u64, Some(&down)));
+            .is_some_and(|n| n.slots.yield_slot(sid as u64, Some(&down), holding));
         if !yielded {
             return;
         }

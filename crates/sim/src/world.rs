@@ -110,6 +110,8 @@ pub struct Session {
     pub queued: usize,
     pub last_request: Nanos,
     pub yield_check: Option<Nanos>,
+    /// The slots the downloader last said it holds (`Request::Holding`).
+    pub holding: u32,
 }
 
 /// A node's upload slots, by session id and downloading node (the agent's `UploadLimits`
@@ -138,6 +140,8 @@ pub struct Node {
     /// Piece bytes from peers after the first piece, and when the first and the last arrived.
     pub from_peers: (u64, Option<(Nanos, Nanos)>),
     pub peer_id: Vec<u8>,
+    /// The upload slots this node last told its uploaders it holds (`Request::Holding`).
+    pub told_holding: u32,
 }
 
 /// Who a network connection carries bytes for.
@@ -219,6 +223,8 @@ pub enum Ev {
         layer: usize,
     },
     YieldCheck(usize),
+    /// A downloader's `Holding` reaches the uploader of a session.
+    Holding(usize, u32),
     Reveal {
         node: usize,
         layer: usize,
@@ -319,6 +325,7 @@ impl World {
                 sent: 0,
                 received: 0,
                 from_peers: (0, None),
+                told_holding: 0,
                 // As long as a libp2p ed25519 PeerId's bytes, so the tracker's memory is real.
                 peer_id: peer_id(i),
             })
@@ -529,6 +536,7 @@ impl World {
                 }
             }
             Ev::YieldCheck(sid) => self.yield_check(sid),
+            Ev::Holding(sid, slots) => self.on_holding(sid, slots),
             Ev::Reveal { node, layer } => self.reveal(node, layer),
             Ev::ShareTimeout { node, epoch, layer } => {
                 if self.live(node, epoch) {

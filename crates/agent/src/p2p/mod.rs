@@ -136,6 +136,9 @@ pub(crate) struct P2p {
     /// Peers asked for pieces now, over all downloads: each adds its own
     /// (`pollen_core::download::NODE_ACTIVE_PEERS` bounds the sum).
     pub active_peers: std::sync::atomic::AtomicUsize,
+    /// Upload slots this node holds at other peers now, over all downloads: each adds its
+    /// own, and each session waiting for a slot tells its uploader (`Request::Holding`).
+    pub holding: tokio::sync::watch::Sender<u32>,
     /// When the swarm started: [`P2pConfig::swarm_wait`] counts from here.
     started: tokio::time::Instant,
     /// This swarm, for the tasks it starts (which outlive a borrow of it).
@@ -157,6 +160,7 @@ impl P2p {
             directory: tracker::Directory::default(),
             upstream_fetches: std::sync::atomic::AtomicUsize::new(0),
             active_peers: std::sync::atomic::AtomicUsize::new(0),
+            holding: tokio::sync::watch::Sender::new(0),
             started: tokio::time::Instant::now(),
             node,
             cfg,
@@ -242,17 +246,34 @@ impl Bans {
 }
 
 /// Accepts pieces streams from other nodes and serves each in a task of its own, until the
-/// swarm stops.
+/// swarm stops: on `pollen_proto::PROTOCOL`, and on `LEGACY_PROTOCOL` for agents of the
+/// version before (a rolling upgrade), served alike. The per-peer session cap spans both.
 pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>, p2p: Arc<P2p>) {
-    let mut incoming = match p2p.node.incoming_streams() {
+    let source: Arc<dyn pollen_peer::PieceSource> = Arc::new(StoreSource::new(&ctx));
+    let per_peer = crate::confine::PerPeer::new(crate::confine::MAX_SESSIONS_PER_PEER);
+    let legacy = tokio::spawn(accept_on(
+        pollen_proto::LEGACY_PROTOCOL,
+        p2p.clone(),
+        source.clone(),
+        per_peer.clone(),
+    ));
+    accept_on(pollen_proto::PROTOCOL, p2p, source, per_peer).await;
+    legacy.abort();
+}
+
+async fn accept_on(
+    protocol: &'static str,
+    p2p: Arc<P2p>,
+    source: Arc<dyn pollen_peer::PieceSource>,
+    per_peer: crate::confine::PerPeer<PeerId>,
+) {
+    let mut incoming = match p2p.node.incoming_streams_on(protocol) {
         Ok(i) => i,
         Err(e) => {
-            warn!(error = %e, "cannot accept peer streams; this node will not upload");
+            warn!(error = %e, protocol, "cannot accept peer streams; this node will not upload on it");
             return;
         }
     };
-    let source: Arc<dyn pollen_peer::PieceSource> = Arc::new(StoreSource::new(&ctx));
-    let per_peer = crate::confine::PerPeer::new(crate::confine::MAX_SESSIONS_PER_PEER);
     while let Some((peer, stream)) = incoming.next().await {
         let (source, limits, cfg) = (source.clone(), p2p.uploads.clone(), p2p.cfg.session.clone());
         let Some(ticket) = per_peer.enter(peer) else {

@@ -5,7 +5,7 @@
 use super::P2p;
 use pollen_oci::Digest;
 use pollen_peer::{Event, Have, Session, SessionError};
-use pollen_proto::HashedPiece;
+use pollen_proto::{HashedPiece, LEGACY_PROTOCOL};
 use pollen_swarm::PeerId;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -76,12 +76,17 @@ async fn run(
     events: mpsc::Sender<(usize, FromPeer)>,
 ) {
     let send = |msg| events.send((slot, msg));
-    let stream = match p2p.node.open_stream(peer).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = send(FromPeer::Unreachable(e.to_string())).await;
-            return;
-        }
+    // An agent of the version before speaks only the legacy id: the same session without
+    // `Holding`.
+    let (stream, modern) = match p2p.node.open_stream(peer).await {
+        Ok(s) => (s, true),
+        Err(first) => match p2p.node.open_stream_on(peer, LEGACY_PROTOCOL).await {
+            Ok(s) => (s, false),
+            Err(_) => {
+                let _ = send(FromPeer::Unreachable(first.to_string())).await;
+                return;
+            }
+        },
     };
     let cfg = &p2p.cfg.session;
     let (mut session, have) = match Session::open(stream.compat(), digest, cfg).await {
@@ -96,8 +101,21 @@ async fn run(
         return;
     }
     let _ = session.request_map();
+    // While the session waits for a slot its uploader knows how many the node holds, so a
+    // free slot goes to the node holding fewest (sessions start choked).
+    let mut holding = p2p.holding.subscribe();
+    let mut choked = true;
+    if modern {
+        let _ = session.holding(*holding.borrow_and_update());
+    }
     loop {
         tokio::select! {
+            Ok(()) = holding.changed(), if modern => {
+                let slots = *holding.borrow_and_update();
+                if choked {
+                    let _ = session.holding(slots);
+                }
+            }
             cmd = rx.recv() => match cmd {
                 Some(ToPeer::Request(index)) => {
                     // The node's download limit is charged when a piece is asked for, so the
@@ -126,7 +144,15 @@ async fn run(
                             Err(_) => return,
                         }
                     }
-                    Ok(e) => FromPeer::Event(e),
+                    Ok(e) => {
+                        if let Event::Choked { .. } | Event::Unchoked = e {
+                            choked = matches!(e, Event::Choked { .. });
+                            if choked && modern {
+                                let _ = session.holding(*holding.borrow());
+                            }
+                        }
+                        FromPeer::Event(e)
+                    }
                     Err(e) => FromPeer::Ended(e),
                 };
                 let ended = matches!(msg, FromPeer::Ended(_));

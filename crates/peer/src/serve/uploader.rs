@@ -84,6 +84,10 @@ pub(super) struct Uploader {
     state_dirty: bool,
     /// An idle slot holder found nobody waiting: it looks again from this instant.
     yield_checked: Instant,
+    /// The session's ticket in the node's slot table (`None`: served without a slot).
+    ticket: Option<u64>,
+    /// The slots the downloader last said its node holds (`Request::Holding`).
+    holding: u32,
     last_request: Instant,
     ending: Option<Ending>,
 }
@@ -97,6 +101,11 @@ impl Uploader {
         slot: Slot,
     ) -> Uploader {
         let held = matches!(slot, Slot::Held { .. } | Slot::Free);
+        let ticket = match &slot {
+            Slot::Held { permit } => Some(permit.ticket()),
+            Slot::Waiting { place, .. } => place.as_ref().map(|p| p.ticket()),
+            Slot::Free => None,
+        };
         Uploader {
             geometry: view.geometry,
             ann: Announcer::new(summary.digest, view.geometry),
@@ -116,6 +125,8 @@ impl Uploader {
             state_dirty: true,
             last_request: Instant::now(),
             yield_checked: Instant::now(),
+            ticket,
+            holding: 0,
             ending: None,
         }
     }
@@ -289,7 +300,10 @@ impl Uploader {
     }
 
     fn on_request(&mut self, req: Request) {
-        self.last_request = Instant::now();
+        // `Holding` asks for nothing: it does not keep an idle holder's slot.
+        if !matches!(req, Request::Holding { .. }) {
+            self.last_request = Instant::now();
+        }
         match req {
             Request::Interest { .. } => self.bad_request("a second Interest".into()),
             Request::GetPieceMap => {
@@ -316,6 +330,12 @@ impl Uploader {
             }
             Request::Cancel { index } => self.queue.retain(|&i| i != index),
             Request::NotInterested => self.end_quietly(Ok(ServeEnd::NotInterested)),
+            Request::Holding { slots } => {
+                self.holding = slots;
+                if let Some(ticket) = self.ticket {
+                    self.limits.holding(ticket, slots);
+                }
+            }
         }
     }
 
@@ -396,7 +416,7 @@ impl Uploader {
         let Slot::Held { permit } = std::mem::replace(&mut self.slot, Slot::Free) else {
             return;
         };
-        match permit.give_up() {
+        match permit.give_up(self.holding) {
             Ok(place) => {
                 self.slot = Slot::Waiting {
                     place: Some(place),

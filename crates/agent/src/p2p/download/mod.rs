@@ -90,6 +90,9 @@ pub(crate) struct PeerPhase<'a> {
     /// Peers this download has requests outstanding with, as last added to the node's count
     /// (`P2p::active_peers`).
     active: usize,
+    /// Peers that gave this download an upload slot, as last added to the node's count
+    /// (`P2p::holding`).
+    holding: u32,
     /// Where the size the blob was opened with here came from (`None`: a peer's claim, or
     /// opened before this phase).
     size_source: Option<SizeSource>,
@@ -119,6 +122,7 @@ impl<'a> PeerPhase<'a> {
             providers: Vec::new(),
             size_source: None,
             active: 0,
+            holding: 0,
         }
     }
 
@@ -571,6 +575,12 @@ impl Drop for PeerPhase<'_> {
     fn drop(&mut self) {
         let total = &self.p2p.active_peers;
         total.fetch_sub(self.active, std::sync::atomic::Ordering::Relaxed);
+        let held = self.holding;
+        if held > 0 {
+            self.p2p
+                .holding
+                .send_modify(|n| *n = n.saturating_sub(held));
+        }
     }
 }
 

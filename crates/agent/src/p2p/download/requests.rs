@@ -42,6 +42,7 @@ impl PeerPhase<'_> {
             }
         }
         self.report_active();
+        self.report_holding();
     }
 
     /// Brings this download's share of the node's active peers up to date.
@@ -54,5 +55,16 @@ impl PeerPhase<'_> {
             std::cmp::Ordering::Equal => return,
         };
         self.active = now;
+    }
+
+    /// Brings this download's share of the slots the node holds up to date; the peer tasks
+    /// of sessions that wait tell their uploaders (`P2p::holding`).
+    pub(super) fn report_holding(&mut self) {
+        let now = u32::try_from(self.x.unchoked_peers()).unwrap_or(u32::MAX);
+        let before = std::mem::replace(&mut self.holding, now);
+        if now != before {
+            let total = &self.p2p.holding;
+            total.send_modify(|n| *n = n.saturating_sub(before).saturating_add(now));
+        }
     }
 }
