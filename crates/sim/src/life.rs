@@ -250,9 +250,7 @@ impl Fetch {
         let tie_break = (0..u64::from(count)).map(|i| mix(i ^ order)).collect();
         self.x = Exchange::new(stall, now);
         self.x.adopt(count, known, tie_break);
-        // The pull's verified manifest gave the blob's size: the agent opens the blob before
-        // it joins, so peers can open sessions to it from the start.
-        self.opened = true;
+        self.opened = self.phase == Phase::Done || self.have.count_ones() > 0;
         self.claims = claims;
         self.member = None;
         self.sessions.clear();
