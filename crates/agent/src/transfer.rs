@@ -91,13 +91,25 @@ impl BlobFetch<'_> {
         sink: &mut Option<Sink>,
         coordination: &mut Coordination,
     ) -> Result<Option<Range<u32>>, FetchError> {
-        let (mut restarted, mut resumes) = (false, 0);
+        let (mut restarted, mut resumes, mut probed) = (false, 0, false);
         loop {
-            let Some(s) = sink.as_mut() else {
+            // A blob not opened yet starts with the first range; so does the tracker's fetcher
+            // of a blob opened from a manifest's size with nothing in it yet, since that
+            // range's response is what it reports to the tracker for the split.
+            let fetcher = coordination.as_ref().is_some_and(|(_, a)| a.fetch);
+            let fresh = sink
+                .as_ref()
+                .is_none_or(|s| fetcher && s.have.count_ones() == 0);
+            if fresh && !std::mem::replace(&mut probed, true) {
                 match self.first_range(sink, coordination, &mut resumes).await? {
                     Some(share) => return Ok(Some(share)),
                     None => continue,
                 }
+            }
+            let Some(s) = sink.as_mut() else {
+                return Err(FetchError::Upstream(
+                    "the upstream's first response opened no blob".into(),
+                ));
             };
             let mut app = s.appender();
             let result = self.append_missing(&mut app, None, &mut resumes).await;
@@ -123,8 +135,8 @@ impl BlobFetch<'_> {
         }
     }
 
-    /// The first request of a blob no peer opened: its response tells the size, opens the
-    /// blob and streams its first range. A coordinated fetch asks for a first range only and
+    /// The first request of a blob nothing was fetched of: its response tells the size,
+    /// opens the blob (or confirms the size it was opened with) and streams its first range. A coordinated fetch asks for a first range only and
     /// reports the size: when the tracker splits the fetch, this node's share is returned.
     /// The rest (and a broken first range) is the caller's to continue.
     async fn first_range(
@@ -138,7 +150,17 @@ impl BlobFetch<'_> {
         let size = total_size(&resp)
             .ok_or_else(|| FetchError::Upstream("upstream sent a blob without its size".into()))?;
         let geometry = self.geometry_of(size)?;
-        let s = sink.insert(self.start_sink(geometry).await?);
+        let s = match sink.take() {
+            Some(s) if s.geometry == geometry => sink.insert(s),
+            opened => {
+                if let Some(old) = opened {
+                    let opened = old.geometry.size();
+                    warn!(digest = %self.digest, upstream = size, opened, "the upstream's size differs from the manifest's; opening the blob afresh");
+                    old.abandon().await;
+                }
+                sink.insert(self.start_sink(geometry).await?)
+            }
+        };
         // Large enough to be split: the tracker decides while the first range streams, and
         // the answer is taken after it.
         let split_min = self.peers.split_min();
@@ -152,6 +174,7 @@ impl BlobFetch<'_> {
             None => false,
         };
         let mut app = s.appender();
+        app.seek_to(0).await?;
         let mirror = resp.mirror.clone();
         let result = self.take_range(resp, skip, end, None, &mut app).await;
         s.absorb(app);

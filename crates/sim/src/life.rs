@@ -250,7 +250,9 @@ impl Fetch {
         let tie_break = (0..u64::from(count)).map(|i| mix(i ^ order)).collect();
         self.x = Exchange::new(stall, now);
         self.x.adopt(count, known, tie_break);
-        self.opened = self.phase == Phase::Done || self.have.count_ones() > 0;
+        // The pull's verified manifest gave the blob's size: the agent opens the blob before
+        // it joins, so peers can open sessions to it from the start.
+        self.opened = true;
         self.claims = claims;
         self.member = None;
         self.sessions.clear();

@@ -83,8 +83,10 @@ impl BlobFetch<'_> {
     async fn attempt(&self, use_peers: bool) -> Result<Blob, (FetchError, HashSet<PeerId>)> {
         let started = tokio::time::Instant::now();
         // A partial download left by an earlier run (or an earlier failed fetch) resumes
-        // where it stopped: only the missing pieces are asked for.
-        let mut sink = match self.store.partial_geometry(&self.digest) {
+        // where it stopped: only the missing pieces are asked for. Without one, a size from
+        // a verified manifest opens the blob before anyone is asked, so peers can open
+        // sessions to this node from the start of a rollout (see `open_geometry`).
+        let mut sink = match self.open_geometry().map_err(|e| (e, HashSet::new()))? {
             Some(geometry) => Some(
                 self.start_sink(geometry)
                     .await
@@ -126,6 +128,23 @@ impl BlobFetch<'_> {
             "blob fetched and verified"
         );
         Ok(blob)
+    }
+
+    /// The geometry to open the blob with before anything is fetched: a partial's, else the
+    /// one a verified manifest's size gives. A node that opened its blob only when a peer's
+    /// session or the upstream's first response told the size turned every session to it
+    /// away until then, so in a rollout pieces moved only between nodes already connected to
+    /// the fetchers and the rest redialled after `RETRY_SOON` (pollen-sim, 2,600 nodes
+    /// pulling 3 GB at 300 MB/s: nothing moved between peers for the first 0.7 s). A size
+    /// the upstream contradicts later starts the blob afresh (`transfer.rs`).
+    fn open_geometry(&self) -> Result<Option<PieceGeometry>, FetchError> {
+        if let Some(geometry) = self.store.partial_geometry(&self.digest) {
+            return Ok(Some(geometry));
+        }
+        match self.sizes.get(&self.digest) {
+            Some(size) => self.geometry_of(size).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn count_from_peers(&self, bytes: u64) {
