@@ -140,6 +140,7 @@ impl Sink {
             state: watch::channel(PieceState::empty(&geometry)).0,
             data: partial.data(),
             spread: Spread::new(geometry),
+            fetching: std::sync::atomic::AtomicBool::new(false),
         });
         let progress = inflight.progress().clone();
         progress.send_replace(Progress::Streaming {
@@ -217,6 +218,14 @@ impl Sink {
     }
 
     /// The upstream side, for a transfer: give it back with [`Sink::absorb`].
+    /// This node starts fetching the blob from the upstream: peers may open sessions to it
+    /// before its first piece arrives (`pollen_core::upload::serves_partial`).
+    pub fn fetching_upstream(&self) {
+        self.share
+            .fetching
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn appender(&self) -> Appender {
         Appender {
             tx: self.tx.clone(),
@@ -298,6 +307,9 @@ impl Appender {
     /// This node appends the blob from the upstream: its new pieces go to one peer each
     /// first (super-seeding, `pollen_peer::Spread`).
     pub fn spread_as_fetcher(&self) {
+        self.share
+            .fetching
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.share.spread.activate(&self.have);
     }
 

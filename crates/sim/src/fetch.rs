@@ -45,6 +45,7 @@ impl World {
         if let Some(c) = conn {
             f.upstream_conn = Some(c);
         }
+        f.fetching = true;
         f.upstream = Some((pieces, why));
         *self.stats.upstream_requests.entry(why).or_default() += 1;
         let epoch = self.epoch(n);

@@ -219,6 +219,7 @@ impl Fetch {
             have,
             x: Exchange::new(stall, now),
             opened: false,
+            fetching: false,
             claims,
             member: None,
             named: Vec::new(),
@@ -253,6 +254,7 @@ impl Fetch {
         // The pull's verified manifest gave the blob's size: the agent opens the blob before
         // it joins, so peers can open sessions to it from the start.
         self.opened = true;
+        self.fetching = false;
         self.claims = claims;
         self.member = None;
         self.sessions.clear();

@@ -4,7 +4,7 @@
 //! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
 
 use crate::world::{nanos, Ev, Phase, World};
-use pollen_core::upload::{Admission, SLOT_YIELD_AFTER};
+use pollen_core::upload::{serves_partial, Admission, SLOT_YIELD_AFTER};
 
 impl World {
     /// A downloader's session arrives at the uploader.
@@ -17,9 +17,11 @@ impl World {
             return;
         };
         let back = self.topo.latency(up, down);
-        let ready = self.fetch(up, layer).is_some_and(|f| f.opened);
+        let ready = self
+            .fetch(up, layer)
+            .is_some_and(|f| f.opened && serves_partial(f.have.count_ones(), f.fetching));
         if !open || !self.nodes.get(up).is_some_and(|n| n.alive) || !ready {
-            // Dead, or not started on the blob yet: turned away, dialled again soon.
+            // Dead, or holding none of the blob yet: turned away, dialled again soon.
             self.after(back, Ev::Refused(sid));
             return;
         }

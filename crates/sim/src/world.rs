@@ -55,6 +55,9 @@ pub struct Fetch {
     pub x: Exchange,
     /// The sink exists (the geometry is known here): peers may open sessions to it.
     pub opened: bool,
+    /// This node has started fetching the blob (or a share) from the registry
+    /// (`pollen_core::upload::serves_partial`).
+    pub fetching: bool,
     pub claims: Claims,
     /// This node's membership: the tracker host and its member id there.
     pub member: Option<(usize, u64)>,

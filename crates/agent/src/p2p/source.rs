@@ -18,6 +18,9 @@ pub(crate) struct PieceShare {
     /// Super-seeding across this blob's upload sessions, on while this node fetches it from
     /// the upstream.
     pub spread: Arc<Spread>,
+    /// This node has started fetching the blob (or a share of it) from the upstream: peers
+    /// are served before its first piece arrives (`pollen_core::upload::serves_partial`).
+    pub fetching: std::sync::atomic::AtomicBool,
 }
 
 /// The agent's [`PieceSource`]: blobs in flight first (their pieces are servable as soon as
@@ -55,6 +58,13 @@ impl PieceSource for StoreSource {
         }
         let inflight = self.ctx.blobs.get(digest).map(|e| e.value().clone());
         if let Some(share) = inflight.as_ref().and_then(|i| i.share()) {
+            // Open from the start of the pull, but offered only once it holds a piece or
+            // fetches from the upstream (`serves_partial`): until then `UnknownBlob`.
+            let pieces = share.state.borrow().have.count_ones();
+            let fetching = share.fetching.load(std::sync::atomic::Ordering::Relaxed);
+            if !pollen_core::upload::serves_partial(pieces, fetching) {
+                return None;
+            }
             let reader = FileReader {
                 file: share.data.clone(),
                 geometry: share.geometry,

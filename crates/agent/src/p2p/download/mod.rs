@@ -340,13 +340,14 @@ impl<'a> PeerPhase<'a> {
                 let retry = if e.is_peer_fault() {
                     self.ban(slot, &format!("broke the protocol: {e}"));
                     RETRY_AFTER
+                } else if matches!(e, SessionError::Refused(_)) {
+                    // Not there yet (it holds none of the blob yet, `serves_partial`) or busy:
+                    // a peer named by the tracker has pieces soon.
+                    RETRY_SOON
                 } else if !opened {
                     // The stream died before the session began: libp2p-stream drops inbound
                     // streams that arrive in a burst (docs/decisions.md). Try again soon.
                     RETRY_UNREACHABLE
-                } else if matches!(e, SessionError::Refused(_)) {
-                    // Not there yet (or busy): a fetcher named by the tracker has it soon.
-                    RETRY_SOON
                 } else {
                     debug!(slot, error = %e, "peer session ended");
                     RETRY_AFTER
