@@ -53,6 +53,7 @@ impl BlobFetch<'_> {
         if let Some(s) = sink.as_ref() {
             s.fetching_upstream();
         }
+        self.announce();
         let missing = sink.as_ref().map(|s| s.have.count() - s.have.count_ones());
         info!(digest = %self.digest, reason = %why, ?missing, "fetching from the upstream");
         let _busy = UpstreamBusy::start(self.peers);
@@ -68,6 +69,7 @@ impl BlobFetch<'_> {
     ) -> Result<(), FetchError> {
         info!(digest = %self.digest, pieces = ?share, "fetching a share of a split fetch from the upstream");
         app.spread_as_fetcher();
+        self.announce();
         let _busy = UpstreamBusy::start(self.peers);
         match self.append_missing(app, Some(share), &mut 0).await {
             Ok(()) => Ok(()),

@@ -189,7 +189,9 @@ impl World {
             let provider = peer != n
                 && self.nodes.get(peer).is_some_and(|p| p.alive)
                 && self.blob_of(peer, layer) == blob
-                && self.fetch(peer, layer).is_some_and(|f| f.opened);
+                && self.fetch(peer, layer).is_some_and(|f| {
+                    pollen_core::upload::serves_partial(f.have.count_ones(), f.fetching)
+                });
             if provider && !found.contains(&peer) {
                 found.push(peer);
             }

@@ -157,8 +157,8 @@ impl BlobFetch<'_> {
         self.start_sink_with(geometry, true).await
     }
 
-    /// Opens (or resumes) the partial blob and starts its writer; from here on peers can be
-    /// served its pieces, so the blob is announced. `confirmed`: the size is trusted
+    /// Opens (or resumes) the partial blob and starts its writer; announced if it holds pieces
+    /// already ([`BlobFetch::announce`]). `confirmed`: the size is trusted
     /// ([`crate::sizes`]); otherwise the partial is not recorded until the upstream confirms it.
     pub async fn start_sink_with(
         &self,
@@ -174,9 +174,22 @@ impl BlobFetch<'_> {
                 .await
                 .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
         let sink = Sink::start(partial, self.inflight);
-        if !self.private.contains(&digest) {
-            self.peers.provide(digest);
+        if sink.have.count_ones() > 0 {
+            self.announce();
         }
         Ok(sink)
+    }
+
+    /// Tells the swarm this node has the blob to offer: once it holds a piece of it, or
+    /// from its first upstream request (`pollen_core::upload::serves_partial`), not when it
+    /// opens it. Opened at the start of every pull and announced then, every node was a
+    /// provider of every blob at once, so the tracker's fetcher found "holders" in Kademlia,
+    /// fetched nothing, and waited for them: all 12 nodes of `benches/cluster.sh` went to the
+    /// registry after `peer_stall` (11.9 x the image). Content fetched with a client's own
+    /// credentials is never announced.
+    pub fn announce(&self) {
+        if !self.private.contains(&self.digest) {
+            self.peers.provide(self.digest);
+        }
     }
 }

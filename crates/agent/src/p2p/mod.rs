@@ -186,8 +186,9 @@ impl P2p {
     /// Announces content in the background (a failed announcement only means fewer peers find
     /// us) and remembers it, so the reconcile withdraws it once the store no longer has it.
     pub fn provide(&self, digest: Digest) {
-        self.provided.insert(digest);
-        self.announce(digest);
+        if self.provided.insert(digest) {
+            self.announce(digest);
+        }
     }
 
     /// Announces a role key (tracker, seed): not content, never withdrawn by the reconcile.

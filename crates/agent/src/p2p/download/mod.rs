@@ -474,6 +474,10 @@ impl<'a> PeerPhase<'a> {
         if !fresh {
             return Ok(());
         }
+        if s.have.count_ones() == 0 {
+            // The first piece: from now on this node serves the blob.
+            self.fetch.announce();
+        }
         self.fetch.metrics.peer_bytes_received.inc_by(len);
         self.fetch.count_from_peers(len);
         if !s.send(Op::Piece { piece, slot }).await {
