@@ -73,9 +73,10 @@ async fn a_blob_in_flight_is_served_by_its_fetcher_at_once_and_by_others_once_th
         dir.path(),
         SwarmConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap: vec![Bootstrap::Addr(
-                node(&a).listen_addrs().await.unwrap()[0].clone(),
-            )],
+            bootstrap: vec![
+                Bootstrap::Addr(node(&a).listen_addrs().await.unwrap()[0].clone()),
+                Bootstrap::Addr(node(&b).listen_addrs().await.unwrap()[0].clone()),
+            ],
             bootstrap_interval: Duration::from_millis(500),
             ..SwarmConfig::default()
         },
@@ -83,13 +84,18 @@ async fn a_blob_in_flight_is_served_by_its_fetcher_at_once_and_by_others_once_th
     .await
     .unwrap();
     let (a_id, b_id) = (node(&a).peer_id(), node(&b).peer_id());
-    // B has opened the blob (it announces it) while it waits for A's pieces.
-    eventually("B to announce the blob it opened", || async {
-        probe
-            .find_providers(&d)
+    eventually("the probe to be connected to both agents", || async {
+        let peers = probe.connected_peers().await.unwrap_or_default();
+        peers.contains(&a_id) && peers.contains(&b_id)
+    })
+    .await;
+    // B has opened the blob at the manifest's size and waits for A's pieces.
+    eventually("B to open the blob", || async {
+        status(&b)
             .await
-            .unwrap_or_default()
-            .contains(&b_id)
+            .blobs_in_flight
+            .iter()
+            .any(|x| x.digest == digest && x.size == Some(layer.len() as u64))
     })
     .await;
 
@@ -102,6 +108,17 @@ async fn a_blob_in_flight_is_served_by_its_fetcher_at_once_and_by_others_once_th
         Err(SessionError::Refused(ErrorCode::UnknownBlob)) => {}
         other => panic!("B holds nothing and fetches nothing: {other:?}"),
     }
+    // Nor does B announce it (the fetcher would wait for it as a holder); A does.
+    eventually("A to be found as a provider", || async {
+        probe
+            .find_providers(&d)
+            .await
+            .unwrap_or_default()
+            .contains(&a_id)
+    })
+    .await;
+    let providers = probe.find_providers(&d).await.unwrap_or_default();
+    assert!(!providers.contains(&b_id), "B has nothing to offer yet");
 
     // The registry answers again: A's pull resumes, B gets pieces from A and serves them.
     reg.set_fault(Fault::None);

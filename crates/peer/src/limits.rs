@@ -6,7 +6,8 @@
 //! up (choked, queued again), and a blob of one small piece needs no slot
 //! ([`SLOTLESS_MAX_BYTES`]). A session over the cap
 //! stays choked (it is told so with an explicit `Choked` after `Have`), still answers map
-//! requests and pushes `HaveMore`, and waits in FIFO order for a slot; if none frees up within
+//! requests and pushes `HaveMore`, and waits for a slot (the session whose node holds the
+//! fewest slots first, by its `Holding`; in arrival order among equals); if none frees up within
 //! the slot deadline it gets `Error Busy`. At most `max_waiting` sessions wait; beyond that an
 //! `Interest` is answered `Error Busy` at once, so a crowd of downloaders cannot pile up
 //! streams here.

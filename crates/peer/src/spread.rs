@@ -30,11 +30,6 @@ impl Spread {
         self.lock().activate(present);
     }
 
-    /// Whether this node fetches the blob from the upstream (activated, `Claims::is_active`).
-    pub fn is_active(&self) -> bool {
-        self.lock().is_active()
-    }
-
     /// Piece `index` came from a peer, not from the upstream (`Claims::received`).
     pub fn received(&self, index: u32) {
         self.lock().received(index);

@@ -1,5 +1,6 @@
 //! A node serving a blob: upload slots as the agent's `UploadLimits` hands them out (at most
-//! `--upload-slots` unchoked, half of them per peer, four waiting per slot, FIFO; an idle
+//! `--upload-slots` unchoked, half of them per peer, four waiting per slot, the fewest held
+//! first (`Request::Holding`); an idle
 //! holder yields after `SLOT_YIELD_AFTER` to one waiting), announcements sent when the
 //! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
 
@@ -136,7 +137,7 @@ impl World {
         }
     }
 
-    /// Free slots go to waiting sessions, first come first served, within each peer's share.
+    /// Free slots go to waiting sessions, the fewest held first, within each peer's share.
     fn grant(&mut self, up: usize) {
         let granted = self.nodes.get_mut(up).map(|n| n.slots.grant());
         let granted = granted.into_iter().flatten();
