@@ -33,12 +33,12 @@ row() {
 
 echo "| scenario | measured max s | simulated max s | simulated / measured |"
 echo "|---|---|---|---|"
-row rollout 6.48 12 "${rollout[@]}" --trackers 2
-row peer-bound 8.75 12 --nodes 12 --layer-sizes 16MiB,8MiB,8MiB --registry-up 500Mbit --node-up 40Mbit --node-down 200Mbit --trackers 2
-row edge 7.30 8 --nodes 8 --layer-sizes 8MiB,8MiB --registry-up 20Mbit --node-up 200Mbit --node-down 200Mbit --trackers 2
-row staggered 10.79 12 "${rollout[@]}" --stagger 10s --trackers 2
+row rollout 6.71 12 "${rollout[@]}" --trackers 2
+row peer-bound 9.03 12 --nodes 12 --layer-sizes 16MiB,8MiB,8MiB --registry-up 500Mbit --node-up 40Mbit --node-down 200Mbit --trackers 2
+row edge 7.40 8 --nodes 8 --layer-sizes 8MiB,8MiB --registry-up 20Mbit --node-up 200Mbit --node-down 200Mbit --trackers 2
+row staggered 10.83 12 "${rollout[@]}" --stagger 10s --trackers 2
 # cluster.sh kills the last quarter (plain members) at T_min / 2 = 2.68 s, for good.
-row churn 6.20 9 "${rollout[@]}" --churn 0.25 --churn-from 2.68s --churn-window 1ms --churn-down 1h --until 120s --trackers 2
-row big-layer 48.41 8 --nodes 8 --layer-sizes 1024MiB --registry-up 200Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
-row fast-registry 9.70 8 --nodes 8 --layer-sizes 256MiB --registry-up 5000Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
-row defaults 6.70 12 "${rollout[@]}"
+row churn 6.42 9 "${rollout[@]}" --churn 0.25 --churn-from 2.68s --churn-window 1ms --churn-down 1h --until 120s --trackers 2
+row big-layer 48.58 8 --nodes 8 --layer-sizes 1024MiB --registry-up 200Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
+row fast-registry 10.95 8 --nodes 8 --layer-sizes 256MiB --registry-up 5000Mbit --node-up 1000Mbit --node-down 1000Mbit --trackers 2
+row defaults 6.88 12 "${rollout[@]}"
