@@ -45,7 +45,7 @@ pub enum Request {
     /// How many upload slots the downloader's node holds now, at any uploader and over all
     /// its downloads. An uploader hands a free slot to the waiting session whose node holds
     /// the fewest (`pollen_core::upload::Slots`); sent after `Interest` and whenever the count
-    /// changes while the session waits (`/pollen/pieces/2` and later only). Taken on trust:
+    /// changes (`/pollen/pieces/2` and later only). Taken on trust:
     /// a peer that says 0 to be served first still gets at most its share of the slots.
     Holding {
         /// Slots held; any value is valid.

@@ -396,9 +396,9 @@ impl World {
         self.start_upstream(n, layer, why, missing);
     }
 
-    /// The slots node `n` holds (over its downloads), told to the uploaders of its sessions
-    /// when it changed (the agent tells the sessions that wait; telling the others too changes
-    /// nothing, their uploaders ignore it).
+    /// The slots node `n` holds (over its downloads), told to the uploaders of all its sessions
+    /// when it changed, as the agent's peer tasks do (a holder's uploader places it by that
+    /// count when it yields its slot).
     pub(crate) fn tell_holding(&mut self, n: usize) {
         let Some(node) = self.nodes.get(n) else {
             return;
