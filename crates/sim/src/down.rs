@@ -19,8 +19,23 @@ impl World {
         match reply {
             TrackerReply::Assign { fetch, peers } => {
                 self.name(n, layer, &peers);
-                if fetch {
+                // Made the fetcher, the agent first asks Kademlia for holders the tracker
+                // missed, and downloads from them instead if there are any.
+                let holders = match fetch {
+                    true => self.holders_for_fetcher(n, layer),
+                    false => Vec::new(),
+                };
+                if fetch && holders.is_empty() {
                     self.become_fetcher(n, layer);
+                } else if fetch {
+                    if let Some(f) = self.fetch_mut(n, layer) {
+                        for p in holders {
+                            if !f.named.contains(&p) {
+                                f.named.push(p);
+                            }
+                        }
+                    }
+                    self.enter_peers(n, layer);
                 } else if self
                     .fetch(n, layer)
                     .is_some_and(|f| f.phase == Phase::Joining)

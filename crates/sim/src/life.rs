@@ -169,8 +169,28 @@ impl World {
         );
     }
 
+    /// The agent's look for holders the tracker missed, made by a node the tracker makes the
+    /// fetcher (`holders_the_tracker_missed`): the first [`LOOKUP_RESULTS`] other nodes that
+    /// serve the blob. In a pull that starts together nobody serves a blob before its fetcher
+    /// does, so this finds no one; it matters after restarts.
+    pub(crate) fn holders_for_fetcher(&self, n: usize, layer: usize) -> Vec<usize> {
+        let blob = self.blob_of(n, layer);
+        (0..self.nodes.len())
+            .filter(|&p| {
+                p != n
+                    && self.nodes.get(p).is_some_and(|x| x.alive)
+                    && self.blob_of(p, layer) == blob
+                    && self.fetch(p, layer).is_some_and(|f| {
+                        pollen_core::upload::serves_partial(f.have.count_ones(), f.fetching)
+                    })
+            })
+            .take(LOOKUP_RESULTS)
+            .collect()
+    }
+
     /// Kademlia's answer to a provider lookup, modelled: up to [`LOOKUP_RESULTS`] random
-    /// nodes that have started on the blob (they announce it when their download starts).
+    /// nodes that serve the blob (they announce it once they hold a piece of it or fetch it,
+    /// `serves_partial`).
     fn lookup(&mut self, n: usize, layer: usize) {
         let (now, max) = (self.now, self.s.max_peers);
         let due = self.fetch(n, layer).is_some_and(|f| {
