@@ -142,8 +142,9 @@ impl BlobFetch<'_> {
     }
 
     /// The first request of a blob nothing was fetched of: its response tells the size,
-    /// opens the blob (or confirms the size it was opened with) and streams its first range. A coordinated fetch asks for a first range only and
-    /// reports the size: when the tracker splits the fetch, this node's share is returned.
+    /// opens the blob (or confirms the size it was opened with) and streams its first range.
+    /// A coordinated fetch asks for a first range only and reports the size: when the
+    /// tracker splits the fetch, this node's share is returned.
     /// The rest (and a broken first range) is the caller's to continue.
     async fn first_range(
         &self,

@@ -304,8 +304,8 @@ impl Exchange {
         )
     }
 
-    /// Peers that gave this download an upload slot: what the node tells the uploaders it
-    /// waits at, summed over its downloads (`upload::Slots::holding`).
+    /// Peers that gave this download an upload slot: summed over its downloads, what the
+    /// node tells the uploaders of its sessions (`upload::Slots::holding`).
     pub fn unchoked_peers(&self) -> usize {
         self.peers.values().filter(|p| p.unchoked).count()
     }

@@ -82,7 +82,7 @@ pub enum Admission {
 /// One node's upload slots. Sessions are known by a ticket the caller chooses (unique among
 /// the sessions holding or waiting) and by their peer, for the per-peer share (`None`: not
 /// counted per peer). A free slot goes to the waiting session whose downloader holds the
-/// fewest slots elsewhere ([`Slots::holding`]), first come first served among equals,
+/// fewest slots ([`Slots::holding`]), first come first served among equals,
 /// skipping those whose peer holds its share already (they keep their place).
 ///
 /// First come first served alone let the nodes that got slots first keep them for the whole
@@ -105,7 +105,7 @@ pub struct Slots<K> {
 struct Waiting<K> {
     ticket: u64,
     peer: Option<K>,
-    /// Slots its downloader said it holds at other uploaders (0 until it says).
+    /// Slots its downloader said it holds (0 until it says; `Slots::holding`).
     holding: u32,
 }
 
@@ -208,7 +208,7 @@ impl<K: Ord + Clone> Slots<K> {
         }
     }
 
-    /// Free slots to waiting sessions, the fewest held elsewhere first and in queue order
+    /// Free slots to waiting sessions, the fewest held first and in queue order
     /// among equals, within each peer's share: the sessions unchoked now (ticket and peer).
     pub fn grant(&mut self) -> Vec<(u64, Option<K>)> {
         let mut granted = Vec::new();

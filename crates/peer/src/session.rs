@@ -291,8 +291,9 @@ impl Session {
     }
 
     /// Tells the uploader how many upload slots this node holds now (`Request::Holding`), so
-    /// it hands a free slot to whoever holds fewest (and places a holder that yields by it). Only on `pollen_proto::PROTOCOL`
-    /// streams: an uploader speaking `LEGACY_PROTOCOL` does not know the message.
+    /// it hands a free slot to whoever holds fewest (and places a holder that yields by it).
+    /// Only on `pollen_proto::PROTOCOL` streams: an uploader speaking `LEGACY_PROTOCOL` does
+    /// not know the message.
     pub fn holding(&mut self, slots: u32) -> Result<(), RequestError> {
         if self.ended {
             return Err(RequestError::Closed);

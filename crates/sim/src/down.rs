@@ -198,7 +198,6 @@ impl World {
         if !f.sessions.values().any(|s| *s == sid) {
             return;
         }
-        f.opened = true;
         for i in has.iter_ones() {
             let _ = f.x.known.set(i);
         }
@@ -329,7 +328,6 @@ impl World {
             return;
         };
         f.phase = Phase::Done;
-        f.opened = true;
         let sessions: Vec<usize> = f.sessions.values().copied().collect();
         f.sessions.clear();
         f.x.clear();

@@ -67,7 +67,6 @@ impl World {
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
-        f.opened = true;
         let have = f.have.clone();
         // The agent super-seeds what it appends from the upstream.
         f.claims.activate(&have);

@@ -5,6 +5,7 @@
 use crate::world::{nanos, Ev, Fetch, Phase, Slots, ToTracker, World};
 use pollen_core::download::Exchange;
 use pollen_core::spread::Claims;
+use pollen_core::upload::serves_partial;
 use pollen_proto::Bitfield;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -174,18 +175,25 @@ impl World {
     /// serve the blob. In a pull that starts together nobody serves a blob before its fetcher
     /// does, so this finds no one; it matters after restarts.
     pub(crate) fn holders_for_fetcher(&self, n: usize, layer: usize) -> Vec<usize> {
-        let blob = self.blob_of(n, layer);
         (0..self.nodes.len())
-            .filter(|&p| {
-                p != n
-                    && self.nodes.get(p).is_some_and(|x| x.alive)
-                    && self.blob_of(p, layer) == blob
-                    && self.fetch(p, layer).is_some_and(|f| {
-                        pollen_core::upload::serves_partial(f.have.count_ones(), f.fetching)
-                    })
-            })
+            .filter(|&p| self.provides(p, n, layer))
             .take(LOOKUP_RESULTS)
             .collect()
+    }
+
+    /// Whether node `n` serves its blob of `layer` (`serves_partial`; complete ones always).
+    pub(crate) fn serves(&self, n: usize, layer: usize) -> bool {
+        self.fetch(n, layer)
+            .is_some_and(|f| serves_partial(f.have.count_ones(), f.fetching))
+    }
+
+    /// Whether `peer`, alive, announces the blob node `n` pulls as `layer`: what a provider
+    /// lookup of `n`'s finds.
+    fn provides(&self, peer: usize, n: usize, layer: usize) -> bool {
+        peer != n
+            && self.nodes.get(peer).is_some_and(|p| p.alive)
+            && self.blob_of(peer, layer) == self.blob_of(n, layer)
+            && self.serves(peer, layer)
     }
 
     /// Kademlia's answer to a provider lookup, modelled: up to [`LOOKUP_RESULTS`] random
@@ -199,20 +207,13 @@ impl World {
         if !due {
             return;
         }
-        let blob = self.blob_of(n, layer);
         let mut found = Vec::new();
         for _ in 0..LOOKUP_RESULTS * 3 {
             if found.len() >= LOOKUP_RESULTS {
                 break;
             }
             let peer = self.rng.below(self.nodes.len());
-            let provider = peer != n
-                && self.nodes.get(peer).is_some_and(|p| p.alive)
-                && self.blob_of(peer, layer) == blob
-                && self.fetch(peer, layer).is_some_and(|f| {
-                    pollen_core::upload::serves_partial(f.have.count_ones(), f.fetching)
-                });
-            if provider && !found.contains(&peer) {
+            if self.provides(peer, n, layer) && !found.contains(&peer) {
                 found.push(peer);
             }
         }
@@ -240,7 +241,6 @@ impl Fetch {
             phase: Phase::Joining,
             have,
             x: Exchange::new(stall, now),
-            opened: false,
             fetching: false,
             claims,
             member: None,
@@ -273,9 +273,8 @@ impl Fetch {
         let tie_break = (0..u64::from(count)).map(|i| mix(i ^ order)).collect();
         self.x = Exchange::new(stall, now);
         self.x.adopt(count, known, tie_break);
-        // The pull's verified manifest gave the blob's size: the agent opens the blob before
-        // it joins, so peers can open sessions to it from the start.
-        self.opened = true;
+        // The blob is open from here (the pull's manifest gave its size, as in the agent);
+        // it is served once `serves_partial` says so.
         self.fetching = false;
         self.claims = claims;
         self.member = None;

@@ -4,8 +4,8 @@
 //! holder yields after `SLOT_YIELD_AFTER` to one waiting), announcements sent when the
 //! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
 
-use crate::world::{nanos, Ev, Phase, World};
-use pollen_core::upload::{serves_partial, Admission, SLOT_YIELD_AFTER};
+use crate::world::{nanos, Ev, World};
+use pollen_core::upload::{Admission, SLOT_YIELD_AFTER};
 
 impl World {
     /// A downloader's session arrives at the uploader.
@@ -18,9 +18,7 @@ impl World {
             return;
         };
         let back = self.topo.latency(up, down);
-        let ready = self
-            .fetch(up, layer)
-            .is_some_and(|f| f.opened && serves_partial(f.have.count_ones(), f.fetching));
+        let ready = self.serves(up, layer);
         if !open || !self.nodes.get(up).is_some_and(|n| n.alive) || !ready {
             // Dead, or holding none of the blob yet: turned away, dialled again soon.
             self.after(back, Ev::Refused(sid));
@@ -364,9 +362,6 @@ impl World {
         };
         if f.reveal_at.is_some_and(|r| r <= now) {
             f.reveal_at = None;
-        }
-        if f.phase == Phase::Joining && !f.opened {
-            return;
         }
         for sid in f.uploads.clone() {
             let idle = self.sessions.get(sid).is_some_and(|s| s.queued == 0);

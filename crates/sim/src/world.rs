@@ -53,8 +53,6 @@ pub struct Fetch {
     pub phase: Phase,
     pub have: Bitfield,
     pub x: Exchange,
-    /// The sink exists (the geometry is known here): peers may open sessions to it.
-    pub opened: bool,
     /// This node has started fetching the blob (or a share) from the registry
     /// (`pollen_core::upload::serves_partial`).
     pub fetching: bool,

@@ -137,7 +137,7 @@ pub(crate) struct P2p {
     /// (`pollen_core::download::NODE_ACTIVE_PEERS` bounds the sum).
     pub active_peers: std::sync::atomic::AtomicUsize,
     /// Upload slots this node holds at other peers now, over all downloads: each adds its
-    /// own, and each session waiting for a slot tells its uploader (`Request::Holding`).
+    /// own, and every session tells its uploader on each change (`Request::Holding`).
     pub holding: tokio::sync::watch::Sender<u32>,
     /// When the swarm started: [`P2pConfig::swarm_wait`] counts from here.
     started: tokio::time::Instant,

@@ -57,8 +57,8 @@ impl PeerPhase<'_> {
         self.active = now;
     }
 
-    /// Brings this download's share of the slots the node holds up to date; the peer tasks
-    /// of sessions that wait tell their uploaders (`P2p::holding`).
+    /// Brings this download's share of the slots the node holds up to date; every peer task
+    /// tells its uploader the node's count (`P2p::holding`).
     pub(super) fn report_holding(&mut self) {
         let now = u32::try_from(self.x.unchoked_peers()).unwrap_or(u32::MAX);
         let before = std::mem::replace(&mut self.holding, now);
