@@ -5,7 +5,7 @@
 #
 # Starts (all on 127.0.0.1, all private instances in a temp dir):
 #   docker-registry (the upstream) <- pollen agent (the mirror) <- containerd/ctr,
-#   dockerd (registry-mirrors) and skopeo (registries.conf mirror).
+#   dockerd (registry-mirrors), skopeo and Podman (registries.conf mirror).
 # Builds test images with umoci (one layer of E2E_BIG_MIB MiB of random data),
 # pushes them, pulls them through the agent with each client and checks every
 # digest; then stops the registry and pulls again from the agent's cache alone;
@@ -104,7 +104,7 @@ die() {
 lib_step "preflight"
 lib_is_root || die "must run as root (containerd and dockerd need it)"
 lib_ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd \
-    umoci=umoci dockerd=docker.io curl=curl jq=jq ss=iproute2 tc=iproute2 ||
+    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 ||
     die "required tools are missing"
 # The docker.io package's CLI matches its dockerd; prefer it over any other docker on PATH.
 if [ -x /usr/bin/docker ]; then DOCKER_CLI=/usr/bin/docker; else DOCKER_CLI=$(command -v docker) || die "no docker CLI"; fi
@@ -439,6 +439,46 @@ for range in 0-1023 1000000-1999999 "$((BIG_SIZE - 100))-$((BIG_SIZE - 1))"; do
         range_ok "$code" ||
         echo "    status $code, $(stat -c %s "$T/range.agent" 2>/dev/null || echo 0) bytes"
 done
+
+# ---------------------------------------------------------------- d3. Podman
+lib_step "d3. Podman (rootful, vfs in a temp root) pulls a Docker Hub name through the agent"
+# Podman reads the registries.conf `pollen registries-config` wrote (CONTAINERS_REGISTRIES_CONF);
+# its storage lives under $T only. docker.io stands for the agent's default upstream, as above.
+PODMAN_ROOT="$T/podman"
+PODMAN=(env -u DOCKER_CONFIG "CONTAINERS_REGISTRIES_CONF=$T/registries-hub.conf" podman
+    --root "$PODMAN_ROOT/root" --runroot "$PODMAN_ROOT/run" --storage-driver vfs
+    --cgroup-manager cgroupfs --events-backend file --tmpdir "$PODMAN_ROOT/tmp")
+# served_bytes: blob and manifest bytes the agent has served its clients so far.
+served_bytes() {
+    curl -fsS "http://$METRICS/metrics" | awk '$1 ~ /^pollen_served_bytes(_total)?({|$)/ { s += $2 } END { printf "%d\n", s }'
+}
+# registry_blob_gets: blob GETs in the registry's log after line $1.
+registry_blob_gets() {
+    tail -n "+$(($1 + 1))" "$REG_LOG" | grep -c '"GET /v2/[^ ]*/blobs/' || true
+}
+mkdir -p "$PODMAN_ROOT/tmp"
+podman_mark=$(wc -l <"$REG_LOG")
+served_before=$(served_bytes)
+if check "podman pull docker.io/library/big:v1 through the registries-config mirror" \
+    logged "$T/logs/podman-pull.log" "${PODMAN[@]}" pull docker.io/library/big:v1; then
+    podman_digest=$("${PODMAN[@]}" image inspect --format '{{.Digest}}' docker.io/library/big:v1 2>>"$T/logs/podman-pull.log") || podman_digest=""
+    check "podman: the image's manifest digest is ${MANIFEST_DIGEST[big]}" \
+        [ "$podman_digest" = "${MANIFEST_DIGEST[big]}" ] || echo "    got '$podman_digest'"
+    podman_id=$("${PODMAN[@]}" image inspect --format '{{.Id}}' docker.io/library/big:v1 2>>"$T/logs/podman-pull.log") || podman_id=""
+    check "podman: the image's id is its config digest ${CONFIG_DIGEST[big]}" \
+        [ "sha256:$podman_id" = "${CONFIG_DIGEST[big]}" ] || echo "    got '$podman_id'"
+    # Every layer was unpacked from bytes that hashed to the manifest's digests (Podman checks
+    # each blob it reads); their sum crossed the agent, and none came from the registry.
+    layer_bytes=0
+    for d in ${LAYERS[big]}; do layer_bytes=$((layer_bytes + BLOB_SIZE[$d])); done
+    served=$(($(served_bytes) - served_before))
+    check "podman: the agent served at least the image's $layer_bytes layer bytes ($served)" \
+        [ "$served" -ge "$layer_bytes" ] || true
+    gets=$(registry_blob_gets "$podman_mark")
+    check "podman: the registry served no blob while Podman pulled ($gets GETs)" [ "$gets" -eq 0 ] || true
+else
+    tail -n 20 "$T/logs/podman-pull.log"
+fi
 
 # ---------------------------------------------------------------- e. cache only
 lib_step "e. each blob fetched from the upstream exactly once"
