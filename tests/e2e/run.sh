@@ -25,6 +25,7 @@
 #   E2E_NO_BUILD=1  do not run `cargo build` even if POLLEN_BIN is unset
 #   E2E_SKIP_MULTINODE=1  skip step g; its own settings are described in multinode.sh
 #   E2E_SKIP_ROLLOUT=1    skip step h; its own settings are described in rollout.sh
+#   E2E_SKIP_IMAGE=1      skip step i (the release image run by containerd; image.sh)
 #
 # Prints `e2e: N passed, M failed` as its last line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -37,6 +38,8 @@ source "$HERE/lib.sh"
 source "$HERE/multinode.sh"
 # shellcheck source=tests/e2e/rollout.sh
 source "$HERE/rollout.sh"
+# shellcheck source=tests/e2e/image.sh
+source "$HERE/image.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
 FULL_MIB=${E2E_FULL_MIB:-64}
@@ -60,6 +63,7 @@ cleanup() {
     set +eE
     trap - ERR
     lib_step "cleanup"
+    image_cleanup
     lib_stop_all
     mn_cleanup
     if [ -n "$T" ] && [ -d "$T" ]; then
@@ -595,4 +599,11 @@ if [ "${E2E_SKIP_ROLLOUT:-0}" = "1" ]; then
     echo "E2E_SKIP_ROLLOUT=1: step h (rollout behind a rate-limited upstream) skipped"
 else
     rollout_main
+fi
+
+# ---------------------------------------------------------------- i. the image
+if [ "${E2E_SKIP_IMAGE:-0}" = "1" ]; then
+    echo "E2E_SKIP_IMAGE=1: step i (the release image under containerd) skipped"
+else
+    image_main
 fi
