@@ -5,6 +5,7 @@ use crate::follow::Follower;
 use crate::listen::{run_conn, ConnLimit, InFlight};
 use crate::range::{self, RangeOutcome};
 use crate::request::{self, ApiRequest, Parsed};
+use crate::sites::SiteServing;
 use crate::{manifests, Ctx};
 use bytes::Bytes;
 use futures_util::stream;
@@ -22,6 +23,16 @@ use tracing::{debug, warn};
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+    serve_with(ctx, listener, None).await;
+}
+
+/// The accept loop of the mirror (`site`: `None`) and of the listener for other sites, whose
+/// connections are TLS and whose requests must authenticate ([`crate::sites`]).
+pub(crate) async fn serve_with(
+    ctx: Arc<Ctx>,
+    listener: tokio::net::TcpListener,
+    site: Option<Arc<SiteServing>>,
+) {
     let mut draining = ctx.draining.subscribe();
     let limit = ConnLimit::new(ctx.cfg.max_connections);
     loop {
@@ -44,38 +55,88 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let header_timeout = ctx.cfg.header_read_timeout;
-        let max_head = ctx.cfg.max_header_bytes;
         ctx.clients.send_modify(|n| *n += 1);
-        let _open = ClientGuard(ctx.clone());
-        let mut draining = ctx.draining.subscribe();
+        let open = ClientGuard(ctx.clone());
+        let site = site.clone();
         tokio::spawn(async move {
-            let _open = _open;
-            let evict = place.evict.clone();
-            let _place = place;
-            let inflight = InFlight::default();
-            let busy = inflight.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                let guard = busy.start();
-                async move {
-                    let resp = with_request_id(&ctx, req).await;
-                    Ok::<_, Infallible>(resp.map(|b| crate::listen::hold(b, guard)))
+            let _open = open;
+            match site {
+                None => serve_conn(ctx, TokioIo::new(stream), place, peer, None).await,
+                Some(site) => {
+                    let Some((tls, verified)) = site.handshake(stream, peer).await else {
+                        return;
+                    };
+                    let gate = Some(Gate { site, verified });
+                    serve_conn(ctx, TokioIo::new(tls), place, peer, gate).await;
                 }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_header_size(max_head)
-                .max_buf_size(max_head.max(64 << 10));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let result = run_conn(conn, &evict, &inflight, drained(&mut draining)).await;
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "client connection ended with an error");
             }
         });
     }
+}
+
+/// A site connection's credentials: its verified client certificate, or a token to check in
+/// each request.
+struct Gate {
+    site: Arc<SiteServing>,
+    verified: bool,
+}
+
+/// Serves one client connection until it ends, the agent drains, or a newcomer at the cap
+/// needs its place.
+async fn serve_conn<I>(
+    ctx: Arc<Ctx>,
+    io: I,
+    place: crate::listen::Admitted,
+    peer: std::net::SocketAddr,
+    gate: Option<Gate>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let header_timeout = ctx.cfg.header_read_timeout;
+    let max_head = ctx.cfg.max_header_bytes;
+    let mut draining = ctx.draining.subscribe();
+    let evict = place.evict.clone();
+    let _place = place;
+    let inflight = InFlight::default();
+    let busy = inflight.clone();
+    let gate = gate.map(Arc::new);
+    let svc = hyper::service::service_fn(move |mut req| {
+        let ctx = ctx.clone();
+        let guard = busy.start();
+        let gate = gate.clone();
+        async move {
+            let admitted = gate
+                .as_deref()
+                .is_none_or(|g| g.site.admits(&mut req, g.verified));
+            let resp = match admitted {
+                true => with_request_id(&ctx, req).await,
+                false => unauthorized_site(),
+            };
+            Ok::<_, Infallible>(resp.map(|b| crate::listen::hold(b, guard)))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_header_size(max_head)
+        .max_buf_size(max_head.max(64 << 10));
+    let conn = builder.serve_connection(io, svc);
+    let result = run_conn(conn, &evict, &inflight, drained(&mut draining)).await;
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// A site's request without a verified certificate or a valid token: a Basic challenge, so
+/// registry clients answer with their credentials (a token as the password).
+fn unauthorized_site() -> Response<Body> {
+    let e = OciError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        "authenticate with a client certificate or a token (Bearer, or as the Basic password)",
+    );
+    error(&e, Some(HeaderValue::from_static("Basic realm=\"pollen\"")))
 }
 
 /// Resolves once the agent drains (never, if the flag's sender is gone).

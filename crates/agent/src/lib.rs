@@ -30,6 +30,7 @@ mod private;
 mod range;
 mod request;
 mod sink;
+mod sites;
 mod sizes;
 mod status;
 mod transfer;
@@ -43,6 +44,7 @@ pub use p2p::{
 };
 pub use pollen_swarm::Node;
 pub use preheat::{PreheatEvent, PreheatSpec};
+pub use sites::{SiteFiles, SiteServing};
 pub use status::{BlobStatus, Status, TrackedBlob};
 
 use dashmap::DashMap;
@@ -239,6 +241,12 @@ impl Agent {
         http::serve(self.ctx.clone(), listener).await;
         drop(peers);
         drop(gc);
+    }
+
+    /// Serves the mirror API to other sites on `listener`, over TLS to clients that
+    /// authenticate ([`SiteServing`]), until the agent drains. Run beside [`Agent::serve`].
+    pub async fn serve_sites(&self, listener: tokio::net::TcpListener, site: SiteServing) {
+        http::serve_with(self.ctx.clone(), listener, Some(Arc::new(site))).await;
     }
 
     /// The first step of stopping (SIGTERM): not ready any more, no new client connections,

@@ -1,7 +1,9 @@
 //! Agent settings: flags over environment (`POLLEN_...`) over the TOML file over defaults.
-//! The swarm and peer settings are resolved in [`p2p`].
+//! The swarm and peer settings are resolved in [`p2p`], the listener for other sites in
+//! [`sites`].
 
 mod p2p;
+mod sites;
 
 pub use p2p::*;
 
@@ -48,6 +50,21 @@ pub struct AgentArgs {
     /// Address the registry mirror listens on [default: 127.0.0.1:65001]
     #[arg(long, env = "POLLEN_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Address other sites reach this agent on as their upstream: the mirror API over TLS, only to clients that authenticate (needs --serve-tls-cert, --serve-tls-key and --serve-tokens or --serve-client-ca; docs/sites.md) [default: none]
+    #[arg(long, env = "POLLEN_SERVE_LISTEN", value_name = "ADDR")]
+    pub serve_listen: Option<SocketAddr>,
+    /// PEM certificate chain of --serve-listen [default: none]
+    #[arg(long, env = "POLLEN_SERVE_TLS_CERT", value_name = "FILE")]
+    pub serve_tls_cert: Option<PathBuf>,
+    /// PEM private key of --serve-listen's certificate [default: none]
+    #[arg(long, env = "POLLEN_SERVE_TLS_KEY", value_name = "FILE")]
+    pub serve_tls_key: Option<PathBuf>,
+    /// File of tokens other sites may authenticate with on --serve-listen, one per line, at least 16 characters, not readable by other users; a site sends one as `Bearer` or as its Basic password [default: none]
+    #[arg(long, env = "POLLEN_SERVE_TOKENS", value_name = "FILE")]
+    pub serve_tokens: Option<PathBuf>,
+    /// PEM CA certificates: a site showing a client certificate they signed may use --serve-listen [default: none]
+    #[arg(long, env = "POLLEN_SERVE_CLIENT_CA", value_name = "FILE")]
+    pub serve_client_ca: Option<PathBuf>,
     /// Where the cache lives; it survives restarts [default: /var/lib/pollen, or ~/.local/share/pollen when not root]
     #[arg(long, env = "POLLEN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -203,6 +220,11 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     listen: Option<SocketAddr>,
+    serve_listen: Option<SocketAddr>,
+    serve_tls_cert: Option<PathBuf>,
+    serve_tls_key: Option<PathBuf>,
+    serve_tokens: Option<PathBuf>,
+    serve_client_ca: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     upstream: Option<OneOrMany>,
     /// `[registries]` table: host = ["url", ...]
@@ -317,6 +339,8 @@ pub struct Settings {
     pub agent: pollen_agent::AgentConfig,
     /// The swarm to start; `None` when peer-to-peer is off (`--p2p false`).
     pub swarm: Option<pollen_swarm::SwarmConfig>,
+    /// The listener for other sites (`--serve-listen`), if any.
+    pub sites: Option<(SocketAddr, pollen_agent::SiteServing)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -501,6 +525,15 @@ impl Settings {
             .metrics_listen
             .or(file.metrics_listen)
             .unwrap_or_else(|| parse_addr(DEFAULT_METRICS_LISTEN));
+        let sites = sites::resolve(sites::SiteKeys {
+            listen: args.serve_listen.or(file.serve_listen),
+            cert: args.serve_tls_cert.or(file.serve_tls_cert),
+            key: args.serve_tls_key.or(file.serve_tls_key),
+            tokens: args.serve_tokens.or(file.serve_tokens),
+            client_ca: args.serve_client_ca.or(file.serve_client_ca),
+        })?;
+        let mut own_listeners = vec![listen, metrics_listen];
+        own_listeners.extend(sites.as_ref().map(|(addr, _)| *addr));
         let upstream = pollen_upstream::UpstreamConfig {
             default_mirrors,
             extra_roots,
@@ -508,7 +541,7 @@ impl Settings {
             credentials,
             realms,
             // A redirect or token realm must never reach the agent itself.
-            own_listeners: vec![listen, metrics_listen],
+            own_listeners,
             allow_unlisted_registries: file.allow_unlisted_registries.unwrap_or(true),
             connect_timeout,
             response_timeout,
@@ -547,6 +580,7 @@ impl Settings {
                 ..Default::default()
             },
             swarm,
+            sites,
         })
     }
 }

@@ -180,6 +180,12 @@ async fn agent(s: Settings, args: &AgentArgs) -> Result<(), String> {
         "pollen agent serving"
     );
     tokio::spawn(pollen_agent::serve_admin(agent.clone(), admin));
+    if let Some((addr, site)) = s.sites {
+        let sites = bind(addr, "serve-listen").await?;
+        info!(serve_listen = %local(&sites, addr), "serving other sites over TLS, to clients that authenticate");
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.serve_sites(sites, site).await });
+    }
     match &s.control_socket {
         Some(path) => {
             let control = control::bind(path)?;

@@ -180,10 +180,11 @@ impl Upstream {
         req: &FetchRequest<'_>,
     ) -> Result<UpstreamResponse, String> {
         let url = format!(
-            "{}/v2/{}/{}",
+            "{}/v2/{}/{}{}",
             mirror.trim_end_matches('/'),
             req.route.name,
-            req.path
+            req.path,
+            crate::route::ns_query(mirror, &req.route.registry)
         );
         // Only a registry the configuration names may use configured credentials; its tokens
         // are kept apart from anonymous ones for the same mirror.

@@ -62,6 +62,27 @@ impl Route {
     }
 }
 
+/// `?ns=REGISTRY` for a request to a mirror of another registry than the mirror's own host,
+/// as containerd asks its mirrors: a mirror that serves several registries (a Pollen agent
+/// serving other sites, `--serve-listen`) learns which one is meant. Docker Hub's requests go
+/// without it, as Docker Engine sends them: a mirror takes a request with no `ns` for Docker
+/// Hub. The registry was checked by [`valid_host`], so nothing can be smuggled into the URL.
+pub(crate) fn ns_query(mirror: &str, registry: &str) -> String {
+    if registry == DOCKER_HUB {
+        return String::new();
+    }
+    let host = mirror
+        .split_once("://")
+        .map_or(mirror, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    match host.eq_ignore_ascii_case(registry) {
+        true => String::new(),
+        false => format!("?ns={registry}"),
+    }
+}
+
 /// Docker Hub goes by several names; they all mean one registry.
 fn normalise(ns: &str) -> String {
     match ns {
@@ -114,6 +135,27 @@ fn valid_dns(h: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_of_another_registry_is_told_which_one() {
+        assert_eq!(ns_query("https://parent:8443", "ghcr.io"), "?ns=ghcr.io");
+        assert_eq!(ns_query("https://parent:8443/", "reg:5000"), "?ns=reg:5000");
+        assert_eq!(
+            ns_query("https://ghcr.io", "ghcr.io"),
+            "",
+            "the registry itself"
+        );
+        assert_eq!(
+            ns_query("http://REG:5000", "reg:5000"),
+            "",
+            "hosts compare without case"
+        );
+        assert_eq!(
+            ns_query("https://parent:8443", DOCKER_HUB),
+            "",
+            "Docker Hub: no ns"
+        );
+    }
 
     fn cfg() -> UpstreamConfig {
         let mut c = UpstreamConfig {
