@@ -26,6 +26,7 @@
 #   E2E_SKIP_MULTINODE=1  skip step g; its own settings are described in multinode.sh
 #   E2E_SKIP_ROLLOUT=1    skip step h; its own settings are described in rollout.sh
 #   E2E_SKIP_IMAGE=1      skip step i (the release image run by containerd; image.sh)
+#   E2E_SKIP_SITES=1      skip step j (two sites behind thin links and a parent; sites.sh)
 #
 # Prints `e2e: N passed, M failed` as its last line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -40,6 +41,8 @@ source "$HERE/multinode.sh"
 source "$HERE/rollout.sh"
 # shellcheck source=tests/e2e/image.sh
 source "$HERE/image.sh"
+# shellcheck source=tests/e2e/sites.sh
+source "$HERE/sites.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
 FULL_MIB=${E2E_FULL_MIB:-64}
@@ -79,6 +82,7 @@ cleanup() {
             find "$T" -maxdepth 2 -name '*.log' -exec cp {} "$keep/" \; 2>/dev/null
             mn_keep_logs "$keep/multinode" "$T/mn"
             mn_keep_logs "$keep/rollout" "$T/ro"
+            mn_keep_logs "$keep/sites" "$T/si"
             echo "logs kept in $keep"
         fi
         if [ "${E2E_KEEP:-0}" = "1" ]; then
@@ -108,7 +112,7 @@ die() {
 lib_step "preflight"
 lib_is_root || die "must run as root (containerd and dockerd need it)"
 lib_ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd \
-    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 ||
+    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 openssl=openssl ||
     die "required tools are missing"
 # The docker.io package's CLI matches its dockerd; prefer it over any other docker on PATH.
 if [ -x /usr/bin/docker ]; then DOCKER_CLI=/usr/bin/docker; else DOCKER_CLI=$(command -v docker) || die "no docker CLI"; fi
@@ -606,4 +610,11 @@ if [ "${E2E_SKIP_IMAGE:-0}" = "1" ]; then
     echo "E2E_SKIP_IMAGE=1: step i (the release image under containerd) skipped"
 else
     image_main
+fi
+
+# ---------------------------------------------------------------- j. sites
+if [ "${E2E_SKIP_SITES:-0}" = "1" ]; then
+    echo "E2E_SKIP_SITES=1: step j (sites behind thin links) skipped"
+else
+    si_main
 fi
