@@ -27,7 +27,7 @@
 #   E2E_SITES_NODES       nodes per site (default 4)
 #   E2E_SITES_RATE        tbf rate of each site link, both ways (default 20mbit)
 #   E2E_SITES_LAYERS_MIB  the random layers of each image, in MiB (default "6 3")
-#   E2E_SITES_NET         the /24 of the test network, three octets (default 10.79.0)
+#   E2E_SITES_NET         the /24 of the test network, three octets (default 10.80.0)
 #   E2E_SITES_TIMEOUT     bound on each pull, in seconds (default 180)
 #   E2E_SITES_KILL_AFTER  bytes a site link carries of the second image before the parent is
 #                         killed (default 1000000)
@@ -36,7 +36,7 @@
 SI_NODES=${E2E_SITES_NODES:-4}
 SI_RATE=${E2E_SITES_RATE:-20mbit}
 read -r -a SI_LAYER_MIBS <<<"${E2E_SITES_LAYERS_MIB:-6 3}"
-SI_NET=${E2E_SITES_NET:-10.79.0}
+SI_NET=${E2E_SITES_NET:-10.80.0}
 SI_TIMEOUT=${E2E_SITES_TIMEOUT:-180}
 SI_KILL_AFTER=${E2E_SITES_KILL_AFTER:-1000000}
 SI_PARENT_NS=si-parent
