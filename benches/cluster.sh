@@ -57,6 +57,12 @@
 #               registry faster than a node's upload; direct pulls are near their bound here
 #   defaults    rollout's links and image, every agent on default roles (no --tracker, no
 #               --seed: the binary's and the chart's defaults)
+#   sites       N=8 in two sites of 4 behind a 20 Mbit/s link each (both ways) to the region,
+#               which holds the registry (200 up), the cache and, for pollen, a parent agent that
+#               serves the sites over TLS (docs/sites.md, tests/e2e/sites.sh); nodes 200/200,
+#               layers 8 8. direct and cache pull across the site links; with pollen each site is
+#               a swarm whose agents name the parent first. Also recorded: the bytes each site
+#               link carried towards its site (site_link_over_f: the busiest, over F)
 # Every agent of a scenario is started at once, in random order (a DaemonSet), and the pulls
 # start a second after the last one answers /readyz. Roles, except in `defaults`: node 1 a
 # tracker and seed, node 2 a tracker, the others --tracker false.
@@ -75,6 +81,8 @@ REPO=$(cd "$CB_HERE/.." && pwd)
 source "$REPO/tests/e2e/lib.sh"
 # shellcheck source=tests/e2e/multinode.sh
 source "$REPO/tests/e2e/multinode.sh"
+# shellcheck source=tests/e2e/sites.sh
+source "$REPO/tests/e2e/sites.sh"
 
 CB_ARGS="$*"
 CB_NET=${BENCH_NET:-10.79.0}
@@ -120,14 +128,15 @@ die() {
 
 # cb_scenario NAME: sets the scenario's N, layers, link rates (Mbit/s), stagger window and churn.
 cb_scenario() {
-    CB_STAGGER=0 CB_CHURN=0 CB_DEFAULT_ROLES=0
+    CB_STAGGER=0 CB_CHURN=0 CB_DEFAULT_ROLES=0 CB_SITE=0
     case "$1" in
         rollout | staggered | churn | defaults) CB_N=12 CB_LAYERS="16 8 8" CB_REG=50 CB_UP=200 CB_DOWN=200 ;;
         peer-bound) CB_N=12 CB_LAYERS="16 8 8" CB_REG=500 CB_UP=40 CB_DOWN=200 ;;
         edge) CB_N=8 CB_LAYERS="8 8" CB_REG=20 CB_UP=200 CB_DOWN=200 ;;
         big-layer) CB_N=8 CB_LAYERS="1024" CB_REG=200 CB_UP=1000 CB_DOWN=1000 ;;
         fast-registry) CB_N=8 CB_LAYERS="256" CB_REG=5000 CB_UP=1000 CB_DOWN=1000 ;;
-        *) die "unknown scenario $1 (rollout, peer-bound, edge, staggered, churn, big-layer, fast-registry, defaults)" ;;
+        sites) CB_N=8 CB_LAYERS="8 8" CB_REG=200 CB_UP=200 CB_DOWN=200 CB_SITE=20 ;;
+        *) die "unknown scenario $1 (rollout, peer-bound, edge, staggered, churn, big-layer, fast-registry, defaults, sites)" ;;
     esac
     [ "$1" = defaults ] && CB_DEFAULT_ROLES=1
     case "$1" in
@@ -145,6 +154,10 @@ cb_shape() {
 # cb_net_up: the hosts (mn_net_up), the cache's host at NET.3, and every link shaped.
 cb_net_up() {
     local i ns
+    if [ "$CB_SITE" -gt 0 ]; then
+        cb_sites_net_up
+        return
+    fi
     mn_net_up || return 1
     CB_CACHE_NS="$MN_PREFIX-cache"
     mn_add_host "$CB_CACHE_NS" "$CB_CACHE_IP" vcache || return 1
@@ -156,13 +169,45 @@ cb_net_up() {
     done
 }
 
+# cb_sites_net_up: the `sites` scenario's hosts (tests/e2e/sites.sh's si_net_up: the registry
+# and the parent in the region, two sites of N/2 nodes behind links of CB_SITE Mbit/s each
+# way), the cache's host in the region, and the registry's, cache's and nodes' links shaped.
+cb_sites_net_up() {
+    local i
+    SI_NODES=$((MN_NODES / 2)) SI_RATE="${CB_SITE}mbit"
+    si_names
+    si_net_up || return 1
+    CB_CACHE_NS="$MN_PREFIX-cache"
+    mn_add_host "$CB_CACHE_NS" "$CB_CACHE_IP" vcache || return 1
+    cb_shape eth0 "$MN_REG_NS" "$CB_REG" || return 1
+    cb_shape eth0 "$CB_CACHE_NS" "$CB_UP" && cb_shape vcache "$MN_SW" "$CB_DOWN" || return 1
+    for ((i = 1; i <= MN_NODES; i++)); do
+        cb_shape eth0 "$(mn_ns "$i")" "$CB_UP" && cb_shape "v$i" "$(si_sw "$(si_site "$i")")" "$CB_DOWN" || return 1
+    done
+}
+
 # cb_counters: "rx tx" of every node's veth (bridge end: its rx is what the node sent, its tx
 # what the node received), then the registry's and the cache's, one line each, read in one go.
+# shellcheck disable=SC2046 # the device names are words
 cb_counters() {
     local i
-    # shellcheck disable=SC2016,SC2046 # the script is sh's; the device names are words
-    mn_in "$MN_SW" sh -c 'for d in "$@"; do echo "$(cat /sys/class/net/$d/statistics/rx_bytes) $(cat /sys/class/net/$d/statistics/tx_bytes)"; done' \
-        sh $(for ((i = 1; i <= MN_NODES; i++)); do printf 'v%s ' "$i"; done) vreg vcache
+    if [ "$CB_SITE" -gt 0 ]; then
+        # Nodes' veths are on their site's bridge; the site links (la, lb: towards each site)
+        # follow the cache's line.
+        cb_read_counters "$(si_sw a)" $(for ((i = 1; i <= SI_NODES; i++)); do printf 'v%s ' "$i"; done)
+        cb_read_counters "$(si_sw b)" $(for ((i = SI_NODES + 1; i <= MN_NODES; i++)); do printf 'v%s ' "$i"; done)
+        cb_read_counters "$MN_SW" vreg vcache la lb
+        return
+    fi
+    cb_read_counters "$MN_SW" $(for ((i = 1; i <= MN_NODES; i++)); do printf 'v%s ' "$i"; done) vreg vcache
+}
+
+# cb_read_counters NS DEV...: "rx tx" of each DEV in NS, a line each.
+cb_read_counters() {
+    local ns=$1
+    shift
+    # shellcheck disable=SC2016 # the script is sh's
+    mn_in "$ns" sh -c 'for d in "$@"; do echo "$(cat /sys/class/net/$d/statistics/rx_bytes) $(cat /sys/class/net/$d/statistics/tx_bytes)"; done' sh "$@"
 }
 
 # cb_sampler FILE T0: every 0.5 s, "seconds node bytes_received" per node and "seconds 0
@@ -211,6 +256,18 @@ YML
 # workload's pods come a moment after the DaemonSet's). Roles: the header's.
 cb_start_agents() {
     local i args
+    if [ "$CB_SITE" -gt 0 ]; then
+        # sites: the parent in the region (its cache empty), then every site agent at once with
+        # the parent first in its upstream list (tests/e2e/sites.sh).
+        si_pki && si_start_parent || return 1
+        for i in $(seq 1 "$MN_NODES" | shuf); do
+            rm -rf "$MN_DIR/n$i/agent"
+            si_launch_agent "$i" || return 1
+        done
+        for ((i = 1; i <= MN_NODES; i++)); do mn_wait_agent "$i" || return 1; done
+        sleep 1
+        return
+    fi
     for i in $(seq 1 "$MN_NODES" | shuf); do
         rm -rf "$MN_DIR/n$i/agent"
         args=()
@@ -228,6 +285,7 @@ cb_stop_agents() {
     local i
     for ((i = 1; i <= MN_NODES; i++)); do kill -TERM "${MN_AGENT_PID[$i]}" 2>/dev/null || true; done
     for ((i = 1; i <= MN_NODES; i++)); do lib_stop_pid "${MN_AGENT_PID[$i]}" 100; done
+    if [ "$CB_SITE" -gt 0 ]; then lib_stop_pid "$SI_PARENT_PID"; fi
 }
 
 # cb_puller_target CONTENDER: "BASE QUERY" for the puller.
@@ -332,11 +390,16 @@ cb_record() {
     sent_json+="]"
     times_json+="]"
     reg_egress=$(( ${a[MN_NODES]% *} - ${b[MN_NODES]% *} ))
+    # sites: the bytes each site link carried towards its site (lines after the cache's).
+    local sites_json="[]"
+    if [ "$CB_SITE" -gt 0 ]; then
+        sites_json="[$(( ${a[MN_NODES + 2]#* } - ${b[MN_NODES + 2]#* } )),$(( ${a[MN_NODES + 3]#* } - ${b[MN_NODES + 3]#* } ))]"
+    fi
     jq -nc --arg s "$scen" --arg c "$who" --argjson n "$MN_NODES" --argjson f "$CB_F" \
         --argjson reg "$CB_REG" --argjson up "$CB_UP" --argjson down "$CB_DOWN" --argjson tmin "$CB_TMIN" \
         --argjson egress "$reg_egress" --argjson sent "$sent_json" --argjson nodes "$times_json" \
         --argjson survivors "$survivors" --argjson ok "$ok" --argjson cpu "$cpu" --argjson quick "$CB_QUICK" \
-        --argjson peers "$CB_PEERS" '
+        --argjson peers "$CB_PEERS" --argjson sites "$sites_json" --argjson site "$CB_SITE" '
         ([$nodes[] | select(.secs != null) | .secs] | sort) as $t
         | def pct(p): if ($t | length) == 0 then null else $t[((($t | length) - 1) * p | floor)] end;
         {scenario: $s, contender: $c, nodes: $n, quick: ($quick == 1), image_blob_bytes: $f,
@@ -346,8 +409,10 @@ cb_record() {
          max_over_t_min: (if $ok == $survivors and $ok > 0 then ($t[-1] / $tmin * 100 | round / 100) else null end),
          registry_egress_bytes: $egress, egress_over_f: ($egress / $f * 1000 | round / 1000),
          bytes_sent_per_node: $sent, cpu_busy_percent: $cpu, per_node: $nodes,
-         peers_at_start: $peers}' >>"$CB_OUT/runs.jsonl"
-    jq -r '"  \(.contender): \(.verified)/\(.survivors) verified; max \(.max_secs // "-") s (\(.max_over_t_min // "-") x T_min), p50 \(.p50_secs // "-") s; registry egress \(.egress_over_f) x F; CPU \(.cpu_busy_percent)%"' \
+         peers_at_start: $peers}
+        + (if $site > 0 then {site_link_mbit: $site, site_link_bytes: $sites,
+             site_link_over_f: ($sites | max / $f * 1000 | round / 1000)} else {} end)' >>"$CB_OUT/runs.jsonl"
+    jq -r '"  \(.contender): \(.verified)/\(.survivors) verified; max \(.max_secs // "-") s (\(.max_over_t_min // "-") x T_min), p50 \(.p50_secs // "-") s; registry egress \(.egress_over_f) x F\(if .site_link_over_f then "; busiest site link \(.site_link_over_f) x F" else "" end); CPU \(.cpu_busy_percent)%"' \
         <<<"$(tail -n 1 "$CB_OUT/runs.jsonl")"
 }
 
@@ -355,10 +420,11 @@ cb_record() {
 cb_t_min() {
     local n=$MN_NODES
     [ "$CB_CHURN" = 1 ] && n=$((MN_NODES * 3 / 4))
-    awk -v f="$CB_F" -v s="$CB_REG" -v u="$CB_UP" -v d="$CB_DOWN" -v n="$n" 'BEGIN {
-        s *= 125000; u *= 125000; d *= 125000
+    # sites: every site's nodes need F through their site's link as well.
+    awk -v f="$CB_F" -v s="$CB_REG" -v u="$CB_UP" -v d="$CB_DOWN" -v n="$n" -v l="$CB_SITE" 'BEGIN {
+        s *= 125000; u *= 125000; d *= 125000; l *= 125000
         a = f / s; b = f / d; c = n * f / (s + n * u)
-        m = a; if (b > m) m = b; if (c > m) m = c; printf "%.2f", m }'
+        m = a; if (b > m) m = b; if (c > m) m = c; if (l > 0 && f / l > m) m = f / l; printf "%.2f", m }'
 }
 
 cb_scenario_run() {
@@ -498,6 +564,9 @@ cb_report() {
         echo
         jq -r 'group_by(.scenario)[] | (map({(.contender): .max_secs}) | add) as $m | select($m.pollen != null)
             | "\(.[0].scenario): time until every node has the image, direct / pollen = \(if $m.direct then "\($m.direct / $m.pollen * 10 | round / 10)" else "-" end), central cache / pollen = \(if $m.cache then "\($m.cache / $m.pollen * 10 | round / 10)" else "-" end)"' "$CB_OUT/results.json"
+        jq -r '.[] | select(.site_link_over_f != null)
+            | "- \(.scenario), \(.contender): the busiest site link carried \(.site_link_over_f) x F towards its site, the registry sent \(.egress_over_f) x F"' "$CB_OUT/results.json"
+        echo
         jq -r '.[] | select(.contender | startswith("pollen")) | "\(.scenario) \(.contender)"' "$CB_OUT/results.json" |
             while read -r scen who; do cb_timeline "$scen" "$who"; done
     } >"$CB_OUT/results.md"

@@ -9,7 +9,7 @@
 #   sudo tests/e2e/run.sh              # sources this file and runs it as step j
 #
 # Network (multinode.sh's helpers): the region switch namespace (bridge at NET.1) holds the
-# docker-registry's namespace (NET.2) and the parent's (NET.3); each site has a switch namespace
+# docker-registry's namespace (NET.2) and the parent's (NET.4); each site has a switch namespace
 # of its own whose bridge is joined to the region's by a veth pair (la/ra, lb/rb) shaped with
 # `tc tbf rate RATE` on both ends; site A's nodes are NET.11.., site B's follow. Each site is a
 # swarm of its own (its own swarm key, bootstrapped to its first node). Nothing is created in the
@@ -39,13 +39,21 @@ read -r -a SI_LAYER_MIBS <<<"${E2E_SITES_LAYERS_MIB:-6 3}"
 SI_NET=${E2E_SITES_NET:-10.80.0}
 SI_TIMEOUT=${E2E_SITES_TIMEOUT:-180}
 SI_KILL_AFTER=${E2E_SITES_KILL_AFTER:-1000000}
-SI_PARENT_NS=si-parent
-SI_PARENT_IP="$SI_NET.3"
-SI_PARENT="$SI_PARENT_IP:8443"
 # Manifests (a few per node, through the parent or from the origin) and HTTP, TLS and TCP/IP
 # framing on top of the blobs' bytes: fixed before the pulls.
 SI_ALLOWANCE=262144
 SI_PARENT_PID=""
+
+# si_names: the parent's namespace and address, from mn_config's prefix and network (also used
+# by benches/cluster.sh's `sites` scenario, whose cache host has NET.3).
+si_names() {
+    SI_PARENT_NS="$MN_PREFIX-parent"
+    SI_PARENT_IP="$MN_NET.4"
+    SI_PARENT="$SI_PARENT_IP:8443"
+}
+
+# si_sw SITE: the switch namespace of SITE (a or b).
+si_sw() { printf '%s-s%s' "$MN_PREFIX" "$1"; }
 
 # si_site N: the site (a or b) of node N.
 si_site() { if [ "$1" -le "$SI_NODES" ]; then echo a; else echo b; fi; }
@@ -55,27 +63,28 @@ si_first() { if [ "$1" -le "$SI_NODES" ]; then echo 1; else echo $((SI_NODES + 1
 # si_net_up: the region (mn_net_up with the registry in its own namespace and no nodes), the
 # parent, and both sites with their shaped links and nodes.
 si_net_up() {
-    local nodes=$MN_NODES region=$MN_SW site n
+    local nodes=$MN_NODES region=$MN_SW site sw n
     MN_NODES=0
     mn_net_up || return 1
     MN_NODES=$nodes
     mn_add_host "$SI_PARENT_NS" "$SI_PARENT_IP" vpar || return 1
     for site in a b; do
-        ip netns add "si-s$site" || return 1
-        MN_NETNS+=("si-s$site")
-        ip -n "si-s$site" link set lo up &&
-            ip -n "si-s$site" link add br0 type bridge &&
-            ip -n "si-s$site" link set br0 up &&
-            ip -n "$region" link add "l$site" type veth peer name "r$site" netns "si-s$site" &&
+        sw=$(si_sw "$site")
+        ip netns add "$sw" || return 1
+        MN_NETNS+=("$sw")
+        ip -n "$sw" link set lo up &&
+            ip -n "$sw" link add br0 type bridge &&
+            ip -n "$sw" link set br0 up &&
+            ip -n "$region" link add "l$site" type veth peer name "r$site" netns "$sw" &&
             ip -n "$region" link set "l$site" master br0 &&
             ip -n "$region" link set "l$site" up &&
-            ip -n "si-s$site" link set "r$site" master br0 &&
-            ip -n "si-s$site" link set "r$site" up &&
+            ip -n "$sw" link set "r$site" master br0 &&
+            ip -n "$sw" link set "r$site" up &&
             tc -n "$region" qdisc add dev "l$site" root tbf rate "$SI_RATE" burst 32kb latency 100ms &&
-            tc -n "si-s$site" qdisc add dev "r$site" root tbf rate "$SI_RATE" burst 32kb latency 100ms || return 1
+            tc -n "$sw" qdisc add dev "r$site" root tbf rate "$SI_RATE" burst 32kb latency 100ms || return 1
     done
     for ((n = 1; n <= MN_NODES; n++)); do
-        MN_SW="si-s$(si_site "$n")"
+        MN_SW=$(si_sw "$(si_site "$n")")
         mn_add_host "$(mn_ns "$n")" "$(mn_ip "$n")" "v$n" || { MN_SW=$region; return 1; }
     done
     MN_SW=$region
@@ -113,6 +122,7 @@ TOML
 
 si_start_parent() {
     local data="$MN_DIR/parent"
+    rm -rf "$data"
     mkdir -p "$data"
     lib_start_bg parent "$MN_DIR/logs/parent.log" ip netns exec "$SI_PARENT_NS" "$POLLEN_BIN" agent \
         --listen "127.0.0.1:$MN_AGENT_PORT" --metrics-listen "127.0.0.1:$MN_ADMIN_PORT" \
@@ -180,6 +190,7 @@ si_blob_bytes() {
 si_main() {
     lib_step "j. sites: two sites of $SI_NODES nodes behind $SI_RATE links pull through a parent agent"
     mn_config si "$SI_NET" $((2 * SI_NODES)) "sites/app:v1" own
+    si_names
     MN_LAYER_MIBS=("${SI_LAYER_MIBS[@]}")
     MN_TIMEOUT=$SI_TIMEOUT
     MN_DIR="$T/si"
