@@ -184,6 +184,8 @@ fn open_now(
     let ctx = ctx.clone();
     let route = route.clone();
     tokio::spawn(async move {
+        // A lazy range writing pieces of this blob finishes first (`lazy.rs`).
+        let _writing = ctx.writers.lock(digest).await;
         let fetch = BlobFetch {
             store: &ctx.store,
             origin: &ctx.origin,

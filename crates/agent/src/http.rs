@@ -6,7 +6,7 @@ use crate::listen::{run_conn, ConnLimit, InFlight};
 use crate::range::{self, RangeOutcome};
 use crate::request::{self, ApiRequest, Parsed};
 use crate::sites::SiteServing;
-use crate::{manifests, Ctx};
+use crate::{lazy, manifests, Ctx};
 use bytes::Bytes;
 use futures_util::stream;
 use http::header::{self, HeaderValue};
@@ -248,6 +248,11 @@ async fn blob(
     head: bool,
     range_header: Option<&str>,
 ) -> Response<Body> {
+    if !head && client_auth.is_none() {
+        if let Some(lazy) = lazy::fetch(ctx, &route, digest, range_header).await {
+            return lazy_response(ctx, lazy, &digest);
+        }
+    }
     let upstream = ctx.origin.current();
     let cfg = upstream.config();
     let stall = (cfg.response_timeout + cfg.idle_timeout) * (route.mirrors.len() as u32 + 1);
@@ -322,6 +327,22 @@ async fn blob(
         set(&mut r, header::CONTENT_RANGE, &cr);
     }
     content_headers(&mut r, &digest);
+    r
+}
+
+/// A range answered from its own pieces ([`lazy`]).
+fn lazy_response(ctx: &Ctx, lazy: lazy::LazyRange, digest: &Digest) -> Response<Body> {
+    ctx.metrics.request("blob", "lazy");
+    ctx.metrics.served("lazy", lazy.bytes.len() as u64);
+    let len = lazy.bytes.len();
+    let mut r = Response::new(full(lazy.bytes));
+    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    set(&mut r, header::CONTENT_TYPE, "application/octet-stream");
+    set(&mut r, header::ACCEPT_RANGES, "bytes");
+    set(&mut r, header::CONTENT_LENGTH, &len.to_string());
+    let range = format!("bytes {}-{}/{}", lazy.start, lazy.end, lazy.size);
+    set(&mut r, header::CONTENT_RANGE, &range);
+    content_headers(&mut r, digest);
     r
 }
 

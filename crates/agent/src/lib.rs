@@ -20,6 +20,7 @@ pub mod fuzzing;
 mod gather;
 mod http;
 mod inflight;
+mod lazy;
 mod listen;
 mod manifests;
 mod metrics;
@@ -140,6 +141,8 @@ pub(crate) struct Ctx {
     doctor: doctor::Cache,
     /// Blob sizes from verified manifests ([`sizes`]).
     sizes: sizes::KnownSizes,
+    /// One writer per partial blob: a whole fetch or a lazy range ([`lazy`]).
+    writers: lazy::Writers,
 }
 
 /// A running agent's handle; cheap to clone.
@@ -203,6 +206,7 @@ impl Agent {
                 manifests: manifests::Manifests::default(),
                 peers,
                 sizes: sizes::KnownSizes::default(),
+                writers: lazy::Writers::default(),
                 stopping: tokio::sync::watch::channel(false).0,
                 draining: tokio::sync::watch::channel(false).0,
                 clients: tokio::sync::watch::channel(0).0,

@@ -65,15 +65,21 @@ impl BlobFetch<'_> {
     /// A digest mismatch after peers supplied the piece map bans those peers and fetches the
     /// blob again from the upstream alone. On failure what was fetched is kept as a partial
     /// blob, so the next attempt continues from there.
+    ///
+    /// A blob that started from pieces already on disk (a resumed download, or ranges read
+    /// lazily, `lazy.rs`) and then failed its digest is fetched again once the same way:
+    /// those pieces came from an earlier answer of the upstream, which may have been wrong,
+    /// and the failed partial is gone, so the client's pull still ends with the right blob.
     pub async fn run(&self) -> Result<Blob, FetchError> {
+        let resumed = self.store.partial_geometry(&self.digest).is_some();
         match self.attempt(true).await {
-            Err((FetchError::Corrupt(why), sources)) if !sources.is_empty() => {
-                for peer in sources {
+            Err((FetchError::Corrupt(why), sources)) if !sources.is_empty() || resumed => {
+                for peer in &sources {
                     self.metrics.peer_bans.inc();
                     let why = "its piece map failed the blob's digest";
-                    self.peers.ban(self.digest, peer, why);
+                    self.peers.ban(self.digest, *peer, why);
                 }
-                warn!(digest = %self.digest, error = %why, "blob from peers failed its digest; fetching it from the upstream");
+                warn!(digest = %self.digest, error = %why, from_peers = !sources.is_empty(), "blob failed its digest; fetching it again from the upstream");
                 self.attempt(false).await.map_err(|(e, _)| e)
             }
             other => other.map_err(|(e, _)| e),

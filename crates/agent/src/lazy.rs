@@ -1,0 +1,245 @@
+//! Lazy pulling: a short range of a blob that is neither cached nor being fetched is answered
+//! from the pieces that cover it alone, fetched from the upstream with one range request and
+//! kept in the blob's partial, so later ranges and a whole pull reuse them. Snapshotters that
+//! start a container before its layers are here (eStargz, SOCI) read a layer this way: its
+//! footer, its table of contents, the files the container opens first; without this, the
+//! first range started the whole layer's fetch and waited for its digest.
+//!
+//! Verified how (docs/trust-model.md, "Ranges"): a range has no digest of its own. Its bytes
+//! come from this node's own upstream, as the client's own range request to the registry
+//! would, and only pieces this node hashed from its upstream's bytes (`Partial::produced`)
+//! are served this way, never pieces from peers, whose hashes are claims until the whole blob
+//! verifies. A whole pull later checks every piece, these included, against the blob's
+//! digest, and a mismatch deletes the partial.
+//!
+//! Taken only when the blob's size is known from a verified manifest (a snapshotter fetches
+//! the manifest first), the content is not private, and the range is at most
+//! [`MAX_LAZY_RANGE`] and not the whole blob; otherwise the range follows the whole blob's
+//! fetch (and a range short of the last byte waits for its digest, `follow.rs`).
+
+use crate::range::{self, RangeOutcome};
+use crate::Ctx;
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use http_body_util::BodyExt;
+use pollen_oci::Digest;
+use pollen_proto::PieceGeometry;
+use pollen_store::{Kind, Partial};
+use pollen_upstream::{FetchRequest, Route};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use tracing::{debug, info};
+
+/// The longest range answered lazily: longer reads are the start of a whole pull.
+pub const MAX_LAZY_RANGE: u64 = 32 << 20;
+/// How much of a blob a node fetches lazily, as a share of it (and at least
+/// [`MIN_LAZY_BUDGET`]): a snapshotter's background fetch reads the rest by ranges too, and
+/// past this they go the whole blob's way, coordinated with the swarm, so every node does not
+/// fetch the whole layer from the registry range by range.
+pub const LAZY_SHARE: u64 = 10;
+pub const MIN_LAZY_BUDGET: u64 = 4 << 20;
+
+/// A short range's bytes, and where they sit in the blob.
+pub(crate) struct LazyRange {
+    pub start: u64,
+    pub end: u64,
+    pub size: u64,
+    pub bytes: Bytes,
+}
+
+/// One writer per partial blob at a time: a whole blob's fetch, or a lazy range's pieces.
+#[derive(Default)]
+pub(crate) struct Writers(DashMap<Digest, Arc<tokio::sync::Mutex<()>>>);
+
+/// Holds a blob's partial for writing; the entry goes when nobody else waits for it.
+pub(crate) struct Writing<'a> {
+    writers: &'a Writers,
+    digest: Digest,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Writers {
+    pub async fn lock(&self, digest: Digest) -> Writing<'_> {
+        let lock = self.0.entry(digest).or_default().clone();
+        let guard = lock.lock_owned().await;
+        Writing {
+            writers: self,
+            digest,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // The map's Arc and none other: nobody holds or waits for the lock.
+        self.writers
+            .0
+            .remove_if(&self.digest, |_, lock| Arc::strong_count(lock) == 1);
+    }
+}
+
+/// The bytes of `range_header` when it is answered lazily; `None` sends the request down the
+/// whole blob's path.
+pub(crate) async fn fetch(
+    ctx: &Ctx,
+    route: &Route,
+    digest: Digest,
+    range_header: Option<&str>,
+) -> Option<LazyRange> {
+    let size = ctx.sizes.get(&digest)?;
+    let RangeOutcome::Partial { start, end } = range::parse(range_header, size) else {
+        return None;
+    };
+    // A footer (`bytes=-47`) runs to the last byte and is still a range: only the whole blob
+    // goes the whole blob's way.
+    let whole = start == 0 && end.checked_add(1) == Some(size);
+    if whole || end - start >= MAX_LAZY_RANGE || size > ctx.cfg.max_blob_size {
+        return None;
+    }
+    if ctx.private.contains(&digest) || !idle(ctx, &digest) {
+        return None;
+    }
+    let _writing = ctx.writers.lock(digest).await;
+    // A whole fetch may have started (and ended) while this waited.
+    if !idle(ctx, &digest) {
+        return None;
+    }
+    let geometry = PieceGeometry::choose(size, ctx.peers().piece_size()).ok()?;
+    let pieces = covering(&geometry, start, end)?;
+    let store = ctx.store.clone();
+    let partial = tokio::task::spawn_blocking(move || store.partial_with(digest, geometry, true))
+        .await
+        .ok()?
+        .ok()?;
+    let bytes = if pieces.clone().all(|i| partial.produced().get(i)) {
+        read(partial, start, end).await?
+    } else {
+        let fetched = u64::from(partial.produced().count_ones()) * u64::from(geometry.piece_size());
+        let budget = (size / LAZY_SHARE).max(MIN_LAZY_BUDGET);
+        if fetched.saturating_add(end - start) > budget {
+            debug!(%digest, fetched, "lazy budget spent: the rest of the blob comes whole");
+            return None;
+        }
+        let from = geometry.offset_of(*pieces.start())?;
+        let span = upstream_span(ctx, route, &digest, &geometry, &pieces).await?;
+        let bytes =
+            span.slice(usize::try_from(start - from).ok()?..usize::try_from(end + 1 - from).ok()?);
+        // Kept for later ranges and the whole pull; the range is answered either way.
+        keep(partial, *pieces.start(), span).await;
+        bytes
+    };
+    info!(%digest, start, end, "served a range lazily, from its pieces alone");
+    Some(LazyRange {
+        start,
+        end,
+        size,
+        bytes,
+    })
+}
+
+/// Neither cached nor being fetched as a whole.
+fn idle(ctx: &Ctx, digest: &Digest) -> bool {
+    !ctx.store.contains(Kind::Blob, digest) && !ctx.blobs.contains_key(digest)
+}
+
+/// The pieces holding bytes `start..=end`.
+fn covering(g: &PieceGeometry, start: u64, end: u64) -> Option<RangeInclusive<u32>> {
+    let piece = u64::from(g.piece_size()).max(1);
+    let first = u32::try_from(start / piece).ok()?;
+    let last = u32::try_from(end / piece).ok()?;
+    (last < g.count()).then_some(first..=last)
+}
+
+/// The bytes of `pieces`, from one range request to the upstream; `None` when the upstream
+/// does not answer it with exactly those bytes (it may not serve ranges at all).
+async fn upstream_span(
+    ctx: &Ctx,
+    route: &Route,
+    digest: &Digest,
+    g: &PieceGeometry,
+    pieces: &RangeInclusive<u32>,
+) -> Option<Bytes> {
+    let from = g.offset_of(*pieces.start())?;
+    let to = g
+        .offset_of(*pieces.end())?
+        .checked_add(u64::from(g.len_of(*pieces.end())?))?;
+    let req = FetchRequest {
+        route,
+        method: http::Method::GET,
+        path: format!("blobs/{digest}"),
+        accept: None,
+        range_start: from,
+        range_end: Some(to),
+        client_auth: None,
+    };
+    let resp = ctx.origin.fetch(&req).await.ok()?;
+    let answered = resp
+        .headers
+        .get(http::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, _)| a.parse::<u64>().ok());
+    if resp.status != http::StatusCode::PARTIAL_CONTENT || answered != Some(from) {
+        debug!(%digest, status = %resp.status, "the upstream did not answer a range: no lazy read");
+        return None;
+    }
+    let want = usize::try_from(to - from).ok()?;
+    let idle = ctx.origin.current().config().idle_timeout;
+    let mut body = resp.body;
+    let mut out = BytesMut::with_capacity(want);
+    while out.len() < want {
+        let frame = tokio::time::timeout(idle, body.frame()).await.ok()??.ok()?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.len() > want - out.len() {
+            return None;
+        }
+        out.extend_from_slice(&data);
+    }
+    ctx.metrics.upstream_bytes.inc_by(out.len() as u64);
+    Some(out.freeze())
+}
+
+/// Writes the pieces from `first` on (those not present yet) into the partial, hashed as
+/// this node's own, and records them durably.
+async fn keep(mut partial: Partial, first: u32, span: Bytes) {
+    let kept = tokio::task::spawn_blocking(move || -> Option<()> {
+        let g = *partial.geometry();
+        let (mut index, mut at) = (first, 0usize);
+        while at < span.len() {
+            let end = at.checked_add(usize::try_from(g.len_of(index)?).ok()?)?;
+            if end > span.len() {
+                return None;
+            }
+            if !partial.have().get(index) {
+                partial.seek(index).ok()?;
+                partial.append(&span.slice(at..end)).ok()?;
+            }
+            (index, at) = (index.checked_add(1)?, end);
+        }
+        partial.settle().ok()?;
+        partial.checkpoint().ok()
+    })
+    .await;
+    if !matches!(kept, Ok(Some(()))) {
+        debug!("a lazily fetched range could not be kept in the partial blob");
+    }
+}
+
+/// Bytes `start..=end` from the partial's file: every piece they touch was produced here and
+/// recorded (a checkpoint made them durable).
+async fn read(partial: Partial, start: u64, end: u64) -> Option<Bytes> {
+    use std::os::unix::fs::FileExt;
+    tokio::task::spawn_blocking(move || {
+        let len = usize::try_from(end - start + 1).ok()?;
+        let mut buf = vec![0u8; len];
+        partial.file().read_exact_at(&mut buf, start).ok()?;
+        Some(Bytes::from(buf))
+    })
+    .await
+    .ok()?
+}
