@@ -27,6 +27,7 @@
 #   E2E_SKIP_ROLLOUT=1    skip step h; its own settings are described in rollout.sh
 #   E2E_SKIP_IMAGE=1      skip step i (the release image run by containerd; image.sh)
 #   E2E_SKIP_SITES=1      skip step j (two sites behind thin links and a parent; sites.sh)
+#   E2E_SKIP_LAZY=1       skip step k (an eStargz layer read by range through two agents; lazy.sh)
 #
 # Prints `e2e: N passed, M failed` as its last line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -43,6 +44,8 @@ source "$HERE/rollout.sh"
 source "$HERE/image.sh"
 # shellcheck source=tests/e2e/sites.sh
 source "$HERE/sites.sh"
+# shellcheck source=tests/e2e/lazy.sh
+source "$HERE/lazy.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
 FULL_MIB=${E2E_FULL_MIB:-64}
@@ -112,7 +115,7 @@ die() {
 lib_step "preflight"
 lib_is_root || die "must run as root (containerd and dockerd need it)"
 lib_ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd \
-    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 openssl=openssl ||
+    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 openssl=openssl ctr-remote=stargz-snapshotter ||
     die "required tools are missing"
 # The docker.io package's CLI matches its dockerd; prefer it over any other docker on PATH.
 if [ -x /usr/bin/docker ]; then DOCKER_CLI=/usr/bin/docker; else DOCKER_CLI=$(command -v docker) || die "no docker CLI"; fi
@@ -617,4 +620,11 @@ if [ "${E2E_SKIP_SITES:-0}" = "1" ]; then
     echo "E2E_SKIP_SITES=1: step j (sites behind thin links) skipped"
 else
     si_main
+fi
+
+# ---------------------------------------------------------------- k. lazy pulling
+if [ "${E2E_SKIP_LAZY:-0}" = "1" ]; then
+    echo "E2E_SKIP_LAZY=1: step k (lazy pulling of an eStargz layer) skipped"
+else
+    lazy_main
 fi
