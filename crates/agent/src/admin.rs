@@ -152,7 +152,7 @@ async fn route(agent: &Agent, path: &str, surface: Surface) -> Response<Full<Byt
                 .inc_by(usage.evictions.saturating_sub(seen));
             m.cache_quota
                 .set(i64::try_from(usage.quota).unwrap_or(i64::MAX));
-            if let Ok(free) = crate::doctor::free_space(agent.store().root()) {
+            if let Ok(free) = crate::disk::free_space(agent.store().root()) {
                 m.cache_disk_free
                     .set(i64::try_from(free).unwrap_or(i64::MAX));
             }

@@ -193,6 +193,7 @@ fn open_now(
             metrics: &ctx.metrics,
             sizes: &ctx.sizes,
             max_blob_size: ctx.cfg.max_blob_size,
+            disk_room_check: ctx.cfg.disk_room_check,
             private: &ctx.private,
             stopping: &ctx.stopping,
             route: &route,

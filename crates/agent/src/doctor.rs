@@ -293,7 +293,7 @@ fn disk(ctx: &Ctx) -> Check {
         gib(usage.bytes),
         gib(usage.quota)
     );
-    match free_space(ctx.store.root()) {
+    match crate::disk::free_space(ctx.store.root()) {
         Err(e) => check(
             "cache",
             Verdict::Warn,
@@ -319,27 +319,6 @@ fn disk(ctx: &Ctx) -> Check {
             }
         }
     }
-}
-
-/// Below this much free space the cache's disk counts as full (not ready): a miss could not
-/// be stored, so not served either.
-const FULL_BELOW: u64 = 16 << 20;
-
-/// Why the cache's disk is full, if it is.
-pub(crate) fn disk_full(ctx: &Ctx) -> Option<String> {
-    let free = free_space(ctx.store.root()).ok()?;
-    (free < FULL_BELOW).then(|| {
-        format!(
-            "the cache's disk is full ({} MiB free under {}): free space or lower --cache-size",
-            free >> 20,
-            ctx.store.root().display()
-        )
-    })
-}
-
-pub(crate) fn free_space(path: &std::path::Path) -> Result<u64, String> {
-    let st = rustix::fs::statvfs(path).map_err(|e| e.to_string())?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A tracker's clock against ours (taken halfway through the exchange), or `None` when it

@@ -62,6 +62,8 @@ async fn liar(
         .insert(victim.reg.host(), vec![evil.url()]);
     cfg.upstream.idle_timeout = Duration::from_secs(120);
     cfg.max_blob_size = u64::MAX;
+    // A hostile agent does not look at its disk before it claims a size.
+    cfg.disk_room_check = false;
     cfg.p2p.session.piece_size = piece_size;
     let a = member(&evil, cfg, Some(victim)).await;
     // Its fetch hangs after the headers: it provides the blob with the claimed size.

@@ -48,6 +48,8 @@ pub(crate) struct BlobFetch<'a> {
     /// Blob sizes from verified manifests ([`crate::sizes`]), and the largest this node takes.
     pub sizes: &'a KnownSizes,
     pub max_blob_size: u64,
+    /// Refuse a new blob the disk cannot hold (`disk.rs`); off only in tests.
+    pub disk_room_check: bool,
     /// Content fetched with a client's own credentials: never announced.
     pub private: &'a Private,
     /// Set when the agent stops: the fetch checkpoints what it has and ends.
@@ -172,6 +174,11 @@ impl BlobFetch<'_> {
         confirmed: bool,
     ) -> Result<Sink, FetchError> {
         self.check_size(geometry.size())?;
+        // A new blob the disk cannot hold is refused before its first byte (`disk.rs`); a
+        // partial already on disk resumes.
+        if self.disk_room_check && self.store.partial_geometry(&self.digest).is_none() {
+            crate::disk::room_for(self.store, geometry.size()).map_err(FetchError::Store)?;
+        }
         let store = self.store.clone();
         let digest = self.digest;
         // Reopening re-verifies pieces already on disk: blocking work.
