@@ -28,6 +28,7 @@
 #   E2E_SKIP_IMAGE=1      skip step i (the release image run by containerd; image.sh)
 #   E2E_SKIP_SITES=1      skip step j (two sites behind thin links and a parent; sites.sh)
 #   E2E_SKIP_LAZY=1       skip step k (an eStargz layer read by range through two agents; lazy.sh)
+#   E2E_SKIP_KILL=1       skip step l (SIGKILL at random points of a pull; killloop.sh)
 #
 # Prints `e2e: N passed, M failed` as its last line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -46,6 +47,8 @@ source "$HERE/image.sh"
 source "$HERE/sites.sh"
 # shellcheck source=tests/e2e/lazy.sh
 source "$HERE/lazy.sh"
+# shellcheck source=tests/e2e/killloop.sh
+source "$HERE/killloop.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
 FULL_MIB=${E2E_FULL_MIB:-64}
@@ -649,4 +652,11 @@ if [ "${E2E_SKIP_LAZY:-0}" = "1" ]; then
     echo "E2E_SKIP_LAZY=1: step k (lazy pulling of an eStargz layer) skipped"
 else
     lazy_main
+fi
+
+# ---------------------------------------------------------------- l. SIGKILL loop
+if [ "${E2E_SKIP_KILL:-0}" = "1" ]; then
+    echo "E2E_SKIP_KILL=1: step l (SIGKILL at random points of a pull) skipped"
+else
+    kill_main
 fi
