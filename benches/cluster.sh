@@ -151,38 +151,26 @@ cb_shape() {
     tc -n "$2" qdisc add dev "$1" root tbf rate "${3}mbit" burst 256kb latency 50ms
 }
 
-# cb_net_up: the hosts (mn_net_up), the cache's host at NET.3, and every link shaped.
+# cb_net_up: the hosts, the cache's host at NET.3, and every link shaped. The hosts are
+# mn_net_up's, or in the `sites` scenario tests/e2e/sites.sh's si_net_up's: the registry and
+# the parent in the region, two sites of N/2 nodes behind links of CB_SITE Mbit/s each way.
 cb_net_up() {
-    local i ns
+    local i sw=$MN_SW
     if [ "$CB_SITE" -gt 0 ]; then
-        cb_sites_net_up
-        return
+        SI_NODES=$((MN_NODES / 2)) SI_RATE="${CB_SITE}mbit"
+        si_names
+        si_net_up || return 1
+    else
+        mn_net_up || return 1
     fi
-    mn_net_up || return 1
     CB_CACHE_NS="$MN_PREFIX-cache"
     mn_add_host "$CB_CACHE_NS" "$CB_CACHE_IP" vcache || return 1
     cb_shape eth0 "$MN_REG_NS" "$CB_REG" || return 1
     cb_shape eth0 "$CB_CACHE_NS" "$CB_UP" && cb_shape vcache "$MN_SW" "$CB_DOWN" || return 1
     for ((i = 1; i <= MN_NODES; i++)); do
-        ns=$(mn_ns "$i")
-        cb_shape eth0 "$ns" "$CB_UP" && cb_shape "v$i" "$MN_SW" "$CB_DOWN" || return 1
-    done
-}
-
-# cb_sites_net_up: the `sites` scenario's hosts (tests/e2e/sites.sh's si_net_up: the registry
-# and the parent in the region, two sites of N/2 nodes behind links of CB_SITE Mbit/s each
-# way), the cache's host in the region, and the registry's, cache's and nodes' links shaped.
-cb_sites_net_up() {
-    local i
-    SI_NODES=$((MN_NODES / 2)) SI_RATE="${CB_SITE}mbit"
-    si_names
-    si_net_up || return 1
-    CB_CACHE_NS="$MN_PREFIX-cache"
-    mn_add_host "$CB_CACHE_NS" "$CB_CACHE_IP" vcache || return 1
-    cb_shape eth0 "$MN_REG_NS" "$CB_REG" || return 1
-    cb_shape eth0 "$CB_CACHE_NS" "$CB_UP" && cb_shape vcache "$MN_SW" "$CB_DOWN" || return 1
-    for ((i = 1; i <= MN_NODES; i++)); do
-        cb_shape eth0 "$(mn_ns "$i")" "$CB_UP" && cb_shape "v$i" "$(si_sw "$(si_site "$i")")" "$CB_DOWN" || return 1
+        # A node's veth sits on its site's bridge in `sites`, on the one switch otherwise.
+        [ "$CB_SITE" -gt 0 ] && sw=$(si_sw "$(si_site "$i")")
+        cb_shape eth0 "$(mn_ns "$i")" "$CB_UP" && cb_shape "v$i" "$sw" "$CB_DOWN" || return 1
     done
 }
 

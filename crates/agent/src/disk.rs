@@ -36,8 +36,8 @@ pub(crate) fn room_for(store: &Store, size: u64) -> Result<(), String> {
     let Ok(free) = free_space(store.root()) else {
         return Ok(());
     };
-    let room = free.saturating_add(store.usage().bytes);
-    if room >= size.saturating_add(FULL_BELOW) {
+    let cached = store.usage().bytes;
+    if free.saturating_add(cached) >= size.saturating_add(FULL_BELOW) {
         return Ok(());
     }
     Err(format!(
@@ -45,6 +45,6 @@ pub(crate) fn room_for(store: &Store, size: u64) -> Result<(), String> {
         size >> 20,
         free >> 20,
         store.root().display(),
-        store.usage().bytes >> 20
+        cached >> 20
     ))
 }

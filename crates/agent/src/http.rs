@@ -318,6 +318,27 @@ async fn blob(
         });
         BodyExt::boxed(StreamBody::new(s))
     };
+    blob_response(body, status, length, content_range, &digest)
+}
+
+/// A range answered from its own pieces ([`lazy`]).
+fn lazy_response(ctx: &Ctx, lazy: lazy::LazyRange, digest: &Digest) -> Response<Body> {
+    ctx.metrics.request("blob", "lazy");
+    ctx.metrics.served("lazy", lazy.bytes.len() as u64);
+    let len = lazy.bytes.len() as u64;
+    let range = format!("bytes {}-{}/{}", lazy.start, lazy.end, lazy.size);
+    let body = full(lazy.bytes);
+    blob_response(body, StatusCode::PARTIAL_CONTENT, len, Some(range), digest)
+}
+
+/// A blob's body (or part of it, with its `Content-Range`) and the headers every blob gets.
+fn blob_response(
+    body: Body,
+    status: StatusCode,
+    length: u64,
+    content_range: Option<String>,
+    digest: &Digest,
+) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     set(&mut r, header::CONTENT_TYPE, "application/octet-stream");
@@ -326,22 +347,6 @@ async fn blob(
     if let Some(cr) = content_range {
         set(&mut r, header::CONTENT_RANGE, &cr);
     }
-    content_headers(&mut r, &digest);
-    r
-}
-
-/// A range answered from its own pieces ([`lazy`]).
-fn lazy_response(ctx: &Ctx, lazy: lazy::LazyRange, digest: &Digest) -> Response<Body> {
-    ctx.metrics.request("blob", "lazy");
-    ctx.metrics.served("lazy", lazy.bytes.len() as u64);
-    let len = lazy.bytes.len();
-    let mut r = Response::new(full(lazy.bytes));
-    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-    set(&mut r, header::CONTENT_TYPE, "application/octet-stream");
-    set(&mut r, header::ACCEPT_RANGES, "bytes");
-    set(&mut r, header::CONTENT_LENGTH, &len.to_string());
-    let range = format!("bytes {}-{}/{}", lazy.start, lazy.end, lazy.size);
-    set(&mut r, header::CONTENT_RANGE, &range);
     content_headers(&mut r, digest);
     r
 }

@@ -36,14 +36,23 @@ const MAX_TOKENS_FILE: u64 = 1 << 20;
 /// The TLS configuration and the accepted tokens of the listener for other sites.
 pub struct SiteServing {
     tls: tokio_rustls::TlsAcceptor,
-    /// SHA-256 of each accepted token: compared in constant time, never kept in the clear.
-    tokens: Vec<[u8; 32]>,
+    tokens: Tokens,
+}
+
+/// SHA-256 of each accepted token: compared in constant time, never kept in the clear.
+#[derive(Default)]
+struct Tokens(Vec<[u8; 32]>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} tokens", self.0.len())
+    }
 }
 
 impl std::fmt::Debug for SiteServing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SiteServing")
-            .field("tokens", &self.tokens.len())
+            .field("tokens", &self.tokens)
             .finish_non_exhaustive()
     }
 }
@@ -72,7 +81,7 @@ impl SiteServing {
         })?;
         let tokens = match files.tokens {
             Some(path) => read_tokens(path)?,
-            None => Vec::new(),
+            None => Tokens::default(),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -92,7 +101,7 @@ impl SiteServing {
                 );
                 // With tokens as well, a site without a certificate may still connect and
                 // show a token; a certificate it does show must verify.
-                let verifier = match tokens.is_empty() {
+                let verifier = match tokens.0.is_empty() {
                     true => verifier.build(),
                     false => verifier.allow_unauthenticated().build(),
                 };
@@ -145,6 +154,13 @@ impl SiteServing {
     /// refused request is answered 401 with a Basic challenge (`http.rs`), so registry clients
     /// send their credentials.
     pub(crate) fn admits<B>(&self, req: &mut Request<B>, verified: bool) -> bool {
+        self.tokens.admits(req, verified)
+    }
+}
+
+impl Tokens {
+    /// [`SiteServing::admits`].
+    fn admits<B>(&self, req: &mut Request<B>, verified: bool) -> bool {
         let auth = req.headers_mut().remove(header::AUTHORIZATION);
         verified
             || auth
@@ -157,7 +173,7 @@ impl SiteServing {
     /// (or how much of one) matched.
     fn knows(&self, token: &[u8]) -> bool {
         let hash: [u8; 32] = Sha256::digest(token).into();
-        self.tokens.iter().fold(false, |found, t| {
+        self.0.iter().fold(false, |found, t| {
             let diff = t.iter().zip(hash.iter()).fold(0u8, |d, (a, b)| d | (a ^ b));
             found | (diff == 0)
         })
@@ -194,7 +210,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// One token per line; blank lines and `#` comments are skipped. The file must not be
 /// readable by other users, and every token must be at least [`MIN_TOKEN_LEN`] bytes.
-fn read_tokens(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+fn read_tokens(path: &Path) -> Result<Tokens, String> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
@@ -229,40 +245,20 @@ fn read_tokens(path: &Path) -> Result<Vec<[u8; 32]>, String> {
             tokens.len()
         ));
     }
-    Ok(tokens)
+    Ok(Tokens(tokens))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn serving(tokens: &[&str]) -> SiteServing {
-        SiteServing {
-            tls: tokio_rustls::TlsAcceptor::from(Arc::new(
-                rustls::ServerConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_cert_resolver(Arc::new(NoCert)),
-            )),
-            tokens: tokens
+    fn tokens(tokens: &[&str]) -> Tokens {
+        Tokens(
+            tokens
                 .iter()
                 .map(|t| Sha256::digest(t.as_bytes()).into())
                 .collect(),
-        }
-    }
-
-    #[derive(Debug)]
-    struct NoCert;
-    impl rustls::server::ResolvesServerCert for NoCert {
-        fn resolve(
-            &self,
-            _: rustls::server::ClientHello<'_>,
-        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-            None
-        }
+        )
     }
 
     fn request(auth: Option<&str>) -> Request<()> {
@@ -275,7 +271,7 @@ mod tests {
 
     #[test]
     fn only_a_known_token_or_a_verified_certificate_gets_through() {
-        let s = serving(&["a-token-of-enough-length"]);
+        let s = tokens(&["a-token-of-enough-length"]);
         let basic = |user: &str, pw: &str| {
             let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
             format!("Basic {enc}")
@@ -314,7 +310,7 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(read_tokens(&path).unwrap_err().contains("chmod 600"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_tokens(&path).unwrap().len(), 1);
+        assert_eq!(read_tokens(&path).unwrap().0.len(), 1);
         std::fs::write(&path, "short\n").unwrap();
         assert!(read_tokens(&path).unwrap_err().contains("shorter than 16"));
         std::fs::write(&path, "# nothing\n").unwrap();
