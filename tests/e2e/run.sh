@@ -227,6 +227,16 @@ logged() {
     timeout "$CLIENT_TIMEOUT" "$@" >"$logf" 2>&1
 }
 not() { ! "$@"; }
+# free_dirs DIR...: removes what a finished step verified, so the run's peak disk use stays
+# near two copies of each image (CI machines have small disks; the whole run once hit ENOSPC).
+free_dirs() {
+    local d
+    for d in "$@"; do
+        lib_umount_under "$d"
+        rm -rf "$d"
+    done
+    echo "  freed $*; $(df -m --output=avail "$T" | tail -n 1 | tr -d ' ') MiB free under $T"
+}
 ctr_() { ctr --address "$CTD_SOCK" "$@"; }
 
 # start_containerd NAME: private containerd with its own root/state/socket; sets CTD_DIR, CTD_SOCK.
@@ -389,6 +399,7 @@ lib_umount_under "$DK"
 "$POLLEN_BIN" docker-config --restore --daemon-json "$DK/daemon.json" >/dev/null
 check "pollen docker-config --restore puts back the original daemon.json" \
     cmp -s "$DK/daemon.json" "$DK/daemon.json.orig" || true
+free_dirs "$DK/root" "$DK/exec"
 
 # ---------------------------------------------------------------- d. skopeo
 lib_step "d. skopeo copy through the agent (registries.conf mirror) to an oci: layout"
@@ -432,6 +443,7 @@ check "skopeo copy docker://docker.io/library/small:v1 through the registries-co
     logged "$T/logs/skopeo-hub.log" skopeo --registries-conf "$T/registries-hub.conf" copy \
     "docker://docker.io/library/small:v1" "oci:$T/skopeo-hub:small" ||
     tail -n 20 "$T/logs/skopeo-hub.log"
+free_dirs "$T/skopeo-oci" "$T/skopeo-hub"
 
 lib_step "d2. blob HEAD and Range GET through the agent"
 BIG_LAYER=$(jq -r '.layers | max_by(.size) | .digest' "$T/big.manifest.json")
@@ -493,6 +505,7 @@ if check "podman pull docker.io/library/big:v1 through the registries-config mir
 else
     tail -n 20 "$T/logs/podman-pull.log"
 fi
+free_dirs "$PODMAN_ROOT"
 
 # ---------------------------------------------------------------- e. cache only
 lib_step "e. each blob fetched from the upstream exactly once"
@@ -519,9 +532,11 @@ registry_down() { ! curl -fsS -o /dev/null --max-time 2 "http://$REG/v2/" 2>/dev
 check "registry is stopped" registry_down || true
 # dockerd is gone: stop the first containerd and start a fresh one with an empty content store.
 lib_stop_pid "$CTD_PID"
+free_dirs "$CTD_DIR/root" "$CTD_DIR/state"
 start_containerd ctd2
 for img in big small; do ctr_pull_and_verify "$img" ctd2-cache-only; done
 for img in big small; do skopeo_copy_and_verify "$img" "$T/skopeo-oci-2" skopeo-cache-only; done
+free_dirs "$T/skopeo-oci-2"
 
 lib_step "agent health after the run"
 check "agent process is still running" lib_alive "$AGENT_PID" || true
