@@ -12,7 +12,9 @@
 #     than twice the blob for it (a partial left by the kill is resumed or dropped, never
 #     trusted wrongly: the digest check covers both).
 # Every earlier blob is checked again at the end. Printed: runs, how many kills left a partial,
-# and how many left the blob complete.
+# and how many left the blob complete. Then each of the store's named crash points (between the
+# last write and the rename, sidecars, state.json: kl_targeted) is armed once with
+# POLLEN_CRASH_AT and the same state is checked.
 #
 # Uses run.sh's REG, T, POLLEN_BIN and helpers. Settings:
 #   E2E_KILL_RUNS    kill points (default 25; the recorded count: E2E_KILL_RUNS=200)
@@ -20,6 +22,7 @@
 #   E2E_SKIP_KILL=1  skip the step
 
 KL_MAX_MS=${E2E_KILL_MAX_MS:-200}
+KL_ACCEPT='application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
 
 # kl_start: the agent on KL_DATA (peer-to-peer off: the kill points are in the fetch and the
 # store), ready.
@@ -44,6 +47,129 @@ kl_blobs_verify() {
 # kl_registry_bytes DIGEST: bytes the registry sent for DIGEST (2xx GETs) in its whole log.
 kl_registry_bytes() {
     awk -F'"' -v d="$1" '$2 ~ ("^GET /v2/.*/blobs/" d " ") { split($3, a, " "); if (a[1] ~ /^2/) b += a[2] } END { printf "%d\n", b }' "$REG_LOG"
+}
+
+# kl_armed_run POINT TRIGGER...: starts the agent with crash point POINT armed
+# (POLLEN_CRASH_AT, crates/store/src/crash.rs), runs the request TRIGGER, and succeeds only
+# if the agent died of SIGKILL there (exit status 137): a point that was never reached fails.
+kl_armed_run() {
+    local point=$1 status=0
+    shift
+    POLLEN_CRASH_AT=$point kl_start || return 1
+    "$@" >/dev/null 2>&1 || true
+    # The trigger's connection broke when the agent died; it is a zombie (or gone) by now, or
+    # within 30 s.
+    lib_wait_cmd 150 kl_dead "$AGENT_PID" || { echo "    $point: the agent is still running"; return 1; }
+    wait "$AGENT_PID" 2>/dev/null || status=$?
+    [ "$status" -eq 137 ] || { echo "    $point: the agent exited with $status, not SIGKILL's 137"; return 1; }
+}
+
+# kl_dead PID: the process has exited (a zombie not yet reaped counts).
+kl_dead() {
+    local state
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 0
+    [ -z "$state" ] || [ "$state" = Z ]
+}
+
+# kl_get PATH [CURL ARGS...]: GET PATH from the kill loop's agent into $T/kill.got.
+kl_get() {
+    local path=$1
+    shift
+    curl -fsS -o "$T/kill.got" --max-time 60 "$@" "http://127.0.0.1:$KL_PORT/v2/$path?ns=$REG"
+}
+
+# kl_new_blob: a new random blob of 8-24 MiB in the registry (test/kill); sets KL_DIGEST, KL_SIZE.
+kl_new_blob() {
+    KL_SIZE=$(((RANDOM % 16 + 8) * 1048576 + RANDOM))
+    head -c "$KL_SIZE" /dev/urandom >"$T/kill.blob"
+    KL_DIGEST="sha256:$(lib_sha256_file "$T/kill.blob")"
+    lib_upload_blob "$REG" test/kill "$T/kill.blob" "$KL_DIGEST"
+}
+
+kl_got_is() { [ "sha256:$(lib_sha256_file "$T/kill.got")" = "$1" ]; }
+
+# kl_get_is DIGEST PATH [CURL ARGS...]: GET PATH; the body hashes to DIGEST.
+kl_get_is() {
+    local digest=$1
+    shift
+    kl_get "$@" && kl_got_is "$digest"
+}
+
+# kl_two_ranges R1 R2: the big manifest (the agent learns the layer's size from it), then two
+# short ranges of the big layer, each read lazily and kept with a checkpoint.
+kl_two_ranges() {
+    kl_get test/big/manifests/v1 -H "Accept: $KL_ACCEPT" &&
+        kl_get "test/big/blobs/$BIG_LAYER" -H "Range: bytes=$1" &&
+        kl_get "test/big/blobs/$BIG_LAYER" -H "Range: bytes=$2"
+}
+
+# kl_range_is FIRST-LAST: GET that range of the big layer; the bytes are the layout's.
+kl_range_is() {
+    kl_get "test/big/blobs/$BIG_LAYER" -H "Range: bytes=$1" && kl_range_ok "${1%-*}" "${1#*-}"
+}
+
+# kl_range_ok FIRST LAST: $T/kill.got holds bytes FIRST..LAST of the big layer.
+kl_range_ok() {
+    dd if="$OCI/blobs/sha256/${BIG_LAYER#sha256:}" of="$T/kill.want" bs=1M status=none \
+        iflag=skip_bytes,count_bytes skip="$1" count="$(($2 - $1 + 1))"
+    cmp -s "$T/kill.got" "$T/kill.want"
+}
+
+# kl_targeted: SIGKILL at each named crash point of the store, one run each: between a
+# manifest's or a blob's last write and its rename, after a blob's rename (its partial dir not
+# yet removed), while a blob's piece-hash sidecar, a manifest's media-type sidecar or a
+# partial's state.json is replaced (the temp file durable, the rename not done). After each:
+# every blob file verifies, the agent restarts on the data dir, and the request is answered
+# right. The state.json point is the second checkpoint of a lazily read layer: the first
+# checkpoint's range must then be served again with no byte from the registry (the partial
+# resumed), and the whole layer must verify.
+kl_targeted() {
+    local point ok=0 total=0 before sent r1="0-1048575" r2="104857600-105906175" manifest
+    for point in mediatype.before_rename manifest.before_rename pieces.before_rename \
+        blob.before_rename blob.after_rename state.before_rename:2; do
+        total=$((total + 1))
+        touch -d "-1 second" "$T/kill.mark"
+        case "$point" in
+            mediatype.*) manifest=small ;;
+            manifest.*) manifest=big ;;
+            state.*) manifest="" ;;
+            *) manifest=""; kl_new_blob || { echo "    $point: upload failed"; break; } ;;
+        esac
+        if [ -n "$manifest" ]; then
+            kl_armed_run "$point" kl_get "test/$manifest/manifests/v1" -H "Accept: $KL_ACCEPT" || break
+        elif [[ "$point" == state.* ]]; then
+            # The agent learns the layer's size from the manifest; two short ranges, each kept
+            # with a checkpoint, the second one killed.
+            kl_armed_run "$point" kl_two_ranges "$r1" "$r2" || break
+        else
+            kl_armed_run "$point" kl_get "test/kill/blobs/$KL_DIGEST" || break
+        fi
+        kl_blobs_verify "$T/kill.mark" || { echo "    $point: a blob file does not verify"; break; }
+        kl_start || { echo "    $point: the agent did not start again on its data dir"; break; }
+        if [ -n "$manifest" ]; then
+            kl_get_is "${MANIFEST_DIGEST[$manifest]}" "test/$manifest/manifests/v1" -H "Accept: $KL_ACCEPT" ||
+                { echo "    $point: the manifest of $manifest after the restart is wrong"; break; }
+        elif [[ "$point" == state.* ]]; then
+            kl_get test/big/manifests/v1 -H "Accept: $KL_ACCEPT" >/dev/null || true
+            before=$(kl_registry_bytes "$BIG_LAYER")
+            kl_range_is "$r1" ||
+                { echo "    $point: range $r1 after the restart is wrong"; break; }
+            sent=$(($(kl_registry_bytes "$BIG_LAYER") - before))
+            [ "$sent" -eq 0 ] || { echo "    $point: range $r1 (checkpointed before the kill) cost the registry $sent bytes"; break; }
+            kl_get_is "$BIG_LAYER" "test/big/blobs/$BIG_LAYER" ||
+                { echo "    $point: the whole layer after the restart is wrong"; break; }
+        else
+            kl_get_is "$KL_DIGEST" "test/kill/blobs/$KL_DIGEST" ||
+                { echo "    $point: the blob after the restart is wrong"; break; }
+            sent=$(kl_registry_bytes "$KL_DIGEST")
+            [ "$sent" -le $((2 * KL_SIZE)) ] || { echo "    $point: the registry sent $sent bytes for $KL_SIZE"; break; }
+        fi
+        lib_stop_pid "$AGENT_PID"
+        ok=$((ok + 1))
+    done
+    check "kill points: $ok of $total named crash points (last write to rename, sidecars, state.json) left verified blobs, a ready agent and right answers" \
+        [ "$ok" -eq "$total" ] || true
+    kl_start || true
 }
 
 kill_main() {
@@ -104,8 +230,10 @@ kill_main() {
         [ "sha256:$(lib_sha256_file "$T/kill.got")" = "$d" ] || left=$((left + 1))
     done
     check "kill loop: all ${#digests[@]} blobs pull right at the end" [ "$left" -eq 0 ] || true
+    lib_stop_pid "$AGENT_PID"
+    kl_targeted
     check "kill loop: every blob file still verifies" kl_blobs_verify || true
-    rm -f "$T/kill.blob" "$T/kill.got" "$T/kill.mark"
+    rm -f "$T/kill.blob" "$T/kill.got" "$T/kill.mark" "$T/kill.want"
     lib_stop_pid "$AGENT_PID"
     AGENT_PID=$main_pid
 }

@@ -533,9 +533,11 @@ impl Partial {
                     &tmp,
                     &crate::index::piece_map_path(&dest),
                     &frame,
+                    "pieces.before_rename",
                 );
             }
         }
+        crate::crash::point("blob.before_rename");
         fs::rename(self.dir.join("data"), &dest)
             .map_err(|e| StoreError::io("renaming into", &dest, e))?;
         if let Some(parent) = dest.parent() {
@@ -543,6 +545,7 @@ impl Partial {
                 let _ = d.sync_all();
             }
         }
+        crate::crash::point("blob.after_rename");
         let _ = fs::remove_dir_all(&self.dir);
         Ok(self
             .store
@@ -561,7 +564,12 @@ impl Partial {
 fn record(file: &File, dir: &Path, snapshot: &[u8]) -> Result<(), StoreError> {
     file.sync_data()
         .map_err(|e| StoreError::io("syncing", dir, e))?;
-    crate::writer::write_durably(&dir.join("state.tmp"), &dir.join("state.json"), snapshot)
+    crate::writer::write_durably(
+        &dir.join("state.tmp"),
+        &dir.join("state.json"),
+        snapshot,
+        "state.before_rename",
+    )
 }
 
 /// A thread that takes checkpoints off the writer's path.

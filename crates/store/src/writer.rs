@@ -127,8 +127,14 @@ impl Writer {
             // The sidecar's temp name is this writer's own, so two writers committing the
             // same manifest at once (a tag and a digest request) cannot trip over each other.
             let tmp = self.tmp.with_extension("mediatype");
-            write_durably(&tmp, &media_type_path(&dest), media_type.as_bytes())?;
+            write_durably(
+                &tmp,
+                &media_type_path(&dest),
+                media_type.as_bytes(),
+                "mediatype.before_rename",
+            )?;
         }
+        crate::crash::point("manifest.before_rename");
         fs::rename(&self.tmp, &dest).map_err(|e| StoreError::io("renaming into", &dest, e))?;
         self.committed = true;
         if let Some(dir) = dest.parent() {
@@ -151,11 +157,13 @@ pub(crate) fn write_durably(
     tmp: &std::path::Path,
     path: &std::path::Path,
     data: &[u8],
+    crash_point: &'static str,
 ) -> Result<(), StoreError> {
     let mut f = File::create(tmp).map_err(|e| StoreError::io("creating", tmp, e))?;
     f.write_all(data)
         .and_then(|_| f.sync_data())
         .map_err(|e| StoreError::io("writing", tmp, e))?;
+    crate::crash::point(crash_point);
     fs::rename(tmp, path).map_err(|e| StoreError::io("renaming into", path, e))
 }
 
