@@ -66,6 +66,59 @@ async fn truncated_transfer_resumes_with_a_range_request() {
 }
 
 #[tokio::test]
+async fn reset_connection_mid_body_resumes_with_a_range_request() {
+    let h = Harness::start().await;
+    let layer = random_bytes(3 << 20, 13);
+    let digest = h.reg.add_blob("app", layer.clone());
+    h.reg.set_fault(Fault::Reset { after: 1 << 20 });
+    let watcher = after_first_get(&h.reg, &digest, Fault::None, 2000);
+    let r = h.get(&format!("/v2/app/blobs/{digest}{}", h.ns())).await;
+    assert!(watcher.await.unwrap());
+    assert_eq!(
+        r.bytes(),
+        &layer,
+        "a reset transfer is resumed, not served short"
+    );
+    let stats = h.reg.stats();
+    assert_eq!(stats.blob_get_count(&digest), 2);
+    assert!(
+        stats.blob_bytes_sent < 2 * layer.len() as u64,
+        "resume refetched from the start: {} bytes sent",
+        stats.blob_bytes_sent
+    );
+}
+
+#[tokio::test]
+async fn stall_mid_body_is_cut_at_the_idle_timeout_and_resumed() {
+    let reg = TestRegistry::start().await.unwrap();
+    let mut cfg = config_for(&reg);
+    cfg.upstream.idle_timeout = Duration::from_millis(300);
+    let h = Harness::with(reg, cfg).await;
+    let layer = random_bytes(3 << 20, 14);
+    let digest = h.reg.add_blob("app", layer.clone());
+    // One MiB, then a pause far longer than the test: only the idle timeout can end it.
+    h.reg.set_fault(Fault::Slow {
+        chunk: 1 << 20,
+        delay: Duration::from_secs(3600),
+    });
+    let watcher = after_first_get(&h.reg, &digest, Fault::None, 2000);
+    let r = h.get(&format!("/v2/app/blobs/{digest}{}", h.ns())).await;
+    assert!(watcher.await.unwrap());
+    assert_eq!(r.bytes(), &layer);
+    let stats = h.reg.stats();
+    assert_eq!(
+        stats.blob_get_count(&digest),
+        2,
+        "one stalled GET, one resume"
+    );
+    assert!(
+        stats.blob_bytes_sent < 2 * layer.len() as u64,
+        "resume refetched from the start: {} bytes sent",
+        stats.blob_bytes_sent
+    );
+}
+
+#[tokio::test]
 async fn hung_upstream_times_out_instead_of_hanging_the_pull() {
     let reg = TestRegistry::start().await.unwrap();
     let mut cfg = config_for(&reg);

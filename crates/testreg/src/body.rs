@@ -103,15 +103,21 @@ impl hyper::body::Body for Body {
 /// A one-way flag shared by a connection's I/O wrapper and the bodies it
 /// serves. Once triggered, the connection dies at its next flush.
 #[derive(Clone, Default)]
-pub(crate) struct KillSwitch(Arc<AtomicBool>);
+pub(crate) struct KillSwitch(Arc<AtomicBool>, Arc<AtomicBool>);
 
 impl KillSwitch {
-    fn trigger(&self) {
+    /// `reset`: end the connection with a TCP reset rather than a close.
+    fn trigger(&self, reset: bool) {
+        self.1.store(reset, Ordering::Release);
         self.0.store(true, Ordering::Release);
     }
 
     fn triggered(&self) -> bool {
         self.0.load(Ordering::Acquire)
+    }
+
+    fn reset(&self) -> bool {
+        self.1.load(Ordering::Acquire)
     }
 }
 
@@ -126,6 +132,8 @@ pub(crate) struct BlobBody {
     corrupt_at: Option<usize>,
     chunk: usize,
     delay: Option<Duration>,
+    /// A truncation ends in a TCP reset.
+    reset: bool,
     sleep: Option<Pin<Box<Sleep>>>,
     hang: bool,
     kill: KillSwitch,
@@ -153,6 +161,7 @@ impl BlobBody {
             corrupt_at: None,
             chunk: CHUNK,
             delay: None,
+            reset: false,
             sleep: None,
             hang: false,
             kill,
@@ -164,8 +173,9 @@ impl BlobBody {
                 body.chunk = chunk.max(1);
                 body.delay = Some(delay);
             }
-            Fault::Truncate { after } => {
+            Fault::Truncate { after } | Fault::Reset { after } => {
                 body.limit = usize::try_from(after).map_or(len, |a| a.min(len));
+                body.reset = matches!(fault, Fault::Reset { .. });
             }
             Fault::Corrupt { offset: at } if blob_len > 0 => {
                 // Clamp so the fault always damages a full-blob download,
@@ -218,7 +228,7 @@ impl BlobBody {
                 // client could see fewer bytes than `after` (even no head).
                 // Instead, stall and let the connection's I/O wrapper fail
                 // the first flush that finds hyper's buffer empty.
-                self.kill.trigger();
+                self.kill.trigger(self.reset);
                 return Poll::Pending;
             }
             return Poll::Ready(None);
@@ -297,6 +307,10 @@ impl AsyncWrite for ConnStream {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         if self.kill.triggered() {
+            if self.kill.reset() {
+                // SO_LINGER 0: closing the socket sends RST and drops unsent data.
+                let _ = self.inner.set_zero_linger();
+            }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "testreg: injected truncation",

@@ -140,6 +140,9 @@ pub enum Fault {
     /// count `after` from the start of the range. If `after` is at least the
     /// body length the body is sent whole.
     Truncate { after: u64 },
+    /// Like `Truncate`, but the connection ends with a TCP reset (RST) instead of a close
+    /// (FIN): what a crashing registry or a middlebox dropping the flow looks like.
+    Reset { after: u64 },
     /// Blob GETs flip one byte at offset `offset` of the blob (the bytes no
     /// longer match the digest). Offsets past the end hit the last byte, so
     /// a full download is always damaged; ranged GETs are damaged only if

@@ -99,6 +99,32 @@ async fn truncate_flushes_everything_before_closing() {
 }
 
 #[tokio::test]
+async fn reset_ends_the_connection_with_a_tcp_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (reg, _blob, path) = registry_with_blob(1 << 20).await;
+    reg.set_fault(Fault::Reset { after: 1000 });
+    let mut s = tokio::net::TcpStream::connect(reg.addr()).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", reg.host());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0usize;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break None,
+            Ok(Ok(n)) => got += n,
+            Ok(Err(e)) => break Some(e.kind()),
+            Err(_) => panic!("no reset within 10 s ({got} bytes read)"),
+        }
+    };
+    assert_eq!(
+        end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "after {got} bytes the connection must be reset, not closed"
+    );
+    assert!(got < 1 << 20, "the body was cut short ({got} bytes)");
+}
+
+#[tokio::test]
 async fn corrupt_flips_one_byte() {
     let (reg, blob, path) = registry_with_blob(200_000).await;
     reg.set_fault(Fault::Corrupt { offset: 70_000 });
