@@ -5,7 +5,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{allow_block_list, connection_limits, identify, kad, mdns, StreamProtocol};
+use libp2p::{allow_block_list, connection_limits, identify, kad, mdns, ping, StreamProtocol};
 
 use crate::config::SwarmConfig;
 use crate::limits::PerIp;
@@ -32,6 +32,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub kad: kad::Behaviour<ProviderStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub ping: ping::Behaviour,
     pub stream: libp2p_stream::Behaviour,
 }
 
@@ -89,6 +90,11 @@ impl Behaviour {
             identify,
             kad,
             mdns: mdns.into(),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(config.ping_interval)
+                    .with_timeout(config.ping_timeout),
+            ),
             stream: libp2p_stream::Behaviour::new(),
         })
     }

@@ -30,6 +30,20 @@ pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// re-dialled: a Kubernetes headless Service gains and loses pods all the time.
 pub const DEFAULT_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often each connection is pinged. TCP alone notices a dead link only when its
+/// retransmissions give up (minutes): a link that went down and came back left connections
+/// that looked open while every stream and query on them waited out its timeout (the link-cut
+/// e2e, tests/e2e/netfaults.sh). Pings find them; the event loop closes them, and the nodes
+/// dial afresh.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a ping may take before it fails. Generous: a ping queues behind piece data on a
+/// busy connection, and closing a live one costs a transfer. libp2p-ping closes nothing on
+/// the first failure and opens a new substream for the next ping (its negotiation times out
+/// after a fixed 10 s), so a dead connection is closed about 2 × interval + timeout + 10 s
+/// (30 s) after it died.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The security upgrade chosen by measurement (`docs/transport.md`): TLS 1.3 with AES-GCM
 /// carried one stream at ~1.2 GB/s on the 2-core test machine, noise (ChaCha20-Poly1305) at
 /// ~0.5 GB/s with nearly twice the CPU per byte.
@@ -152,6 +166,10 @@ pub struct SwarmConfig {
     pub allow_peers: Vec<PeerId>,
     /// Connection limits: totals, per peer and per remote address.
     pub limits: Limits,
+    /// How often each connection is pinged ([`DEFAULT_PING_INTERVAL`]).
+    pub ping_interval: Duration,
+    /// A ping unanswered this long closes its connection ([`DEFAULT_PING_TIMEOUT`]).
+    pub ping_timeout: Duration,
 }
 
 impl Default for SwarmConfig {
@@ -168,6 +186,8 @@ impl Default for SwarmConfig {
             swarm_key: None,
             allow_peers: Vec::new(),
             limits: Limits::default(),
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
         }
     }
 }

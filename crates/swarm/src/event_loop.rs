@@ -12,7 +12,7 @@ use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
@@ -49,6 +49,11 @@ pub(crate) enum Command {
         peer: PeerId,
         addr: Multiaddr,
         reply: oneshot::Sender<()>,
+    },
+    /// Closes every connection to `peer`: it stopped answering on them (a link that went
+    /// down and came back leaves TCP connections that look open for a long while).
+    Disconnect {
+        peer: PeerId,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -223,6 +228,11 @@ impl EventLoop {
                 };
                 self.lookups.insert(id, lookup);
             }
+            Command::Disconnect { peer } => {
+                if self.swarm.disconnect_peer_id(peer).is_ok() {
+                    tracing::debug!(%peer, "closed the connections to a peer that stopped answering");
+                }
+            }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -240,6 +250,18 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns(event),
             SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) => {
+                // A dead connection (config.rs, DEFAULT_PING_INTERVAL): close it, so streams and
+                // queries stop waiting on it; a closed last connection starts a bootstrap
+                // round at once.
+                tracing::debug!(%peer, %error, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {}
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,

@@ -208,11 +208,23 @@ impl Node {
         match tokio::time::timeout(OPEN_STREAM_TIMEOUT, control.open_stream(peer, protocol)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(source)) => Err(Error::OpenStream { peer, source }),
-            Err(_) => Err(Error::Timeout {
-                what: "opening a stream",
-                after: OPEN_STREAM_TIMEOUT,
-            }),
+            Err(_) => {
+                self.drop_connections(peer);
+                Err(Error::Timeout {
+                    what: "opening a stream",
+                    after: OPEN_STREAM_TIMEOUT,
+                })
+            }
         }
+    }
+
+    /// Closes every connection to `peer`, so the next stream to it dials afresh. For a peer
+    /// that did not open a stream in time: after a link goes down and comes back, TCP keeps
+    /// the old connections "open" while their retransmissions back off (tens of seconds), and
+    /// every stream opened on them waits out its timeout. Best effort: if the swarm is busy
+    /// or stopped, nothing happens.
+    pub fn drop_connections(&self, peer: PeerId) {
+        let _ = self.commands.try_send(Command::Disconnect { peer });
     }
 
     /// Starts accepting pieces streams from other nodes. Only one caller may accept at a

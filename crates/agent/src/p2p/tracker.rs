@@ -300,6 +300,7 @@ async fn connect(
         .take(3)
         .map(|t| (t, &JOIN_BACKOFF[..], JOIN_TIMEOUT));
     for (tracker, backoff, limit) in again.into_iter().chain(next) {
+        let mut fresh = false;
         for delay in backoff {
             tokio::time::sleep(jittered(*delay)).await;
             match timeout(limit, join_one(p2p, tracker, &join)).await {
@@ -326,6 +327,13 @@ async fn connect(
                 }
                 Ok(Err(JoinError::Dropped(e))) => {
                     debug!(%digest, %tracker, error = %e, "tracker stream dropped");
+                }
+                Err(_) if !fresh => {
+                    // Silence on a connection that looks open is what a link that went down
+                    // and came back leaves: once more over a new connection.
+                    debug!(%digest, %tracker, "tracker did not answer; once more over a new connection");
+                    p2p.node.drop_connections(tracker);
+                    fresh = true;
                 }
                 Err(_) => {
                     debug!(%digest, %tracker, "tracker did not answer");

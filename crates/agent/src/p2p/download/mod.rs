@@ -158,6 +158,10 @@ impl<'a> PeerPhase<'a> {
             self.start_lookup();
         } else if !self.connect_providers().await {
             return Ok(PeerOutcome::Fallback("no peer has announced it".into()));
+        } else {
+            // The lookup can take seconds (a query waits out peers that do not answer): the
+            // peers' pace counts from when they were found, not from before the lookup.
+            self.x.stall.restart(now());
         }
         let mut next_lookup = Instant::now() + LOOKUP_INTERVAL;
         loop {
