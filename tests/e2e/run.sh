@@ -14,7 +14,8 @@
 # multinode.sh) runs three agents, each in a network namespace of its own with its
 # own containerd, and checks that the second and third pulls come from peers; and (step h,
 # rollout.sh) eight such nodes pull one image at once from a registry behind a
-# rate-limited link, whose egress must stay within 1.02 x the image's blob bytes.
+# rate-limited link, whose egress must stay within 1.02 x the image's blob bytes. Steps i-m
+# (image.sh, sites.sh, lazy.sh, killloop.sh, netfaults.sh) follow; tests/e2e/README.md lists them.
 #
 # Environment:
 #   POLLEN_BIN    agent binary (default: target/debug/pollen, built with cargo)
@@ -29,6 +30,7 @@
 #   E2E_SKIP_SITES=1      skip step j (two sites behind thin links and a parent; sites.sh)
 #   E2E_SKIP_LAZY=1       skip step k (an eStargz layer read by range through two agents; lazy.sh)
 #   E2E_SKIP_KILL=1       skip step l (SIGKILL at random points of a pull; killloop.sh)
+#   E2E_SKIP_NETFAULT=1   skip step m (a link cut mid-pull, a partition; netfaults.sh)
 #
 # Prints `e2e: N passed, M failed` as its last line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -49,6 +51,8 @@ source "$HERE/sites.sh"
 source "$HERE/lazy.sh"
 # shellcheck source=tests/e2e/killloop.sh
 source "$HERE/killloop.sh"
+# shellcheck source=tests/e2e/netfaults.sh
+source "$HERE/netfaults.sh"
 
 BIG_MIB=${E2E_BIG_MIB:-256}
 FULL_MIB=${E2E_FULL_MIB:-64}
@@ -89,6 +93,7 @@ cleanup() {
             mn_keep_logs "$keep/multinode" "$T/mn"
             mn_keep_logs "$keep/rollout" "$T/ro"
             mn_keep_logs "$keep/sites" "$T/si"
+            mn_keep_logs "$keep/netfaults" "$T/nf"
             echo "logs kept in $keep"
         fi
         if [ "${E2E_KEEP:-0}" = "1" ]; then
@@ -118,7 +123,7 @@ die() {
 lib_step "preflight"
 lib_is_root || die "must run as root (containerd and dockerd need it)"
 lib_ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd \
-    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 openssl=openssl ctr-remote=stargz-snapshotter ||
+    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 nft=nftables openssl=openssl ctr-remote=stargz-snapshotter ||
     die "required tools are missing"
 # The docker.io package's CLI matches its dockerd; prefer it over any other docker on PATH.
 if [ -x /usr/bin/docker ]; then DOCKER_CLI=/usr/bin/docker; else DOCKER_CLI=$(command -v docker) || die "no docker CLI"; fi
@@ -674,4 +679,11 @@ if [ "${E2E_SKIP_KILL:-0}" = "1" ]; then
     echo "E2E_SKIP_KILL=1: step l (SIGKILL at random points of a pull) skipped"
 else
     kill_main
+fi
+
+# ---------------------------------------------------------------- m. network faults
+if [ "${E2E_SKIP_NETFAULT:-0}" = "1" ]; then
+    echo "E2E_SKIP_NETFAULT=1: step m (a link cut, a partition) skipped"
+else
+    netfaults_main
 fi
