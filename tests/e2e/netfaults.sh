@@ -18,6 +18,14 @@
 #      each side; the registry is reachable from both. All four pull a new image at once: each
 #      must verify within its deadline.
 #   3. healed: the rules go; all four pull a third image: each must verify.
+#   4. clock: node 4's agent restarts under libfaketime (its wall clock alone is faked; the
+#      monotonic clock is not, as on a real node whose NTP steps the clock), and pulls a fourth
+#      image alone: 1 s in its wall clock jumps an hour forward, 1 s later an hour back (an hour
+#      behind the real time), and then every packet from the registry to node 4 is dropped for
+#      35 s. No deadline may fire early (no upstream transfer was cut before the silence:
+#      pollen_upstream_resumes_total 0) or never (the 30 s idle timeout still cuts the silent
+#      transfer, counted, and the pull ends by itself within its deadline instead of waiting
+#      out the hour); the image verifies (or its retry does).
 # Egress: the registry's eth0 tx_bytes over each phase, against the image's blob bytes F. The
 # bounds, fixed before the pulls: phase 1 at most 1.3 F (the cut node's share of the split
 # fetch, a quarter of the blob here, may be fetched again: by a peer once the tracker hands it
@@ -123,7 +131,7 @@ nf_partition() {
     for n in "${b[@]}"; do for peer in "${a[@]}"; do nf_drop_from "$n" "$peer" || return 1; done; done
 }
 
-# nf_drop_from N M: node N drops every packet from node M.
+# nf_drop_from N M: node N drops every packet from node M (`reg`: from the registry).
 nf_drop_from() {
     local ns
     ns=$(mn_ns "$1")
@@ -131,7 +139,9 @@ nf_drop_from() {
         mn_in "$ns" nft add table inet pollen_nf &&
             mn_in "$ns" nft add chain inet pollen_nf in '{ type filter hook input priority 0; }'
     } || return 1
-    mn_in "$ns" nft add rule inet pollen_nf in ip saddr "$(mn_ip "$2")" drop
+    local from
+    if [ "$2" = reg ]; then from=$MN_REG_IP; else from=$(mn_ip "$2"); fi
+    mn_in "$ns" nft add rule inet pollen_nf in ip saddr "$from" drop
 }
 
 # nf_heal: every node's partition rules go.
@@ -169,13 +179,65 @@ nf_link_cut() {
     NF_UP_AT=$EPOCHREALTIME
 }
 
+# nf_faked N: node N's agent runs with libfaketime loaded (its environment and its mappings).
+nf_faked() {
+    local pid=${MN_AGENT_PID[$1]}
+    grep -q libfaketime "/proc/$pid/maps" && tr '\0' '\n' <"/proc/$pid/environ" | grep -q '^FAKETIME_TIMESTAMP_FILE='
+}
+
+# nf_clock_phase: step 4 of the header.
+nf_clock_phase() {
+    local lib clock="$MN_DIR/clock.ts" resumes rc secs
+    lib=$(find /usr/lib -name libfaketimeMT.so.1 2>/dev/null | head -n 1)
+    [ -n "$lib" ] || die "netfaults: libfaketime is missing (apt-get install libfaketime)"
+    echo "+0" >"$clock"
+    lib_stop_pid "${MN_AGENT_PID[4]}" 100
+    LD_PRELOAD=$lib FAKETIME_TIMESTAMP_FILE=$clock FAKETIME_NO_CACHE=1 DONT_FAKE_MONOTONIC=1 \
+        mn_start_agent 4 --tracker false || die "netfaults: node 4's agent did not start under libfaketime"
+    check "clock: node 4's agent runs with libfaketime ($lib)" nf_faked 4 || true
+    nf_image four
+    lib_start_bg pull-clock-n4 "$MN_DIR/logs/pull-job-clock-n4.log" nf_pull_job 4 clock
+    NF_JOB[4]=$LIB_LAST_PID
+    sleep 1
+    echo "+1h" >"$clock"
+    sleep 1
+    echo "-1h" >"$clock"
+    resumes=$(mn_metric 4 pollen_upstream_resumes_total)
+    nf_drop_from 4 reg || die "netfaults: the nftables rule could not be added"
+    check "clock: after both jumps, before the silence, no upstream transfer of node 4 had been cut (pollen_upstream_resumes_total ${resumes:-missing}: no timeout fired at the forward jump)" \
+        [ "${resumes:-x}" = 0 ] || true
+    sleep 35
+    nf_heal
+    wait "${NF_JOB[4]}" || true
+    lib_stop_pid "${NF_JOB[4]}"
+    read -r rc secs < <(nf_result clock 4)
+    check "clock: node 4's pull ended within its deadline of $NF_TIMEOUT s (exit $rc at $secs s)" nf_ended "$rc" || true
+    if [ "$rc" = 0 ]; then
+        mn_verify 4 "clock" "$MN_REF"
+    else
+        tail -n 10 "$MN_DIR/logs/ctr-clock-n4.log" | sed 's/^/    /'
+        nf_pull_job 4 clock-retry
+        read -r rc secs < <(nf_result clock-retry 4)
+        if check "clock: node 4's retry finished in $secs s" [ "$rc" = 0 ]; then
+            mn_verify 4 "clock (retry)" "$MN_REF"
+        fi
+    fi
+    # The silent transfer was cut by the idle timeout (monotonic: an hour behind, it still
+    # fired after 30 s) and resumed with a range request; had it waited for the wall clock,
+    # TCP would have carried the old transfer on after the silence and nothing would be cut.
+    resumes=$(mn_metric 4 pollen_upstream_resumes_total)
+    check "clock: the silent transfer was cut at the idle timeout and resumed (pollen_upstream_resumes_total ${resumes:-missing})" \
+        mn_ge "${resumes:-}" 1 || true
+    echo "+0" >"$clock"
+}
+
 netfaults_main() {
     local i rc secs e0 e1 t_start first
     local -A NF_JOB=()
     mn_config "pollen-nf-$$" "$NF_NET" 4 test/nf:one own
     MN_LAYER_MIBS=("$NF_MIB")
     MN_TIMEOUT=$NF_TIMEOUT
-    lib_step "m. network faults: a link cut for ${NF_CUT_SECS} s mid-pull, a partition with a tracker on each side, healed"
+    lib_step "m. network faults: a link cut for ${NF_CUT_SECS} s mid-pull, a partition with a tracker on each side, healed; the clock jumps"
     command -v nft >/dev/null 2>&1 || die "netfaults: nft (nftables) is missing"
     MN_DIR="$T/nf"
     mkdir -p "$MN_DIR/logs"
@@ -243,6 +305,9 @@ netfaults_main() {
     e1=$(nf_egress)
     nf_check_phase healed "healed" "$((e1 - e0))" 1020
 
+    # ---- 4. the wall clock jumps, then the registry goes silent
+    nf_clock_phase
+
     for ((i = 1; i <= MN_NODES; i++)); do
         check "netfaults: node $i's agent still running" lib_alive "${MN_AGENT_PID[$i]}" || true
         check "netfaults: node $i's agent log has no panic" mn_no_panic "$MN_DIR/logs/agent-n$i.log" || true
@@ -261,6 +326,6 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     source "$NF_HERE/lib.sh"
     # shellcheck source=tests/e2e/multinode.sh
     source "$NF_HERE/multinode.sh"
-    mn_standalone tc=iproute2 nft=nftables
+    mn_standalone tc=iproute2 nft=nftables faketime=faketime
     netfaults_main
 fi

@@ -123,7 +123,7 @@ die() {
 lib_step "preflight"
 lib_is_root || die "must run as root (containerd and dockerd need it)"
 lib_ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd \
-    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 nft=nftables openssl=openssl ctr-remote=stargz-snapshotter ||
+    umoci=umoci dockerd=docker.io podman=podman curl=curl jq=jq ss=iproute2 tc=iproute2 nft=nftables faketime=faketime openssl=openssl ctr-remote=stargz-snapshotter ||
     die "required tools are missing"
 # The docker.io package's CLI matches its dockerd; prefer it over any other docker on PATH.
 if [ -x /usr/bin/docker ]; then DOCKER_CLI=/usr/bin/docker; else DOCKER_CLI=$(command -v docker) || die "no docker CLI"; fi

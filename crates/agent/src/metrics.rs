@@ -45,6 +45,7 @@ pub struct Metrics {
     pub time_to_first_byte: Family<SourceLabels, Histogram>,
     pub upstream_response: Histogram,
     pub upstream_failures: Counter,
+    pub upstream_resumes: Counter,
 }
 
 /// Seconds from 1 ms to about 65 s, doubling: a cached blob's first byte and a cold fetch's
@@ -89,6 +90,7 @@ impl Metrics {
             time_to_first_byte: Family::new_with_constructor(latency_histogram),
             upstream_response: latency_histogram(),
             upstream_failures: Counter::default(),
+            upstream_resumes: Counter::default(),
         };
         r.register(
             "requests",
@@ -194,6 +196,11 @@ impl Metrics {
             "upstream_failures",
             "Requests to upstream registries that got no usable answer from any mirror",
             m.upstream_failures.clone(),
+        );
+        r.register(
+            "upstream_resumes",
+            "Upstream transfers that broke off mid-body (closed, reset, or silent for the idle timeout) and were resumed with a range request",
+            m.upstream_resumes.clone(),
         );
         Metrics {
             registry: Arc::new(r),

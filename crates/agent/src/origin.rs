@@ -33,6 +33,11 @@ impl Origin {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     }
 
+    /// A transfer broke off mid-body and is resumed with a range request.
+    pub fn count_resume(&self) {
+        self.metrics.upstream_resumes.inc();
+    }
+
     /// Every request to an upstream goes through here: counted, timed to its headers, and
     /// counted again when no mirror gave a usable answer.
     pub async fn fetch(&self, req: &FetchRequest<'_>) -> Result<UpstreamResponse, UpstreamError> {

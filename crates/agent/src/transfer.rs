@@ -189,6 +189,7 @@ impl BlobFetch<'_> {
             Ok(()) => {}
             Err(Appending::Broken(why)) => {
                 *resumes += 1;
+                self.origin.count_resume();
                 self.origin.current().report_failure(&mirror);
                 warn!(digest = %self.digest, error = %why, "upstream transfer broke; resuming with a range request");
             }
@@ -237,6 +238,7 @@ impl BlobFetch<'_> {
             match self.take_range(resp, skip, end, share, app).await {
                 Err(Appending::Broken(why)) if *resumes < MAX_RESUMES => {
                     *resumes += 1;
+                    self.origin.count_resume();
                     self.origin.current().report_failure(&mirror);
                     warn!(digest = %self.digest, offset = app.sent, error = %why, "upstream transfer broke; resuming with a range request");
                 }

@@ -56,6 +56,7 @@ async fn truncated_transfer_resumes_with_a_range_request() {
     let r = h.get(&path).await;
     assert!(watcher.await.unwrap());
     assert_eq!(r.bytes(), &layer);
+    assert_eq!(h.metric("pollen_upstream_resumes_total"), 1.0);
     let stats = h.reg.stats();
     assert_eq!(stats.blob_get_count(&digest), 2);
     assert!(
@@ -79,6 +80,7 @@ async fn reset_connection_mid_body_resumes_with_a_range_request() {
         &layer,
         "a reset transfer is resumed, not served short"
     );
+    assert_eq!(h.metric("pollen_upstream_resumes_total"), 1.0);
     let stats = h.reg.stats();
     assert_eq!(stats.blob_get_count(&digest), 2);
     assert!(
@@ -105,6 +107,7 @@ async fn stall_mid_body_is_cut_at_the_idle_timeout_and_resumed() {
     let r = h.get(&format!("/v2/app/blobs/{digest}{}", h.ns())).await;
     assert!(watcher.await.unwrap());
     assert_eq!(r.bytes(), &layer);
+    assert_eq!(h.metric("pollen_upstream_resumes_total"), 1.0);
     let stats = h.reg.stats();
     assert_eq!(
         stats.blob_get_count(&digest),
