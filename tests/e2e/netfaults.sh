@@ -162,6 +162,25 @@ nf_split() {
     ! nf_reachable 1 2 && ! nf_reachable 3 4 && ! nf_reachable 2 3 && nf_reachable 1 3 && nf_reachable 2 4
 }
 
+# nf_ended_or_retried N TAG LABEL: node N's pull of phase TAG ended by itself within its
+# deadline (124 would be the deadline), and it verifies, or else a retry (what kubelet does
+# after a failed pull) verifies.
+nf_ended_or_retried() {
+    local n=$1 tag=$2 label=$3 rc secs
+    read -r rc secs < <(nf_result "$tag" "$n")
+    check "$label: node $n's pull ended within its deadline of $NF_TIMEOUT s (exit $rc at $secs s)" nf_ended "$rc" || true
+    if [ "$rc" = 0 ]; then
+        mn_verify "$n" "$label: node $n" "$MN_REF"
+        return
+    fi
+    tail -n 10 "$MN_DIR/logs/ctr-$tag-n$n.log" | sed 's/^/    /'
+    nf_pull_job "$n" "$tag-retry"
+    read -r rc secs < <(nf_result "$tag-retry" "$n")
+    if check "$label: node $n's retry finished in $secs s" [ "$rc" = 0 ]; then
+        mn_verify "$n" "$label: node $n (retry)" "$MN_REF"
+    fi
+}
+
 # nf_ended RC: a pull's exit status says it ended by itself (not killed at the deadline, 124).
 nf_ended() { [ "$1" != 124 ] && [ "$1" != x ]; }
 
@@ -187,7 +206,7 @@ nf_faked() {
 
 # nf_clock_phase: step 4 of the header.
 nf_clock_phase() {
-    local lib clock="$MN_DIR/clock.ts" resumes rc secs
+    local lib clock="$MN_DIR/clock.ts" resumes
     lib=$(find /usr/lib -name libfaketimeMT.so.1 2>/dev/null | head -n 1)
     [ -n "$lib" ] || die "netfaults: libfaketime is missing (apt-get install libfaketime)"
     echo "+0" >"$clock"
@@ -210,18 +229,7 @@ nf_clock_phase() {
     nf_heal
     wait "${NF_JOB[4]}" || true
     lib_stop_pid "${NF_JOB[4]}"
-    read -r rc secs < <(nf_result clock 4)
-    check "clock: node 4's pull ended within its deadline of $NF_TIMEOUT s (exit $rc at $secs s)" nf_ended "$rc" || true
-    if [ "$rc" = 0 ]; then
-        mn_verify 4 "clock" "$MN_REF"
-    else
-        tail -n 10 "$MN_DIR/logs/ctr-clock-n4.log" | sed 's/^/    /'
-        nf_pull_job 4 clock-retry
-        read -r rc secs < <(nf_result clock-retry 4)
-        if check "clock: node 4's retry finished in $secs s" [ "$rc" = 0 ]; then
-            mn_verify 4 "clock (retry)" "$MN_REF"
-        fi
-    fi
+    nf_ended_or_retried 4 clock clock
     # The silent transfer was cut by the idle timeout (monotonic: an hour behind, it still
     # fired after 30 s) and resumed with a range request; had it waited for the wall clock,
     # TCP would have carried the old transfer on after the silence and nothing would be cut.
@@ -268,18 +276,7 @@ netfaults_main() {
     echo "  node 3's link was down from $(awk -v a="$t_start" -v b="$NF_CUT_AT" 'BEGIN { printf "%.1f", b - a }') s to" \
         "$(awk -v a="$t_start" -v b="$NF_UP_AT" 'BEGIN { printf "%.1f", b - a }') s; its pull ended at $secs s with exit $rc"
     first=$rc
-    check "link cut: node 3's pull ended within its deadline of $NF_TIMEOUT s (exit $rc at $secs s; 124 would be the deadline)" \
-        nf_ended "$rc" || true
-    if [ "$rc" = 0 ]; then
-        mn_verify 3 "link cut: node 3" "$MN_REF"
-    else
-        tail -n 10 "$MN_DIR/logs/ctr-cut-n3.log" | sed 's/^/    /'
-        nf_pull_job 3 cut-retry
-        read -r rc secs < <(nf_result cut-retry 3)
-        if check "link cut: node 3's retry after the link came back finished in $secs s" [ "$rc" = 0 ]; then
-            mn_verify 3 "link cut: node 3 (retry)" "$MN_REF"
-        fi
-    fi
+    nf_ended_or_retried 3 cut "link cut"
     e1=$(nf_egress)
     NF_SKIP=3 nf_check_phase cut "link cut" "$((e1 - e0))" 1300
     echo "  link cut: node 3's first pull $([ "$first" = 0 ] && echo "survived the cut" || echo "failed (exit $first) and was retried")"
