@@ -3,6 +3,7 @@
 mod control;
 mod demo;
 mod doctor;
+mod malloc;
 mod preheat;
 mod runtime;
 mod status;
@@ -94,6 +95,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => run_agent(*args),
