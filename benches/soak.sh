@@ -228,23 +228,6 @@ sk_start_bg() {
     SK_BG+=("$!")
 }
 
-# sk_registry_config: docker-registry's config (storage on disk under MN_DIR/registry).
-sk_registry_config() {
-    local dir="$MN_DIR/registry"
-    mkdir -p "$dir/data"
-    cat >"$dir/config.yml" <<YML
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $dir/data
-http:
-  addr: $MN_REG
-YML
-}
-
 # sk_agent_cmd N: the command line of node N's agent, in SK_CMD.
 sk_agent_cmd() {
     local n=$1 data="$MN_DIR/n$1/agent" b
@@ -850,7 +833,7 @@ main() {
     mkdir -p "$MN_DIR/logs"
     lib_step "soak: $SK_NODES agents, ${SK_DURATION} s, a fault every ${SK_FAULT_EVERY} s from: $SK_FAULTS (temp dir $T)"
     sk_net_up || die "setting up the hosts failed"
-    sk_registry_config
+    mn_registry_config
     sk_start_bg sk_supervise reg "$MN_REG_NS" "$MN_DIR/logs/registry.log" "http://$MN_REG/v2/" docker-registry serve "$MN_DIR/registry/config.yml"
     sk_wait_ready reg || die "the registry did not start (see $MN_DIR/logs/registry.log)"
     for ((i = 1; i <= MN_NODES; i++)); do

@@ -175,8 +175,9 @@ mn_check_reach() {
     done
 }
 
-# mn_start_registry: docker-registry in MN_REG_NS on MN_REG, data under MN_DIR/registry.
-mn_start_registry() {
+# mn_registry_config: MN_DIR/registry/config.yml for docker-registry on MN_REG, storing under
+# MN_DIR/registry/data (kept if it exists: a restart keeps its storage and settings).
+mn_registry_config() {
     local dir="$MN_DIR/registry"
     mkdir -p "$dir/data"
     [ -f "$dir/config.yml" ] || cat >"$dir/config.yml" <<YML
@@ -190,6 +191,12 @@ storage:
 http:
   addr: $MN_REG
 YML
+}
+
+# mn_start_registry: docker-registry in MN_REG_NS on MN_REG, data under MN_DIR/registry.
+mn_start_registry() {
+    local dir="$MN_DIR/registry"
+    mn_registry_config
     lib_start_bg mn-registry "$dir/registry.log" ip netns exec "$MN_REG_NS" docker-registry serve "$dir/config.yml"
     MN_REG_PID=$LIB_LAST_PID
     mn_wait_http "$MN_REG_NS" "http://$MN_REG/v2/" 150 "$MN_REG_PID" || { tail -n 20 "$dir/registry.log" >&2; return 1; }

@@ -43,22 +43,29 @@ async fn corrupt_upstream_bytes_never_complete_a_response_nor_get_stored() {
     );
 }
 
-#[tokio::test]
-async fn truncated_transfer_resumes_with_a_range_request() {
-    let h = Harness::start().await;
-    let layer = random_bytes(3 << 20, 11);
+/// A 3 MiB blob whose first transfer breaks after 1 MiB through `fault`: the agent serves it
+/// whole after one resume (one more GET, asking for the rest: not starting over).
+async fn resumed_once(h: &Harness, fault: Fault, seed: u64) {
+    let layer = random_bytes(3 << 20, seed);
     let digest = h.reg.add_blob("app", layer.clone());
-    h.reg.set_fault(Fault::Truncate { after: 1 << 20 });
-    let path = format!("/v2/app/blobs/{digest}{}", h.ns());
-    // Switch the fault off once the first (truncated) transfer is under way, so the resume
-    // succeeds: the agent must ask for the rest, not start over.
+    h.reg.set_fault(fault);
+    // Switch the fault off once the first (broken) transfer is under way, so the resume
+    // succeeds.
     let watcher = after_first_get(&h.reg, &digest, Fault::None, 2000);
-    let r = h.get(&path).await;
+    let r = h.get(&format!("/v2/app/blobs/{digest}{}", h.ns())).await;
     assert!(watcher.await.unwrap());
-    assert_eq!(r.bytes(), &layer);
+    assert_eq!(
+        r.bytes(),
+        &layer,
+        "a broken transfer is resumed, not served short"
+    );
     assert_eq!(h.metric("pollen_upstream_resumes_total"), 1.0);
     let stats = h.reg.stats();
-    assert_eq!(stats.blob_get_count(&digest), 2);
+    assert_eq!(
+        stats.blob_get_count(&digest),
+        2,
+        "one broken GET, one resume"
+    );
     assert!(
         stats.blob_bytes_sent < 2 * layer.len() as u64,
         "resume refetched from the start: {} bytes sent",
@@ -67,27 +74,15 @@ async fn truncated_transfer_resumes_with_a_range_request() {
 }
 
 #[tokio::test]
+async fn truncated_transfer_resumes_with_a_range_request() {
+    let h = Harness::start().await;
+    resumed_once(&h, Fault::Truncate { after: 1 << 20 }, 11).await;
+}
+
+#[tokio::test]
 async fn reset_connection_mid_body_resumes_with_a_range_request() {
     let h = Harness::start().await;
-    let layer = random_bytes(3 << 20, 13);
-    let digest = h.reg.add_blob("app", layer.clone());
-    h.reg.set_fault(Fault::Reset { after: 1 << 20 });
-    let watcher = after_first_get(&h.reg, &digest, Fault::None, 2000);
-    let r = h.get(&format!("/v2/app/blobs/{digest}{}", h.ns())).await;
-    assert!(watcher.await.unwrap());
-    assert_eq!(
-        r.bytes(),
-        &layer,
-        "a reset transfer is resumed, not served short"
-    );
-    assert_eq!(h.metric("pollen_upstream_resumes_total"), 1.0);
-    let stats = h.reg.stats();
-    assert_eq!(stats.blob_get_count(&digest), 2);
-    assert!(
-        stats.blob_bytes_sent < 2 * layer.len() as u64,
-        "resume refetched from the start: {} bytes sent",
-        stats.blob_bytes_sent
-    );
+    resumed_once(&h, Fault::Reset { after: 1 << 20 }, 13).await;
 }
 
 #[tokio::test]
@@ -96,29 +91,12 @@ async fn stall_mid_body_is_cut_at_the_idle_timeout_and_resumed() {
     let mut cfg = config_for(&reg);
     cfg.upstream.idle_timeout = Duration::from_millis(300);
     let h = Harness::with(reg, cfg).await;
-    let layer = random_bytes(3 << 20, 14);
-    let digest = h.reg.add_blob("app", layer.clone());
     // One MiB, then a pause far longer than the test: only the idle timeout can end it.
-    h.reg.set_fault(Fault::Slow {
+    let stall = Fault::Slow {
         chunk: 1 << 20,
         delay: Duration::from_secs(3600),
-    });
-    let watcher = after_first_get(&h.reg, &digest, Fault::None, 2000);
-    let r = h.get(&format!("/v2/app/blobs/{digest}{}", h.ns())).await;
-    assert!(watcher.await.unwrap());
-    assert_eq!(r.bytes(), &layer);
-    assert_eq!(h.metric("pollen_upstream_resumes_total"), 1.0);
-    let stats = h.reg.stats();
-    assert_eq!(
-        stats.blob_get_count(&digest),
-        2,
-        "one stalled GET, one resume"
-    );
-    assert!(
-        stats.blob_bytes_sent < 2 * layer.len() as u64,
-        "resume refetched from the start: {} bytes sent",
-        stats.blob_bytes_sent
-    );
+    };
+    resumed_once(&h, stall, 14).await;
 }
 
 #[tokio::test]

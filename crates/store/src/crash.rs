@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// The environment variable that arms a crash point.
-pub const ENV: &str = "POLLEN_CRASH_AT";
+const ENV: &str = "POLLEN_CRASH_AT";
 
-/// Every crash point, for the tests that visit them all.
-pub const POINTS: &[&str] = &[
+/// Every crash point (e2e step l, `tests/e2e/killloop.sh`, visits each); another name arms
+/// nothing.
+const POINTS: &[&str] = &[
     "manifest.before_rename",
     "mediatype.before_rename",
     "blob.before_rename",
@@ -26,7 +27,7 @@ pub const POINTS: &[&str] = &[
 ];
 
 struct Armed {
-    name: String,
+    name: &'static str,
     at: u32,
     seen: AtomicU32,
 }
@@ -61,12 +62,12 @@ fn armed_from(value: Option<&str>) -> Option<Armed> {
 }
 
 /// `NAME` or `NAME:N` (N ≥ 1); anything else arms nothing.
-fn parse(value: &str) -> Option<(String, u32)> {
+fn parse(value: &str) -> Option<(&'static str, u32)> {
     let (name, at) = match value.split_once(':') {
         Some((name, n)) => (name, n.parse().ok().filter(|n| *n >= 1)?),
         None => (value, 1),
     };
-    POINTS.contains(&name).then(|| (name.to_owned(), at))
+    POINTS.iter().find(|p| **p == name).map(|p| (*p, at))
 }
 
 fn kill_self() {
@@ -83,13 +84,10 @@ mod tests {
 
     #[test]
     fn only_known_points_with_positive_counts_arm() {
-        assert_eq!(
-            parse("blob.before_rename"),
-            Some(("blob.before_rename".into(), 1))
-        );
+        assert_eq!(parse("blob.before_rename"), Some(("blob.before_rename", 1)));
         assert_eq!(
             parse("state.before_rename:3"),
-            Some(("state.before_rename".into(), 3))
+            Some(("state.before_rename", 3))
         );
         assert_eq!(parse("state.before_rename:0"), None);
         assert_eq!(parse("state.before_rename:x"), None);

@@ -9,7 +9,7 @@
 //! survives a restart). Entries being read are pinned by the [`Blob`] handle and are never
 //! evicted; only files named by a digest under the store's own directories are counted.
 
-pub mod crash;
+mod crash;
 mod direct;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -103,21 +103,26 @@ impl hyper::body::Body for Body {
 /// A one-way flag shared by a connection's I/O wrapper and the bodies it
 /// serves. Once triggered, the connection dies at its next flush.
 #[derive(Clone, Default)]
-pub(crate) struct KillSwitch(Arc<AtomicBool>, Arc<AtomicBool>);
+pub(crate) struct KillSwitch(Arc<AtomicU8>);
+
+/// [`KillSwitch`] states.
+const ALIVE: u8 = 0;
+const CLOSE: u8 = 1;
+const RESET: u8 = 2;
 
 impl KillSwitch {
     /// `reset`: end the connection with a TCP reset rather than a close.
     fn trigger(&self, reset: bool) {
-        self.1.store(reset, Ordering::Release);
-        self.0.store(true, Ordering::Release);
+        let how = if reset { RESET } else { CLOSE };
+        self.0.store(how, Ordering::Release);
     }
 
     fn triggered(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) != ALIVE
     }
 
     fn reset(&self) -> bool {
-        self.1.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) == RESET
     }
 }
 
