@@ -184,8 +184,9 @@ fn open_now(
     let ctx = ctx.clone();
     let route = route.clone();
     tokio::spawn(async move {
-        // A lazy range writing pieces of this blob finishes first (`lazy.rs`).
-        let _writing = ctx.writers.lock(digest).await;
+        // A lazy range writing pieces of this blob finishes first (`lazy/`).
+        let _writing = ctx.lazy.writers.lock(digest).await;
+        let lazy_sources = ctx.lazy.whole_fetch_starts(&digest, ctx.peers());
         let fetch = BlobFetch {
             store: &ctx.store,
             origin: &ctx.origin,
@@ -201,6 +202,7 @@ fn open_now(
             client_auth,
             inflight: &inflight,
             upstream_size: Arc::default(),
+            lazy_sources,
         };
         let outcome = fetch.run().await;
         // Out of the table before the outcome is told: a joiner that opens the blob again

@@ -41,8 +41,9 @@ pub use admin::{serve_admin, serve_control};
 pub use listen::{DEFAULT_MAX_ADMIN_CONNECTIONS, DEFAULT_MAX_CONNECTIONS};
 pub use metrics::Metrics;
 pub use p2p::{
-    P2pConfig, DEFAULT_BAN_DURATION, DEFAULT_MAX_PEERS_PER_BLOB, DEFAULT_PEER_STALL,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SWARM_WAIT, DEFAULT_TRACKER, DEFAULT_UPSTREAM_BUDGET,
+    lazy_key, P2pConfig, DEFAULT_BAN_DURATION, DEFAULT_LAZY_FROM_PEERS, DEFAULT_MAX_PEERS_PER_BLOB,
+    DEFAULT_PEER_STALL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SWARM_WAIT, DEFAULT_TRACKER,
+    DEFAULT_UPSTREAM_BUDGET,
 };
 pub use pollen_swarm::Node;
 pub use preheat::{PreheatEvent, PreheatSpec};
@@ -147,8 +148,9 @@ pub(crate) struct Ctx {
     doctor: doctor::Cache,
     /// Blob sizes from verified manifests ([`sizes`]).
     sizes: sizes::KnownSizes,
-    /// One writer per partial blob: a whole fetch or a lazy range ([`lazy`]).
-    writers: lazy::Writers,
+    /// Lazy ranges ([`lazy`]): one writer per partial blob (a whole fetch or a lazy range),
+    /// what is offered to peers, and who supplied pieces.
+    lazy: lazy::Lazy,
 }
 
 /// A running agent's handle; cheap to clone.
@@ -212,7 +214,7 @@ impl Agent {
                 manifests: manifests::Manifests::default(),
                 peers,
                 sizes: sizes::KnownSizes::default(),
-                writers: lazy::Writers::default(),
+                lazy: lazy::Lazy::default(),
                 stopping: tokio::sync::watch::channel(false).0,
                 draining: tokio::sync::watch::channel(false).0,
                 clients: tokio::sync::watch::channel(0).0,

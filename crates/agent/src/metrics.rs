@@ -46,6 +46,8 @@ pub struct Metrics {
     pub upstream_response: Histogram,
     pub upstream_failures: Counter,
     pub upstream_resumes: Counter,
+    /// Lazy ranges answered, by where their pieces came from (`crate::lazy`).
+    pub lazy_ranges: Family<SourceLabels, Counter>,
 }
 
 /// Seconds from 1 ms to about 65 s, doubling: a cached blob's first byte and a cold fetch's
@@ -91,6 +93,7 @@ impl Metrics {
             upstream_response: latency_histogram(),
             upstream_failures: Counter::default(),
             upstream_resumes: Counter::default(),
+            lazy_ranges: Family::default(),
         };
         r.register(
             "requests",
@@ -191,6 +194,11 @@ impl Metrics {
             "upstream_response_seconds",
             "From a request to an upstream registry to its response headers (every mirror tried)",
             m.upstream_response.clone(),
+        );
+        r.register(
+            "lazy_ranges",
+            "Ranges of blobs not held whole answered from their own pieces alone, by where the pieces came from (kept: read before; peers; upstream)",
+            m.lazy_ranges.clone(),
         );
         r.register(
             "upstream_failures",

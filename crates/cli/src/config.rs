@@ -191,6 +191,9 @@ pub struct AgentArgs {
     /// Preferred by trackers for fetching from the upstream; typically a node with a good uplink and a large cache [default: false]
     #[arg(long, env = "POLLEN_SEED", value_name = "true|false")]
     pub seed: Option<bool>,
+    /// A lazy range (a snapshotter reading a layer before it is here) takes its pieces from a peer that holds them before the registry is asked; the peer vouches for their hashes, the whole blob's digest checks them later; false: only this node's upstream answers ranges [default: true]
+    #[arg(long, env = "POLLEN_LAZY_FROM_PEERS", value_name = "true|false")]
+    pub lazy_from_peers: Option<bool>,
     /// This node's zone, the label `zone`: trackers name peers in the same zone first [default: none]
     #[arg(long, env = "POLLEN_ZONE", value_name = "NAME")]
     pub zone: Option<String>,
@@ -258,6 +261,7 @@ pub struct FileConfig {
     tracker: Option<bool>,
     swarm_wait: Option<String>,
     seed: Option<bool>,
+    lazy_from_peers: Option<bool>,
     zone: Option<String>,
     rack: Option<String>,
     /// `labels = { team = "storage" }`, or `"KEY=VALUE"` strings.

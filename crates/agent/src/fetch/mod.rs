@@ -15,7 +15,7 @@
 mod peers;
 mod size;
 
-pub(crate) use peers::{Coordination, NoPeers, Peers, UpstreamBusy};
+pub(crate) use peers::{Coordination, NoPeers, PeerPieces, Peers, UpstreamBusy};
 pub(crate) use size::SizeSource;
 
 use crate::error::FetchError;
@@ -60,6 +60,9 @@ pub(crate) struct BlobFetch<'a> {
     pub inflight: &'a Inflight,
     /// The upstream's answer to the size check, asked once per fetch (`sizes.rs`).
     pub upstream_size: Arc<tokio::sync::OnceCell<Option<u64>>>,
+    /// Peers whose pieces lazy ranges kept in the partial (`lazy/`): blamed with the map's
+    /// sources if the blob fails its digest.
+    pub lazy_sources: Vec<PeerId>,
 }
 
 impl BlobFetch<'_> {
@@ -69,13 +72,16 @@ impl BlobFetch<'_> {
     /// blob, so the next attempt continues from there.
     ///
     /// A blob that started from pieces already on disk (a resumed download, or ranges read
-    /// lazily, `lazy.rs`) and then failed its digest is fetched again once the same way:
+    /// lazily, `lazy/`) and then failed its digest is fetched again once the same way:
     /// those pieces came from an earlier answer of the upstream, which may have been wrong,
     /// and the failed partial is gone, so the client's pull still ends with the right blob.
     pub async fn run(&self) -> Result<Blob, FetchError> {
         let resumed = self.store.partial_geometry(&self.digest).is_some();
         match self.attempt(true).await {
-            Err((FetchError::Corrupt(why), sources)) if !sources.is_empty() || resumed => {
+            Err((FetchError::Corrupt(why), mut sources)) if !sources.is_empty() || resumed => {
+                if resumed {
+                    sources.extend(self.lazy_sources.iter().copied());
+                }
                 for peer in &sources {
                     self.metrics.peer_bans.inc();
                     let why = "its piece map failed the blob's digest";

@@ -11,13 +11,24 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use pollen_oci::Digest;
+use pollen_proto::{HashedPiece, PieceGeometry};
 use pollen_swarm::PeerId;
 use pollen_upstream::Route;
 use std::collections::HashSet;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 /// A download's membership in its blob's tracker, and what the tracker assigned it.
 pub(crate) type Coordination = Option<(TrackerLink, Assignment)>;
+
+/// The pieces covering a lazy range, from one peer (`crate::lazy`): each checked against the
+/// hash that peer vouches for, in `hashes` (from piece `first` on, one per piece).
+pub(crate) struct PeerPieces {
+    pub peer: PeerId,
+    pub first: u32,
+    pub hashes: Vec<[u8; 32]>,
+    pub pieces: Vec<HashedPiece>,
+}
 
 /// What the fetch path asks of the swarm. Every method of [`NoPeers`] is the answer of an
 /// empty swarm.
@@ -68,6 +79,19 @@ pub(crate) trait Peers: Send + Sync {
         route: &'a Route,
         tag: &'a str,
     ) -> BoxFuture<'a, Option<Digest>>;
+
+    /// The pieces `pieces` of a blob cut by `geometry`, for a lazy range: from a peer that
+    /// holds them and vouches for their hashes, within a short deadline; `None`: ask the
+    /// upstream.
+    fn range_pieces<'a>(
+        &'a self,
+        digest: Digest,
+        geometry: PieceGeometry,
+        pieces: RangeInclusive<u32>,
+    ) -> BoxFuture<'a, Option<PeerPieces>>;
+    /// This node holds pieces of `digest` read lazily and offers them to peers' lazy ranges
+    /// (`true`), or no longer (`false`).
+    fn offer_ranges(&self, digest: Digest, offered: bool);
 
     /// The agent is stopping: members' streams close with it, not as dead fetchers.
     fn stop(&self);
@@ -147,6 +171,15 @@ impl Peers for NoPeers {
     ) -> BoxFuture<'a, Option<Digest>> {
         async { None }.boxed()
     }
+    fn range_pieces<'a>(
+        &'a self,
+        _: Digest,
+        _: PieceGeometry,
+        _: RangeInclusive<u32>,
+    ) -> BoxFuture<'a, Option<PeerPieces>> {
+        async { None }.boxed()
+    }
+    fn offer_ranges(&self, _: Digest, _: bool) {}
     fn stop(&self) {}
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         async {}.boxed()

@@ -5,16 +5,18 @@ use super::tracker::{self, TrackerLink};
 use super::P2p;
 use crate::error::FetchError;
 use crate::fetch::BlobFetch;
-use crate::fetch::{Coordination, NoPeers, Peers};
+use crate::fetch::{Coordination, NoPeers, PeerPieces, Peers};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use pollen_oci::Digest;
+use pollen_proto::PieceGeometry;
 use pollen_swarm::PeerId;
 use pollen_upstream::Route;
 use std::collections::HashSet;
+use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -102,6 +104,29 @@ impl Peers for P2p {
         tag: &'a str,
     ) -> BoxFuture<'a, Option<Digest>> {
         tracker::ask_resolve(self, tracker, route, tag).boxed()
+    }
+
+    fn range_pieces<'a>(
+        &'a self,
+        digest: Digest,
+        geometry: PieceGeometry,
+        pieces: RangeInclusive<u32>,
+    ) -> BoxFuture<'a, Option<PeerPieces>> {
+        async move {
+            if !self.cfg.lazy_from_peers {
+                return None;
+            }
+            super::lazy::fetch(self, digest, geometry, pieces).await
+        }
+        .boxed()
+    }
+
+    fn offer_ranges(&self, digest: Digest, offered: bool) {
+        let key = super::lazy::lazy_key(&digest);
+        match offered {
+            true => self.announce(key),
+            false => self.unprovide(key),
+        }
     }
 
     fn stop(&self) {

@@ -6,6 +6,7 @@
 //! - [`download`]: one blob's download from peers, a single-writer event loop that carries out
 //!   what `pollen_core::download` (peers, requests, the picker, the stall watch) decides.
 //! - [`peer_task`]: one session with one uploader, as a task that forwards its events.
+//! - [`lazy`]: the pieces of a lazy range (`crate::lazy`) from a peer that holds them.
 //! - [`manifest`]: manifests by digest, whole, checked against their digest.
 //! - [`tracker`]: the blob's tracker (rendezvous over live trackers) and the membership a
 //!   download holds there; [`settle`]: the tracker role's check that no other tracker has a
@@ -13,12 +14,14 @@
 
 mod download;
 mod fetching;
+mod lazy;
 pub(crate) mod manifest;
 mod peer_task;
 mod settle;
 mod source;
 pub(crate) mod tracker;
 
+pub use lazy::lazy_key;
 pub(crate) use settle::Others;
 pub(crate) use source::{PieceShare, StoreSource};
 
@@ -47,6 +50,10 @@ pub const DEFAULT_TRACKER: bool = true;
 /// As a tracker, the registry may send a large blob this many times in all while it has
 /// headroom over the swarm (`--upstream-budget`; 1: each byte once).
 pub const DEFAULT_UPSTREAM_BUDGET: f64 = pollen_tracker::DEFAULT_UPSTREAM_BUDGET;
+/// Default [`P2pConfig::lazy_from_peers`]: the clients that read layers lazily (the eStargz
+/// and SOCI snapshotters) check every chunk against digests the verified manifest pins, and a
+/// cluster starting the same container then reads each range from the registry once.
+pub const DEFAULT_LAZY_FROM_PEERS: bool = true;
 /// Default [`P2pConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -92,6 +99,9 @@ pub struct P2pConfig {
     pub upstream_budget: f64,
     /// This node is a seed (`--seed`): preferred by trackers for fetching from the upstream.
     pub seed: bool,
+    /// A lazy range (`crate::lazy`) takes its pieces from a peer that holds them before this
+    /// node's upstream is asked (`--lazy-from-peers`); the peer vouches for their hashes.
+    pub lazy_from_peers: bool,
     /// `zone`, `rack` and other labels (`--zone`, `--rack`, `--label k=v`): trackers name
     /// peers with the same labels first.
     pub labels: Vec<(String, String)>,
@@ -113,6 +123,7 @@ impl Default for P2pConfig {
             split_min: pollen_tracker::MIN_SHARE,
             upstream_budget: DEFAULT_UPSTREAM_BUDGET,
             seed: false,
+            lazy_from_peers: DEFAULT_LAZY_FROM_PEERS,
             labels: Vec::new(),
         }
     }

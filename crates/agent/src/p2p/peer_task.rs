@@ -10,7 +10,7 @@ use pollen_swarm::PeerId;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 /// Requests queued for one peer task: at most the pieces outstanding, their cancellations
 /// and a few more.
@@ -67,6 +67,21 @@ impl Drop for PeerTask {
     }
 }
 
+/// A pieces stream to `peer`, and whether it speaks the current protocol: an agent of the
+/// version before speaks only the legacy id (the same session without `Holding`).
+pub(super) async fn open_stream(
+    p2p: &P2p,
+    peer: PeerId,
+) -> Result<(Compat<pollen_swarm::Stream>, bool), String> {
+    match p2p.node.open_stream(peer).await {
+        Ok(s) => Ok((s.compat(), true)),
+        Err(first) => match p2p.node.open_stream_on(peer, LEGACY_PROTOCOL).await {
+            Ok(s) => Ok((s.compat(), false)),
+            Err(_) => Err(first.to_string()),
+        },
+    }
+}
+
 async fn run(
     p2p: Arc<P2p>,
     peer: PeerId,
@@ -76,20 +91,15 @@ async fn run(
     events: mpsc::Sender<(usize, FromPeer)>,
 ) {
     let send = |msg| events.send((slot, msg));
-    // An agent of the version before speaks only the legacy id: the same session without
-    // `Holding`.
-    let (stream, modern) = match p2p.node.open_stream(peer).await {
-        Ok(s) => (s, true),
-        Err(first) => match p2p.node.open_stream_on(peer, LEGACY_PROTOCOL).await {
-            Ok(s) => (s, false),
-            Err(_) => {
-                let _ = send(FromPeer::Unreachable(first.to_string())).await;
-                return;
-            }
-        },
+    let (stream, modern) = match open_stream(&p2p, peer).await {
+        Ok(s) => s,
+        Err(why) => {
+            let _ = send(FromPeer::Unreachable(why)).await;
+            return;
+        }
     };
     let cfg = &p2p.cfg.session;
-    let (mut session, have) = match Session::open(stream.compat(), digest, cfg).await {
+    let (mut session, have) = match Session::open(stream, digest, cfg).await {
         Ok(s) => s,
         Err(e) => {
             let _ = send(FromPeer::Ended(e)).await;

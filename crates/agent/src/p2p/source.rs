@@ -1,5 +1,5 @@
-//! What this node serves to peers: complete blobs from the store, and blobs in flight piece by
-//! piece as their pieces are verified.
+//! What this node serves to peers: complete blobs from the store, blobs in flight piece by
+//! piece as their pieces are verified, and the pieces of blobs it read lazily.
 
 use crate::Ctx;
 use pollen_oci::{Digest, MAX_MANIFEST_BYTES};
@@ -51,6 +51,27 @@ impl StoreSource {
     }
 }
 
+impl StoreSource {
+    /// Pieces read lazily (`crate::lazy`), while the blob is neither fetched nor held whole
+    /// and its partial is still on disk.
+    fn lazy(&self, digest: &Digest) -> Option<BlobView> {
+        let view = self.ctx.lazy.shares.view(digest)?;
+        let store = &self.ctx.store;
+        if store.contains(Kind::Blob, digest) || store.partial_geometry(digest).is_none() {
+            if self.ctx.lazy.shares.remove(digest) {
+                self.ctx.peers().offer_ranges(*digest, false);
+            }
+            return None;
+        }
+        let reader = FileReader {
+            file: view.data,
+            geometry: view.geometry,
+            _pin: None,
+        };
+        Some(BlobView::new(view.geometry, view.state, Arc::new(reader)))
+    }
+}
+
 impl PieceSource for StoreSource {
     fn blob(&self, digest: &Digest) -> Option<BlobView> {
         if self.ctx.private.contains(digest) {
@@ -74,6 +95,9 @@ impl PieceSource for StoreSource {
                 BlobView::new(share.geometry, share.state.subscribe(), Arc::new(reader))
                     .with_spread(share.spread.clone()),
             );
+        }
+        if let Some(view) = self.lazy(digest) {
+            return Some(view);
         }
         let (blob, map) = match self.ctx.store.get(Kind::Blob, digest) {
             // Every blob committed through a partial download has its map beside it; one

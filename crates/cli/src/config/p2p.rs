@@ -173,6 +173,10 @@ pub(super) fn resolve(
         split_min,
         upstream_budget,
         seed,
+        lazy_from_peers: args
+            .lazy_from_peers
+            .or(file.lazy_from_peers)
+            .unwrap_or(pollen_agent::DEFAULT_LAZY_FROM_PEERS),
         labels: labels(args, file)?,
         ..Default::default()
     };

@@ -173,9 +173,12 @@ fn flags_parse_from_the_command_line() {
         "a=1",
         "--label",
         "b=2;c=3",
+        "--lazy-from-peers",
+        "false",
     ])
     .unwrap();
     let a = &cli.agent;
+    assert_eq!(a.lazy_from_peers, Some(false));
     assert_eq!((a.tracker, a.seed), (Some(true), Some(false)));
     assert_eq!(
         (a.zone.as_deref(), a.rack.as_deref()),
@@ -445,4 +448,20 @@ fn bad_roles_and_labels_in_the_file_are_explained() {
         ..args()
     })
     .is_ok());
+}
+
+#[test]
+fn lazy_ranges_ask_peers_by_default_and_a_file_key_or_flag_turns_it_off() {
+    assert!(Settings::resolve(args()).unwrap().agent.p2p.lazy_from_peers);
+    assert!(pollen_agent::DEFAULT_LAZY_FROM_PEERS);
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "pollen.toml", "lazy_from_peers = false\n");
+    assert!(!resolve_file(&path).unwrap().agent.p2p.lazy_from_peers);
+    let s = Settings::resolve(AgentArgs {
+        config: Some(path),
+        lazy_from_peers: Some(true),
+        ..args()
+    })
+    .unwrap();
+    assert!(s.agent.p2p.lazy_from_peers, "the flag wins over the file");
 }

@@ -1,22 +1,29 @@
 //! Lazy pulling: a short range of a blob that is neither cached nor being fetched is answered
-//! from the pieces that cover it alone, fetched from the upstream with one range request and
-//! kept in the blob's partial, so later ranges and a whole pull reuse them. Snapshotters that
-//! start a container before its layers are here (eStargz, SOCI) read a layer this way: its
-//! footer, its table of contents, the files the container opens first; without this, the
-//! first range started the whole layer's fetch and waited for its digest.
+//! from the pieces that cover it alone, kept in the blob's partial, so later ranges and a
+//! whole pull reuse them. Snapshotters that start a container before its layers are here
+//! (eStargz, SOCI) read a layer this way: its footer, its table of contents, the files the
+//! container opens first; without this, the first range started the whole layer's fetch and
+//! waited for its digest.
 //!
-//! Verified how (docs/trust-model.md, "Ranges"): a range has no digest of its own. Its bytes
-//! come from this node's own upstream, as the client's own range request to the registry
-//! would, and only pieces this node hashed from its upstream's bytes (`Partial::produced`)
-//! are served this way, never pieces from peers, whose hashes are claims until the whole blob
-//! verifies. A whole pull later checks every piece, these included, against the blob's
-//! digest, and a mismatch deletes the partial.
+//! Where the pieces come from: a peer that holds them first (`p2p/lazy.rs`: nodes holding the
+//! blob, fetching it, or holding pieces they read lazily), else this node's own upstream with
+//! one range request. Pieces this node hashed from its upstream's bytes are offered to peers'
+//! lazy ranges in turn ([`shares`]); pieces from peers are not passed on.
+//!
+//! Verified how (docs/trust-model.md, "Ranges"): a range has no digest of its own. Pieces from
+//! the upstream are its own answer, as the client's own range request to the registry would
+//! be; pieces from a peer match hashes that peer vouches for (it verified the whole blob, or
+//! hashed those pieces from its own upstream). A whole pull later checks every piece, these
+//! included, against the blob's digest, and a mismatch deletes the partial.
 //!
 //! Taken only when the blob's size is known from a verified manifest (a snapshotter fetches
 //! the manifest first), the content is not private, and the range is at most
 //! [`MAX_LAZY_RANGE`] and not the whole blob; otherwise the range follows the whole blob's
 //! fetch (and a range short of the last byte waits for its digest, `follow.rs`).
 
+mod shares;
+
+use crate::fetch::PeerPieces;
 use crate::range::{self, RangeOutcome};
 use crate::Ctx;
 use bytes::{Bytes, BytesMut};
@@ -25,6 +32,7 @@ use http_body_util::BodyExt;
 use pollen_oci::Digest;
 use pollen_proto::PieceGeometry;
 use pollen_store::{Kind, Partial};
+use pollen_swarm::PeerId;
 use pollen_upstream::{FetchRequest, Route};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -45,6 +53,48 @@ pub(crate) struct LazyRange {
     pub end: u64,
     pub size: u64,
     pub bytes: Bytes,
+}
+
+/// Most peers remembered per blob as sources of its lazy pieces, and blobs remembered.
+const MAX_SOURCES: usize = 16;
+const MAX_SOURCED_BLOBS: usize = 1024;
+
+/// The agent's lazy reads: who writes each partial, what is offered to peers, and which peers
+/// supplied pieces (to blame if the whole blob fails its digest).
+#[derive(Default)]
+pub(crate) struct Lazy {
+    pub writers: Writers,
+    pub shares: shares::Shares,
+    sources: DashMap<Digest, Vec<PeerId>>,
+}
+
+impl Lazy {
+    fn took_from(&self, digest: Digest, peer: PeerId) {
+        if !self.sources.contains_key(&digest) && self.sources.len() >= MAX_SOURCED_BLOBS {
+            return;
+        }
+        let mut peers = self.sources.entry(digest).or_default();
+        if !peers.contains(&peer) && peers.len() < MAX_SOURCES {
+            peers.push(peer);
+        }
+    }
+
+    /// A whole fetch of `digest` takes over its partial: it publishes its own state to peers
+    /// (so the lazy offer is withdrawn) and blames the peers returned here, with its own
+    /// sources, if the blob fails its digest.
+    pub fn whole_fetch_starts(
+        &self,
+        digest: &Digest,
+        peers: &dyn crate::fetch::Peers,
+    ) -> Vec<PeerId> {
+        if self.shares.remove(digest) {
+            peers.offer_ranges(*digest, false);
+        }
+        self.sources
+            .remove(digest)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
 }
 
 /// One writer per partial blob at a time: a whole blob's fetch, or a lazy range's pieces.
@@ -101,7 +151,7 @@ pub(crate) async fn fetch(
     if ctx.private.contains(&digest) || !idle(ctx, &digest) {
         return None;
     }
-    let _writing = ctx.writers.lock(digest).await;
+    let _writing = ctx.lazy.writers.lock(digest).await;
     // A whole fetch may have started (and ended) while this waited.
     if !idle(ctx, &digest) {
         return None;
@@ -113,24 +163,38 @@ pub(crate) async fn fetch(
         .await
         .ok()?
         .ok()?;
-    let bytes = if pieces.clone().all(|i| partial.produced().get(i)) {
-        read(partial, start, end).await?
+    let (bytes, source) = if pieces.clone().all(|i| partial.have().get(i)) {
+        (read(partial, start, end).await?, "kept")
     } else {
-        let fetched = u64::from(partial.produced().count_ones()) * u64::from(geometry.piece_size());
+        let fetched = u64::from(partial.have().count_ones()) * u64::from(geometry.piece_size());
         let budget = (size / LAZY_SHARE).max(MIN_LAZY_BUDGET);
         if fetched.saturating_add(end - start) > budget {
             debug!(%digest, fetched, "lazy budget spent: the rest of the blob comes whole");
             return None;
         }
         let from = geometry.offset_of(*pieces.start())?;
-        let span = upstream_span(ctx, route, &digest, &geometry, &pieces).await?;
+        let (span, kept, source) = match from_peers(ctx, partial, &pieces).await {
+            FromPeers::Kept(span, kept) => (span, Some(kept), "peers"),
+            FromPeers::Not(partial) => {
+                let span = upstream_span(ctx, route, &digest, &geometry, &pieces).await?;
+                // Kept for later ranges, the whole pull and peers; answered either way.
+                let kept = keep(partial, *pieces.start(), span.clone()).await;
+                (span, kept, "upstream")
+            }
+            FromPeers::Lost => return None,
+        };
+        if let Some(partial) = kept.filter(|p| ctx.lazy.shares.publish(p)) {
+            ctx.peers().offer_ranges(partial.digest(), true);
+        }
         let bytes =
             span.slice(usize::try_from(start - from).ok()?..usize::try_from(end + 1 - from).ok()?);
-        // Kept for later ranges and the whole pull; the range is answered either way.
-        keep(partial, *pieces.start(), span).await;
-        bytes
+        (bytes, source)
     };
-    info!(%digest, start, end, "served a range lazily, from its pieces alone");
+    ctx.metrics
+        .lazy_ranges
+        .get_or_create(&crate::metrics::SourceLabels { source })
+        .inc();
+    info!(%digest, start, end, source, "served a range lazily, from its pieces alone");
     Some(LazyRange {
         start,
         end,
@@ -205,9 +269,9 @@ async fn upstream_span(
 }
 
 /// Writes the pieces from `first` on (those not present yet) into the partial, hashed as
-/// this node's own, and records them durably.
-async fn keep(mut partial: Partial, first: u32, span: Bytes) {
-    let kept = tokio::task::spawn_blocking(move || -> Option<()> {
+/// this node's own, and records them durably; the partial back if that worked.
+async fn keep(mut partial: Partial, first: u32, span: Bytes) -> Option<Partial> {
+    let kept = tokio::task::spawn_blocking(move || -> Option<Partial> {
         let g = *partial.geometry();
         let (mut index, mut at) = (first, 0usize);
         while at < span.len() {
@@ -222,12 +286,70 @@ async fn keep(mut partial: Partial, first: u32, span: Bytes) {
             (index, at) = (index.checked_add(1)?, end);
         }
         partial.settle().ok()?;
-        partial.checkpoint().ok()
+        partial.checkpoint().ok()?;
+        Some(partial)
     })
-    .await;
-    if !matches!(kept, Ok(Some(()))) {
+    .await
+    .ok()
+    .flatten();
+    if kept.is_none() {
         debug!("a lazily fetched range could not be kept in the partial blob");
     }
+    kept
+}
+
+/// What asking peers for a range's pieces came to.
+enum FromPeers {
+    /// Their span, kept in the partial (with the hashes the peer vouched for).
+    Kept(Bytes, Partial),
+    /// No peer delivered them, or they do not fit what this node holds: ask the upstream.
+    Not(Partial),
+    /// The partial was lost on the way (a panic while writing).
+    Lost,
+}
+
+async fn from_peers(ctx: &Ctx, partial: Partial, pieces: &RangeInclusive<u32>) -> FromPeers {
+    let (digest, geometry) = (partial.digest(), *partial.geometry());
+    let Some(got) = ctx
+        .peers()
+        .range_pieces(digest, geometry, pieces.clone())
+        .await
+    else {
+        return FromPeers::Not(partial);
+    };
+    let bytes: u64 = got.pieces.iter().map(|p| p.bytes().len() as u64).sum();
+    ctx.metrics.peer_bytes_received.inc_by(bytes);
+    let peer = got.peer;
+    ctx.lazy.took_from(digest, peer);
+    let Ok(kept) = tokio::task::spawn_blocking(move || adopt(partial, &got)).await else {
+        return FromPeers::Lost;
+    };
+    if matches!(kept, FromPeers::Not(_)) {
+        // Its hashes contradict ones this node holds: one of the two sources lied, and the
+        // whole pull's digest will say which; this range comes from the upstream.
+        debug!(%digest, %peer, "a peer's pieces for a lazy range do not fit the partial");
+    }
+    kept
+}
+
+/// Writes a peer's pieces and the hashes it vouched for into the partial, durably, with
+/// their bytes as one span.
+fn adopt(mut partial: Partial, got: &PeerPieces) -> FromPeers {
+    if partial.adopt_hashes(got.first, &got.hashes).is_err() {
+        return FromPeers::Not(partial);
+    }
+    let len = got.pieces.iter().map(|p| p.bytes().len()).sum();
+    let mut span = BytesMut::with_capacity(len);
+    for (piece, index) in got.pieces.iter().zip(got.first..) {
+        if piece.index() != index || partial.write_piece(piece).is_err() {
+            return FromPeers::Not(partial);
+        }
+        span.extend_from_slice(piece.bytes());
+    }
+    if partial.settle().is_err() || partial.checkpoint().is_err() {
+        return FromPeers::Not(partial);
+    }
+    FromPeers::Kept(span.freeze(), partial)
 }
 
 /// Bytes `start..=end` from the partial's file: every piece they touch was produced here and
