@@ -7,7 +7,7 @@
 //!   (checked before any other handshake), an optional allow-list of PeerIds, and limits on
 //!   connections in all, per peer and per remote address. Without a key a node listens on
 //!   loopback only.
-//! - **Transport**: TCP + TLS 1.3 (AES-GCM first) or noise + yamux with 1 MiB frames; the
+//! - **Transport**: TCP + TLS 1.3 (AES-GCM first) or noise + yamux with 112 KiB frames; the
 //!   default, the two adapters that differ from stock libp2p, and the numbers behind them are
 //!   in `docs/transport.md`.
 //! - **Discovery**: bootstrap addresses or DNS names (a Kubernetes headless Service) dialled

@@ -5,9 +5,9 @@
 //! through the security layer, a syscall and usually a cross-thread wake-up on each side: on
 //! a 2-core machine that capped one stream at 0.5–0.7 GB/s, whichever the cipher
 //! (`docs/transport.md`). This is the same adapter as libp2p-yamux's (a few dozen lines over
-//! the `yamux` crate, which does the real work) with the send split raised to the largest
-//! frame a yamux receiver accepts (1 MiB). It speaks plain `/yamux/1.0.0`: frame sizes are
-//! the sender's choice, and any yamux peer accepts frames up to 1 MiB.
+//! the `yamux` crate, which does the real work) with the send split raised to 112 KiB. It
+//! speaks plain `/yamux/1.0.0`: frame sizes are the sender's choice, and any yamux peer
+//! accepts frames up to 1 MiB.
 //!
 //! Adapted from rust-libp2p's `libp2p-yamux` (MIT licence).
 
@@ -22,10 +22,13 @@ use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade,
 use libp2p::futures::future;
 use libp2p::futures::{AsyncRead, AsyncWrite};
 
-/// The largest data frame we send: yamux receivers refuse bodies above 1 MiB. Larger frames
-/// mean fewer flushes, records and wake-ups per byte; the cost is that another stream on the
-/// same connection may wait behind one frame (1 ms at 1 GB/s).
-pub const SPLIT_SEND_SIZE: usize = 1024 * 1024;
+/// The largest data frame we send. Larger frames mean fewer flushes and wake-ups per byte, up
+/// to the 1 MiB a yamux receiver accepts; but yamux allocates every frame afresh, and the
+/// agent keeps glibc's mmap threshold at 128 KiB (`crates/cli/src/malloc.rs`), so a frame
+/// above it is a fresh mapping, page faults and an unmap each time. Just under it, frames come
+/// from the heap: `benches/p2p-1gib.sh` moved 0.55-0.64 GB/s at 0.93-1.00 sender CPU-s per GiB
+/// against 0.45 GB/s and 1.26-1.28 with 1 MiB frames (benches/README.md, part 11).
+pub const SPLIT_SEND_SIZE: usize = 112 * 1024;
 
 /// The most a peer can make one connection buffer for streams we read slowly. yamux starts
 /// each stream at a 256 KiB window and doubles it (up to this budget, shared by the
