@@ -52,7 +52,8 @@
 #
 # Sampled every SOAK_SAMPLE_EVERY s (default 10), every agent: pid, RSS (VmRSS; also RssAnon,
 # RssFile, RssShmem, VmHWM), open file descriptors (/proc/PID/fd), threads, CPU seconds, cache
-# size (du -sb of its data dir, partial blobs included; also its pollen_cache_bytes); the
+# size (bytes allocated on disk for its data dir, du -sB1, partial blobs included; also its
+# pollen_cache_bytes; du -sb would count partials, sparse files, at their full size); the
 # machine's CPU use and available memory. The slope of each over the last SOAK_SLOPE_WINDOW s
 # (default 2400, at most 2/3 of the run) is a least-squares fit with one intercept per
 # incarnation of the agent (a restart starts a new level, the slope is shared), leaving out each
@@ -368,7 +369,7 @@ sk_sample_once() {
         # Fields 14 and 15 of /proc/PID/stat: utime, stime (the comm field has no spaces here).
         mem+=",$(awk -v hz="$SK_HZ" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat" 2>/dev/null)"
         fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
-        cache=$(du -sb "$MN_DIR/n$n/agent" 2>/dev/null | cut -f1)
+        cache=$(du -sB1 "$MN_DIR/n$n/agent" 2>/dev/null | cut -f1)
         metric=$(ip netns exec "$(mn_ns "$n")" curl -s --max-time 2 "http://127.0.0.1:$MN_ADMIN_PORT/metrics" 2>/dev/null |
             awk '$1 == "pollen_cache_bytes" { printf "%.0f", $2; exit }')
         [ -n "$rss" ] && printf '%s,%s,%s,%s,%s,%s,%s,%s\n' "$t" "$n" "$pid" "$rss" "$fds" "${cache:-}" "${metric:-}" "${mem#* }" >>"$S/samples.csv"
