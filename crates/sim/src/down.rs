@@ -51,6 +51,7 @@ impl World {
                 if let Some(f) = self.fetch_mut(n, layer) {
                     f.fetch_duty = true;
                 }
+                self.seek_holders(n, layer);
                 self.check(n, layer);
             }
             TrackerReply::FetchRange { first, end, .. }
@@ -120,7 +121,7 @@ impl World {
         }
     }
 
-    fn open_session(&mut self, n: usize, layer: usize, peer: usize) {
+    pub(crate) fn open_session(&mut self, n: usize, layer: usize, peer: usize) {
         let sid = self.sessions.len();
         let path = self.topo.path(End::Node(peer), n);
         let conn = self.open_conn(&path, Owner::Session(sid));
@@ -353,7 +354,7 @@ impl World {
 
     /// The peer phase's rules, after anything that may change them (`PeerPhase::run`).
     pub(crate) fn check(&mut self, n: usize, layer: usize) {
-        let now = self.instant();
+        let (now, now_ns) = (self.instant(), self.now);
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
@@ -362,12 +363,15 @@ impl World {
         }
         // Every simulated download has a tracker, and a session that fails to open is not
         // modelled: never alone, nothing to retry.
+        // A modelled lookup answers at once: only the sessions it opened are waited for.
         let facts = Facts {
             mine: Some(&f.have),
             fetching_share: f.upstream.is_some(),
             fetch_duty: f.fetch_duty,
             coordinated: true,
             retry_soon: false,
+            handover_window: now_ns < f.handover_until,
+            looking_up: false,
         };
         let shares = f.shares.iter().map(|(r, also)| (r, *also));
         match f.x.next_step(facts, shares, now) {

@@ -4,6 +4,7 @@
 
 use crate::world::{nanos, Ev, Fetch, Phase, Slots, ToTracker, World};
 use pollen_core::download::Exchange;
+use pollen_core::phase::{HANDOVER_DIALS, HANDOVER_LOOKUP};
 use pollen_core::spread::Claims;
 use pollen_core::upload::serves_partial;
 use pollen_proto::Bitfield;
@@ -207,6 +208,18 @@ impl World {
         if !due {
             return;
         }
+        let found = self.providers_found(n, layer);
+        if let Some(f) = self.fetch_mut(n, layer) {
+            f.next_lookup = now + nanos(LOOKUP_INTERVAL);
+            for peer in found {
+                if !f.named.contains(&peer) {
+                    f.named.push(peer);
+                }
+            }
+        }
+    }
+
+    fn providers_found(&mut self, n: usize, layer: usize) -> Vec<usize> {
         let mut found = Vec::new();
         for _ in 0..LOOKUP_RESULTS * 3 {
             if found.len() >= LOOKUP_RESULTS {
@@ -217,13 +230,31 @@ impl World {
                 found.push(peer);
             }
         }
-        if let Some(f) = self.fetch_mut(n, layer) {
-            f.next_lookup = now + nanos(LOOKUP_INTERVAL);
-            for peer in found {
-                if !f.named.contains(&peer) {
-                    f.named.push(peer);
-                }
+        found
+    }
+
+    /// The tracker handed node `n` the fetch: as the agent, it looks the blob's providers up
+    /// at once and dials up to `HANDOVER_DIALS` of those it has no session with, room or not;
+    /// the hand-over waits for their answers within `HANDOVER_LOOKUP` (`pollen_core::phase`).
+    pub(crate) fn seek_holders(&mut self, n: usize, layer: usize) {
+        let found = self.providers_found(n, layer);
+        let now = self.now;
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        f.handover_until = now + nanos(HANDOVER_LOOKUP);
+        let fresh: Vec<usize> = found
+            .into_iter()
+            .filter(|p| !f.sessions.contains_key(p))
+            .take(HANDOVER_DIALS)
+            .collect();
+        for &peer in &fresh {
+            if !f.named.contains(&peer) {
+                f.named.push(peer);
             }
+        }
+        for peer in fresh {
+            self.open_session(n, layer, peer);
         }
     }
 }
@@ -255,6 +286,7 @@ impl Fetch {
             awaiting_share: false,
             answer: None,
             fetch_duty: false,
+            handover_until: 0,
             pieces_told: 0,
             join_sent: None,
             next_lookup: 0,
@@ -288,6 +320,7 @@ impl Fetch {
         self.awaiting_share = false;
         self.answer = None;
         self.fetch_duty = false;
+        self.handover_until = 0;
         self.join_sent = None;
         self.wait = None;
         if self.phase != Phase::Done {

@@ -78,6 +78,9 @@ pub struct Fetch {
     pub awaiting_share: bool,
     pub answer: Option<Range<u32>>,
     pub fetch_duty: bool,
+    /// Until when a hand-over waits for holders the tracker did not know
+    /// (`pollen_core::phase::HANDOVER_LOOKUP`).
+    pub handover_until: Nanos,
     pub pieces_told: u32,
     /// When the last `Join` went out without an answer yet (joined again after a second,
     /// as the agent looks for a tracker again).

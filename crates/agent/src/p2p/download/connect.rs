@@ -6,6 +6,7 @@
 use super::{now, PeerPhase};
 use crate::p2p::peer_task::PeerTask;
 use crate::sink::Sink;
+use pollen_core::phase::HANDOVER_DIALS;
 use pollen_swarm::PeerId;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -68,26 +69,49 @@ impl PeerPhase<'_> {
     /// Starts sessions with the named peers and `providers` not connected, retired or banned,
     /// while there is room; false if there is no peer at all.
     pub(super) fn connect(&mut self, providers: &[PeerId]) -> bool {
-        let digest = self.fetch.digest;
         self.retry.expire(now());
-        let connected: HashSet<PeerId> = self.tasks.values().map(|t| t.peer).collect();
         self.remember(providers);
         let mut candidates = self.named.clone();
         candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
-        let fresh = candidates.iter().filter(|p| {
-            !connected.contains(p) && !self.retry.waits(p) && !self.p2p.bans.is_banned(&digest, p)
-        });
         let room = self.x.dial_room(self.p2p.cfg.max_peers_per_blob);
-        for peer in fresh.take(room).copied().collect::<Vec<_>>() {
-            debug!(%digest, %peer, "dialling a peer for the blob");
-            let slot = self.next_slot;
-            self.next_slot += 1;
-            let task =
-                PeerTask::spawn(self.p2p.clone(), peer, digest, slot, self.events_tx.clone());
-            self.tasks.insert(slot, task);
-            self.x.add(slot);
+        for peer in self.fresh(&candidates).into_iter().take(room) {
+            self.dial(peer);
         }
         !candidates.is_empty() || !self.tasks.is_empty()
+    }
+
+    /// Dials up to `HANDOVER_DIALS` of the `found` providers not connected yet, room or not:
+    /// a hand-over asks them what they hold before the upstream (`pollen_core::phase`).
+    pub(super) fn dial_holders(&mut self, found: &[PeerId]) {
+        for peer in self.fresh(found).into_iter().take(HANDOVER_DIALS) {
+            debug!(digest = %self.fetch.digest, %peer, "handed the fetch: asking a provider the tracker did not name first");
+            self.dial(peer);
+        }
+    }
+
+    /// Of `candidates`, those not connected, not waiting to be dialled again and not banned.
+    fn fresh(&self, candidates: &[PeerId]) -> Vec<PeerId> {
+        let digest = self.fetch.digest;
+        let connected: HashSet<PeerId> = self.tasks.values().map(|t| t.peer).collect();
+        candidates
+            .iter()
+            .filter(|p| {
+                !connected.contains(p)
+                    && !self.retry.waits(p)
+                    && !self.p2p.bans.is_banned(&digest, p)
+            })
+            .copied()
+            .collect()
+    }
+
+    fn dial(&mut self, peer: PeerId) {
+        let digest = self.fetch.digest;
+        debug!(%digest, %peer, "dialling a peer for the blob");
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let task = PeerTask::spawn(self.p2p.clone(), peer, digest, slot, self.events_tx.clone());
+        self.tasks.insert(slot, task);
+        self.x.add(slot);
     }
 
     /// Ends every session while this node fetches its share from the upstream (the sessions

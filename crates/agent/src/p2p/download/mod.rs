@@ -23,7 +23,7 @@ use crate::fetch::BlobFetch;
 use crate::fetch::SizeSource;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use pollen_core::download::Exchange;
-use pollen_core::phase::{Facts, Step};
+use pollen_core::phase::{Facts, Step, HANDOVER_LOOKUP};
 use pollen_core::retry::{PeerRetry, RETRY_AFTER, RETRY_SOON};
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::{HashedPiece, TrackerReply};
@@ -75,6 +75,8 @@ pub(crate) struct PeerPhase<'a> {
     coordinated: bool,
     /// The tracker made this node the fetcher: finish taking what peers have, then hand over.
     fetch_duty: bool,
+    /// Until when a hand-over waits for holders the tracker did not know (`HANDOVER_LOOKUP`).
+    handover_until: Option<Instant>,
     /// Stripes of a split fetch the tracker gave this node (the blob's size, the pieces, and
     /// whether to fetch them even where peers hold them: `FetchAlso`), not started yet, in the
     /// order given: like `fetch_duty`, for those pieces only.
@@ -115,6 +117,7 @@ impl<'a> PeerPhase<'a> {
             named: Vec::new(),
             coordinated: false,
             fetch_duty: false,
+            handover_until: None,
             shares: VecDeque::new(),
             share_task: None,
             fetching_share: None,
@@ -174,6 +177,7 @@ impl<'a> PeerPhase<'a> {
                     // Taken once: if the fetch is then split, this node comes back for the
                     // rest of the blob as a downloader, not as the one fetching all of it.
                     self.fetch_duty = false;
+                    self.handover_until = None;
                     return Ok(PeerOutcome::Fallback(
                         "the tracker handed this node the fetch".into(),
                     ));
@@ -200,6 +204,10 @@ impl<'a> PeerPhase<'a> {
             let idle = self.share_task.is_none();
             if self.tasks.is_empty() && self.coordinated {
                 next_lookup = next_lookup.min(Instant::now() + RETRY_SOON);
+            }
+            // The hand-over's wait for holders ends by itself: look again then.
+            if let Some(t) = self.handover_until.filter(|t| *t > Instant::now()) {
+                next_lookup = next_lookup.min(t);
             }
             // A peer that turned us away (not started on the blob yet, a dropped stream) is
             // dialled again when its retry time comes, not at the next lookup.
@@ -240,9 +248,12 @@ impl<'a> PeerPhase<'a> {
                 push = pushed => match push {
                     Some(TrackerReply::Fetch) => {
                         // Take what peers still have first: the upstream is asked only for
-                        // the pieces nobody holds (checked at the top of the loop).
+                        // the pieces nobody holds (checked at the top of the loop), after a
+                        // look for holders this tracker may not know.
                         self.fetch_duty = true;
                         self.coordinated = false;
+                        self.handover_until = Some(Instant::now() + HANDOVER_LOOKUP);
+                        self.start_lookup();
                     }
                     Some(TrackerReply::Peers { peers }) => {
                         debug!(digest = %self.fetch.digest, count = peers.len(), "the tracker named more peers");
@@ -278,6 +289,9 @@ impl<'a> PeerPhase<'a> {
                 found = looked_up => {
                     self.lookup = None;
                     self.connect(&found);
+                    if self.seeking_holders() {
+                        self.dial_holders(&found);
+                    }
                 }
                 () = sleep_until(next_lookup) => {
                     next_lookup = Instant::now() + LOOKUP_INTERVAL;
@@ -304,9 +318,16 @@ impl<'a> PeerPhase<'a> {
             fetch_duty: self.fetch_duty,
             coordinated: self.coordinated,
             retry_soon,
+            handover_window: self.seeking_holders(),
+            looking_up: self.lookup.is_some(),
         };
         let shares = self.shares.iter().map(|(_, pieces, also)| (pieces, *also));
         self.x.next_step(facts, shares, now())
+    }
+
+    /// Within the hand-over's wait for holders the tracker did not know.
+    fn seeking_holders(&self) -> bool {
+        self.handover_until.is_some_and(|t| Instant::now() < t)
     }
 
     fn log_stall(&self, sink: Option<&Sink>) {
