@@ -27,6 +27,16 @@ image_cleanup() {
     pkill -f -- "-address $IMG_SOCK" 2>/dev/null || true
 }
 
+# img_build LAYOUT REF [ARGS...]: build-image.sh into LAYOUT, pushed to REF, logged; bounded by
+# E2E_BUILD_TIMEOUT (default 1800 s), not the clients' timeout: a cold release build on a
+# 2-core machine takes longer than a pull may (it once took more than 300 s here).
+img_build() {
+    local layout=$1 ref=$2
+    shift 2
+    timeout "${E2E_BUILD_TIMEOUT:-1800}" "$REPO/deploy/docker/build-image.sh" "$@" \
+        --layout "$layout" --tag e2e --push "$ref" --insecure >"$T/logs/build-image.log" 2>&1
+}
+
 # The agent's task is running.
 img_task_running() { img_ctr task ls | awk -v c="$IMG_CONTAINER" '$1 == c { print $3 }' | grep -qx RUNNING; }
 
@@ -36,8 +46,7 @@ image_main() {
     local saved_agent=$AGENT served owner
     [ -n "${E2E_IMAGE_BINARY:-}" ] && build=(--binary "$E2E_IMAGE_BINARY")
     if ! check "build-image.sh builds the image and pushes it to $ref" \
-        logged "$T/logs/build-image.log" "$REPO/deploy/docker/build-image.sh" "${build[@]}" \
-        --layout "$layout" --tag e2e --push "$ref" --insecure; then
+        img_build "$layout" "$ref" "${build[@]}"; then
         tail -n 20 "$T/logs/build-image.log"
         return 0
     fi

@@ -452,8 +452,9 @@ fn bad_roles_and_labels_in_the_file_are_explained() {
 
 #[test]
 fn lazy_ranges_ask_peers_by_default_and_a_file_key_or_flag_turns_it_off() {
-    assert!(Settings::resolve(args()).unwrap().agent.p2p.lazy_from_peers);
-    assert!(pollen_agent::DEFAULT_LAZY_FROM_PEERS);
+    let default = Settings::resolve(args()).unwrap().agent.p2p.lazy_from_peers;
+    assert!(default);
+    assert_eq!(default, pollen_agent::DEFAULT_LAZY_FROM_PEERS);
     let dir = tempfile::tempdir().unwrap();
     let path = file(&dir, "pollen.toml", "lazy_from_peers = false\n");
     assert!(!resolve_file(&path).unwrap().agent.p2p.lazy_from_peers);
