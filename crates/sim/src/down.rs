@@ -6,10 +6,11 @@
 use crate::net::Nanos;
 use crate::topo::End;
 use crate::wait::Wait;
-use crate::world::{Ev, Owner, Phase, Session, ToTracker, Why, World};
+use crate::world::{Ev, Fetch, Owner, Phase, Session, ToTracker, Why, World};
 use pollen_core::download::{download_cap, BUSY_BUDGET, NODE_ACTIVE_PEERS};
 use pollen_core::phase::{Facts, Step};
 use pollen_core::retry::{RETRY_AFTER, RETRY_SOON};
+use pollen_core::stall::stagger;
 use pollen_proto::{Bitfield, TrackerReply};
 use std::time::Duration;
 
@@ -146,6 +147,7 @@ impl World {
         if let Some(f) = self.fetch_mut(n, layer) {
             f.sessions.insert(peer, sid);
             f.x.add(sid);
+            restagger(n, f);
         }
         let delay = self.topo.latency(n, peer);
         self.after(delay, Ev::Open(sid));
@@ -170,6 +172,7 @@ impl World {
         f.sessions.remove(&up);
         f.x.remove(sid);
         f.retry.ended(up, retry, now);
+        restagger(down, f);
     }
 
     pub(crate) fn on_refused(&mut self, sid: usize) {
@@ -497,4 +500,14 @@ impl World {
             self.stats.waits.add(state, at.saturating_sub(since));
         }
     }
+}
+
+/// The stall watch's stagger among node `n` and its session peers, as the agent's
+/// (`pollen_core::stall::stagger`, node indices for peer ids).
+fn restagger(n: usize, f: &mut Fetch) {
+    let id = |i: usize| (i as u64).to_le_bytes();
+    let peers: Vec<[u8; 8]> = f.sessions.keys().map(|&p| id(p)).collect();
+    let blob = id(f.blob);
+    let defer = stagger(&id(n), peers.iter().map(|p| p.as_slice()), &blob);
+    f.x.stall.set_defer(defer);
 }

@@ -7,6 +7,7 @@ use super::{now, PeerPhase};
 use crate::p2p::peer_task::PeerTask;
 use crate::sink::Sink;
 use pollen_core::phase::HANDOVER_DIALS;
+use pollen_core::stall::stagger;
 use pollen_swarm::PeerId;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -112,6 +113,18 @@ impl PeerPhase<'_> {
         let task = PeerTask::spawn(self.p2p.clone(), peer, digest, slot, self.events_tx.clone());
         self.tasks.insert(slot, task);
         self.x.add(slot);
+        self.restagger();
+    }
+
+    /// The stall watch's stagger among this node and its session peers
+    /// ([`pollen_core::stall::stagger`]): nodes that lose the same source do not all go to the
+    /// upstream for the same pieces at once.
+    fn restagger(&mut self) {
+        let me = self.p2p.node.peer_id().to_bytes();
+        let peers: Vec<Vec<u8>> = self.tasks.values().map(|t| t.peer.to_bytes()).collect();
+        let blob = self.fetch.digest.to_string();
+        let defer = stagger(&me, peers.iter().map(Vec::as_slice), blob.as_bytes());
+        self.x.stall.set_defer(defer);
     }
 
     /// Ends every session while this node fetches its share from the upstream (the sessions
@@ -123,6 +136,7 @@ impl PeerPhase<'_> {
             self.retry.hold(task.peer, now);
         }
         self.x.clear();
+        self.restagger();
         self.report_active();
         if let (Some(s), Some(w)) = (sink.as_mut(), self.written.take()) {
             s.written = Some(w);
@@ -135,6 +149,7 @@ impl PeerPhase<'_> {
         };
         self.x.remove(slot);
         self.retry.ended(task.peer, retry_after, now());
+        self.restagger();
     }
 }
 
