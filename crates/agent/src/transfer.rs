@@ -453,7 +453,7 @@ fn range_total(resp: &UpstreamResponse) -> Option<u64> {
 }
 
 /// The first byte of a 206's `Content-Range: bytes a-b/n`.
-fn range_start(resp: &UpstreamResponse) -> Option<u64> {
+pub(crate) fn range_start(resp: &UpstreamResponse) -> Option<u64> {
     header(resp, http::header::CONTENT_RANGE)?
         .strip_prefix("bytes ")?
         .split('-')

@@ -25,15 +25,15 @@ mod shares;
 
 use crate::fetch::PeerPieces;
 use crate::range::{self, RangeOutcome};
+use crate::transfer::range_start;
 use crate::Ctx;
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use http_body_util::BodyExt;
 use pollen_oci::Digest;
 use pollen_proto::PieceGeometry;
 use pollen_store::{Kind, Partial};
 use pollen_swarm::PeerId;
-use pollen_upstream::{FetchRequest, Route};
+use pollen_upstream::{collect_limited, FetchRequest, Route};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use tracing::{debug, info};
@@ -239,33 +239,18 @@ async fn upstream_span(
         client_auth: None,
     };
     let resp = ctx.origin.fetch(&req).await.ok()?;
-    let answered = resp
-        .headers
-        .get(http::header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes "))
-        .and_then(|v| v.split_once('-'))
-        .and_then(|(a, _)| a.parse::<u64>().ok());
-    if resp.status != http::StatusCode::PARTIAL_CONTENT || answered != Some(from) {
+    if resp.status != http::StatusCode::PARTIAL_CONTENT || range_start(&resp) != Some(from) {
         debug!(%digest, status = %resp.status, "the upstream did not answer a range: no lazy read");
         return None;
     }
     let want = usize::try_from(to - from).ok()?;
     let idle = ctx.origin.current().config().idle_timeout;
-    let mut body = resp.body;
-    let mut out = BytesMut::with_capacity(want);
-    while out.len() < want {
-        let frame = tokio::time::timeout(idle, body.frame()).await.ok()??.ok()?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.len() > want - out.len() {
-            return None;
-        }
-        out.extend_from_slice(&data);
+    let out = collect_limited(resp.body, want, idle).await.ok()?;
+    if out.len() != want {
+        return None;
     }
     ctx.metrics.upstream_bytes.inc_by(out.len() as u64);
-    Some(out.freeze())
+    Some(out)
 }
 
 /// Writes the pieces from `first` on (those not present yet) into the partial, hashed as

@@ -33,9 +33,7 @@ impl StoreSource {
     pub fn new(ctx: &Arc<Ctx>) -> StoreSource {
         StoreSource { ctx: ctx.clone() }
     }
-}
 
-impl StoreSource {
     /// A stored manifest as a blob of its own: small, so its map is computed here.
     fn manifest(&self, digest: &Digest) -> Option<(Blob, PieceMap)> {
         let blob = self.ctx.store.get(Kind::Manifest, digest)?;
@@ -49,9 +47,7 @@ impl StoreSource {
         let map = PieceMap::of(*digest, geometry, &body).ok()?;
         Some((blob, map))
     }
-}
 
-impl StoreSource {
     /// Pieces read lazily (`crate::lazy`), while the blob is neither fetched nor held whole
     /// and its partial is still on disk.
     fn lazy(&self, digest: &Digest) -> Option<BlobView> {
