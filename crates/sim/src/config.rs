@@ -136,6 +136,12 @@ pub struct Scenario {
     /// the policy before part 9)
     #[arg(long, default_value_t = pollen_core::tracker::NEWCOMER_FANOUT)]
     pub newcomer_fanout: usize,
+    /// Where a downloader gets a piece's hash: `producers`, as the agent does (the node that
+    /// fetched the piece from the registry, or one that completed the blob, over a session
+    /// with it), or `relayed` (from any peer holding the piece: a what-if of hashes signed by
+    /// their producer, which any peer could pass on)
+    #[arg(long, value_enum, default_value_t = HashSource::Producers)]
+    pub hashes: HashSource,
     /// Seed of the run's randomness: the same seed gives the same output, byte for byte
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -154,6 +160,13 @@ pub struct Scenario {
     /// Writes the completion curve (nodes done over time) as an SVG
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
+}
+
+/// Where a downloader learns the hashes it checks pieces against (`--hashes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashSource {
+    Producers,
+    Relayed,
 }
 
 impl Scenario {

@@ -137,6 +137,7 @@ impl World {
             unchoked: false,
             waiting: false,
             announced: Bitfield::new(&g),
+            hashes_sent: Bitfield::new(&g),
             dirty: false,
             pending: Vec::new(),
             queued: 0,
@@ -196,14 +197,17 @@ impl World {
         };
         let now = self.instant();
         let up = self.sessions.get(sid).map(|s| s.up);
+        let producers_only = self.producers_only();
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
         if !f.sessions.values().any(|s| *s == sid) {
             return;
         }
-        for i in has.iter_ones() {
-            let _ = f.x.known.set(i);
+        if !producers_only {
+            for i in has.iter_ones() {
+                let _ = f.x.known.set(i);
+            }
         }
         if let Some(up) = up {
             f.retry.opened(&up);
@@ -214,7 +218,7 @@ impl World {
     }
 
     /// The downloading node and layer of a session still open.
-    fn open_download(&self, sid: usize) -> Option<(usize, usize)> {
+    pub(crate) fn open_download(&self, sid: usize) -> Option<(usize, usize)> {
         self.sessions
             .get(sid)
             .filter(|s| s.open)
@@ -226,11 +230,14 @@ impl World {
             return;
         };
         let now = self.instant();
+        let producers_only = self.producers_only();
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
-        for &i in &pieces {
-            let _ = f.x.known.set(i);
+        if !producers_only {
+            for &i in &pieces {
+                let _ = f.x.known.set(i);
+            }
         }
         let new = pieces.iter().any(|&i| !f.have.get(i));
         let have = f.have.clone();
@@ -310,6 +317,9 @@ impl World {
         }
         f.x.written(piece, true, now);
         let complete = f.have.is_complete();
+        if !from_peer {
+            self.vouch(n, layer, Some(piece));
+        }
         self.announce(n, layer, piece);
         if complete {
             self.finish(n, layer);
@@ -335,6 +345,7 @@ impl World {
         let sessions: Vec<usize> = f.sessions.values().copied().collect();
         f.sessions.clear();
         f.x.clear();
+        self.vouch(n, layer, None);
         self.tell_holding(n);
         self.send_tracker(n, layer, ToTracker::Leave(true));
         if let Some(f) = self.fetch_mut(n, layer) {

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod config;
 mod down;
 mod fetch;
+mod hashes;
 mod life;
 pub mod net;
 pub mod report;

@@ -270,6 +270,8 @@ impl Fetch {
         Fetch {
             blob,
             phase: Phase::Joining,
+            vouched: Bitfield::from_bytes(have.count(), vec![0; have.as_bytes().len()])
+                .unwrap_or_default(),
             have,
             x: Exchange::new(stall, now),
             fetching: false,

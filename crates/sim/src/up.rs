@@ -49,6 +49,8 @@ impl World {
             s.announced = shown.clone();
         }
         self.reveal_later(up, layer, next);
+        // The map's hashes go first, as the agent's announcer sends them (then `Have`).
+        self.send_hashes(sid);
         self.after(back, Ev::Opened(sid, shown));
         if unchoked {
             self.after(

@@ -52,6 +52,9 @@ pub struct Fetch {
     pub blob: usize,
     pub phase: Phase,
     pub have: Bitfield,
+    /// Pieces whose hash this node vouches for: those it fetched from the registry, every
+    /// piece once it completed the blob (`hashes.rs`).
+    pub vouched: Bitfield,
     pub x: Exchange,
     /// This node has started fetching the blob (or a share) from the registry
     /// (`pollen_core::upload::serves_partial`).
@@ -107,6 +110,8 @@ pub struct Session {
     pub waiting: bool,
     /// What the downloader was told this uploader has.
     pub announced: Bitfield,
+    /// The hashes the downloader was sent over this session.
+    pub hashes_sent: Bitfield,
     /// The uploader has news to send once its writer is free: pieces stored since (when its
     /// blob is not super-seeded), or a new look at what super-seeding shows.
     pub dirty: bool,
@@ -209,6 +214,7 @@ pub enum Ev {
     Request(usize, u32),
     Cancel(usize, u32),
     HaveMore(usize, Vec<u32>),
+    Hashes(usize, Vec<u32>),
     Choke {
         sid: usize,
         choked: bool,
@@ -522,6 +528,7 @@ impl World {
             Ev::Request(sid, piece) => self.on_request(sid, piece),
             Ev::Cancel(sid, piece) => self.on_cancel(sid, piece),
             Ev::HaveMore(sid, pieces) => self.on_have_more(sid, pieces),
+            Ev::Hashes(sid, pieces) => self.on_hashes(sid, pieces),
             Ev::Choke {
                 sid,
                 choked,

@@ -130,3 +130,18 @@ fn the_time_from_peers_is_split_into_shares_that_add_up() {
     let alone = run("--nodes 1 --image 100MB --layers 1").peer_time;
     assert_eq!((alone.receiving, alone.choked), (0.0, 0.0), "{alone:?}");
 }
+
+#[test]
+fn hashes_from_producers_only_starve_a_swarm_wider_than_their_queues() {
+    // 60 nodes, 2 upload slots (10 sessions per uploader with its queue): most nodes can hold
+    // no session with the blob's producers, so they learn no hash, ask for no piece and
+    // stall into the registry. Relayed hashes (any holder may pass them on) keep it at F.
+    let set_up = "--nodes 60 --image 64MB --layers 1 --upload-slots 2 --registry-up 1Gbit \
+                  --node-up 1Gbit --node-down 1Gbit";
+    let producers = run(&format!("{set_up} --hashes producers"));
+    let relayed = run(&format!("{set_up} --hashes relayed"));
+    assert_eq!((producers.done, relayed.done), (60, 60));
+    assert!(relayed.egress_over_f < 1.01, "{}", relayed.egress_over_f);
+    assert!(producers.egress_over_f > 1.5, "{}", producers.egress_over_f);
+    assert!(producers.max_secs > 2.0 * relayed.max_secs);
+}
