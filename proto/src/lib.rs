@@ -36,6 +36,7 @@
 mod bitfield;
 mod buffer;
 mod builder;
+mod claim;
 mod codec;
 mod error;
 mod geometry;
@@ -50,6 +51,7 @@ mod tracker;
 pub use bitfield::Bitfield;
 pub use buffer::{PieceBuf, DIRECT_ALIGN};
 pub use builder::{BuildError, PieceMapBuilder};
+pub use claim::{hash_claim, Signature, MAX_PRODUCER_ID, MAX_SIGNED_HASHES};
 pub use codec::{decode_reply, decode_request, encode_reply, encode_request};
 pub use error::{GeometryError, ProtoError};
 pub use geometry::PieceGeometry;
@@ -78,13 +80,14 @@ pub use tracker::{
 /// The libp2p protocol id. The version is part of the id: an incompatible change to anything in
 /// this crate's wire format gets a new id, and libp2p's multistream-select negotiates the
 /// newest one both sides speak. There is no in-band version field. Version 2 added
-/// `Request::Holding`.
-pub const PROTOCOL: &str = "/pollen/pieces/2";
+/// `Request::Holding`, version 3 `Reply::SignedHashes`.
+pub const PROTOCOL: &str = "/pollen/pieces/3";
 
-/// The id before `Request::Holding`: an agent still accepts it, and opens it to a peer that
-/// does not speak [`PROTOCOL`] (an older agent during a rolling upgrade), never sending
-/// `Holding` on it. Its messages are otherwise the same.
-pub const LEGACY_PROTOCOL: &str = "/pollen/pieces/1";
+/// The id before `Reply::SignedHashes`: an agent still accepts it, and opens it to a peer that
+/// does not speak [`PROTOCOL`] (an older agent during a rolling upgrade). An uploader never
+/// sends `SignedHashes` on it (only its own hashes, unsigned). Its messages are otherwise the
+/// same. Version 1 is no longer spoken.
+pub const LEGACY_PROTOCOL: &str = "/pollen/pieces/2";
 
 /// Smallest piece size a geometry may have (for tests and explicit overrides); below it the
 /// per-piece overhead (a hash, a frame, a request) outweighs the payload.

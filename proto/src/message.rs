@@ -4,6 +4,7 @@
 //! fields without a new [`crate::PROTOCOL`] id (the golden-bytes tests catch accidents).
 
 use crate::bitfield::Bitfield;
+use crate::claim::{Signature, MAX_PRODUCER_ID, MAX_SIGNED_HASHES};
 use crate::geometry::PieceGeometry;
 use crate::piecemap::{piece_hashes, PieceMap, PieceMapId};
 use crate::serde_util::{bounded_vec, digest_bytes};
@@ -109,6 +110,24 @@ pub enum Reply {
         /// Diagnostic for logs, at most `MAX_ERROR_MESSAGE` bytes; never acted upon.
         message: String,
     },
+    /// Hashes of pieces `first..first + hashes.len()`, each signed by `producer`, the node
+    /// that computed it from the upstream's bytes (`hash_claim`): the uploader's own, or ones
+    /// it took from a peer and checked, passed on (version 3 only). A receiver checks every
+    /// signature against the producer's key before it takes a hash, and blames the producer
+    /// for a hash the blob's digest proves wrong.
+    SignedHashes {
+        /// The producer's node id (a libp2p `PeerId`'s bytes, at most `MAX_PRODUCER_ID`).
+        #[serde(deserialize_with = "producer_id")]
+        producer: Vec<u8>,
+        /// Index of the first piece of the run.
+        first: u32,
+        /// BLAKE3 hash of each piece of the run (1..=`MAX_SIGNED_HASHES`).
+        #[serde(deserialize_with = "signed_hashes")]
+        hashes: Vec<[u8; 32]>,
+        /// The producer's signature of each hash's claim, as many as `hashes`.
+        #[serde(deserialize_with = "signatures")]
+        signatures: Vec<Signature>,
+    },
 }
 
 /// Why an uploader ended a session. Every error is final for the session.
@@ -123,6 +142,21 @@ pub enum ErrorCode {
     Busy,
     /// Something failed on the uploader's side (e.g. reading its disk).
     Internal,
+}
+
+/// At most `MAX_PRODUCER_ID` bytes.
+fn producer_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    bounded_vec(d, MAX_PRODUCER_ID)
+}
+
+/// At most `MAX_SIGNED_HASHES` hashes.
+fn signed_hashes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+    bounded_vec(d, MAX_SIGNED_HASHES)
+}
+
+/// At most `MAX_SIGNED_HASHES` signatures.
+fn signatures<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Signature>, D::Error> {
+    bounded_vec(d, MAX_SIGNED_HASHES)
 }
 
 /// At most `MAX_HAVE_MORE` indices.
@@ -200,6 +234,26 @@ impl Reply {
                 let end = u64::from(*first) + hashes.len() as u64;
                 if end > u64::from(MAX_PIECES) {
                     return Err(format!("piece hashes run to {end}, past {MAX_PIECES}"));
+                }
+                Ok(())
+            }
+            Reply::SignedHashes {
+                producer,
+                first,
+                hashes,
+                signatures,
+            } => {
+                if producer.is_empty() || hashes.is_empty() || hashes.len() != signatures.len() {
+                    return Err(format!(
+                        "signed hashes: a producer of {} bytes, {} hashes, {} signatures",
+                        producer.len(),
+                        hashes.len(),
+                        signatures.len()
+                    ));
+                }
+                let end = u64::from(*first) + hashes.len() as u64;
+                if end > u64::from(MAX_PIECES) {
+                    return Err(format!("signed hashes run to {end}, past {MAX_PIECES}"));
                 }
                 Ok(())
             }

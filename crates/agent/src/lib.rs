@@ -29,6 +29,7 @@ mod origin;
 mod p2p;
 mod preheat;
 mod private;
+mod proofs;
 mod range;
 mod request;
 mod sink;

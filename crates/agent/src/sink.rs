@@ -7,10 +7,12 @@
 use crate::error::FetchError;
 use crate::inflight::{Inflight, Progress, Recent};
 use crate::p2p::PieceShare;
+use crate::proofs::{Book, Signed};
 use bytes::Bytes;
 use pollen_peer::{PieceState, Spread};
 use pollen_proto::{Bitfield, HashedPiece, PieceGeometry, PieceMap};
 use pollen_store::{Blob, Partial, StoreError};
+use pollen_swarm::Signer;
 use std::ops::Range;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -34,11 +36,13 @@ pub(crate) enum Op {
     /// The upstream range is done: take in the hashes of its last pieces (still on the
     /// hashing thread) now, so they are announced without waiting for more bytes.
     Settle,
-    /// Piece hashes a peer sent (`slot` names the peer in the download).
+    /// Piece hashes a peer sent (`slot` names the peer in the download), with their
+    /// producer's signatures if they came signed (checked here, off the network task).
     Hashes {
         first: u32,
         hashes: Vec<[u8; 32]>,
         slot: usize,
+        signed: Option<Signed>,
     },
     /// A piece a peer sent, hashed already; checked against the map before it touches the
     /// disk.
@@ -64,11 +68,11 @@ pub(crate) enum Written {
         slot: usize,
         result: PieceResult,
     },
-    /// `Ok(known)`: the pieces whose hash is known now; `Err(MapConflict)`: they contradict
-    /// the map.
+    /// `Ok(known)`: the pieces whose hash is known now; `Err`: they contradict the map, or a
+    /// signature is not their producer's (the sender's fault either way).
     Hashes {
         slot: usize,
-        result: Result<Bitfield, StoreError>,
+        result: Result<Bitfield, String>,
     },
 }
 
@@ -85,7 +89,7 @@ impl SinkTx {
         let kib = match &op {
             Op::Append(b) => b.len(),
             Op::Piece { piece, .. } => piece.bytes().len(),
-            Op::Hashes { hashes, .. } => hashes.len() * 32,
+            Op::Hashes { hashes, .. } => hashes.len() * 96,
             Op::Seek(_) | Op::Settle | Op::Confirm => 0,
         }
         .div_ceil(1024)
@@ -132,7 +136,8 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    pub fn start(partial: Partial, inflight: &Inflight) -> Sink {
+    /// `signer`: this node's key, to sign the hashes it produces (none without a swarm).
+    pub fn start(partial: Partial, inflight: &Inflight, signer: Option<Signer>) -> Sink {
         let sent = partial.append_offset();
         let geometry = *partial.geometry();
         let share = Arc::new(PieceShare {
@@ -154,9 +159,10 @@ impl Sink {
         let known = partial.map().known().clone();
         let confirmed = partial.confirmed();
         let mut w = WriterThread {
+            book: Book::new(partial.digest(), geometry, signer),
             partial,
             adopted: false,
-            published: (u32::MAX, u32::MAX, u32::MAX),
+            published: (u32::MAX, u32::MAX, u32::MAX, u32::MAX),
             progress: progress.clone(),
             share: share.clone(),
             stored: Vec::new(),
@@ -366,8 +372,10 @@ struct WriterThread {
     /// Some hashes came from peers: the map is not this node's to vouch for as a whole until
     /// the blob verifies (trust model), only the hashes it produced.
     adopted: bool,
-    /// Pieces, known hashes and produced hashes last published to peers.
-    published: (u32, u32, u32),
+    /// Pieces, known hashes, produced hashes and signed hashes last published to peers.
+    published: (u32, u32, u32, u32),
+    /// Signatures of hashes, this node's and peers' (checked), for its sessions to pass on.
+    book: Book,
     progress: watch::Sender<Progress>,
     share: Arc<PieceShare>,
     /// Pieces from peers stored since the last publish, for clients at the live edge.
@@ -396,12 +404,24 @@ impl WriterThread {
                 first,
                 hashes,
                 slot,
+                signed,
             } => {
                 self.adopted |= !hashes.is_empty();
-                let result = self
-                    .partial
-                    .adopt_hashes(first, &hashes)
-                    .map(|()| self.partial.map().known().clone());
+                let known = self.partial.map().known().clone();
+                let checked = match &signed {
+                    Some(s) => self.book.check(first, &hashes, s, &known),
+                    None => Ok(()),
+                };
+                let result = checked.and_then(|()| {
+                    self.partial
+                        .adopt_hashes(first, &hashes)
+                        .map_err(|e| format!("piece hashes contradict the map: {e}"))
+                });
+                if let (Ok(()), Some(s)) = (&result, signed) {
+                    let slots = self.partial.map().slots();
+                    self.book.keep(first, &hashes, s, &known, slots);
+                }
+                let result = result.map(|()| self.partial.map().known().clone());
                 let _ = done.send(Written::Hashes { slot, result });
                 Ok(0)
             }
@@ -448,10 +468,13 @@ impl WriterThread {
             }
         });
         let map = self.partial.map();
+        self.book
+            .sign_produced(self.partial.produced(), map.slots());
         let now = (
             self.partial.have().count_ones(),
             map.known().count_ones(),
             self.partial.produced().count_ones(),
+            self.book.proven(),
         );
         if now == self.published {
             return;
@@ -462,12 +485,15 @@ impl WriterThread {
             .is_complete()
             .then(|| PieceMap::new(*map.digest(), *map.geometry(), map.slots().to_vec()).ok())
             .flatten();
+        let (proofs, proven) = self.book.shared();
         let state = PieceState {
             have: self.partial.have().clone(),
             // Our own hashes (from the upstream's bytes) we vouch for; a peer's only once the
             // blob verified.
             hashes: map.slots().into(),
             vouched: self.partial.produced().clone(),
+            proofs: Some(proofs),
+            proven,
             complete: false,
             map_id: complete_map.filter(|_| self.adopted).map(|m| m.id()),
         };

@@ -39,6 +39,10 @@ pub struct SessionConfig {
     /// The largest blob size a peer's `Have` may claim; more is a protocol fault (the
     /// agent's `--max-blob-size`).
     pub max_blob_size: u64,
+    /// The stream speaks `/pollen/pieces/3`: an uploader sends hashes signed by their
+    /// producers, passed-on ones too (`Reply::SignedHashes`); `false` on the legacy id,
+    /// whose peers know only `PieceHashes`.
+    pub signed_hashes: bool,
 }
 
 /// Default [`SessionConfig::max_blob_size`] (the agent's default `--max-blob-size`).
@@ -52,6 +56,7 @@ impl Default for SessionConfig {
             slot_timeout: DEFAULT_SLOT_TIMEOUT,
             piece_size: None,
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            signed_hashes: true,
         }
     }
 }

@@ -58,7 +58,7 @@ pub use limits::{
 };
 pub use serve::{serve, serve_peer, ServeEnd, ServeSummary};
 pub use session::{Event, Have, RequestError, Session};
-pub use source::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState};
+pub use source::{BlobView, PieceFuture, PieceReader, PieceSource, PieceState, Proof, Proofs};
 pub use spread::Spread;
 
 use pollen_proto::{PartialPieceMap, PieceMap};

@@ -81,6 +81,15 @@ pub enum Event {
     /// The next hashes of a growing map (contiguous with those before; possibly none, from a
     /// peer that vouches for no map). Feed them to a `PartialPieceMap` with `extend`.
     Hashes { first: u32, hashes: Vec<[u8; 32]> },
+    /// Hashes each signed by `producer` (the peer's own or passed on; `/pollen/pieces/3`):
+    /// unverified. Check every signature against the producer's key
+    /// (`pollen_proto::hash_claim`) before taking a hash.
+    SignedHashes {
+        producer: Vec<u8>,
+        first: u32,
+        hashes: Vec<[u8; 32]>,
+        signatures: Vec<pollen_proto::Signature>,
+    },
     /// Pieces the peer gained (only those not known before).
     HaveMore(Vec<u32>),
     /// The peer replaced its state (e.g. it completed the blob and now has a map id).

@@ -82,6 +82,13 @@ pub struct PieceState {
     /// hashes it took from peers, because a map is passed on only by its producer or once it
     /// proved right (trust model).
     pub vouched: Bitfield,
+    /// Producers' signatures of hashes (`pollen_proto::hash_claim`), shared by the blob's
+    /// writer and its sessions: this node's own, and those it took from peers and checked.
+    /// Sessions speaking `/pollen/pieces/3` are sent every hash that has one, so hashes
+    /// travel beyond their producer's sessions. `None`: the node signs nothing.
+    pub proofs: Option<Arc<Proofs>>,
+    /// The pieces with a signature in `proofs` (grows as they are added).
+    pub proven: Bitfield,
     /// The whole blob is present and passed its digest check: this node is a seed.
     pub complete: bool,
     /// While not `complete`: the id of the complete map this node's pieces were verified
@@ -97,6 +104,8 @@ impl PieceState {
             have: Bitfield::new(geometry),
             hashes: Arc::from(Vec::new()),
             vouched: Bitfield::new(geometry),
+            proofs: None,
+            proven: Bitfield::new(geometry),
             complete: false,
             map_id: None,
         }
@@ -108,6 +117,8 @@ impl PieceState {
             have: Bitfield::full(geometry),
             hashes,
             vouched: Bitfield::full(geometry),
+            proofs: None,
+            proven: Bitfield::new(geometry),
             complete: true,
             map_id: None,
         }
@@ -131,9 +142,58 @@ impl PieceState {
                 self.vouched.count()
             ));
         }
+        if self.proven.count() != count || (self.proven.count_ones() > 0 && slots != count as usize)
+        {
+            return Err(format!(
+                "state has {} proven bits and {slots} hash slots for {count} pieces",
+                self.proven.count()
+            ));
+        }
         if self.complete && (!self.have.is_complete() || !self.vouched.is_complete()) {
             return Err("state is complete without every piece and hash".into());
         }
         Ok(())
+    }
+}
+
+/// A producer's signature of one piece's hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proof {
+    /// The producer's node id (`PeerId` bytes).
+    pub producer: Arc<[u8]>,
+    pub signature: pollen_proto::Signature,
+}
+
+/// One blob's signatures, by piece. Written by the blob's writer (one thread), read by its
+/// sessions; a lock rather than a copy per change, since the table is up to 65,536 entries.
+#[derive(Debug)]
+pub struct Proofs {
+    by_piece: std::sync::Mutex<Vec<Option<Proof>>>,
+}
+
+impl Proofs {
+    /// An empty table for `count` pieces.
+    pub fn new(count: u32) -> Proofs {
+        Proofs {
+            by_piece: std::sync::Mutex::new(vec![None; count as usize]),
+        }
+    }
+
+    /// Records `proof` for piece `index` unless it has one; `true` if recorded.
+    pub fn add(&self, index: u32, proof: Proof) -> bool {
+        let mut table = self.by_piece.lock().unwrap_or_else(|e| e.into_inner());
+        match table.get_mut(index as usize) {
+            Some(slot @ None) => {
+                *slot = Some(proof);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The signature of piece `index`, if any.
+    pub fn get(&self, index: u32) -> Option<Proof> {
+        let table = self.by_piece.lock().unwrap_or_else(|e| e.into_inner());
+        table.get(index as usize).cloned().flatten()
     }
 }

@@ -58,6 +58,7 @@ pub struct Node {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     peer_id: PeerId,
+    signer: crate::signing::Signer,
     counters: Arc<Counters>,
     lookup_deadline: Duration,
     /// (connected peers, routing-table peers), on every change.
@@ -78,6 +79,7 @@ impl Node {
         }
         let key = identity::load_or_create(data_dir)?;
         let peer_id = key.public().to_peer_id();
+        let signer = crate::signing::Signer::new(key.clone());
         let transport =
             transport::build(&key, config.security, config.swarm_key).map_err(Error::Transport)?;
         let behaviour = Behaviour::new(&key, &config).map_err(Error::Setup)?;
@@ -119,6 +121,7 @@ impl Node {
             commands: tx,
             control,
             peer_id,
+            signer,
             counters,
             lookup_deadline,
             connected,
@@ -129,6 +132,11 @@ impl Node {
     /// This node's identity, derived from its key.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Signs claims with this node's key (`crate::signing`).
+    pub fn signer(&self) -> crate::signing::Signer {
+        self.signer.clone()
     }
 
     /// The addresses we are listening on (a `0.0.0.0` listener shows up once per interface).

@@ -192,7 +192,7 @@ impl BlobFetch<'_> {
             tokio::task::spawn_blocking(move || store.partial_with(digest, geometry, confirmed))
                 .await
                 .map_err(|e| FetchError::Store(format!("opening partial blob: {e}")))??;
-        let sink = Sink::start(partial, self.inflight);
+        let sink = Sink::start(partial, self.inflight, self.peers.signer());
         if sink.have.count_ones() > 0 {
             self.announce();
         }

@@ -36,6 +36,8 @@ pub(crate) trait Peers: Send + Sync {
     /// The swarm itself, for what only exists with one; `None` for [`NoPeers`].
     fn swarm(&self) -> Option<Arc<P2p>>;
 
+    /// This node's key, to sign the piece hashes it produces; `None` for [`NoPeers`].
+    fn signer(&self) -> Option<pollen_swarm::Signer>;
     /// Content this node can serve from now on (announced in the background).
     fn provide(&self, digest: Digest);
     /// Content this node no longer has.
@@ -125,6 +127,9 @@ pub(crate) struct NoPeers;
 
 impl Peers for NoPeers {
     fn swarm(&self) -> Option<Arc<P2p>> {
+        None
+    }
+    fn signer(&self) -> Option<pollen_swarm::Signer> {
         None
     }
     fn provide(&self, _: Digest) {}

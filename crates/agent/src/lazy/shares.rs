@@ -91,6 +91,8 @@ fn vouched(partial: &Partial) -> Option<PieceState> {
         vouched: have.clone(),
         have,
         hashes: Arc::from(partial.map().slots()),
+        proofs: None,
+        proven: Bitfield::new(geometry),
         complete: false,
         map_id: None,
     })

@@ -25,6 +25,10 @@ impl Peers for P2p {
         self.me.upgrade()
     }
 
+    fn signer(&self) -> Option<pollen_swarm::Signer> {
+        Some(self.node.signer())
+    }
+
     fn provide(&self, digest: Digest) {
         P2p::provide(self, digest);
     }

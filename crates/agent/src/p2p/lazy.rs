@@ -141,6 +141,26 @@ async fn from_holder(
             Event::Hashes { first, hashes } => map
                 .insert(first, &hashes)
                 .map_err(|e| Failed::Fault(e.to_string()))?,
+            Event::SignedHashes {
+                producer,
+                first,
+                hashes,
+                signatures,
+            } => {
+                // Only the range's own hashes are checked and taken (a handful of
+                // signatures, not the whole run).
+                let signed = crate::proofs::Signed {
+                    producer: producer.into(),
+                    signatures,
+                };
+                let inside = |i: u32| wanted.contains(&i);
+                crate::proofs::check(&digest, &geometry, first, &hashes, &signed, inside)
+                    .map_err(Failed::Fault)?;
+                for (i, hash) in (first..).zip(&hashes).filter(|(i, _)| inside(*i)) {
+                    map.insert(i, std::slice::from_ref(hash))
+                        .map_err(|e| Failed::Fault(e.to_string()))?;
+                }
+            }
             Event::Unchoked => unchoked = true,
             Event::Choked { .. } => {
                 // Everything outstanding was dropped: ask again once unchoked.

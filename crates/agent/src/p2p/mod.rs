@@ -259,7 +259,8 @@ impl Bans {
 
 /// Accepts pieces streams from other nodes and serves each in a task of its own, until the
 /// swarm stops: on `pollen_proto::PROTOCOL`, and on `LEGACY_PROTOCOL` for agents of the
-/// version before (a rolling upgrade), served alike. The per-peer session cap spans both.
+/// version before (a rolling upgrade), served alike but for `SignedHashes`, which the legacy
+/// id does not know. The per-peer session cap spans both.
 pub(crate) async fn accept_loop(ctx: Arc<crate::Ctx>, p2p: Arc<P2p>) {
     let source: Arc<dyn pollen_peer::PieceSource> = Arc::new(StoreSource::new(&ctx));
     let per_peer = crate::confine::PerPeer::new(crate::confine::MAX_SESSIONS_PER_PEER);
@@ -287,7 +288,10 @@ async fn accept_on(
         }
     };
     while let Some((peer, stream)) = incoming.next().await {
-        let (source, limits, cfg) = (source.clone(), p2p.uploads.clone(), p2p.cfg.session.clone());
+        let (source, limits) = (source.clone(), p2p.uploads.clone());
+        let mut cfg = p2p.cfg.session.clone();
+        // Peers on the legacy id know no `SignedHashes`.
+        cfg.signed_hashes &= protocol == pollen_proto::PROTOCOL;
         let Some(ticket) = per_peer.enter(peer) else {
             debug!(%peer, "closing a piece stream: this peer has too many sessions here");
             continue;

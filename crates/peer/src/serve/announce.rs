@@ -8,9 +8,11 @@
 //! when the blob became complete or its map id changed (that `Have` goes first, so a map sent
 //! in the same batch matches an id the peer already knows).
 
-use crate::source::PieceState;
+use crate::source::{PieceState, Proof};
 use pollen_oci::Digest;
-use pollen_proto::{Bitfield, PieceGeometry, PieceMap, PieceMapId, Reply, MAX_HAVE_MORE};
+use pollen_proto::{
+    Bitfield, PieceGeometry, PieceMap, PieceMapId, Reply, MAX_HAVE_MORE, MAX_SIGNED_HASHES,
+};
 
 pub(super) struct Announcer {
     digest: Digest,
@@ -21,16 +23,19 @@ pub(super) struct Announcer {
     told: Option<(bool, Option<PieceMapId>)>,
     map_asked: bool,
     map_answered: bool,
-    /// The hashes the peer has (`PieceHashes` or the whole `PieceMap`).
+    /// The hashes the peer has (`PieceHashes`, `SignedHashes` or the whole `PieceMap`).
     hashes_sent: Bitfield,
+    /// The session speaks `/pollen/pieces/3`: hashes go signed, passed-on ones too.
+    signed: bool,
     /// The complete map and its id, built once the source is complete (it answers
     /// `GetPieceMap`; the id goes in `Have`).
     full_map: Option<(PieceMap, PieceMapId)>,
 }
 
 impl Announcer {
-    pub(super) fn new(digest: Digest, geometry: PieceGeometry) -> Announcer {
+    pub(super) fn new(digest: Digest, geometry: PieceGeometry, signed: bool) -> Announcer {
         Announcer {
+            signed,
             digest,
             announced: Bitfield::new(&geometry),
             geometry,
@@ -129,25 +134,104 @@ impl Announcer {
 }
 
 impl Announcer {
-    /// `PieceHashes` for every run of vouched hashes the peer does not have yet.
+    /// The hashes the peer does not have yet: as `SignedHashes` where a producer's signature
+    /// is known (on a version 3 session), the rest of what this node vouches for as
+    /// `PieceHashes`, one frame per run and producer.
     fn push_hashes(&mut self, state: &PieceState, frames: &mut Vec<Reply>) -> Result<(), String> {
-        let new = newly_set(&self.hashes_sent, &state.vouched);
+        let proofs = state.proofs.as_deref().filter(|_| self.signed);
+        let offered = match proofs {
+            Some(_) => union(&state.vouched, &state.proven)?,
+            None => state.vouched.clone(),
+        };
+        let new = newly_set(&self.hashes_sent, &offered);
         for run in runs(&new) {
-            let hashes = state
-                .hashes
-                .get(run.start as usize..run.end as usize)
-                .ok_or("vouched hashes without slots")?
-                .to_vec();
-            frames.push(Reply::PieceHashes {
-                first: run.start,
-                hashes,
-            });
+            let mut batch: Option<Batch> = None;
+            for index in run {
+                let hash = *state
+                    .hashes
+                    .get(index as usize)
+                    .ok_or("offered hashes without slots")?;
+                let proof = proofs.and_then(|p| p.get(index));
+                if proof.is_none() && !state.vouched.get(index) {
+                    return Err(format!("piece {index} is proven without a signature"));
+                }
+                if let Some(b) = batch.as_mut().filter(|b| b.takes(index, &proof)) {
+                    b.push(hash, proof);
+                    continue;
+                }
+                frames.extend(batch.take().map(Batch::into_reply));
+                batch = Some(Batch::start(index, hash, proof));
+            }
+            frames.extend(batch.map(Batch::into_reply));
         }
         for index in new {
             self.hashes_sent.set(index).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+}
+
+/// Consecutive hashes going out in one frame: unsigned, or all signed by one producer.
+struct Batch {
+    first: u32,
+    hashes: Vec<[u8; 32]>,
+    producer: Option<std::sync::Arc<[u8]>>,
+    signatures: Vec<pollen_proto::Signature>,
+}
+
+impl Batch {
+    fn start(first: u32, hash: [u8; 32], proof: Option<Proof>) -> Batch {
+        let mut b = Batch {
+            first,
+            hashes: Vec::new(),
+            producer: proof.as_ref().map(|p| p.producer.clone()),
+            signatures: Vec::new(),
+        };
+        b.push(hash, proof);
+        b
+    }
+
+    /// Whether piece `index` (with `proof`) continues this frame.
+    fn takes(&self, index: u32, proof: &Option<Proof>) -> bool {
+        let next = u64::from(self.first) + self.hashes.len() as u64;
+        let same = match (&self.producer, proof) {
+            (None, None) => true,
+            (Some(a), Some(p)) => *a == p.producer,
+            _ => false,
+        };
+        same && next == u64::from(index) && self.hashes.len() < MAX_SIGNED_HASHES
+    }
+
+    fn push(&mut self, hash: [u8; 32], proof: Option<Proof>) {
+        self.hashes.push(hash);
+        self.signatures.extend(proof.map(|p| p.signature));
+    }
+
+    fn into_reply(self) -> Reply {
+        match self.producer {
+            Some(producer) => Reply::SignedHashes {
+                producer: producer.to_vec(),
+                first: self.first,
+                hashes: self.hashes,
+                signatures: self.signatures,
+            },
+            None => Reply::PieceHashes {
+                first: self.first,
+                hashes: self.hashes,
+            },
+        }
+    }
+}
+
+/// The pieces set in either (same geometry).
+fn union(a: &Bitfield, b: &Bitfield) -> Result<Bitfield, String> {
+    let bytes = a
+        .as_bytes()
+        .iter()
+        .zip(b.as_bytes())
+        .map(|(x, y)| x | y)
+        .collect();
+    Bitfield::from_bytes(a.count(), bytes).map_err(|e| e.to_string())
 }
 
 /// Ascending indices grouped into runs of consecutive ones.
@@ -191,7 +275,7 @@ mod tests {
         .unwrap();
         let hashes: Vec<[u8; 32]> = (0..pieces).map(|i| [i as u8; 32]).collect();
         (
-            Announcer::new(Digest::of(b"x"), g),
+            Announcer::new(Digest::of(b"x"), g, true),
             PieceState::empty(&g),
             hashes,
         )
@@ -345,5 +429,77 @@ mod tests {
         fn announced_geometry(&self) -> &PieceGeometry {
             &self.geometry
         }
+    }
+
+    /// Pieces 0..4 signed by X, 4..6 by Y, 6..8 this node's own without a signature.
+    fn signed_state(state: &mut PieceState, hashes: &[[u8; 32]]) {
+        let proofs = crate::source::Proofs::new(8);
+        for i in 0..6u32 {
+            let producer: Arc<[u8]> = if i < 4 {
+                Arc::from(&b"X"[..])
+            } else {
+                Arc::from(&b"Y"[..])
+            };
+            let signature = pollen_proto::Signature([i as u8; 64]);
+            assert!(proofs.add(
+                i,
+                Proof {
+                    producer,
+                    signature
+                }
+            ));
+            state.proven.set(i).unwrap();
+        }
+        for i in 6..8 {
+            state.vouched.set(i).unwrap();
+        }
+        state.hashes = Arc::from(hashes);
+        state.proofs = Some(Arc::new(proofs));
+    }
+
+    #[test]
+    fn signed_hashes_go_out_one_frame_per_producer_and_passed_on_only_on_version_3() {
+        let (mut ann, mut state, hashes) = setup(8);
+        signed_state(&mut state, &hashes);
+        ann.ask_map();
+        let mut frames = Vec::new();
+        ann.update(&state, &mut frames).unwrap();
+        let sigs = |r: std::ops::Range<u8>| r.map(|i| pollen_proto::Signature([i; 64])).collect();
+        assert_eq!(
+            frames[1..4],
+            [
+                Reply::SignedHashes {
+                    producer: b"X".to_vec(),
+                    first: 0,
+                    hashes: hashes[..4].to_vec(),
+                    signatures: sigs(0..4),
+                },
+                Reply::SignedHashes {
+                    producer: b"Y".to_vec(),
+                    first: 4,
+                    hashes: hashes[4..6].to_vec(),
+                    signatures: sigs(4..6),
+                },
+                Reply::PieceHashes {
+                    first: 6,
+                    hashes: hashes[6..].to_vec(),
+                },
+            ]
+        );
+
+        // The legacy id: only this node's own hashes, unsigned.
+        let (_, mut state, hashes) = setup(8);
+        signed_state(&mut state, &hashes);
+        let mut legacy = Announcer::new(Digest::of(b"x"), *ann.announced_geometry(), false);
+        legacy.ask_map();
+        frames.clear();
+        legacy.update(&state, &mut frames).unwrap();
+        assert_eq!(
+            frames[1..],
+            [Reply::PieceHashes {
+                first: 6,
+                hashes: hashes[6..].to_vec(),
+            }]
+        );
     }
 }

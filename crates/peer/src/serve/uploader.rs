@@ -108,7 +108,7 @@ impl Uploader {
         };
         Uploader {
             geometry: view.geometry,
-            ann: Announcer::new(summary.digest, view.geometry),
+            ann: Announcer::new(summary.digest, view.geometry, cfg.signed_hashes),
             summary,
             state: view.state,
             seat: view.spread.as_ref().map(|s| s.seat()),

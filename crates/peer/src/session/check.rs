@@ -82,6 +82,29 @@ impl Session {
                 self.map_pending = false;
                 Event::Hashes { first, hashes }
             }
+            Reply::SignedHashes {
+                producer,
+                first,
+                hashes,
+                signatures,
+            } => {
+                if !self.map_asked {
+                    return Err(SessionError::fault("signed hashes nobody asked for"));
+                }
+                let end = u64::from(first) + hashes.len() as u64;
+                if end > u64::from(count) {
+                    return Err(SessionError::fault(format!(
+                        "signed hashes run to {end}, past {count}"
+                    )));
+                }
+                self.map_pending = false;
+                Event::SignedHashes {
+                    producer,
+                    first,
+                    hashes,
+                    signatures,
+                }
+            }
             Reply::Choked => {
                 self.choked = true;
                 let mut pending = self.shared.pending();
@@ -147,6 +170,7 @@ pub(super) fn kind(reply: &Reply) -> &'static str {
         Reply::HaveMore { .. } => "HaveMore",
         Reply::PieceMap(_) => "PieceMap",
         Reply::PieceHashes { .. } => "PieceHashes",
+        Reply::SignedHashes { .. } => "SignedHashes",
         Reply::Piece { .. } => "Piece",
         Reply::Choked => "Choked",
         Reply::Unchoked => "Unchoked",

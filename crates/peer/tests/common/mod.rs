@@ -145,7 +145,7 @@ pub async fn download(
                 stats.maps += 1;
                 full = Some(m);
             }
-            Event::Hashes { first, hashes } => {
+            Event::Hashes { first, hashes } | Event::SignedHashes { first, hashes, .. } => {
                 stats.hashes += 1;
                 partial.insert(first, &hashes).unwrap();
             }

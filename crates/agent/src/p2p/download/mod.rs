@@ -21,6 +21,7 @@ use super::P2p;
 use crate::error::FetchError;
 use crate::fetch::BlobFetch;
 use crate::fetch::SizeSource;
+use crate::proofs::Signed;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use pollen_core::download::Exchange;
 use pollen_core::phase::{Facts, Step, HANDOVER_LOOKUP};
@@ -459,10 +460,24 @@ impl<'a> PeerPhase<'a> {
         match event {
             Event::Piece { .. } => {} // arrives hashed, as FromPeer::Piece
             Event::Map(map) => {
-                self.add_hashes(s, slot, 0, map.hashes().to_vec()).await?;
+                self.add_hashes(s, slot, 0, map.hashes().to_vec(), None)
+                    .await?;
             }
             Event::Hashes { first, hashes } => {
-                self.add_hashes(s, slot, first, hashes).await?;
+                self.add_hashes(s, slot, first, hashes, None).await?;
+            }
+            Event::SignedHashes {
+                producer,
+                first,
+                hashes,
+                signatures,
+            } => {
+                let signed = Signed {
+                    producer: producer.into(),
+                    signatures,
+                };
+                self.add_hashes(s, slot, first, hashes, Some(signed))
+                    .await?;
             }
             Event::HaveMore(pieces) => self.x.have_more(slot, &pieces, &s.have, now()),
             Event::Have(have) => {
@@ -517,6 +532,7 @@ impl<'a> PeerPhase<'a> {
         slot: usize,
         first: u32,
         hashes: Vec<[u8; 32]>,
+        signed: Option<Signed>,
     ) -> Result<(), FetchError> {
         if (first..).take(hashes.len()).all(|i| self.x.known.get(i)) {
             return Ok(());
@@ -524,11 +540,17 @@ impl<'a> PeerPhase<'a> {
         if let Some(task) = self.tasks.get(&slot) {
             self.map_sources.insert(task.peer);
         }
+        // The producer answers for its hashes as well as the peer that passed them on.
+        let producer = signed.as_ref().map(|s| PeerId::from_bytes(&s.producer));
+        if let Some(Ok(producer)) = producer {
+            self.map_sources.insert(producer);
+        }
         if !sink
             .send(Op::Hashes {
                 first,
                 hashes,
                 slot,
+                signed,
             })
             .await
         {
@@ -577,7 +599,7 @@ impl<'a> PeerPhase<'a> {
                     self.x.known = known;
                 }
                 Err(e) => {
-                    self.ban(slot, &format!("piece hashes contradict the map: {e}"));
+                    self.ban(slot, &e);
                     self.drop_slot(slot, RETRY_AFTER);
                 }
             },
