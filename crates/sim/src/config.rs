@@ -136,11 +136,11 @@ pub struct Scenario {
     /// the policy before part 9)
     #[arg(long, default_value_t = pollen_core::tracker::NEWCOMER_FANOUT)]
     pub newcomer_fanout: usize,
-    /// Where a downloader gets a piece's hash: `producers`, as the agent does (the node that
-    /// fetched the piece from the registry, or one that completed the blob, over a session
-    /// with it), or `relayed` (from any peer holding the piece: a what-if of hashes signed by
-    /// their producer, which any peer could pass on)
-    #[arg(long, value_enum, default_value_t = HashSource::Producers)]
+    /// Where a downloader gets a piece's hash, over a session: `relayed`, as the agent does
+    /// (from its producer or any peer that took it, signed), or `producers` (only from the
+    /// node that fetched the piece from the registry, or one that completed the blob: the
+    /// agent before signed hashes)
+    #[arg(long, value_enum, default_value_t = HashSource::Relayed)]
     pub hashes: HashSource,
     /// Seed of the run's randomness: the same seed gives the same output, byte for byte
     #[arg(long, default_value_t = 1)]

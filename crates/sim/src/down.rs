@@ -138,6 +138,7 @@ impl World {
             waiting: false,
             announced: Bitfield::new(&g),
             hashes_sent: Bitfield::new(&g),
+            hashes_n: 0,
             dirty: false,
             pending: Vec::new(),
             queued: 0,
@@ -197,18 +198,13 @@ impl World {
         };
         let now = self.instant();
         let up = self.sessions.get(sid).map(|s| s.up);
-        let producers_only = self.producers_only();
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
         if !f.sessions.values().any(|s| *s == sid) {
             return;
         }
-        if !producers_only {
-            for i in has.iter_ones() {
-                let _ = f.x.known.set(i);
-            }
-        }
+
         if let Some(up) = up {
             f.retry.opened(&up);
         }
@@ -230,15 +226,10 @@ impl World {
             return;
         };
         let now = self.instant();
-        let producers_only = self.producers_only();
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
-        if !producers_only {
-            for &i in &pieces {
-                let _ = f.x.known.set(i);
-            }
-        }
+
         let new = pieces.iter().any(|&i| !f.have.get(i));
         let have = f.have.clone();
         f.x.have_more(sid, &pieces, &have, now);
@@ -318,7 +309,7 @@ impl World {
         f.x.written(piece, true, now);
         let complete = f.have.is_complete();
         if !from_peer {
-            self.vouch(n, layer, Some(piece));
+            self.vouch(n, layer, Some(&[piece]));
         }
         self.announce(n, layer, piece);
         if complete {

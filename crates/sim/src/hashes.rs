@@ -1,44 +1,46 @@
 //! Where a downloader learns the hashes it checks pieces against (`--hashes`). The agent
-//! requests a piece only once it holds the piece's hash, and takes hashes only from a peer
-//! that vouches for them: the node that fetched the piece from the registry, or one that
-//! completed the blob (docs/trust-model.md, "Piece maps"). Such a peer sends them over every
-//! session to it, also one waiting for a slot, never over one it turned away. `relayed` lets
-//! any peer that announces a piece vouch for it, a what-if of hashes signed by their producer.
+//! requests a piece only once it holds the piece's hash. Its sessions carry every hash the
+//! uploader vouches for, waiting ones too, never one it turned away: as built since the fourth
+//! session of part 9 (`relayed`), the hashes it produced (fetched from the registry) and every
+//! hash it took from a peer, signed by their producer (`Reply::SignedHashes`); before that
+//! (`producers`), its own only, and every hash once it completed the blob
+//! (docs/trust-model.md, "Piece maps"). Hashes go out when the session's writer is free, as
+//! the agent's announcer sends them, before the `Have`s of their pieces.
 
 use crate::config::HashSource;
 use crate::world::{Ev, World};
 
 impl World {
-    /// Whether hashes come from their producers only (the agent as built).
-    pub(crate) fn producers_only(&self) -> bool {
-        self.s.hashes == HashSource::Producers
-    }
-
-    /// Node `n` vouches for `piece` (fetched from the registry), or for every piece (`None`:
-    /// it completed the blob); its sessions' downloaders are sent the new hashes.
-    pub(crate) fn vouch(&mut self, n: usize, layer: usize, piece: Option<u32>) {
-        if !self.producers_only() {
-            return;
-        }
+    /// Node `n` vouches for more hashes: `pieces`, or every piece (`None`: it completed the
+    /// blob). Each of its sessions hears of them now, or when its writer is next free.
+    pub(crate) fn vouch(&mut self, n: usize, layer: usize, pieces: Option<&[u32]>) {
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
-        match piece {
-            Some(i) => {
-                let _ = f.vouched.set(i);
+        match pieces {
+            Some(list) => {
+                for &i in list {
+                    f.vouched_n += u32::from(f.vouched.set(i).unwrap_or(false));
+                }
             }
-            None => f.vouched = f.have.clone(),
+            None => {
+                f.vouched = f.have.clone();
+                f.vouched_n = f.vouched.count_ones();
+            }
         }
         for sid in f.uploads.clone() {
-            self.send_hashes(sid);
+            let Some(s) = self.sessions.get_mut(sid).filter(|s| s.open) else {
+                continue;
+            };
+            match s.queued {
+                0 => self.send_hashes(sid),
+                _ => s.dirty = true,
+            }
         }
     }
 
     /// Sends a session's downloader the hashes its uploader vouches for and has not sent it.
     pub(crate) fn send_hashes(&mut self, sid: usize) {
-        if !self.producers_only() {
-            return;
-        }
         let Some((up, down, layer)) = self
             .sessions
             .get(sid)
@@ -47,44 +49,61 @@ impl World {
         else {
             return;
         };
-        let Some(vouched) = self.fetch(up, layer).map(|f| &f.vouched) else {
+        let (Some(f), Some(s)) = (self.fetch(up, layer), self.sessions.get(sid)) else {
             return;
         };
-        let Some(s) = self.sessions.get(sid) else {
+        // Sent hashes are vouched ones: equal counts, nothing new (the usual case, checked
+        // after every piece the session sends).
+        if s.hashes_n == f.vouched_n {
             return;
-        };
-        let fresh: Vec<u32> = vouched
-            .iter_ones()
-            .filter(|i| !s.hashes_sent.get(*i))
-            .collect();
+        }
+        let mut fresh = Vec::new();
+        let pairs = f.vouched.as_bytes().iter().zip(s.hashes_sent.as_bytes());
+        for (at, (v, sent)) in (0u32..).zip(pairs) {
+            let new = v & !sent;
+            fresh.extend(
+                (0..8u32)
+                    .filter(|b| new & (0x80 >> b) != 0)
+                    .map(|b| at * 8 + b),
+            );
+        }
         if fresh.is_empty() {
             return;
         }
         if let Some(s) = self.sessions.get_mut(sid) {
             for &i in &fresh {
-                let _ = s.hashes_sent.set(i);
+                s.hashes_n += u32::from(s.hashes_sent.set(i).unwrap_or(false));
             }
         }
         let delay = self.topo.latency(up, down);
         self.after(delay, Ev::Hashes(sid, fresh));
     }
 
-    /// Hashes arrived over a session: the pieces can be asked for now.
+    /// Hashes arrived over a session: the pieces can be asked for now, and (signed, as the
+    /// agent sends them) passed on.
     pub(crate) fn on_hashes(&mut self, sid: usize, pieces: Vec<u32>) {
         let Some((down, layer)) = self.open_download(sid) else {
             return;
         };
+        let relayed = self.s.hashes == HashSource::Relayed;
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
         if !f.sessions.values().any(|s| *s == sid) {
             return;
         }
-        let mut new = false;
-        for i in pieces {
-            new |= f.x.known.set(i).unwrap_or(false) && !f.have.get(i);
+        let new: Vec<u32> = pieces
+            .into_iter()
+            .filter(|&i| f.x.known.set(i).unwrap_or(false))
+            .collect();
+        if new.is_empty() {
+            return;
         }
-        if new {
+        let wanted = new.iter().any(|&i| !f.have.get(i));
+        if relayed {
+            self.vouch(down, layer, Some(&new));
+        }
+        if wanted {
             self.fill(down, layer);
         }
     }

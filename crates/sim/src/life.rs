@@ -272,6 +272,7 @@ impl Fetch {
             phase: Phase::Joining,
             vouched: Bitfield::from_bytes(have.count(), vec![0; have.as_bytes().len()])
                 .unwrap_or_default(),
+            vouched_n: 0,
             have,
             x: Exchange::new(stall, now),
             fetching: false,

@@ -306,6 +306,8 @@ impl World {
         s.dirty = false;
         let (up, down, layer, seat, unchoked) = (s.up, s.down, s.layer, s.seat, s.unchoked);
         let pending = std::mem::take(&mut s.pending);
+        // Hashes first, as the agent's announcer sends them.
+        self.send_hashes(sid);
         let Some(f) = self
             .nodes
             .get_mut(up)

@@ -55,6 +55,9 @@ pub struct Fetch {
     /// Pieces whose hash this node vouches for: those it fetched from the registry, every
     /// piece once it completed the blob (`hashes.rs`).
     pub vouched: Bitfield,
+    /// The pieces set in `vouched`: a session whose count of hashes sent equals it has
+    /// nothing new to hear (checked after every piece it sends).
+    pub vouched_n: u32,
     pub x: Exchange,
     /// This node has started fetching the blob (or a share) from the registry
     /// (`pollen_core::upload::serves_partial`).
@@ -110,8 +113,9 @@ pub struct Session {
     pub waiting: bool,
     /// What the downloader was told this uploader has.
     pub announced: Bitfield,
-    /// The hashes the downloader was sent over this session.
+    /// The hashes the downloader was sent over this session, and how many.
     pub hashes_sent: Bitfield,
+    pub hashes_n: u32,
     /// The uploader has news to send once its writer is free: pieces stored since (when its
     /// blob is not super-seeded), or a new look at what super-seeding shows.
     pub dirty: bool,
