@@ -86,9 +86,18 @@ fn reply(input: &mut Input, digest: Digest, g: PieceGeometry) -> Reply {
                 .map(Reply::PieceMap)
                 .unwrap_or(Reply::Choked)
         }
-        4 => Reply::PieceHashes {
+        4 if input.u8() % 2 == 0 => Reply::PieceHashes {
             first: u32::from(input.u8() % 4),
             hashes: vec![[input.u8(); 32]; usize::from(input.u8() % 4)],
+        },
+        4 => Reply::SignedHashes {
+            producer: vec![input.u8(); usize::from(input.u8() % 70)],
+            first: u32::from(input.u8() % 4),
+            hashes: vec![[input.u8(); 32]; usize::from(input.u8() % 4)],
+            signatures: vec![
+                pollen_proto::Signature([input.u8(); 64]);
+                usize::from(input.u8() % 4)
+            ],
         },
         5 => Reply::Choked,
         6 | 7 => Reply::Unchoked,
@@ -195,6 +204,20 @@ async fn downloader(s: DuplexStream, digest: Digest, cancel_mask: u8) {
             }
             Event::Hashes { first, hashes } => {
                 assert!(u64::from(first) + hashes.len() as u64 <= u64::from(g.count()));
+            }
+            Event::SignedHashes {
+                producer,
+                first,
+                hashes,
+                signatures,
+            } => {
+                assert!(u64::from(first) + hashes.len() as u64 <= u64::from(g.count()));
+                assert_eq!(
+                    hashes.len(),
+                    signatures.len(),
+                    "validated as many as hashes"
+                );
+                assert!(!producer.is_empty() && producer.len() <= pollen_proto::MAX_PRODUCER_ID);
             }
             Event::HaveMore(indices) => assert!(indices.iter().all(|&i| i < g.count())),
             Event::Have(h) => assert_eq!(h.geometry, g, "the geometry changed"),
