@@ -159,6 +159,15 @@ fn signatures<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Signature>, 
     bounded_vec(d, MAX_SIGNED_HASHES)
 }
 
+/// A run of `len` hashes from piece `first` ends within [`MAX_PIECES`].
+fn run_within(what: &str, first: u32, len: usize) -> Result<(), String> {
+    let end = u64::from(first) + len as u64;
+    match end > u64::from(MAX_PIECES) {
+        true => Err(format!("{what} run to {end}, past {MAX_PIECES}")),
+        false => Ok(()),
+    }
+}
+
 /// At most `MAX_HAVE_MORE` indices.
 fn have_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
     bounded_vec(d, MAX_HAVE_MORE)
@@ -231,11 +240,7 @@ impl Reply {
                 }
             }
             Reply::PieceHashes { first, hashes } => {
-                let end = u64::from(*first) + hashes.len() as u64;
-                if end > u64::from(MAX_PIECES) {
-                    return Err(format!("piece hashes run to {end}, past {MAX_PIECES}"));
-                }
-                Ok(())
+                run_within("piece hashes", *first, hashes.len())
             }
             Reply::SignedHashes {
                 producer,
@@ -251,11 +256,7 @@ impl Reply {
                         signatures.len()
                     ));
                 }
-                let end = u64::from(*first) + hashes.len() as u64;
-                if end > u64::from(MAX_PIECES) {
-                    return Err(format!("signed hashes run to {end}, past {MAX_PIECES}"));
-                }
-                Ok(())
+                run_within("signed hashes", *first, hashes.len())
             }
             Reply::Piece { index, len } => {
                 if *index >= MAX_PIECES {

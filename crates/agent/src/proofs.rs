@@ -7,7 +7,7 @@
 use pollen_oci::Digest;
 use pollen_peer::{Proof, Proofs};
 use pollen_proto::{hash_claim, Bitfield, PieceGeometry, Signature};
-use pollen_swarm::signing::{producer_key, verify};
+use pollen_swarm::signing::producer_key;
 use pollen_swarm::Signer;
 use std::sync::Arc;
 
@@ -127,7 +127,7 @@ pub(crate) fn check(
             continue;
         }
         let claim = hash_claim(digest, geometry, index, hash);
-        if !verify(&key, &claim, &signature.0) {
+        if !key.verify(&claim, &signature.0) {
             return Err(format!(
                 "the signature of piece {index}'s hash is not its producer's"
             ));

@@ -89,7 +89,10 @@ impl SinkTx {
         let kib = match &op {
             Op::Append(b) => b.len(),
             Op::Piece { piece, .. } => piece.bytes().len(),
-            Op::Hashes { hashes, .. } => hashes.len() * 96,
+            // A hash, and its signature when it came signed.
+            Op::Hashes { hashes, signed, .. } => {
+                hashes.len() * if signed.is_some() { 96 } else { 32 }
+            }
             Op::Seek(_) | Op::Settle | Op::Confirm => 0,
         }
         .div_ceil(1024)

@@ -204,7 +204,6 @@ impl World {
         if !f.sessions.values().any(|s| *s == sid) {
             return;
         }
-
         if let Some(up) = up {
             f.retry.opened(&up);
         }
@@ -229,7 +228,6 @@ impl World {
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
-
         let new = pieces.iter().any(|&i| !f.have.get(i));
         let have = f.have.clone();
         f.x.have_more(sid, &pieces, &have, now);

@@ -52,8 +52,9 @@ pub struct Fetch {
     pub blob: usize,
     pub phase: Phase,
     pub have: Bitfield,
-    /// Pieces whose hash this node vouches for: those it fetched from the registry, every
-    /// piece once it completed the blob (`hashes.rs`).
+    /// Pieces whose hash this node sends its sessions: those it fetched from the registry,
+    /// those it took from peers (`--hashes relayed`), every piece once it completed the blob
+    /// (`hashes.rs`).
     pub vouched: Bitfield,
     /// The pieces set in `vouched`: a session whose count of hashes sent equals it has
     /// nothing new to hear (checked after every piece it sends).

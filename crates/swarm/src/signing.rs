@@ -41,7 +41,8 @@ impl std::fmt::Debug for Signer {
 }
 
 /// The key inside `producer`, a `PeerId`'s bytes, if it is an ed25519 id: the only kind whose
-/// key the id carries. Anything else names no key and is not believed.
+/// key the id carries. Anything else names no key and is not believed. Check a signature
+/// with the key's own `verify`.
 pub fn producer_key(producer: &[u8]) -> Option<PublicKey> {
     let id = PeerId::from_bytes(producer).ok()?;
     let multihash = id.as_ref();
@@ -53,11 +54,6 @@ pub fn producer_key(producer: &[u8]) -> Option<PublicKey> {
     (key.to_peer_id() == id).then_some(key)
 }
 
-/// Whether `signature` is `producer`'s signature of `msg`.
-pub fn verify(producer: &PublicKey, msg: &[u8], signature: &[u8; 64]) -> bool {
-    producer.verify(msg, signature)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,13 +63,13 @@ mod tests {
         let signer = Signer::new(Keypair::generate_ed25519());
         let sig = signer.sign(b"claim").unwrap();
         let key = producer_key(&signer.id()).unwrap();
-        assert!(verify(&key, b"claim", &sig));
-        assert!(!verify(&key, b"claim!", &sig));
+        assert!(key.verify(b"claim", &sig));
+        assert!(!key.verify(b"claim!", &sig));
         let mut bad = sig;
         bad[0] ^= 1;
-        assert!(!verify(&key, b"claim", &bad));
+        assert!(!key.verify(b"claim", &bad));
         let other = producer_key(&Signer::new(Keypair::generate_ed25519()).id()).unwrap();
-        assert!(!verify(&other, b"claim", &sig), "another node's key");
+        assert!(!other.verify(b"claim", &sig), "another node's key");
     }
 
     #[test]

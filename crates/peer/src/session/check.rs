@@ -68,18 +68,7 @@ impl Session {
                 Event::Map(map)
             }
             Reply::PieceHashes { first, hashes } => {
-                if !self.map_asked {
-                    return Err(SessionError::fault("piece hashes nobody asked for"));
-                }
-                // Any range (several nodes fetch parts of a blob); whether the hashes agree
-                // with the ones known is the map's to check.
-                let end = u64::from(first) + hashes.len() as u64;
-                if end > u64::from(count) {
-                    return Err(SessionError::fault(format!(
-                        "piece hashes run to {end}, past {count}"
-                    )));
-                }
-                self.map_pending = false;
+                self.take_hashes("piece hashes", first, hashes.len(), count)?;
                 Event::Hashes { first, hashes }
             }
             Reply::SignedHashes {
@@ -88,16 +77,7 @@ impl Session {
                 hashes,
                 signatures,
             } => {
-                if !self.map_asked {
-                    return Err(SessionError::fault("signed hashes nobody asked for"));
-                }
-                let end = u64::from(first) + hashes.len() as u64;
-                if end > u64::from(count) {
-                    return Err(SessionError::fault(format!(
-                        "signed hashes run to {end}, past {count}"
-                    )));
-                }
-                self.map_pending = false;
+                self.take_hashes("signed hashes", first, hashes.len(), count)?;
                 Event::SignedHashes {
                     producer,
                     first,
@@ -129,6 +109,29 @@ impl Session {
             }
         };
         Ok(Some(event))
+    }
+
+    /// A run of `len` hashes from piece `first` (`what` names the reply): asked for, and
+    /// inside the blob. Any range, since several nodes fetch parts of a blob; whether the
+    /// hashes agree with the ones known is the map's to check.
+    fn take_hashes(
+        &mut self,
+        what: &str,
+        first: u32,
+        len: usize,
+        count: u32,
+    ) -> Result<(), SessionError> {
+        if !self.map_asked {
+            return Err(SessionError::fault(format!("{what} nobody asked for")));
+        }
+        let end = u64::from(first) + len as u64;
+        if end > u64::from(count) {
+            return Err(SessionError::fault(format!(
+                "{what} run to {end}, past {count}"
+            )));
+        }
+        self.map_pending = false;
+        Ok(())
     }
 }
 
