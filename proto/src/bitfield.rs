@@ -155,12 +155,33 @@ impl Bitfield {
 
     /// Indices in the set, in ascending order.
     pub fn iter_ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.count).filter(|&i| self.get(i))
+        self.iter_bits(0)
     }
 
     /// Indices not in the set, in ascending order: the pieces still to fetch.
     pub fn iter_missing(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.count).filter(|&i| !self.get(i))
+        self.iter_bits(0xff)
+    }
+
+    /// Indices whose bit is the opposite of `flip`'s (0: set bits, 0xff: clear ones), a byte
+    /// at a time: a nearly full or nearly empty set of 65,536 pieces is skipped in 8,192
+    /// steps, and the picker asks for the first missing piece on every request.
+    fn iter_bits(&self, flip: u8) -> impl Iterator<Item = u32> + '_ {
+        let count = self.count;
+        self.bits
+            .iter()
+            .enumerate()
+            .filter_map(move |(at, b)| {
+                Some((u32::try_from(at).ok()?, b ^ flip)).filter(|x| x.1 != 0)
+            })
+            .flat_map(|(at, mut b)| {
+                std::iter::from_fn(move || {
+                    let bit = (b != 0).then(|| b.leading_zeros())?;
+                    b &= !(0x80u8 >> bit);
+                    Some(at.saturating_mul(8).saturating_add(bit))
+                })
+            })
+            .take_while(move |i| *i < count)
     }
 }
 
@@ -199,6 +220,38 @@ mod tests {
         assert!(b.is_complete());
         assert_eq!(b, Bitfield::full(&geometry(11)));
         assert_eq!(b.iter_missing().next(), None);
+    }
+
+    /// The byte-at-a-time iterators against `get`, bit by bit, on patterns that fill, empty
+    /// and split bytes, with counts on and off byte edges.
+    #[test]
+    fn iterators_agree_with_get() {
+        for count in [1, 7, 8, 9, 16, 17, 40] {
+            for pattern in [
+                0u64,
+                u64::MAX,
+                0x5555_5555_5555,
+                0xff00_f0f0_0ff1,
+                0x8000_0001,
+            ] {
+                let mut b = Bitfield::new(&geometry(count));
+                for i in (0..count).filter(|i| pattern >> i & 1 == 1) {
+                    b.set(i).unwrap();
+                }
+                let ones: Vec<u32> = (0..count).filter(|&i| b.get(i)).collect();
+                let missing: Vec<u32> = (0..count).filter(|&i| !b.get(i)).collect();
+                assert_eq!(
+                    b.iter_ones().collect::<Vec<_>>(),
+                    ones,
+                    "{count} {pattern:x}"
+                );
+                assert_eq!(
+                    b.iter_missing().collect::<Vec<_>>(),
+                    missing,
+                    "{count} {pattern:x}"
+                );
+            }
+        }
     }
 
     #[test]

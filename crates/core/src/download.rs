@@ -334,6 +334,25 @@ impl Exchange {
             .map(|p| p.outstanding)
             .sum::<usize>()
             .saturating_add(self.writing.len());
+        let mut slots: Vec<usize> = self.peers.keys().copied().collect();
+        if !slots.is_empty() {
+            self.first_turn = self.first_turn.wrapping_add(1);
+            let turn = self.first_turn % slots.len();
+            slots.rotate_left(turn);
+        }
+        // Most calls come from news of one peer's pieces while every peer is choked, at its
+        // pipeline or the budget is spent: answer those before copying the bitfields (the
+        // simulator calls this millions of times). `active` only grows below, so a peer left
+        // out here would be left out there.
+        let can_ask = |p: &Peer| {
+            p.has.is_some()
+                && p.unchoked
+                && p.outstanding < p.pipeline(piece_len, now)
+                && (p.outstanding > 0 || active < max_active)
+        };
+        if in_flight >= budget || !self.peers.values().any(can_ask) {
+            return Vec::new();
+        }
         let mut done = done.clone();
         for &i in &self.writing {
             let _ = done.set(i);
@@ -343,12 +362,6 @@ impl Exchange {
             Bitfield::from_bytes(done.count(), vec![0; done.as_bytes().len()]).unwrap_or_default();
         for &i in self.requests.keys() {
             let _ = requested.set(i);
-        }
-        let mut slots: Vec<usize> = self.peers.keys().copied().collect();
-        if !slots.is_empty() {
-            self.first_turn = self.first_turn.wrapping_add(1);
-            let turn = self.first_turn % slots.len();
-            slots.rotate_left(turn);
         }
         let mut sent = Vec::new();
         for slot in slots {

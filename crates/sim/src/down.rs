@@ -229,8 +229,7 @@ impl World {
             return;
         };
         let new = pieces.iter().any(|&i| !f.have.get(i));
-        let have = f.have.clone();
-        f.x.have_more(sid, &pieces, &have, now);
+        f.x.have_more(sid, &pieces, &f.have, now);
         if new {
             self.fill(down, layer);
         }
@@ -470,19 +469,26 @@ impl World {
             self.count_wait(ended, at);
             return;
         }
-        let mut done = f.have.clone();
-        if let Some((pieces, _)) = &f.upstream {
-            for &i in pieces {
-                let _ = done.set(i);
-            }
-        }
+        // Pieces coming from the upstream count as done (a copy only while there are some).
+        let upstream_done = f
+            .upstream
+            .as_ref()
+            .filter(|(p, _)| !p.is_empty())
+            .map(|(p, _)| {
+                let mut done = f.have.clone();
+                for &i in p {
+                    let _ = done.set(i);
+                }
+                done
+            });
+        let done = upstream_done.as_ref().unwrap_or(&f.have);
         let budget = match busy {
             true => BUSY_BUDGET.min(download_cap(piece_len)),
             false => download_cap(piece_len),
         };
         let requests =
-            f.x.fill_within(&done, piece_len, timeout, now, budget, max_active);
-        let ended = f.wait.replace((Wait::of(&f.x, &done), at));
+            f.x.fill_within(done, piece_len, timeout, now, budget, max_active);
+        let ended = f.wait.replace((Wait::of(&f.x, done), at));
         self.count_wait(ended, at);
         for (sid, piece) in requests {
             if let Some(up) = self.sessions.get(sid).map(|s| s.up) {
