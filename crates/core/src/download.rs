@@ -4,6 +4,7 @@
 //! simulated ones. Sessions, the blob's writer and the tracker stay with the caller.
 
 use crate::picker::{pick, PickState};
+use crate::rack::Rack;
 use crate::stall::StallWatch;
 use pollen_proto::Bitfield;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -46,6 +47,8 @@ pub struct Peer {
     /// Its pieces, once its session opened.
     pub has: Option<Bitfield>,
     pub unchoked: bool,
+    /// Shares this node's rack ([`Rack`]).
+    pub near: bool,
     pub outstanding: usize,
     /// Piece bytes this peer delivered, since its first request.
     pub delivered: u64,
@@ -119,6 +122,8 @@ pub struct Exchange {
     pub known: Bitfield,
     /// Whether the peers have stalled (the fall-back to the upstream).
     pub stall: StallWatch,
+    /// Which pieces far peers may be asked for.
+    pub rack: Rack,
 }
 
 impl Exchange {
@@ -132,17 +137,20 @@ impl Exchange {
             tie_break: Vec::new(),
             known: Bitfield::default(),
             stall: StallWatch::new(peer_stall, now),
+            rack: Rack::default(),
         }
     }
 
     /// The blob's geometry is known: counts start (peers already open are counted).
-    pub fn adopt(&mut self, count_pieces: u32, known: Bitfield, tie_break: Vec<u64>) {
+    pub fn adopt(&mut self, count_pieces: u32, known: Bitfield, tie_break: Vec<u64>, now: Instant) {
         self.known = known;
         self.availability = vec![0; count_pieces as usize];
         self.tie_break = tie_break;
+        self.rack.adopt(count_pieces);
         for peer in self.peers.values() {
             if let Some(has) = &peer.has {
                 count(&mut self.availability, has, 1);
+                self.rack.counted(peer.near, has.iter_ones(), now);
             }
         }
     }
@@ -152,6 +160,15 @@ impl Exchange {
         self.peers.insert(slot, Peer::default());
     }
 
+    /// A session was started with a peer that shares this node's rack.
+    pub fn add_near(&mut self, slot: usize) {
+        let near = Peer {
+            near: true,
+            ..Peer::default()
+        };
+        self.peers.insert(slot, near);
+    }
+
     /// A session ended: its pieces and requests are forgotten.
     pub fn remove(&mut self, slot: usize) -> bool {
         let Some(peer) = self.peers.remove(&slot) else {
@@ -159,6 +176,7 @@ impl Exchange {
         };
         if let Some(has) = &peer.has {
             count(&mut self.availability, has, -1);
+            self.rack.uncounted(peer.near, has);
         }
         self.requests.retain(|_, reqs| {
             reqs.retain(|(s, _)| *s != slot);
@@ -183,11 +201,22 @@ impl Exchange {
             .min(max.saturating_mul(2).saturating_sub(all))
     }
 
+    /// How many more far peers to dial ([`crate::rack::FAR_SESSIONS`] under the rack rule,
+    /// any number without it).
+    pub fn far_room(&self) -> usize {
+        if !self.rack.enabled() {
+            return usize::MAX;
+        }
+        let far = self.peers.values().filter(|p| !p.near).count();
+        crate::rack::FAR_SESSIONS.saturating_sub(far)
+    }
+
     /// Every session ends at once (the download hands over to the upstream).
     pub fn clear(&mut self) {
         self.peers.clear();
         self.requests.clear();
         self.availability.iter_mut().for_each(|a| *a = 0);
+        self.rack.clear();
     }
 
     /// A peer's session opened with its pieces (`mine`: this node's).
@@ -197,18 +226,24 @@ impl Exchange {
         }
         count(&mut self.availability, &has, 1);
         if let Some(peer) = self.peers.get_mut(&slot) {
+            self.rack.counted(peer.near, has.iter_ones(), now);
             peer.has = Some(has);
         }
     }
 
     /// A peer announced more pieces.
     pub fn have_more(&mut self, slot: usize, pieces: &[u32], mine: &Bitfield, now: Instant) {
-        let Some(has) = self.peers.get_mut(&slot).and_then(|p| p.has.as_mut()) else {
+        let Some((near, has)) = self
+            .peers
+            .get_mut(&slot)
+            .and_then(|p| Some((p.near, p.has.as_mut()?)))
+        else {
             return;
         };
         let mut fresh = false;
         for &i in pieces {
             if has.set(i).unwrap_or(false) {
+                self.rack.counted(near, std::iter::once(i), now);
                 if let Some(a) = self.availability.get_mut(i as usize) {
                     fresh |= *a == 0 && !mine.get(i);
                     *a = a.saturating_add(1);
@@ -230,12 +265,15 @@ impl Exchange {
         {
             self.stall.announced(now);
         }
+        let near = self.peers.get(&slot).is_some_and(|p| p.near);
         if let Some(old) = self.peers.get_mut(&slot).and_then(|p| p.has.take()) {
             count(&mut self.availability, &old, -1);
+            self.rack.uncounted(near, &old);
         }
         if let Some(has) = has {
             count(&mut self.availability, &has, 1);
             if let Some(peer) = self.peers.get_mut(&slot) {
+                self.rack.counted(near, has.iter_ones(), now);
                 peer.has = Some(has);
             }
         }
@@ -363,6 +401,10 @@ impl Exchange {
         for &i in self.requests.keys() {
             let _ = requested.set(i);
         }
+        let far_allowed = match self.peers.values().any(|p| !p.near) {
+            true => self.rack.far_allowed(now),
+            false => None,
+        };
         let mut sent = Vec::new();
         for slot in slots {
             while let Some(peer) = self.peers.get(&slot) {
@@ -380,6 +422,7 @@ impl Exchange {
                     known: &self.known,
                     requests: &self.requests,
                     requested: &requested,
+                    allowed: far_allowed.as_ref().filter(|_| !peer.near),
                     availability: &self.availability,
                     tie_break: &self.tie_break,
                     peers: open,

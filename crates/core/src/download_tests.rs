@@ -21,6 +21,7 @@ fn exchange(count: u32, peers: usize, now: Instant) -> Exchange {
         count,
         field(count, 0..count),
         (0..u64::from(count)).collect(),
+        now,
     );
     let mine = field(count, []);
     for slot in 0..peers {
@@ -136,7 +137,7 @@ fn a_peer_that_leaves_takes_its_pieces_and_requests_with_it() {
 fn only_pieces_nobody_held_count_as_the_swarm_moving_on() {
     let t0 = Instant::now();
     let mut x = Exchange::new(Duration::from_secs(1), t0);
-    x.adopt(4, field(4, 0..4), vec![0; 4]);
+    x.adopt(4, field(4, 0..4), vec![0; 4], t0);
     let mine = field(4, []);
     x.add(0);
     x.add(1);
@@ -197,4 +198,56 @@ fn a_busy_node_keeps_one_piece_in_flight_and_asks_at_most_its_share_of_peers() {
     let (slot, index) = asked[0];
     y.received(slot, index, MIB, &none);
     assert_eq!(y.active_peers(), 1);
+}
+
+/// Under the rack rule a far peer is asked only for pieces this node imports, a near one for
+/// anything.
+#[test]
+fn far_peers_are_asked_for_imports_near_ones_for_anything() {
+    let t0 = Instant::now();
+    let count = 64;
+    let mut x = Exchange::new(Duration::from_secs(10), t0);
+    x.rack.enable(1);
+    for k in [2, 3, 4] {
+        x.rack.know(k);
+    }
+    x.adopt(
+        count,
+        field(count, 0..count),
+        (0..u64::from(count)).collect(),
+        t0,
+    );
+    let mine = field(count, []);
+    x.add(0);
+    x.opened(0, field(count, 0..count), &mine, t0);
+    x.choked(0, false, &[]);
+    let imports = x.rack.imports();
+    let mut asked = Vec::new();
+    for round in 0..count {
+        let now = t0 + Duration::from_millis(u64::from(round));
+        let sent = x.fill(&mine, MIB, Duration::from_secs(20), now);
+        if sent.is_empty() {
+            break;
+        }
+        for (slot, piece) in sent {
+            asked.push(piece);
+            x.received(slot, piece, MIB, &mine);
+        }
+    }
+    let expected: Vec<u32> = imports.iter_ones().collect();
+    asked.sort_unstable();
+    assert_eq!(
+        asked, expected,
+        "the far peer gave exactly this node's imports"
+    );
+    x.add_near(1);
+    x.opened(1, field(count, 0..count), &mine, t0);
+    x.choked(1, false, &[]);
+    let sent = x.fill(
+        &mine,
+        MIB,
+        Duration::from_secs(20),
+        t0 + Duration::from_secs(1),
+    );
+    assert!(!sent.is_empty() && sent.iter().all(|(slot, _)| *slot == 1));
 }

@@ -1,5 +1,6 @@
 //! The swarm's decisions, sans I/O: the tracker's membership and fetch assignment
-//! ([`tracker`]), the downloader's choice of peers and pieces ([`picker`], [`download`]),
+//! ([`tracker`]), the downloader's choice of peers and pieces ([`picker`], [`download`],
+//! [`rack`]),
 //! when it gives up on peers ([`stall`]), what it does next ([`phase`]) and when it tries a
 //! peer or the bootstrap again ([`retry`]); the uploader's super-seeding ([`spread`]) and slots ([`upload`]).
 //!
@@ -18,6 +19,7 @@
 pub mod download;
 pub mod phase;
 pub mod picker;
+pub mod rack;
 pub mod retry;
 pub mod spread;
 pub mod stall;

@@ -145,7 +145,7 @@ mod tests {
     /// An exchange over 8 pieces with every hash known, and one open peer holding `theirs`.
     fn exchange(theirs: &[u32], now: Instant) -> Exchange {
         let mut x = Exchange::new(STALL, now);
-        x.adopt(8, field(8, 0..8), (0..8).collect());
+        x.adopt(8, field(8, 0..8), (0..8).collect(), now);
         x.add(0);
         x.opened(0, field(8, theirs.iter().copied()), &field(8, []), now);
         x

@@ -45,6 +45,9 @@ pub struct PickState<'a> {
     /// The pieces with at least one outstanding request (the keys of `requests`), so a scan
     /// over the blob tests bits, not the map.
     pub requested: &'a Bitfield,
+    /// The pieces this peer may be asked for, if not all: a far peer's under the rack rule
+    /// (`crate::rack`).
+    pub allowed: Option<&'a Bitfield>,
     /// How many connected peers have each piece.
     pub availability: &'a [u16],
     /// Peers whose pieces are known: with fewer than two there is nobody to trade with, and
@@ -57,8 +60,8 @@ pub struct PickState<'a> {
     pub now: Instant,
 }
 
-/// Pieces from `from` on that are missing, known, held by the peer and not requested yet, in
-/// order: 64 at a time from the bitfields' bytes (a blob has up to 65,536 pieces, and the
+/// Pieces from `from` on that are missing, known, held by the peer, allowed and not requested
+/// yet, in order: 64 at a time from the bitfields' bytes (a blob has up to 65,536 pieces, and the
 /// picker runs for every request; the simulator runs it billions of times).
 fn fresh<'a>(s: &'a PickState<'_>, peer_has: &'a Bitfield, from: u32) -> Fresh<'a> {
     Fresh {
@@ -68,6 +71,7 @@ fn fresh<'a>(s: &'a PickState<'_>, peer_has: &'a Bitfield, from: u32) -> Fresh<'
             peer_has.as_bytes(),
             s.requested.as_bytes(),
         ],
+        allowed: s.allowed.map(Bitfield::as_bytes),
         word: from / 64,
         bits: None,
         from,
@@ -80,6 +84,7 @@ fn fresh<'a>(s: &'a PickState<'_>, peer_has: &'a Bitfield, from: u32) -> Fresh<'
 struct Fresh<'a> {
     /// Done, known, the peer's, requested.
     fields: [&'a [u8]; 4],
+    allowed: Option<&'a [u8]>,
     /// The next word to load.
     word: u32,
     /// The loaded word's candidates not yet returned, and its first piece.
@@ -131,7 +136,8 @@ impl Iterator for Fresh<'_> {
             let mask = !Self::load(done, w)
                 & Self::load(known, w)
                 & Self::load(has, w)
-                & !Self::load(requested, w);
+                & !Self::load(requested, w)
+                & self.allowed.map_or(u64::MAX, |a| Self::load(a, w));
             self.bits = Some((mask, w.saturating_mul(64)));
             self.word += 1;
         }
@@ -170,6 +176,7 @@ pub fn pick(s: &PickState<'_>, slot: usize, peer_has: &Bitfield) -> Option<u32> 
             !s.done.get(**i)
                 && s.known.get(**i)
                 && peer_has.get(**i)
+                && s.allowed.is_none_or(|a| a.get(**i))
                 && !reqs.iter().any(|(p, _)| *p == slot)
         })
         .filter_map(|(i, reqs)| {
@@ -226,6 +233,7 @@ mod tests {
                     known: &self.known,
                     requests: &self.requests,
                     requested: &requested,
+                    allowed: None,
                     availability: &self.availability,
                     tie_break: &self.tie_break,
                     peers: self.peers,
@@ -257,6 +265,7 @@ mod tests {
                 known: &known,
                 requests: &HashMap::new(),
                 requested: &requested,
+                allowed: None,
                 availability: &[],
                 peers: 2,
                 tie_break: &[],

@@ -142,6 +142,10 @@ pub struct Scenario {
     /// agent before signed hashes)
     #[arg(long, value_enum, default_value_t = HashSource::Relayed)]
     pub hashes: HashSource,
+    /// Which pieces a node asks peers outside its rack for: `any`, or `import` (only those it
+    /// imports for its rack, `pollen_core::rack`; near peers as the tracker's rack labels say)
+    #[arg(long, value_enum, default_value_t = RackRule::Any)]
+    pub rack_rule: RackRule,
     /// Seed of the run's randomness: the same seed gives the same output, byte for byte
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -167,6 +171,13 @@ pub struct Scenario {
 pub enum HashSource {
     Producers,
     Relayed,
+}
+
+/// Which pieces a node asks far peers for (`--rack-rule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RackRule {
+    Any,
+    Import,
 }
 
 impl Scenario {

@@ -76,12 +76,21 @@ impl World {
         }
     }
 
+    /// The tracker named `peers`; those in this node's rack are near (the tracker marks them
+    /// by their labels).
     fn name(&mut self, n: usize, layer: usize, peers: &[Vec<u8>]) {
+        let near: Vec<bool> = peers
+            .iter()
+            .map(|p| crate::world::node_of(p).is_some_and(|p| self.topo.near(n, p)))
+            .collect();
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
-        for p in peers {
+        for (p, near) in peers.iter().zip(near) {
             if let Some(peer) = crate::world::node_of(p).filter(|p| *p != n) {
+                if near {
+                    f.x.rack.know(crate::life::rack_key(peer));
+                }
                 if !f.named.contains(&peer) {
                     f.named.push(peer);
                 }
@@ -102,7 +111,9 @@ impl World {
     /// Starts sessions with named peers not connected or retired, while there is room.
     pub(crate) fn connect(&mut self, n: usize, layer: usize) {
         let (now, max) = (self.instant(), self.s.max_peers);
-        let Some(f) = self.fetch_mut(n, layer) else {
+        let topo = &self.topo;
+        let far = |p: &usize| !topo.near(n, *p);
+        let Some(f) = self.nodes.get_mut(n).and_then(|x| x.fetches.get_mut(layer)) else {
             return;
         };
         if f.phase != Phase::Peers {
@@ -110,10 +121,19 @@ impl World {
         }
         f.retry.expire(now);
         let room = f.x.dial_room(max);
+        let mut far_room = f.x.far_room();
         let fresh: Vec<usize> = f
             .named
             .iter()
             .filter(|p| !f.sessions.contains_key(p) && !f.retry.waits(p))
+            .filter(|p| match far(p) {
+                true if far_room == 0 => false,
+                true => {
+                    far_room -= 1;
+                    true
+                }
+                false => true,
+            })
             .take(room)
             .copied()
             .collect();
@@ -127,6 +147,7 @@ impl World {
         let path = self.topo.path(End::Node(peer), n);
         let conn = self.open_conn(&path, Owner::Session(sid));
         let g = self.geometry(self.blob_of(n, layer));
+        let near = self.topo.near(n, peer);
         self.sessions.push(Session {
             up: peer,
             down: n,
@@ -148,7 +169,10 @@ impl World {
         });
         if let Some(f) = self.fetch_mut(n, layer) {
             f.sessions.insert(peer, sid);
-            f.x.add(sid);
+            match near {
+                true => f.x.add_near(sid),
+                false => f.x.add(sid),
+            }
             restagger(n, f);
         }
         let delay = self.topo.latency(n, peer);

@@ -2,6 +2,7 @@
 //! trackers, the periodic work of a download (progress to the tracker, redials, provider
 //! lookups), and a download's state when a node (re)starts.
 
+use crate::config::RackRule;
 use crate::world::{nanos, Ev, Fetch, Phase, Slots, ToTracker, World};
 use pollen_core::download::Exchange;
 use pollen_core::phase::{HANDOVER_DIALS, HANDOVER_LOOKUP};
@@ -47,10 +48,14 @@ impl World {
                 .collect();
         }
         let seed = self.s.seed;
+        let racked = self.s.rack_rule == RackRule::Import && self.s.racks > 0;
         for (layer, (f, g)) in node.fetches.iter_mut().zip(&geometries).enumerate() {
             // Each node's own random order of the pieces, as the agent's RandomState gives.
             let order = mix(seed ^ ((n as u64) << 20) ^ layer as u64);
             f.reset(Claims::new(*g), stall, now, order);
+            if racked {
+                f.x.rack.enable(rack_key(n));
+            }
         }
         let epoch = node.epoch;
         for layer in 0..layers {
@@ -307,7 +312,7 @@ impl Fetch {
         let known = self.have.clone();
         let tie_break = (0..u64::from(count)).map(|i| mix(i ^ order)).collect();
         self.x = Exchange::new(stall, now);
-        self.x.adopt(count, known, tie_break);
+        self.x.adopt(count, known, tie_break, now);
         // The blob is open from here (the pull's manifest gave its size, as in the agent);
         // it is served once `serves_partial` says so.
         self.fetching = false;
@@ -333,6 +338,11 @@ impl Fetch {
 }
 
 /// A 64-bit mix for each node's tie-break order of the pieces.
+/// A node's key in `pollen_core::rack` (the agent's would come from its PeerId).
+pub(crate) fn rack_key(n: usize) -> u64 {
+    mix(n as u64 ^ 0x7261_636b)
+}
+
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

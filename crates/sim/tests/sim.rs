@@ -145,3 +145,23 @@ fn hashes_from_producers_only_starve_a_swarm_wider_than_their_queues() {
     assert!(producers.egress_over_f > 1.5, "{}", producers.egress_over_f);
     assert!(producers.max_secs > 2.0 * relayed.max_secs);
 }
+
+#[test]
+fn importing_by_rank_takes_each_piece_into_a_rack_about_once() {
+    // 160 nodes in 4 racks of 40 behind 4:1 uplinks, registry-bound. Without the rule each
+    // rack's nodes ask their far peers for every new piece at once.
+    let set_up = "--nodes 160 --racks 4 --image 1500MB --layers 1 --node-up 10Gbit \
+                  --node-down 10Gbit --rack-up 100Gbit --registry-up 2Gbit";
+    let any = run(&format!("{set_up} --rack-rule any"));
+    let import = run(&format!("{set_up} --rack-rule import"));
+    assert_eq!((any.done, import.done), (160, 160));
+    assert!(import.egress_over_f < 1.01, "{}", import.egress_over_f);
+    assert!(
+        import.rack_in_mean_over_f < 1.5
+            && any.rack_in_mean_over_f > 2.0 * import.rack_in_mean_over_f,
+        "rack crossings: any {}, import {}",
+        any.rack_in_mean_over_f,
+        import.rack_in_mean_over_f
+    );
+    assert!(import.max_over_t_min < 1.3, "{}", import.max_over_t_min);
+}

@@ -347,7 +347,8 @@ impl<'a> PeerPhase<'a> {
     fn adopt_sink(&mut self, sink: &mut Sink) {
         self.written = sink.written.take();
         let count = sink.geometry.count();
-        self.x.adopt(count, sink.known.clone(), random_order(count));
+        self.x
+            .adopt(count, sink.known.clone(), random_order(count), now());
     }
 
     async fn on_peer(
