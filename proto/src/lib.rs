@@ -69,8 +69,8 @@ pub use preheat::{
 pub use preheat::{PreheatReply, PreheatRequest, MAX_PREHEAT_NAME, PREHEAT_PROTOCOL};
 pub use tracker::{
     decode_tracker_reply, decode_tracker_request, encode_tracker_reply, encode_tracker_request,
-    TrackerReply, TrackerRequest, MAX_LABELS, MAX_LABEL_LEN, MAX_PEER_ID_LEN, MAX_RESOLVE_ERROR,
-    MAX_TRACKER_FRAME, MAX_TRACKER_PEERS, TRACKER_PROTOCOL,
+    TrackerReply, TrackerRequest, LEGACY_TRACKER_PROTOCOL, MAX_LABELS, MAX_LABEL_LEN,
+    MAX_PEER_ID_LEN, MAX_RESOLVE_ERROR, MAX_TRACKER_FRAME, MAX_TRACKER_PEERS, TRACKER_PROTOCOL,
 };
 #[cfg(feature = "io")]
 pub use tracker::{

@@ -1,4 +1,4 @@
-//! The tracker protocol (`/pollen/tracker/1`): how an agent downloading a blob learns from the
+//! The tracker protocol (`/pollen/tracker/2`): how an agent downloading a blob learns from the
 //! blob's tracker whether it should fetch from the upstream itself and which peers to ask.
 //!
 //! One stream per agent and blob, open for as long as the agent works on the blob: the stream
@@ -17,8 +17,13 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-/// The libp2p protocol id of the tracker.
-pub const TRACKER_PROTOCOL: &str = "/pollen/tracker/1";
+/// The libp2p protocol id of the tracker. Version 2 added `Near`.
+pub const TRACKER_PROTOCOL: &str = "/pollen/tracker/2";
+
+/// The version before, still served (without `Near`) to agents of the version before during a
+/// rolling upgrade, and still the name of the trackers' Kademlia key, so that agents of both
+/// versions find the same trackers.
+pub const LEGACY_TRACKER_PROTOCOL: &str = "/pollen/tracker/1";
 
 /// Largest tracker frame in either direction.
 pub const MAX_TRACKER_FRAME: u32 = 8192;
@@ -137,6 +142,10 @@ pub enum TrackerReply {
     /// downloaders get them from peers): fetch pieces `first..end` from the upstream now, even
     /// those peers hold, within the cluster's `--upstream-budget`.
     FetchAlso { size: u64, first: u32, end: u32 },
+    /// Of the peers this stream named (in `Assign` or `Peers`), those that share the member's
+    /// `rack` label: its downloads take from far peers only what their rack lacks
+    /// (`pollen_core::rack`). Sent right after the message that named them; version 2 only.
+    Near { peers: Vec<Vec<u8>> },
 }
 
 impl TrackerRequest {
@@ -175,7 +184,9 @@ impl TrackerRequest {
 impl TrackerReply {
     fn validate(&self) -> Result<(), String> {
         let peers: &[Vec<u8>] = match self {
-            TrackerReply::Assign { peers, .. } | TrackerReply::Peers { peers } => peers,
+            TrackerReply::Assign { peers, .. }
+            | TrackerReply::Peers { peers }
+            | TrackerReply::Near { peers } => peers,
             TrackerReply::Fetch => return Ok(()),
             TrackerReply::FetchRange { first, end, .. }
             | TrackerReply::FetchAlso { first, end, .. } => {
@@ -408,6 +419,9 @@ mod tests {
                 first: 448,
                 end: 512,
             },
+            TrackerReply::Near {
+                peers: vec![vec![2; 38]; 2],
+            },
         ];
         for r in replies {
             let f = encode_tracker_reply(&r).unwrap();
@@ -426,6 +440,10 @@ mod tests {
             peers: vec![vec![1; 38]; MAX_TRACKER_PEERS + 1],
         };
         assert!(encode_tracker_reply(&too_many).is_err());
+        let too_many_near = TrackerReply::Near {
+            peers: vec![vec![1; 38]; MAX_TRACKER_PEERS + 1],
+        };
+        assert!(encode_tracker_reply(&too_many_near).is_err());
         // A peer that encodes too many peers itself is refused on decode.
         let payload = bincode::serde::encode_to_vec(
             &too_many,

@@ -169,6 +169,18 @@ impl Exchange {
         self.peers.insert(slot, near);
     }
 
+    /// The tracker marked a session's peer as near (`TrackerReply::Near`), perhaps after it
+    /// opened.
+    pub fn mark_near(&mut self, slot: usize, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&slot).filter(|p| !p.near) else {
+            return;
+        };
+        peer.near = true;
+        if let Some(has) = &peer.has {
+            self.rack.counted(true, has.iter_ones(), now);
+        }
+    }
+
     /// A session ended: its pieces and requests are forgotten.
     pub fn remove(&mut self, slot: usize) -> bool {
         let Some(peer) = self.peers.remove(&slot) else {

@@ -140,6 +140,8 @@ pub struct Joined {
     pub id: u64,
     /// The `Assign` for the member itself.
     pub assign: TrackerReply,
+    /// Of the `Assign`'s peers, those in the member's rack (`TrackerReply::Near`).
+    pub near: Vec<Vec<u8>>,
     /// The member is busy and nobody fetches: call [`Swarms::claim_deferred`] after
     /// [`FETCH_DEFER`].
     pub deferred: bool,
@@ -240,7 +242,7 @@ impl Swarms {
         } else {
             false
         };
-        let peers = rank(swarm, &member);
+        let (peers, near) = rank(swarm, &member);
         tell_members(swarm, &member, self.newcomer_fanout, out);
         let deferred = busy && !fetch && swarm.fetcher.is_none() && swarm.holders.is_empty();
         swarm.count_rate(id, member.pieces, now);
@@ -248,6 +250,7 @@ impl Swarms {
         Joined {
             id,
             assign: TrackerReply::Assign { fetch, peers },
+            near,
             deferred,
         }
     }
@@ -398,12 +401,22 @@ fn tell_members(swarm: &BlobSwarm, member: &Member, fanout: usize, out: &mut Vec
         .map(|(mid, _)| *mid)
         .collect();
     for mid in told {
-        out.push((
-            mid,
-            TrackerReply::Peers {
-                peers: vec![member.peer.clone()],
-            },
-        ));
+        let peers = vec![member.peer.clone()];
+        let near = swarm
+            .members
+            .get(&mid)
+            .is_some_and(|m| same_rack(m, member));
+        if near {
+            out.push((
+                mid,
+                TrackerReply::Peers {
+                    peers: peers.clone(),
+                },
+            ));
+            out.push((mid, TrackerReply::Near { peers }));
+        } else {
+            out.push((mid, TrackerReply::Peers { peers }));
+        }
     }
 }
 
@@ -428,10 +441,23 @@ fn forget_idle(blobs: &mut HashMap<Digest, BlobSwarm>, now: Instant) {
 
 /// A member's place in a newcomer's list: fetchers first, then the most labels shared, the
 /// most pieces, and a per-newcomer order among the rest (see the module docs).
-type RankKey<'a> = (u8, usize, u32, u64, &'a Vec<u8>);
+type RankKey<'a> = (u8, usize, u32, u64, &'a Vec<u8>, bool);
 
-/// Peers for a newcomer, best first (see the module docs), never the newcomer itself.
-fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
+/// Whether two members share a `rack` label: near for `pollen_core::rack`. Only the rack counts,
+/// as only its uplink is what the rule saves; a zone is many racks.
+pub fn same_rack(a: &Member, b: &Member) -> bool {
+    let rack = |m: &Member| {
+        m.labels
+            .iter()
+            .find(|(k, _)| k == "rack")
+            .map(|(_, v)| v.clone())
+    };
+    rack(a).is_some_and(|r| rack(b) == Some(r))
+}
+
+/// Peers for a newcomer, best first (see the module docs), never the newcomer itself, and
+/// those of them in its rack.
+fn rank(swarm: &BlobSwarm, newcomer: &Member) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut members = rank_keys(swarm, newcomer);
     let mut out = listed_holders(swarm, newcomer);
     // Only the best few members are needed: sorting them all and checking each against the
@@ -451,7 +477,13 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
         rest.sort_unstable();
         append_new(&mut out, rest);
     }
-    out
+    let in_rack: Vec<&Vec<u8>> = members.iter().filter(|k| k.5).map(|k| k.4).collect();
+    let near = out
+        .iter()
+        .filter(|p| in_rack.contains(p))
+        .cloned()
+        .collect();
+    (out, near)
 }
 
 /// The holders a newcomer is given before any member, the most recent first.
@@ -489,6 +521,7 @@ fn rank_keys<'a>(swarm: &'a BlobSwarm, newcomer: &Member) -> Vec<RankKey<'a>> {
                 u32::MAX - m.pieces,
                 order,
                 &m.peer,
+                same_rack(m, newcomer),
             )
         })
         .collect()
@@ -496,7 +529,7 @@ fn rank_keys<'a>(swarm: &'a BlobSwarm, newcomer: &Member) -> Vec<RankKey<'a>> {
 
 /// Appends ranked members' peers not listed yet, up to [`PEERS_PER_ASSIGN`].
 fn append_new(out: &mut Vec<Vec<u8>>, ranked: &[RankKey<'_>]) {
-    for (_, _, _, _, p) in ranked {
+    for (_, _, _, _, p, _) in ranked {
         if out.len() >= PEERS_PER_ASSIGN {
             return;
         }

@@ -32,8 +32,24 @@ fn a_newcomer_is_named_to_a_bounded_number_of_members_its_rack_first() {
     s.join(t0, d, member(100, "a"), false, false, &mut out);
     // The first joiner fetches and hears nothing; of the others, rack a's most recent first.
     assert_eq!(told(&out), vec![ids[6], ids[4], ids[2]]);
+    // They share its rack: each is told so right after.
+    let near: Vec<u64> = out
+        .iter()
+        .filter(|(_, r)| {
+            *r == TrackerReply::Near {
+                peers: vec![vec![100; 38]],
+            }
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(near, told(&out));
     out.clear();
     s.join(t0, d, member(101, "c"), false, false, &mut out);
+    assert!(
+        !out.iter()
+            .any(|(_, r)| matches!(r, TrackerReply::Near { .. })),
+        "rack c is alone"
+    );
     assert_eq!(
         told(&out).len(),
         3,
@@ -105,14 +121,22 @@ fn ranking_only_the_best_members_gives_the_full_ranking() {
     let Some(swarm) = s.blobs.get_mut(&d) else {
         panic!("the swarm exists");
     };
-    assert_eq!(rank(swarm, &newcomer), rank_by_full_sort(swarm, &newcomer));
-    assert_eq!(rank(swarm, &newcomer).len(), PEERS_PER_ASSIGN);
+    assert_eq!(
+        rank(swarm, &newcomer).0,
+        rank_by_full_sort(swarm, &newcomer)
+    );
+    assert_eq!(rank(swarm, &newcomer).0.len(), PEERS_PER_ASSIGN);
     // Holders come first, and holders that are members too are listed once.
     for i in [3u8, 6, 9, 200] {
         swarm.holders.push((vec![i; 38], t0));
     }
-    let listed = rank(swarm, &newcomer);
+    let (listed, near) = rank(swarm, &newcomer);
     assert_eq!(listed, rank_by_full_sort(swarm, &newcomer));
+    // Marked near: the listed members of rack a (every third), not the holders.
+    let in_rack_a = |p: &&Vec<u8>| p[0] < 120 && p[0] % 3 == 0;
+    let expected: Vec<Vec<u8>> = listed.iter().filter(in_rack_a).cloned().collect();
+    assert!(!expected.is_empty());
+    assert_eq!(near, expected);
     assert_eq!(listed.first(), Some(&vec![200u8; 38]));
     // Fewer members than the list holds: all of them, ranked.
     let mut few = Swarms::new(MIN_SHARE, DEFAULT_UPSTREAM_BUDGET);
@@ -122,6 +146,13 @@ fn ranking_only_the_best_members_gives_the_full_ranking() {
     let Some(small) = few.blobs.get(&d) else {
         panic!("the swarm exists");
     };
-    assert_eq!(rank(small, &newcomer), rank_by_full_sort(small, &newcomer));
-    assert_eq!(rank(small, &newcomer).len(), 5);
+    assert_eq!(
+        rank(small, &newcomer).0,
+        rank_by_full_sort(small, &newcomer)
+    );
+    assert_eq!(
+        rank(small, &newcomer),
+        (rank_by_full_sort(small, &newcomer), vec![])
+    );
+    assert_eq!(rank(small, &newcomer).0.len(), 5);
 }

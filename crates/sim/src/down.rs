@@ -48,6 +48,7 @@ impl World {
                 self.name(n, layer, &peers);
                 self.connect(n, layer);
             }
+            TrackerReply::Near { peers } => self.mark_near(n, layer, &peers),
             TrackerReply::Fetch => {
                 if let Some(f) = self.fetch_mut(n, layer) {
                     f.fetch_duty = true;
@@ -76,26 +77,34 @@ impl World {
         }
     }
 
-    /// The tracker named `peers`; those in this node's rack are near (the tracker marks them
-    /// by their labels).
     fn name(&mut self, n: usize, layer: usize, peers: &[Vec<u8>]) {
-        let near: Vec<bool> = peers
-            .iter()
-            .map(|p| crate::world::node_of(p).is_some_and(|p| self.topo.near(n, p)))
-            .collect();
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
-        for (p, near) in peers.iter().zip(near) {
+        for p in peers {
             if let Some(peer) = crate::world::node_of(p).filter(|p| *p != n) {
-                if near {
-                    f.x.rack.know(crate::life::rack_key(peer));
-                }
                 if !f.named.contains(&peer) {
                     f.named.push(peer);
                 }
             }
         }
+    }
+
+    /// The tracker marked `peers` as sharing this node's rack: dialled now if the cap on far
+    /// sessions held them back when they were named a moment before.
+    fn mark_near(&mut self, n: usize, layer: usize, peers: &[Vec<u8>]) {
+        let now = self.instant();
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        for peer in peers.iter().filter_map(|p| crate::world::node_of(p)) {
+            f.near.insert(peer);
+            f.x.rack.know(crate::life::rack_key(peer));
+            if let Some(sid) = f.sessions.get(&peer) {
+                f.x.mark_near(*sid, now);
+            }
+        }
+        self.connect(n, layer);
     }
 
     pub(crate) fn enter_peers(&mut self, n: usize, layer: usize) {
@@ -111,9 +120,7 @@ impl World {
     /// Starts sessions with named peers not connected or retired, while there is room.
     pub(crate) fn connect(&mut self, n: usize, layer: usize) {
         let (now, max) = (self.instant(), self.s.max_peers);
-        let topo = &self.topo;
-        let far = |p: &usize| !topo.near(n, *p);
-        let Some(f) = self.nodes.get_mut(n).and_then(|x| x.fetches.get_mut(layer)) else {
+        let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
         if f.phase != Phase::Peers {
@@ -122,6 +129,8 @@ impl World {
         f.retry.expire(now);
         let room = f.x.dial_room(max);
         let mut far_room = f.x.far_room();
+        let near = &f.near;
+        let far = |p: &usize| !near.contains(p);
         let fresh: Vec<usize> = f
             .named
             .iter()
@@ -147,7 +156,7 @@ impl World {
         let path = self.topo.path(End::Node(peer), n);
         let conn = self.open_conn(&path, Owner::Session(sid));
         let g = self.geometry(self.blob_of(n, layer));
-        let near = self.topo.near(n, peer);
+        let near = self.fetch(n, layer).is_some_and(|f| f.near.contains(&peer));
         self.sessions.push(Session {
             up: peer,
             down: n,

@@ -9,7 +9,7 @@ use pollen_core::phase::{HANDOVER_DIALS, HANDOVER_LOOKUP};
 use pollen_core::spread::Claims;
 use pollen_core::upload::serves_partial;
 use pollen_proto::Bitfield;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// How often a member reports its pieces when they changed (the agent's PROGRESS_CHECK),
@@ -284,6 +284,7 @@ impl Fetch {
             claims,
             member: None,
             named: Vec::new(),
+            near: BTreeSet::new(),
             sessions: BTreeMap::new(),
             retry: Default::default(),
             uploads: Vec::new(),

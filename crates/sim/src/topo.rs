@@ -91,11 +91,6 @@ impl Topology {
         self.nodes.get(node).map_or(0, |p| p.rack)
     }
 
-    /// Whether two nodes share a rack (every node does when racks are not modelled).
-    pub fn near(&self, a: usize, b: usize) -> bool {
-        self.rack_of(a) == self.rack_of(b)
-    }
-
     /// The links a transfer from `from` to node `to` crosses.
     pub fn path(&self, from: End, to: usize) -> Vec<LinkId> {
         let Some(dst) = self.nodes.get(to) else {

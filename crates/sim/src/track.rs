@@ -146,6 +146,10 @@ impl World {
             f.member = Some((host, joined.id));
         }
         self.reply(host, node, layer, joined.assign);
+        if !joined.near.is_empty() {
+            let near = TrackerReply::Near { peers: joined.near };
+            self.reply(host, node, layer, near);
+        }
         self.push(host, out);
         if joined.deferred {
             self.after(

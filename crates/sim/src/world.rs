@@ -12,7 +12,7 @@ use pollen_core::spread::Claims;
 use pollen_oci::Digest;
 use pollen_proto::{Bitfield, PieceGeometry, TrackerReply};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ pub struct Fetch {
     /// This node's membership: the tracker host and its member id there.
     pub member: Option<(usize, u64)>,
     pub named: Vec<usize>,
+    /// Named peers the tracker marked as sharing this node's rack (`TrackerReply::Near`).
+    pub near: BTreeSet<usize>,
     /// Download sessions by peer node.
     pub sessions: BTreeMap<usize, usize>,
     pub retry: pollen_core::retry::PeerRetry<usize>,

@@ -15,7 +15,7 @@
 //! enter at the sum of the fetchers' uploads. A stripe whose member dies goes to another
 //! member, which fetches only the pieces of it that it does not hold.
 
-use super::{BlobSwarm, Push, Swarms};
+use super::{same_rack, BlobSwarm, Push, Swarms};
 use pollen_oci::Digest;
 use pollen_proto::{TrackerReply, MAX_TRACKER_PEERS};
 use std::collections::HashSet;
@@ -167,28 +167,35 @@ impl BlobSwarm {
             .filter_map(|id| self.members.get(&id))
     }
 
-    /// Tells every member which members fetch parts of the blob: each vouches for its own
-    /// range's hashes, so every downloader needs a session with each of them.
+    /// Tells every member which members fetch parts of the blob (they hold each piece first),
+    /// and which of those share its rack.
     fn name_fetchers(&self, out: &mut Vec<Push>) {
-        let mut owners: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut owners: Vec<&super::Member> = Vec::new();
         for o in self.shares.iter().filter_map(|s| s.owner) {
-            if let Some(m) = self
-                .members
-                .get(&o)
-                .filter(|_| !owners.iter().any(|x| x.0 == o))
-            {
-                owners.push((o, m.peer.clone()));
+            if let Some(m) = self.members.get(&o) {
+                if !owners.iter().any(|x| x.peer == m.peer) {
+                    owners.push(m);
+                }
             }
         }
-        for mid in self.members.keys() {
-            let peers: Vec<Vec<u8>> = owners
+        for (mid, member) in &self.members {
+            let named: Vec<&super::Member> = owners
                 .iter()
-                .filter(|(o, _)| o != mid)
-                .map(|(_, p)| p.clone())
+                .copied()
+                .filter(|o| o.peer != member.peer)
                 .take(MAX_TRACKER_PEERS)
                 .collect();
-            if !peers.is_empty() {
+            let near: Vec<Vec<u8>> = named
+                .iter()
+                .filter(|o| same_rack(o, member))
+                .map(|o| o.peer.clone())
+                .collect();
+            if !named.is_empty() {
+                let peers = named.iter().map(|o| o.peer.clone()).collect();
                 out.push((*mid, TrackerReply::Peers { peers }));
+            }
+            if !near.is_empty() {
+                out.push((*mid, TrackerReply::Near { peers: near }));
             }
         }
     }
