@@ -56,6 +56,14 @@ pub fn score(key: u64, piece: u32) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A node's key from its peer id's bytes (FNV-1a; [`score`] mixes it): every node computes
+/// the same key for a peer.
+pub fn key_of(peer: &[u8]) -> u64 {
+    peer.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl Rack {
     /// Turns the rule on for a node with key `me`, before any session opens.
     pub fn enable(&mut self, me: u64) {

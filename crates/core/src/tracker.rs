@@ -77,8 +77,9 @@ struct BlobSwarm {
     /// Ordered by id: the order reaches decisions (ties, the order of pushes).
     members: BTreeMap<u64, Member>,
     fetcher: Option<u64>,
-    /// Agents that said they hold the whole blob, and when.
-    holders: Vec<(Vec<u8>, Instant)>,
+    /// Agents that said they hold the whole blob, when, and their rack label (to mark them
+    /// `Near` when named).
+    holders: Vec<(Vec<u8>, Instant, Option<String>)>,
     /// Since when members rejoined without a fetcher (after a tracker failover).
     orphaned: Option<Instant>,
     /// The blob's size and pieces, once the fetcher reported them.
@@ -94,7 +95,7 @@ struct BlobSwarm {
 impl BlobSwarm {
     fn expire_holders(&mut self, now: Instant) {
         self.holders
-            .retain(|(_, at)| now.saturating_duration_since(*at) < HOLDER_TTL);
+            .retain(|(_, at, _)| now.saturating_duration_since(*at) < HOLDER_TTL);
     }
 
     /// Makes the best member the fetcher (seeds first, then the most pieces) and tells it.
@@ -316,11 +317,12 @@ impl Swarms {
         };
         swarm.forget_rate(id);
         if complete {
-            swarm.holders.retain(|(p, _)| *p != member.peer);
+            swarm.holders.retain(|(p, _, _)| *p != member.peer);
             if swarm.holders.len() >= MAX_HOLDERS {
                 swarm.holders.remove(0);
             }
-            swarm.holders.push((member.peer, now));
+            let rack = rack_label(&member).map(str::to_string);
+            swarm.holders.push((member.peer, now, rack));
             swarm.shares.iter_mut().for_each(|s| s.owner = None);
         }
         let handed = !complete && !closing && swarm.hand_on_shares(id, out);
@@ -430,7 +432,12 @@ fn forget_idle(blobs: &mut HashMap<Digest, BlobSwarm>, now: Instant) {
     let mut by_age: Vec<(Instant, Digest)> = blobs
         .iter()
         .filter(|(_, s)| s.members.is_empty())
-        .map(|(d, s)| (s.holders.iter().map(|(_, at)| *at).max().unwrap_or(now), *d))
+        .map(|(d, s)| {
+            (
+                s.holders.iter().map(|(_, at, _)| *at).max().unwrap_or(now),
+                *d,
+            )
+        })
         .collect();
     by_age.sort();
     let excess = by_age.len() - MAX_IDLE_BLOBS;
@@ -446,13 +453,14 @@ type RankKey<'a> = (u8, usize, u32, u64, &'a Vec<u8>, bool);
 /// Whether two members share a `rack` label: near for `pollen_core::rack`. Only the rack counts,
 /// as only its uplink is what the rule saves; a zone is many racks.
 pub fn same_rack(a: &Member, b: &Member) -> bool {
-    let rack = |m: &Member| {
-        m.labels
-            .iter()
-            .find(|(k, _)| k == "rack")
-            .map(|(_, v)| v.clone())
-    };
-    rack(a).is_some_and(|r| rack(b) == Some(r))
+    rack_label(a).is_some_and(|r| rack_label(b) == Some(r))
+}
+
+fn rack_label(m: &Member) -> Option<&str> {
+    m.labels
+        .iter()
+        .find(|(k, _)| k == "rack")
+        .map(|(_, v)| v.as_str())
 }
 
 /// Peers for a newcomer, best first (see the module docs), never the newcomer itself, and
@@ -477,7 +485,18 @@ fn rank(swarm: &BlobSwarm, newcomer: &Member) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         rest.sort_unstable();
         append_new(&mut out, rest);
     }
-    let in_rack: Vec<&Vec<u8>> = members.iter().filter(|k| k.5).map(|k| k.4).collect();
+    let rack = rack_label(newcomer);
+    let holders_in_rack = swarm
+        .holders
+        .iter()
+        .filter(|h| rack.is_some() && h.2.as_deref() == rack)
+        .map(|h| &h.0);
+    let in_rack: Vec<&Vec<u8>> = members
+        .iter()
+        .filter(|k| k.5)
+        .map(|k| k.4)
+        .chain(holders_in_rack)
+        .collect();
     let near = out
         .iter()
         .filter(|p| in_rack.contains(p))
@@ -492,7 +511,7 @@ fn listed_holders(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
         .holders
         .iter()
         .rev()
-        .map(|(p, _)| p)
+        .map(|(p, _, _)| p)
         .filter(|p| **p != newcomer.peer)
         .take(PEERS_PER_ASSIGN)
         .cloned()

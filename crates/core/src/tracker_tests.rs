@@ -95,7 +95,7 @@ fn rank_by_full_sort(swarm: &BlobSwarm, newcomer: &Member) -> Vec<Vec<u8>> {
     let mut keys = rank_keys(swarm, newcomer);
     keys.sort();
     let mut out: Vec<Vec<u8>> = Vec::new();
-    let holders = swarm.holders.iter().rev().map(|(p, _)| p);
+    let holders = swarm.holders.iter().rev().map(|(p, _, _)| p);
     for p in holders.chain(keys.iter().map(|k| k.4)) {
         if *p != newcomer.peer && !out.contains(p) {
             out.push(p.clone());
@@ -127,13 +127,15 @@ fn ranking_only_the_best_members_gives_the_full_ranking() {
     );
     assert_eq!(rank(swarm, &newcomer).0.len(), PEERS_PER_ASSIGN);
     // Holders come first, and holders that are members too are listed once.
-    for i in [3u8, 6, 9, 200] {
-        swarm.holders.push((vec![i; 38], t0));
+    for i in [3u8, 6, 9, 201, 200] {
+        let rack = (i == 201).then(|| "a".to_string());
+        swarm.holders.push((vec![i; 38], t0, rack));
     }
     let (listed, near) = rank(swarm, &newcomer);
     assert_eq!(listed, rank_by_full_sort(swarm, &newcomer));
-    // Marked near: the listed members of rack a (every third), not the holders.
-    let in_rack_a = |p: &&Vec<u8>| p[0] < 120 && p[0] % 3 == 0;
+    // Marked near: the listed members of rack a (every third), and the holder that left
+    // complete from rack a (201), not the one with no rack (200).
+    let in_rack_a = |p: &&Vec<u8>| (p[0] < 120 && p[0].is_multiple_of(3)) || p[0] == 201;
     let expected: Vec<Vec<u8>> = listed.iter().filter(in_rack_a).cloned().collect();
     assert!(!expected.is_empty());
     assert_eq!(near, expected);

@@ -142,9 +142,11 @@ pub struct Scenario {
     /// agent before signed hashes)
     #[arg(long, value_enum, default_value_t = HashSource::Relayed)]
     pub hashes: HashSource,
-    /// Which pieces a node asks peers outside its rack for: `any`, or `import` (only those it
-    /// imports for its rack, `pollen_core::rack`; near peers as the tracker's rack labels say)
-    #[arg(long, value_enum, default_value_t = RackRule::Any)]
+    /// Which pieces a node asks peers outside its rack for, with racks modelled (the agents
+    /// then run with `--rack`): `import`, as the agent does (only what its rack lacks, in each
+    /// piece's importer order, `pollen_core::rack`), or `any` (the agent before part 9's rack
+    /// rule)
+    #[arg(long, value_enum, default_value_t = RackRule::Import)]
     pub rack_rule: RackRule,
     /// Seed of the run's randomness: the same seed gives the same output, byte for byte
     #[arg(long, default_value_t = 1)]

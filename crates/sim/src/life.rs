@@ -48,7 +48,9 @@ impl World {
                 .collect();
         }
         let seed = self.s.seed;
-        let racked = self.s.rack_rule == RackRule::Import && self.s.racks > 0;
+        // The agent turns the rule on when it has a rack label (given here when racks are
+        // modelled).
+        let racked = self.s.rack_rule == RackRule::Import && self.s.racks > 1;
         for (layer, (f, g)) in node.fetches.iter_mut().zip(&geometries).enumerate() {
             // Each node's own random order of the pieces, as the agent's RandomState gives.
             let order = mix(seed ^ ((n as u64) << 20) ^ layer as u64);
@@ -339,9 +341,9 @@ impl Fetch {
 }
 
 /// A 64-bit mix for each node's tie-break order of the pieces.
-/// A node's key in `pollen_core::rack` (the agent's would come from its PeerId).
+/// A node's key in `pollen_core::rack`, from its peer id as the agent's.
 pub(crate) fn rack_key(n: usize) -> u64 {
-    mix(n as u64 ^ 0x7261_636b)
+    pollen_core::rack::key_of(&crate::world::peer_id(n))
 }
 
 fn mix(mut z: u64) -> u64 {

@@ -127,7 +127,11 @@ impl World {
                 .map(|n| n.peer_id.clone())
                 .unwrap_or_default(),
             seed: self.nodes.get(node).is_some_and(|n| n.seed),
-            labels: vec![("rack".into(), format!("r{}", self.topo.rack_of(node)))],
+            // Agents in a racked cluster run with `--rack`; in a flat one with no labels.
+            labels: match self.s.racks > 1 {
+                true => vec![("rack".into(), format!("r{}", self.topo.rack_of(node)))],
+                false => Vec::new(),
+            },
             pieces,
             busy,
         };

@@ -182,6 +182,10 @@ impl Tracker {
             .swarms
             .join(now(), digest, member, fetching, rejoin, &mut out);
         inner.writers.insert(joined.id, tx);
+        // Its rack-mates among the Assign's peers: pushed, so they follow the Assign.
+        if !joined.near.is_empty() {
+            out.push((joined.id, TrackerReply::Near { peers: joined.near }));
+        }
         inner.deliver(out);
         (joined.id, joined.assign, joined.deferred)
     }

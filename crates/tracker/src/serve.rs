@@ -32,12 +32,15 @@ pub enum ServeError {
     Io(#[from] ProtoError),
 }
 
-/// Serves one agent (`peer`, its encoded PeerId as authenticated by the transport).
+/// Serves one agent (`peer`, its encoded PeerId as authenticated by the transport). `marks`:
+/// the stream speaks `TRACKER_PROTOCOL`, which has `Near`; on `LEGACY_TRACKER_PROTOCOL` the
+/// marks are left out.
 pub async fn serve<S>(
     tracker: Arc<Tracker>,
     peer: Vec<u8>,
     stream: S,
     idle: Duration,
+    marks: bool,
 ) -> Result<(), ServeError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -177,6 +180,9 @@ where
                     }
                 }
                 Some(push) = pushes.recv() => {
+                    if !marks && matches!(push, TrackerReply::Near { .. }) {
+                        continue;
+                    }
                     timeout(idle, write_tracker_reply(&mut w, &push))
                         .await
                         .map_err(|_| ServeError::Timeout)??;
@@ -275,14 +281,107 @@ mod tests {
         }
     }
 
+    fn join_in(rack: &str) -> TrackerRequest {
+        let TrackerRequest::Join {
+            digest,
+            seed,
+            fetching,
+            pieces,
+            rejoin,
+            busy,
+            ..
+        } = join(false)
+        else {
+            unreachable!("join gives a Join");
+        };
+        TrackerRequest::Join {
+            digest,
+            seed,
+            fetching,
+            pieces,
+            labels: vec![("rack".into(), rack.into())],
+            rejoin,
+            busy,
+        }
+    }
+
+    /// A member on the current protocol hears which of its peers share its rack, right after
+    /// the `Assign` that named them; one on the legacy id is never sent `Near`, which it could
+    /// not decode.
+    #[tokio::test]
+    async fn rack_mates_are_marked_on_the_current_protocol_only() {
+        let t = Arc::new(Tracker::new());
+        let idle = Duration::from_secs(5);
+        let (mut a, a_srv) = tokio::io::duplex(4096);
+        let (mut b, b_srv) = tokio::io::duplex(4096);
+        let (mut c, c_srv) = tokio::io::duplex(4096);
+        tokio::spawn(serve(t.clone(), vec![1], a_srv, idle, true));
+        tokio::spawn(serve(t.clone(), vec![2], b_srv, idle, true));
+        tokio::spawn(serve(t.clone(), vec![3], c_srv, idle, false));
+        write_tracker_request(&mut a, &join_in("r1")).await.unwrap();
+        assert!(matches!(
+            read_tracker_reply(&mut a).await.unwrap(),
+            Some(TrackerReply::Assign { .. })
+        ));
+        write_tracker_request(&mut b, &join_in("r1")).await.unwrap();
+        let named = TrackerReply::Assign {
+            fetch: false,
+            peers: vec![vec![1]],
+        };
+        assert_eq!(read_tracker_reply(&mut b).await.unwrap(), Some(named));
+        let near = TrackerReply::Near {
+            peers: vec![vec![1]],
+        };
+        assert_eq!(read_tracker_reply(&mut b).await.unwrap(), Some(near));
+        // C, legacy, in the same rack: its Assign has no `Near` after it. B (not the fetcher,
+        // which is never told of newcomers) hears of C and that C is in its rack.
+        write_tracker_request(&mut c, &join_in("r1")).await.unwrap();
+        assert!(matches!(
+            read_tracker_reply(&mut c).await.unwrap(),
+            Some(TrackerReply::Assign { .. })
+        ));
+        assert_eq!(
+            read_tracker_reply(&mut b).await.unwrap(),
+            Some(TrackerReply::Peers {
+                peers: vec![vec![3]]
+            })
+        );
+        assert_eq!(
+            read_tracker_reply(&mut b).await.unwrap(),
+            Some(TrackerReply::Near {
+                peers: vec![vec![3]]
+            })
+        );
+        // D joins: C hears of it with a plain `Peers`, and nothing else before its stream ends.
+        let (mut d, d_srv) = tokio::io::duplex(4096);
+        tokio::spawn(serve(t.clone(), vec![4], d_srv, idle, true));
+        write_tracker_request(&mut d, &join_in("r1")).await.unwrap();
+        assert_eq!(
+            read_tracker_reply(&mut c).await.unwrap(),
+            Some(TrackerReply::Peers {
+                peers: vec![vec![4]]
+            })
+        );
+        write_tracker_request(&mut c, &TrackerRequest::Leave { complete: false })
+            .await
+            .unwrap();
+        let rest = tokio::time::timeout(idle, read_tracker_reply(&mut c))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rest, Ok(None)),
+            "nothing but the end of the stream: {rest:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_fetcher_whose_stream_drops_is_replaced_over_the_wire() {
         let t = Arc::new(Tracker::new());
         let idle = Duration::from_secs(5);
         let (mut a, a_srv) = tokio::io::duplex(4096);
         let (mut b, b_srv) = tokio::io::duplex(4096);
-        tokio::spawn(serve(t.clone(), vec![1], a_srv, idle));
-        tokio::spawn(serve(t.clone(), vec![2], b_srv, idle));
+        tokio::spawn(serve(t.clone(), vec![1], a_srv, idle, true));
+        tokio::spawn(serve(t.clone(), vec![2], b_srv, idle, true));
         write_tracker_request(&mut a, &join(false)).await.unwrap();
         let ra = read_tracker_reply(&mut a).await.unwrap();
         assert!(matches!(ra, Some(TrackerReply::Assign { fetch: true, .. })));
@@ -312,9 +411,9 @@ mod tests {
         let (mut a, a_srv) = tokio::io::duplex(4096);
         let (mut b, b_srv) = tokio::io::duplex(4096);
         let (mut c, c_srv) = tokio::io::duplex(4096);
-        let task_b = tokio::spawn(serve(t.clone(), vec![2], b_srv, idle));
-        tokio::spawn(serve(t.clone(), vec![1], a_srv, idle));
-        tokio::spawn(serve(t.clone(), vec![3], c_srv, idle));
+        let task_b = tokio::spawn(serve(t.clone(), vec![2], b_srv, idle, true));
+        tokio::spawn(serve(t.clone(), vec![1], a_srv, idle, true));
+        tokio::spawn(serve(t.clone(), vec![3], c_srv, idle, true));
         write_tracker_request(&mut a, &join(false)).await.unwrap();
         read_tracker_reply(&mut a).await.unwrap();
         write_tracker_request(&mut b, &join(false)).await.unwrap();
@@ -354,7 +453,7 @@ mod tests {
     async fn time_is_answered_with_the_clock() {
         let t = Arc::new(Tracker::new());
         let (mut a, a_srv) = tokio::io::duplex(4096);
-        let task = tokio::spawn(serve(t, vec![1], a_srv, Duration::from_secs(5)));
+        let task = tokio::spawn(serve(t, vec![1], a_srv, Duration::from_secs(5), true));
         let since_epoch = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
         };
@@ -377,7 +476,13 @@ mod tests {
     async fn garbage_and_silence_end_the_stream() {
         let t = Arc::new(Tracker::new());
         let (mut a, a_srv) = tokio::io::duplex(4096);
-        let task = tokio::spawn(serve(t.clone(), vec![1], a_srv, Duration::from_secs(5)));
+        let task = tokio::spawn(serve(
+            t.clone(),
+            vec![1],
+            a_srv,
+            Duration::from_secs(5),
+            true,
+        ));
         write_tracker_request(&mut a, &TrackerRequest::Progress { pieces: 1 })
             .await
             .unwrap();
@@ -385,7 +490,7 @@ mod tests {
 
         tokio::time::pause();
         let (_silent, s_srv) = tokio::io::duplex(4096);
-        let r = serve(t, vec![2], s_srv, Duration::from_secs(5)).await;
+        let r = serve(t, vec![2], s_srv, Duration::from_secs(5), true).await;
         assert!(matches!(r, Err(ServeError::Timeout)));
     }
 }

@@ -409,15 +409,33 @@ pub(crate) async fn tracker_loop(p2p: Arc<P2p>) {
     let Some(tracker) = p2p.tracker.clone() else {
         return;
     };
-    let mut incoming = match p2p.node.incoming_streams_on(pollen_proto::TRACKER_PROTOCOL) {
-        Ok(i) => i,
+    let incoming = |protocol| match p2p.node.incoming_streams_on(protocol) {
+        Ok(i) => Some(i),
         Err(e) => {
-            warn!(error = %e, "cannot accept tracker streams; this node will not coordinate");
-            return;
+            warn!(error = %e, protocol, "cannot accept tracker streams; this node will not coordinate");
+            None
         }
+    };
+    let (Some(current), Some(legacy)) = (
+        incoming(pollen_proto::TRACKER_PROTOCOL),
+        incoming(pollen_proto::LEGACY_TRACKER_PROTOCOL),
+    ) else {
+        return;
     };
     p2p.announce(tracker::tracker_key());
     info!("tracker role on: coordinating blobs for other agents");
+    // Agents of the version before speak the legacy id: served alike, without `Near`.
+    let legacy = tokio::spawn(serve_members(legacy, tracker.clone(), false));
+    serve_members(current, tracker, true).await;
+    legacy.abort();
+}
+
+/// Serves every member stream arriving on one protocol id (`marks`: it has `Near`).
+async fn serve_members(
+    mut incoming: pollen_swarm::IncomingStreams,
+    tracker: Arc<pollen_tracker::Tracker>,
+    marks: bool,
+) {
     while let Some((peer, stream)) = incoming.next().await {
         let tracker = tracker.clone();
         tokio::spawn(async move {
@@ -427,6 +445,7 @@ pub(crate) async fn tracker_loop(p2p: Arc<P2p>) {
                 peer.to_bytes(),
                 stream.compat(),
                 pollen_tracker::DEFAULT_MEMBER_IDLE,
+                marks,
             )
             .await;
             if let Err(e) = r {

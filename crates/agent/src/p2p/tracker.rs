@@ -5,7 +5,8 @@
 use super::P2p;
 use pollen_oci::Digest;
 use pollen_proto::{
-    read_tracker_reply, write_tracker_request, TrackerReply, TrackerRequest, TRACKER_PROTOCOL,
+    read_tracker_reply, write_tracker_request, TrackerReply, TrackerRequest,
+    LEGACY_TRACKER_PROTOCOL, TRACKER_PROTOCOL,
 };
 use pollen_swarm::PeerId;
 use sha2::{Digest as _, Sha256};
@@ -59,9 +60,26 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// tried (a live tracker answers within a round trip; a dead one refuses or stays silent).
 const LOST_RETRY_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The provider key under which trackers announce themselves.
+/// The provider key under which trackers announce themselves: named after the first
+/// protocol version, so that agents of every version find the same trackers.
 pub(crate) fn tracker_key() -> Digest {
-    Digest::of(TRACKER_PROTOCOL.as_bytes())
+    Digest::of(LEGACY_TRACKER_PROTOCOL.as_bytes())
+}
+
+/// A stream to `tracker` on the current protocol, or on the version before if it speaks only
+/// that (an agent not upgraded yet, during a rolling upgrade: it sends no `Near`).
+async fn open_tracker_stream(
+    p2p: &P2p,
+    tracker: PeerId,
+) -> Result<pollen_swarm::Stream, pollen_swarm::Error> {
+    match p2p.node.open_stream_on(tracker, TRACKER_PROTOCOL).await {
+        Ok(stream) => Ok(stream),
+        Err(_) => {
+            p2p.node
+                .open_stream_on(tracker, LEGACY_TRACKER_PROTOCOL)
+                .await
+        }
+    }
 }
 
 /// The trackers known to be alive, refreshed from Kademlia now and then.
@@ -147,14 +165,24 @@ pub(crate) fn rendezvous(digest: &Digest, trackers: &[PeerId]) -> Vec<PeerId> {
 pub(crate) struct Assignment {
     pub fetch: bool,
     pub peers: Vec<PeerId>,
+    /// Of `peers`, those the tracker marked as sharing this node's rack (`Near`).
+    pub near: Vec<PeerId>,
 }
 
 impl Assignment {
     fn add_peers(&mut self, peers: &[Vec<u8>]) {
-        for peer in peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()) {
-            if !self.peers.contains(&peer) {
-                self.peers.push(peer);
-            }
+        add_new(&mut self.peers, peers);
+    }
+
+    fn add_near(&mut self, peers: &[Vec<u8>]) {
+        add_new(&mut self.near, peers);
+    }
+}
+
+fn add_new(to: &mut Vec<PeerId>, peers: &[Vec<u8>]) {
+    for peer in peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()) {
+        if !to.contains(&peer) {
+            to.push(peer);
         }
     }
 }
@@ -245,6 +273,7 @@ impl TrackerLink {
                     return (first > 0 || end < count).then_some(first..end);
                 }
                 Ok(Some(TrackerReply::Peers { peers })) => assignment.add_peers(&peers),
+                Ok(Some(TrackerReply::Near { peers })) => assignment.add_near(&peers),
                 // `Fetch`: this node is fetching already.
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return None,
@@ -371,13 +400,12 @@ async fn join_one(
             me.to_bytes(),
             theirs,
             pollen_tracker::DEFAULT_MEMBER_IDLE,
+            true,
         ));
         let (r, w) = tokio::io::split(ours);
         (Box::new(r), Box::new(w))
     } else {
-        let stream = p2p
-            .node
-            .open_stream_on(tracker, TRACKER_PROTOCOL)
+        let stream = open_tracker_stream(p2p, tracker)
             .await
             .map_err(|e| JoinError::Unreachable(e.to_string()))?;
         let (r, w) = tokio::io::split(stream.compat());
@@ -393,6 +421,8 @@ async fn join_one(
                 .filter_map(|p| PeerId::from_bytes(p).ok())
                 .filter(|p| *p != me)
                 .collect(),
+            // Its `Near`, if any, follows as a push.
+            near: Vec::new(),
         },
         Some(TrackerReply::Redirect { tracker: to }) => {
             return match PeerId::from_bytes(&to) {
@@ -510,7 +540,7 @@ pub(crate) async fn ask(p2p: &P2p, tracker: PeerId, req: &TrackerRequest) -> Opt
     timeout(RESOLVE_TIMEOUT, async {
         for delay in JOIN_BACKOFF {
             tokio::time::sleep(jittered(delay)).await;
-            let Ok(stream) = p2p.node.open_stream_on(tracker, TRACKER_PROTOCOL).await else {
+            let Ok(stream) = open_tracker_stream(p2p, tracker).await else {
                 return None;
             };
             let (mut r, mut w) = tokio::io::split(stream.compat());

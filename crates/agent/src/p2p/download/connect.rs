@@ -75,10 +75,46 @@ impl PeerPhase<'_> {
         let mut candidates = self.named.clone();
         candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
         let room = self.x.dial_room(self.p2p.cfg.max_peers_per_blob);
-        for peer in self.fresh(&candidates).into_iter().take(room) {
+        // Under the rack rule at most `FAR_SESSIONS` peers outside the rack (the tracker
+        // marks the others); the rest of the room goes to rack-mates in the tracker's order.
+        let mut far_room = self.x.far_room();
+        let near = &self.near;
+        let picked: Vec<PeerId> = self
+            .fresh(&candidates)
+            .into_iter()
+            .filter(|p| match near.contains(p) {
+                true => true,
+                false if far_room == 0 => false,
+                false => {
+                    far_room -= 1;
+                    true
+                }
+            })
+            .take(room)
+            .collect();
+        for peer in picked {
             self.dial(peer);
         }
         !candidates.is_empty() || !self.tasks.is_empty()
+    }
+
+    /// The tracker marked `peers` as sharing this node's rack (`TrackerReply::Near`): their
+    /// sessions count as near, now or when dialled.
+    pub(super) fn mark_near(&mut self, peers: &[PeerId]) {
+        let at = now();
+        for peer in peers {
+            if !self.near.insert(*peer) {
+                continue;
+            }
+            self.x
+                .rack
+                .know(pollen_core::rack::key_of(&peer.to_bytes()));
+            for (slot, task) in &self.tasks {
+                if task.peer == *peer {
+                    self.x.mark_near(*slot, at);
+                }
+            }
+        }
     }
 
     /// Dials up to `HANDOVER_DIALS` of the `found` providers not connected yet, room or not:
@@ -112,7 +148,10 @@ impl PeerPhase<'_> {
         self.next_slot += 1;
         let task = PeerTask::spawn(self.p2p.clone(), peer, digest, slot, self.events_tx.clone());
         self.tasks.insert(slot, task);
-        self.x.add(slot);
+        match self.near.contains(&peer) {
+            true => self.x.add_near(slot),
+            false => self.x.add(slot),
+        }
         self.restagger();
     }
 

@@ -71,6 +71,8 @@ pub(crate) struct PeerPhase<'a> {
     retry: PeerRetry<PeerId>,
     /// Peers the tracker named, tried before Kademlia's.
     named: Vec<PeerId>,
+    /// Named peers the tracker marked as sharing this node's rack (`TrackerReply::Near`).
+    near: HashSet<PeerId>,
     /// A tracker coordinates this blob and another node fetches it: wait for peers rather than
     /// going to the upstream when none is ready yet.
     coordinated: bool,
@@ -104,10 +106,17 @@ pub(crate) struct PeerPhase<'a> {
 impl<'a> PeerPhase<'a> {
     pub fn new(fetch: &'a BlobFetch<'a>, p2p: &'a Arc<P2p>) -> PeerPhase<'a> {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let mut x = Exchange::new(p2p.cfg.peer_stall, now());
+        // With a rack label, far peers are asked only for what the rack lacks
+        // (`pollen_core::rack`); the tracker marks the peers that share the label.
+        if p2p.cfg.labels.iter().any(|(k, _)| k == "rack") {
+            x.rack
+                .enable(pollen_core::rack::key_of(&p2p.node.peer_id().to_bytes()));
+        }
         PeerPhase {
             fetch,
             p2p,
-            x: Exchange::new(p2p.cfg.peer_stall, now()),
+            x,
             tasks: HashMap::new(),
             next_slot: 0,
             events_tx,
@@ -116,6 +125,7 @@ impl<'a> PeerPhase<'a> {
             map_sources: HashSet::new(),
             retry: PeerRetry::default(),
             named: Vec::new(),
+            near: HashSet::new(),
             coordinated: false,
             fetch_duty: false,
             handover_until: None,
@@ -150,6 +160,8 @@ impl<'a> PeerPhase<'a> {
                     self.named.push(*peer);
                 }
             }
+            let near: Vec<PeerId> = assignment.near.clone();
+            self.mark_near(&near);
             self.coordinated = true;
         }
         self.x.stall.restart(now());
@@ -260,6 +272,14 @@ impl<'a> PeerPhase<'a> {
                         debug!(digest = %self.fetch.digest, count = peers.len(), "the tracker named more peers");
                         self.named
                             .extend(peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()));
+                        self.connect(&[]);
+                    }
+                    Some(TrackerReply::Near { peers }) => {
+                        let near: Vec<PeerId> =
+                            peers.iter().filter_map(|p| PeerId::from_bytes(p).ok()).collect();
+                        debug!(digest = %self.fetch.digest, count = near.len(), "the tracker marked peers in this node's rack");
+                        self.mark_near(&near);
+                        // A rack-mate held back by the cap on far sessions can be dialled now.
                         self.connect(&[]);
                     }
                     Some(TrackerReply::FetchRange { size, first, end }) => {
