@@ -197,7 +197,7 @@ pub struct AgentArgs {
     /// This node's zone, the label `zone`: trackers name peers in the same zone first [default: none]
     #[arg(long, env = "POLLEN_ZONE", value_name = "NAME")]
     pub zone: Option<String>,
-    /// This node's rack, the label `rack`: trackers name peers in the same rack first [default: none]
+    /// This node's rack, the label `rack`: trackers name peers in the same rack first, and downloads take from other racks only what the rack lacks, each piece brought in once (docs/tracker.md, "Racks"); for the naming alone use --label [default: none]
     #[arg(long, env = "POLLEN_RACK", value_name = "NAME")]
     pub rack: Option<String>,
     /// More labels for trackers to match peers on, letters, digits and ._- only; at most 8 with --zone and --rack (repeatable; `;` separates entries in the environment variable) [default: none]
