@@ -213,10 +213,10 @@ impl Exchange {
             .min(max.saturating_mul(2).saturating_sub(all))
     }
 
-    /// How many more far peers to dial ([`crate::rack::FAR_SESSIONS`] under the rack rule,
-    /// any number without it).
+    /// How many more far peers to dial: [`crate::rack::FAR_SESSIONS`] under the rack rule
+    /// once a rack-mate is known, any number before or without it.
     pub fn far_room(&self) -> usize {
-        if !self.rack.enabled() {
+        if !self.rack.enabled() || !self.rack.knows_near() {
             return usize::MAX;
         }
         let far = self.peers.values().filter(|p| !p.near).count();

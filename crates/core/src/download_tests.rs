@@ -251,3 +251,24 @@ fn far_peers_are_asked_for_imports_near_ones_for_anything() {
     );
     assert!(!sent.is_empty() && sent.iter().all(|(slot, _)| *slot == 1));
 }
+
+/// Far sessions are capped under the rack rule only once a rack-mate is known: a node whose
+/// tracker marks nobody (none reachable, or one of the version before) dials as without it.
+#[test]
+fn far_sessions_are_capped_once_a_rack_mate_is_known() {
+    let t0 = Instant::now();
+    let mut x = Exchange::new(Duration::from_secs(10), t0);
+    assert_eq!(x.far_room(), usize::MAX, "no rule");
+    x.rack.enable(1);
+    x.add(0);
+    assert_eq!(x.far_room(), usize::MAX, "no rack-mate known yet");
+    x.rack.know(2);
+    assert_eq!(x.far_room(), crate::rack::FAR_SESSIONS - 1);
+    x.add(1);
+    x.add_near(2);
+    assert_eq!(
+        x.far_room(),
+        0,
+        "two far sessions; a near one does not count"
+    );
+}

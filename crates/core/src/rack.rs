@@ -75,6 +75,13 @@ impl Rack {
         self.me.is_some()
     }
 
+    /// Whether any rack-mate is known: until one is, this node is its rack's only importer,
+    /// and a cap on far sessions would only starve it (no tracker, or one of the version
+    /// before, which marks nobody).
+    pub fn knows_near(&self) -> bool {
+        !self.near.is_empty()
+    }
+
     /// The blob has `count` pieces.
     pub fn adopt(&mut self, count: u32) {
         self.count = count;
