@@ -413,10 +413,8 @@ impl Exchange {
         for &i in self.requests.keys() {
             let _ = requested.set(i);
         }
-        let far_allowed = match self.peers.values().any(|p| !p.near) {
-            true => self.rack.far_allowed(now),
-            false => None,
-        };
+        // What far peers may be asked for, worked out the first time one can be asked.
+        let mut far_allowed: Option<Option<Bitfield>> = None;
         let mut sent = Vec::new();
         for slot in slots {
             while let Some(peer) = self.peers.get(&slot) {
@@ -434,7 +432,12 @@ impl Exchange {
                     known: &self.known,
                     requests: &self.requests,
                     requested: &requested,
-                    allowed: far_allowed.as_ref().filter(|_| !peer.near),
+                    allowed: match peer.near {
+                        true => None,
+                        false => far_allowed
+                            .get_or_insert_with(|| self.rack.far_allowed(now))
+                            .as_ref(),
+                    },
                     availability: &self.availability,
                     tie_break: &self.tie_break,
                     peers: open,

@@ -45,7 +45,7 @@ impl World {
             node,
             epoch: self.epoch(node),
             layer,
-            msg,
+            msg: Box::new(msg),
         };
         self.after(delay, ev);
     }
@@ -96,7 +96,7 @@ impl World {
                             host,
                             blob,
                             id,
-                            sized,
+                            sized: Box::new(sized),
                         },
                     );
                 }
@@ -260,7 +260,7 @@ impl World {
                 node,
                 epoch,
                 layer,
-                reply,
+                reply: Box::new(reply),
             },
         );
     }

@@ -51,7 +51,7 @@ impl World {
         self.reveal_later(up, layer, next);
         // The map's hashes go first, as the agent's announcer sends them (then `Have`).
         self.send_hashes(sid);
-        self.after(back, Ev::Opened(sid, shown));
+        self.after(back, Ev::Opened(sid, Box::new(shown)));
         if unchoked {
             self.after(
                 back,

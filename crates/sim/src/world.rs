@@ -181,7 +181,8 @@ pub enum ToTracker {
     Leave(bool),
 }
 
-/// Something that happens at a moment of simulated time.
+/// Something that happens at a moment of simulated time. Kept small: the queue holds hundreds
+/// of thousands and moves them on every push and pop, so the rare large ones are boxed.
 pub enum Ev {
     Start(usize),
     Kill(usize),
@@ -192,13 +193,13 @@ pub enum Ev {
         node: usize,
         epoch: u32,
         layer: usize,
-        msg: ToTracker,
+        msg: Box<ToTracker>,
     },
     FromTracker {
         node: usize,
         epoch: u32,
         layer: usize,
-        reply: TrackerReply,
+        reply: Box<TrackerReply>,
     },
     Deferred {
         host: usize,
@@ -209,14 +210,14 @@ pub enum Ev {
         host: usize,
         blob: usize,
         id: u64,
-        sized: pollen_core::tracker::Sized,
+        sized: Box<pollen_core::tracker::Sized>,
     },
     Recheck {
         host: usize,
         blob: usize,
     },
     Open(usize),
-    Opened(usize, Bitfield),
+    Opened(usize, Box<Bitfield>),
     Refused(usize),
     Request(usize, u32),
     Cancel(usize, u32),
@@ -252,6 +253,11 @@ pub enum Ev {
         layer: usize,
     },
 }
+
+const _: () = assert!(
+    std::mem::size_of::<Ev>() <= 48,
+    "keep events small (see Ev)"
+);
 
 struct Timed {
     at: Nanos,
@@ -508,7 +514,7 @@ impl World {
                 msg,
             } => {
                 if self.live(host, host_epoch) {
-                    self.at_tracker(host, node, epoch, layer, msg);
+                    self.at_tracker(host, node, epoch, layer, *msg);
                 }
             }
             Ev::FromTracker {
@@ -518,7 +524,7 @@ impl World {
                 reply,
             } => {
                 if self.live(node, epoch) {
-                    self.on_tracker_reply(node, layer, reply);
+                    self.on_tracker_reply(node, layer, *reply);
                 }
             }
             Ev::Deferred { host, blob, id } => self.deferred(host, blob, id),
@@ -527,10 +533,10 @@ impl World {
                 blob,
                 id,
                 sized,
-            } => self.split(host, blob, id, sized),
+            } => self.split(host, blob, id, *sized),
             Ev::Recheck { host, blob } => self.recheck(host, blob),
             Ev::Open(sid) => self.on_open(sid),
-            Ev::Opened(sid, has) => self.on_opened(sid, has),
+            Ev::Opened(sid, has) => self.on_opened(sid, *has),
             Ev::Refused(sid) => self.on_refused(sid),
             Ev::Request(sid, piece) => self.on_request(sid, piece),
             Ev::Cancel(sid, piece) => self.on_cancel(sid, piece),
