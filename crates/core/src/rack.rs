@@ -29,7 +29,7 @@ pub const IMPORT_STEP: Duration = Duration::from_millis(100);
 /// Most sessions a download keeps with peers outside its rack under the rule. Every far
 /// session is a path for pieces into the rack whoever imports them: with no cap the rule cut
 /// a rack's crossings to 2.0 × the image, with 2 to 1.2 × and with 3 to 1.3 × (pollen-sim,
-/// 1,000 nodes in racks of 40, 4:1, registry-bound), at 1.13–1.46 × T_min.
+/// 1,000 nodes in racks of 40, 4:1, registry-bound, 250 ms turns), at 1.13–1.46 × T_min.
 pub const FAR_SESSIONS: usize = 2;
 
 /// One download's view of its rack (see the module docs).
