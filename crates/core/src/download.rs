@@ -213,6 +213,30 @@ impl Exchange {
             .min(max.saturating_mul(2).saturating_sub(all))
     }
 
+    /// Which of `fresh` (peers not in session, best first) to dial with at most `max` serving:
+    /// [`Exchange::dial_room`] of them, and of those outside the rack (`near` false) at most
+    /// [`Exchange::far_room`].
+    pub fn to_dial<P>(
+        &self,
+        max: usize,
+        fresh: impl IntoIterator<Item = P>,
+        near: impl Fn(&P) -> bool,
+    ) -> Vec<P> {
+        let mut far_room = self.far_room();
+        fresh
+            .into_iter()
+            .filter(|p| match near(p) {
+                true => true,
+                false if far_room == 0 => false,
+                false => {
+                    far_room -= 1;
+                    true
+                }
+            })
+            .take(self.dial_room(max))
+            .collect()
+    }
+
     /// How many more far peers to dial: [`crate::rack::FAR_SESSIONS`] under the rack rule
     /// once a rack-mate is known, any number before or without it.
     pub fn far_room(&self) -> usize {

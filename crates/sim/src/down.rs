@@ -127,25 +127,12 @@ impl World {
             return;
         }
         f.retry.expire(now);
-        let room = f.x.dial_room(max);
-        let mut far_room = f.x.far_room();
-        let near = &f.near;
-        let far = |p: &usize| !near.contains(p);
-        let fresh: Vec<usize> = f
+        let candidates = f
             .named
             .iter()
             .filter(|p| !f.sessions.contains_key(p) && !f.retry.waits(p))
-            .filter(|p| match far(p) {
-                true if far_room == 0 => false,
-                true => {
-                    far_room -= 1;
-                    true
-                }
-                false => true,
-            })
-            .take(room)
-            .copied()
-            .collect();
+            .copied();
+        let fresh = f.x.to_dial(max, candidates, |p| f.near.contains(p));
         for peer in fresh {
             self.open_session(n, layer, peer);
         }

@@ -74,24 +74,14 @@ impl PeerPhase<'_> {
         self.remember(providers);
         let mut candidates = self.named.clone();
         candidates.extend(self.providers.iter().filter(|p| !self.named.contains(p)));
-        let room = self.x.dial_room(self.p2p.cfg.max_peers_per_blob);
         // Under the rack rule at most `FAR_SESSIONS` peers outside the rack (the tracker
         // marks the others); the rest of the room goes to rack-mates in the tracker's order.
-        let mut far_room = self.x.far_room();
         let near = &self.near;
-        let picked: Vec<PeerId> = self
-            .fresh(&candidates)
-            .into_iter()
-            .filter(|p| match near.contains(p) {
-                true => true,
-                false if far_room == 0 => false,
-                false => {
-                    far_room -= 1;
-                    true
-                }
-            })
-            .take(room)
-            .collect();
+        let picked = self.x.to_dial(
+            self.p2p.cfg.max_peers_per_blob,
+            self.fresh(&candidates),
+            |p| near.contains(p),
+        );
         for peer in picked {
             self.dial(peer);
         }
