@@ -124,6 +124,9 @@ pub struct Exchange {
     pub stall: StallWatch,
     /// Which pieces far peers may be asked for.
     pub rack: Rack,
+    /// Peers with `unchoked` set: the count the node tells its uploaders after every request
+    /// round, kept here rather than counted each time (the simulator's busiest path).
+    unchoked: usize,
 }
 
 impl Exchange {
@@ -138,6 +141,7 @@ impl Exchange {
             known: Bitfield::default(),
             stall: StallWatch::new(peer_stall, now),
             rack: Rack::default(),
+            unchoked: 0,
         }
     }
 
@@ -157,7 +161,17 @@ impl Exchange {
 
     /// A session was started (not open yet).
     pub fn add(&mut self, slot: usize) {
-        self.peers.insert(slot, Peer::default());
+        self.insert_peer(slot, Peer::default());
+    }
+
+    fn insert_peer(&mut self, slot: usize, peer: Peer) {
+        if self
+            .peers
+            .insert(slot, peer)
+            .is_some_and(|old| old.unchoked)
+        {
+            self.unchoked = self.unchoked.saturating_sub(1);
+        }
     }
 
     /// A session was started with a peer that shares this node's rack.
@@ -166,7 +180,7 @@ impl Exchange {
             near: true,
             ..Peer::default()
         };
-        self.peers.insert(slot, near);
+        self.insert_peer(slot, near);
     }
 
     /// The tracker marked a session's peer as near (`TrackerReply::Near`), perhaps after it
@@ -186,6 +200,9 @@ impl Exchange {
         let Some(peer) = self.peers.remove(&slot) else {
             return false;
         };
+        if peer.unchoked {
+            self.unchoked = self.unchoked.saturating_sub(1);
+        }
         if let Some(has) = &peer.has {
             count(&mut self.availability, has, -1);
             self.rack.uncounted(peer.near, has);
@@ -250,6 +267,7 @@ impl Exchange {
     /// Every session ends at once (the download hands over to the upstream).
     pub fn clear(&mut self) {
         self.peers.clear();
+        self.unchoked = 0;
         self.requests.clear();
         self.availability.iter_mut().for_each(|a| *a = 0);
         self.rack.clear();
@@ -321,6 +339,11 @@ impl Exchange {
             self.forget_request(index, slot);
         }
         if let Some(peer) = self.peers.get_mut(&slot) {
+            match (peer.unchoked, choked) {
+                (false, false) => self.unchoked = self.unchoked.saturating_add(1),
+                (true, true) => self.unchoked = self.unchoked.saturating_sub(1),
+                _ => {}
+            }
             peer.unchoked = !choked;
         }
     }
@@ -381,7 +404,11 @@ impl Exchange {
     /// Peers that gave this download an upload slot: summed over its downloads, what the
     /// node tells the uploaders of its sessions (`upload::Slots::holding`).
     pub fn unchoked_peers(&self) -> usize {
-        self.peers.values().filter(|p| p.unchoked).count()
+        debug_assert_eq!(
+            self.unchoked,
+            self.peers.values().filter(|p| p.unchoked).count()
+        );
+        self.unchoked
     }
 
     /// Peers with requests outstanding.

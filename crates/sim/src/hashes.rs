@@ -28,7 +28,11 @@ impl World {
                 f.vouched_n = f.vouched.count_ones();
             }
         }
-        for sid in f.uploads.clone() {
+        // By index: copying the list for every vouch showed in profiles.
+        for k in 0.. {
+            let Some(sid) = self.fetch(n, layer).and_then(|f| f.uploads.get(k).copied()) else {
+                break;
+            };
             let Some(s) = self.sessions.get_mut(sid).filter(|s| s.open) else {
                 continue;
             };
@@ -61,6 +65,9 @@ impl World {
         let pairs = f.vouched.as_bytes().iter().zip(s.hashes_sent.as_bytes());
         for (at, (v, sent)) in (0u32..).zip(pairs) {
             let new = v & !sent;
+            if new == 0 {
+                continue;
+            }
             fresh.extend(
                 (0..8u32)
                     .filter(|b| new & (0x80 >> b) != 0)

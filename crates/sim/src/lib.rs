@@ -13,6 +13,7 @@ mod fetch;
 mod hashes;
 mod life;
 pub mod net;
+mod queue;
 pub mod report;
 pub mod rng;
 pub mod topo;

@@ -5,14 +5,14 @@
 
 use crate::config::Scenario;
 use crate::net::{ConnId, Nanos, Net};
+use crate::queue::Queue;
 use crate::rng::Rng;
 use crate::topo::Topology;
 use pollen_core::download::Exchange;
 use pollen_core::spread::Claims;
 use pollen_oci::Digest;
 use pollen_proto::{Bitfield, PieceGeometry, TrackerReply};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -259,29 +259,6 @@ const _: () = assert!(
     "keep events small (see Ev)"
 );
 
-struct Timed {
-    at: Nanos,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Timed {
-    fn eq(&self, other: &Timed) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Timed {}
-impl PartialOrd for Timed {
-    fn partial_cmp(&self, other: &Timed) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Timed {
-    fn cmp(&self, other: &Timed) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 /// Counters for the report.
 #[derive(Default)]
 pub struct Stats {
@@ -302,8 +279,7 @@ pub struct World {
     pub now: Nanos,
     /// The cores' clock: a fixed origin plus simulated time. Only differences reach output.
     pub origin: Instant,
-    queue: BinaryHeap<Reverse<Timed>>,
-    seq: u64,
+    queue: Queue<Ev>,
     pub blobs: Vec<Blob>,
     pub nodes: Vec<Node>,
     pub sessions: Vec<Session>,
@@ -361,8 +337,7 @@ impl World {
             rng,
             now: 0,
             origin: Instant::now(),
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: Queue::default(),
             blobs,
             nodes,
             sessions: Vec::new(),
@@ -410,12 +385,7 @@ impl World {
     }
 
     pub fn at(&mut self, at: Nanos, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse(Timed {
-            at: at.max(self.now),
-            seq: self.seq,
-            ev,
-        }));
+        self.queue.push(at.max(self.now), ev);
     }
 
     pub fn after(&mut self, delay: Nanos, ev: Ev) {
@@ -445,7 +415,7 @@ impl World {
             if self.done >= self.nodes.len() {
                 break;
             }
-            let next_ev = self.queue.peek().map(|Reverse(t)| t.at);
+            let next_ev = self.queue.next_at();
             let next_net = self.net.next_event();
             let at = match (next_ev, next_net) {
                 (None, None) => break,
@@ -463,9 +433,9 @@ impl World {
                 }
                 continue;
             }
-            if let Some(Reverse(t)) = self.queue.pop() {
+            if let Some(ev) = self.queue.pop() {
                 self.stats.events += 1;
-                self.dispatch(t.ev);
+                self.dispatch(ev);
             }
         }
     }
