@@ -158,3 +158,45 @@ fn ranking_only_the_best_members_gives_the_full_ranking() {
     );
     assert_eq!(rank(small, &newcomer).0.len(), 5);
 }
+
+#[test]
+fn the_fetch_is_split_at_once_when_members_are_there_for_every_part() {
+    let t0 = Instant::now();
+    let d = Digest::of(b"split at once");
+    let mut s = Swarms::new(MIN_SHARE, DEFAULT_UPSTREAM_BUDGET);
+    let mut out = Vec::new();
+    let fetcher = s.join(t0, d, member(0, "a"), false, false, &mut out).id;
+    let blob = |size| Sized {
+        size,
+        count: 100,
+        ranges: true,
+    };
+    let large = 16 * MIN_SHARE;
+    assert!(
+        !s.split_ready(&d, fetcher, blob(large)),
+        "nobody to take a part"
+    );
+    for i in 1..MAX_FETCHERS as u8 - 1 {
+        s.join(t0, d, member(i, "a"), false, false, &mut out);
+    }
+    assert!(!s.split_ready(&d, fetcher, blob(large)), "one part short");
+    // A member busy fetching another blob takes no part.
+    let mut busy = member(50, "a");
+    busy.busy = true;
+    s.join(t0, d, busy, false, false, &mut out);
+    assert!(!s.split_ready(&d, fetcher, blob(large)));
+    s.join(t0, d, member(51, "a"), false, false, &mut out);
+    assert!(s.split_ready(&d, fetcher, blob(large)));
+    // A blob cut in fewer parts needs fewer members; one not split needs none.
+    let two_parts = 2 * MIN_SHARE;
+    let mut alone = Swarms::new(MIN_SHARE, DEFAULT_UPSTREAM_BUDGET);
+    let first = alone.join(t0, d, member(0, "a"), false, false, &mut out).id;
+    assert!(!alone.split_ready(&d, first, blob(two_parts)));
+    alone.join(t0, d, member(1, "a"), false, false, &mut out);
+    assert!(alone.split_ready(&d, first, blob(two_parts)));
+    let no_ranges = Sized {
+        ranges: false,
+        ..blob(large)
+    };
+    assert!(s.split_ready(&d, fetcher, no_ranges));
+}

@@ -90,8 +90,13 @@ impl World {
             }
             ToTracker::Sized(sized) => {
                 if let Some(id) = id {
+                    let ready = self.in_host(host, |s| s.split_ready(&digest, id, sized));
+                    let wait = match ready {
+                        Some(true) => 0,
+                        _ => nanos(SPLIT_WAIT),
+                    };
                     self.after(
-                        nanos(SPLIT_WAIT),
+                        wait,
                         Ev::Split {
                             host,
                             blob,

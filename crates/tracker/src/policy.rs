@@ -203,6 +203,24 @@ impl Tracker {
         inner.deliver(out);
     }
 
+    /// Whether the fetcher's `Sized` can be answered now (`Swarms::split_ready`), not after
+    /// [`SPLIT_WAIT`].
+    pub(crate) fn split_ready(
+        &self,
+        digest: &Digest,
+        id: u64,
+        size: u64,
+        count: u32,
+        ranges: bool,
+    ) -> bool {
+        let blob = Sized {
+            size,
+            count,
+            ranges,
+        };
+        self.lock().swarms.split_ready(digest, id, blob)
+    }
+
     /// The fetcher reported the blob's size: the range it fetches (the fetch may be split).
     pub(crate) fn sized(
         &self,

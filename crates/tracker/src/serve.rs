@@ -104,8 +104,9 @@ where
     let (id, assign, deferred) = tracker.join(digest, member, fetching, rejoin);
     // A busy member told not to fetch asks again after FETCH_DEFER, in case nobody else took it.
     let mut defer = deferred.then(|| Box::pin(tokio::time::sleep(FETCH_DEFER)));
-    // A fetcher's `Sized` is answered after SPLIT_WAIT: members that ask for the blob a
-    // moment after it (a rollout) can still take shares. It keeps streaming meanwhile.
+    // A fetcher's `Sized` is answered after SPLIT_WAIT, unless members are there to take
+    // every share already: members that ask for the blob a moment after it (a rollout) can
+    // still take shares.
     let mut sized: Option<(u64, u32, bool)> = None;
     let mut split_at = None;
     let mut complete = false;
@@ -133,7 +134,11 @@ where
                         Some(TrackerRequest::Progress { pieces }) => tracker.progress(&digest, id, pieces),
                         Some(TrackerRequest::Sized { size, count, ranges }) => {
                             sized = Some((size, count, ranges));
-                            split_at = Some(Box::pin(tokio::time::sleep(SPLIT_WAIT)));
+                            let wait = match tracker.split_ready(&digest, id, size, count, ranges) {
+                                true => Duration::ZERO,
+                                false => SPLIT_WAIT,
+                            };
+                            split_at = Some(Box::pin(tokio::time::sleep(wait)));
                         }
                         Some(TrackerRequest::Leave { complete: c }) => {
                             complete = c;
