@@ -9,10 +9,9 @@ use crate::wait::Wait;
 use crate::world::{Ev, Fetch, Owner, Phase, Session, ToTracker, Why, World};
 use pollen_core::download::{download_cap, BUSY_BUDGET, NODE_ACTIVE_PEERS};
 use pollen_core::phase::{Facts, Step};
-use pollen_core::retry::{RETRY_AFTER, RETRY_SOON};
+use pollen_core::retry::{Again, RETRY_AFTER};
 use pollen_core::stall::stagger;
 use pollen_proto::{Bitfield, TrackerReply};
-use std::time::Duration;
 
 impl World {
     pub(crate) fn on_tracker_reply(&mut self, n: usize, layer: usize, reply: TrackerReply) {
@@ -136,6 +135,36 @@ impl World {
         for peer in fresh {
             self.open_session(n, layer, peer);
         }
+        self.arm_redial(n, layer);
+    }
+
+    /// As the agent's download loop: with room for more peers, a peer that turned the
+    /// download away is dialled again when its retry time comes, not at the next tick.
+    fn arm_redial(&mut self, n: usize, layer: usize) {
+        let (now, max, epoch) = (self.now, self.s.max_peers, self.epoch(n));
+        let Some(next) = self.fetch(n, layer).and_then(|f| {
+            (f.phase == Phase::Peers && f.x.dial_room(max) > 0)
+                .then(|| f.retry.next())
+                .flatten()
+        }) else {
+            return;
+        };
+        let at = self.to_nanos(next).max(now);
+        let Some(f) = self.fetch_mut(n, layer) else {
+            return;
+        };
+        if f.redial_at.is_some_and(|r| r > now && r <= at) {
+            return; // one is due before that
+        }
+        f.redial_at = Some(at);
+        self.at(
+            at,
+            Ev::Redial {
+                node: n,
+                epoch,
+                layer,
+            },
+        );
     }
 
     pub(crate) fn open_session(&mut self, n: usize, layer: usize, peer: usize) {
@@ -179,7 +208,7 @@ impl World {
     }
 
     /// The downloader's end of a session is gone: forget it, and dial the peer again later.
-    fn drop_session(&mut self, sid: usize, retry: Duration) {
+    fn drop_session(&mut self, sid: usize, again: Again) {
         let Some((up, down, layer)) = self.sessions.get(sid).map(|s| (s.up, s.down, s.layer))
         else {
             return;
@@ -193,20 +222,22 @@ impl World {
         }
         f.sessions.remove(&up);
         f.x.remove(sid);
-        f.retry.ended(up, retry, now);
+        f.retry.again(up, again, now);
         restagger(down, f);
+        self.arm_redial(down, layer);
     }
 
-    pub(crate) fn on_refused(&mut self, sid: usize) {
-        if let Some(s) = self.sessions.get_mut(sid) {
-            s.open = false;
-        }
-        self.drop_session(sid, RETRY_SOON);
+    pub(crate) fn on_refused(&mut self, sid: usize, again: Again) {
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        s.open = false;
+        self.drop_session(sid, again);
     }
 
     pub(crate) fn on_ended(&mut self, sid: usize) {
         let down = self.sessions.get(sid).map(|s| (s.down, s.layer));
-        self.drop_session(sid, RETRY_AFTER);
+        self.drop_session(sid, Again::After(RETRY_AFTER));
         if let Some((down, layer)) = down {
             self.check(down, layer);
         }

@@ -301,6 +301,7 @@ impl Fetch {
             pieces_told: 0,
             join_sent: None,
             next_lookup: 0,
+            redial_at: None,
             told_at: 0,
             stall_check: None,
             reveal_at: None,
@@ -323,6 +324,7 @@ impl Fetch {
         self.member = None;
         self.sessions.clear();
         self.retry.clear();
+        self.redial_at = None;
         self.uploads.clear();
         self.shares.clear();
         self.upstream = None;

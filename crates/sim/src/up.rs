@@ -5,6 +5,7 @@
 //! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
 
 use crate::world::{nanos, Ev, World};
+use pollen_core::retry::{Again, RETRY_SOON};
 use pollen_core::upload::{Admission, SLOT_YIELD_AFTER};
 
 impl World {
@@ -20,8 +21,13 @@ impl World {
         let back = self.topo.latency(up, down);
         let ready = self.serves(up, layer);
         if !open || !self.nodes.get(up).is_some_and(|n| n.alive) || !ready {
-            // Dead, or holding none of the blob yet: turned away, dialled again soon.
-            self.after(back, Ev::Refused(sid));
+            // Dead, or holding none of the blob yet (`UnknownBlob`): turned away, dialled
+            // again soon.
+            let again = match ready {
+                true => Again::After(RETRY_SOON),
+                false => Again::NotYet,
+            };
+            self.after(back, Ev::Refused(sid, again));
             return;
         }
         let Some(node) = self.nodes.get_mut(up) else {
@@ -31,7 +37,7 @@ impl World {
             Admission::Unchoked => (true, false),
             Admission::Waiting => (false, true),
             Admission::Busy => {
-                self.after(back, Ev::Refused(sid));
+                self.after(back, Ev::Refused(sid, Again::After(RETRY_SOON)));
                 return;
             }
         };

@@ -96,6 +96,8 @@ pub struct Fetch {
     pub join_sent: Option<Nanos>,
     /// When the next provider lookup is due (the agent's LOOKUP_INTERVAL).
     pub next_lookup: Nanos,
+    /// When a `Redial` is due, if one is.
+    pub redial_at: Option<Nanos>,
     pub told_at: Nanos,
     pub stall_check: Option<Nanos>,
     pub reveal_at: Option<Nanos>,
@@ -218,7 +220,7 @@ pub enum Ev {
     },
     Open(usize),
     Opened(usize, Box<Bitfield>),
-    Refused(usize),
+    Refused(usize, pollen_core::retry::Again),
     Request(usize, u32),
     Cancel(usize, u32),
     HaveMore(usize, Vec<u32>),
@@ -241,6 +243,13 @@ pub enum Ev {
         layer: usize,
     },
     YieldCheck(usize),
+    /// A peer that turned a download away may be dialled again (the agent's redial at the
+    /// peer's retry time, not at the next tick).
+    Redial {
+        node: usize,
+        epoch: u32,
+        layer: usize,
+    },
     /// A downloader's `Holding` reaches the uploader of a session.
     Holding(usize, u32),
     Reveal {
@@ -507,7 +516,7 @@ impl World {
             Ev::Recheck { host, blob } => self.recheck(host, blob),
             Ev::Open(sid) => self.on_open(sid),
             Ev::Opened(sid, has) => self.on_opened(sid, *has),
-            Ev::Refused(sid) => self.on_refused(sid),
+            Ev::Refused(sid, again) => self.on_refused(sid, again),
             Ev::Request(sid, piece) => self.on_request(sid, piece),
             Ev::Cancel(sid, piece) => self.on_cancel(sid, piece),
             Ev::HaveMore(sid, pieces) => self.on_have_more(sid, pieces),
@@ -530,6 +539,14 @@ impl World {
                 }
             }
             Ev::YieldCheck(sid) => self.yield_check(sid),
+            Ev::Redial { node, epoch, layer } => {
+                if self.live(node, epoch) {
+                    if let Some(f) = self.fetch_mut(node, layer) {
+                        f.redial_at = None;
+                    }
+                    self.connect(node, layer);
+                }
+            }
             Ev::Holding(sid, slots) => self.on_holding(sid, slots),
             Ev::Reveal { node, layer } => self.reveal(node, layer),
             Ev::ShareTimeout { node, epoch, layer } => {

@@ -7,6 +7,7 @@ use super::{now, PeerPhase};
 use crate::p2p::peer_task::PeerTask;
 use crate::sink::Sink;
 use pollen_core::phase::HANDOVER_DIALS;
+use pollen_core::retry::Again;
 use pollen_core::stall::stagger;
 use pollen_swarm::PeerId;
 use std::collections::HashSet;
@@ -172,12 +173,12 @@ impl PeerPhase<'_> {
         }
     }
 
-    pub(super) fn drop_slot(&mut self, slot: usize, retry_after: Duration) {
+    pub(super) fn drop_slot(&mut self, slot: usize, again: Again) {
         let Some(task) = self.tasks.remove(&slot) else {
             return;
         };
         self.x.remove(slot);
-        self.retry.ended(task.peer, retry_after, now());
+        self.retry.again(task.peer, again, now());
         self.restagger();
     }
 }

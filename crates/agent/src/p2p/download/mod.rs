@@ -25,9 +25,9 @@ use crate::proofs::Signed;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use pollen_core::download::Exchange;
 use pollen_core::phase::{Facts, Step, HANDOVER_LOOKUP};
-use pollen_core::retry::{PeerRetry, RETRY_AFTER, RETRY_SOON};
+use pollen_core::retry::{Again, PeerRetry, RETRY_AFTER, RETRY_SOON};
 use pollen_peer::{Event, Have, SessionError};
-use pollen_proto::{HashedPiece, TrackerReply};
+use pollen_proto::{ErrorCode, HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
@@ -384,27 +384,30 @@ impl<'a> PeerPhase<'a> {
             FromPeer::NotRequested(index) => self.x.forget_request(index, slot),
             FromPeer::Ended(e) => {
                 let opened = self.x.peers.get(&slot).is_some_and(|s| s.has.is_some());
-                let retry = if e.is_peer_fault() {
+                let again = if e.is_peer_fault() {
                     self.ban(slot, &format!("broke the protocol: {e}"));
-                    RETRY_AFTER
+                    Again::After(RETRY_AFTER)
+                } else if matches!(e, SessionError::Refused(ErrorCode::UnknownBlob)) {
+                    // Not there yet (it holds none of the blob yet, `serves_partial`): a peer
+                    // named by the tracker has pieces soon.
+                    Again::NotYet
                 } else if matches!(e, SessionError::Refused(_)) {
-                    // Not there yet (it holds none of the blob yet, `serves_partial`) or busy:
-                    // a peer named by the tracker has pieces soon.
-                    RETRY_SOON
+                    // Busy (its slots and queue are full; one frees soon) or failed on its side.
+                    Again::After(RETRY_SOON)
                 } else if !opened {
                     // The stream died before the session began: libp2p-stream drops inbound
                     // streams that arrive in a burst (docs/decisions.md). Try again soon.
-                    RETRY_UNREACHABLE
+                    Again::After(RETRY_UNREACHABLE)
                 } else {
                     debug!(slot, error = %e, "peer session ended");
-                    RETRY_AFTER
+                    Again::After(RETRY_AFTER)
                 };
-                self.drop_slot(slot, retry);
+                self.drop_slot(slot, again);
             }
             FromPeer::Unreachable(why) => {
                 // Often a connection being replaced (both sides dialled at once): soon again.
                 debug!(slot, error = %why, "peer unreachable");
-                self.drop_slot(slot, RETRY_UNREACHABLE);
+                self.drop_slot(slot, Again::After(RETRY_UNREACHABLE));
             }
         }
         Ok(())
@@ -445,7 +448,7 @@ impl<'a> PeerPhase<'a> {
                         slot,
                         "peer claims another size than the first; not using it"
                     );
-                    self.drop_slot(slot, RETRY_AFTER);
+                    self.drop_slot(slot, Again::After(RETRY_AFTER));
                 }
             }
             return Ok(());
@@ -466,7 +469,7 @@ impl<'a> PeerPhase<'a> {
             SizeSource::Upstream => self.ban(slot, &why),
             SizeSource::Descriptor => debug!(slot, %why, "not using the peer"),
         }
-        self.drop_slot(slot, RETRY_AFTER);
+        self.drop_slot(slot, Again::After(RETRY_AFTER));
     }
 
     async fn on_event(
@@ -607,7 +610,7 @@ impl<'a> PeerPhase<'a> {
                     PieceResult::Mismatch => {
                         self.fetch.metrics.piece_verification_failures.inc();
                         self.ban(slot, &format!("piece {index} does not match its hash"));
-                        self.drop_slot(slot, RETRY_AFTER);
+                        self.drop_slot(slot, Again::After(RETRY_AFTER));
                     }
                     PieceResult::Failed => {
                         return Err(FetchError::Store("writing a piece failed".into()));
@@ -621,7 +624,7 @@ impl<'a> PeerPhase<'a> {
                 }
                 Err(e) => {
                     self.ban(slot, &e);
-                    self.drop_slot(slot, RETRY_AFTER);
+                    self.drop_slot(slot, Again::After(RETRY_AFTER));
                 }
             },
         }
