@@ -41,6 +41,15 @@ pub const BUSY_BUDGET: usize = 1;
 /// two rules above, 15.6 s with this one at 6; 4 was too few, 8-12 barely helped).
 pub const NODE_ACTIVE_PEERS: usize = 6;
 
+/// Sessions a download keeps at most, per peer it may have serving it (`max_peers_per_blob`):
+/// the rest wait choked in uploaders' queues. With twice as many, a download's sessions were
+/// all taken (8 serving, 8 waiting) when a layer finished across the cluster half-way through
+/// a pull: the nodes that had served that layer lost their sessions, and with no room left
+/// nobody dialled them for the other layer. A quarter of the uploaders stood idle for the
+/// second half of the pull while most downloads ran below 75 % of their link (pollen-sim,
+/// Kraken's set-up, 2,600 nodes: p99 14.9 s; three times: 14.0 s, four: 14.0 s).
+pub const SESSIONS_PER_SERVING: usize = 3;
+
 /// One peer's session in the download.
 #[derive(Debug, Default)]
 pub struct Peer {
@@ -216,9 +225,10 @@ impl Exchange {
 
     /// How many more peers to dial with at most `max` serving this download: sessions that
     /// wait choked for an upload slot do not count (they serve nothing until unchoked), up to
-    /// twice `max` sessions in all. Counted whole, a node whose sessions all waited in busy
-    /// uploaders' queues dialled nobody else, while peers with free slots and the pieces it
-    /// needed were never asked (pollen-sim, 600 nodes: p99 21.5 s against 20.0 s).
+    /// [`SESSIONS_PER_SERVING`] times `max` sessions in all. Counted whole, a node whose
+    /// sessions all waited in busy uploaders' queues dialled nobody else, while peers with
+    /// free slots and the pieces it needed were never asked (pollen-sim, 600 nodes: p99 21.5 s
+    /// against 20.0 s).
     pub fn dial_room(&self, max: usize) -> usize {
         let serving = self
             .peers
@@ -227,7 +237,7 @@ impl Exchange {
             .count();
         let all = self.peers.len();
         max.saturating_sub(serving)
-            .min(max.saturating_mul(2).saturating_sub(all))
+            .min(max.saturating_mul(SESSIONS_PER_SERVING).saturating_sub(all))
     }
 
     /// Which of `fresh` (peers not in session, best first) to dial with at most `max` serving:
