@@ -205,19 +205,7 @@ impl Tracker {
 
     /// Whether the fetcher's `Sized` can be answered now (`Swarms::split_ready`), not after
     /// [`SPLIT_WAIT`].
-    pub(crate) fn split_ready(
-        &self,
-        digest: &Digest,
-        id: u64,
-        size: u64,
-        count: u32,
-        ranges: bool,
-    ) -> bool {
-        let blob = Sized {
-            size,
-            count,
-            ranges,
-        };
+    pub(crate) fn split_ready(&self, digest: &Digest, id: u64, blob: Sized) -> bool {
         self.lock().swarms.split_ready(digest, id, blob)
     }
 
@@ -230,19 +218,14 @@ impl Tracker {
         count: u32,
         ranges: bool,
     ) -> TrackerReply {
+        let blob = Sized {
+            size,
+            count,
+            ranges,
+        };
         let mut inner = self.lock();
         let mut out = Vec::new();
-        let reply = inner.swarms.sized(
-            now(),
-            digest,
-            id,
-            Sized {
-                size,
-                count,
-                ranges,
-            },
-            &mut out,
-        );
+        let reply = inner.swarms.sized(now(), digest, id, blob, &mut out);
         inner.deliver(out);
         reply
     }

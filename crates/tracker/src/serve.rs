@@ -3,6 +3,7 @@
 
 use crate::policy::{Member, Tracker, FETCH_DEFER, REJOIN_GRACE, SPLIT_WAIT};
 use crate::redirect::Enter;
+use pollen_core::tracker::Sized;
 use pollen_oci::Digest;
 use pollen_proto::{
     read_tracker_request, write_tracker_reply, ProtoError, TrackerReply, TrackerRequest,
@@ -107,7 +108,7 @@ where
     // A fetcher's `Sized` is answered after SPLIT_WAIT, unless members are there to take
     // every share already: members that ask for the blob a moment after it (a rollout) can
     // still take shares.
-    let mut sized: Option<(u64, u32, bool)> = None;
+    let mut sized: Option<Sized> = None;
     let mut split_at = None;
     let mut complete = false;
     // The member's requests are read by a task of their own: a read dropped half-way by
@@ -133,8 +134,9 @@ where
                     match req.map_err(|_| ServeError::Timeout)?.unwrap_or(Ok(None))? {
                         Some(TrackerRequest::Progress { pieces }) => tracker.progress(&digest, id, pieces),
                         Some(TrackerRequest::Sized { size, count, ranges }) => {
-                            sized = Some((size, count, ranges));
-                            let wait = match tracker.split_ready(&digest, id, size, count, ranges) {
+                            let blob = Sized { size, count, ranges };
+                            sized = Some(blob);
+                            let wait = match tracker.split_ready(&digest, id, blob) {
                                 true => Duration::ZERO,
                                 false => SPLIT_WAIT,
                             };
@@ -177,7 +179,7 @@ where
                     }
                 } => {
                     split_at = None;
-                    if let Some((size, count, ranges)) = sized.take() {
+                    if let Some(Sized { size, count, ranges }) = sized.take() {
                         let reply = tracker.sized(&digest, id, size, count, ranges);
                         timeout(idle, write_tracker_reply(&mut w, &reply))
                             .await
