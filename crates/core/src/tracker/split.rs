@@ -98,19 +98,27 @@ impl Swarms {
             return true;
         };
         let wanted = self.most_parts(blob.size).saturating_sub(1);
-        let busy = |peer: &Vec<u8>| {
-            self.blobs
-                .iter()
-                .filter(|(d, _)| *d != digest)
-                .any(|(_, s)| s.fetching_members().any(|m| &m.peer == peer))
-        };
-        swarm
+        self.helpers(digest, swarm, id).len() >= wanted
+    }
+
+    /// The members of `swarm` (the swarm of `digest`) free to take a part of fetcher `id`'s
+    /// split, seeds first, then in the order they joined: not busy, and not fetching (part of)
+    /// another blob, which they carry into the swarm now.
+    fn helpers(&self, digest: &Digest, swarm: &BlobSwarm, id: u64) -> Vec<(bool, u64)> {
+        let busy: HashSet<&[u8]> = self
+            .blobs
+            .iter()
+            .filter(|(d, _)| *d != digest)
+            .flat_map(|(_, s)| s.fetching_members().map(|m| m.peer.as_slice()))
+            .collect();
+        let mut helpers: Vec<(bool, u64)> = swarm
             .members
             .iter()
-            .filter(|(mid, m)| **mid != id && !m.busy && !busy(&m.peer))
-            .take(wanted)
-            .count()
-            >= wanted
+            .filter(|(mid, m)| **mid != id && !m.busy && !busy.contains(m.peer.as_slice()))
+            .map(|(mid, m)| (!m.seed, *mid))
+            .collect();
+        helpers.sort_unstable();
+        helpers
     }
 
     /// The fetcher `id` of `digest` learnt the blob's size: splits the fetch if it is worth it
@@ -130,13 +138,10 @@ impl Swarms {
         } = blob;
         let whole = fetch_range(size, &(0..count));
         let most = self.most_parts(size);
-        // Members fetching (part of) another blob now carry that one into the swarm.
-        let busy: HashSet<Vec<u8>> = self
-            .blobs
-            .iter()
-            .filter(|(d, _)| *d != digest)
-            .flat_map(|(_, s)| s.fetching_members().map(|m| m.peer.clone()))
-            .collect();
+        let helpers = match self.blobs.get(digest) {
+            Some(swarm) => self.helpers(digest, swarm, id),
+            None => return whole,
+        };
         let Some(swarm) = self.blobs.get_mut(digest) else {
             return whole;
         };
@@ -149,13 +154,6 @@ impl Swarms {
         }
         swarm.size = Some(size);
         swarm.count = count;
-        let mut helpers: Vec<(bool, u64)> = swarm
-            .members
-            .iter()
-            .filter(|(mid, m)| **mid != id && !m.busy && !busy.contains(&m.peer))
-            .map(|(mid, m)| (!m.seed, *mid))
-            .collect();
-        helpers.sort_unstable();
         let (parts, rounds) = match ranges && self.split_min > 0 {
             true => {
                 let by_size = usize::try_from(size / self.split_min).unwrap_or(usize::MAX);
