@@ -112,6 +112,7 @@ impl Bitfield {
     }
 
     /// Whether piece `index` is in the set; false for an index past the end.
+    #[inline]
     pub fn get(&self, index: u32) -> bool {
         if index >= self.count {
             return false;
@@ -125,18 +126,14 @@ impl Bitfield {
     /// Adds piece `index`; true if it was not there before. An index past the end is
     /// [`ProtoError::Invalid`], so an index a peer announced (`HaveMore`) can be passed
     /// straight in and a bad one blamed on the peer.
+    #[inline]
     pub fn set(&mut self, index: u32) -> Result<bool, ProtoError> {
         let count = self.count;
-        let out_of_range =
-            || ProtoError::invalid(format_args!("piece index {index} out of range 0..{count}"));
-        if index >= count {
-            return Err(out_of_range());
-        }
+        let byte = match self.bits.get_mut((index / 8) as usize) {
+            Some(byte) if index < count => byte,
+            _ => return Err(out_of_range(index, count)),
+        };
         let bit = 0x80u8 >> (index % 8);
-        let byte = self
-            .bits
-            .get_mut((index / 8) as usize)
-            .ok_or_else(out_of_range)?;
         let was_set = *byte & bit != 0;
         *byte |= bit;
         Ok(!was_set)
@@ -183,6 +180,13 @@ impl Bitfield {
             })
             .take_while(move |i| *i < count)
     }
+}
+
+/// The error for a piece index past the end: kept out of line, so the hot [`Bitfield::set`]
+/// inlines to a few instructions.
+#[cold]
+fn out_of_range(index: u32, count: u32) -> ProtoError {
+    ProtoError::invalid(format_args!("piece index {index} out of range 0..{count}"))
 }
 
 #[cfg(test)]

@@ -445,11 +445,8 @@ impl Exchange {
             .map(|p| p.outstanding)
             .sum::<usize>()
             .saturating_add(self.writing.len());
-        let mut slots: Vec<usize> = self.peers.keys().copied().collect();
-        if !slots.is_empty() {
+        if !self.peers.is_empty() {
             self.first_turn = self.first_turn.wrapping_add(1);
-            let turn = self.first_turn % slots.len();
-            slots.rotate_left(turn);
         }
         // Most calls come from news of one peer's pieces while every peer is choked, at its
         // pipeline or the budget is spent: answer those before copying the bitfields (the
@@ -463,6 +460,11 @@ impl Exchange {
         };
         if in_flight >= budget || !self.peers.values().any(can_ask) {
             return Vec::new();
+        }
+        let mut slots: Vec<usize> = self.peers.keys().copied().collect();
+        if !slots.is_empty() {
+            let turn = self.first_turn % slots.len();
+            slots.rotate_left(turn);
         }
         let mut done = done.clone();
         for &i in &self.writing {

@@ -74,13 +74,19 @@ impl World {
                     .map(|b| at * 8 + b),
             );
         }
-        if fresh.is_empty() {
-            return;
-        }
         if let Some(s) = self.sessions.get_mut(sid) {
             for &i in &fresh {
                 s.hashes_n += u32::from(s.hashes_sent.set(i).unwrap_or(false));
             }
+        }
+        // Hashes the downloader already holds (it took them from another session first)
+        // would change nothing when they arrive (`on_hashes`: what a download knows only
+        // grows, and a session dropped meanwhile is ignored): no event for them.
+        if let Some(known) = self.fetch(down, layer).map(|f| &f.x.known) {
+            fresh.retain(|&i| !known.get(i));
+        }
+        if fresh.is_empty() {
+            return;
         }
         let delay = self.topo.latency(up, down);
         self.after(delay, Ev::Hashes(sid, fresh));
@@ -93,10 +99,11 @@ impl World {
             return;
         };
         let relayed = self.s.hashes == HashSource::Relayed;
+        let up = self.sessions.get(sid).map(|s| s.up);
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
-        if !f.sessions.values().any(|s| *s == sid) {
+        if up.and_then(|up| f.sessions.get(&up)) != Some(&sid) {
             return;
         }
         let new: Vec<u32> = pieces
