@@ -295,17 +295,28 @@ impl Exchange {
         }
     }
 
-    /// A peer announced more pieces.
-    pub fn have_more(&mut self, slot: usize, pieces: &[u32], mine: &Bitfield, now: Instant) {
-        let Some((near, has)) = self
+    /// A peer announced more pieces. Returns whether a request round may now ask it for one:
+    /// it gave this node a slot and announced a piece this node lacks. A driver that runs
+    /// rounds only when something changed skips the round otherwise (the simulator: most news
+    /// comes from peers that keep this node waiting, and a round cannot ask those).
+    pub fn have_more(
+        &mut self,
+        slot: usize,
+        pieces: &[u32],
+        mine: &Bitfield,
+        now: Instant,
+    ) -> bool {
+        let Some((near, unchoked, has)) = self
             .peers
             .get_mut(&slot)
-            .and_then(|p| Some((p.near, p.has.as_mut()?)))
+            .and_then(|p| Some((p.near, p.unchoked, p.has.as_mut()?)))
         else {
-            return;
+            return false;
         };
         let mut fresh = false;
+        let mut askable = false;
         for &i in pieces {
+            askable |= unchoked && !mine.get(i);
             if has.set(i).unwrap_or(false) {
                 self.rack.counted(near, std::iter::once(i), now);
                 if let Some(a) = self.availability.get_mut(i as usize) {
@@ -317,6 +328,7 @@ impl Exchange {
         if fresh {
             self.stall.announced(now);
         }
+        askable
     }
 
     /// A peer replaced its whole bitfield (`None`: of another geometry, not counted).

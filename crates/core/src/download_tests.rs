@@ -276,3 +276,23 @@ fn far_sessions_are_capped_once_a_rack_mate_is_known() {
         "two far sessions; a near one does not count"
     );
 }
+
+#[test]
+fn news_is_worth_a_request_round_only_from_a_peer_that_gave_a_slot() {
+    let now = Instant::now();
+    let mut x = Exchange::new(Duration::from_secs(10), now);
+    x.adopt(8, field(8, 0..8), (0..8).collect(), now);
+    let mine = field(8, [0]);
+    x.add(1);
+    x.opened(1, field(8, []), &mine, now);
+    assert!(!x.have_more(1, &[1], &mine, now), "choked: nothing to ask");
+    x.choked(1, false, &[]);
+    assert!(!x.have_more(1, &[0], &mine, now), "a piece this node holds");
+    assert!(x.have_more(1, &[2], &mine, now));
+    assert!(!x.have_more(7, &[3], &mine, now), "no such peer");
+    assert_eq!(
+        x.availability,
+        vec![1, 1, 1, 0, 0, 0, 0, 0],
+        "counted all the same"
+    );
+}

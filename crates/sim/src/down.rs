@@ -280,8 +280,11 @@ impl World {
             return;
         };
         let new = pieces.iter().any(|&i| !f.have.get(i));
-        f.x.have_more(sid, &pieces, &f.have, now);
-        if new {
+        let askable = f.x.have_more(sid, &pieces, &f.have, now);
+        // News from a peer that keeps this node waiting asks nothing; it only moves where the
+        // download's time goes when nothing was offered until now (`wait.rs`).
+        let offered = new && f.wait.is_some_and(|(w, _)| w == Wait::NothingOffered);
+        if askable || offered {
             self.fill(down, layer);
         }
     }

@@ -503,7 +503,10 @@ impl<'a> PeerPhase<'a> {
                 self.add_hashes(s, slot, first, hashes, Some(signed))
                     .await?;
             }
-            Event::HaveMore(pieces) => self.x.have_more(slot, &pieces, &s.have, now()),
+            Event::HaveMore(pieces) => {
+                // The loop runs a request round after every event, whatever this says.
+                self.x.have_more(slot, &pieces, &s.have, now());
+            }
             Event::Have(have) => {
                 let same = have.geometry == s.geometry;
                 self.x
