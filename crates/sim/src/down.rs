@@ -289,6 +289,30 @@ impl World {
         }
     }
 
+    /// News of pieces the downloader already holds changes no decision: a request round asks
+    /// only for missing pieces, and the stall watch, the rack rule and the wait classification
+    /// look only at those. So it is counted into the download's view of the peer when sent,
+    /// not as an event one latency later (it was half of a big run's events, and the output is
+    /// the same byte for byte). Returns the pieces still to deliver.
+    pub(crate) fn heard_at_once(
+        &mut self,
+        sid: usize,
+        down: usize,
+        layer: usize,
+        pieces: Vec<u32>,
+    ) -> Vec<u32> {
+        let now = self.instant();
+        let Some(f) = self.fetch_mut(down, layer) else {
+            return pieces;
+        };
+        let (held, rest): (Vec<u32>, Vec<u32>) = pieces.into_iter().partition(|&i| f.have.get(i));
+        if !held.is_empty() {
+            let askable = f.x.have_more(sid, &held, &f.have, now);
+            debug_assert!(!askable, "news of held pieces asks nothing");
+        }
+        rest
+    }
+
     pub(crate) fn on_choke(&mut self, sid: usize, choked: bool, dropped: &[u32]) {
         let Some((down, layer, open)) = self.sessions.get(sid).map(|s| (s.down, s.layer, s.open))
         else {

@@ -340,6 +340,7 @@ impl World {
             .into_iter()
             .filter(|i| s.announced.set(*i).unwrap_or(false))
             .collect();
+        let fresh = self.heard_at_once(sid, down, layer, fresh);
         if !fresh.is_empty() {
             let delay = self.topo.latency(up, down);
             self.after(delay, Ev::HaveMore(sid, fresh));
