@@ -292,7 +292,7 @@ impl World {
     /// News of pieces the downloader already holds changes no decision: a request round asks
     /// only for missing pieces, and the stall watch, the rack rule and the wait classification
     /// look only at those. So it is counted into the download's view of the peer when sent,
-    /// not as an event one latency later (it was half of a big run's events, and the output is
+    /// not as an event one latency later (a quarter of a big run's events, and the output is
     /// the same byte for byte). Returns the pieces still to deliver.
     pub(crate) fn heard_at_once(
         &mut self,
@@ -302,8 +302,11 @@ impl World {
         pieces: Vec<u32>,
     ) -> Vec<u32> {
         let now = self.instant();
-        let Some(f) = self.fetch_mut(down, layer) else {
-            return pieces;
+        let Some(f) = self
+            .fetch_mut(down, layer)
+            .filter(|f| pieces.iter().any(|&i| f.have.get(i)))
+        else {
+            return pieces; // nothing held: no lists to split
         };
         let (held, rest): (Vec<u32>, Vec<u32>) = pieces.into_iter().partition(|&i| f.have.get(i));
         if !held.is_empty() {
