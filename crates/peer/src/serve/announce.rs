@@ -134,16 +134,21 @@ impl Announcer {
 }
 
 impl Announcer {
-    /// The hashes the peer does not have yet: as `SignedHashes` where a producer's signature
-    /// is known (on a version 3 session), the rest of what this node vouches for as
-    /// `PieceHashes`, one frame per run and producer.
+    /// The hashes the peer does not have yet of the pieces it is told of: as `SignedHashes`
+    /// where a producer's signature is known (on a version 3 session), the rest of what this
+    /// node vouches for as `PieceHashes`, one frame per run and producer.
     fn push_hashes(&mut self, state: &PieceState, frames: &mut Vec<Reply>) -> Result<(), String> {
         let proofs = state.proofs.as_deref().filter(|_| self.signed);
         let offered = match proofs {
             Some(_) => union(&state.vouched, &state.proven)?,
             None => state.vouched.clone(),
         };
-        let new = newly_set(&self.hashes_sent, &offered);
+        // Only the hashes of pieces the peer is told of: a hash is of use to the peer only
+        // with a `Have` of its piece, and this one comes from the same batch. Hashes of
+        // pieces not held yet were a second stream of news as large as the `Have`s
+        // (`benches/README.md`, part 9, "Hashes with their pieces").
+        let mut new = newly_set(&self.hashes_sent, &offered);
+        new.retain(|&i| state.have.get(i));
         for run in runs(&new) {
             let mut batch: Option<Batch> = None;
             for index in run {
@@ -381,6 +386,7 @@ mod tests {
         );
         for i in [6, 7, 2] {
             state.vouched.set(i).unwrap();
+            state.have.set(i).unwrap();
         }
         frames.clear();
         ann.update(&state, &mut frames).unwrap();
@@ -395,19 +401,57 @@ mod tests {
                     first: 6,
                     hashes: hashes[6..8].to_vec()
                 },
+                Reply::HaveMore {
+                    indices: vec![2, 6, 7]
+                },
             ]
         );
         state.vouched.set(3).unwrap();
+        state.have.set(3).unwrap();
         frames.clear();
         ann.update(&state, &mut frames).unwrap();
         assert_eq!(
             frames,
-            vec![Reply::PieceHashes {
-                first: 3,
-                hashes: hashes[3..4].to_vec()
-            }],
+            vec![
+                Reply::PieceHashes {
+                    first: 3,
+                    hashes: hashes[3..4].to_vec()
+                },
+                Reply::HaveMore { indices: vec![3] },
+            ],
             "only what is new"
         );
+    }
+
+    #[test]
+    fn a_hash_goes_out_with_its_piece_not_ahead_of_it() {
+        let (mut ann, mut state, hashes) = setup(8);
+        signed_state(&mut state, &hashes);
+        state.have = Bitfield::new(ann.announced_geometry());
+        state.have.set(1).unwrap();
+        state.have.set(6).unwrap();
+        ann.ask_map();
+        let mut frames = Vec::new();
+        ann.update(&state, &mut frames).unwrap();
+        let sent: Vec<u32> = frames
+            .iter()
+            .flat_map(|f| match f {
+                Reply::SignedHashes { first, hashes, .. }
+                | Reply::PieceHashes { first, hashes } => (*first..).take(hashes.len()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(sent, vec![1, 6], "the hashes of the held pieces only");
+
+        // The piece arrives: its hash goes before its `HaveMore`, in the same batch.
+        state.have.set(2).unwrap();
+        frames.clear();
+        ann.update(&state, &mut frames).unwrap();
+        assert!(matches!(
+            &frames[..],
+            [Reply::SignedHashes { first: 2, hashes, .. }, Reply::HaveMore { indices }]
+                if hashes.len() == 1 && indices == &[2]
+        ));
     }
 
     #[test]
@@ -452,6 +496,9 @@ mod tests {
         }
         for i in 6..8 {
             state.vouched.set(i).unwrap();
+        }
+        for i in 0..8 {
+            state.have.set(i).unwrap();
         }
         state.hashes = Arc::from(hashes);
         state.proofs = Some(Arc::new(proofs));
