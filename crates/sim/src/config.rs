@@ -136,11 +136,12 @@ pub struct Scenario {
     /// the policy before part 9)
     #[arg(long, default_value_t = pollen_core::tracker::NEWCOMER_FANOUT)]
     pub newcomer_fanout: usize,
-    /// Where a downloader gets a piece's hash, over a session: `relayed`, as the agent does
-    /// (from its producer or any peer that took it, signed), or `producers` (only from the
-    /// node that fetched the piece from the registry, or one that completed the blob: the
-    /// agent before signed hashes)
-    #[arg(long, value_enum, default_value_t = HashSource::Relayed)]
+    /// Where a downloader gets a piece's hash, over a session: `held`, as the agent does (with
+    /// the `Have` of the piece, from any peer holding it, signed by its producer), `relayed`
+    /// (every signed hash the peer took, ahead of the pieces: the agent before part 9's eighth
+    /// session), or `producers` (only from the node that fetched the piece from the registry,
+    /// or one that completed the blob: the agent before signed hashes)
+    #[arg(long, value_enum, default_value_t = HashSource::Held)]
     pub hashes: HashSource,
     /// Which pieces a node asks peers outside its rack for, with racks modelled (the agents
     /// then run with `--rack`): `import`, as the agent does (only what its rack lacks, in each
@@ -173,6 +174,7 @@ pub struct Scenario {
 pub enum HashSource {
     Producers,
     Relayed,
+    Held,
 }
 
 /// Which pieces a node asks far peers for (`--rack-rule`).

@@ -244,6 +244,7 @@ impl World {
     }
 
     pub(crate) fn on_opened(&mut self, sid: usize, has: Bitfield) {
+        let hashes = self.s.hashes;
         let Some((down, layer)) = self.open_download(sid) else {
             return;
         };
@@ -258,6 +259,7 @@ impl World {
         if let Some(up) = up {
             f.retry.opened(&up);
         }
+        crate::hashes::with_announcement(hashes, &mut f.x, has.iter_ones());
         let have = f.have.clone();
         f.x.opened(sid, has, &have, now);
         self.check(down, layer);
@@ -272,6 +274,7 @@ impl World {
     }
 
     pub(crate) fn on_have_more(&mut self, sid: usize, pieces: Vec<u32>) {
+        let hashes = self.s.hashes;
         let Some((down, layer)) = self.open_download(sid) else {
             return;
         };
@@ -279,6 +282,7 @@ impl World {
         let Some(f) = self.fetch_mut(down, layer) else {
             return;
         };
+        crate::hashes::with_announcement(hashes, &mut f.x, pieces.iter().copied());
         let new = pieces.iter().any(|&i| !f.have.get(i));
         let askable = f.x.have_more(sid, &pieces, &f.have, now);
         // News from a peer that keeps this node waiting asks nothing; it only moves where the

@@ -1,19 +1,41 @@
 //! Where a downloader learns the hashes it checks pieces against (`--hashes`). The agent
-//! requests a piece only once it holds the piece's hash. Its sessions carry every hash the
-//! uploader vouches for, waiting ones too, never one it turned away: as built since the fourth
-//! session of part 9 (`relayed`), the hashes it produced (fetched from the registry) and every
-//! hash it took from a peer, signed by their producer (`Reply::SignedHashes`); before that
-//! (`producers`), its own only, and every hash once it completed the blob
-//! (docs/trust-model.md, "Piece maps"). Hashes go out when the session's writer is free, as
-//! the agent's announcer sends them, before the `Have`s of their pieces.
+//! requests a piece only once it holds the piece's hash. As built since the eighth session of
+//! part 9 (`held`), a session carries the hash of each piece it announces, signed by the
+//! piece's producer, in the batch of the piece's `Have`. From the fourth session to then
+//! (`relayed`), it carried every hash the uploader vouched for ahead of the pieces: the hashes
+//! it produced (fetched from the registry) and every hash it took from a peer
+//! (`Reply::SignedHashes`), sent when the session's writer was free, before the `Have`s of
+//! their pieces. Before that (`producers`), an uploader sent its own only, and every hash once
+//! it completed the blob (docs/trust-model.md, "Piece maps"). Sessions that were turned away
+//! carry none.
 
 use crate::config::HashSource;
 use crate::world::{Ev, World};
+use pollen_core::download::Exchange;
+
+/// With `--hashes held` every announcement (`Have` on opening, `HaveMore`) carries the hashes
+/// of its pieces: the uploader holds each piece it announces, so it holds the piece's hash
+/// signed by its producer, and sends it in the same batch, just before. Known on arrival.
+pub(crate) fn with_announcement(
+    hashes: HashSource,
+    x: &mut Exchange,
+    pieces: impl Iterator<Item = u32>,
+) {
+    if hashes != HashSource::Held {
+        return;
+    }
+    for i in pieces {
+        let _ = x.known.set(i);
+    }
+}
 
 impl World {
     /// Node `n` vouches for more hashes: `pieces`, or every piece (`None`: it completed the
     /// blob). Each of its sessions hears of them now, or when its writer is next free.
     pub(crate) fn vouch(&mut self, n: usize, layer: usize, pieces: Option<&[u32]>) {
+        if self.s.hashes == HashSource::Held {
+            return; // the hashes go with the announcements (`with_announcement`)
+        }
         let Some(f) = self.fetch_mut(n, layer) else {
             return;
         };
@@ -45,6 +67,9 @@ impl World {
 
     /// Sends a session's downloader the hashes its uploader vouches for and has not sent it.
     pub(crate) fn send_hashes(&mut self, sid: usize) {
+        if self.s.hashes == HashSource::Held {
+            return;
+        }
         let Some((up, down, layer)) = self
             .sessions
             .get(sid)
