@@ -117,6 +117,9 @@ pub struct Scenario {
     /// benches/cluster.sh on a 2-core VM
     #[arg(long, default_value_t = 9.0)]
     pub cpu_per_gib: f64,
+    /// The agent's --piece-size (default: automatic, as the agent chooses by blob size)
+    #[arg(long, value_parser = units::piece_size)]
+    pub piece_size: Option<u32>,
     /// Upload slots per node (the agent's --max-upload-sessions)
     #[arg(long, default_value_t = 8)]
     pub upload_slots: usize,

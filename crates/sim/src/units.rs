@@ -53,6 +53,15 @@ pub fn fraction(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A piece size the agent accepts (`--piece-size`: a power of two, 64KiB to 64MiB).
+pub fn piece_size(s: &str) -> Result<u32, String> {
+    let n = size(s)?;
+    let p = u32::try_from(n).map_err(|_| format!("{s:?}: at most 64MiB"))?;
+    pollen_proto::PieceGeometry::new(n, p)
+        .map(|_| p)
+        .map_err(|e| format!("{s:?}: not a piece size the agent takes: {e}"))
+}
+
 /// A size, or `0` (off).
 pub fn size_or_zero(s: &str) -> Result<u64, String> {
     if s.trim() == "0" {

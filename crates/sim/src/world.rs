@@ -312,7 +312,7 @@ impl World {
         for image in 0..s.images {
             for layer in 0..s.layers {
                 let size = s.layer_size(layer);
-                let geometry = PieceGeometry::choose(size, None)
+                let geometry = PieceGeometry::choose(size, s.piece_size)
                     .unwrap_or_else(|_| PieceGeometry::choose(1 << 20, None).expect("1 MiB"));
                 blobs.push(Blob {
                     digest: Digest::of(format!("image {image} layer {layer}").as_bytes()),
@@ -398,7 +398,7 @@ impl World {
     }
 
     pub fn after(&mut self, delay: Nanos, ev: Ev) {
-        self.at(self.now.saturating_add(delay), ev);
+        self.queue.push_after(self.now, delay, ev);
     }
 
     /// The cores' instant for now.
