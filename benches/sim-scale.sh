@@ -9,8 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benches/results/sim}
-SIM=${POLLEN_SIM:-target/release/pollen-sim}
-[ -x "$SIM" ] || cargo build --release -j2 -p pollen-sim >&2
+# The `sim` profile (Cargo.toml): release with whole-program LTO. Built every time (a no-op
+# when fresh), so a run never uses a binary older than the source.
+if [ -z "${POLLEN_SIM:-}" ]; then
+    cargo build --profile sim -j2 -p pollen-sim >&2
+fi
+SIM=${POLLEN_SIM:-target/sim/pollen-sim}
 [ -x /usr/bin/time ] || { echo "sim-scale.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 mkdir -p "$OUT"
 # glibc's malloc on transparent huge pages: the 10,000-node run's working set is gigabytes of
