@@ -238,6 +238,16 @@ impl Scenario {
         if self.upload_slots == 0 || self.max_peers == 0 {
             return Err("--upload-slots and --max-peers must be at least 1".into());
         }
+        // Checked here, not left to `World::new`'s fall-back, which would quietly simulate
+        // another geometry than the one asked for.
+        if let Some(p) = self.piece_size {
+            for layer in 0..self.layers {
+                let size = self.layer_size(layer);
+                pollen_proto::PieceGeometry::choose(size, Some(p)).map_err(|e| {
+                    format!("--piece-size {p} does not fit layer {layer} ({size} bytes): {e}; give a larger piece size")
+                })?;
+            }
+        }
         Ok(())
     }
 }

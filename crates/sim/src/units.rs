@@ -53,7 +53,8 @@ pub fn fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A piece size the agent accepts (`--piece-size`: a power of two, 64KiB to 64MiB).
+/// A piece size the agent accepts (`--piece-size`: 64KiB to 64MiB; `Scenario::check` checks
+/// that each layer fits in `MAX_PIECES` of them).
 pub fn piece_size(s: &str) -> Result<u32, String> {
     let n = size(s)?;
     let p = u32::try_from(n).map_err(|_| format!("{s:?}: at most 64MiB"))?;

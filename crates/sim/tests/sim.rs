@@ -173,3 +173,16 @@ fn importing_by_rank_takes_each_piece_into_a_rack_about_once() {
     );
     assert!(import.max_over_t_min < 1.3, "{}", import.max_over_t_min);
 }
+
+#[test]
+fn a_piece_size_too_small_for_a_layer_is_refused_not_replaced() {
+    let check = |args: &str| {
+        let mut s =
+            Scenario::parse_from(std::iter::once("pollen-sim").chain(args.split_whitespace()));
+        s.normalise();
+        s.check()
+    };
+    let err = check("--nodes 2 --image 30GB --layers 1 --piece-size 64KiB").unwrap_err();
+    assert!(err.contains("--piece-size"), "{err}");
+    assert!(check("--nodes 2 --image 30GB --layers 1 --piece-size 1MiB").is_ok());
+}
