@@ -8,9 +8,11 @@
 //! stays choked (it is told so with an explicit `Choked` after `Have`), still answers map
 //! requests and pushes `HaveMore`, and waits for a slot (the session whose node holds the
 //! fewest slots first, by its `Holding`; in arrival order among equals); if none frees up within
-//! the slot deadline it gets `Error Busy`. At most `max_waiting` sessions wait; beyond that an
-//! `Interest` is answered `Error Busy` at once, so a crowd of downloaders cannot pile up
-//! streams here.
+//! the slot deadline it gets `Error Busy`. At most `max_waiting` sessions wait; beyond that a
+//! new session takes the place of the waiting one whose node said it holds the most slots
+//! elsewhere (that one gets `Error Busy` and dials again later), and if every waiting node
+//! holds none, the `Interest` is answered `Error Busy` at once, so a crowd of downloaders
+//! cannot pile up streams here.
 //!
 //! **Rate.** A token bucket in virtual-scheduling form: `free_at` is the instant at which every
 //! byte granted so far has drained at the configured rate; a grant waits until at most `burst`
@@ -224,6 +226,7 @@ fn time_for(bytes: u64, rate: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slots::NoSlot;
 
     #[tokio::test(start_paused = true)]
     async fn rate_holds_over_many_grants() {
@@ -339,7 +342,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(a3.is_some(), "a's waiting session gets the slot a freed");
+        assert!(a3.is_ok(), "a's waiting session gets the slot a freed");
     }
 
     #[tokio::test]
@@ -364,6 +367,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_newcomer_displaces_the_waiting_session_holding_most_and_it_is_told() {
+        let limits = UploadLimits::new(1, 0).with_max_waiting(2);
+        let held = slot(limits.admit(None));
+        let rich = queued(limits.admit(None));
+        let poor = queued(limits.admit(None));
+        limits.holding(rich.ticket(), 6);
+        limits.holding(poor.ticket(), 1);
+        let newcomer = queued(limits.admit(None));
+        let told = tokio::time::timeout(Duration::from_secs(5), rich.granted()).await;
+        assert!(
+            matches!(told.unwrap(), Err(NoSlot::Displaced)),
+            "the session holding most was turned away"
+        );
+        // The displaced session's place is gone without freeing anything: the slot is still
+        // held, and the newcomer (holding none) and the poorer session wait for it, in that order.
+        let poor = tokio::spawn(poor.granted());
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), newcomer.granted()).await;
+        let permit = got.unwrap().expect("the newcomer holds fewest");
+        tokio::task::yield_now().await;
+        assert!(!poor.is_finished(), "one slot, held by the newcomer");
+        drop(permit);
+        let got = tokio::time::timeout(Duration::from_secs(5), poor).await;
+        assert!(got.unwrap().unwrap().is_ok(), "then the poorer session");
+    }
+
+    #[test]
+    fn a_displaced_place_dropped_before_it_hears_frees_nothing() {
+        let limits = UploadLimits::new(1, 0).with_max_waiting(1);
+        let held = slot(limits.admit(None));
+        let rich = queued(limits.admit(None));
+        limits.holding(rich.ticket(), 3);
+        let newcomer = queued(limits.admit(None));
+        drop(rich); // displaced, and gone without reading why
+        assert!(
+            matches!(limits.admit(None), Admitted::Busy),
+            "the queue holds the newcomer only, who holds none: nothing was freed"
+        );
+        drop(held);
+        drop(newcomer);
+        let _again = slot(limits.admit(None));
+    }
+
+    #[tokio::test]
     async fn a_slot_granted_to_a_session_that_left_goes_to_the_next() {
         let limits = UploadLimits::new(1, 0);
         let held = slot(limits.admit(None));
@@ -372,7 +419,7 @@ mod tests {
         drop(held); // granted to `first`, which leaves without taking it
         drop(first);
         let got = tokio::time::timeout(Duration::from_secs(5), second.granted()).await;
-        assert!(got.unwrap().is_some(), "the slot was handed on, not lost");
+        assert!(got.unwrap().is_ok(), "the slot was handed on, not lost");
     }
 
     #[tokio::test]
@@ -393,6 +440,6 @@ mod tests {
         assert!(limits.someone_waiting(), "the holder queued again");
         drop(took);
         let back = tokio::time::timeout(Duration::from_secs(5), requeued.granted()).await;
-        assert!(back.unwrap().is_some(), "and gets it back when it frees");
+        assert!(back.unwrap().is_ok(), "and gets it back when it frees");
     }
 }

@@ -12,11 +12,29 @@ use tokio::sync::oneshot;
 /// bytes); sessions without one are not counted per peer.
 pub type PeerKey = Vec<u8>;
 
+/// What a waiting session is told when it leaves the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// It holds a slot now.
+    Granted,
+    /// A newcomer took its place ([`Admission::Displacing`]): it is turned away.
+    Displaced,
+}
+
+/// Why a waiting session got no slot ([`QueuePlace::granted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoSlot {
+    /// A newcomer took its place in the queue; the downloader may dial again.
+    Displaced,
+    /// The slot table is gone (the node's uploads are shutting down).
+    ShutDown,
+}
+
 /// The slot state and the wake-ups of the sessions waiting in it.
 struct Book {
     slots: Slots<PeerKey>,
-    /// Waiting sessions by ticket: told when they are granted a slot.
-    wake: HashMap<u64, oneshot::Sender<()>>,
+    /// Waiting sessions by ticket: told when they are granted a slot or displaced.
+    wake: HashMap<u64, oneshot::Sender<Wake>>,
     next_ticket: u64,
 }
 
@@ -34,7 +52,7 @@ impl Book {
             ticket,
             who,
             rx,
-            taken: false,
+            settled: false,
             table: table.clone(),
         }
     }
@@ -54,7 +72,7 @@ impl Book {
             let woken = self
                 .wake
                 .remove(&ticket)
-                .is_some_and(|tx| tx.send(()).is_ok());
+                .is_some_and(|tx| tx.send(Wake::Granted).is_ok());
             if !woken {
                 self.slots.release(who.as_ref());
                 granted.extend(self.slots.grant());
@@ -111,6 +129,14 @@ impl SlotTable {
                 table: self.clone(),
             }),
             Admission::Waiting => Admitted::Queued(book.place(ticket, who, self)),
+            Admission::Displacing(out) => {
+                // The displaced session may have gone meanwhile (its place drops under this
+                // lock, so then it is out of the queue too): nothing to tell.
+                if let Some(tx) = book.wake.remove(&out) {
+                    let _ = tx.send(Wake::Displaced);
+                }
+                Admitted::Queued(book.place(ticket, who, self))
+            }
             Admission::Busy => Admitted::Busy,
         }
     }
@@ -175,9 +201,10 @@ impl Drop for SlotPermit {
 pub(crate) struct QueuePlace {
     ticket: u64,
     who: Option<PeerKey>,
-    rx: oneshot::Receiver<()>,
-    /// The granted slot became a [`SlotPermit`].
-    taken: bool,
+    rx: oneshot::Receiver<Wake>,
+    /// Its wake-up was received: the granted slot became a [`SlotPermit`], or the session
+    /// was displaced; either way it is no longer in the queue.
+    settled: bool,
     table: Arc<SlotTable>,
 }
 
@@ -187,16 +214,19 @@ impl QueuePlace {
         self.ticket
     }
 
-    /// Waits until this session is granted a slot.
-    pub async fn granted(mut self) -> Option<SlotPermit> {
-        (&mut self.rx).await.ok()?;
-        self.taken = true;
-        Some(SlotPermit {
-            ticket: self.ticket,
-            who: self.who.take(),
-            held: true,
-            table: self.table.clone(),
-        })
+    /// Waits until this session is granted a slot, or displaced from the queue.
+    pub async fn granted(mut self) -> Result<SlotPermit, NoSlot> {
+        let wake = (&mut self.rx).await.map_err(|_| NoSlot::ShutDown)?;
+        self.settled = true;
+        match wake {
+            Wake::Granted => Ok(SlotPermit {
+                ticket: self.ticket,
+                who: self.who.take(),
+                held: true,
+                table: self.table.clone(),
+            }),
+            Wake::Displaced => Err(NoSlot::Displaced),
+        }
     }
 }
 
@@ -204,9 +234,17 @@ impl Drop for QueuePlace {
     fn drop(&mut self) {
         let mut book = self.table.book();
         book.wake.remove(&self.ticket);
-        if !book.slots.leave(self.ticket) && !self.taken {
+        if self.settled {
+            return;
+        }
+        // Under the lock every wake-up sent is already in the channel.
+        match self.rx.try_recv() {
             // Granted a slot while leaving: the slot goes to the next in line.
-            book.release(self.who.as_ref());
+            Ok(Wake::Granted) => book.release(self.who.as_ref()),
+            Ok(Wake::Displaced) => {}
+            Err(_) => {
+                book.slots.leave(self.ticket);
+            }
         }
     }
 }

@@ -237,6 +237,45 @@ async fn a_small_blob_is_served_while_every_slot_is_taken() {
     );
 }
 
+/// The queue is full of one session whose node said it holds slots elsewhere: a newcomer takes
+/// its place, and it is told `Busy` (its node dials again later) rather than the newcomer.
+#[tokio::test(start_paused = true)]
+async fn a_newcomer_displaces_a_waiting_session_served_elsewhere() {
+    let data = blob(2 * PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data, geometry(2 * PS as usize));
+    // 1 KiB/s: A's piece takes a minute to send, so A's slot stays busy (not idle) throughout.
+    let limits = Arc::new(UploadLimits::new(1, 1024).with_max_waiting(1));
+    let (mut a, _, _server_a) = open_served(&source, &limits, seed.digest()).await;
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+    a.request(0).unwrap();
+
+    let (mut b, _, server_b) = open_served(&source, &limits, seed.digest()).await;
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    b.holding(3).unwrap();
+    // The map's reply comes after the uploader has read `Holding`.
+    b.request_map().unwrap();
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Map(_)
+    ));
+
+    let (mut c, _, _server_c) = open_served(&source, &limits, seed.digest()).await;
+    assert!(matches!(
+        within(c.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    let err = within(b.next_event()).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::Refused(ErrorCode::Busy)),
+        "{err}"
+    );
+    assert_eq!(within(server_b).await.unwrap().unwrap().end, ServeEnd::Busy);
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_interest_with_busy() {
     // Two pieces: a blob of one small piece would be served without a slot.

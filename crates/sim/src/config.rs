@@ -146,6 +146,11 @@ pub struct Scenario {
     /// or one that completed the blob: the agent before signed hashes)
     #[arg(long, value_enum, default_value_t = HashSource::Held)]
     pub hashes: HashSource,
+    /// What an uploader whose queue is full does with a new session: `displace`, as the agent
+    /// does (it takes the place of the waiting session whose node holds most slots elsewhere),
+    /// or `refuse` (turned away `Busy`: the agent before part 9's ninth session)
+    #[arg(long, value_enum, default_value_t = FullQueue::Displace)]
+    pub full_queue: FullQueue,
     /// Which pieces a node asks peers outside its rack for, with racks modelled (the agents
     /// then run with `--rack`): `import`, as the agent does (only what its rack lacks, in each
     /// piece's importer order, `pollen_core::rack`), or `any` (the agent before part 9's rack
@@ -180,6 +185,13 @@ pub enum HashSource {
     Held,
 }
 
+/// What a full upload queue does with a newcomer (`--full-queue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FullQueue {
+    Displace,
+    Refuse,
+}
+
 /// Which pieces a node asks far peers for (`--rack-rule`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RackRule {
@@ -188,6 +200,12 @@ pub enum RackRule {
 }
 
 impl Scenario {
+    /// A node's upload slots, empty: `--upload-slots`, `--full-queue`.
+    pub fn slots<K: Ord + Clone>(&self) -> pollen_core::upload::Slots<K> {
+        pollen_core::upload::Slots::new(self.upload_slots)
+            .with_displacement(self.full_queue == FullQueue::Displace)
+    }
+
     /// Applies `--layer-sizes` over `--image` and `--layers`.
     pub fn normalise(&mut self) {
         if !self.layer_sizes.is_empty() {

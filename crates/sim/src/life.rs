@@ -3,7 +3,7 @@
 //! lookups), and a download's state when a node (re)starts.
 
 use crate::config::RackRule;
-use crate::world::{nanos, Ev, Fetch, Phase, Slots, ToTracker, World};
+use crate::world::{nanos, Ev, Fetch, Phase, ToTracker, World};
 use pollen_core::download::Exchange;
 use pollen_core::phase::{HANDOVER_DIALS, HANDOVER_LOOKUP};
 use pollen_core::spread::Claims;
@@ -38,7 +38,7 @@ impl World {
         }
         node.alive = true;
         node.epoch += 1;
-        node.slots = Slots::new(self.s.upload_slots);
+        node.slots = self.s.slots();
         node.told_holding = 0;
         if node.fetches.is_empty() {
             node.fetches = blobs

@@ -1,7 +1,7 @@
 //! A node serving a blob: upload slots as the agent's `UploadLimits` hands them out (at most
 //! `--upload-slots` unchoked, half of them per peer, four waiting per slot, the fewest held
-//! first (`Request::Holding`); an idle
-//! holder yields after `SLOT_YIELD_AFTER` to one waiting), announcements sent when the
+//! first (`Request::Holding`); a newcomer at a full queue displaces the waiting session holding
+//! most; an idle holder yields after `SLOT_YIELD_AFTER` to one waiting), announcements sent when the
 //! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
 
 use crate::world::{nanos, Ev, World};
@@ -36,6 +36,10 @@ impl World {
         let (unchoked, waiting) = match node.slots.admit(sid as u64, Some(&down)) {
             Admission::Unchoked => (true, false),
             Admission::Waiting => (false, true),
+            Admission::Displacing(out) => {
+                self.displaced(out as usize);
+                (false, true)
+            }
             Admission::Busy => {
                 self.after(back, Ev::Refused(sid, Again::After(RETRY_SOON)));
                 return;
@@ -103,6 +107,17 @@ impl World {
                 s.queued = s.queued.saturating_sub(1);
             }
         }
+    }
+
+    /// A waiting session lost its place to a newcomer: it ends and its downloader hears
+    /// `Busy`, as from the agent.
+    fn displaced(&mut self, sid: usize) {
+        let Some((up, down)) = self.sessions.get(sid).map(|s| (s.up, s.down)) else {
+            return;
+        };
+        self.end_session(sid);
+        let back = self.topo.latency(up, down);
+        self.after(back, Ev::Refused(sid, Again::After(RETRY_SOON)));
     }
 
     /// The downloader ended the session (done, or gone to the upstream).

@@ -328,7 +328,7 @@ impl World {
                 seed: false,
                 image: i % s.images,
                 fetches: Vec::new(),
-                slots: Slots::new(s.upload_slots),
+                slots: s.slots(),
                 done_at: None,
                 sent: 0,
                 received: 0,

@@ -8,7 +8,7 @@ use super::{ServeEnd, ServeSummary};
 use crate::config::{after, SessionConfig};
 use crate::error::SessionError;
 use crate::limits::{UploadLimits, SLOT_YIELD_AFTER};
-use crate::slots::{QueuePlace, SlotPermit};
+use crate::slots::{NoSlot, QueuePlace, SlotPermit};
 use crate::source::{BlobView, PieceReader, PieceState};
 use crate::spread::Seat;
 use pollen_proto::{
@@ -142,7 +142,7 @@ impl Uploader {
         let mut writer = Some(writer);
         let mut job: Option<Job<S>> = None;
         let mut read = Some(read_next(reader));
-        let mut slot_wait: Option<BoxFut<Option<SlotPermit>>> = None;
+        let mut slot_wait: Option<BoxFut<Result<SlotPermit, NoSlot>>> = None;
         loop {
             // Waiting for a slot, from the start or since this session gave its own up.
             if let (None, None, Slot::Waiting { place, .. }) =
@@ -215,8 +215,13 @@ impl Uploader {
                 permit = poll_opt(&mut slot_wait) => {
                     slot_wait = None;
                     match permit {
-                        Some(permit) => self.grant(permit),
-                        None => self.end_with(ErrorCode::Busy, "uploads are shut down", Ok(ServeEnd::Busy)),
+                        Ok(permit) => self.grant(permit),
+                        Err(NoSlot::Displaced) => self.end_with(
+                            ErrorCode::Busy,
+                            "a downloader holding fewer upload slots took this place in the queue",
+                            Ok(ServeEnd::Busy),
+                        ),
+                        Err(NoSlot::ShutDown) => self.end_with(ErrorCode::Busy, "uploads are shut down", Ok(ServeEnd::Busy)),
                     }
                 }
                 () = sleep_opt(deadline) => self.on_deadline(job.is_some()),
