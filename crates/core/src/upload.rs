@@ -75,21 +75,18 @@ pub enum Admission {
     Unchoked,
     /// It waits (choked) in the queue.
     Waiting,
-    /// It waits (choked) in the queue, in the place of the waiting session with this ticket,
-    /// which leaves the queue and is turned away (`Busy`; see [`Slots::admit`]).
-    Displacing(u64),
     /// Every slot is taken and the queue is full: turned away (`Busy`).
     Busy,
 }
 
-/// The waiting session a newcomer displaces from a full queue: the one whose downloader holds
-/// the most slots elsewhere, the latest in the queue among equals, and only if it holds some
-/// (one that holds none needs this place as much as the newcomer).
-fn displaceable<K>(waiting: &VecDeque<Waiting<K>>) -> Option<usize> {
+/// The waiting session a newcomer holding `slots` displaces from a full queue: the one whose
+/// downloader holds the most slots elsewhere, if more than `slots`, the latest in the queue
+/// among equals.
+fn richer_than<K>(waiting: &VecDeque<Waiting<K>>, slots: u32) -> Option<usize> {
     waiting
         .iter()
         .enumerate()
-        .filter(|(_, w)| w.holding > 0)
+        .filter(|(_, w)| w.holding > slots)
         .max_by_key(|(i, w)| (w.holding, *i))
         .map(|(i, _)| i)
 }
@@ -124,6 +121,8 @@ struct Waiting<K> {
     peer: Option<K>,
     /// Slots its downloader said it holds (0 until it says; `Slots::holding`).
     holding: u32,
+    /// Admitted into a full queue: its first `Holding` decides whether it stays.
+    on_trial: bool,
 }
 
 impl<K: Ord + Clone> Slots<K> {
@@ -153,8 +152,8 @@ impl<K: Ord + Clone> Slots<K> {
         self
     }
 
-    /// Whether a newcomer at a full queue displaces the waiting session holding most slots
-    /// elsewhere (the default), or is turned away (the policy before part 9; the simulator's
+    /// Whether a newcomer at a full queue may displace the waiting session holding most slots
+    /// elsewhere if it holds fewer (the default; [`Slots::admit`]), or is turned away (the policy before part 9; the simulator's
     /// `--full-queue refuse`, to compare).
     pub fn with_displacement(mut self, displace: bool) -> Slots<K> {
         self.displace = displace;
@@ -183,15 +182,15 @@ impl<K: Ord + Clone> Slots<K> {
     }
 
     /// A new session: a slot if one is free and its peer is under its share, else a place in
-    /// the queue if there is room, else the place of the waiting session whose downloader said
-    /// it holds the most slots (the latest of equals), if it holds any ([`displaceable`]).
+    /// the queue if there is room. With the queue full, it waits on trial if some waiting
+    /// session's downloader holds slots elsewhere (at most one trial per slot at once): its
+    /// own `Holding` then decides which of the two is turned away ([`Slots::holding`]).
     ///
     /// A full queue turned newcomers away, first come first served: with 4 slots at 2,600 nodes
     /// (pollen-sim, Kraken's set-up), the holders of a layer had every waiting place taken by
     /// downloaders already served elsewhere while 92 nodes that held none of the layer were
     /// refused by all of them for `peer_stall`, then fetched it from the registry (egress 47 × F,
-    /// the last node at 120.7 s). A newcomer has said nothing yet, so it ranks as holding none,
-    /// as [`Slots::grant`] ranks it; the displaced session is dialled again (`RETRY_SOON`).
+    /// the last node at 120.7 s).
     pub fn admit(&mut self, ticket: u64, peer: Option<&K>) -> Admission {
         if self.held < self.slots && self.under_share(peer) {
             self.take(peer);
@@ -201,14 +200,15 @@ impl<K: Ord + Clone> Slots<K> {
             self.queue(ticket, peer);
             return Admission::Waiting;
         }
-        let Some(i) = displaceable(&self.waiting).filter(|_| self.displace) else {
-            return Admission::Busy;
-        };
-        let Some(out) = self.waiting.remove(i) else {
-            return Admission::Busy;
-        };
-        self.queue(ticket, peer);
-        Admission::Displacing(out.ticket)
+        let on_trial = self.waiting.iter().filter(|w| w.on_trial).count();
+        if self.displace && on_trial < self.slots && self.waiting.iter().any(|w| w.holding > 0) {
+            self.queue(ticket, peer);
+            if let Some(w) = self.waiting.back_mut() {
+                w.on_trial = true;
+            }
+            return Admission::Waiting;
+        }
+        Admission::Busy
     }
 
     /// A holder's slot is free (its session ended). The caller then [`Slots::grant`]s it.
@@ -228,6 +228,7 @@ impl<K: Ord + Clone> Slots<K> {
             ticket,
             peer: peer.cloned(),
             holding: 0,
+            on_trial: false,
         });
     }
 
@@ -243,10 +244,23 @@ impl<K: Ord + Clone> Slots<K> {
     /// downloads; `Request::Holding`): while it waits, that is its place among the waiting.
     /// Ignored for a session not waiting. Not checked, and no check is possible: a peer that
     /// says 0 to be served first still gets at most its share of this node's slots.
-    pub fn holding(&mut self, ticket: u64, slots: u32) {
-        if let Some(w) = self.waiting.iter_mut().find(|w| w.ticket == ticket) {
-            w.holding = slots;
+    ///
+    /// For a session waiting on trial ([`Slots::admit`]) with the queue still over its length,
+    /// this decides who leaves it: the waiting session whose downloader holds the most, if it
+    /// holds more than this one's (the latest of equals), else this one. The ticket returned is
+    /// turned away (`Busy`; its downloader dials again later). Only a node holding fewer takes a
+    /// place, so a displaced session that dials elsewhere displaces only nodes holding more
+    /// still, and the chain ends.
+    #[must_use = "the ticket returned is turned away"]
+    pub fn holding(&mut self, ticket: u64, slots: u32) -> Option<u64> {
+        let w = self.waiting.iter_mut().find(|w| w.ticket == ticket)?;
+        w.holding = slots;
+        if !std::mem::take(&mut w.on_trial) || self.waiting.len() <= self.max_waiting {
+            return None;
         }
+        let out = richer_than(&self.waiting, slots)
+            .or_else(|| self.waiting.iter().position(|w| w.ticket == ticket))?;
+        self.waiting.remove(out).map(|w| w.ticket)
     }
 
     /// Free slots to waiting sessions, the fewest held first and in queue order
@@ -281,7 +295,8 @@ impl<K: Ord + Clone> Slots<K> {
         }
         self.release(peer);
         self.queue(ticket, peer);
-        self.holding(ticket, holding);
+        // Not on trial: placed by its word, nobody is turned away.
+        let _ = self.holding(ticket, holding);
         true
     }
 }
@@ -352,11 +367,9 @@ mod tests {
         for (ticket, peer) in [(3, 3), (4, 4), (5, 5), (6, 1)] {
             assert_eq!(s.admit(ticket, Some(&peer)), Admission::Waiting);
         }
-        s.holding(3, 5);
-        s.holding(4, 2);
-        s.holding(5, 2);
-        s.holding(6, 0);
-        s.holding(99, 0); // not waiting: ignored
+        for (ticket, slots) in [(3, 5), (4, 2), (5, 2), (6, 0), (99, 0)] {
+            assert_eq!(s.holding(ticket, slots), None); // 99 is not waiting: ignored
+        }
         s.release(Some(&2));
         // Ticket 6 holds nothing elsewhere, but its peer (1) holds its share of one here.
         assert_eq!(s.grant(), vec![(4, Some(4))], "fewest held, first in line");
@@ -370,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn a_newcomer_displaces_the_waiting_session_holding_most_elsewhere() {
+    fn a_newcomer_holding_fewer_displaces_the_waiting_session_holding_most() {
         let mut s: Slots<u32> = Slots::new(1).with_max_waiting(3);
         assert_eq!(s.admit(1, Some(&1)), Admission::Unchoked);
         for t in [2u32, 3, 4] {
@@ -379,31 +392,38 @@ mod tests {
         assert_eq!(
             s.admit(5, Some(&5)),
             Admission::Busy,
-            "none of the waiting said it holds a slot"
+            "none of the waiting said it holds a slot: nobody to displace"
         );
-        s.holding(2, 3);
-        s.holding(3, 5);
-        s.holding(4, 5);
-        assert_eq!(
-            s.admit(6, Some(&6)),
-            Admission::Displacing(4),
-            "most held, latest of equals"
-        );
-        assert_eq!(s.waiting(), 3, "the newcomer took the place");
+        assert_eq!(s.holding(2, 3), None);
+        assert_eq!(s.holding(3, 5), None);
+        assert_eq!(s.holding(4, 5), None);
+        // On trial: its word decides.
+        assert_eq!(s.admit(6, Some(&6)), Admission::Waiting);
+        assert_eq!(s.waiting(), 4);
+        assert_eq!(s.holding(6, 0), Some(4), "most held, latest of equals");
+        assert_eq!(s.waiting(), 3);
         assert!(!s.leave(4), "the displaced session left the queue");
-        assert_eq!(s.admit(7, Some(&7)), Admission::Displacing(3));
-        assert_eq!(s.admit(8, Some(&8)), Admission::Displacing(2));
-        assert_eq!(s.admit(9, Some(&9)), Admission::Busy, "newcomers hold none");
-        s.release(Some(&1));
+        assert_eq!(s.admit(7, Some(&7)), Admission::Waiting);
         assert_eq!(
-            s.grant(),
-            vec![(6, Some(6))],
-            "the newcomers kept queue order"
+            s.holding(7, 5),
+            Some(7),
+            "holding as much as any waiting: it is the one turned away"
         );
+        assert_eq!(s.admit(8, Some(&8)), Admission::Waiting);
+        assert_eq!(s.holding(8, 4), Some(3), "3 holds 5, more than 4");
+        assert_eq!(s.holding(8, 9), None, "decided once: later words only rank");
+        // At most one trial per slot at once.
+        assert_eq!(s.admit(9, Some(&9)), Admission::Waiting);
+        assert_eq!(s.admit(10, Some(&10)), Admission::Busy);
+        s.release(Some(&1));
+        assert_eq!(s.grant(), vec![(6, Some(6))], "fewest held first");
+        // The queue is back to its length: the trial's word does not turn anyone away.
+        assert_eq!(s.holding(9, 9), None);
+        assert_eq!(s.waiting(), 3);
         let mut first_come: Slots<u32> = Slots::new(0).with_max_waiting(1);
         first_come = first_come.with_displacement(false);
         assert_eq!(first_come.admit(1, None), Admission::Waiting);
-        first_come.holding(1, 9);
+        assert_eq!(first_come.holding(1, 9), None);
         assert_eq!(first_come.admit(2, None), Admission::Busy);
     }
 

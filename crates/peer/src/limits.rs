@@ -8,11 +8,12 @@
 //! stays choked (it is told so with an explicit `Choked` after `Have`), still answers map
 //! requests and pushes `HaveMore`, and waits for a slot (the session whose node holds the
 //! fewest slots first, by its `Holding`; in arrival order among equals); if none frees up within
-//! the slot deadline it gets `Error Busy`. At most `max_waiting` sessions wait; beyond that a
-//! new session takes the place of the waiting one whose node said it holds the most slots
-//! elsewhere (that one gets `Error Busy` and dials again later), and if every waiting node
-//! holds none, the `Interest` is answered `Error Busy` at once, so a crowd of downloaders
-//! cannot pile up streams here.
+//! the slot deadline it gets `Error Busy`. At most `max_waiting` sessions wait. Beyond that a
+//! new session waits on trial (one per slot at once) if some waiting node holds slots
+//! elsewhere: its own `Holding` then turns away the waiting session whose node holds the most,
+//! if more than its own, else itself (`Error Busy`; the downloader dials again later). If no
+//! waiting node holds any, the `Interest` is answered `Error Busy` at once, so a crowd of
+//! downloaders cannot pile up streams here.
 //!
 //! **Rate.** A token bucket in virtual-scheduling form: `free_at` is the instant at which every
 //! byte granted so far has drained at the configured rate; a grant waits until at most `burst`
@@ -375,6 +376,7 @@ mod tests {
         limits.holding(rich.ticket(), 6);
         limits.holding(poor.ticket(), 1);
         let newcomer = queued(limits.admit(None));
+        limits.holding(newcomer.ticket(), 0);
         let told = tokio::time::timeout(Duration::from_secs(5), rich.granted()).await;
         assert!(
             matches!(told.unwrap(), Err(NoSlot::Displaced)),
@@ -400,6 +402,7 @@ mod tests {
         let rich = queued(limits.admit(None));
         limits.holding(rich.ticket(), 3);
         let newcomer = queued(limits.admit(None));
+        limits.holding(newcomer.ticket(), 0);
         drop(rich); // displaced, and gone without reading why
         assert!(
             matches!(limits.admit(None), Admitted::Busy),
@@ -408,6 +411,24 @@ mod tests {
         drop(held);
         drop(newcomer);
         let _again = slot(limits.admit(None));
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_holding_as_much_as_any_waiting_is_the_one_turned_away() {
+        let limits = UploadLimits::new(1, 0).with_max_waiting(1);
+        let _held = slot(limits.admit(None));
+        let waiting = queued(limits.admit(None));
+        limits.holding(waiting.ticket(), 2);
+        let newcomer = queued(limits.admit(None));
+        limits.holding(newcomer.ticket(), 2);
+        let told = tokio::time::timeout(Duration::from_secs(5), newcomer.granted()).await;
+        assert!(matches!(told.unwrap(), Err(NoSlot::Displaced)));
+        let waiting = tokio::spawn(waiting.granted());
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "the first still waits, for the slot"
+        );
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@ pub type PeerKey = Vec<u8>;
 enum Wake {
     /// It holds a slot now.
     Granted,
-    /// A newcomer took its place ([`Admission::Displacing`]): it is turned away.
+    /// It lost its place to a newcomer holding fewer slots, or as a newcomer it held as many
+    /// as any in a full queue ([`Slots::holding`]): it is turned away.
     Displaced,
 }
 
@@ -129,22 +130,23 @@ impl SlotTable {
                 table: self.clone(),
             }),
             Admission::Waiting => Admitted::Queued(book.place(ticket, who, self)),
-            Admission::Displacing(out) => {
-                // The displaced session may have gone meanwhile (its place drops under this
-                // lock, so then it is out of the queue too): nothing to tell.
-                if let Some(tx) = book.wake.remove(&out) {
-                    let _ = tx.send(Wake::Displaced);
-                }
-                Admitted::Queued(book.place(ticket, who, self))
-            }
             Admission::Busy => Admitted::Busy,
         }
     }
 
     /// The downloader of session `ticket` holds `slots` slots now ([`Slots::holding`]): its
-    /// place among the waiting.
+    /// place among the waiting, and for a session waiting on trial, who leaves the queue (that
+    /// session is told).
     pub fn holding(&self, ticket: u64, slots: u32) {
-        self.book().slots.holding(ticket, slots);
+        let mut book = self.book();
+        let Some(out) = book.slots.holding(ticket, slots) else {
+            return;
+        };
+        // Every waiting session's wake-up lives as long as its place in the queue (the place
+        // leaves the queue under this lock before it drops it).
+        if let Some(tx) = book.wake.remove(&out) {
+            let _ = tx.send(Wake::Displaced);
+        }
     }
 
     /// Whether some session waits for a slot now ([`may_yield`]).

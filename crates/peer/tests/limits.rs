@@ -237,8 +237,8 @@ async fn a_small_blob_is_served_while_every_slot_is_taken() {
     );
 }
 
-/// The queue is full of one session whose node said it holds slots elsewhere: a newcomer takes
-/// its place, and it is told `Busy` (its node dials again later) rather than the newcomer.
+/// The queue is full of one session whose node said it holds slots elsewhere: a newcomer that
+/// holds none takes its place, and it is told `Busy` (its node dials again later).
 #[tokio::test(start_paused = true)]
 async fn a_newcomer_displaces_a_waiting_session_served_elsewhere() {
     let data = blob(2 * PS as usize);
@@ -263,11 +263,13 @@ async fn a_newcomer_displaces_a_waiting_session_served_elsewhere() {
         Event::Map(_)
     ));
 
+    // C waits on trial; its `Holding` (none) decides: B, holding more, leaves.
     let (mut c, _, _server_c) = open_served(&source, &limits, seed.digest()).await;
     assert!(matches!(
         within(c.next_event()).await.unwrap(),
         Event::Choked { .. }
     ));
+    c.holding(0).unwrap();
     let err = within(b.next_event()).await.unwrap_err();
     assert!(
         matches!(err, SessionError::Refused(ErrorCode::Busy)),

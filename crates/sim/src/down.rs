@@ -183,7 +183,7 @@ impl World {
             unchoked: false,
             waiting: false,
             announced: Bitfield::new(&g),
-            hashes_sent: Bitfield::new(&g),
+            hashes_sent: Bitfield::default(),
             hashes_n: 0,
             dirty: false,
             pending: Vec::new(),

@@ -12,6 +12,7 @@
 use crate::config::HashSource;
 use crate::world::{Ev, World};
 use pollen_core::download::Exchange;
+use pollen_proto::Bitfield;
 
 /// With `--hashes held` every announcement (`Have` on opening, `HaveMore`) carries the hashes
 /// of its pieces: the uploader holds each piece it announces, so it holds the piece's hash
@@ -86,6 +87,16 @@ impl World {
         if s.hashes_n == f.vouched_n {
             return;
         }
+        // Allocated at the first hash sent: most sessions never need it.
+        if s.hashes_sent.count() == 0 {
+            let g = self.geometry(self.blob_of(up, layer));
+            if let Some(s) = self.sessions.get_mut(sid) {
+                s.hashes_sent = Bitfield::new(&g);
+            }
+        }
+        let (Some(f), Some(s)) = (self.fetch(up, layer), self.sessions.get(sid)) else {
+            return;
+        };
         let mut fresh = Vec::new();
         let pairs = f.vouched.as_bytes().iter().zip(s.hashes_sent.as_bytes());
         for (at, (v, sent)) in (0u32..).zip(pairs) {

@@ -1,12 +1,14 @@
 //! A node serving a blob: upload slots as the agent's `UploadLimits` hands them out (at most
 //! `--upload-slots` unchoked, half of them per peer, four waiting per slot, the fewest held
 //! first (`Request::Holding`); a newcomer at a full queue displaces the waiting session holding
-//! most; an idle holder yields after `SLOT_YIELD_AFTER` to one waiting), announcements sent when the
-//! session's writer is free, and super-seeding decided by pollen-core's `Claims`.
+//! most if it holds fewer; an idle holder yields after `SLOT_YIELD_AFTER` to one waiting),
+//! announcements sent when the session's writer is free, and super-seeding decided by
+//! pollen-core's `Claims`.
 
 use crate::world::{nanos, Ev, World};
 use pollen_core::retry::{Again, RETRY_SOON};
 use pollen_core::upload::{Admission, SLOT_YIELD_AFTER};
+use pollen_proto::Bitfield;
 
 impl World {
     /// A downloader's session arrives at the uploader.
@@ -36,10 +38,6 @@ impl World {
         let (unchoked, waiting) = match node.slots.admit(sid as u64, Some(&down)) {
             Admission::Unchoked => (true, false),
             Admission::Waiting => (false, true),
-            Admission::Displacing(out) => {
-                self.displaced(out as usize);
-                (false, true)
-            }
             Admission::Busy => {
                 self.after(back, Ev::Refused(sid, Again::After(RETRY_SOON)));
                 return;
@@ -109,8 +107,8 @@ impl World {
         }
     }
 
-    /// A waiting session lost its place to a newcomer: it ends and its downloader hears
-    /// `Busy`, as from the agent.
+    /// A waiting session lost its place in a full queue (to a newcomer holding fewer slots, or
+    /// as that newcomer): it ends and its downloader hears `Busy`, as from the agent.
     fn displaced(&mut self, sid: usize) {
         let Some((up, down)) = self.sessions.get(sid).map(|s| (s.up, s.down)) else {
             return;
@@ -132,6 +130,10 @@ impl World {
             return;
         };
         s.open = false;
+        // A closed session's entry stays (events in flight name it), its buffers need not.
+        s.announced = Bitfield::default();
+        s.hashes_sent = Bitfield::default();
+        s.pending = Vec::new();
         let (up, down, layer, conn, seat) = (s.up, s.down, s.layer, s.conn, s.seat);
         let (unchoked, waiting) = (s.unchoked, s.waiting);
         s.unchoked = false;
@@ -191,8 +193,13 @@ impl World {
         };
         s.holding = slots;
         let up = s.up;
-        if let Some(node) = self.nodes.get_mut(up).filter(|n| n.alive) {
-            node.slots.holding(sid as u64, slots);
+        let out = self
+            .nodes
+            .get_mut(up)
+            .filter(|n| n.alive)
+            .and_then(|node| node.slots.holding(sid as u64, slots));
+        if let Some(out) = out {
+            self.displaced(out as usize);
         }
     }
 
