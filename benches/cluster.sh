@@ -72,7 +72,9 @@
 # Environment: POLLEN_BIN (default: the release build, built if needed), BENCH_NET (the /24,
 # three octets, default 10.79.0), BENCH_TIMEOUT (bound on each pull in seconds, default 600),
 # BENCH_RUST_LOG (the agents' RUST_LOG, default warn), BENCH_KEEP_LOGS=1 (keep the last
-# scenario's logs in OUT/logs; they are kept anyway when the run fails).
+# scenario's logs in OUT/logs; they are kept anyway when the run fails), BENCH_AGENT_ARGS
+# (extra arguments for every agent but the sites' ones, e.g. "--max-upload-sessions 1", split
+# on spaces).
 set -uo pipefail
 
 CB_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -258,7 +260,7 @@ cb_start_agents() {
     fi
     for i in $(seq 1 "$MN_NODES" | shuf); do
         rm -rf "$MN_DIR/n$i/agent"
-        args=()
+        read -r -a args <<<"${BENCH_AGENT_ARGS:-}"
         if [ "$CB_DEFAULT_ROLES" = 0 ]; then
             if [ "$i" -le 2 ]; then args+=(--tracker true); else args+=(--tracker false); fi
             [ "$i" -eq 1 ] && args+=(--seed true)
@@ -285,13 +287,13 @@ cb_puller_target() {
     esac
 }
 
-# cb_peers: a JSON array, each agent's connected peers now (its pollen_connected_peers; null
+# cb_metric NAME: a JSON array, each agent's metric NAME now (e.g. pollen_connected_peers; null
 # where the metrics did not answer).
-cb_peers() {
+cb_metric() {
     local i v out="["
     for ((i = 1; i <= MN_NODES; i++)); do
         v=$(mn_in "$(mn_ns "$i")" curl -s --max-time 2 "http://127.0.0.1:$MN_ADMIN_PORT/metrics" |
-            awk '$1 == "pollen_connected_peers" { print $2 + 0; exit }')
+            awk -v m="$1" '$1 == m { print $2 + 0; exit }')
         out+="${v:-null}"
         [ "$i" -lt "$MN_NODES" ] && out+=","
     done
@@ -313,7 +315,7 @@ cb_run() {
     # shellcheck disable=SC2034 # read through a nameref in cb_record
     mapfile -t before < <(cb_counters)
     CB_PEERS="[]"
-    [ "$who" = pollen ] && CB_PEERS=$(cb_peers)
+    [ "$who" = pollen ] && CB_PEERS=$(cb_metric pollen_connected_peers)
     read -r busy0 idle0 < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
     t0=$EPOCHREALTIME
     cb_sampler "$csv" "$t0" &
@@ -342,6 +344,8 @@ cb_run() {
     read -r busy1 idle1 < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
     # shellcheck disable=SC2034 # read through a nameref in cb_record
     mapfile -t after < <(cb_counters)
+    CB_DISPLACED="[]"
+    [ "$who" = pollen ] && CB_DISPLACED=$(cb_metric pollen_peer_sessions_displaced_total)
     cb_record "$scen" "$who" before after "$busy0" "$idle0" "$busy1" "$idle1"
     case "$who" in
         cache) lib_stop_pid "$CB_CACHE_PID" ;;
@@ -387,7 +391,8 @@ cb_record() {
         --argjson reg "$CB_REG" --argjson up "$CB_UP" --argjson down "$CB_DOWN" --argjson tmin "$CB_TMIN" \
         --argjson egress "$reg_egress" --argjson sent "$sent_json" --argjson nodes "$times_json" \
         --argjson survivors "$survivors" --argjson ok "$ok" --argjson cpu "$cpu" --argjson quick "$CB_QUICK" \
-        --argjson peers "$CB_PEERS" --argjson sites "$sites_json" --argjson site "$CB_SITE" '
+        --argjson peers "$CB_PEERS" --argjson displaced "$CB_DISPLACED" \
+        --argjson sites "$sites_json" --argjson site "$CB_SITE" '
         ([$nodes[] | select(.secs != null) | .secs] | sort) as $t
         | def pct(p): if ($t | length) == 0 then null else $t[((($t | length) - 1) * p | floor)] end;
         {scenario: $s, contender: $c, nodes: $n, quick: ($quick == 1), image_blob_bytes: $f,
@@ -397,7 +402,7 @@ cb_record() {
          max_over_t_min: (if $ok == $survivors and $ok > 0 then ($t[-1] / $tmin * 100 | round / 100) else null end),
          registry_egress_bytes: $egress, egress_over_f: ($egress / $f * 1000 | round / 1000),
          bytes_sent_per_node: $sent, cpu_busy_percent: $cpu, per_node: $nodes,
-         peers_at_start: $peers}
+         peers_at_start: $peers, sessions_displaced: $displaced}
         + (if $site > 0 then {site_link_mbit: $site, site_link_bytes: $sites,
              site_link_over_f: ($sites | max / $f * 1000 | round / 1000)} else {} end)' >>"$CB_OUT/runs.jsonl"
     jq -r '"  \(.contender): \(.verified)/\(.survivors) verified; max \(.max_secs // "-") s (\(.max_over_t_min // "-") x T_min), p50 \(.p50_secs // "-") s; registry egress \(.egress_over_f) x F\(if .site_link_over_f then "; busiest site link \(.site_link_over_f) x F" else "" end); CPU \(.cpu_busy_percent)%"' \

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     pub peer_bytes_received: Counter,
     pub peer_bytes_sent: Counter,
+    pub peer_sessions_displaced: Counter,
     pub piece_verification_failures: Counter,
     pub peer_bans: Counter,
     pub banned_peers: Gauge,
@@ -83,6 +84,7 @@ impl Metrics {
             cache_evictions: Counter::default(),
             peer_bytes_received: Counter::default(),
             peer_bytes_sent: Counter::default(),
+            peer_sessions_displaced: Counter::default(),
             piece_verification_failures: Counter::default(),
             peer_bans: Counter::default(),
             banned_peers: Gauge::default(),
@@ -154,6 +156,11 @@ impl Metrics {
             "peer_bytes_sent",
             "Piece bytes sent to peers",
             m.peer_bytes_sent.clone(),
+        );
+        r.register(
+            "peer_sessions_displaced",
+            "Peer sessions turned away from a full upload queue to let in a node holding fewer upload slots elsewhere",
+            m.peer_sessions_displaced.clone(),
         );
         r.register(
             "piece_verification_failures",

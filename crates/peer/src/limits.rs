@@ -103,6 +103,12 @@ impl UploadLimits {
         self.bytes_sent.load(Ordering::Relaxed)
     }
 
+    /// Sessions turned away from a full queue so far, to let in a node holding fewer upload
+    /// slots elsewhere (for metrics).
+    pub fn sessions_displaced(&self) -> u64 {
+        self.slots.displaced()
+    }
+
     /// Whole pieces sent by all sessions so far.
     pub fn pieces_sent(&self) -> u64 {
         self.pieces_sent.load(Ordering::Relaxed)
@@ -382,6 +388,7 @@ mod tests {
             matches!(told.unwrap(), Err(NoSlot::Displaced)),
             "the session holding most was turned away"
         );
+        assert_eq!(limits.sessions_displaced(), 1);
         // The displaced session's place is gone without freeing anything: the slot is still
         // held, and the newcomer (holding none) and the poorer session wait for it, in that order.
         let poor = tokio::spawn(poor.granted());

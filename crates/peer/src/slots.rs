@@ -37,6 +37,8 @@ struct Book {
     /// Waiting sessions by ticket: told when they are granted a slot or displaced.
     wake: HashMap<u64, oneshot::Sender<Wake>>,
     next_ticket: u64,
+    /// Sessions turned away from a full queue by a newcomer's `Holding`, so far.
+    displaced: u64,
 }
 
 impl Book {
@@ -102,6 +104,7 @@ impl SlotTable {
                 slots: Slots::new(slots),
                 wake: HashMap::new(),
                 next_ticket: 0,
+                displaced: 0,
             }),
         }
     }
@@ -142,11 +145,17 @@ impl SlotTable {
         let Some(out) = book.slots.holding(ticket, slots) else {
             return;
         };
+        book.displaced = book.displaced.saturating_add(1);
         // Every waiting session's wake-up lives as long as its place in the queue (the place
         // leaves the queue under this lock before it drops it).
         if let Some(tx) = book.wake.remove(&out) {
             let _ = tx.send(Wake::Displaced);
         }
+    }
+
+    /// Sessions turned away from a full queue so far ([`SlotTable::holding`]).
+    pub fn displaced(&self) -> u64 {
+        self.book().displaced
     }
 
     /// Whether some session waits for a slot now ([`may_yield`]).

@@ -155,6 +155,9 @@ impl Peers for P2p {
         let sent = self.uploads.bytes_sent();
         m.peer_bytes_sent
             .inc_by(sent.saturating_sub(m.peer_bytes_sent.get()));
+        let displaced = self.uploads.sessions_displaced();
+        m.peer_sessions_displaced
+            .inc_by(displaced.saturating_sub(m.peer_sessions_displaced.get()));
         m.banned_peers.set(self.bans.active() as i64);
         m.connected_peers
             .set(self.node.stats().connected_peers as i64);
