@@ -153,8 +153,8 @@ impl<K: Ord + Clone> Slots<K> {
     }
 
     /// Whether a newcomer at a full queue may displace the waiting session holding most slots
-    /// elsewhere if it holds fewer (the default; [`Slots::admit`]), or is turned away (the policy before part 9; the simulator's
-    /// `--full-queue refuse`, to compare).
+    /// elsewhere if it holds fewer (the default; [`Slots::admit`]), or is turned away (the
+    /// policy before part 9's ninth session; the simulator's `--full-queue refuse`, to compare).
     pub fn with_displacement(mut self, displace: bool) -> Slots<K> {
         self.displace = displace;
         self
