@@ -253,13 +253,13 @@ impl<K: Ord + Clone> Slots<K> {
     /// still, and the chain ends.
     #[must_use = "the ticket returned is turned away"]
     pub fn holding(&mut self, ticket: u64, slots: u32) -> Option<u64> {
-        let w = self.waiting.iter_mut().find(|w| w.ticket == ticket)?;
+        let at = self.waiting.iter().position(|w| w.ticket == ticket)?;
+        let w = self.waiting.get_mut(at)?;
         w.holding = slots;
         if !std::mem::take(&mut w.on_trial) || self.waiting.len() <= self.max_waiting {
             return None;
         }
-        let out = richer_than(&self.waiting, slots)
-            .or_else(|| self.waiting.iter().position(|w| w.ticket == ticket))?;
+        let out = richer_than(&self.waiting, slots).unwrap_or(at);
         self.waiting.remove(out).map(|w| w.ticket)
     }
 

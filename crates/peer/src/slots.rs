@@ -25,7 +25,9 @@ enum Wake {
 /// Why a waiting session got no slot ([`QueuePlace::granted`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NoSlot {
-    /// A newcomer took its place in the queue; the downloader may dial again.
+    /// The queue was full and kept for nodes holding fewer slots elsewhere: a newcomer took
+    /// this session's place, or this session, a newcomer, held no fewer than those waiting.
+    /// The downloader may dial again.
     Displaced,
     /// The slot table is gone (the node's uploads are shutting down).
     ShutDown,

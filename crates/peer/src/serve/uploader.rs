@@ -218,7 +218,7 @@ impl Uploader {
                         Ok(permit) => self.grant(permit),
                         Err(NoSlot::Displaced) => self.end_with(
                             ErrorCode::Busy,
-                            "a downloader holding fewer upload slots took this place in the queue",
+                            "the upload queue is full and kept for nodes holding fewer upload slots elsewhere",
                             Ok(ServeEnd::Busy),
                         ),
                         Err(NoSlot::ShutDown) => self.end_with(ErrorCode::Busy, "uploads are shut down", Ok(ServeEnd::Busy)),
