@@ -169,6 +169,11 @@ pub struct Scenario {
     /// Prints a line of progress to stderr every this much simulated time
     #[arg(long, value_parser = units::duration)]
     pub progress: Option<Duration>,
+    /// With --progress, also the slowest, median and fastest 5 % of nodes by pieces held: their
+    /// rates, the upload slots they hold and wait for, their flows and how crowded their
+    /// uploaders are
+    #[arg(long)]
+    pub progress_bands: bool,
     /// One JSON object on stdout instead of the report
     #[arg(long)]
     pub json: bool,

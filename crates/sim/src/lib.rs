@@ -7,6 +7,7 @@
 //! the core decides. See `docs/simulator.md` for the model and what it leaves out.
 
 pub mod alloc;
+pub mod bands;
 pub mod config;
 mod down;
 mod fetch;

@@ -449,7 +449,8 @@ impl World {
         }
     }
 
-    /// One line of progress on stderr (`--progress`): nodes done, pieces held, flows.
+    /// One line of progress on stderr (`--progress`): nodes done, pieces held, flows (and
+    /// with `--progress-bands`, three more: `bands`).
     fn progress(&self) {
         let mut totals: Vec<u32> = self
             .nodes
@@ -477,6 +478,9 @@ impl World {
             self.net.active_flows(),
             rate / 1e9
         );
+        if self.s.progress_bands {
+            eprintln!("{}", crate::bands::lines(self));
+        }
     }
 
     fn dispatch(&mut self, ev: Ev) {
