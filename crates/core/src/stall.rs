@@ -148,7 +148,7 @@ pub fn stagger<'a>(me: &[u8], peers: impl IntoIterator<Item = &'a [u8]>, blob: &
 
 /// FNV-1a over `a` then `b`: the same on every node and every build (std's hashers promise
 /// neither).
-fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
+pub(crate) fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
     a.iter().chain(b).fold(0xcbf2_9ce4_8422_2325, |h, byte| {
         (h ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })

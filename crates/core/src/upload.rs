@@ -5,7 +5,7 @@
 //! ones.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A session holding a slot that has asked for nothing this long gives the slot up while
 /// other sessions wait for one (it is sent `Choked` and queues again). A slot was kept until
@@ -16,6 +16,20 @@ use std::time::Duration;
 /// (pollen-sim, three seeds); at 300 ms slots changed hands faster than pieces arrived and
 /// the tail grew (p99 22-24 s, stalls sent nodes to the registry).
 pub const SLOT_YIELD_AFTER: Duration = Duration::from_millis(500);
+
+/// A holder still asking gives its slot up after a piece when its node holds at least this
+/// many more slots than the poorest waiting node ([`Slots::turn_over`]). Slots otherwise
+/// change hands only when a holder idles, and while a whole cluster still needs everything
+/// nobody does: the nodes that got slots first kept them, and at 2,600 nodes pulling 3 GB at
+/// 300 MB/s the slowest twentieth held 5 slots to the fastest's 9–10 from 2 s to 5 s and
+/// finished 1.4 s after the median (pollen-sim, Kraken's set-up: p99 13.8 s; with this rule and
+/// spread redials, 12.3–12.4 s). A gap of 1 moved slots between nodes that differ by one.
+pub const TURNOVER_GAP: u32 = 2;
+/// A slot is turned over only once its holder has held it this long: half a second moved
+/// slots faster than pieces crossed (p99 13.4 s), 1.5 s left the slowest behind longer (12.7 s).
+pub const TURNOVER_TENURE: Duration = Duration::from_secs(1);
+/// A node turns over at most one slot per this long, so slots never move faster than pieces.
+pub const TURNOVER_EVERY: Duration = Duration::from_millis(500);
 
 /// Sessions that may wait (choked) per upload slot. A waiting session costs a stream and no
 /// piece bytes, and it receives `Have` and the piece hashes this node vouches for: with one
@@ -109,6 +123,9 @@ pub struct Slots<K> {
     max_waiting: usize,
     /// Whether a newcomer at a full queue may displace a waiting session ([`Slots::admit`]).
     displace: bool,
+    /// Whether holders still asking give slots up to poorer waiting nodes ([`Slots::turn_over`]).
+    turnover: bool,
+    last_turnover: Option<Instant>,
     held: usize,
     by_peer: BTreeMap<K, usize>,
     waiting: VecDeque<Waiting<K>>,
@@ -134,6 +151,8 @@ impl<K: Ord + Clone> Slots<K> {
             per_peer: per_peer(slots),
             max_waiting: max_waiting(slots),
             displace: true,
+            turnover: true,
+            last_turnover: None,
             held: 0,
             by_peer: BTreeMap::new(),
             waiting: VecDeque::new(),
@@ -157,6 +176,14 @@ impl<K: Ord + Clone> Slots<K> {
     /// policy before part 9's ninth session; the simulator's `--full-queue refuse`, to compare).
     pub fn with_displacement(mut self, displace: bool) -> Slots<K> {
         self.displace = displace;
+        self
+    }
+
+    /// Whether a holder still asking gives its slot up to a poorer waiting node (the default;
+    /// [`Slots::turn_over`]), or keeps it until it idles (the policy before part 9's tenth
+    /// session; the simulator's `--slot-turnover off`, to compare).
+    pub fn with_turnover(mut self, turnover: bool) -> Slots<K> {
+        self.turnover = turnover;
         self
     }
 
@@ -282,6 +309,39 @@ impl<K: Ord + Clone> Slots<K> {
             granted.push((w.ticket, w.peer));
         }
         granted
+    }
+
+    /// After a piece crossed, a holder that still asks gives its slot up if it has held it for
+    /// [`TURNOVER_TENURE`], this node turned none over in the last [`TURNOVER_EVERY`], and its
+    /// downloader holds (`holding`) at least [`TURNOVER_GAP`] more slots than the poorest
+    /// waiting one (sessions on trial not counted). It queues again as an idle holder does
+    /// ([`Slots::yield_slot`]); true if it did: the caller sends `Choked` (dropping its
+    /// requests, which it asks elsewhere) and [`Slots::grant`]s the slot.
+    pub fn turn_over(
+        &mut self,
+        ticket: u64,
+        peer: Option<&K>,
+        holding: u32,
+        held_for: Duration,
+        now: Instant,
+    ) -> bool {
+        let poorest = self
+            .waiting
+            .iter()
+            .filter(|w| !w.on_trial)
+            .map(|w| w.holding)
+            .min();
+        let due = self.turnover
+            && held_for >= TURNOVER_TENURE
+            && self
+                .last_turnover
+                .is_none_or(|t| now.saturating_duration_since(t) >= TURNOVER_EVERY)
+            && poorest.is_some_and(|p| holding >= p.saturating_add(TURNOVER_GAP));
+        if !due || !self.yield_slot(ticket, peer, holding) {
+            return false;
+        }
+        self.last_turnover = Some(now);
+        true
     }
 
     /// An idle holder gives its slot up if someone waits ([`may_yield`]) and the queue has
@@ -438,5 +498,56 @@ mod tests {
     fn no_slots_turns_every_session_away() {
         let mut s: Slots<u32> = Slots::new(0);
         assert_eq!(s.admit(1, None), Admission::Busy);
+    }
+
+    #[test]
+    fn a_holder_still_asking_gives_its_slot_to_a_node_holding_far_fewer() {
+        let t0 = Instant::now();
+        let held = TURNOVER_TENURE;
+        let mut s: Slots<u32> = Slots::new(1);
+        assert_eq!(s.admit(1, Some(&1)), Admission::Unchoked);
+        assert_eq!(s.admit(2, Some(&2)), Admission::Waiting);
+        assert_eq!(s.holding(2, 3), None);
+        assert!(
+            !s.turn_over(1, Some(&1), 4, held, t0),
+            "a gap of 1 keeps it"
+        );
+        assert!(
+            !s.turn_over(1, Some(&1), 5, held - Duration::from_millis(1), t0),
+            "held too briefly"
+        );
+        assert!(s.turn_over(1, Some(&1), 5, held, t0));
+        assert_eq!(s.grant(), vec![(2, Some(2))], "the poorer node takes it");
+        // The turned-over session waits again; the node turns the next over only later.
+        assert_eq!(s.waiting(), 1);
+        assert_eq!(s.holding(1, 0), None);
+        let soon = t0 + TURNOVER_EVERY - Duration::from_millis(1);
+        assert!(
+            !s.turn_over(2, Some(&2), 9, held, soon),
+            "one per TURNOVER_EVERY"
+        );
+        assert!(s.turn_over(2, Some(&2), 9, held, t0 + TURNOVER_EVERY));
+        let off: &mut Slots<u32> = &mut Slots::new(1).with_turnover(false);
+        assert_eq!(off.admit(1, None), Admission::Unchoked);
+        assert_eq!(off.admit(2, None), Admission::Waiting);
+        assert!(!off.turn_over(1, None, 9, held, t0), "turned off");
+    }
+
+    #[test]
+    fn nobody_waiting_or_only_on_trial_keeps_the_slot() {
+        let t0 = Instant::now();
+        let mut s: Slots<u32> = Slots::new(1).with_max_waiting(1);
+        assert_eq!(s.admit(1, None), Admission::Unchoked);
+        assert!(
+            !s.turn_over(1, None, 9, TURNOVER_TENURE, t0),
+            "nobody waits"
+        );
+        assert_eq!(s.admit(2, None), Admission::Waiting);
+        assert_eq!(s.holding(2, 8), None);
+        assert_eq!(s.admit(3, None), Admission::Waiting, "on trial");
+        assert!(
+            !s.turn_over(1, None, 9, TURNOVER_TENURE, t0),
+            "the newcomer on trial has not said what it holds; the other holds 8"
+        );
     }
 }

@@ -6,6 +6,7 @@
 use pollen_core::upload::{may_yield, Admission, Slots};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Who a session serves, for the per-peer share of the slots (the agent passes the PeerId's
@@ -184,13 +185,32 @@ impl SlotPermit {
     /// An idle holder gives its slot to a waiting session and queues again at the back,
     /// placed by `holding` (what its downloader last said), if the core says so
     /// ([`Slots::yield_slot`]); otherwise the permit comes back.
-    pub fn give_up(mut self, holding: u32) -> Result<QueuePlace, SlotPermit> {
+    pub fn give_up(self, holding: u32) -> Result<QueuePlace, SlotPermit> {
+        self.leave_if(|slots, ticket, who| slots.yield_slot(ticket, who, holding))
+    }
+
+    /// After a piece, a holder that still asks gives its slot to a poorer waiting node and
+    /// queues again, if the core says so ([`Slots::turn_over`]: `holding` is what its
+    /// downloader last said, `held_for` how long it has had this slot); otherwise the permit
+    /// comes back.
+    pub fn turn_over(
+        self,
+        holding: u32,
+        held_for: Duration,
+        now: Instant,
+    ) -> Result<QueuePlace, SlotPermit> {
+        self.leave_if(|slots, ticket, who| slots.turn_over(ticket, who, holding, held_for, now))
+    }
+
+    /// Gives the slot up and takes a place in the queue if `decide` (the core, which then
+    /// has queued the session already) says so.
+    fn leave_if(
+        mut self,
+        decide: impl FnOnce(&mut Slots<PeerKey>, u64, Option<&PeerKey>) -> bool,
+    ) -> Result<QueuePlace, SlotPermit> {
         let table = self.table.clone();
         let mut book = table.book();
-        if !book
-            .slots
-            .yield_slot(self.ticket, self.who.as_ref(), holding)
-        {
+        if !decide(&mut book.slots, self.ticket, self.who.as_ref()) {
             drop(book);
             return Err(self);
         }

@@ -95,6 +95,16 @@ impl Seat {
     }
 }
 
+impl Seat {
+    /// The session lost its slot while it asked: the pieces it owns unsent go to others
+    /// (`Claims::choked`), who look again.
+    pub(crate) fn choked(&self) {
+        if self.spread.lock().choked(self.id) {
+            self.spread.news.send_modify(|n| *n += 1);
+        }
+    }
+}
+
 impl Drop for Seat {
     fn drop(&mut self) {
         if self.spread.lock().leave(self.id) {

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use pollen_core::upload::TURNOVER_TENURE;
 use pollen_peer::testing::MemorySource;
 use pollen_peer::{
     Event, RequestError, ServeEnd, Session, SessionError, UploadLimits, SLOT_YIELD_AFTER,
@@ -276,6 +277,47 @@ async fn a_newcomer_displaces_a_waiting_session_served_elsewhere() {
         "{err}"
     );
     assert_eq!(within(server_b).await.unwrap().unwrap().end, ServeEnd::Busy);
+}
+
+/// A holder still asking hands its slot over after a piece once it has held it for
+/// `TURNOVER_TENURE`, when a waiting node holds at least `TURNOVER_GAP` fewer slots: the holder
+/// hears `Choked` (the request it had queued dropped) and the poorer node `Unchoked`.
+#[tokio::test(start_paused = true)]
+async fn a_holder_still_asking_hands_its_slot_to_a_node_holding_far_fewer() {
+    let data = blob(4 * PS as usize);
+    let source = MemorySource::new();
+    let seed = source.add_complete(data, geometry(4 * PS as usize));
+    // A piece takes 1.5 s to send: A's first crosses after its tenure, its second asked.
+    let limits = Arc::new(UploadLimits::new(1, u64::from(PS) * 2 / 3));
+    let (mut a, _, _server_a) = open_served(&source, &limits, seed.digest()).await;
+    assert_eq!(within(a.next_event()).await.unwrap(), Event::Unchoked);
+    a.holding(4).unwrap();
+    let (mut b, _, _server_b) = open_served(&source, &limits, seed.digest()).await;
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Choked { .. }
+    ));
+    b.holding(1).unwrap();
+    // The map's reply comes after the uploader has read `Holding`.
+    b.request_map().unwrap();
+    assert!(matches!(
+        within(b.next_event()).await.unwrap(),
+        Event::Map(_)
+    ));
+
+    let asked = Instant::now();
+    a.request(0).unwrap();
+    a.request(1).unwrap();
+    assert!(matches!(
+        within(a.next_event()).await.unwrap(),
+        Event::Piece { index: 0, .. }
+    ));
+    assert!(asked.elapsed() >= TURNOVER_TENURE, "{:?}", asked.elapsed());
+    assert_eq!(
+        within(a.next_event()).await.unwrap(),
+        Event::Choked { dropped: vec![1] }
+    );
+    assert_eq!(within(b.next_event()).await.unwrap(), Event::Unchoked);
 }
 
 #[tokio::test]

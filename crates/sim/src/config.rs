@@ -157,6 +157,12 @@ pub struct Scenario {
     /// rule)
     #[arg(long, value_enum, default_value_t = RackRule::Import)]
     pub rack_rule: RackRule,
+    /// Whether an uploader's slot holder that still asks gives its slot up after a piece to a
+    /// waiting node holding 2 or more fewer slots (`on`, as the agent does:
+    /// `pollen_core::upload::Slots::turn_over`), or keeps it until it idles (`off`: the agent
+    /// before part 9's tenth session)
+    #[arg(long, value_enum, default_value_t = Toggle::On)]
+    pub slot_turnover: Toggle,
     /// Seed of the run's randomness: the same seed gives the same output, byte for byte
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -197,6 +203,13 @@ pub enum FullQueue {
     Refuse,
 }
 
+/// A rule on or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
 /// Which pieces a node asks far peers for (`--rack-rule`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RackRule {
@@ -209,6 +222,7 @@ impl Scenario {
     pub fn slots<K: Ord + Clone>(&self) -> pollen_core::upload::Slots<K> {
         pollen_core::upload::Slots::new(self.upload_slots)
             .with_displacement(self.full_queue == FullQueue::Displace)
+            .with_turnover(self.slot_turnover == Toggle::On)
     }
 
     /// Applies `--layer-sizes` over `--image` and `--layers`.

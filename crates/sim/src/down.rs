@@ -190,6 +190,7 @@ impl World {
             queued: 0,
             last_request: self.now,
             yield_check: None,
+            granted_at: 0,
             holding: 0,
         });
         if let Some(f) = self.fetch_mut(n, layer) {
@@ -326,7 +327,22 @@ impl World {
             return;
         };
         if let Some(f) = self.fetch_mut(down, layer).filter(|_| open) {
-            f.x.choked(sid, choked, dropped);
+            match choked {
+                // `Choked` drops every request outstanding on the session, also those sent
+                // after the uploader chose to choke (the agent's session hands them all back).
+                true => {
+                    let mut all: Vec<u32> =
+                        f.x.requests
+                            .iter()
+                            .filter(|(_, asked)| asked.iter().any(|(slot, _)| *slot == sid))
+                            .map(|(index, _)| *index)
+                            .collect();
+                    all.sort_unstable();
+                    debug_assert!(dropped.iter().all(|d| all.contains(d)));
+                    f.x.choked(sid, true, &all);
+                }
+                false => f.x.choked(sid, false, dropped),
+            }
         }
         self.fill(down, layer);
     }

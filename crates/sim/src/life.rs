@@ -55,6 +55,8 @@ impl World {
             // Each node's own random order of the pieces, as the agent's RandomState gives.
             let order = mix(seed ^ ((n as u64) << 20) ^ layer as u64);
             f.reset(Claims::new(*g), stall, now, order);
+            // Each download its own `NotYet` waits, as the agent seeds them by node and blob.
+            f.retry = pollen_core::retry::PeerRetry::with_seed(mix(order ^ 0x7e7));
             if racked {
                 f.x.rack.enable(rack_key(n));
             }

@@ -50,8 +50,10 @@ impl World {
         let seat = f.claims.seat(now);
         f.uploads.push(sid);
         let (shown, next) = f.claims.visible(seat, &f.have, now, unchoked);
+        let granted_at = self.now;
         if let Some(s) = self.sessions.get_mut(sid) {
             s.seat = seat;
+            s.granted_at = granted_at;
             s.unchoked = unchoked;
             s.waiting = waiting;
             s.announced = shown.clone();
@@ -171,6 +173,7 @@ impl World {
             s.unchoked = true;
             s.waiting = false;
             s.last_request = self.now;
+            s.granted_at = self.now;
             let (down, layer) = (s.down, s.layer);
             let delay = self.topo.latency(up, down);
             self.after(
@@ -257,10 +260,7 @@ impl World {
         if !yielded {
             return;
         }
-        if let Some(s) = self.sessions.get_mut(sid) {
-            s.unchoked = false;
-            s.waiting = true;
-        }
+        self.lost_slot(sid);
         let delay = self.topo.latency(up, down);
         self.after(
             delay,
@@ -271,6 +271,24 @@ impl World {
             },
         );
         self.grant(up);
+    }
+
+    /// A session gave its slot up (idle, or turned over): it waits again, and the pieces it
+    /// owned unsent in the super-seeding go to others (`Claims::choked`).
+    fn lost_slot(&mut self, sid: usize) {
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        s.unchoked = false;
+        s.waiting = true;
+        s.queued = 0;
+        let (up, layer, seat) = (s.up, s.layer, s.seat);
+        let freed = self
+            .fetch_mut(up, layer)
+            .is_some_and(|f| f.claims.choked(seat));
+        if freed {
+            self.reveal(up, layer);
+        }
     }
 
     /// A piece finished crossing a session: counted, and the writer is free for news.
@@ -304,6 +322,41 @@ impl World {
         if queued == 0 && self.nodes.get(up).is_some_and(|n| n.slots.waiting() > 0) {
             self.holders_may_yield(up);
         }
+        self.turn_over(sid);
+    }
+
+    /// After a piece, a holder still asking may give its slot to a poorer waiting node
+    /// (`Slots::turn_over`): its queued pieces are dropped with the `Choked`.
+    fn turn_over(&mut self, sid: usize) {
+        let (now, at) = (self.now, self.instant());
+        let Some(s) = self.sessions.get(sid).filter(|s| s.open && s.unchoked) else {
+            return;
+        };
+        let (up, down, holding, conn) = (s.up, s.down, s.holding, s.conn);
+        let held_for = std::time::Duration::from_nanos(now.saturating_sub(s.granted_at));
+        let turned = self.nodes.get_mut(up).is_some_and(|n| {
+            n.alive
+                && n.slots
+                    .turn_over(sid as u64, Some(&down), holding, held_for, at)
+        });
+        if !turned {
+            return;
+        }
+        let dropped: Vec<u32> = self
+            .net
+            .close(now, conn)
+            .into_iter()
+            .filter_map(|tag| u32::try_from(tag).ok())
+            .collect();
+        self.lost_slot(sid);
+        let delay = self.topo.latency(up, down);
+        let choke = Ev::Choke {
+            sid,
+            choked: true,
+            dropped,
+        };
+        self.after(delay, choke);
+        self.grant(up);
     }
 
     /// A piece was stored: each upload session of the blob hears of it when its writer is

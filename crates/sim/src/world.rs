@@ -130,6 +130,8 @@ pub struct Session {
     pub yield_check: Option<Nanos>,
     /// The slots the downloader last said it holds (`Request::Holding`).
     pub holding: u32,
+    /// When the session was last given a slot (`Slots::turn_over` counts its tenure).
+    pub granted_at: Nanos,
 }
 
 /// A node's upload slots, by session id and downloading node (the agent's `UploadLimits`

@@ -88,6 +88,8 @@ pub(super) struct Uploader {
     ticket: Option<u64>,
     /// The slots the downloader last said its node holds (`Request::Holding`).
     holding: u32,
+    /// When this session last got its slot (`Slots::turn_over` counts its tenure).
+    granted_at: Instant,
     last_request: Instant,
     ending: Option<Ending>,
 }
@@ -127,6 +129,7 @@ impl Uploader {
             yield_checked: Instant::now(),
             ticket,
             holding: 0,
+            granted_at: Instant::now(),
             ending: None,
         }
     }
@@ -356,6 +359,9 @@ impl Uploader {
                     seat.sent(index, Instant::now());
                     self.state_dirty = true;
                 }
+                if sent.piece.is_some() && self.ending.is_none() {
+                    self.turn_over(Instant::now());
+                }
                 self.summary.bytes_sent += sent.bytes;
                 self.summary.pieces_sent += sent.pieces;
                 // Time spent writing is not idle time.
@@ -386,6 +392,7 @@ impl Uploader {
 
     fn grant(&mut self, permit: SlotPermit) {
         self.slot = Slot::Held { permit };
+        self.granted_at = Instant::now();
         self.unchoked = true;
         // Super-seeding: an unchoked session may take new pieces now.
         self.state_dirty = true;
@@ -422,20 +429,43 @@ impl Uploader {
             return;
         };
         match permit.give_up(self.holding) {
-            Ok(place) => {
-                self.slot = Slot::Waiting {
-                    place: Some(place),
-                    until: after(now, self.cfg.slot_timeout),
-                };
-                self.unchoked = false;
-                self.state_dirty = true;
-                self.choke_news = Some(Reply::Choked);
-            }
+            Ok(place) => self.lost_slot(place, now),
             Err(permit) => {
                 self.slot = Slot::Held { permit };
                 self.yield_checked = after(now, SLOT_YIELD_AFTER);
             }
         }
+    }
+
+    /// After a piece: the slot goes to a poorer waiting node if the core says so
+    /// (`Slots::turn_over`), with a `Choked` that drops the requests queued here (the
+    /// downloader asks for them elsewhere, and again here once unchoked).
+    fn turn_over(&mut self, now: Instant) {
+        let Slot::Held { permit } = std::mem::replace(&mut self.slot, Slot::Free) else {
+            return;
+        };
+        let held_for = now.saturating_duration_since(self.granted_at);
+        match permit.turn_over(self.holding, held_for, now.into_std()) {
+            Ok(place) => self.lost_slot(place, now),
+            Err(permit) => self.slot = Slot::Held { permit },
+        }
+    }
+
+    /// The slot went to another session: `Choked` now (dropping the requests queued here,
+    /// as the protocol says), back in the queue, and the pieces this session owned unsent in
+    /// the super-seeding go to others (`Claims::choked`).
+    fn lost_slot(&mut self, place: QueuePlace, now: Instant) {
+        self.slot = Slot::Waiting {
+            place: Some(place),
+            until: after(now, self.cfg.slot_timeout),
+        };
+        self.unchoked = false;
+        self.queue.clear();
+        if let Some(seat) = self.seat.as_ref() {
+            seat.choked();
+        }
+        self.state_dirty = true;
+        self.choke_news = Some(Reply::Choked);
     }
 
     fn on_deadline(&mut self, writing: bool) {

@@ -25,7 +25,7 @@ use crate::proofs::Signed;
 use crate::sink::{Op, PieceResult, Sink, Written};
 use pollen_core::download::Exchange;
 use pollen_core::phase::{Facts, Step, HANDOVER_LOOKUP};
-use pollen_core::retry::{Again, PeerRetry, RETRY_AFTER, RETRY_SOON};
+use pollen_core::retry::{seed_of, Again, PeerRetry, RETRY_AFTER, RETRY_SOON};
 use pollen_peer::{Event, Have, SessionError};
 use pollen_proto::{ErrorCode, HashedPiece, TrackerReply};
 use pollen_swarm::PeerId;
@@ -123,7 +123,10 @@ impl<'a> PeerPhase<'a> {
             events,
             written: None,
             map_sources: HashSet::new(),
-            retry: PeerRetry::default(),
+            retry: PeerRetry::with_seed(seed_of(
+                &p2p.node.peer_id().to_bytes(),
+                fetch.digest.to_string().as_bytes(),
+            )),
             named: Vec::new(),
             near: HashSet::new(),
             coordinated: false,
