@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// A peer that turned a session away (not started on the blob yet, a dropped stream) is
-/// dialled again after this long, and providers are looked up this often while a coordinated
-/// download has no peer.
+/// A peer that turned a session away (a dropped stream) is dialled again after this long (one
+/// not started on the blob yet after at most this long: [`NOT_YET_MIN`]), and providers are
+/// looked up this often while a coordinated download has no peer.
 pub const RETRY_SOON: Duration = Duration::from_millis(300);
 /// A peer that ended its session is not dialled again for this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -26,11 +26,11 @@ const MAX_DOUBLINGS: u32 = 5;
 /// `benches/README.md`, part 9's tenth session).
 pub const NOT_YET_MIN: Duration = Duration::from_millis(100);
 /// Times in a row a peer that has not started on the blob (it holds none of it yet:
-/// `UnknownBlob`) is dialled again after [`NOT_YET_MIN`]–[`RETRY_SOON`], before its waits double as other
-/// refusals' do. When a whole cluster starts together every peer holds nothing at first and
+/// `UnknownBlob`) is dialled again after [`NOT_YET_MIN`]–[`RETRY_SOON`], before its waits
+/// double as other refusals' do. When a whole cluster starts together every peer holds nothing at first and
 /// gets its first pieces within a second or two; with doubling waits a download had 1.3
 /// sessions at 1 s and 3 at 2 s, so peers that held pieces sat unasked (pollen-sim, Kraken's
-/// set-up: p99 14.9 s). Eight tries cover the first 2.4 s; a peer that stays empty longer (it
+/// set-up: p99 14.9 s). Eight tries cover the first 0.8–2.4 s; a peer that stays empty longer (it
 /// dropped the blob) then waits up to [`MAX_BACKOFF`] as before.
 pub const NOT_YET_TRIES: u32 = 8;
 

@@ -23,7 +23,7 @@ pub const SLOT_YIELD_AFTER: Duration = Duration::from_millis(500);
 /// nobody does: the nodes that got slots first kept them, and at 2,600 nodes pulling 3 GB at
 /// 300 MB/s the slowest twentieth held 5 slots to the fastest's 9–10 from 2 s to 5 s and
 /// finished 1.4 s after the median (pollen-sim, Kraken's set-up: p99 13.8 s; with this rule and
-/// spread redials, 12.3–12.4 s). A gap of 1 moved slots between nodes that differ by one.
+/// spread redials, 12.2 s; with a gap of 1, 12.1 s, and of 3, 13.0 s).
 pub const TURNOVER_GAP: u32 = 2;
 /// A slot is turned over only once its holder has held it this long: half a second moved
 /// slots faster than pieces crossed (p99 13.4 s), 1.5 s left the slowest behind longer (12.7 s).
@@ -57,7 +57,7 @@ pub fn per_peer(slots: usize) -> usize {
 /// the slots of a layer's only fetcher went to sessions for other layers, which nobody held
 /// yet, and peers waited behind them (pollen-sim, the peer-bound benchmark scenario: 10.6 s
 /// against 8.5 s; turned away until they hold a piece, 8.7 s). Refused sessions are dialled
-/// again after `retry::RETRY_SOON`.
+/// again after `retry::NOT_YET_MIN` to `retry::RETRY_SOON`.
 pub fn serves_partial(pieces: u32, fetching: bool) -> bool {
     pieces > 0 || fetching
 }
