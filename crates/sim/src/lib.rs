@@ -30,7 +30,11 @@ static ALLOC: alloc::Counting = alloc::Counting;
 /// Runs a scenario to the end and reports.
 pub fn simulate(s: config::Scenario) -> report::Report {
     let started = std::time::Instant::now();
+    let bands = s.progress_bands;
     let mut w = world::World::new(s);
+    if bands {
+        w.progress_more = Some(bands::lines);
+    }
     w.run();
     report::Report::of(&w, started.elapsed().as_secs_f64())
 }

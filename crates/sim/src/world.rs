@@ -299,6 +299,9 @@ pub struct World {
     pub stats: Stats,
     /// Nodes done.
     pub done: usize,
+    /// Lines printed under each progress line (`--progress-bands`: `bands::lines`, set by
+    /// `simulate`, which sees both modules).
+    pub progress_more: Option<fn(&World) -> String>,
 }
 
 pub fn nanos(d: Duration) -> Nanos {
@@ -356,6 +359,7 @@ impl World {
             hosts,
             stats: Stats::default(),
             done: 0,
+            progress_more: None,
         };
         w.plan();
         w
@@ -480,8 +484,8 @@ impl World {
             self.net.active_flows(),
             rate / 1e9
         );
-        if self.s.progress_bands {
-            eprintln!("{}", crate::bands::lines(self));
+        if let Some(more) = self.progress_more {
+            eprintln!("{}", more(self));
         }
     }
 
