@@ -370,6 +370,15 @@ impl Exchange {
         }
     }
 
+    /// The pieces requested from `slot` and not yet received (a `Choked` drops them all).
+    pub fn requested_from(&self, slot: usize) -> Vec<u32> {
+        self.requests
+            .iter()
+            .filter(|(_, asked)| asked.iter().any(|(s, _)| *s == slot))
+            .map(|(index, _)| *index)
+            .collect()
+    }
+
     /// A piece arrived from `slot`: returns the other requests for it to cancel, and whether
     /// the piece is new (to hand to the writer; `mine`: pieces stored).
     pub fn received(

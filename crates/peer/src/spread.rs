@@ -93,9 +93,7 @@ impl Seat {
             self.spread.news.send_modify(|n| *n += 1);
         }
     }
-}
 
-impl Seat {
     /// The session lost its slot while it asked: the pieces it owns unsent go to others
     /// (`Claims::choked`), who look again.
     pub(crate) fn choked(&self) {

@@ -327,22 +327,13 @@ impl World {
             return;
         };
         if let Some(f) = self.fetch_mut(down, layer).filter(|_| open) {
-            match choked {
-                // `Choked` drops every request outstanding on the session, also those sent
-                // after the uploader chose to choke (the agent's session hands them all back).
-                true => {
-                    let mut all: Vec<u32> =
-                        f.x.requests
-                            .iter()
-                            .filter(|(_, asked)| asked.iter().any(|(slot, _)| *slot == sid))
-                            .map(|(index, _)| *index)
-                            .collect();
-                    all.sort_unstable();
-                    debug_assert!(dropped.iter().all(|d| all.contains(d)));
-                    f.x.choked(sid, true, &all);
-                }
-                false => f.x.choked(sid, false, dropped),
-            }
+            // `Choked` drops every request outstanding on the session, also those sent after
+            // the uploader chose to choke (the agent's session hands them all back).
+            let dropped = match choked {
+                true => f.x.requested_from(sid),
+                false => dropped.to_vec(),
+            };
+            f.x.choked(sid, choked, &dropped);
         }
         self.fill(down, layer);
     }
