@@ -163,6 +163,11 @@ pub struct Scenario {
     /// before part 9's tenth session)
     #[arg(long, value_enum, default_value_t = Toggle::On)]
     pub slot_turnover: Toggle,
+    /// How long a slot holder asks for nothing before it gives the slot up to a waiting
+    /// session (default: the agent's, `pollen_core::upload::SLOT_YIELD_AFTER`; 500ms: the
+    /// agent before part 9's eleventh session)
+    #[arg(long, value_parser = units::duration)]
+    pub slot_yield_after: Option<Duration>,
     /// Seed of the run's randomness: the same seed gives the same output, byte for byte
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -223,6 +228,12 @@ impl Scenario {
         pollen_core::upload::Slots::new(self.upload_slots)
             .with_displacement(self.full_queue == FullQueue::Displace)
             .with_turnover(self.slot_turnover == Toggle::On)
+    }
+
+    /// How long an idle slot holder keeps its slot while others wait: `--slot-yield-after`.
+    pub fn yield_after(&self) -> Duration {
+        self.slot_yield_after
+            .unwrap_or(pollen_core::upload::SLOT_YIELD_AFTER)
     }
 
     /// Applies `--layer-sizes` over `--image` and `--layers`.

@@ -1,13 +1,13 @@
 //! A node serving a blob: upload slots as the agent's `UploadLimits` hands them out (at most
 //! `--upload-slots` unchoked, half of them per peer, four waiting per slot, the fewest held
 //! first (`Request::Holding`); a newcomer at a full queue displaces the waiting session holding
-//! most if it holds fewer; an idle holder yields after `SLOT_YIELD_AFTER` to one waiting),
+//! most if it holds fewer; an idle holder yields after `--slot-yield-after` to one waiting),
 //! announcements sent when the session's writer is free, and super-seeding decided by
 //! pollen-core's `Claims`.
 
 use crate::world::{nanos, Ev, World};
 use pollen_core::retry::{Again, RETRY_SOON};
-use pollen_core::upload::{Admission, SLOT_YIELD_AFTER};
+use pollen_core::upload::Admission;
 use pollen_proto::Bitfield;
 
 impl World {
@@ -208,7 +208,7 @@ impl World {
 
     /// Someone waits for a slot: each idle holder looks whether to give its slot up.
     fn holders_may_yield(&mut self, up: usize) {
-        let yield_after = nanos(SLOT_YIELD_AFTER);
+        let yield_after = nanos(self.s.yield_after());
         let holders: Vec<(usize, u64)> = self
             .nodes
             .get(up)
@@ -236,7 +236,7 @@ impl World {
 
     pub(crate) fn yield_check(&mut self, sid: usize) {
         let now = self.now;
-        let yield_after = nanos(SLOT_YIELD_AFTER);
+        let yield_after = nanos(self.s.yield_after());
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };

@@ -209,6 +209,26 @@ fn slots_turned_over_to_poorer_nodes_bring_the_last_nodes_in_sooner() {
 }
 
 #[test]
+fn idle_holders_yielding_sooner_bring_the_swarm_up_sooner() {
+    // At the start every uploader holds a few pieces, and a holder that has taken them sits on
+    // the slot asking for nothing: with 500 ms of idleness before it yields, half the swarm's
+    // uplinks stood unused from 0.4 s to 0.8 s at 2,600 nodes. 150 nodes, seed 1: the last
+    // node at 2.63 s against 2.49 s (seeds 2-4: 2.77, 2.67, 2.71 against 2.50, 2.53, 2.50).
+    let set_up = "--nodes 150 --image 600MB --layers 2 --node-up 300MB/s --node-down 300MB/s \
+                  --registry-up 10Gbit";
+    let slow = run(&format!("{set_up} --slot-yield-after 500ms"));
+    let default = run(set_up);
+    assert_eq!((slow.done, default.done), (150, 150));
+    assert!(
+        default.max_secs < 0.97 * slow.max_secs,
+        "{} vs {}",
+        default.max_secs,
+        slow.max_secs
+    );
+    assert!(default.egress_over_f < 1.01, "{}", default.egress_over_f);
+}
+
+#[test]
 fn importing_by_rank_takes_each_piece_into_a_rack_about_once() {
     // 160 nodes in 4 racks of 40 behind 4:1 uplinks, registry-bound. Without the rule each
     // rack's nodes ask their far peers for every new piece at once.
