@@ -25,15 +25,15 @@ impl Wait {
         if x.peers.values().any(|p| p.outstanding > 0) {
             return Wait::Receiving;
         }
-        // Byte by byte: classified at every request round, the simulator's busiest path.
-        // What would help (hash known, not done) is worked out once, not once per peer.
-        let wanted: Vec<u8> = (x.known.as_bytes().iter().zip(done.as_bytes()))
+        // Eight bytes at a time: classified at every request round, the simulator's busiest
+        // path. What would help (hash known, not done) is worked out once, not once per peer.
+        let wanted: Vec<u64> = (words(x.known.as_bytes()).zip(words(done.as_bytes())))
             .map(|(k, d)| k & !d)
             .collect();
         if wanted.iter().all(|w| *w == 0) {
             return Wait::NothingOffered;
         }
-        let offers = |has: &Bitfield| (has.as_bytes().iter().zip(&wanted)).any(|(h, w)| h & w != 0);
+        let offers = |has: &Bitfield| (words(has.as_bytes()).zip(&wanted)).any(|(h, w)| h & w != 0);
         let mut choked = false;
         for p in x.peers.values() {
             if p.has.as_ref().is_some_and(offers) {
@@ -49,6 +49,17 @@ impl Wait {
             Wait::NothingOffered
         }
     }
+}
+
+/// A bitfield's bytes as words (the last one padded with zeros).
+fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes.chunks(8).map(|chunk| {
+        let mut word = [0u8; 8];
+        for (w, b) in word.iter_mut().zip(chunk) {
+            *w = *b;
+        }
+        u64::from_le_bytes(word)
+    })
 }
 
 /// Seconds of download time in each state, over all nodes.
