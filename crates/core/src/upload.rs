@@ -13,17 +13,18 @@ use std::time::{Duration, Instant};
 /// (they took their pieces elsewhere), starved a node that asked only later: it got nothing for
 /// `peer_stall` and went to the registry (`pollen demo`: 2 runs in 14).
 ///
-/// 150 ms, not half a second: at the start every uploader holds a few pieces, and a holder
-/// that has taken them waits for more while nodes that need them wait for its slot. At 2,600
-/// nodes pulling 3 GB at 300 MB/s, half the swarm's uplinks stood unused from 0.4 s to 0.8 s
-/// with 500 ms; p99 12.20 s at 500 ms, 11.77 s at 250 ms, 11.63 s at 150 ms, 11.60 s at 100 ms
-/// (pollen-sim `--slot-yield-after`, part 9's eleventh session). 300 ms once measured worse
-/// than 500 ms (p99 22-24 s at 600 nodes) in a simulator that kept a choked session's
-/// requests outstanding until the request timeout, which the agent never did. A holder
-/// sending is not idle (the uploader counts from the last frame written), so a slow uplink
-/// does not make every holder yield; on a network whose round trip nears this, holders would
-/// yield between a `Have` and its request.
-pub const SLOT_YIELD_AFTER: Duration = Duration::from_millis(150);
+/// A quarter of a second, not half: at the start every uploader holds a few pieces, and a
+/// holder that has taken them waits for more while nodes that need them wait for its slot. At
+/// 2,600 nodes pulling 3 GB at 300 MB/s, half the swarm's uplinks stood unused from 0.4 s to
+/// 0.8 s with 500 ms; p99 12.20 s at 500 ms, 11.77 s at 250 ms, 11.63 s at 150 ms, 11.60 s at
+/// 100 ms (pollen-sim `--slot-yield-after`, part 9's eleventh session). 300 ms once measured
+/// worse than 500 ms (p99 22-24 s at 600 nodes) in a simulator that kept a choked session's
+/// requests outstanding until the request timeout, which the agent never did. Not 150 ms: on
+/// the emulated cluster (12 agents on 2 cores, where a request can wait for a CPU) 150 ms made
+/// peer-bound 4 % slower than 500 ms (medians of six runs, 9.03 s against 8.64 s), 250 ms 4 %
+/// faster (three runs, 8.53 s against 8.89 s). A holder sending is not idle (the uploader
+/// counts from the last frame written), so a slow uplink does not make holders yield.
+pub const SLOT_YIELD_AFTER: Duration = Duration::from_millis(250);
 
 /// A holder still asking gives its slot up after a piece when its node holds at least this
 /// many more slots than the poorest waiting node ([`Slots::turn_over`]). Slots otherwise
