@@ -190,9 +190,9 @@ fn newcomers_displacing_waiting_nodes_served_elsewhere_finish_the_swarm_sooner()
 #[test]
 fn slots_turned_over_to_poorer_nodes_bring_the_last_nodes_in_sooner() {
     // 150 nodes with 4 upload slots each: holders that keep asking keep their slots, and the
-    // last node is done at 3.57 s; with a holder giving its slot to a waiting node holding 2
-    // fewer after a piece (`Slots::turn_over`), at 3.15 s. At this size the gain varies by
-    // seed (2-4: 3.59, 3.21, 3.53 s against 3.31, 3.31, 3.44 s); at 2,600 nodes it is the
+    // last node is done at 3.34 s; with a holder giving its slot to a waiting node holding 2
+    // fewer after a piece (`Slots::turn_over`), at 3.13 s. At this size the gain varies by
+    // seed (2-4: 3.16, 3.00, 3.15 s against 3.09, 2.87, 3.29 s); at 2,600 nodes it is the
     // rule that brought Kraken's set-up from p99 13.8 s to 12.2 s (benches/README.md).
     let set_up = "--nodes 150 --image 600MB --layers 2 --upload-slots 4 --node-up 300MB/s \
                   --node-down 300MB/s --registry-up 10Gbit";
