@@ -321,7 +321,7 @@ impl World {
         rest
     }
 
-    pub(crate) fn on_choke(&mut self, sid: usize, choked: bool, dropped: &[u32]) {
+    pub(crate) fn on_choke(&mut self, sid: usize, choked: bool) {
         let Some((down, layer, open)) = self.sessions.get(sid).map(|s| (s.down, s.layer, s.open))
         else {
             return;
@@ -331,7 +331,7 @@ impl World {
             // the uploader chose to choke (the agent's session hands them all back).
             let dropped = match choked {
                 true => f.x.requested_from(sid),
-                false => dropped.to_vec(),
+                false => Vec::new(),
             };
             f.x.choked(sid, choked, &dropped);
         }

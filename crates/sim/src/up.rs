@@ -63,14 +63,7 @@ impl World {
         self.send_hashes(sid);
         self.after(back, Ev::Opened(sid, Box::new(shown)));
         if unchoked {
-            self.after(
-                back,
-                Ev::Choke {
-                    sid,
-                    choked: false,
-                    dropped: Vec::new(),
-                },
-            );
+            self.after(back, Ev::Choke { sid, choked: false });
         } else {
             self.holders_may_yield(up);
         }
@@ -176,14 +169,7 @@ impl World {
             s.granted_at = self.now;
             let (down, layer) = (s.down, s.layer);
             let delay = self.topo.latency(up, down);
-            self.after(
-                delay,
-                Ev::Choke {
-                    sid,
-                    choked: false,
-                    dropped: Vec::new(),
-                },
-            );
+            self.after(delay, Ev::Choke { sid, choked: false });
             self.news(sid);
             let _ = layer;
         }
@@ -262,14 +248,7 @@ impl World {
         }
         self.lost_slot(sid);
         let delay = self.topo.latency(up, down);
-        self.after(
-            delay,
-            Ev::Choke {
-                sid,
-                choked: true,
-                dropped: Vec::new(),
-            },
-        );
+        self.after(delay, Ev::Choke { sid, choked: true });
         self.grant(up);
     }
 
@@ -342,20 +321,11 @@ impl World {
         if !turned {
             return;
         }
-        let dropped: Vec<u32> = self
-            .net
-            .close(now, conn)
-            .into_iter()
-            .filter_map(|tag| u32::try_from(tag).ok())
-            .collect();
+        // The pieces queued on the session's connection are not sent.
+        let _ = self.net.close(now, conn);
         self.lost_slot(sid);
         let delay = self.topo.latency(up, down);
-        let choke = Ev::Choke {
-            sid,
-            choked: true,
-            dropped,
-        };
-        self.after(delay, choke);
+        self.after(delay, Ev::Choke { sid, choked: true });
         self.grant(up);
     }
 

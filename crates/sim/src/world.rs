@@ -227,10 +227,10 @@ pub enum Ev {
     Cancel(usize, u32),
     HaveMore(usize, Vec<u32>),
     Hashes(usize, Vec<u32>),
+    /// `Choked` (which drops every request outstanding on the session) or `Unchoked`.
     Choke {
         sid: usize,
         choked: bool,
-        dropped: Vec<u32>,
     },
     Close(usize),
     Ended(usize),
@@ -531,11 +531,7 @@ impl World {
             Ev::Cancel(sid, piece) => self.on_cancel(sid, piece),
             Ev::HaveMore(sid, pieces) => self.on_have_more(sid, pieces),
             Ev::Hashes(sid, pieces) => self.on_hashes(sid, pieces),
-            Ev::Choke {
-                sid,
-                choked,
-                dropped,
-            } => self.on_choke(sid, choked, &dropped),
+            Ev::Choke { sid, choked } => self.on_choke(sid, choked),
             Ev::Close(sid) => self.on_close(sid),
             Ev::Ended(sid) => self.on_ended(sid),
             Ev::UpstreamData { node, epoch, layer } => {
