@@ -21,6 +21,28 @@ fn outcome(r: &Report) -> String {
     v.to_string()
 }
 
+/// Runs `set_up` without a rule (`without` added) and with it (`with` added), and checks that
+/// every node finishes both ways, that with the rule the last node is done before `margin`
+/// times its time without, and that the registry still sends the image about once.
+fn rule_brings_the_last_node_in_sooner(
+    set_up: &str,
+    without: &str,
+    with: &str,
+    nodes: usize,
+    margin: f64,
+) {
+    let off = run(&format!("{set_up} {without}"));
+    let on = run(&format!("{set_up} {with}"));
+    assert_eq!((off.done, on.done), (nodes, nodes));
+    assert!(
+        on.max_secs < margin * off.max_secs,
+        "{} vs {}",
+        on.max_secs,
+        off.max_secs
+    );
+    assert!(on.egress_over_f < 1.01, "{}", on.egress_over_f);
+}
+
 const BUSY: &str = "--nodes 40 --image 200MB --layers 3 --racks 4 --rack-up 2Gbit \
                     --churn 0.1 --churn-window 2s --churn-down 1s --stagger 1s";
 
@@ -175,16 +197,13 @@ fn newcomers_displacing_waiting_nodes_served_elsewhere_finish_the_swarm_sooner()
     // (seeds 2-4: 5.37, 5.57, 4.66 s against 4.97, 4.61, 4.22 s).
     let set_up = "--nodes 120 --image 256MB --layers 2 --upload-slots 1 --node-up 300MB/s \
                   --node-down 300MB/s --registry-up 10Gbit";
-    let refuse = run(&format!("{set_up} --full-queue refuse"));
-    let displace = run(&format!("{set_up} --full-queue displace"));
-    assert_eq!((refuse.done, displace.done), (120, 120));
-    assert!(
-        displace.max_secs < 0.9 * refuse.max_secs,
-        "{} vs {}",
-        displace.max_secs,
-        refuse.max_secs
+    rule_brings_the_last_node_in_sooner(
+        set_up,
+        "--full-queue refuse",
+        "--full-queue displace",
+        120,
+        0.9,
     );
-    assert!(displace.egress_over_f < 1.01, "{}", displace.egress_over_f);
 }
 
 #[test]
@@ -196,16 +215,13 @@ fn slots_turned_over_to_poorer_nodes_bring_the_last_nodes_in_sooner() {
     // rule that brought Kraken's set-up from p99 13.8 s to 12.2 s (benches/README.md).
     let set_up = "--nodes 150 --image 600MB --layers 2 --upload-slots 4 --node-up 300MB/s \
                   --node-down 300MB/s --registry-up 10Gbit";
-    let off = run(&format!("{set_up} --slot-turnover off"));
-    let on = run(&format!("{set_up} --slot-turnover on"));
-    assert_eq!((off.done, on.done), (150, 150));
-    assert!(
-        on.max_secs < 0.95 * off.max_secs,
-        "{} vs {}",
-        on.max_secs,
-        off.max_secs
+    rule_brings_the_last_node_in_sooner(
+        set_up,
+        "--slot-turnover off",
+        "--slot-turnover on",
+        150,
+        0.95,
     );
-    assert!(on.egress_over_f < 1.01, "{}", on.egress_over_f);
 }
 
 #[test]
@@ -217,16 +233,7 @@ fn idle_holders_yielding_sooner_bring_the_swarm_up_sooner() {
     // 4.92 s against 4.74, 4.70, 4.74 s.
     let set_up = "--nodes 150 --image 1200MB --layers 2 --node-up 300MB/s --node-down 300MB/s \
                   --registry-up 10Gbit";
-    let slow = run(&format!("{set_up} --slot-yield-after 500ms"));
-    let default = run(set_up);
-    assert_eq!((slow.done, default.done), (150, 150));
-    assert!(
-        default.max_secs < 0.97 * slow.max_secs,
-        "{} vs {}",
-        default.max_secs,
-        slow.max_secs
-    );
-    assert!(default.egress_over_f < 1.01, "{}", default.egress_over_f);
+    rule_brings_the_last_node_in_sooner(set_up, "--slot-yield-after 500ms", "", 150, 0.97);
 }
 
 #[test]
